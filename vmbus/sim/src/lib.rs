@@ -1,0 +1,1 @@
+//! Host-side model of Hyper-V and VMBus (test-only).

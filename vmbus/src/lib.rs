@@ -1,0 +1,2 @@
+//! Hyper-V guest interface and VMBus stack.
+#![no_std]
