@@ -1,1 +1,627 @@
-fn main() {}
+//! `host-collector`: the command line. Errors here are `anyhow`; everything below is in the
+//! library modules.
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use host_collector::config::{FileConfig, DEFAULT_LISTEN};
+use host_collector::output;
+use host_collector::store::{Filter, RecordRef, Store, Sync};
+use host_collector::util::{now_us, parse_duration, parse_time_arg};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  nothing found: `list`, `show` or `tail --count` found no (or too few) crash records
+  2  bad usage: unknown flag, missing or malformed argument
+  3  failure: database, network, configuration or I/O error (the message says which)
+  4  `load` finished with records that were never acked";
+
+const ABOUT: &str = "canary host collector: receives crash records from canary VMs over UDP, \
+stores them in SQLite, shows them, and load-tests the path.";
+
+const LONG_ABOUT: &str = "\
+canary host collector: receives crash records from canary VMs over UDP, stores them in SQLite,
+shows them, and load-tests the path.
+
+A canary that panics sends its crash record as CRC-checked UDP datagrams; `serve` checks each
+datagram (CRC, then the fleet key if one is set), reassembles the record, commits it to the
+database and only then acks it, so a record that was acked is stored. The other commands read
+the same database, also while `serve` runs.
+
+Typical use:
+  host-collector serve --listen 192.168.100.1:7373 --db /var/lib/canary/collector.db
+  host-collector list                     # one line per crash record
+  host-collector show 12                  # everything in record 12 (or BOOTID:SEQ)
+  host-collector tail                     # follow new records as they arrive
+  host-collector stats                    # what serve received, rejected and why
+  host-collector drill 192.168.100.7:7374 # make a canary panic on purpose
+  host-collector load --canaries 100 --records 100000   # load-test a running collector
+
+The database is --db, or `db` in --config FILE, or $CANARY_DB, or ./canary.db.
+Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG=host_collector=debug.";
+
+#[derive(Parser, Debug)]
+#[command(name = "host-collector", version, about = ABOUT, long_about = LONG_ABOUT,
+    after_help = EXIT_CODES, propagate_version = true)]
+struct Cli {
+    /// SQLite database to use [env: CANARY_DB] [default: ./canary.db, or `db` from --config].
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Configuration file (TOML; see configs/host-collector.toml). Flags win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More logging on stderr: -v info, -vv debug, -vvv trace. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Receive crash records over UDP and store them (runs until SIGINT/SIGTERM).
+    #[command(
+        long_about = "Receive crash records over UDP and store them; runs until SIGINT or \
+SIGTERM, then commits what it holds and exits 0.
+
+Each datagram is checked (length, magic, version, CRC-32, then the HMAC tag when a fleet key is \
+set) before anything else reads it; bad datagrams are dropped and counted (see `stats`). \
+Complete records are committed in batches and acked only after their batch is committed; a \
+record that was already stored is acked again as a duplicate, never stored twice. A record \
+with a schema newer than this collector reads is acked as rejected so its sender stops, and \
+is kept in the `rejections` table.
+
+Listens on 127.0.0.1:7373 unless --listen says otherwise.",
+        after_help = EXIT_CODES
+    )]
+    Serve(ServeArgs),
+    /// List crash records (or, with --canaries, the canaries seen by heartbeat).
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Show one crash record in full: message, location, registers, backtrace, panic path, log.
+    #[command(after_help = EXIT_CODES)]
+    Show(ShowArgs),
+    /// Export crash records as one JSON array or as newline-delimited JSON.
+    #[command(after_help = EXIT_CODES)]
+    Export(ExportArgs),
+    /// Follow new crash records as they are stored (polls the database).
+    #[command(after_help = EXIT_CODES)]
+    Tail(TailArgs),
+    /// Show what the collector received, stored, rejected and why (persisted in the database).
+    #[command(after_help = EXIT_CODES)]
+    Stats(StatsArgs),
+    /// Delete old crash records.
+    #[command(after_help = EXIT_CODES)]
+    Prune(PruneArgs),
+    /// Make a canary panic on purpose by sending it a Drill frame.
+    #[command(after_help = EXIT_CODES)]
+    Drill(DrillArgs),
+    /// Load-test a running collector with simulated canaries.
+    #[command(
+        long_about = "Load-test a running collector with N simulated canaries. Each canary is a \
+real capture sender on its own UDP socket (RLIMIT_NOFILE is raised to the hard limit; if that \
+is still too low, canaries share sockets and the output says so). M records in total are \
+sent; each canary sends its share one after another, retransmitting until acked.
+
+--loss, --dup and --reorder inject faults on both directions with a deterministic RNG \
+(--seed), so a run can be repeated exactly. Latency is measured from the simulated panic \
+(the record is built) to the ack.",
+        after_help = EXIT_CODES
+    )]
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// UDP address to listen on [default: 127.0.0.1:7373].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Fleet key file (64 hex digits or 32 raw bytes): frames must carry a valid tag.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Commit durability: normal (crash-safe) or full (power-loss safe) [default: normal].
+    #[arg(long, value_enum)]
+    sync: Option<Sync>,
+    /// Most partial records per source address [default: 64].
+    #[arg(long, value_name = "N")]
+    max_pending_per_source: Option<usize>,
+    /// Most partial records in total [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_pending_total: Option<usize>,
+    /// Most records per commit [default: 4096].
+    #[arg(long, value_name = "N")]
+    batch_max: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TimeFilter {
+    /// Only records received at or after this time: RFC 3339 (2026-11-26T10:00:00Z) or a
+    /// duration ago (30min, 2h, 7d).
+    #[arg(short = 'S', long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only records received at or before this time (same forms as --since).
+    #[arg(short = 'U', long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+impl TimeFilter {
+    fn filter(&self) -> Result<Filter> {
+        let now = now_us();
+        Ok(Filter {
+            since_us: self
+                .since
+                .as_deref()
+                .map(|s| parse_time_arg(s, now))
+                .transpose()?,
+            until_us: self
+                .until
+                .as_deref()
+                .map(|s| parse_time_arg(s, now))
+                .transpose()?,
+            ..Filter::default()
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    time: TimeFilter,
+    /// Show at most N records (the newest N).
+    #[arg(short = 'n', long, value_name = "N")]
+    lines: Option<u64>,
+    /// Newest first.
+    #[arg(short, long)]
+    reverse: bool,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No header and no footer (for scripts).
+    #[arg(long)]
+    no_legend: bool,
+    /// List canaries by their last heartbeat instead of crash records.
+    #[arg(long)]
+    canaries: bool,
+    /// List records that were rejected (e.g. schema too new) instead of stored ones.
+    #[arg(long, conflicts_with = "canaries")]
+    rejected: bool,
+}
+
+#[derive(Args, Debug)]
+struct ShowArgs {
+    /// Record ID (from `list`) or BOOTID:SEQ (boot id in hex). Default: the newest record.
+    id: Option<String>,
+    /// Print JSON instead of the human view.
+    #[arg(long)]
+    json: bool,
+    /// Include the raw postcard bytes (hex) in --json output.
+    #[arg(long, requires = "json")]
+    raw: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ExportFormat {
+    /// One JSON array.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: ExportFormat,
+    #[command(flatten)]
+    time: TimeFilter,
+    /// Include the raw postcard bytes as hex (`raw_hex`).
+    #[arg(long)]
+    raw: bool,
+    /// Write to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    /// Print the last N stored records first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    lines: u64,
+    /// Exit after N new records (exit 1 if --timeout passes first). Default: follow forever.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Give up after this long (e.g. 30s) when --count is set.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// How often to poll the database.
+    #[arg(long, value_name = "DURATION", default_value = "250ms")]
+    interval: String,
+    /// One JSON object per line (full records) instead of table rows.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct PruneArgs {
+    /// Delete records received longer ago than this (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+    /// Keep only the newest N records.
+    #[arg(long, value_name = "N")]
+    keep: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct DrillArgs {
+    /// The canary's drill address (IP:PORT).
+    addr: SocketAddr,
+    /// Fleet key file: the drill frame is authenticated with it.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Ask the canary to wait this many milliseconds before panicking.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay_ms: u32,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Collector address to load.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    target: SocketAddr,
+    /// Simulated canaries, each with its own socket and boot id.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    canaries: u32,
+    /// Records in total, spread evenly over the canaries.
+    #[arg(long, value_name = "M", default_value_t = 1000)]
+    records: u64,
+    /// Drop probability for each datagram, both directions (0.0-1.0).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    loss: f64,
+    /// Duplication probability for each outgoing datagram.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    dup: f64,
+    /// Probability that an outgoing datagram is held back and sent after the next one.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    reorder: f64,
+    /// Seed of the fault-injection RNG and the boot ids.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Fleet key file: frames are authenticated with it.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Give up on a record after this long without an ack (e.g. 30s).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    deadline: String,
+    /// First retransmit timeout in milliseconds (doubles per round up to 8x... see --help).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    rto_ms: u32,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,host_collector=info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A failure that maps to an exit code other than 3.
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("host-collector: error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+struct Ctx {
+    file: FileConfig,
+    db: PathBuf,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> Result<Ctx> {
+        let file = match &cli.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let db = cli
+            .db
+            .clone()
+            .or_else(|| file.db.clone())
+            .or_else(|| std::env::var_os("CANARY_DB").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("canary.db"));
+        Ok(Ctx { file, db })
+    }
+
+    /// Opens the database for reading commands; a missing file is an error, not a new db.
+    fn open_existing(&self) -> Result<Store> {
+        if !self.db.exists() {
+            bail!(
+                "database {} does not exist: give --db PATH (the one `serve` writes)",
+                self.db.display()
+            );
+        }
+        self.open()
+    }
+
+    fn open(&self) -> Result<Store> {
+        Store::open(&self.db, self.file.sync.unwrap_or_default())
+            .with_context(|| format!("opening database {}", self.db.display()))
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new(&cli)?;
+    match cli.cmd {
+        Cmd::Serve(a) => serve(&ctx, a),
+        Cmd::List(a) => list(&ctx, a),
+        Cmd::Show(a) => show(&ctx, a),
+        Cmd::Export(a) => export(&ctx, a),
+        Cmd::Tail(a) => tail(&ctx, a),
+        Cmd::Stats(a) => stats(&ctx, a),
+        Cmd::Prune(a) => prune(&ctx, a),
+        Cmd::Drill(a) => drill(&ctx, a),
+        Cmd::Load(a) => load(&ctx, a),
+    }
+}
+
+fn print(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        // A closed pipe (`| head`) is not an error worth reporting.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
+    let store = ctx.open_existing()?;
+    if a.canaries {
+        let rows = store.canaries()?;
+        if a.json {
+            return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+        }
+        if rows.is_empty() {
+            eprintln!("No canaries seen.");
+            return Err(Exit(1).into());
+        }
+        return print(&output::canaries_table(&rows, !a.no_legend));
+    }
+    if a.rejected {
+        let rows = store.rejections()?;
+        if a.json {
+            return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+        }
+        if rows.is_empty() {
+            eprintln!("No rejected records found.");
+            return Err(Exit(1).into());
+        }
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.received_at.clone(),
+                    r.boot_id.chars().take(12).collect(),
+                    r.seq.to_string(),
+                    r.schema.clone(),
+                    r.source.clone(),
+                    r.reason.clone(),
+                ]
+            })
+            .collect();
+        return print(&output::table(
+            &["ID", "TIME", "BOOT", "SEQ", "SCHEMA", "SOURCE", "REASON"],
+            &body,
+            !a.no_legend,
+        ));
+    }
+    let mut filter = a.time.filter()?;
+    filter.limit = a.lines;
+    // `-n N` means the newest N: query newest first, then restore the requested order.
+    filter.reverse = a.lines.is_some() || a.reverse;
+    let mut rows = store.list(&filter)?;
+    if a.lines.is_some() && !a.reverse {
+        rows.reverse();
+    }
+    if a.json {
+        print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+        if rows.is_empty() {
+            return Err(Exit(1).into());
+        }
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("No crash records found.");
+        return Err(Exit(1).into());
+    }
+    print(&output::records_table(&rows, !a.no_legend))
+}
+
+fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
+    let store = ctx.open_existing()?;
+    let r = match &a.id {
+        Some(s) => s.parse::<RecordRef>()?,
+        None => match store.max_id()? {
+            Some(id) => RecordRef::Id(id),
+            None => {
+                eprintln!("No crash records found.");
+                return Err(Exit(1).into());
+            }
+        },
+    };
+    let Some(rec) = store.get(&r, a.raw)? else {
+        eprintln!(
+            "No crash records found matching {}.",
+            a.id.as_deref().unwrap_or("")
+        );
+        return Err(Exit(1).into());
+    };
+    if a.json {
+        print(&(serde_json::to_string_pretty(&rec)? + "\n"))
+    } else {
+        print(&output::record_view(&rec))
+    }
+}
+
+fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
+    let store = ctx.open_existing()?;
+    let recs = store.records(&a.time.filter()?, a.raw)?;
+    let text = match a.format {
+        ExportFormat::Json => serde_json::to_string_pretty(&recs)? + "\n",
+        ExportFormat::Ndjson => {
+            let mut s = String::new();
+            for r in &recs {
+                s.push_str(&serde_json::to_string(r)?);
+                s.push('\n');
+            }
+            s
+        }
+    };
+    match a.output {
+        Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display())),
+        None => print(&text),
+    }
+}
+
+fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
+    let store = ctx.open_existing()?;
+    let interval = parse_duration(&a.interval)?;
+    let deadline = a
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .map(|d| std::time::Instant::now() + d);
+    // Prints the records matching `filter`; returns how many and the last id.
+    let emit = |store: &Store, filter: &Filter| -> Result<(u64, Option<i64>)> {
+        if a.json {
+            let recs = store.records(filter, false)?;
+            for r in &recs {
+                print(&(serde_json::to_string(r)? + "\n"))?;
+            }
+            Ok((recs.len() as u64, recs.last().map(|r| r.id)))
+        } else {
+            let rows = store.list(filter)?;
+            if !rows.is_empty() {
+                print(&output::records_table(&rows, false))?;
+            }
+            Ok((rows.len() as u64, rows.last().map(|r| r.id)))
+        }
+    };
+    let mut after = store.max_id()?.unwrap_or(0);
+    if a.lines > 0 {
+        emit(
+            &store,
+            &Filter {
+                after_id: Some(after.saturating_sub(a.lines as i64)),
+                ..Filter::default()
+            },
+        )?;
+    }
+    let mut seen = 0u64;
+    loop {
+        let filter = Filter {
+            after_id: Some(after),
+            limit: a.count.map(|c| c - seen),
+            ..Filter::default()
+        };
+        let (n, last) = emit(&store, &filter)?;
+        seen += n;
+        if let Some(last) = last {
+            after = last;
+        }
+        if a.count.is_some_and(|c| seen >= c) {
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            eprintln!("tail: timed out after {seen} new record(s)");
+            return Err(Exit(1).into());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
+    let store = ctx.open_existing()?;
+    let s = store.stats()?;
+    if a.json {
+        print(&(serde_json::to_string_pretty(&s)? + "\n"))
+    } else {
+        print(&output::stats_view(&s))
+    }
+}
+
+fn prune(ctx: &Ctx, a: PruneArgs) -> Result<()> {
+    let mut store = ctx.open_existing()?;
+    let n = if let Some(d) = &a.older_than {
+        let d = parse_duration(d)?;
+        store.prune_before(now_us() - d.as_micros() as i64)?
+    } else if let Some(k) = a.keep {
+        store.prune_keep(k)?
+    } else {
+        unreachable!("clap requires one of --older-than and --keep")
+    };
+    print(&format!(
+        "Deleted {n} crash record{}.\n",
+        if n == 1 { "" } else { "s" }
+    ))
+}
+
+fn serve(_ctx: &Ctx, _a: ServeArgs) -> Result<()> {
+    bail!("serve: not yet wired to capture")
+}
+
+fn drill(_ctx: &Ctx, _a: DrillArgs) -> Result<()> {
+    bail!("drill: not yet wired to capture")
+}
+
+fn load(_ctx: &Ctx, _a: LoadArgs) -> Result<()> {
+    let _ = std::io::stderr().is_terminal();
+    let _ = Duration::ZERO;
+    bail!("load: not yet wired to capture")
+}

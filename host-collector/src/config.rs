@@ -1,0 +1,84 @@
+//! The collector's configuration file (`configs/host-collector.toml`): the same keys as the
+//! `serve` flags. Flags given on the command line win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::store::Sync;
+
+/// The default listen address: loopback only, so a collector never listens on a network by
+/// accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// `[serve]`-level keys of the config file. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// UDP address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// SQLite database path.
+    pub db: Option<PathBuf>,
+    /// File holding the fleet key (hex); absent means unauthenticated frames are accepted.
+    pub key_file: Option<PathBuf>,
+    /// `normal` (default) or `full`.
+    pub sync: Option<Sync>,
+    /// Most partial records reassembled at once from one source address.
+    pub max_pending_per_source: Option<usize>,
+    /// Most partial records reassembled at once in total.
+    pub max_pending_total: Option<usize>,
+    /// Most records committed in one transaction.
+    pub batch_max: Option<usize>,
+    /// Capacity of the queue between the receiver and the writer, in records.
+    pub queue_capacity: Option<usize>,
+    /// SO_RCVBUF for the UDP socket, in bytes.
+    pub recv_buffer_bytes: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_file_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/host-collector.toml");
+        let c = FileConfig::load(&p).unwrap();
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert!(c.db.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_key_named() {
+        let e = toml::from_str::<FileConfig>("listne = \"1.2.3.4:5\"").unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+    }
+}

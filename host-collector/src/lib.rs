@@ -1,0 +1,10 @@
+//! canary's host collector: receives crash records over UDP, stores them in SQLite, shows
+//! them, and drives load tests. The binary (`main.rs`) is the CLI; everything here is
+//! library-style and returns `thiserror` errors.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod convert;
+pub mod output;
+pub mod store;
+pub mod util;

@@ -1,0 +1,261 @@
+//! Human output: tables (`list`, `list --canaries`, `stats`) and the record view (`show`).
+
+use std::fmt::Write as _;
+
+use crate::store::{CanaryView, RecordSummary, RecordView, Stats};
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>], legend: bool) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        let cells: Vec<&str> = cells.collect();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                l.push_str(c);
+                l.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    if legend {
+        line(&mut header.iter().copied());
+    }
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+fn ellipsize(s: &str, max: usize) -> String {
+    let one_line = s.replace(['\n', '\r', '\t'], " ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let mut t: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The `list` table.
+pub fn records_table(rows: &[RecordSummary], legend: bool) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.received_at.clone(),
+                r.boot_id.chars().take(12).collect(),
+                r.seq.to_string(),
+                r.arch.clone(),
+                r.kind.clone(),
+                r.source.clone(),
+                ellipsize(&r.message, 60),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ID", "TIME", "BOOT", "SEQ", "ARCH", "KIND", "SOURCE", "MESSAGE",
+        ],
+        &body,
+        legend,
+    );
+    if legend {
+        let _ = writeln!(
+            out,
+            "\n{} crash record{} listed.",
+            rows.len(),
+            if rows.len() == 1 { "" } else { "s" }
+        );
+    }
+    out
+}
+
+/// The `list --canaries` table.
+pub fn canaries_table(rows: &[CanaryView], legend: bool) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|c| {
+            vec![
+                c.boot_id.clone(),
+                c.source.clone(),
+                c.arch.clone(),
+                c.last_seen.clone(),
+                format_uptime_ms(c.uptime_ms),
+                c.heartbeats.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "BOOT",
+            "SOURCE",
+            "ARCH",
+            "LAST SEEN",
+            "UPTIME",
+            "HEARTBEATS",
+        ],
+        &body,
+        legend,
+    );
+    if legend {
+        let _ = writeln!(
+            out,
+            "\n{} canar{} seen.",
+            rows.len(),
+            if rows.len() == 1 { "y" } else { "ies" }
+        );
+    }
+    out
+}
+
+fn format_uptime_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{:03}s", s, ms % 1000)
+    }
+}
+
+fn value_inline(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", value_inline(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.iter().map(value_inline).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The human view of one record (`show`).
+pub fn record_view(r: &RecordView) -> String {
+    let f = &r.fields;
+    let mut o = String::new();
+    let pad = "               ";
+    let mut kv = |k: &str, v: &str| {
+        let _ = writeln!(o, "{k:>13}: {v}");
+    };
+    kv("ID", &r.id.to_string());
+    kv("Boot ID", &r.boot_id);
+    kv("Sequence", &r.seq.to_string());
+    kv("Received", &format!("{} from {}", r.received_at, r.source));
+    kv(
+        "Record",
+        &format!(
+            "schema {}, {} bytes, CRC {}",
+            r.schema, r.raw_len, r.record_crc
+        ),
+    );
+    kv("Build ID", &f.build_id);
+    kv("Arch", &format!("{} (boot: {})", f.arch, f.boot_mode));
+    kv("Hypervisor", &value_inline(&f.hypervisor));
+    kv(
+        "VMBus",
+        f.vmbus_version.as_deref().unwrap_or("not connected"),
+    );
+    kv(
+        "Uptime",
+        &format!(
+            "{}.{:06} s",
+            f.uptime_us / 1_000_000,
+            f.uptime_us % 1_000_000
+        ),
+    );
+    let kind = match &f.kind_detail {
+        Some(d) => format!("{} ({})", f.kind, value_inline(d)),
+        None => f.kind.clone(),
+    };
+    kv("Kind", &kind);
+    kv("Message", &f.message);
+    if let Some(l) = &f.location {
+        kv("Location", &format!("{}:{}:{}", l.file, l.line, l.column));
+    }
+    let _ = writeln!(o, "{:>13}: {}", "Registers", value_inline(&f.registers));
+    if f.backtrace.is_empty() {
+        let _ = writeln!(o, "{:>13}: (empty)", "Backtrace");
+    } else {
+        for (i, a) in f.backtrace.iter().enumerate() {
+            if i == 0 {
+                let _ = writeln!(o, "{:>13}: #{i:<2} {a}", "Backtrace");
+            } else {
+                let _ = writeln!(o, "{pad}#{i:<2} {a}");
+            }
+        }
+    }
+    if f.steps.is_empty() {
+        let _ = writeln!(o, "{:>13}: (no steps recorded)", "Panic path");
+    } else {
+        let w = f.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
+        let wo = f.steps.iter().map(|s| s.outcome.len()).max().unwrap_or(0);
+        for (i, s) in f.steps.iter().enumerate() {
+            let line = format!("{:<w$}  {:<wo$}  {} us", s.step, s.outcome, s.elapsed_us);
+            if i == 0 {
+                let _ = writeln!(o, "{:>13}: {line}", "Panic path");
+            } else {
+                let _ = writeln!(o, "{pad}{line}");
+            }
+        }
+    }
+    if f.log_tail.is_empty() {
+        let _ = writeln!(o, "{:>13}: (empty)", "Log tail");
+    } else {
+        let _ = writeln!(o, "{:>13}:", "Log tail");
+        for l in f.log_tail.lines() {
+            let _ = writeln!(o, "{pad}{l}");
+        }
+    }
+    o
+}
+
+/// The human `stats` output.
+pub fn stats_view(s: &Stats) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:>18}: {}", "records", s.records);
+    let _ = writeln!(o, "{:>18}: {}", "canaries", s.canaries);
+    for (k, v) in &s.counters {
+        let _ = writeln!(o, "{k:>18}: {v}");
+    }
+    let _ = writeln!(o, "{:>18}: {}", "schema_version", s.schema_version);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_can_drop_the_header() {
+        let rows = vec![
+            vec!["1".to_string(), "abc".to_string(), "x".to_string()],
+            vec!["100".to_string(), "d".to_string(), "y".to_string()],
+        ];
+        let t = table(&["ID", "NAME", "M"], &rows, true);
+        assert_eq!(t, "ID   NAME  M\n1    abc   x\n100  d     y\n");
+        let t = table(&["ID", "NAME", "M"], &rows, false);
+        assert_eq!(t, "1    abc   x\n100  d     y\n");
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_one_line() {
+        assert_eq!(ellipsize("a\nb", 10), "a b");
+        assert_eq!(ellipsize("abcdef", 4), "abc…");
+    }
+}

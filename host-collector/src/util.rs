@@ -1,0 +1,112 @@
+//! Small helpers: hex, time formatting and parsing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses hex (any case, no prefix) into bytes; `None` on odd length or a non-hex digit.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.chunks(2)
+        .map(|p| {
+            let hi = (p[0] as char).to_digit(16)?;
+            let lo = (p[1] as char).to_digit(16)?;
+            Some((hi * 16 + lo) as u8)
+        })
+        .collect()
+}
+
+/// Parses exactly 32 hex digits into a boot id.
+pub fn parse_hex16(s: &str) -> Option<[u8; 16]> {
+    parse_hex(s)?.try_into().ok()
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC, second precision.
+pub fn format_time_us(us: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TimeArgError {
+    #[error(
+        "cannot read time {0:?}: give an RFC 3339 time (2026-11-26T10:00:00Z) or a duration \
+         ago (30min, 2h, 7d)"
+    )]
+    BadTime(String),
+    #[error("cannot read duration {0:?}: use e.g. 30s, 15min, 12h, 7d, 2weeks")]
+    BadDuration(String),
+}
+
+/// Parses a duration like `7d` or `12h 30min`.
+pub fn parse_duration(s: &str) -> Result<Duration, TimeArgError> {
+    humantime::parse_duration(s.trim()).map_err(|_| TimeArgError::BadDuration(s.into()))
+}
+
+/// Parses `--since`/`--until`: an RFC 3339 time, or a duration meaning "that long ago"
+/// (optionally with a leading `-` or trailing ` ago`). Returns Unix microseconds.
+pub fn parse_time_arg(s: &str, now_us: i64) -> Result<i64, TimeArgError> {
+    let t = s.trim();
+    if let Ok(ts) = humantime::parse_rfc3339_weak(t) {
+        return ts
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .map_err(|_| TimeArgError::BadTime(s.into()));
+    }
+    let d = t.strip_prefix('-').unwrap_or(t);
+    let d = d.strip_suffix("ago").unwrap_or(d).trim();
+    match humantime::parse_duration(d) {
+        Ok(d) => Ok(now_us - d.as_micros() as i64),
+        Err(_) => Err(TimeArgError::BadTime(s.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(parse_hex("0001ABff").unwrap(), b);
+        assert_eq!(parse_hex("0"), None);
+        assert_eq!(parse_hex("zz"), None);
+    }
+
+    #[test]
+    fn time_args_accept_rfc3339_and_durations_ago() {
+        let now = 1_000_000_000_000;
+        assert_eq!(parse_time_arg("1h", now).unwrap(), now - 3_600_000_000);
+        assert_eq!(parse_time_arg("-1h", now).unwrap(), now - 3_600_000_000);
+        assert_eq!(parse_time_arg("2min ago", now).unwrap(), now - 120_000_000);
+        assert_eq!(
+            parse_time_arg("1970-01-01T00:00:10Z", now).unwrap(),
+            10_000_000
+        );
+        assert!(parse_time_arg("yesterday-ish", now).is_err());
+        assert_eq!(format_time_us(10_000_000), "1970-01-01T00:00:10Z");
+    }
+}
