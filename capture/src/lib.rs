@@ -1,4 +1,66 @@
 //! canary's crash record, frame format, datagram transport and panic-path orchestrator.
-//! See `API.md` for the contract with the appliance and the collector.
-#![cfg_attr(not(feature = "std"), no_std)]
+//!
+//! See `API.md` for the contract with the appliance, the collector and the load generator.
+//!
+//! - [`record`]: [`record::CrashRecord`] v1 (bounded, heapless) and its postcard encoding;
+//! - [`wire`]: the datagram frame format (checked view + `Repr`), CRC-32 and optional auth;
+//! - [`chunk`]: splitting an encoded record into chunk frames (and, with `std`, reassembly);
+//! - [`sender`]: the sans-IO sender (retransmit with backoff until acked or the deadline);
+//! - [`auth`]: HMAC-SHA256 frame tags;
+//! - [`panic`]: the panic-path orchestrator (ordered steps, first entry wins, outcomes).
+//!
+//! Everything except the `std` feature's additions works without an allocator.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod chunk;
+pub mod panic;
+pub mod record;
+pub mod sender;
+#[cfg(test)]
+mod tests;
+#[cfg(any(feature = "std", test))]
+pub mod testutil;
+pub mod wire;
+
+pub use auth::Key;
+pub use chunk::RecordId;
+pub use record::CrashRecord;
+
+/// Errors of record encoding/decoding and of the sender's set-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The output buffer is too small for the encoded record.
+    #[error("the encoded crash record does not fit the {0}-byte output buffer")]
+    BufferTooSmall(usize),
+    /// The record body is not a valid postcard encoding of this schema.
+    #[error("the record body is not a valid schema {major}.{minor} crash record")]
+    Decode {
+        /// Schema major of the body.
+        major: u16,
+        /// Schema minor of the body.
+        minor: u16,
+    },
+    /// The record was written with a schema major this crate does not understand.
+    #[error(
+        "unsupported record schema {major}.{minor}: this build reads major {}",
+        record::SCHEMA_MAJOR
+    )]
+    UnsupportedSchema {
+        /// Schema major of the body.
+        major: u16,
+        /// Schema minor of the body.
+        minor: u16,
+    },
+    /// A body that claims this crate's own minor has bytes after the last known field.
+    #[error("{0} trailing bytes after a complete record of the current schema")]
+    TrailingBytes(usize),
+    /// The record to send is empty.
+    #[error("the record to send is empty")]
+    EmptyRecord,
+    /// The record to send is larger than [`chunk::MAX_RECORD_LEN`].
+    #[error("the record is {0} bytes, more than the {max}-byte limit", max = chunk::MAX_RECORD_LEN)]
+    RecordTooLarge(usize),
+}

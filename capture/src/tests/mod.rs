@@ -1,0 +1,5 @@
+//! Unit tests (run with and without the `std` feature).
+
+mod record;
+mod sender;
+mod wire;

@@ -1,0 +1,198 @@
+//! The sans-IO sender: rounds, backoff, acks, deadline, datagram sizes.
+
+use std::vec::Vec;
+
+use crate::auth::Key;
+use crate::chunk::{chunk_count, RecordId};
+use crate::record::{CrashRecord, MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
+use crate::sender::*;
+use crate::testutil::max_record;
+use crate::wire::{self, AckRepr, AckStatus, Repr, MAX_DATAGRAM};
+use crate::Error;
+
+const BOOT: [u8; 16] = [7; 16];
+const CFG: SenderConfig = SenderConfig {
+    initial_rto_ms: 100,
+    max_rto_ms: 400,
+    deadline_ms: 2_000,
+};
+
+fn record_bytes() -> Vec<u8> {
+    let mut buf = [0u8; MAX_ENCODED_LEN];
+    max_record().encode(&mut buf).unwrap().to_vec()
+}
+
+fn ack(id: &RecordId, status: AckStatus, key: Option<&Key>) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let n = wire::emit(&Repr::Ack(AckRepr::for_record(id, status)), key, &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// Polls at `now`, returning the state and the datagrams sent.
+fn poll(s: &mut Sender<'_>, now: u64) -> (SendState, Vec<Vec<u8>>) {
+    let mut sent = Vec::new();
+    let st = s.poll(now, &mut |d: &[u8]| sent.push(d.to_vec()));
+    (st, sent)
+}
+
+#[test]
+fn first_poll_sends_every_chunk_then_waits_one_rto() {
+    let rec = record_bytes();
+    let n = chunk_count(rec.len());
+    assert!(n >= 2, "the maximal record needs several chunks");
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 1_000).unwrap();
+    let (st, sent) = poll(&mut s, 1_000);
+    assert_eq!(st, SendState::Waiting { next_ms: 1_100 });
+    assert_eq!(sent.len(), n);
+    // Every datagram is a valid chunk of our record, within the datagram limit.
+    let mut covered = 0;
+    for d in &sent {
+        assert!(d.len() <= MAX_DATAGRAM);
+        let Ok(Repr::Chunk(c)) = wire::parse(d, None) else {
+            panic!("not a chunk")
+        };
+        assert_eq!(c.id(), s.id());
+        assert_eq!(
+            (c.schema_major, c.schema_minor),
+            (SCHEMA_MAJOR, SCHEMA_MINOR)
+        );
+        assert_eq!(
+            c.data,
+            &rec[c.offset as usize..c.offset as usize + c.data.len()]
+        );
+        covered += c.data.len();
+    }
+    assert_eq!(covered, rec.len());
+    // Nothing more before the RTO.
+    let (_, sent) = poll(&mut s, 1_099);
+    assert!(sent.is_empty());
+}
+
+#[test]
+fn retransmits_with_doubling_rto_capped_at_max() {
+    let rec = record_bytes();
+    let n = chunk_count(rec.len());
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 0).unwrap();
+    let mut now = 0;
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let (st, sent) = poll(&mut s, now);
+        assert_eq!(sent.len(), n, "every round resends every chunk");
+        let SendState::Waiting { next_ms } = st else {
+            panic!("{st:?}")
+        };
+        gaps.push(next_ms - now);
+        now = next_ms;
+    }
+    assert_eq!(gaps, [100, 200, 400, 400, 400]);
+    assert_eq!(s.stats().retransmit_rounds, 4);
+    assert_eq!(s.stats().datagrams_sent as usize, 5 * n);
+}
+
+#[test]
+fn our_ack_stops_the_sender_and_foreign_acks_are_ignored() {
+    let rec = record_bytes();
+    let mut s = Sender::new(CFG, BOOT, 9, &rec, None, 0).unwrap();
+    poll(&mut s, 0);
+    let id = s.id();
+    let others = [
+        RecordId { seq: 10, ..id },
+        RecordId {
+            boot_id: [8; 16],
+            ..id
+        },
+        RecordId {
+            record_crc: id.record_crc ^ 1,
+            ..id
+        },
+    ];
+    for other in others {
+        assert!(!s.handle(&ack(&other, AckStatus::Stored, None)));
+    }
+    assert!(!s.handle(b"not a frame at all"));
+    let (st, sent) = poll(&mut s, 100);
+    assert!(matches!(st, SendState::Waiting { .. }));
+    assert!(
+        !sent.is_empty(),
+        "foreign acks must not stop retransmission"
+    );
+    assert!(s.handle(&ack(&id, AckStatus::Duplicate, None)));
+    assert_eq!(s.ack_status(), Some(AckStatus::Duplicate));
+    let (st, sent) = poll(&mut s, 10_000);
+    assert_eq!(st, SendState::Acked);
+    assert!(sent.is_empty());
+}
+
+#[test]
+fn a_rejecting_ack_ends_the_send_as_rejected() {
+    let rec = record_bytes();
+    let mut s = Sender::new(CFG, BOOT, 9, &rec, None, 0).unwrap();
+    poll(&mut s, 0);
+    assert!(s.handle(&ack(&s.id(), AckStatus::Rejected, None)));
+    assert_eq!(poll(&mut s, 1).0, SendState::Rejected);
+}
+
+#[test]
+fn times_out_at_the_deadline_and_then_sends_nothing() {
+    let rec = record_bytes();
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 500).unwrap();
+    let mut now = 500;
+    loop {
+        let (st, _) = poll(&mut s, now);
+        match st {
+            SendState::Waiting { next_ms } => {
+                assert!(next_ms <= 2_500, "never schedules past the deadline");
+                assert!(next_ms > now);
+                now = next_ms;
+            }
+            SendState::TimedOut => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(now, 2_500);
+    let (st, sent) = poll(&mut s, 99_999);
+    assert_eq!(st, SendState::TimedOut);
+    assert!(sent.is_empty());
+}
+
+#[test]
+fn with_a_key_frames_are_tagged_and_only_tagged_acks_count() {
+    let rec = record_bytes();
+    let key = Key::new([5; 32]);
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, Some(&key), 0).unwrap();
+    let (_, sent) = poll(&mut s, 0);
+    for d in &sent {
+        assert!(d.len() <= MAX_DATAGRAM);
+        assert!(matches!(wire::parse(d, Some(&key)), Ok(Repr::Chunk(_))));
+        assert_eq!(wire::parse(d, None), Err(wire::WireError::UnexpectedAuth));
+    }
+    let id = s.id();
+    assert!(
+        !s.handle(&ack(&id, AckStatus::Stored, None)),
+        "unauthenticated ack"
+    );
+    assert!(!s.handle(&ack(&id, AckStatus::Stored, Some(&Key::new([6; 32])))));
+    assert!(s.handle(&ack(&id, AckStatus::Stored, Some(&key))));
+    assert_eq!(poll(&mut s, 1).0, SendState::Acked);
+}
+
+#[test]
+fn empty_and_oversized_records_are_refused() {
+    assert_eq!(
+        Sender::new(CFG, BOOT, 1, &[], None, 0).unwrap_err(),
+        Error::EmptyRecord
+    );
+    let big = std::vec![0u8; crate::chunk::MAX_RECORD_LEN + 1];
+    assert_eq!(
+        Sender::new(CFG, BOOT, 1, &big, None, 0).unwrap_err(),
+        Error::RecordTooLarge(big.len())
+    );
+}
+
+#[test]
+fn a_one_byte_record_is_one_chunk() {
+    let mut s = Sender::new(CFG, BOOT, 1, &[0x42], None, 0).unwrap();
+    let (_, sent) = poll(&mut s, 0);
+    assert_eq!(sent.len(), 1);
+    let _ = CrashRecord::empty();
+}
