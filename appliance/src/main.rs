@@ -1,8 +1,39 @@
-//! The canary unikernel. On a hosted target this builds as a stub so the workspace checks.
-#![cfg_attr(target_os = "none", no_std, no_main)]
-#![cfg_attr(target_os = "uefi", no_std, no_main)]
+//! The canary unikernel. On a hosted target this builds as a stub (so the workspace checks and
+//! the portable modules' unit tests run); the kernel builds with `--target x86_64-unknown-none`,
+//! `aarch64-unknown-none`, `x86_64-unknown-uefi` or `aarch64-unknown-uefi` (see
+//! `scripts/qemu-run`).
+#![cfg_attr(kernel, no_std, no_main)]
+#![cfg_attr(not(kernel), allow(dead_code))]
 
-#[cfg(not(any(target_os = "none", target_os = "uefi")))]
+mod config;
+mod logring;
+mod sync;
+
+#[cfg(kernel)]
+mod arch;
+#[cfg(kernel)]
+mod canary;
+#[cfg(kernel)]
+mod dma;
+#[cfg(kernel)]
+mod heap;
+#[cfg(kernel)]
+mod hyperv;
+#[cfg(kernel)]
+mod klog;
+#[cfg(kernel)]
+mod net;
+#[cfg(kernel)]
+mod panic_path;
+#[cfg(kernel)]
+mod platform;
+#[cfg(all(kernel, target_os = "uefi"))]
+mod uefi_entry;
+
+#[cfg(kernel)]
+pub use platform::kmain;
+
+#[cfg(not(kernel))]
 fn main() {
     eprintln!("appliance is a kernel: build it with scripts/qemu-run or --target x86_64-unknown-none");
 }

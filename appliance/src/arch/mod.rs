@@ -1,0 +1,85 @@
+//! What each architecture provides. Selected here, in one place, by `cfg(target_arch)`.
+//!
+//! Every arch module (`x86_64/`, `aarch64/`) provides:
+//! - boot entries that build a [`BootInfo`] and call `crate::kmain(BootInfo)` (direct boot;
+//!   UEFI boots go through `crate::uefi_entry`, which ends in the same `kmain`);
+//! - `serial::{init, write}`: the console (16550 on x86_64, PL011 on arm64);
+//! - `timer::{init, now_us}`: monotonic microseconds since boot;
+//! - `reference_seconds()`: an independent clock for the timer sanity self-check;
+//! - `interrupts_off()`, `interrupts_enabled()`: the canary is fully polled, so interrupts stay
+//!   off; the panic path turns them off again anyway;
+//! - `install_exceptions()`: every CPU exception enters `crate::panic_path::on_fault(..)`;
+//! - `snapshot_registers(&mut RegSnapshot)`, `frame_pointer()`: for the crash record (the
+//!   frame-pointer walk itself is common: both ABIs keep `[fp] = caller fp, [fp+8] = return
+//!   address`);
+//! - `halt()`, `reset()`, `poweroff()`, `qemu_exit(code)`;
+//! - `nic_transport()`: the virtio transport of the first virtio-net device (PCI on x86_64,
+//!   MMIO on arm64);
+//! - `hypervisor_info()`: CPUID/SMCCC identity for the record when Hyper-V is not there.
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64 as imp;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64 as imp;
+
+pub use imp::{
+    frame_pointer, halt, install_exceptions, interrupts_off, poweroff,
+    qemu_exit, reset, snapshot_registers,
+};
+
+use capture::record::BootMode;
+
+/// One memory-map entry.
+#[derive(Clone, Copy, Debug)]
+pub struct MemRegion {
+    pub base: u64,
+    pub len: u64,
+    pub usable: bool,
+}
+
+/// What the boot path learned about the machine.
+pub struct BootInfo {
+    pub mode: BootMode,
+    pub cmdline: &'static str,
+    pub regions: heapless::Vec<MemRegion, 32>,
+    /// Regions that did not fit `regions`.
+    pub regions_dropped: usize,
+    pub rsdp: Option<u64>,
+    pub dtb: Option<usize>,
+}
+
+impl BootInfo {
+    pub fn new(mode: BootMode) -> Self {
+        BootInfo {
+            mode,
+            cmdline: "",
+            regions: heapless::Vec::new(),
+            regions_dropped: 0,
+            rsdp: None,
+            dtb: None,
+        }
+    }
+
+    pub fn add_region(&mut self, r: MemRegion) {
+        if self.regions.push(r).is_err() {
+            self.regions_dropped += 1;
+        }
+    }
+
+    pub fn usable_bytes(&self) -> u64 {
+        self.regions.iter().filter(|r| r.usable).map(|r| r.len).sum()
+    }
+}
+
+pub fn serial_write(b: &[u8]) {
+    imp::serial::write(b)
+}
+
+pub fn now_us() -> u64 {
+    imp::timer::now_us()
+}

@@ -1,0 +1,158 @@
+//! IDT with the 32 architectural exception vectors; every one enters the panic path.
+use crate::panic_path::{FaultInfo, RegSnapshot};
+use core::arch::global_asm;
+
+// One 16-byte stub per vector (vector n at canary_isr_base + 16 * n), so no table of
+// absolute addresses is needed (the same code links as ELF and as a relocatable PE).
+global_asm!(
+    r#"
+    .text
+    .balign 16
+    .global canary_isr_base
+    canary_isr_base:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        .balign 16
+        .if (\n == 8) || (\n >= 10 && \n <= 14) || (\n == 17) || (\n == 21) || (\n == 29) || (\n == 30)
+        .else
+        pushq $0
+        .endif
+        pushq $\n
+        jmp canary_isr_common
+    .endr
+    .balign 16
+    canary_isr_common:
+        push %rax
+        push %rbx
+        push %rcx
+        push %rdx
+        push %rsi
+        push %rdi
+        push %rbp
+        push %r8
+        push %r9
+        push %r10
+        push %r11
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+        mov %rsp, %rdi
+        and $-16, %rsp
+        call {trap}
+    1:  hlt
+        jmp 1b
+"#,
+    trap = sym trap,
+    options(att_syntax)
+);
+
+fn isr_base() -> u64 {
+    let base: u64;
+    // SAFETY: computes the address of a code label.
+    unsafe { core::arch::asm!("lea {}, [rip + canary_isr_base]", out(reg) base, options(nomem, nostack, preserves_flags)) };
+    base
+}
+
+/// What the stubs leave on the stack (lowest address first).
+#[repr(C)]
+struct TrapFrame {
+    r15: u64,
+    r14: u64,
+    r13: u64,
+    r12: u64,
+    r11: u64,
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    rbp: u64,
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    rcx: u64,
+    rbx: u64,
+    rax: u64,
+    vector: u64,
+    error: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+    rsp: u64,
+    ss: u64,
+}
+
+/// Intel SDM vol. 3A, table 6-1.
+const NAMES: [&str; 32] = [
+    "divide error", "debug", "NMI", "breakpoint", "overflow", "BOUND range exceeded",
+    "invalid opcode", "device not available", "double fault", "coprocessor segment overrun",
+    "invalid TSS", "segment not present", "stack-segment fault", "general protection fault",
+    "page fault", "reserved 15", "x87 FPU error", "alignment check", "machine check",
+    "SIMD exception", "virtualization exception", "control protection", "reserved 22",
+    "reserved 23", "reserved 24", "reserved 25", "reserved 26", "reserved 27",
+    "hypervisor injection", "VMM communication", "security exception", "reserved 31",
+];
+
+extern "C" fn trap(f: &TrapFrame) -> ! {
+    let cr2: u64;
+    // SAFETY: reads CR2 at CPL0.
+    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    let mut regs = RegSnapshot::default();
+    for v in [
+        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12,
+        f.r13, f.r14, f.r15, f.rflags, f.error, cr2,
+    ] {
+        let _ = regs.gprs.push(v);
+    }
+    regs.pc = f.rip;
+    regs.sp = f.rsp;
+    regs.fp = f.rbp;
+    crate::panic_path::on_fault(FaultInfo {
+        name: NAMES[(f.vector & 31) as usize],
+        code: f.vector | (f.error << 8),
+        addr: if f.vector == 14 { cr2 } else { f.rip },
+        regs,
+    })
+}
+
+#[repr(C, align(16))]
+struct Idt([u64; 64]);
+
+static mut IDT: Idt = Idt([0; 64]);
+
+pub fn install() {
+    let cs: u16;
+    // SAFETY: reads CS.
+    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: the table is filled once at boot, before interrupts could use it (they are
+    // off); `lidt` points the CPU at a static that lives forever.
+    unsafe {
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        let base = isr_base();
+        for v in 0..32usize {
+            let h = base + 16 * v as u64;
+            let lo = (h & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | ((h >> 16) & 0xffff) << 48;
+            idt.0[v * 2] = lo;
+            idt.0[v * 2 + 1] = h >> 32;
+        }
+        let ptr = DescPtr {
+            limit: (32 * 16 - 1) as u16,
+            base: idt.0.as_ptr() as u64,
+        };
+        core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
+    }
+}
+
+#[repr(C, packed)]
+struct DescPtr {
+    limit: u16,
+    base: u64,
+}
+
+/// Loads an empty IDT and raises an exception: the CPU shuts down (reset on PCs).
+///
+/// # Safety
+/// Ends the machine.
+pub unsafe fn triple_fault() -> ! {
+    let ptr = DescPtr { limit: 0, base: 0 };
+    // SAFETY: deliberate: no valid IDT, then an interrupt → triple fault.
+    unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) &ptr, options(noreturn)) };
+}

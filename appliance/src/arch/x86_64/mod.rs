@@ -1,0 +1,356 @@
+//! x86_64: PVH / Linux-boot direct entry, 16550 serial, TSC timer, IDT, port-I/O PCI config.
+
+#[cfg(target_os = "none")]
+mod boot;
+pub mod exceptions;
+mod port;
+pub mod serial;
+pub mod timer;
+
+use crate::arch::{BootInfo, MemRegion};
+use capture::record::BootMode;
+pub use exceptions::install as install_exceptions;
+use port::{inb, inl, outb, outl, outw};
+
+/// The Rust side of the direct-boot entries in `boot.rs`.
+/// `kind` 1: PVH, `info` = hvm_start_info; `kind` 2: Linux boot protocol, `info` = boot_params.
+#[cfg(target_os = "none")]
+extern "C" fn direct_entry(info: u64, kind: u64) -> ! {
+    let mut bi = BootInfo::new(if kind == 1 {
+        BootMode::Pvh
+    } else {
+        BootMode::LinuxBoot
+    });
+    // SAFETY: the boot loader passed the address of its boot structure, identity-mapped in
+    // the low 4 GiB; we only read it.
+    unsafe {
+        if kind == 1 {
+            parse_pvh(info as usize, &mut bi)
+        } else {
+            parse_boot_params(info as usize, &mut bi)
+        }
+    };
+    crate::kmain(bi)
+}
+
+/// Reads a NUL-terminated string the loader left in identity-mapped memory.
+///
+/// # Safety
+/// `p` must be 0 or point to readable memory holding a NUL-terminated string.
+unsafe fn cstr(p: usize, max: usize) -> &'static str {
+    if p == 0 {
+        return "";
+    }
+    let mut n = 0;
+    // SAFETY: the caller promises a NUL-terminated string at `p`.
+    while n < max && unsafe { core::ptr::read_volatile((p + n) as *const u8) } != 0 {
+        n += 1;
+    }
+    // SAFETY: `n` bytes at `p` were just read.
+    let bytes = unsafe { core::slice::from_raw_parts(p as *const u8, n) };
+    core::str::from_utf8(bytes).unwrap_or("")
+}
+
+/// `struct hvm_start_info` (Xen `public/arch-x86/hvm/start_info.h`): magic 0x336ec578 at 0,
+/// version at 4, cmdline_paddr at 24, rsdp_paddr at 32, memmap_paddr at 40 and
+/// memmap_entries at 48 (version >= 1); memmap entries are {addr u64, size u64, type u32,
+/// reserved u32}, type 1 = RAM.
+///
+/// # Safety
+/// `p` must point to a hvm_start_info in identity-mapped memory.
+#[cfg(target_os = "none")]
+unsafe fn parse_pvh(p: usize, bi: &mut BootInfo) {
+    let rd32 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u32) };
+    let rd64 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u64) };
+    if p == 0 || rd32(0) != 0x336e_c578 {
+        return;
+    }
+    // SAFETY: cmdline_paddr is a NUL-terminated string or 0.
+    bi.cmdline = unsafe { cstr(rd64(24) as usize, 4096) };
+    bi.rsdp = Some(rd64(32)).filter(|&a| a != 0);
+    if rd32(4) >= 1 {
+        let map = rd64(40) as usize;
+        for i in 0..rd32(48) as usize {
+            let e = map + i * 24;
+            // SAFETY: the loader says the table has memmap_entries entries.
+            let (addr, size, ty) = unsafe {
+                (
+                    core::ptr::read_unaligned(e as *const u64),
+                    core::ptr::read_unaligned((e + 8) as *const u64),
+                    core::ptr::read_unaligned((e + 16) as *const u32),
+                )
+            };
+            bi.add_region(MemRegion {
+                base: addr,
+                len: size,
+                usable: ty == 1,
+            });
+        }
+    }
+}
+
+/// Linux `struct boot_params` (`arch/x86/include/uapi/asm/bootparam.h`): e820_entries u8 at
+/// 0x1e8, setup header cmd_line_ptr u32 at 0x228, ext_cmd_line_ptr u32 at 0x0c8,
+/// e820_table at 0x2d0 (20-byte {addr, size, type} entries, at most 128), acpi_rsdp_addr at
+/// 0x070.
+///
+/// # Safety
+/// `p` must point to a boot_params in identity-mapped memory.
+#[cfg(target_os = "none")]
+unsafe fn parse_boot_params(p: usize, bi: &mut BootInfo) {
+    if p == 0 {
+        return;
+    }
+    let rd8 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u8) };
+    let rd32 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u32) };
+    let rd64 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u64) };
+    let cmd = rd32(0x228) as u64 | ((rd32(0x0c8) as u64) << 32);
+    // SAFETY: cmd_line_ptr is a NUL-terminated string or 0.
+    bi.cmdline = unsafe { cstr(cmd as usize, 4096) };
+    bi.rsdp = Some(rd64(0x070)).filter(|&a| a != 0);
+    let n = (rd8(0x1e8) as usize).min(128);
+    for i in 0..n {
+        let e = 0x2d0 + i * 20;
+        bi.add_region(MemRegion {
+            base: rd64(e),
+            len: rd64(e + 8),
+            usable: rd32(e + 16) == 1,
+        });
+    }
+}
+
+pub fn interrupts_off() {
+    // SAFETY: cli only masks maskable interrupts.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+}
+
+/// The canary is fully polled: interrupts stay off. This exists for the arch contract.
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS.
+    unsafe { core::arch::asm!("pushfq; pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
+}
+
+pub fn halt() -> ! {
+    interrupts_off();
+    loop {
+        // SAFETY: hlt with interrupts off parks the CPU.
+        unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// QEMU `isa-debug-exit` at iobase 0xf4: QEMU exits with status (value << 1) | 1.
+/// On a machine without the device the write goes nowhere.
+pub fn qemu_exit(code: u8) {
+    // SAFETY: a byte write to an otherwise unused legacy port.
+    unsafe { outb(0xf4, code) };
+}
+
+/// Reset: the keyboard controller pulse (0x64 <- 0xfe), then the PCI reset control register
+/// 0xcf9 (full reset), then a triple fault.
+pub fn reset() -> ! {
+    interrupts_off();
+    // SAFETY: documented reset mechanisms of PC-compatible machines.
+    unsafe {
+        outb(0xcf9, 0x06);
+        outb(0x64, 0xfe);
+        exceptions::triple_fault();
+    }
+}
+
+/// Power off: the ACPI PM1a control register of QEMU's PIIX4 (0x604) and ICH9 (0x604) with
+/// SLP_TYP 0 | SLP_EN (QEMU `hw/acpi/core.c`, S5 = 0 in QEMU's DSDT), then Hyper-V/others halt.
+pub fn poweroff() -> ! {
+    // SAFETY: writes to the ACPI PM1a control port; on other machines this is a no-op.
+    unsafe { outw(0x604, 0x2000) };
+    halt()
+}
+
+/// CMOS RTC seconds since midnight (a reference clock independent of the TSC), or None if
+/// the RTC reads as absent (0xff).
+pub fn rtc_seconds() -> Option<u32> {
+    let read = |reg: u8| {
+        // SAFETY: CMOS index/data ports; NMI-disable bit set while indexing.
+        unsafe {
+            outb(0x70, 0x80 | reg);
+            inb(0x71)
+        }
+    };
+    let status_b = read(0x0b);
+    if status_b == 0xff {
+        return None;
+    }
+    let bcd = status_b & 0x04 == 0;
+    let conv = |v: u8| {
+        if bcd {
+            (v >> 4) as u32 * 10 + (v & 0xf) as u32
+        } else {
+            v as u32
+        }
+    };
+    loop {
+        // Wait out an update in progress, read twice until stable.
+        while read(0x0a) & 0x80 != 0 {}
+        let (s, m, h) = (read(0x00), read(0x02), read(0x04));
+        if (s, m, h) == (read(0x00), read(0x02), read(0x04)) {
+            let h24 = if status_b & 0x02 == 0 && h & 0x80 != 0 {
+                (conv(h & 0x7f) % 12) + 12
+            } else {
+                conv(h & 0x7f)
+            };
+            return Some(h24 * 3600 + conv(m) * 60 + conv(s));
+        }
+    }
+}
+
+/// PCI configuration mechanism #1 (ports 0xcf8/0xcfc), for virtio-drivers.
+pub struct PortCam;
+
+impl virtio_drivers::transport::pci::bus::ConfigurationAccess for PortCam {
+    fn read_word(
+        &self,
+        df: virtio_drivers::transport::pci::bus::DeviceFunction,
+        off: u8,
+    ) -> u32 {
+        // SAFETY: configuration mechanism #1 ports.
+        unsafe {
+            outl(0xcf8, cf8(df, off));
+            inl(0xcfc)
+        }
+    }
+    fn write_word(
+        &mut self,
+        df: virtio_drivers::transport::pci::bus::DeviceFunction,
+        off: u8,
+        data: u32,
+    ) {
+        // SAFETY: configuration mechanism #1 ports.
+        unsafe {
+            outl(0xcf8, cf8(df, off));
+            outl(0xcfc, data)
+        }
+    }
+    unsafe fn unsafe_clone(&self) -> Self {
+        PortCam
+    }
+}
+
+fn cf8(df: virtio_drivers::transport::pci::bus::DeviceFunction, off: u8) -> u32 {
+    0x8000_0000
+        | (df.bus as u32) << 16
+        | (df.device as u32) << 11
+        | (df.function as u32) << 8
+        | (off as u32 & 0xfc)
+}
+
+pub fn pci_root() -> virtio_drivers::transport::pci::bus::PciRoot<PortCam> {
+    virtio_drivers::transport::pci::bus::PciRoot::new(PortCam)
+}
+
+/// The caller's frame pointer (RBP).
+#[inline(always)]
+pub fn frame_pointer() -> usize {
+    let fp: usize;
+    // SAFETY: reads RBP.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    fp
+}
+
+/// Snapshot of the general-purpose registers at the call site: RAX..R15 (16), RFLAGS, CR0,
+/// CR2, CR3, CR4; pc, sp, fp.
+#[inline(always)]
+pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
+    let mut g = [0u64; 16];
+    // SAFETY: stores registers into a local array; no other side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov [{p}], rax", "mov [{p}+8], rbx", "mov [{p}+16], rcx", "mov [{p}+24], rdx",
+            "mov [{p}+32], rsi", "mov [{p}+40], rdi", "mov [{p}+48], rbp", "mov [{p}+56], rsp",
+            "mov [{p}+64], r8", "mov [{p}+72], r9", "mov [{p}+80], r10", "mov [{p}+88], r11",
+            "mov [{p}+96], r12", "mov [{p}+104], r13", "mov [{p}+112], r14", "mov [{p}+120], r15",
+            p = in(reg) g.as_mut_ptr(), options(nostack, preserves_flags)
+        );
+    }
+    let (cr0, cr2, cr3, cr4, rflags, rip): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: reads control registers and RFLAGS at CPL0.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("pushfq; pop {}", out(reg) rflags, options(nomem, preserves_flags));
+        core::arch::asm!("lea {}, [rip]", out(reg) rip, options(nomem, nostack, preserves_flags));
+    }
+    out.gprs.clear();
+    for v in g.iter().chain([rflags, cr0, cr2, cr3, cr4].iter()) {
+        let _ = out.gprs.push(*v);
+    }
+    out.pc = rip;
+    out.sp = g[7];
+    out.fp = g[6];
+}
+
+/// Fills in the region list for a UEFI boot is done by the uefi entry; this is for the
+/// contract: the arch's PCI view of the machine is ports, nothing to map.
+pub fn map_mmio(_base: u64, _len: u64) {}
+
+/// The first virtio-net device on PCI bus 0 (QEMU `virtio-net-pci`).
+pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'static>> {
+    use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+    use virtio_drivers::transport::DeviceType;
+    let mut root = pci_root();
+    for bus in 0..=1u8 {
+        for (df, info) in root.enumerate_bus(bus) {
+            if virtio_device_type(&info) != Some(DeviceType::Network) {
+                continue;
+            }
+            log::info!("virtio-net at PCI {df}");
+            match PciTransport::new::<crate::dma::Hal, _>(&mut root, df) {
+                Ok(t) => return Some(t.into()),
+                Err(e) => log::warn!("virtio-net at {df}: {e:?}"),
+            }
+        }
+    }
+    None
+}
+
+/// The hypervisor's CPUID identity (leaf 1 ECX bit 31, leaf 0x40000000 vendor signature).
+pub fn hypervisor_info() -> capture::record::HypervisorInfo {
+    use core::arch::x86_64::__cpuid;
+    let mut hi = capture::record::HypervisorInfo::default();
+    // SAFETY: cpuid is always available in long mode.
+    let l1 = __cpuid(1);
+    if l1.ecx & (1 << 31) == 0 {
+        return hi;
+    }
+    hi.present = true;
+    let l = __cpuid(0x4000_0000);
+    let mut v = [0u8; 12];
+    v[0..4].copy_from_slice(&l.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&l.ecx.to_le_bytes());
+    v[8..12].copy_from_slice(&l.edx.to_le_bytes());
+    let s = core::str::from_utf8(&v).unwrap_or("?");
+    let _ = hi.vendor.push_str(s.trim_end_matches('\0'));
+    hi
+}
+
+/// Seconds from the CMOS RTC: the reference for the timer sanity check.
+pub fn reference_seconds() -> Option<u32> {
+    rtc_seconds()
+}
+
+/// Some entropy for the boot id: RDRAND when the CPU has it, else TSC jitter.
+pub fn entropy() -> u64 {
+    use core::arch::x86_64::__cpuid;
+    if __cpuid(1).ecx & (1 << 30) != 0 {
+        let mut v: u64 = 0;
+        let ok: u8;
+        // SAFETY: RDRAND is advertised by CPUID.
+        unsafe { core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        if ok == 1 {
+            return v ^ timer::rdtsc();
+        }
+    }
+    timer::rdtsc()
+}

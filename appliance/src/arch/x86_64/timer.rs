@@ -1,0 +1,68 @@
+//! Time: the TSC, calibrated at boot against PIT channel 2 (1.193182 MHz, Intel 8254 data
+//! sheet; the gate/OUT bits of port 0x61 as on every PC since the AT).
+use super::port::{inb, outb};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TSC0: AtomicU64 = AtomicU64::new(0);
+/// microseconds per TSC tick, as a 32.32 fixed-point number.
+static MULT: AtomicU64 = AtomicU64::new(1 << 32 >> 10); // placeholder: 1 GHz-ish until calibrated
+static HZ: AtomicU64 = AtomicU64::new(0);
+
+const PIT_HZ: u64 = 1_193_182;
+
+#[inline]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc has no side effects.
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    (hi as u64) << 32 | lo as u64
+}
+
+/// Measures the TSC over `ticks` PIT ticks; None if the PIT never fires.
+fn pit_measure(ticks: u16) -> Option<u64> {
+    // SAFETY: PIT channel 2 with the speaker output disabled; standard programming.
+    unsafe {
+        let p61 = inb(0x61);
+        outb(0x61, (p61 & !0x02) | 0x01); // gate on, speaker off
+        outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
+        outb(0x42, ticks as u8);
+        outb(0x42, (ticks >> 8) as u8);
+        let start = rdtsc();
+        let mut spins = 0u64;
+        while inb(0x61) & 0x20 == 0 {
+            spins += 1;
+            if spins > 50_000_000 {
+                return None;
+            }
+        }
+        let end = rdtsc();
+        outb(0x61, p61);
+        Some(end - start)
+    }
+}
+
+pub fn init() {
+    TSC0.store(rdtsc(), Ordering::Relaxed);
+    // 5 ms window.
+    let ticks = 5966u16;
+    let hz = pit_measure(ticks)
+        .map(|d| d * PIT_HZ / ticks as u64)
+        .filter(|&hz| hz > 1_000_000)
+        .unwrap_or(1_000_000_000);
+    set_hz(hz);
+}
+
+pub fn set_hz(hz: u64) {
+    HZ.store(hz, Ordering::Relaxed);
+    MULT.store(((1_000_000u128 << 32) / hz as u128) as u64, Ordering::Relaxed);
+}
+
+pub fn tsc_hz() -> u64 {
+    HZ.load(Ordering::Relaxed)
+}
+
+/// Microseconds since `init`.
+pub fn now_us() -> u64 {
+    let d = rdtsc().wrapping_sub(TSC0.load(Ordering::Relaxed));
+    ((d as u128 * MULT.load(Ordering::Relaxed) as u128) >> 32) as u64
+}

@@ -1,0 +1,182 @@
+//! The canary workload: periodic self-checks, heartbeats to the collector, drills, and the
+//! panics and faults asked for on the command line.
+use crate::config::Config;
+use crate::panic_path::{HINT_DRILL, HINT_SELFCHECK, KIND_HINT};
+use crate::platform::{HYPERV, NET};
+use capture::wire::{DrillRepr, HeartbeatRepr, Repr};
+use core::sync::atomic::Ordering;
+
+/// Timer sanity: the counter against an independent reference clock (x86_64: CMOS RTC;
+/// arm64: PL031 RTC), over the time since the last reference tick we trusted.
+struct TimerCheck {
+    base: Option<(u64, u32)>,
+}
+
+impl TimerCheck {
+    fn check(&mut self, tolerance_pct: u32) -> Result<(), &'static str> {
+        let now = crate::arch::now_us();
+        let Some(ref_s) = crate::arch::imp::reference_seconds() else {
+            return Ok(()); // no reference clock: nothing to compare
+        };
+        match self.base {
+            None => self.base = Some((now, ref_s)),
+            Some((t0, r0)) => {
+                if now < t0 {
+                    return Err("timer: the counter went backwards");
+                }
+                // Midnight wrap: start over.
+                if ref_s < r0 {
+                    self.base = Some((now, ref_s));
+                    return Ok(());
+                }
+                let ref_us = (ref_s - r0) as u64 * 1_000_000;
+                // Compare only over >= 4 s: the reference has 1 s resolution.
+                if ref_us >= 4_000_000 {
+                    let counter_us = now - t0;
+                    let slack = ref_us * tolerance_pct as u64 / 100 + 1_000_000;
+                    if counter_us + slack < ref_us || counter_us > ref_us + slack {
+                        log::error!(
+                            "timer: counter says {counter_us} us, reference says {ref_us} us"
+                        );
+                        return Err("timer: counter and reference clock disagree");
+                    }
+                    self.base = Some((now, ref_s));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn heartbeat(seq: u32) {
+    let Some(mut g) = NET.try_lock() else { return };
+    let Some(net) = g.as_mut() else { return };
+    let boot = crate::platform::BOOT.get();
+    let hb = Repr::Heartbeat(HeartbeatRepr {
+        boot_id: boot.map(|b| b.boot_id).unwrap_or_default(),
+        seq,
+        uptime_ms: crate::arch::now_us() / 1000,
+        arch: capture::record::Arch::current(),
+    });
+    let mut buf = [0u8; 128];
+    if let Ok(n) = capture::wire::emit(&hb, None, &mut buf) {
+        if !net.send_to_collector(&buf[..n]) {
+            log::warn!("heartbeat {seq}: socket buffer full");
+        }
+    }
+}
+
+/// Polls the network; returns a drill request if one arrived.
+fn poll_net() -> Option<DrillRepr> {
+    let mut g = NET.try_lock()?;
+    let net = g.as_mut()?;
+    net.poll();
+    let mut buf = [0u8; 256];
+    let mut drill = None;
+    while let Some(d) = net.recv_drill(&mut buf) {
+        match capture::wire::parse(d, None) {
+            Ok(Repr::Drill(r)) => drill = Some(r),
+            Ok(_) => log::warn!("drill port: unexpected frame kind"),
+            Err(e) => log::warn!("drill port: bad frame: {e}"),
+        }
+    }
+    // Acks for heartbeats are not expected; drop stray datagrams on the collector socket.
+    let mut buf2 = [0u8; 64];
+    while net.recv_collector(&mut buf2).is_some() {}
+    drill
+}
+
+/// Waits (polling) until the collector is reachable at the link layer, so that "ready" means
+/// the network is up and a crash record would leave at once. Bounded.
+fn wait_network(limit_us: u64) -> bool {
+    let t0 = crate::arch::now_us();
+    heartbeat(0);
+    loop {
+        {
+            let Some(mut g) = NET.try_lock() else { return false };
+            let Some(net) = g.as_mut() else { return false };
+            net.poll();
+            if net.collector_queue_empty() {
+                return true;
+            }
+        }
+        if crate::arch::now_us() - t0 > limit_us {
+            return false;
+        }
+    }
+}
+
+pub fn run(cfg: &'static Config) -> ! {
+    let has_net = NET.try_lock().is_some_and(|g| g.is_some());
+    if has_net && !wait_network(3_000_000) {
+        log::warn!("network: collector not reachable yet");
+    }
+    let t_ready = crate::arch::now_us();
+    log::info!(
+        "canary: ready (network {}), collector {}.{}.{}.{}:{}, drill port {}",
+        if has_net { "up" } else { "absent" },
+        cfg.collector.0[0],
+        cfg.collector.0[1],
+        cfg.collector.0[2],
+        cfg.collector.0[3],
+        cfg.collector.1,
+        cfg.drill_port
+    );
+    let mut timer = TimerCheck { base: None };
+    let mut next_check = t_ready;
+    let mut next_hb = t_ready + cfg.heartbeat_ms * 1000;
+    let mut hb_seq = 1u32;
+    let panic_at = cfg.panic_after_ms.map(|ms| t_ready + ms * 1000);
+    let fault_at = cfg.fault_after_ms.map(|ms| t_ready + ms * 1000);
+    let mut drill_at: Option<(u64, u64)> = None;
+    loop {
+        let now = crate::arch::now_us();
+        if let Some(d) = poll_net() {
+            log::warn!("drill {:#x} received: panicking in {} ms", d.nonce, d.delay_ms);
+            drill_at = Some((now + d.delay_ms as u64 * 1000, d.nonce));
+        }
+        if let Some((at, nonce)) = drill_at {
+            if now >= at {
+                KIND_HINT.store(HINT_DRILL, Ordering::SeqCst);
+                panic!("drill {nonce:#x} from the collector: panic on purpose");
+            }
+        }
+        if panic_at.is_some_and(|t| now >= t) {
+            panic!(
+                "panic_after={}.{:03}s: panic on purpose",
+                cfg.panic_after_ms.unwrap_or(0) / 1000,
+                cfg.panic_after_ms.unwrap_or(0) % 1000
+            );
+        }
+        if fault_at.is_some_and(|t| now >= t) {
+            log::warn!("fault_after: reading unmapped address {:#x}", BAD_ADDRESS);
+            // SAFETY: deliberately not safe: a read from an unmapped address to exercise the
+            // fault path (fault_after= on the command line).
+            let v = unsafe { core::ptr::read_volatile(BAD_ADDRESS as *const u64) };
+            panic!("fault_after: the bad read returned {v:#x} instead of faulting");
+        }
+        if now >= next_check {
+            next_check = now + cfg.selfcheck_ms.max(10) * 1000;
+            let r = timer
+                .check(cfg.timer_tolerance_pct)
+                .and_then(|_| crate::heap::self_check())
+                .and_then(|_| match HYPERV.try_lock() {
+                    Some(mut g) => g.as_mut().map_or(Ok(()), |h| h.self_check()),
+                    None => Ok(()),
+                });
+            if let Err(what) = r {
+                KIND_HINT.store(HINT_SELFCHECK, Ordering::SeqCst);
+                panic!("self-check failed: {what}");
+            }
+        }
+        if cfg.heartbeat_ms > 0 && now >= next_hb {
+            next_hb = now + cfg.heartbeat_ms * 1000;
+            heartbeat(hb_seq);
+            hb_seq = hb_seq.wrapping_add(1);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// An address no boot path maps (above every identity map we or the firmware build).
+const BAD_ADDRESS: usize = 0x7fff_ffff_f000;

@@ -1,0 +1,276 @@
+//! Appliance configuration from the kernel command line (direct boot) or the UEFI load
+//! options: whitespace-separated `key=value` words. See `configs/appliance.example`.
+//!
+//! Unknown keys and bad values never stop the boot: they are collected as warnings (the logger
+//! prints them once it is up) and the default stays in force.
+
+use core::fmt::Write as _;
+
+/// What the canary does at the end of the panic path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanicAction {
+    Halt,
+    Reset,
+    Poweroff,
+}
+
+/// The appliance's own IPv4 configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetConfig {
+    Static {
+        addr: [u8; 4],
+        prefix: u8,
+        gateway: Option<[u8; 4]>,
+    },
+    Dhcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Collector address and UDP port.
+    pub collector: ([u8; 4], u16),
+    pub net: NetConfig,
+    /// UDP port the appliance listens on for Drill frames.
+    pub drill_port: u16,
+    pub panic_action: PanicAction,
+    /// Self-check interval (timer sanity, VMBus health).
+    pub selfcheck_ms: u64,
+    /// Heartbeat interval (0 = off).
+    pub heartbeat_ms: u64,
+    /// How long the panic path tries to get an ack for the record.
+    pub deadline_ms: u64,
+    /// Bound of the VMBus UNLOAD wait in the panic path.
+    pub unload_deadline_ms: u64,
+    /// Panic on purpose this long after "ready" (test and demo).
+    pub panic_after_ms: Option<u64>,
+    /// Make a bad memory access this long after "ready".
+    pub fault_after_ms: Option<u64>,
+    /// Panic again inside the panic path (tests the nested path).
+    pub nested_panic: bool,
+    /// Under QEMU: leave through isa-debug-exit (x86_64) or semihosting (arm64) so the exit
+    /// status says how the canary ended.
+    pub qemu_exit: bool,
+    /// Allowed drift between the counter and the reference clock, in percent.
+    pub timer_tolerance_pct: u32,
+    pub log_level: log::LevelFilter,
+    /// Problems found while parsing, printed once the log is up.
+    pub warnings: heapless::String<256>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            collector: ([10, 0, 2, 2], 7777),
+            net: NetConfig::Static {
+                addr: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: Some([10, 0, 2, 2]),
+            },
+            drill_port: 7778,
+            panic_action: PanicAction::Halt,
+            selfcheck_ms: 1000,
+            heartbeat_ms: 5000,
+            deadline_ms: 3000,
+            unload_deadline_ms: 100_000,
+            panic_after_ms: None,
+            fault_after_ms: None,
+            nested_panic: false,
+            qemu_exit: false,
+            timer_tolerance_pct: 50,
+            log_level: log::LevelFilter::Info,
+            warnings: heapless::String::new(),
+        }
+    }
+}
+
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in out.iter_mut() {
+        *o = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn parse_endpoint(s: &str) -> Option<([u8; 4], u16)> {
+    let (a, p) = s.split_once(':')?;
+    Some((parse_ipv4(a)?, p.parse().ok()?))
+}
+
+/// Seconds with up to three decimals ("2", "0.5", "1.25") to milliseconds.
+fn parse_seconds_ms(s: &str) -> Option<u64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || (whole.is_empty() && frac.is_empty()) {
+        return None;
+    }
+    let w: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let mut f: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    for _ in frac.len()..3 {
+        f *= 10;
+    }
+    w.checked_mul(1000)?.checked_add(f)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Parses a command line. Words without `=` and keys owned by others (e.g. `console=`)
+    /// are ignored; bad values keep the default and leave a warning.
+    pub fn parse(cmdline: &str) -> Config {
+        let mut c = Config::default();
+        let mut static_addr: Option<([u8; 4], u8)> = None;
+        let mut gateway: Option<Option<[u8; 4]>> = None;
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((k, v)) = word.split_once('=') else {
+                continue;
+            };
+            let ok = match k {
+                "collector" => parse_endpoint(v).map(|e| c.collector = e).is_some(),
+                "ip" if v == "dhcp" => {
+                    c.net = NetConfig::Dhcp;
+                    true
+                }
+                "ip" => {
+                    let (a, p) = v.split_once('/').unwrap_or((v, "24"));
+                    match (parse_ipv4(a), p.parse::<u8>()) {
+                        (Some(a), Ok(p)) if p <= 32 => {
+                            static_addr = Some((a, p));
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                "gw" if v == "none" => {
+                    gateway = Some(None);
+                    true
+                }
+                "gw" => parse_ipv4(v).map(|g| gateway = Some(Some(g))).is_some(),
+                "drill_port" => v.parse().map(|p| c.drill_port = p).is_ok(),
+                "panic_action" => match v {
+                    "halt" => Some(PanicAction::Halt),
+                    "reset" => Some(PanicAction::Reset),
+                    "poweroff" => Some(PanicAction::Poweroff),
+                    _ => None,
+                }
+                .map(|a| c.panic_action = a)
+                .is_some(),
+                "selfcheck_ms" => v.parse().map(|x| c.selfcheck_ms = x).is_ok(),
+                "heartbeat_ms" => v.parse().map(|x| c.heartbeat_ms = x).is_ok(),
+                "deadline_ms" => v.parse().map(|x| c.deadline_ms = x).is_ok(),
+                "unload_deadline_ms" => v.parse().map(|x| c.unload_deadline_ms = x).is_ok(),
+                "panic_after" => parse_seconds_ms(v)
+                    .map(|x| c.panic_after_ms = Some(x))
+                    .is_some(),
+                "fault_after" => parse_seconds_ms(v)
+                    .map(|x| c.fault_after_ms = Some(x))
+                    .is_some(),
+                "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
+                "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
+                "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
+                "log" => v.parse().map(|l| c.log_level = l).is_ok(),
+                // Keys for other layers (e.g. a Linux-style console=) are not ours.
+                _ => true,
+            };
+            if !ok {
+                let _ = write!(c.warnings, "bad {k}={v}; ");
+            }
+        }
+        if let Some((addr, prefix)) = static_addr {
+            c.net = NetConfig::Static {
+                addr,
+                prefix,
+                gateway: gateway.unwrap_or(Some(c.collector.0)),
+            };
+        } else if let (NetConfig::Static { gateway: g, .. }, Some(new)) = (&mut c.net, gateway) {
+            *g = new;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_qemu_user_networking() {
+        let c = Config::parse("");
+        assert_eq!(c.collector, ([10, 0, 2, 2], 7777));
+        assert_eq!(
+            c.net,
+            NetConfig::Static {
+                addr: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: Some([10, 0, 2, 2])
+            }
+        );
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn parses_every_documented_key() {
+        let c = Config::parse(
+            "console=ttyS0 collector=192.168.1.5:9000 ip=192.168.1.77/16 gw=192.168.1.1 \
+             drill_port=9001 panic_action=poweroff selfcheck_ms=250 heartbeat_ms=0 \
+             deadline_ms=1500 unload_deadline_ms=5000 panic_after=0.25 fault_after=3 \
+             nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug",
+        );
+        assert_eq!(c.collector, ([192, 168, 1, 5], 9000));
+        assert_eq!(
+            c.net,
+            NetConfig::Static {
+                addr: [192, 168, 1, 77],
+                prefix: 16,
+                gateway: Some([192, 168, 1, 1])
+            }
+        );
+        assert_eq!(c.drill_port, 9001);
+        assert_eq!(c.panic_action, PanicAction::Poweroff);
+        assert_eq!((c.selfcheck_ms, c.heartbeat_ms), (250, 0));
+        assert_eq!((c.deadline_ms, c.unload_deadline_ms), (1500, 5000));
+        assert_eq!(c.panic_after_ms, Some(250));
+        assert_eq!(c.fault_after_ms, Some(3000));
+        assert!(c.nested_panic && c.qemu_exit);
+        assert_eq!(c.timer_tolerance_pct, 20);
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert!(c.warnings.is_empty(), "{}", c.warnings);
+    }
+
+    #[test]
+    fn bad_values_keep_defaults_and_warn() {
+        let c = Config::parse("collector=10.0.2:80 panic_after=1.2345 ip=300.1.1.1 panic_action=explode");
+        assert_eq!(c, Config { warnings: c.warnings.clone(), ..Config::default() });
+        for k in ["collector", "panic_after", "ip", "panic_action"] {
+            assert!(c.warnings.contains(k), "no warning for {k}: {}", c.warnings);
+        }
+    }
+
+    #[test]
+    fn dhcp_and_gateway_none() {
+        assert_eq!(Config::parse("ip=dhcp").net, NetConfig::Dhcp);
+        assert_eq!(
+            Config::parse("gw=none").net,
+            NetConfig::Static {
+                addr: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: None
+            }
+        );
+    }
+
+    #[test]
+    fn seconds_accept_up_to_millisecond_precision() {
+        assert_eq!(parse_seconds_ms("2"), Some(2000));
+        assert_eq!(parse_seconds_ms("0.5"), Some(500));
+        assert_eq!(parse_seconds_ms(".05"), Some(50));
+        assert_eq!(parse_seconds_ms("1.0001"), None);
+        assert_eq!(parse_seconds_ms("x"), None);
+        assert_eq!(parse_seconds_ms(""), None);
+    }
+}

@@ -1,0 +1,79 @@
+//! The `log` backend: every line goes to the serial console and into a fixed-size ring whose
+//! tail the crash record carries.
+use crate::logring::LogRing;
+use crate::sync::TryLock;
+use core::fmt::Write;
+
+pub const RING_SIZE: usize = 8192;
+pub static RING: TryLock<LogRing<RING_SIZE>> = TryLock::new(LogRing::new());
+
+struct Logger;
+static LOGGER: Logger = Logger;
+
+/// A line buffer; longer lines are cut.
+struct Line(heapless::String<320>);
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes raw text to the console and the ring (used by the panic path, which formats its
+/// own lines). Never blocks: if the ring is held (a panic inside the logger), only the
+/// console gets it.
+pub fn raw(s: &str) {
+    crate::arch::serial_write(s.as_bytes());
+    if let Some(mut r) = RING.try_lock() {
+        r.push(s.as_bytes());
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let us = crate::arch::now_us();
+        let mut line = Line(heapless::String::new());
+        let _ = write!(
+            line,
+            "[{:>4}.{:06}] {:<5} {}\n",
+            us / 1_000_000,
+            us % 1_000_000,
+            record.level(),
+            record.args()
+        );
+        if !line.0.ends_with('\n') {
+            line.0.pop();
+            let _ = line.0.push('\n');
+        }
+        raw(&line.0);
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init(level: log::LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// The newest log text for the crash record.
+pub fn tail_into<const M: usize>(out: &mut heapless::String<M>) {
+    match RING.try_lock() {
+        Some(r) => r.tail_into(out),
+        // SAFETY: after freeze nothing else runs; the holder (interrupted by this panic) never
+        // resumes, and a torn line in the tail is acceptable.
+        None => unsafe { RING.force_get() }.tail_into(out),
+    }
+}

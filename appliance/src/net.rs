@@ -1,0 +1,278 @@
+//! The network: a NIC (virtio-net here; netvsc via `crate::hyperv` later) as a smoltcp
+//! `phy::Device`, one interface, and two UDP sockets (collector traffic, drills). Every buffer
+//! is static and allocated at boot; the panic path polls the NIC with interrupts off.
+use crate::config::{Config, NetConfig};
+use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::{dhcpv4, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr};
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::SomeTransport;
+
+const QUEUE: usize = 16;
+const BUF: usize = 2048;
+
+macro_rules! static_buf {
+    ($t:ty, $init:expr) => {{
+        static mut B: $t = $init;
+        // SAFETY: each expansion is its own static, taken exactly once (Net::init runs once).
+        unsafe { &mut *core::ptr::addr_of_mut!(B) }
+    }};
+}
+
+pub struct VirtioPhy {
+    dev: VirtIONetRaw<crate::dma::Hal, SomeTransport<'static>, QUEUE>,
+    rx_bufs: &'static mut [[u8; BUF]; QUEUE],
+    /// token -> rx buffer index
+    slot: [u8; QUEUE],
+    rx_pkt: &'static mut [u8; BUF],
+    tx_buf: &'static mut [u8; BUF],
+}
+
+impl VirtioPhy {
+    fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
+        let dev = VirtIONetRaw::new(transport)?;
+        let mut p = VirtioPhy {
+            dev,
+            rx_bufs: static_buf!([[u8; BUF]; QUEUE], [[0; BUF]; QUEUE]),
+            slot: [0; QUEUE],
+            rx_pkt: static_buf!([u8; BUF], [0; BUF]),
+            tx_buf: static_buf!([u8; BUF], [0; BUF]),
+        };
+        p.dev.disable_interrupts();
+        Ok(p)
+    }
+
+    /// Posts every receive buffer (static memory: the device keeps the addresses).
+    fn post_rx(&mut self) -> Result<(), virtio_drivers::Error> {
+        for i in 0..QUEUE {
+            // SAFETY: the buffer lives in a static and stays posted until completed.
+            let tok = unsafe { self.dev.receive_begin(&mut self.rx_bufs[i])? };
+            self.slot[tok as usize % QUEUE] = i as u8;
+        }
+        Ok(())
+    }
+}
+
+pub struct VRx<'a>(&'a [u8]);
+pub struct VTx<'a> {
+    dev: &'a mut VirtIONetRaw<crate::dma::Hal, SomeTransport<'static>, QUEUE>,
+    buf: &'a mut [u8; BUF],
+}
+
+impl RxToken for VRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl TxToken for VTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // `send` prepends the virtio-net header itself and waits for the device.
+        let len = len.min(BUF);
+        let r = f(&mut self.buf[..len]);
+        if let Err(e) = self.dev.send(&self.buf[..len]) {
+            log::warn!("virtio-net send: {e:?}");
+        }
+        r
+    }
+}
+
+impl Device for VirtioPhy {
+    type RxToken<'a> = VRx<'a>;
+    type TxToken<'a> = VTx<'a>;
+
+    fn receive(&mut self, _t: Instant) -> Option<(VRx<'_>, VTx<'_>)> {
+        let tok = self.dev.poll_receive()?;
+        let i = self.slot[tok as usize % QUEUE] as usize;
+        // SAFETY: `tok` was returned by poll_receive for the buffer we posted at slot i.
+        let done = unsafe { self.dev.receive_complete(tok, &mut self.rx_bufs[i]) };
+        let n = match done {
+            Ok((hdr, len)) => {
+                let len = len.min(BUF - hdr);
+                self.rx_pkt[..len].copy_from_slice(&self.rx_bufs[i][hdr..hdr + len]);
+                len
+            }
+            Err(_) => 0,
+        };
+        // Re-post the buffer at once.
+        // SAFETY: as in post_rx.
+        if let Ok(t) = unsafe { self.dev.receive_begin(&mut self.rx_bufs[i]) } {
+            self.slot[t as usize % QUEUE] = i as u8;
+        }
+        Some((
+            VRx(&self.rx_pkt[..n]),
+            VTx {
+                dev: &mut self.dev,
+                buf: self.tx_buf,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<VTx<'_>> {
+        Some(VTx {
+            dev: &mut self.dev,
+            buf: self.tx_buf,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c.max_burst_size = Some(1);
+        c
+    }
+}
+
+pub struct Net {
+    pub phy: VirtioPhy,
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub udp: SocketHandle,
+    pub drill: SocketHandle,
+    pub dhcp: Option<SocketHandle>,
+    pub collector: IpEndpoint,
+    pub configured: bool,
+}
+
+pub fn now() -> Instant {
+    Instant::from_micros(crate::arch::now_us() as i64)
+}
+
+impl Net {
+    /// Brings up the first virtio-net NIC. `None` (logged) when there is none.
+    pub fn init(cfg: &Config, slot: &'static crate::sync::TryLock<Option<Net>>) -> bool {
+        let Some(t) = crate::arch::imp::nic_transport() else {
+            log::warn!("no virtio-net device: running without network");
+            return false;
+        };
+        let phy = match VirtioPhy::new(t) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!("virtio-net init failed: {e:?}");
+                return false;
+            }
+        };
+        let mut phy = phy;
+        if let Err(e) = phy.post_rx() {
+            log::warn!("virtio-net rx buffers: {e:?}");
+            return false;
+        }
+        let mac = phy.dev.mac_address();
+        let mut ic = IfConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        ic.random_seed = crate::arch::imp::entropy();
+        let iface = Interface::new(ic, &mut phy, now());
+        let mut g = slot.lock();
+        let net = g.insert(Net {
+            phy,
+            iface,
+            sockets: SocketSet::new(
+                &mut static_buf!([SocketStorage<'static>; 4], [SocketStorage::EMPTY; 4])[..],
+            ),
+            udp: SocketHandle::default(),
+            drill: SocketHandle::default(),
+            dhcp: None,
+            collector: IpEndpoint::new(
+                IpAddress::Ipv4(Ipv4Address::from(cfg.collector.0)),
+                cfg.collector.1,
+            ),
+            configured: false,
+        });
+        let rx = udp::PacketBuffer::new(
+            &mut static_buf!([udp::PacketMetadata; 8], [udp::PacketMetadata::EMPTY; 8])[..],
+            &mut static_buf!([u8; 8192], [0; 8192])[..],
+        );
+        let tx = udp::PacketBuffer::new(
+            &mut static_buf!([udp::PacketMetadata; 16], [udp::PacketMetadata::EMPTY; 16])[..],
+            &mut static_buf!([u8; 24576], [0; 24576])[..],
+        );
+        let mut s = udp::Socket::new(rx, tx);
+        let _ = s.bind(cfg.drill_port.wrapping_add(1).max(1024));
+        net.udp = net.sockets.add(s);
+        let drx = udp::PacketBuffer::new(
+            &mut static_buf!([udp::PacketMetadata; 4], [udp::PacketMetadata::EMPTY; 4])[..],
+            &mut static_buf!([u8; 2048], [0; 2048])[..],
+        );
+        let dtx = udp::PacketBuffer::new(
+            &mut static_buf!([udp::PacketMetadata; 1], [udp::PacketMetadata::EMPTY; 1])[..],
+            &mut static_buf!([u8; 64], [0; 64])[..],
+        );
+        let mut d = udp::Socket::new(drx, dtx);
+        let _ = d.bind(cfg.drill_port);
+        net.drill = net.sockets.add(d);
+        match cfg.net {
+            NetConfig::Static { addr, prefix, gateway } => {
+                net.set_addr(Ipv4Cidr::new(Ipv4Address::from(addr), prefix), gateway.map(Ipv4Address::from));
+            }
+            NetConfig::Dhcp => {
+                net.dhcp = Some(net.sockets.add(dhcpv4::Socket::new()));
+            }
+        }
+        log::info!(
+            "net: virtio-net mac {}, {:?}",
+            EthernetAddress(mac),
+            cfg.net
+        );
+        true
+    }
+
+    fn set_addr(&mut self, cidr: Ipv4Cidr, gw: Option<Ipv4Address>) {
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            let _ = a.push(IpCidr::Ipv4(cidr));
+        });
+        if let Some(gw) = gw {
+            let _ = self.iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        self.configured = true;
+    }
+
+    /// One round of NIC polling and protocol processing.
+    pub fn poll(&mut self) {
+        self.iface.poll(now(), &mut self.phy, &mut self.sockets);
+        if let Some(h) = self.dhcp {
+            let ev = match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+                Some(dhcpv4::Event::Configured(c)) => Some(Some((c.address, c.router))),
+                Some(dhcpv4::Event::Deconfigured) => Some(None),
+                None => None,
+            };
+            match ev {
+                Some(Some((addr, router))) => {
+                    log::info!("dhcp: {} via {:?}", addr, router);
+                    self.set_addr(addr, router);
+                }
+                Some(None) => self.configured = false,
+                None => {}
+            }
+        }
+    }
+
+    /// Whether everything queued to the collector has left (smoltcp keeps a datagram queued
+    /// until the next hop's link-layer address is known).
+    pub fn collector_queue_empty(&mut self) -> bool {
+        self.configured && self.sockets.get_mut::<udp::Socket>(self.udp).send_queue() == 0
+    }
+
+    /// Queues one datagram to the collector.
+    pub fn send_to_collector(&mut self, d: &[u8]) -> bool {
+        let ep = self.collector;
+        self.sockets.get_mut::<udp::Socket>(self.udp).send_slice(d, ep).is_ok()
+    }
+
+    /// Takes one datagram from the collector socket into `buf`.
+    pub fn recv_collector<'b>(&mut self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let s = self.sockets.get_mut::<udp::Socket>(self.udp);
+        let (n, _) = s.recv_slice(buf).ok()?;
+        Some(&buf[..n])
+    }
+
+    /// Takes one datagram from the drill socket into `buf`.
+    pub fn recv_drill<'b>(&mut self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let s = self.sockets.get_mut::<udp::Socket>(self.drill);
+        let (n, _) = s.recv_slice(buf).ok()?;
+        Some(&buf[..n])
+    }
+}
+

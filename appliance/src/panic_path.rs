@@ -1,0 +1,379 @@
+//! The panic path: a Rust panic or a CPU exception ends here, and `capture::panic::run` takes
+//! it through the seven steps of the design (freeze → screen flush → VMBus unload → arch
+//! cleanup → ship → crash registers → end). No heap and no blocking lock after freeze: the
+//! record lives in a static, the NIC and its buffers were set up at boot and are polled.
+use crate::platform::{self, HYPERV, NET};
+use capture::panic::{Entry, Outcome, PanicGuard, PanicSteps, SkipReason, Step};
+use capture::record::{CrashKind, CrashRecord, Location};
+use capture::sender::{SendState, Sender, SenderConfig};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Registers for the record, in `capture::record::Registers` order.
+#[derive(Default)]
+pub struct RegSnapshot {
+    pub gprs: heapless::Vec<u64, { capture::record::REGISTERS_CAP }>,
+    pub pc: u64,
+    pub sp: u64,
+    pub fp: u64,
+}
+
+/// A CPU exception, as the arch trap handler saw it.
+pub struct FaultInfo {
+    pub name: &'static str,
+    /// x86_64: vector | error code << 8; arm64: ESR_EL1.
+    pub code: u64,
+    /// x86_64: CR2 for a page fault, else RIP; arm64: FAR_EL1.
+    pub addr: u64,
+    pub regs: RegSnapshot,
+}
+
+/// Why the canary panics on purpose; read by the panic path to set `CrashKind`.
+pub static KIND_HINT: AtomicU8 = AtomicU8::new(0);
+pub const HINT_PANIC: u8 = 0;
+pub const HINT_SELFCHECK: u8 = 2;
+pub const HINT_DRILL: u8 = 3;
+
+/// QEMU exit codes (x86_64 isa-debug-exit turns value v into status 2v+1; arm64 semihosting
+/// exits with 2v+1 directly, so both arches give the same status). See `scripts/qemu-run`.
+pub const EXIT_ACKED: u8 = 0x10; // status 33
+pub const EXIT_NOT_ACKED: u8 = 0x11; // status 35
+pub const EXIT_NESTED: u8 = 0x12; // status 37
+
+static GUARD: PanicGuard = PanicGuard::new();
+static CRASH_REGS_ENTERED: AtomicBool = AtomicBool::new(false);
+
+struct Cell<T>(UnsafeCell<T>);
+// SAFETY: the first-entry record is only touched by the first entry, the nested one only by
+// nested entries (one CPU, interrupts off: entries never run concurrently).
+unsafe impl<T> Sync for Cell<T> {}
+
+static FIRST_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
+static NESTED_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
+static ENCODED: Cell<[u8; capture::record::MAX_ENCODED_LEN]> =
+    Cell(UnsafeCell::new([0; capture::record::MAX_ENCODED_LEN]));
+static SHIP_OUTCOME: AtomicU8 = AtomicU8::new(0);
+
+struct Msg<'a, const N: usize>(&'a mut heapless::String<N>);
+impl<const N: usize> Write for Msg<'_, N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks the frame-pointer chain: both ABIs keep `[fp] = caller's fp`, `[fp + 8] = return
+/// address`. Stops at a null, misaligned, non-increasing or far-jumping frame pointer.
+pub fn walk_frames(mut fp: usize, out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>) {
+    while fp != 0 && fp % 8 == 0 && !out.is_full() {
+        // SAFETY: fp passed the checks below on the previous round (or is the live frame
+        // pointer); memory is identity-mapped, so a stack address is readable.
+        let (next, ret) = unsafe {
+            (
+                core::ptr::read_volatile(fp as *const usize),
+                core::ptr::read_volatile((fp + 8) as *const usize),
+            )
+        };
+        if ret == 0 {
+            break;
+        }
+        let _ = out.push(ret as u64);
+        if next <= fp || next - fp > 1 << 20 {
+            break;
+        }
+        fp = next;
+    }
+}
+
+fn take_record(entry: Entry) -> &'static mut CrashRecord {
+    // SAFETY: see `Cell`: each record has one user, the panic guard decides which.
+    unsafe {
+        match entry {
+            Entry::First => &mut *FIRST_REC.0.get(),
+            Entry::Nested => &mut *NESTED_REC.0.get(),
+        }
+    }
+}
+
+fn common_fill(rec: &mut CrashRecord, entry: Entry) {
+    rec.set_build_id(platform::BUILD_ID);
+    if let Some(b) = platform::BOOT.get() {
+        rec.boot_id = b.boot_id;
+        rec.boot_mode = b.mode;
+    }
+    rec.seq = match entry {
+        Entry::First => 1,
+        Entry::Nested => 2,
+    };
+    rec.arch = capture::record::Arch::current();
+    rec.uptime_us = crate::arch::now_us();
+}
+
+/// Entry for Rust panics.
+pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
+    crate::arch::interrupts_off();
+    let entry = GUARD.enter();
+    let rec = take_record(entry);
+    common_fill(rec, entry);
+    rec.message.clear();
+    let _ = write!(Msg(&mut rec.message), "{}", info.message());
+    rec.location = info.location().map(|l| Location {
+        file: capture::record::tail_of(l.file()),
+        line: l.line(),
+        column: l.column(),
+    });
+    rec.kind = match KIND_HINT.load(Ordering::Relaxed) {
+        HINT_SELFCHECK => CrashKind::SelfCheck,
+        HINT_DRILL => CrashKind::Drill,
+        _ => CrashKind::Panic,
+    };
+    let mut regs = RegSnapshot::default();
+    crate::arch::snapshot_registers(&mut regs);
+    rec.backtrace.clear();
+    walk_frames(crate::arch::frame_pointer(), &mut rec.backtrace);
+    fill_regs(rec, &regs);
+    announce(entry, rec);
+    go(entry, rec)
+}
+
+/// Entry for CPU exceptions (called by the arch trap handlers).
+pub fn on_fault(f: FaultInfo) -> ! {
+    crate::arch::interrupts_off();
+    let entry = GUARD.enter();
+    let rec = take_record(entry);
+    common_fill(rec, entry);
+    rec.message.clear();
+    let _ = write!(
+        Msg(&mut rec.message),
+        "CPU exception: {} (code {:#x}) at pc {:#x}, address {:#x}",
+        f.name,
+        f.code,
+        f.regs.pc,
+        f.addr
+    );
+    rec.location = None;
+    rec.kind = CrashKind::Fault {
+        vector: f.code,
+        addr: f.addr,
+    };
+    rec.backtrace.clear();
+    let _ = rec.backtrace.push(f.regs.pc);
+    walk_frames(f.regs.fp as usize, &mut rec.backtrace);
+    fill_regs(rec, &f.regs);
+    announce(entry, rec);
+    go(entry, rec)
+}
+
+fn fill_regs(rec: &mut CrashRecord, r: &RegSnapshot) {
+    rec.registers.gpr.clear();
+    for &v in &r.gprs {
+        let _ = rec.registers.gpr.push(v);
+    }
+    rec.registers.pc = r.pc;
+    rec.registers.sp = r.sp;
+    rec.registers.fp = r.fp;
+}
+
+fn announce(entry: Entry, rec: &CrashRecord) {
+    let mut line: heapless::String<512> = heapless::String::new();
+    let _ = write!(
+        Msg(&mut line),
+        "\n*** canary {}: {}",
+        if entry == Entry::First { "PANIC" } else { "NESTED PANIC" },
+        rec.message
+    );
+    if let Some(l) = &rec.location {
+        let _ = write!(Msg(&mut line), " at {}:{}:{}", l.file, l.line, l.column);
+    }
+    let _ = line.push('\n');
+    crate::klog::raw(&line);
+}
+
+struct Steps {
+    entry: Entry,
+}
+
+impl Steps {
+    fn with_hv<R>(&mut self, busy: R, absent: R, f: impl FnOnce(&mut crate::hyperv::HyperV) -> R) -> R {
+        match HYPERV.try_lock() {
+            None => busy,
+            Some(mut g) => match g.as_mut() {
+                None => absent,
+                Some(h) => f(h),
+            },
+        }
+    }
+}
+
+impl PanicSteps for Steps {
+    fn now_us(&mut self) -> u64 {
+        crate::arch::now_us()
+    }
+
+    fn freeze(&mut self, rec: &mut CrashRecord) -> Outcome {
+        crate::arch::interrupts_off();
+        crate::heap::FROZEN.store(true, Ordering::SeqCst);
+        // One CPU: nothing else to stop.
+        rec.hypervisor = crate::arch::imp::hypervisor_info();
+        if let Some(mut g) = HYPERV.try_lock() {
+            if let Some(h) = g.as_mut() {
+                h.describe(rec);
+                rec.vmbus_version = h.vmbus_version();
+            }
+        }
+        crate::klog::tail_into(&mut rec.log_tail);
+        Outcome::Done
+    }
+
+    fn flush_screen(&mut self, _rec: &CrashRecord) -> Outcome {
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.flush_screen())
+    }
+
+    fn unload_vmbus(&mut self) -> Outcome {
+        let deadline = crate::arch::now_us() + platform::config().unload_deadline_ms * 1000;
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.unload_once(deadline))
+    }
+
+    fn arch_cleanup(&mut self) -> Outcome {
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.arch_cleanup())
+    }
+
+    fn ship(&mut self, rec: &CrashRecord) -> Outcome {
+        // On Hyper-V the NIC (netvsc) is a VMBus channel: reconnect first. With virtio-net the
+        // reconnect is not needed.
+        let _ = self.with_hv((), (), |h| {
+            let o = h.reconnect_for_ship();
+            log::info!("panic: vmbus reconnect for ship: {o}");
+        });
+        let o = ship_record(rec);
+        SHIP_OUTCOME.store(if o == Outcome::Done { 1 } else { 2 }, Ordering::Relaxed);
+        o
+    }
+
+    fn crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
+        if CRASH_REGS_ENTERED.swap(true, Ordering::SeqCst) {
+            return Outcome::Skipped(SkipReason::AlreadyDone);
+        }
+        if platform::config().nested_panic && self.entry == Entry::First {
+            panic!("nested_panic=1: panic inside the panic path (crash registers step)");
+        }
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.write_crash_registers(rec))
+    }
+
+    fn end(&mut self, rec: &CrashRecord) {
+        let _ = self.with_hv((), (), |h| h.end());
+        let mut line: heapless::String<512> = heapless::String::new();
+        let _ = write!(
+            Msg(&mut line),
+            "canary: panic path {} steps:",
+            if self.entry == Entry::First { "(first entry)" } else { "(nested entry)" }
+        );
+        for s in &rec.steps {
+            if s.step == Step::End {
+                continue;
+            }
+            let _ = write!(Msg(&mut line), " {}={} ({} us);", s.step.name(), s.outcome, s.elapsed_us);
+        }
+        let _ = line.push('\n');
+        crate::klog::raw(&line);
+    }
+}
+
+fn ship_record(rec: &CrashRecord) -> Outcome {
+    let cfg = platform::config();
+    let net = match NET.try_lock() {
+        Some(g) => g,
+        None => {
+            crate::klog::raw("panic: network was in use at the panic; taking it over\n");
+            // SAFETY: after freeze nothing else runs: the holder was interrupted by this panic
+            // and never resumes. The force-release lets `try_lock` below succeed.
+            unsafe { NET.force_unlock() };
+            match NET.try_lock() {
+                Some(g) => g,
+                None => return Outcome::SkippedBusy,
+            }
+        }
+    };
+    let mut net = net;
+    let Some(net) = net.as_mut() else {
+        return Outcome::NotPresent;
+    };
+    // SAFETY: only the first entry ships (nested entries skip step 5).
+    let buf = unsafe { &mut *ENCODED.0.get() };
+    let bytes = match rec.encode(buf) {
+        Ok(b) => &*b,
+        Err(_) => return Outcome::Failed(1),
+    };
+    let boot_id = rec.boot_id;
+    let sc = SenderConfig {
+        initial_rto_ms: 20,
+        max_rto_ms: 400,
+        deadline_ms: cfg.deadline_ms,
+    };
+    let now_ms = || crate::arch::now_us() / 1000;
+    let mut sender = match Sender::new(sc, boot_id, rec.seq, bytes, None, now_ms()) {
+        Ok(s) => s,
+        Err(_) => return Outcome::Failed(2),
+    };
+    let mut rx = [0u8; 1500];
+    loop {
+        let state = sender.poll(now_ms(), &mut |d| {
+            let _ = net.send_to_collector(d);
+        });
+        net.poll();
+        while let Some(d) = net.recv_collector(&mut rx) {
+            sender.handle(d);
+        }
+        match state {
+            SendState::Acked => break,
+            SendState::Rejected => return Outcome::Failed(3),
+            SendState::TimedOut => return Outcome::TimedOut,
+            _ => {}
+        }
+    }
+    let st = sender.stats();
+    let mut line: heapless::String<160> = heapless::String::new();
+    let _ = write!(
+        Msg(&mut line),
+        "panic: record {} bytes acked by the collector ({} datagrams, {} rounds)\n",
+        bytes.len(),
+        st.datagrams_sent,
+        st.retransmit_rounds
+    );
+    crate::klog::raw(&line);
+    Outcome::Done
+}
+
+fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
+    let mut steps = Steps { entry };
+    capture::panic::run(&mut steps, rec, entry);
+    let cfg = platform::config();
+    let code = match (entry, SHIP_OUTCOME.load(Ordering::Relaxed)) {
+        (Entry::Nested, _) => EXIT_NESTED,
+        (_, 1) => EXIT_ACKED,
+        _ => EXIT_NOT_ACKED,
+    };
+    crate::klog::raw(match cfg.panic_action {
+        crate::config::PanicAction::Halt => "canary: end: halt\n",
+        crate::config::PanicAction::Reset => "canary: end: reset\n",
+        crate::config::PanicAction::Poweroff => "canary: end: power off\n",
+    });
+    if cfg.qemu_exit {
+        crate::arch::qemu_exit(code);
+    }
+    match cfg.panic_action {
+        crate::config::PanicAction::Halt => crate::arch::halt(),
+        crate::config::PanicAction::Reset => crate::arch::reset(),
+        crate::config::PanicAction::Poweroff => crate::arch::poweroff(),
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    on_panic(info)
+}

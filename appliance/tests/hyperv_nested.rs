@@ -1,0 +1,508 @@
+//! The canary's Hyper-V path against a real Hyper-V-compatible host: KVM's Hyper-V emulation
+//! (hypercall page, SynIC, synthetic timers, crash MSRs) with QEMU's VMBus host, nested inside
+//! QEMU TCG by `scripts/hyperv-nested` (see docs/hyperv-real-host.md).
+//!
+//! Each nested run costs 5-15 s of TCG, so the assertions are grouped: two runs cover
+//! everything, and each `#[test]` checks one behaviour from one of them. Runs never overlap
+//! (a process-wide lock here, and the script's lock on its cache across processes).
+//!
+//! Evidence comes from three places that the canary does not control alone:
+//! - its serial log (what it did and what it read back from the hypervisor),
+//! - QEMU's `vmbus_*` trace (what the VMBus host received and sent),
+//! - QMP events (`GUEST_PANICKED` carries the crash registers as the host saw them).
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Whole-run limit handed to the harness (L0 and L1 boot included). A run takes 5-15 s;
+/// this only has to catch a hang.
+const RUN_TIMEOUT_S: u32 = 150;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Builds the x86_64 direct-boot (PVH) ELF once per test binary.
+fn kernel_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace())
+            .args([
+                "build",
+                "-p",
+                "appliance",
+                "--release",
+                "--target",
+                "x86_64-unknown-none",
+            ])
+            .output()
+            .expect("cannot run cargo");
+        assert!(
+            out.status.success(),
+            "building the x86_64 kernel failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let elf = target_dir().join("x86_64-unknown-none/release/appliance");
+        assert!(elf.is_file(), "no kernel at {}", elf.display());
+        elf
+    })
+}
+
+/// `scripts/hyperv-nested setup` once per test binary (about 1 s when the cache is complete;
+/// a cold cache downloads about 100 MB from Debian's mirror).
+fn harness_ready() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let out = Command::new(workspace().join("scripts/hyperv-nested"))
+            .arg("setup")
+            .output()
+            .expect("cannot run scripts/hyperv-nested");
+        assert!(
+            out.status.success(),
+            "scripts/hyperv-nested setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// What one nested run left behind.
+#[derive(Debug)]
+struct Run {
+    name: &'static str,
+    /// `scripts/hyperv-nested run` exit status (see its --help).
+    status: i32,
+    serial: String,
+    trace: String,
+    /// QMP events, one JSON object each.
+    events: Vec<serde_json::Value>,
+    stderr: String,
+    secs: f64,
+}
+
+impl Run {
+    /// Runs KERNEL in the nested host. `opts` go to the harness, `l2_args` to L2's QEMU.
+    fn start(name: &'static str, opts: &[&str], l2_args: &[&str]) -> Run {
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let elf = kernel_elf();
+        harness_ready();
+        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = target_dir().join("hyperv-nested").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = Instant::now();
+        let out = Command::new(workspace().join("scripts/hyperv-nested"))
+            .arg("run")
+            .arg("--timeout")
+            .arg(RUN_TIMEOUT_S.to_string())
+            .arg("--workdir")
+            .arg(dir.join("work"))
+            .arg("--trace")
+            .arg("--trace-file")
+            .arg(dir.join("trace.log"))
+            .arg("--qmp-log")
+            .arg(dir.join("qmp.jsonl"))
+            .arg("--serial")
+            .arg(dir.join("serial.log"))
+            .args(opts)
+            .arg("--")
+            .arg(elf)
+            .args(l2_args)
+            .output()
+            .expect("cannot run scripts/hyperv-nested");
+        let secs = t0.elapsed().as_secs_f64();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let events = read("qmp.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let run = Run {
+            name,
+            status: out.status.code().unwrap_or(-1),
+            serial: read("serial.log"),
+            trace: read("trace.log"),
+            events,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            secs,
+        };
+        eprintln!(
+            "hyperv-nested run '{}': status {} in {:.1} s (logs in {})",
+            run.name,
+            run.status,
+            run.secs,
+            dir.display()
+        );
+        assert!(
+            ![124, 126, 2].contains(&run.status),
+            "the harness did not complete run '{}' (status {}):\n{}\n--- serial ---\n{}",
+            run.name,
+            run.status,
+            run.stderr,
+            run.serial
+        );
+        run
+    }
+
+    /// Everything a failed assertion should show.
+    fn diag(&self) -> String {
+        format!(
+            "run '{}' status {} ({:.1} s)\n--- serial ---\n{}\n--- trace ---\n{}\n--- qmp ---\n{:?}\n--- stderr ---\n{}",
+            self.name, self.status, self.secs, self.serial, self.trace, self.events, self.stderr
+        )
+    }
+
+    /// The first serial line that contains `needle`.
+    fn line(&self, needle: &str) -> &str {
+        self.serial
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no serial line with {needle:?}\n{}", self.diag()))
+    }
+
+    /// Byte offset of the first serial line containing `needle` (for ordering checks).
+    fn at(&self, needle: &str) -> usize {
+        self.serial
+            .find(needle)
+            .unwrap_or_else(|| panic!("no serial line with {needle:?}\n{}", self.diag()))
+    }
+
+    fn count_serial(&self, needle: &str) -> usize {
+        self.serial.lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Trace lines of one event (`vmbus_recv_message` ...), in order.
+    fn trace_events(&self, event: &str) -> Vec<&str> {
+        self.trace
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == event))
+            .collect()
+    }
+
+    /// VMBus message types the host received from the guest, in order
+    /// (`vmbus_recv_message type N size M`, QEMU hw/hyperv/trace-events).
+    fn host_received(&self) -> Vec<u32> {
+        self.trace_events("vmbus_recv_message")
+            .iter()
+            .filter_map(|l| field_after(l, "type"))
+            .collect()
+    }
+
+    /// VMBus message types the host posted to the guest, in order (`vmbus_post_msg type N`).
+    fn host_posted(&self) -> Vec<u32> {
+        self.trace_events("vmbus_post_msg")
+            .iter()
+            .filter_map(|l| field_after(l, "type"))
+            .collect()
+    }
+
+    fn guest_panicked(&self) -> Vec<&serde_json::Value> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "GUEST_PANICKED")
+            .collect()
+    }
+}
+
+/// `... type 16 size 8` -> 16.
+fn field_after(line: &str, key: &str) -> Option<u32> {
+    let mut w = line.split_whitespace();
+    w.by_ref().find(|x| *x == key)?;
+    w.next()?.parse().ok()
+}
+
+/// Parses `name=0x1f` (or decimal) out of a serial line.
+fn hex_field(line: &str, name: &str) -> u64 {
+    let pat = format!("{name}=");
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(pat.as_str()))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    let v = v.trim_end_matches([',', ';', ')']);
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => v.parse(),
+    }
+    .unwrap_or_else(|_| panic!("bad {name} value in {line:?}"))
+}
+
+// VMBus message types (Linux include/linux/hyperv.h, enum vmbus_channel_message_type;
+// QEMU include/hw/hyperv/vmbus-proto.h).
+const OFFERCHANNEL: u32 = 1;
+const REQUESTOFFERS: u32 = 3;
+const ALLOFFERS_DELIVERED: u32 = 4;
+const OPENCHANNEL: u32 = 5;
+const CLOSECHANNEL: u32 = 7;
+const INITIATE_CONTACT: u32 = 14;
+const VERSION_RESPONSE: u32 = 15;
+const UNLOAD: u32 = 16;
+const UNLOAD_RESPONSE: u32 = 17;
+
+/// Kernel command line shared by the runs: panic soon after "ready", leave through
+/// isa-debug-exit, and keep the UNLOAD wait short (the host answers in milliseconds).
+const PANIC_CMDLINE: &str = "panic_after=0.3 qemu_exit=1 unload_deadline=10 log=info";
+
+/// Run 1: QEMU 7.2 (an empty VMBus), a plain panic. `-action panic=none` keeps the guest
+/// running after CRASH_CTL, as Hyper-V does, so steps 6-7 and the summary are visible.
+fn qemu72_panic() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        Run::start(
+            "qemu72-panic",
+            &[],
+            &["-append", PANIC_CMDLINE, "-action", "panic=none"],
+        )
+    })
+}
+
+/// Run 2: QEMU 10 with hv-balloon (one VMBus offer, Dynamic Memory) and a nested panic
+/// inside the panic path.
+fn qemu10_balloon_nested() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let cmdline = format!("{PANIC_CMDLINE} nested_panic=1");
+        Run::start(
+            "qemu10-balloon-nested",
+            &["--balloon"],
+            &["-append", &cmdline, "-action", "panic=none"],
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Detection, hypercall page, guest OS id
+
+#[test]
+fn detects_hyper_v_with_synic_stimer_and_crash_msrs() {
+    let r = qemu72_panic();
+    let l = r.line("hv: detected");
+    assert!(l.contains("vendor=\"Microsoft Hv\""), "{l}\n{}", r.diag());
+    // CPUID 0x40000003 EAX: the partition privilege mask KVM gives with hv-* flags
+    // (TLFS; Linux hvgdk_mini.h): TIME_REF_COUNT b1, SynIC b2, SynTimer b3, hypercall b5,
+    // VP_INDEX b6.
+    let privileges = hex_field(l, "privileges");
+    for bit in [1, 2, 3, 5, 6] {
+        assert!(privileges & (1 << bit) != 0, "privilege bit {bit} missing: {l}");
+    }
+    assert!(l.contains("crash_msrs=yes"), "{l}\n{}", r.diag());
+}
+
+#[test]
+fn hypercall_page_is_installed_after_the_guest_os_id() {
+    let r = qemu72_panic();
+    let os = r.line("hv: guest os id");
+    let id = hex_field(os, "readback");
+    assert_ne!(id, 0, "{os}");
+    // Bit 63: open-source OS (TLFS "Reporting the guest OS identity"; Linux hvgdk_mini.h).
+    assert!(id & (1 << 63) != 0, "{os}");
+    let hc = r.line("hv: hypercall page");
+    let msr = hex_field(hc, "msr");
+    assert!(msr & 1 != 0, "HYPERCALL MSR enable bit clear: {hc}");
+    // KVM on an AMD CPU fills the page with VMMCALL (0f 01 d9) + ret (c3).
+    assert!(hc.contains("code=0f01d9c3"), "{hc}\n{}", r.diag());
+    assert!(r.at("hv: guest os id") < r.at("hv: hypercall page"), "{}", r.diag());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SynIC and the synthetic timer
+
+#[test]
+fn synic_comes_up_and_stimer0_fires_at_the_programmed_rate() {
+    let r = qemu72_panic();
+    let s = r.line("synic: enabled");
+    assert!(hex_field(s, "SCONTROL") & 1 != 0, "{s}");
+    assert!(hex_field(s, "SIMP") & 1 != 0, "{s}");
+    assert!(hex_field(s, "SIEFP") & 1 != 0, "{s}");
+    let t = r.line("stimer0:");
+    let ticks = hex_field(t, "ticks");
+    let period_us = hex_field(t, "period_us");
+    let elapsed_us = hex_field(t, "elapsed_us");
+    assert!(ticks >= 5, "too few timer expiries: {t}\n{}", r.diag());
+    // The rate, measured against the partition reference counter: within 35 % of the
+    // programmed period (TCG makes single expiries late; the average must still hold).
+    let expected = ticks * period_us;
+    assert!(
+        elapsed_us * 100 >= expected * 65 && elapsed_us * 100 <= expected * 135,
+        "{ticks} ticks of {period_us} us took {elapsed_us} us: {t}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. VMBus version negotiation and offers
+
+#[test]
+fn vmbus_connects_at_4_0_after_the_host_refuses_newer_versions() {
+    for r in [qemu72_panic(), qemu10_balloon_nested()] {
+        let v = r.line("vmbus: version");
+        assert!(v.contains("vmbus: version 4.0"), "{v}\n{}", r.diag());
+        // 5.x goes to connection id 4, where QEMU has no handler (HvPostMessage fails);
+        // 4.1 reaches the host and gets version_supported = 0.
+        assert!(v.contains("refused 5.0") && v.contains("4.1"), "{v}");
+        let contacts: Vec<&str> = r.trace_events("vmbus_initiate_contact");
+        assert!(
+            contacts.first().is_some_and(|l| l.contains("version 4.1")),
+            "the first contact the host sees should be 4.1: {contacts:?}\n{}",
+            r.diag()
+        );
+        assert!(
+            contacts.get(1).is_some_and(|l| l.contains("version 4.0")),
+            "{contacts:?}"
+        );
+    }
+}
+
+#[test]
+fn qemu72_offers_no_channels() {
+    let r = qemu72_panic();
+    let l = r.line("vmbus: offers");
+    assert!(l.contains("vmbus: offers 0"), "{l}\n{}", r.diag());
+    let posted = r.host_posted();
+    assert!(!posted.contains(&OFFERCHANNEL), "{posted:?}");
+    assert!(posted.contains(&ALLOFFERS_DELIVERED), "{posted:?}\n{}", r.diag());
+}
+
+#[test]
+fn dynamic_memory_offer_is_received_and_left_cleanly() {
+    let r = qemu10_balloon_nested();
+    let l = r.line("vmbus: offers");
+    assert!(l.contains("vmbus: offers 1"), "{l}\n{}", r.diag());
+    // hv-balloon's class: Dynamic Memory, 525074dc-8985-46e2-8057-a307dc18a502 (Linux
+    // include/linux/hyperv.h HV_DM_GUID; QEMU hw/hyperv/hv-balloon.c).
+    assert!(
+        r.serial.contains("525074dc-8985-46e2-8057-a307dc18a502"),
+        "{}",
+        r.diag()
+    );
+    let received = r.host_received();
+    let opened = received.iter().filter(|t| **t == OPENCHANNEL).count();
+    let closed = received.iter().filter(|t| **t == CLOSECHANNEL).count();
+    assert!(
+        opened == closed,
+        "{opened} opens vs {closed} closes: {received:?}"
+    );
+    assert!(
+        !r.trace.contains("unknown message") && !r.serial.contains("vmbus: error"),
+        "{}",
+        r.diag()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The panic path
+
+#[test]
+fn panic_steps_run_in_design_order() {
+    let r = qemu72_panic();
+    let order = [
+        "panic: step freeze",
+        "panic: step screen_flush",
+        "panic: step vmbus_unload",
+        "panic: step arch_cleanup",
+        "panic: step ship",
+        "panic: step crash_registers",
+        "panic: step end",
+    ];
+    let at: Vec<usize> = order.iter().map(|s| r.at(s)).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "steps out of order {at:?}\n{}",
+        r.diag()
+    );
+}
+
+#[test]
+fn unload_is_posted_once_and_its_response_consumed() {
+    let r = qemu72_panic();
+    // The first connection: everything the host received up to the reconnect.
+    let rx = r.host_received();
+    let reconnect = rx
+        .iter()
+        .rposition(|t| *t == INITIATE_CONTACT)
+        .filter(|i| rx[..*i].contains(&UNLOAD))
+        .unwrap_or(rx.len());
+    let first = &rx[..reconnect];
+    assert_eq!(
+        first.iter().filter(|t| **t == UNLOAD).count(),
+        1,
+        "UNLOADs before the reconnect: {rx:?}\n{}",
+        r.diag()
+    );
+    assert_eq!(r.count_serial("unload: posted"), 1, "{}", r.diag());
+    assert!(r.host_posted().contains(&UNLOAD_RESPONSE), "{}", r.diag());
+    let resp = r.line("unload: response after");
+    assert!(r.at("unload: posted") < r.at("unload: response after"), "{resp}");
+}
+
+#[test]
+fn cleanup_leaves_synic_and_stimer0_disabled() {
+    let r = qemu72_panic();
+    let c = r.line("cleanup: readback");
+    assert_eq!(hex_field(c, "SCONTROL") & 1, 0, "{c}");
+    assert_eq!(hex_field(c, "SIMP") & 1, 0, "{c}");
+    assert_eq!(hex_field(c, "SIEFP") & 1, 0, "{c}");
+    // SINTx bit 16 = masked (TLFS; Linux hvgdk_mini.h union hv_synic_sint).
+    assert!(hex_field(c, "SINT2") & (1 << 16) != 0, "{c}");
+    assert_eq!(hex_field(c, "STIMER0_CONFIG") & 1, 0, "{c}");
+    assert_eq!(hex_field(c, "STIMER0_COUNT"), 0, "{c}");
+    assert!(r.at("unload: response after") < r.at("cleanup: readback"), "{}", r.diag());
+}
+
+#[test]
+fn reconnect_after_unload_succeeds() {
+    let r = qemu72_panic();
+    let l = r.line("reconnect: version");
+    assert!(l.contains("reconnect: version 4.0"), "{l}\n{}", r.diag());
+    assert!(r.at("cleanup: readback") < r.at("reconnect: version"), "{}", r.diag());
+    // On the host: a second INITIATE_CONTACT accepted after the UNLOAD, and its offers.
+    let rx = r.host_received();
+    let unload = rx.iter().position(|t| *t == UNLOAD).expect("no UNLOAD");
+    assert!(rx[unload..].contains(&INITIATE_CONTACT), "{rx:?}");
+    assert!(rx[unload..].contains(&REQUESTOFFERS), "{rx:?}");
+    let posted = r.host_posted();
+    let resp = posted.iter().position(|t| *t == UNLOAD_RESPONSE).unwrap();
+    assert!(posted[resp..].contains(&VERSION_RESPONSE), "{posted:?}");
+}
+
+#[test]
+fn crash_registers_reach_the_host_last_with_our_values() {
+    let r = qemu72_panic();
+    let l = r.line("crash: P0..P4");
+    let p: Vec<u64> = (0..5).map(|i| hex_field(l, &format!("P{i}"))).collect();
+    let panics = r.guest_panicked();
+    assert_eq!(panics.len(), 1, "{}", r.diag());
+    let info = &panics[0]["data"]["info"];
+    assert_eq!(info["type"], "hyper-v", "{info}");
+    // QEMU reports CRASH_P0..P4 as arg1..arg5 (qapi/run-state.json GuestPanicInformationHyperV).
+    for (i, v) in p.iter().enumerate() {
+        let arg = &info[format!("arg{}", i + 1)];
+        assert_eq!(arg.as_u64(), Some(*v), "arg{} = {arg}, P{i} = {v:#x}\n{l}", i + 1);
+    }
+    // After everything else that touches the hypervisor (design step 6).
+    assert!(r.at("reconnect: version") < r.at("crash: P0..P4"), "{}", r.diag());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Nested panic
+
+#[test]
+fn nested_panic_posts_no_second_unload() {
+    let r = qemu10_balloon_nested();
+    assert!(r.serial.contains("nested"), "no nested panic happened\n{}", r.diag());
+    let unloads = r.host_received().iter().filter(|t| **t == UNLOAD).count();
+    assert!(
+        r.count_serial("unload: posted") <= 1 && unloads == r.count_serial("unload: posted"),
+        "UNLOADs on the host: {unloads}\n{}",
+        r.diag()
+    );
+    // The nested entry still reports the crash once.
+    assert_eq!(r.guest_panicked().len(), 1, "{}", r.diag());
+}
