@@ -328,6 +328,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -612,16 +613,191 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     ))
 }
 
-fn serve(_ctx: &Ctx, _a: ServeArgs) -> Result<()> {
-    bail!("serve: not yet wired to capture")
+fn read_key(path: Option<&PathBuf>) -> Result<Option<capture::Key>> {
+    path.map(|p| {
+        capture::Key::read_file(p).with_context(|| {
+            format!(
+                "reading fleet key {} (64 hex digits or 32 raw bytes)",
+                p.display()
+            )
+        })
+    })
+    .transpose()
 }
 
-fn drill(_ctx: &Ctx, _a: DrillArgs) -> Result<()> {
-    bail!("drill: not yet wired to capture")
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+    }
 }
 
-fn load(_ctx: &Ctx, _a: LoadArgs) -> Result<()> {
-    let _ = std::io::stderr().is_terminal();
-    let _ = Duration::ZERO;
-    bail!("load: not yet wired to capture")
+fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
+    use host_collector::server::{Collector, ServeConfig, TEST_COMMIT_DELAY_ENV};
+    let f = &ctx.file;
+    let listen = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid literal"));
+    let mut cfg = ServeConfig::new(listen, ctx.db.clone());
+    cfg.key = read_key(a.key_file.as_ref().or(f.key_file.as_ref()))?;
+    cfg.sync = a.sync.or(f.sync).unwrap_or_default();
+    if let Some(v) = a.max_pending_per_source.or(f.max_pending_per_source) {
+        cfg.max_pending_per_source = v;
+    }
+    if let Some(v) = a.max_pending_total.or(f.max_pending_total) {
+        cfg.max_pending_total = v;
+    }
+    if let Some(v) = a.batch_max.or(f.batch_max) {
+        cfg.batch_max = v;
+    }
+    if let Some(v) = f.queue_capacity {
+        cfg.queue_capacity = v;
+    }
+    if let Some(v) = f.recv_buffer_bytes {
+        cfg.recv_buffer_bytes = v;
+    }
+    if let Ok(ms) = std::env::var(TEST_COMMIT_DELAY_ENV) {
+        let ms: u64 = ms
+            .parse()
+            .with_context(|| format!("{TEST_COMMIT_DELAY_ENV}={ms:?} is not a number"))?;
+        cfg.commit_delay = Some(Duration::from_millis(ms));
+    }
+    let collector = Collector::bind(cfg.clone())?;
+    let addr = collector.local_addr()?;
+    eprintln!(
+        "host-collector: listening on {addr} (udp), database {}{}",
+        cfg.db.display(),
+        if cfg.key.is_some() {
+            ", fleet key required"
+        } else {
+            ""
+        }
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(collector.run(shutdown_signal()))?;
+    eprintln!("host-collector: stopped");
+    Ok(())
+}
+
+fn drill(_ctx: &Ctx, a: DrillArgs) -> Result<()> {
+    use capture::wire::{DrillRepr, Repr};
+    let key = read_key(a.key_file.as_ref())?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut buf = [0u8; capture::wire::MAX_DATAGRAM];
+    let n = Repr::Drill(DrillRepr {
+        nonce,
+        delay_ms: a.delay_ms,
+    })
+    .emit(key.as_ref(), &mut buf)
+    .context("building the drill frame")?;
+    let bind = if a.addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.send_to(&buf[..n], a.addr)
+        .with_context(|| format!("sending the drill to {}", a.addr))?;
+    print(&format!(
+        "Sent drill (nonce {nonce:#018x}) to {}. The canary panics and ships a crash record \
+         of kind \"drill\" to its collector.\n",
+        a.addr
+    ))
+}
+
+fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
+    use host_collector::load::{run, LoadConfig};
+    let key = read_key(a.key_file.as_ref())?;
+    let deadline = parse_duration(&a.deadline)?;
+    let cfg = LoadConfig {
+        target: a.target,
+        canaries: a.canaries,
+        records: a.records,
+        loss: a.loss,
+        dup: a.dup,
+        reorder: a.reorder,
+        seed: a.seed,
+        key,
+        deadline,
+        initial_rto_ms: a.rto_ms,
+        max_rto_ms: a.rto_ms.saturating_mul(16).min(2000).max(a.rto_ms),
+        schema: None,
+    };
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(a.records);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} acked ({per_sec})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb
+    });
+    let progress = bar
+        .clone()
+        .map(|pb| Box::new(move |n: u64| pb.set_position(n)) as Box<dyn Fn(u64) + Send>);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(run(cfg, progress))?;
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    if a.json {
+        print(&(serde_json::to_string(&r)? + "\n"))?;
+    } else {
+        let shared = if r.sockets < r.canaries {
+            format!(" (sharing {} sockets: fd limit {})", r.sockets, r.fd_limit)
+        } else {
+            String::new()
+        };
+        print(&format!(
+            "canaries:        {}{shared}\n\
+             records:         {} sent, {} acked ({} as duplicate), {} rejected, {} lost\n\
+             throughput:      {:.0} records/s over {:.2} s\n\
+             panic-to-ack:    p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
+             datagrams:       {} sent, {} dropped out, {} dropped in, {} retransmit rounds\n\
+             record size:     {} bytes encoded\n",
+            r.canaries,
+            r.sent,
+            r.acked,
+            r.acked_duplicate,
+            r.rejected,
+            r.lost,
+            r.records_per_s,
+            r.elapsed_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.datagrams_sent,
+            r.datagrams_dropped_out,
+            r.datagrams_dropped_in,
+            r.retransmit_rounds,
+            r.encoded_record_len,
+        ))?;
+    }
+    if r.acked + r.rejected < r.records {
+        eprintln!(
+            "load: {} of {} records were never acked",
+            r.records - r.acked - r.rejected,
+            r.records
+        );
+        return Err(Exit(4).into());
+    }
+    Ok(())
 }

@@ -383,7 +383,8 @@ impl Store {
     }
 
     /// Stores a batch in one transaction: records (duplicates ignored), rejections, heartbeats,
-    /// and counter increments. Returns the outcome of each record, in order.
+    /// and counter increments (plus `records_stored`, `duplicates`, `rejected` and
+    /// `heartbeats` for what the batch itself holds). Returns the outcome of each record.
     pub fn commit_batch(
         &mut self,
         records: &[NewRecord],
@@ -481,7 +482,14 @@ impl Store {
                 "INSERT INTO counters (name, value) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             )?;
-            for (name, v) in counters.iter().filter(|(_, v)| *v > 0) {
+            let stored = out.iter().filter(|o| **o == InsertOutcome::Stored).count() as u64;
+            let own = [
+                ("records_stored", stored),
+                ("duplicates", out.len() as u64 - stored),
+                ("rejected", rejections.len() as u64),
+                ("heartbeats", heartbeats.len() as u64),
+            ];
+            for (name, v) in counters.iter().chain(&own).filter(|(_, v)| *v > 0) {
                 ctr.execute(params![name, *v as i64])?;
             }
         }
@@ -822,7 +830,10 @@ mod tests {
         assert_eq!(out, vec![InsertOutcome::Stored, InsertOutcome::Duplicate]);
         let out = s.commit_batch(&[a], &[], &[], &[]).unwrap();
         assert_eq!(out, vec![InsertOutcome::Duplicate]);
-        assert_eq!(s.stats().unwrap().records, 1);
+        let st = s.stats().unwrap();
+        assert_eq!(st.records, 1);
+        assert_eq!(st.counters["records_stored"], 1);
+        assert_eq!(st.counters["duplicates"], 2);
     }
 
     #[test]
@@ -830,7 +841,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
         let a = sample(4, 10);
-        s.commit_batch(std::slice::from_ref(&a), &[], &[], &[]).unwrap();
+        s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
+            .unwrap();
         let v = s
             .get(&RecordRef::BootSeq([7; 16], 4), true)
             .unwrap()

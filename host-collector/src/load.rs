@@ -1,0 +1,502 @@
+//! `load`: N simulated canaries, each a real [`capture::sender::Sender`], sending M records to
+//! a collector, with deterministic, seeded fault injection on both directions.
+//!
+//! Each canary is a tokio task with its own connected UDP socket. It sends its share of the
+//! records one after another (a canary ships one crash record at a time). If the process may
+//! not open one socket per canary (RLIMIT_NOFILE, after raising the soft limit to the hard
+//! limit, and the hard limit too when running as root), canaries share sockets: a dispatcher
+//! task per shared socket routes acks to canaries by boot id.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capture::record::CrashRecord;
+use capture::sender::{SendState, Sender, SenderConfig};
+use capture::wire::{self, Repr};
+use capture::Key;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid load parameters: {0}")]
+    Invalid(String),
+    #[error("cannot encode the sample record: {0}")]
+    Encode(capture::Error),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub target: SocketAddr,
+    pub canaries: u32,
+    pub records: u64,
+    pub loss: f64,
+    pub dup: f64,
+    pub reorder: f64,
+    pub seed: u64,
+    pub key: Option<Key>,
+    pub deadline: Duration,
+    pub initial_rto_ms: u32,
+    pub max_rto_ms: u32,
+    /// Schema the records claim (tests send a newer major to check rejection).
+    pub schema: Option<(u16, u16)>,
+}
+
+/// The result of a run. `acked + lost + rejected == records`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub canaries: u32,
+    pub records: u64,
+    /// Records whose first round was sent.
+    pub sent: u64,
+    /// Records acked as stored or duplicate.
+    pub acked: u64,
+    /// Of `acked`, acked with status duplicate (a retransmit whose first ack was lost).
+    pub acked_duplicate: u64,
+    /// Records acked with status rejected.
+    pub rejected: u64,
+    /// Records never acked before the deadline.
+    pub lost: u64,
+    pub elapsed_s: f64,
+    pub records_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Datagrams put on the wire (after injected drops, including injected duplicates).
+    pub datagrams_sent: u64,
+    pub datagrams_dropped_out: u64,
+    pub datagrams_dropped_in: u64,
+    pub retransmit_rounds: u64,
+    /// UDP sockets used; less than `canaries` when they had to share.
+    pub sockets: u32,
+    pub fd_limit: u64,
+    pub encoded_record_len: usize,
+}
+
+/// splitmix64: a tiny deterministic PRNG, good enough for fault injection.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    acked: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+struct CanaryResult {
+    sent: u64,
+    acked: u64,
+    acked_duplicate: u64,
+    rejected: u64,
+    lost: u64,
+    latencies_us: Vec<u32>,
+    datagrams_sent: u64,
+    dropped_out: u64,
+    dropped_in: u64,
+    retransmit_rounds: u64,
+}
+
+/// How a canary reaches the network.
+enum Io {
+    Own(UdpSocket),
+    Shared(Arc<UdpSocket>, mpsc::UnboundedReceiver<Vec<u8>>),
+}
+
+impl Io {
+    fn socket(&self) -> &UdpSocket {
+        match self {
+            Io::Own(s) => s,
+            Io::Shared(s, _) => s,
+        }
+    }
+
+    async fn recv(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Io::Own(s) => {
+                buf.resize(2048, 0);
+                s.recv(buf).await
+            }
+            Io::Shared(_, rx) => match rx.recv().await {
+                Some(d) => {
+                    *buf = d;
+                    Ok(buf.len())
+                }
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// The per-canary identity: boot id from (seed, run nonce, index).
+fn boot_id(seed: u64, nonce: u64, index: u32) -> [u8; 16] {
+    let mut r = Rng::new(seed ^ nonce.rotate_left(17) ^ (u64::from(index) << 32 | 0x5eed));
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+    id[8..].copy_from_slice(&r.next_u64().to_le_bytes());
+    id
+}
+
+/// Raises RLIMIT_NOFILE so that `want` descriptors fit; returns the soft limit in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(s, _)| s)
+        .unwrap_or(1024);
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(before);
+    if soft >= want {
+        return soft;
+    }
+    // Root may raise the hard limit as well.
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, want, want).is_ok() {
+        return want;
+    }
+    soft
+}
+
+/// Runs the load. `progress` is called about ten times a second with the acked count.
+pub async fn run(
+    cfg: LoadConfig,
+    progress: Option<Box<dyn Fn(u64) + Send>>,
+) -> Result<LoadReport, LoadError> {
+    if cfg.canaries == 0 {
+        return Err(LoadError::Invalid("--canaries must be at least 1".into()));
+    }
+    for (name, p) in [
+        ("loss", cfg.loss),
+        ("dup", cfg.dup),
+        ("reorder", cfg.reorder),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            return Err(LoadError::Invalid(format!(
+                "--{name} {p} is not a probability in [0, 1)"
+            )));
+        }
+    }
+    // Keep 64 descriptors for everything else.
+    let fd_limit = raise_fd_limit(u64::from(cfg.canaries) + 64);
+    let sockets = (cfg.canaries as u64).min(fd_limit.saturating_sub(64).max(1)) as u32;
+    if sockets < cfg.canaries {
+        tracing::warn!(
+            fd_limit,
+            sockets,
+            "not enough file descriptors for one socket per canary: canaries share sockets"
+        );
+    }
+    let bind: SocketAddr = if cfg.target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let ids: Vec<[u8; 16]> = (0..cfg.canaries)
+        .map(|i| boot_id(cfg.seed, nonce, i))
+        .collect();
+
+    // Sockets, and for shared ones a dispatcher routing acks by boot id.
+    let mut ios: Vec<Option<Io>> = Vec::with_capacity(cfg.canaries as usize);
+    if sockets == cfg.canaries {
+        for _ in 0..cfg.canaries {
+            let s = UdpSocket::bind(bind).await?;
+            s.connect(cfg.target).await?;
+            ios.push(Some(Io::Own(s)));
+        }
+    } else {
+        let mut routes: Vec<HashMap<[u8; 16], mpsc::UnboundedSender<Vec<u8>>>> =
+            (0..sockets).map(|_| HashMap::new()).collect();
+        let mut socks = Vec::with_capacity(sockets as usize);
+        for _ in 0..sockets {
+            let s = UdpSocket::bind(bind).await?;
+            s.connect(cfg.target).await?;
+            socks.push(Arc::new(s));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let si = i % sockets as usize;
+            routes[si].insert(*id, tx);
+            ios.push(Some(Io::Shared(socks[si].clone(), rx)));
+        }
+        for (s, r) in socks.into_iter().zip(routes) {
+            let key = cfg.key.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok(n) = s.recv(&mut buf).await {
+                    if let Ok(Repr::Ack(a)) = wire::parse(&buf[..n], key.as_ref()) {
+                        if let Some(tx) = r.get(&a.boot_id) {
+                            let _ = tx.send(buf[..n].to_vec());
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    let mut probe = [0u8; capture::record::MAX_ENCODED_LEN];
+    let encoded_record_len = capture::testutil::sample_record(1)
+        .encode(&mut probe)
+        .map_err(LoadError::Encode)?
+        .len();
+
+    let shared = Arc::new(Shared::default());
+    let start = Instant::now();
+    let per = cfg.records / u64::from(cfg.canaries);
+    let extra = cfg.records % u64::from(cfg.canaries);
+    let mut tasks = Vec::with_capacity(cfg.canaries as usize);
+    for i in 0..cfg.canaries {
+        let n = per + u64::from(u64::from(i) < extra);
+        let io = ios[i as usize].take().expect("one io per canary");
+        let cfg = cfg.clone();
+        let shared = shared.clone();
+        let id = ids[i as usize];
+        tasks.push(tokio::spawn(canary(cfg, i, id, n, io, start, shared)));
+    }
+    let ticker = progress.map(|f| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                f(shared.acked.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let mut total = CanaryResult::default();
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| LoadError::Io(std::io::Error::other(e.to_string())))??;
+        total.sent += r.sent;
+        total.acked += r.acked;
+        total.acked_duplicate += r.acked_duplicate;
+        total.rejected += r.rejected;
+        total.lost += r.lost;
+        total.latencies_us.extend(r.latencies_us);
+        total.datagrams_sent += r.datagrams_sent;
+        total.dropped_out += r.dropped_out;
+        total.dropped_in += r.dropped_in;
+        total.retransmit_rounds += r.retransmit_rounds;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let mut lat = total.latencies_us;
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        f64::from(lat[i]) / 1000.0
+    };
+    Ok(LoadReport {
+        canaries: cfg.canaries,
+        records: cfg.records,
+        sent: total.sent,
+        acked: total.acked,
+        acked_duplicate: total.acked_duplicate,
+        rejected: total.rejected,
+        lost: total.lost,
+        elapsed_s: elapsed,
+        records_per_s: if elapsed > 0.0 {
+            total.acked as f64 / elapsed
+        } else {
+            0.0
+        },
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().map(|v| f64::from(*v) / 1000.0).unwrap_or(0.0),
+        datagrams_sent: total.datagrams_sent,
+        datagrams_dropped_out: total.dropped_out,
+        datagrams_dropped_in: total.dropped_in,
+        retransmit_rounds: total.retransmit_rounds,
+        sockets,
+        fd_limit,
+        encoded_record_len,
+    })
+}
+
+async fn canary(
+    cfg: LoadConfig,
+    index: u32,
+    boot_id: [u8; 16],
+    records: u64,
+    mut io: Io,
+    start: Instant,
+    shared: Arc<Shared>,
+) -> Result<CanaryResult, LoadError> {
+    let mut rng = Rng::new(cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(index));
+    let mut res = CanaryResult {
+        latencies_us: Vec::with_capacity(records as usize),
+        ..CanaryResult::default()
+    };
+    let scfg = SenderConfig {
+        initial_rto_ms: cfg.initial_rto_ms,
+        max_rto_ms: cfg.max_rto_ms,
+        deadline_ms: cfg.deadline.as_millis() as u64,
+    };
+    let mut encbuf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+    let mut out: Vec<u8> = Vec::with_capacity(4 * wire::MAX_DATAGRAM);
+    let mut out_lens: Vec<usize> = Vec::with_capacity(8);
+    let mut held: Option<Vec<u8>> = None;
+    let mut rbuf = vec![0u8; 2048];
+    let mut rec: CrashRecord = capture::testutil::sample_record(0);
+    rec.boot_id = boot_id;
+    let now_ms = || start.elapsed().as_millis() as u64;
+    for seq in 1..=records as u32 {
+        // The simulated panic: build and encode the record.
+        let t0 = Instant::now();
+        rec.seq = seq;
+        rec.message.clear();
+        let _ = write!(
+            rec.message,
+            "load: simulated panic {seq} of canary {index} (loss {})",
+            cfg.loss
+        );
+        rec.uptime_us = t0.duration_since(start).as_micros() as u64;
+        let bytes = rec.encode(&mut encbuf).map_err(LoadError::Encode)?;
+        let mut sender = Sender::new(scfg, boot_id, seq, bytes, cfg.key.as_ref(), now_ms())
+            .map_err(LoadError::Encode)?;
+        if let Some((major, minor)) = cfg.schema {
+            sender = sender.with_schema(major, minor);
+        }
+        res.sent += 1;
+        loop {
+            out.clear();
+            out_lens.clear();
+            let state = sender.poll(now_ms(), &mut |d| {
+                out.extend_from_slice(d);
+                out_lens.push(d.len());
+            });
+            // Fault injection on the way out: drop, duplicate, hold back (reorder).
+            let mut off = 0;
+            for &len in &out_lens {
+                let d = &out[off..off + len];
+                off += len;
+                if rng.chance(cfg.loss) {
+                    res.dropped_out += 1;
+                    continue;
+                }
+                if held.is_none() && rng.chance(cfg.reorder) {
+                    held = Some(d.to_vec());
+                    continue;
+                }
+                send(io.socket(), d).await;
+                res.datagrams_sent += 1;
+                if rng.chance(cfg.dup) {
+                    send(io.socket(), d).await;
+                    res.datagrams_sent += 1;
+                }
+                if let Some(h) = held.take() {
+                    send(io.socket(), &h).await;
+                    res.datagrams_sent += 1;
+                }
+            }
+            let next_ms = match state {
+                SendState::Waiting { next_ms } => next_ms,
+                SendState::Acked => {
+                    res.acked += 1;
+                    if sender.ack_status() == Some(wire::AckStatus::Duplicate) {
+                        res.acked_duplicate += 1;
+                    }
+                    res.latencies_us
+                        .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    shared.acked.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                SendState::Rejected => {
+                    res.rejected += 1;
+                    break;
+                }
+                SendState::TimedOut => {
+                    res.lost += 1;
+                    break;
+                }
+            };
+            let wait = next_ms.saturating_sub(now_ms());
+            if wait == 0 {
+                continue;
+            }
+            tokio::select! {
+                r = io.recv(&mut rbuf) => {
+                    // Errors here are ICMP port-unreachable reports (no collector listening
+                    // yet): the next round retransmits.
+                    let Ok(n) = r else { continue };
+                    if rng.chance(cfg.loss) {
+                        res.dropped_in += 1;
+                    } else {
+                        sender.handle(&rbuf[..n]);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+        }
+        let st = sender.stats();
+        res.retransmit_rounds += u64::from(st.retransmit_rounds);
+    }
+    Ok(res)
+}
+
+async fn send(s: &UdpSocket, d: &[u8]) {
+    // Connected socket: a refused port (collector not up yet) shows up as an error on a
+    // later call; the sender's retransmits cover it.
+    match s.try_send(d) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let _ = s.send(d).await;
+        }
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_deterministic_and_roughly_calibrated() {
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        let mut r = Rng::new(7);
+        let hits = (0..100_000).filter(|_| r.chance(0.2)).count();
+        assert!((19_000..21_000).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| r.chance(0.0)));
+    }
+
+    #[test]
+    fn boot_ids_differ_per_canary() {
+        let a = boot_id(1, 99, 0);
+        let b = boot_id(1, 99, 1);
+        assert_ne!(a, b);
+        assert_eq!(a, boot_id(1, 99, 0));
+    }
+}

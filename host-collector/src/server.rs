@@ -1,0 +1,575 @@
+//! `serve`: the UDP receiver (tokio) and the batching SQLite writer (a dedicated thread).
+//!
+//! ```text
+//!  UDP ──► receiver task ──(bounded queue)──► writer thread ──► SQLite (one txn per batch)
+//!          check CRC/auth,                    commit, then ack every record of the batch
+//!          reassemble, decode
+//! ```
+//! A record is acked only after the transaction holding it has committed. Duplicates are
+//! detected by the database's unique key `(boot_id, seq, record_crc)`, so they are idempotent
+//! across restarts too.
+
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capture::record::CrashRecord;
+use capture::wire::{self, AckRepr, AckStatus, Repr, WireError};
+use capture::{Key, RecordId};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+use crate::reasm::{Reassembler, ReassemblerConfig};
+use crate::store::{
+    HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError, Sync,
+};
+use crate::util::now_us;
+
+/// Hidden test hook: the writer sleeps this many milliseconds before each commit, so a test
+/// can kill the collector between receiving a record and committing it.
+pub const TEST_COMMIT_DELAY_ENV: &str = "CANARY_COLLECTOR_TEST_COMMIT_DELAY_MS";
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("opening database {path}: {source}")]
+    Open { path: PathBuf, source: StoreError },
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the writer thread failed: {0}")]
+    Writer(String),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub key: Option<Key>,
+    pub sync: Sync,
+    pub max_pending_per_source: usize,
+    pub max_pending_total: usize,
+    pub batch_max: usize,
+    pub queue_capacity: usize,
+    pub recv_buffer_bytes: usize,
+    pub commit_delay: Option<Duration>,
+}
+
+impl ServeConfig {
+    pub fn new(listen: SocketAddr, db: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen,
+            db,
+            key: None,
+            sync: Sync::Normal,
+            max_pending_per_source: 64,
+            max_pending_total: 4096,
+            batch_max: 4096,
+            queue_capacity: 65536,
+            recv_buffer_bytes: 4 << 20,
+            commit_delay: None,
+        }
+    }
+}
+
+/// Counters shared by the receiver and the writer; the writer moves them into the database
+/// with each commit (so `stats` from another process sees them).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub datagrams: AtomicU64,
+    pub bad_crc: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub evictions: AtomicU64,
+    pub queue_full_drops: AtomicU64,
+    pub acks_sent: AtomicU64,
+    pub truncated: AtomicU64,
+    pub oversized: AtomicU64,
+    pub bad_magic: AtomicU64,
+    pub bad_version: AtomicU64,
+    pub bad_header: AtomicU64,
+    pub unknown_kind: AtomicU64,
+    pub unexpected_kind: AtomicU64,
+    pub reassembly_errors: AtomicU64,
+}
+
+impl Counters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes (and zeroes) every counter.
+    fn take(&self) -> Vec<(&'static str, u64)> {
+        let t = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        vec![
+            ("datagrams", t(&self.datagrams)),
+            ("bad_crc", t(&self.bad_crc)),
+            ("bad_frames", t(&self.bad_frames)),
+            ("auth_failures", t(&self.auth_failures)),
+            ("evictions", t(&self.evictions)),
+            ("queue_full_drops", t(&self.queue_full_drops)),
+            ("acks_sent", t(&self.acks_sent)),
+            ("truncated", t(&self.truncated)),
+            ("oversized", t(&self.oversized)),
+            ("bad_magic", t(&self.bad_magic)),
+            ("bad_version", t(&self.bad_version)),
+            ("bad_header", t(&self.bad_header)),
+            ("unknown_kind", t(&self.unknown_kind)),
+            ("unexpected_kind", t(&self.unexpected_kind)),
+            ("reassembly_errors", t(&self.reassembly_errors)),
+        ]
+    }
+
+    /// Puts counters back after a failed commit.
+    fn restore(&self, taken: &[(&'static str, u64)]) {
+        for (name, v) in taken {
+            let c = match *name {
+                "datagrams" => &self.datagrams,
+                "bad_crc" => &self.bad_crc,
+                "bad_frames" => &self.bad_frames,
+                "auth_failures" => &self.auth_failures,
+                "evictions" => &self.evictions,
+                "queue_full_drops" => &self.queue_full_drops,
+                "acks_sent" => &self.acks_sent,
+                "truncated" => &self.truncated,
+                "oversized" => &self.oversized,
+                "bad_magic" => &self.bad_magic,
+                "bad_version" => &self.bad_version,
+                "bad_header" => &self.bad_header,
+                "unknown_kind" => &self.unknown_kind,
+                "unexpected_kind" => &self.unexpected_kind,
+                _ => &self.reassembly_errors,
+            };
+            Self::add(c, *v);
+        }
+    }
+
+    /// Counts a datagram that failed to parse. Every failure is a `bad_frames`, `bad_crc` or
+    /// `auth_failures`, plus a finer-grained counter for bad frames.
+    fn count_wire_error(&self, e: &WireError) {
+        let fine = match e {
+            WireError::BadCrc { .. } => return Self::add(&self.bad_crc, 1),
+            WireError::AuthRequired | WireError::BadAuth | WireError::UnexpectedAuth => {
+                return Self::add(&self.auth_failures, 1)
+            }
+            WireError::Truncated { .. } => &self.truncated,
+            WireError::Oversized(_) => &self.oversized,
+            WireError::BadMagic(_) => &self.bad_magic,
+            WireError::BadVersion(_) => &self.bad_version,
+            WireError::UnknownKind(_) => &self.unknown_kind,
+            _ => &self.bad_header,
+        };
+        Self::add(fine, 1);
+        Self::add(&self.bad_frames, 1);
+    }
+}
+
+enum Msg {
+    Record(Box<NewRecord>, SocketAddr),
+    Reject(Box<Rejection>, SocketAddr),
+    Heartbeat(HeartbeatSeen),
+}
+
+/// A bound, ready collector. [`Collector::run`] serves until `shutdown` resolves.
+pub struct Collector {
+    cfg: ServeConfig,
+    socket: StdUdpSocket,
+    store: Store,
+    counters: Arc<Counters>,
+}
+
+impl Collector {
+    /// Opens the database (migrating it) and binds the socket.
+    pub fn bind(cfg: ServeConfig) -> Result<Collector, ServeError> {
+        let store = Store::open(&cfg.db, cfg.sync).map_err(|source| ServeError::Open {
+            path: cfg.db.clone(),
+            source,
+        })?;
+        let socket =
+            bind_udp(cfg.listen, cfg.recv_buffer_bytes).map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(Collector {
+            cfg,
+            socket,
+            store,
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// Receives until `shutdown` completes, then stops receiving, commits and acks everything
+    /// queued, persists the counters and returns.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Collector {
+            cfg,
+            socket,
+            store,
+            counters,
+        } = self;
+        let ack_socket = socket.try_clone()?;
+        let (tx, rx) = mpsc::sync_channel::<Msg>(cfg.queue_capacity.max(1));
+        let writer = {
+            let counters = counters.clone();
+            let key = cfg.key.clone();
+            let batch_max = cfg.batch_max.max(1);
+            let delay = cfg.commit_delay;
+            std::thread::Builder::new()
+                .name("collector-writer".into())
+                .spawn(move || {
+                    writer_loop(store, rx, ack_socket, key, counters, batch_max, delay)
+                })?
+        };
+        let sock = tokio::net::UdpSocket::from_std(socket)?;
+        let mut rx = Receiver {
+            reasm: Reassembler::new(ReassemblerConfig {
+                max_per_source: cfg.max_pending_per_source,
+                max_total: cfg.max_pending_total,
+            }),
+            key: cfg.key.clone(),
+            counters: counters.clone(),
+            tx,
+            evictions_seen: 0,
+        };
+        let mut buf = vec![0u8; 65536];
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                r = sock.readable() => {
+                    r?;
+                    // Drain what is there, but return to the select now and then so a signal
+                    // is seen promptly under sustained load.
+                    for _ in 0..4096 {
+                        match sock.try_recv_from(&mut buf) {
+                            Ok((n, peer)) => rx.handle(&buf[..n], peer),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                // ICMP errors surface here on Linux; they are not fatal.
+                                debug!("recv: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        info!("stopping: committing queued records");
+        drop(rx); // closes the queue: the writer drains it, commits and exits
+        writer
+            .join()
+            .map_err(|_| ServeError::Writer("panicked".into()))?
+            .map_err(|e| ServeError::Writer(e.to_string()))?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> std::io::Result<StdUdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = s.set_recv_buffer_size(rcvbuf) {
+        warn!("cannot set SO_RCVBUF to {rcvbuf}: {e}");
+    }
+    let _ = s.set_send_buffer_size(rcvbuf);
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+struct Receiver {
+    reasm: Reassembler<SocketAddr>,
+    key: Option<Key>,
+    counters: Arc<Counters>,
+    tx: SyncSender<Msg>,
+    evictions_seen: u64,
+}
+
+impl Receiver {
+    fn handle(&mut self, dgram: &[u8], peer: SocketAddr) {
+        let c = &*self.counters;
+        Counters::add(&c.datagrams, 1);
+        let repr = match wire::parse(dgram, self.key.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%peer, len = dgram.len(), "dropped datagram: {e}");
+                c.count_wire_error(&e);
+                return;
+            }
+        };
+        match repr {
+            Repr::Chunk(chunk) => {
+                let done = self.reasm.push(peer, &chunk);
+                let ev = self.reasm.evictions();
+                if ev > self.evictions_seen {
+                    Counters::add(&c.evictions, ev - self.evictions_seen);
+                    self.evictions_seen = ev;
+                }
+                match done {
+                    Ok(Some(complete)) => {
+                        self.complete(complete.id, complete.schema, complete.bytes, peer)
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(%peer, "chunk not reassembled: {e}");
+                        Counters::add(&c.reassembly_errors, 1);
+                    }
+                }
+            }
+            Repr::Heartbeat(h) => {
+                let hb = HeartbeatSeen {
+                    boot_id: h.boot_id,
+                    source: peer.to_string(),
+                    arch: h.arch.into(),
+                    seen_at_us: now_us(),
+                    uptime_ms: h.uptime_ms,
+                    seq: h.seq,
+                };
+                self.send(Msg::Heartbeat(hb));
+            }
+            Repr::Ack(_) | Repr::Drill(_) => {
+                debug!(%peer, "unexpected {:?} frame", repr.kind());
+                Counters::add(&c.unexpected_kind, 1);
+            }
+        }
+    }
+
+    fn complete(&mut self, id: RecordId, schema: (u16, u16), bytes: Vec<u8>, peer: SocketAddr) {
+        let key = RecordKey {
+            boot_id: id.boot_id,
+            seq: id.seq,
+            record_crc: id.record_crc,
+        };
+        let (major, minor) = schema;
+        let reject = |reason: String| Rejection {
+            key,
+            source: peer.to_string(),
+            received_at_us: now_us(),
+            schema_major: major,
+            schema_minor: minor,
+            reason,
+            raw: bytes.clone(),
+        };
+        let msg = match CrashRecord::decode(major, minor, &bytes) {
+            Ok(rec) if rec.boot_id != id.boot_id || rec.seq != id.seq => {
+                let r = reject(format!(
+                    "record body names boot {} seq {}, its frames boot {} seq {}",
+                    crate::util::hex(&rec.boot_id),
+                    rec.seq,
+                    crate::util::hex(&id.boot_id),
+                    id.seq
+                ));
+                warn!(%peer, "rejected record: {}", r.reason);
+                Msg::Reject(Box::new(r), peer)
+            }
+            Ok(rec) => Msg::Record(
+                Box::new(NewRecord {
+                    key,
+                    source: peer.to_string(),
+                    received_at_us: now_us(),
+                    schema_major: major,
+                    schema_minor: minor,
+                    fields: crate::convert::fields(&rec),
+                    raw: bytes,
+                }),
+                peer,
+            ),
+            Err(e) => {
+                let r = reject(e.to_string());
+                warn!(%peer, seq = id.seq, "rejected record: {e}");
+                Msg::Reject(Box::new(r), peer)
+            }
+        };
+        self.send(msg);
+    }
+
+    fn send(&self, msg: Msg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                Counters::add(&self.counters.queue_full_drops, 1);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                // The writer died; `run` reports why when it joins it.
+                Counters::add(&self.counters.queue_full_drops, 1);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<NewRecord>,
+    record_peers: Vec<SocketAddr>,
+    rejections: Vec<Rejection>,
+    reject_peers: Vec<SocketAddr>,
+    heartbeats: Vec<HeartbeatSeen>,
+}
+
+impl Batch {
+    fn push(&mut self, m: Msg) {
+        match m {
+            Msg::Record(r, p) => {
+                self.records.push(*r);
+                self.record_peers.push(p);
+            }
+            Msg::Reject(r, p) => {
+                self.rejections.push(*r);
+                self.reject_peers.push(p);
+            }
+            Msg::Heartbeat(h) => self.heartbeats.push(h),
+        }
+    }
+    fn len(&self) -> usize {
+        self.records.len() + self.rejections.len() + self.heartbeats.len()
+    }
+    fn clear(&mut self) {
+        self.records.clear();
+        self.record_peers.clear();
+        self.rejections.clear();
+        self.reject_peers.clear();
+        self.heartbeats.clear();
+    }
+}
+
+fn writer_loop(
+    mut store: Store,
+    rx: mpsc::Receiver<Msg>,
+    sock: StdUdpSocket,
+    key: Option<Key>,
+    counters: Arc<Counters>,
+    batch_max: usize,
+    delay: Option<Duration>,
+) -> Result<(), StoreError> {
+    let mut b = Batch::default();
+    let mut ackbuf = [0u8; wire::MAX_DATAGRAM];
+    let mut closed = false;
+    let mut last_commit = Instant::now();
+    let tick = Duration::from_millis(200);
+    while !closed {
+        match rx.recv_timeout(tick) {
+            Ok(m) => {
+                b.push(m);
+                // Group commit: take whatever else is already queued, up to batch_max.
+                while b.len() < batch_max {
+                    match rx.try_recv() {
+                        Ok(m) => b.push(m),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => closed = true,
+        }
+        if b.len() == 0 && !closed && last_commit.elapsed() < tick {
+            continue;
+        }
+        if let Some(d) = delay {
+            if !b.records.is_empty() {
+                debug!(
+                    records = b.records.len(),
+                    "test hook: delaying commit by {d:?}"
+                );
+                std::thread::sleep(d);
+            }
+        }
+        let taken = counters.take();
+        if b.len() == 0 && taken.iter().all(|(_, v)| *v == 0) {
+            last_commit = Instant::now();
+            continue;
+        }
+        let outcomes = match store.commit_batch(&b.records, &b.rejections, &b.heartbeats, &taken) {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing is acked: the senders retransmit, and the next batch tries again.
+                error!("commit of {} records failed: {e}", b.records.len());
+                counters.restore(&taken);
+                b.clear();
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        last_commit = Instant::now();
+        let mut acks = 0u64;
+        for ((r, peer), outcome) in b.records.iter().zip(&b.record_peers).zip(&outcomes) {
+            let status = match outcome {
+                InsertOutcome::Stored => AckStatus::Stored,
+                InsertOutcome::Duplicate => AckStatus::Duplicate,
+            };
+            acks += send_ack(&sock, key.as_ref(), &mut ackbuf, &r.key, status, *peer) as u64;
+        }
+        for (r, peer) in b.rejections.iter().zip(&b.reject_peers) {
+            acks += send_ack(
+                &sock,
+                key.as_ref(),
+                &mut ackbuf,
+                &r.key,
+                AckStatus::Rejected,
+                *peer,
+            ) as u64;
+        }
+        Counters::add(&counters.acks_sent, acks);
+        b.clear();
+    }
+    // Persist the acks_sent of the last batch.
+    let taken = counters.take();
+    store.commit_batch(&[], &[], &[], &taken)?;
+    Ok(())
+}
+
+fn send_ack(
+    sock: &StdUdpSocket,
+    key: Option<&Key>,
+    buf: &mut [u8],
+    k: &RecordKey,
+    status: AckStatus,
+    peer: SocketAddr,
+) -> bool {
+    let id = RecordId {
+        boot_id: k.boot_id,
+        seq: k.seq,
+        record_crc: k.record_crc,
+    };
+    let n = match Repr::Ack(AckRepr::for_record(&id, status)).emit(key, buf) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot build ack: {e}");
+            return false;
+        }
+    };
+    // The socket is non-blocking (shared with the receiver): retry briefly when the send
+    // buffer is full; a lost ack only costs the sender a retransmit.
+    for _ in 0..100 {
+        match sock.send_to(&buf[..n], peer) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(50))
+            }
+            Err(e) => {
+                debug!(%peer, "ack not sent: {e}");
+                return false;
+            }
+        }
+    }
+    false
+}
