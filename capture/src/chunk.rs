@@ -86,3 +86,8 @@ pub fn emit_chunk(
     let c = chunk_repr(id, record, index, (SCHEMA_MAJOR, SCHEMA_MINOR))?;
     Repr::Chunk(c).emit(key, out)
 }
+
+#[cfg(feature = "std")]
+mod reassembler;
+#[cfg(feature = "std")]
+pub use reassembler::{Completed, Push, Reassembler, ReassemblerConfig, ReassemblerStats};
