@@ -1,0 +1,678 @@
+//! VMBus channel messages: wire structs, the message-type table, and the host→guest parser.
+//!
+//! Layouts: ref §4.4, Linux `include/linux/hyperv.h` (`struct vmbus_channel_*`, all
+//! `__packed`), OpenVMM `vmbus_core/src/protocol.rs`. Every struct here includes the 8-byte
+//! message header, so its size equals the Linux struct size; sizes are asserted at compile
+//! time and the byte layout by golden tests below.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::guid::Guid;
+use crate::hypercall::HV_MESSAGE_PAYLOAD_SIZE;
+use crate::version::Version;
+
+/// `enum vmbus_channel_message_type` (ref §4.3). An open enum: unknown values are kept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub struct MessageType(pub u32);
+
+impl MessageType {
+    pub const INVALID: Self = Self(0);
+    pub const OFFERCHANNEL: Self = Self(1);
+    pub const RESCIND_CHANNELOFFER: Self = Self(2);
+    pub const REQUESTOFFERS: Self = Self(3);
+    pub const ALLOFFERS_DELIVERED: Self = Self(4);
+    pub const OPENCHANNEL: Self = Self(5);
+    pub const OPENCHANNEL_RESULT: Self = Self(6);
+    pub const CLOSECHANNEL: Self = Self(7);
+    pub const GPADL_HEADER: Self = Self(8);
+    pub const GPADL_BODY: Self = Self(9);
+    pub const GPADL_CREATED: Self = Self(10);
+    pub const GPADL_TEARDOWN: Self = Self(11);
+    pub const GPADL_TORNDOWN: Self = Self(12);
+    pub const RELID_RELEASED: Self = Self(13);
+    pub const INITIATE_CONTACT: Self = Self(14);
+    pub const VERSION_RESPONSE: Self = Self(15);
+    pub const UNLOAD: Self = Self(16);
+    pub const UNLOAD_RESPONSE: Self = Self(17);
+    pub const OPEN_RESERVED_CHANNEL: Self = Self(18);
+    pub const CLOSE_RESERVED_CHANNEL: Self = Self(19);
+    pub const CLOSE_RESERVED_RESPONSE: Self = Self(20);
+    pub const TL_CONNECT_REQUEST: Self = Self(21);
+    pub const MODIFYCHANNEL: Self = Self(22);
+    pub const TL_CONNECT_RESULT: Self = Self(23);
+    pub const MODIFYCHANNEL_RESPONSE: Self = Self(24);
+    pub const MODIFY_CONNECTION: Self = Self(25);
+    pub const MODIFY_CONNECTION_RESPONSE: Self = Self(26);
+    pub const PAUSE: Self = Self(27);
+    pub const PAUSE_RESPONSE: Self = Self(28);
+    pub const RESUME: Self = Self(29);
+}
+
+/// Who sends a message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    GuestToHost,
+    HostToGuest,
+}
+
+/// One row of the message table.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageInfo {
+    pub ty: MessageType,
+    pub name: &'static str,
+    /// The protocol version that introduced it (OpenVMM `vmbus_messages!` min versions; 0.0
+    /// where OpenVMM says "0" because it is exchanged before a version is known).
+    pub since: Version,
+    pub direction: Direction,
+    /// Minimum wire size including the header (the Linux struct size; VERSION_RESPONSE: 12,
+    /// because QEMU sends it without `msg_conn_id`, hvhost README trace "type 15 size 12").
+    pub min_size: usize,
+}
+
+const fn row(
+    ty: MessageType,
+    name: &'static str,
+    since: Version,
+    direction: Direction,
+    min_size: usize,
+) -> MessageInfo {
+    MessageInfo {
+        ty,
+        name,
+        since,
+        direction,
+        min_size,
+    }
+}
+
+use Direction::{GuestToHost as G2H, HostToGuest as H2G};
+
+/// Every message type this crate knows, with the version that introduced it (version gating is
+/// data, not `if` chains).
+pub const MESSAGE_TABLE: &[MessageInfo] = &[
+    row(MessageType::OFFERCHANNEL, "OFFERCHANNEL", Version::WS2008, H2G, 196),
+    row(MessageType::RESCIND_CHANNELOFFER, "RESCIND_CHANNELOFFER", Version::WS2008, H2G, 12),
+    row(MessageType::REQUESTOFFERS, "REQUESTOFFERS", Version::WS2008, G2H, 8),
+    row(MessageType::ALLOFFERS_DELIVERED, "ALLOFFERS_DELIVERED", Version::WS2008, H2G, 8),
+    row(MessageType::OPENCHANNEL, "OPENCHANNEL", Version::WS2008, G2H, 148),
+    row(MessageType::OPENCHANNEL_RESULT, "OPENCHANNEL_RESULT", Version::WS2008, H2G, 20),
+    row(MessageType::CLOSECHANNEL, "CLOSECHANNEL", Version::WS2008, G2H, 12),
+    row(MessageType::GPADL_HEADER, "GPADL_HEADER", Version::WS2008, G2H, 20),
+    row(MessageType::GPADL_BODY, "GPADL_BODY", Version::WS2008, G2H, 16),
+    row(MessageType::GPADL_CREATED, "GPADL_CREATED", Version::WS2008, H2G, 20),
+    row(MessageType::GPADL_TEARDOWN, "GPADL_TEARDOWN", Version::WS2008, G2H, 16),
+    row(MessageType::GPADL_TORNDOWN, "GPADL_TORNDOWN", Version::WS2008, H2G, 12),
+    row(MessageType::RELID_RELEASED, "RELID_RELEASED", Version::WS2008, G2H, 12),
+    row(MessageType::INITIATE_CONTACT, "INITIATE_CONTACT", Version(0), G2H, 40),
+    row(MessageType::VERSION_RESPONSE, "VERSION_RESPONSE", Version(0), H2G, 12),
+    row(MessageType::UNLOAD, "UNLOAD", Version::WS2008, G2H, 8),
+    row(MessageType::UNLOAD_RESPONSE, "UNLOAD_RESPONSE", Version::WIN7, H2G, 8),
+    row(MessageType::OPEN_RESERVED_CHANNEL, "OPEN_RESERVED_CHANNEL", Version::WIN10, G2H, 8),
+    row(MessageType::CLOSE_RESERVED_CHANNEL, "CLOSE_RESERVED_CHANNEL", Version(0), G2H, 8),
+    row(MessageType::CLOSE_RESERVED_RESPONSE, "CLOSE_RESERVED_RESPONSE", Version::WIN10, H2G, 8),
+    row(MessageType::TL_CONNECT_REQUEST, "TL_CONNECT_REQUEST", Version::WIN10, G2H, 8),
+    row(MessageType::MODIFYCHANNEL, "MODIFYCHANNEL", Version::WIN10_V4_1, G2H, 8),
+    row(MessageType::TL_CONNECT_RESULT, "TL_CONNECT_RESULT", Version::WIN10_V4_1, H2G, 8),
+    row(MessageType::MODIFYCHANNEL_RESPONSE, "MODIFYCHANNEL_RESPONSE", Version::WIN10_V5_3, H2G, 8),
+    row(MessageType::MODIFY_CONNECTION, "MODIFY_CONNECTION", Version::COPPER, G2H, 8),
+    row(MessageType::MODIFY_CONNECTION_RESPONSE, "MODIFY_CONNECTION_RESPONSE", Version::COPPER, H2G, 8),
+    row(MessageType::PAUSE, "PAUSE", Version::COPPER, H2G, 8),
+    row(MessageType::PAUSE_RESPONSE, "PAUSE_RESPONSE", Version::COPPER, G2H, 8),
+    row(MessageType::RESUME, "RESUME", Version::COPPER, H2G, 8),
+];
+
+/// The table row for a type.
+pub fn info(ty: MessageType) -> Option<&'static MessageInfo> {
+    MESSAGE_TABLE.iter().find(|r| r.ty == ty)
+}
+
+/// `vmbus_channel_message_header` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MessageHeader {
+    pub msgtype: u32,
+    pub padding: u32,
+}
+const _: () = assert!(core::mem::size_of::<MessageHeader>() == 8);
+
+impl MessageHeader {
+    pub const fn new(ty: MessageType) -> Self {
+        Self {
+            msgtype: ty.0,
+            padding: 0,
+        }
+    }
+}
+
+/// `vmbus_channel_initiate_contact` (ref §4.4). `interrupt_page_or_target_info` is the
+/// interrupt page GPA below 5.0, and `{u8 msg_sint; u8 msg_vtl; u8 rsvd[2]; u32
+/// feature_flags}` from 5.0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct InitiateContact {
+    pub header: MessageHeader,
+    pub vmbus_version_requested: u32,
+    pub target_vcpu: u32,
+    pub interrupt_page_or_target_info: u64,
+    pub monitor_page1: u64,
+    pub monitor_page2: u64,
+}
+const _: () = assert!(core::mem::size_of::<InitiateContact>() == 40);
+
+/// The 5.0+ `target_info` form of `interrupt_page_or_target_info`.
+pub const fn target_info(msg_sint: u8, msg_vtl: u8, feature_flags: u32) -> u64 {
+    msg_sint as u64 | (msg_vtl as u64) << 8 | (feature_flags as u64) << 32
+}
+
+/// `vmbus_channel_version_response` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VersionResponse {
+    pub header: MessageHeader,
+    pub version_supported: u8,
+    pub connection_state: u8,
+    pub padding: u16,
+    pub msg_conn_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<VersionResponse>() == 16);
+
+/// `vmbus_channel_offer` (ref §4.4): 176 bytes. `rsvd1/rsvd2` are two u64 in Linux; kept as
+/// u32 pairs so the struct has 4-byte alignment like the packed original.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ChannelOffer {
+    pub if_type: [u8; 16],
+    pub if_instance: [u8; 16],
+    pub reserved: [u32; 4],
+    pub chn_flags: u16,
+    pub mmio_megabytes: u16,
+    pub user_def: [u8; 120],
+    pub sub_channel_index: u16,
+    pub reserved3: u16,
+}
+const _: () = assert!(core::mem::size_of::<ChannelOffer>() == 176);
+
+/// `vmbus_channel_offer_channel` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct OfferChannel {
+    pub header: MessageHeader,
+    pub offer: ChannelOffer,
+    pub child_relid: u32,
+    pub monitorid: u8,
+    /// bit 0: `monitor_allocated`.
+    pub monitor_allocated: u8,
+    /// bit 0: `is_dedicated_interrupt`.
+    pub is_dedicated_interrupt: u16,
+    pub connection_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<OfferChannel>() == 196);
+
+/// `vmbus_channel_rescind_offer`, `vmbus_channel_relid_released`, `vmbus_channel_close_channel`:
+/// header + child_relid (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RelidMessage {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+}
+const _: () = assert!(core::mem::size_of::<RelidMessage>() == 12);
+
+/// `vmbus_channel_gpadl_header` without its ranges (ref §4.4): 20 bytes, followed by
+/// `gpa_range { u32 byte_count; u32 byte_offset; u64 pfn[] }` records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GpadlHeader {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+    pub gpadl: u32,
+    pub range_buflen: u16,
+    pub rangecount: u16,
+}
+const _: () = assert!(core::mem::size_of::<GpadlHeader>() == 20);
+
+/// `vmbus_channel_gpadl_body` without its PFNs (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GpadlBody {
+    pub header: MessageHeader,
+    /// Linux `msgnumber`; OpenVMM calls it `rsvd`. Sent as 0.
+    pub msgnumber: u32,
+    pub gpadl: u32,
+}
+const _: () = assert!(core::mem::size_of::<GpadlBody>() == 16);
+
+/// 64-bit words of range data that fit after a GPADL header (240 - 20 = 220 bytes → 27; Linux
+/// `create_gpadl_header`: 1 range header + 26 PFNs).
+pub const GPADL_HEADER_WORDS: usize = (HV_MESSAGE_PAYLOAD_SIZE - 20) / 8;
+/// PFNs per GPADL body ((240 - 16) / 8 = 28).
+pub const GPADL_BODY_WORDS: usize = (HV_MESSAGE_PAYLOAD_SIZE - 16) / 8;
+
+/// `vmbus_channel_gpadl_created` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GpadlCreated {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+    pub gpadl: u32,
+    pub creation_status: u32,
+}
+const _: () = assert!(core::mem::size_of::<GpadlCreated>() == 20);
+
+/// `vmbus_channel_gpadl_teardown` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GpadlTeardown {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+    pub gpadl: u32,
+}
+const _: () = assert!(core::mem::size_of::<GpadlTeardown>() == 16);
+
+/// `vmbus_channel_gpadl_torndown` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GpadlTorndown {
+    pub header: MessageHeader,
+    pub gpadl: u32,
+}
+const _: () = assert!(core::mem::size_of::<GpadlTorndown>() == 12);
+
+/// `vmbus_channel_open_channel` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct OpenChannel {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+    pub openid: u32,
+    pub ringbuffer_gpadlhandle: u32,
+    pub target_vp: u32,
+    pub downstream_ringbuffer_pageoffset: u32,
+    pub userdata: [u8; 120],
+}
+const _: () = assert!(core::mem::size_of::<OpenChannel>() == 148);
+
+/// `vmbus_channel_open_result` (ref §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct OpenResult {
+    pub header: MessageHeader,
+    pub child_relid: u32,
+    pub openid: u32,
+    pub status: u32,
+}
+const _: () = assert!(core::mem::size_of::<OpenResult>() == 20);
+
+/// A channel offer as the guest keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub if_type: Guid,
+    pub if_instance: Guid,
+    pub chn_flags: u16,
+    pub mmio_megabytes: u16,
+    pub user_def: [u8; 120],
+    pub sub_channel_index: u16,
+    pub child_relid: u32,
+    pub monitor_id: u8,
+    pub monitor_allocated: bool,
+    pub is_dedicated_interrupt: bool,
+    /// The connection id HvSignalEvent uses for this channel (Linux `sig_event`).
+    pub connection_id: u32,
+}
+
+/// A parsed host→guest message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostMessage {
+    VersionResponse {
+        version_supported: bool,
+        connection_state: u8,
+        /// Absent when the host sent the 12-byte form (QEMU).
+        msg_conn_id: Option<u32>,
+    },
+    Offer(Offer),
+    Rescind {
+        child_relid: u32,
+    },
+    AllOffersDelivered,
+    OpenResult {
+        child_relid: u32,
+        openid: u32,
+        status: u32,
+    },
+    GpadlCreated {
+        child_relid: u32,
+        gpadl: u32,
+        status: u32,
+    },
+    GpadlTorndown {
+        gpadl: u32,
+    },
+    UnloadResponse,
+    /// A known host→guest type this crate does not act on, or an unknown type (open enum).
+    Other(MessageType),
+}
+
+/// Why a host message was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message of {len} bytes is shorter than the 8-byte header")]
+    NoHeader { len: usize },
+    #[error("message of {len} bytes exceeds the 240-byte payload limit")]
+    Oversized { len: usize },
+    #[error("{name} message is {len} bytes, needs at least {need}")]
+    TooShort {
+        name: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("message type {0} is sent by the guest, not the host")]
+    WrongDirection(u32),
+}
+
+fn read<T: FromBytes>(bytes: &[u8], info: &MessageInfo) -> Result<T, MessageError> {
+    T::read_from_prefix(bytes)
+        .map(|(v, _)| v)
+        .map_err(|_| MessageError::TooShort {
+            name: info.name,
+            len: bytes.len(),
+            need: core::mem::size_of::<T>(),
+        })
+}
+
+/// Parse a host→guest VMBus message (the SynIC payload, header included). Never panics.
+pub fn parse_host(bytes: &[u8]) -> Result<HostMessage, MessageError> {
+    if bytes.len() > HV_MESSAGE_PAYLOAD_SIZE {
+        return Err(MessageError::Oversized { len: bytes.len() });
+    }
+    let (hdr, _) =
+        MessageHeader::read_from_prefix(bytes).map_err(|_| MessageError::NoHeader {
+            len: bytes.len(),
+        })?;
+    let ty = MessageType(hdr.msgtype);
+    let Some(info) = info(ty) else {
+        return Ok(HostMessage::Other(ty));
+    };
+    if info.direction != Direction::HostToGuest {
+        return Err(MessageError::WrongDirection(ty.0));
+    }
+    if bytes.len() < info.min_size {
+        return Err(MessageError::TooShort {
+            name: info.name,
+            len: bytes.len(),
+            need: info.min_size,
+        });
+    }
+    Ok(match ty {
+        MessageType::VERSION_RESPONSE => {
+            let b = bytes;
+            HostMessage::VersionResponse {
+                version_supported: b[8] != 0,
+                connection_state: b[9],
+                msg_conn_id: b
+                    .get(12..16)
+                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+            }
+        }
+        MessageType::OFFERCHANNEL => {
+            let m: OfferChannel = read(bytes, info)?;
+            HostMessage::Offer(Offer {
+                if_type: Guid(m.offer.if_type),
+                if_instance: Guid(m.offer.if_instance),
+                chn_flags: m.offer.chn_flags,
+                mmio_megabytes: m.offer.mmio_megabytes,
+                user_def: m.offer.user_def,
+                sub_channel_index: m.offer.sub_channel_index,
+                child_relid: m.child_relid,
+                monitor_id: m.monitorid,
+                monitor_allocated: m.monitor_allocated & 1 != 0,
+                is_dedicated_interrupt: m.is_dedicated_interrupt & 1 != 0,
+                connection_id: m.connection_id,
+            })
+        }
+        MessageType::RESCIND_CHANNELOFFER => {
+            let m: RelidMessage = read(bytes, info)?;
+            HostMessage::Rescind {
+                child_relid: m.child_relid,
+            }
+        }
+        MessageType::ALLOFFERS_DELIVERED => HostMessage::AllOffersDelivered,
+        MessageType::OPENCHANNEL_RESULT => {
+            let m: OpenResult = read(bytes, info)?;
+            HostMessage::OpenResult {
+                child_relid: m.child_relid,
+                openid: m.openid,
+                status: m.status,
+            }
+        }
+        MessageType::GPADL_CREATED => {
+            let m: GpadlCreated = read(bytes, info)?;
+            HostMessage::GpadlCreated {
+                child_relid: m.child_relid,
+                gpadl: m.gpadl,
+                status: m.creation_status,
+            }
+        }
+        MessageType::GPADL_TORNDOWN => {
+            let m: GpadlTorndown = read(bytes, info)?;
+            HostMessage::GpadlTorndown { gpadl: m.gpadl }
+        }
+        MessageType::UNLOAD_RESPONSE => HostMessage::UnloadResponse,
+        other => HostMessage::Other(other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn initiate_contact_golden_bytes() {
+        // Linux struct vmbus_channel_initiate_contact (__packed): hdr 0, version 8,
+        // target_vcpu 12, interrupt_page/target_info 16, monitor_page1 24, monitor_page2 32;
+        // size 40 (the hvhost self-test posts 40 bytes).
+        let m = InitiateContact {
+            header: MessageHeader::new(MessageType::INITIATE_CONTACT),
+            vmbus_version_requested: Version::WIN10_V5_3.0,
+            target_vcpu: 3,
+            interrupt_page_or_target_info: target_info(2, 0, 0),
+            monitor_page1: 0x1000,
+            monitor_page2: 0x2000,
+        };
+        let b = m.as_bytes();
+        assert_eq!(b.len(), 40);
+        assert_eq!(u32_at(b, 0), 14);
+        assert_eq!(u32_at(b, 8), 0x0005_0003);
+        assert_eq!(u32_at(b, 12), 3);
+        assert_eq!(b[16], 2, "msg_sint is the first byte of target_info");
+        assert_eq!(u64_at(b, 24), 0x1000);
+        assert_eq!(u64_at(b, 32), 0x2000);
+        assert_eq!(target_info(2, 1, 0x21), 0x0000_0021_0000_0102);
+    }
+
+    #[test]
+    fn version_response_golden_bytes_and_short_form() {
+        // Linux vmbus_channel_version_response: version_supported 8, connection_state 9,
+        // padding 10, msg_conn_id 12; size 16. QEMU sends 12 bytes.
+        let m = VersionResponse {
+            header: MessageHeader::new(MessageType::VERSION_RESPONSE),
+            version_supported: 1,
+            connection_state: 0,
+            padding: 0,
+            msg_conn_id: 4,
+        };
+        let b = m.as_bytes();
+        assert_eq!(b, &[15, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(
+            parse_host(b),
+            Ok(HostMessage::VersionResponse {
+                version_supported: true,
+                connection_state: 0,
+                msg_conn_id: Some(4)
+            })
+        );
+        assert_eq!(
+            parse_host(&b[..12]),
+            Ok(HostMessage::VersionResponse {
+                version_supported: true,
+                connection_state: 0,
+                msg_conn_id: None
+            })
+        );
+    }
+
+    #[test]
+    fn offer_channel_golden_offsets() {
+        // Linux vmbus_channel_offer_channel (__packed): offer at 8 (if_type 8, if_instance 24,
+        // rsvd 40..56, chn_flags 56, mmio_megabytes 58, user_def 60..180, sub_channel_index
+        // 180, reserved3 182), child_relid 184, monitorid 188, monitor_allocated 189,
+        // is_dedicated_interrupt 190, connection_id 192; size 196. The hvhost self-test reads
+        // child_relid at slot offset 200 = 16 (SynIC header) + 184.
+        let mut m = OfferChannel::new_zeroed();
+        m.header = MessageHeader::new(MessageType::OFFERCHANNEL);
+        m.offer.if_type = crate::guid::SYNTHVID.0;
+        m.offer.if_instance = [0xAA; 16];
+        m.offer.chn_flags = 0x0102;
+        m.offer.mmio_megabytes = 8;
+        m.offer.user_def[0] = 0x5A;
+        m.offer.sub_channel_index = 7;
+        m.child_relid = 0x11;
+        m.monitorid = 3;
+        m.monitor_allocated = 1;
+        m.is_dedicated_interrupt = 1;
+        m.connection_id = 0x2011;
+        let b = m.as_bytes();
+        assert_eq!(b.len(), 196);
+        assert_eq!(&b[8..12], &[0x02, 0x78, 0x0a, 0xda]);
+        assert_eq!(b[24], 0xAA);
+        assert_eq!(u32_at(b, 56) & 0xffff, 0x0102);
+        assert_eq!(u32_at(b, 56) >> 16, 8);
+        assert_eq!(b[60], 0x5A);
+        assert_eq!(u32_at(b, 180) & 0xffff, 7);
+        assert_eq!(u32_at(b, 184), 0x11);
+        assert_eq!(b[188], 3);
+        assert_eq!(b[189], 1);
+        assert_eq!(b[190], 1);
+        assert_eq!(u32_at(b, 192), 0x2011);
+        let HostMessage::Offer(o) = parse_host(b).unwrap() else {
+            panic!("not an offer")
+        };
+        assert_eq!(o.if_type, crate::guid::SYNTHVID);
+        assert_eq!(o.child_relid, 0x11);
+        assert_eq!(o.connection_id, 0x2011);
+        assert!(o.monitor_allocated && o.is_dedicated_interrupt);
+        assert_eq!(o.sub_channel_index, 7);
+    }
+
+    #[test]
+    fn gpadl_and_channel_messages_golden_offsets() {
+        // Linux: gpadl_header {hdr; child_relid 8; gpadl 12; range_buflen 16; rangecount 18}
+        // = 20 + ranges; gpadl_body {hdr; msgnumber 8; gpadl 12} = 16 + pfns;
+        // gpadl_created {hdr; child_relid 8; gpadl 12; creation_status 16} = 20;
+        // gpadl_teardown {hdr; child_relid 8; gpadl 12} = 16; gpadl_torndown {hdr; gpadl 8}
+        // = 12; open_channel {hdr; child_relid 8; openid 12; ringbuffer_gpadlhandle 16;
+        // target_vp 20; downstream_ringbuffer_pageoffset 24; userdata 28..148} = 148;
+        // open_result {hdr; child_relid 8; openid 12; status 16} = 20.
+        let h = GpadlHeader {
+            header: MessageHeader::new(MessageType::GPADL_HEADER),
+            child_relid: 5,
+            gpadl: 0xE1E10,
+            range_buflen: 24,
+            rangecount: 1,
+        };
+        let b = h.as_bytes();
+        assert_eq!(u32_at(b, 0), 8);
+        assert_eq!(u32_at(b, 8), 5);
+        assert_eq!(u32_at(b, 12), 0xE1E10);
+        assert_eq!(&b[16..20], &[24, 0, 1, 0]);
+        let body = GpadlBody {
+            header: MessageHeader::new(MessageType::GPADL_BODY),
+            msgnumber: 0,
+            gpadl: 9,
+        };
+        assert_eq!(u32_at(body.as_bytes(), 12), 9);
+        let o = OpenChannel {
+            header: MessageHeader::new(MessageType::OPENCHANNEL),
+            child_relid: 1,
+            openid: 2,
+            ringbuffer_gpadlhandle: 3,
+            target_vp: 4,
+            downstream_ringbuffer_pageoffset: 5,
+            userdata: [0x77; 120],
+        };
+        let b = o.as_bytes();
+        assert_eq!(
+            [u32_at(b, 0), u32_at(b, 8), u32_at(b, 12), u32_at(b, 16), u32_at(b, 20), u32_at(b, 24)],
+            [5, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(b[28], 0x77);
+        assert_eq!(b[147], 0x77);
+        let r = OpenResult {
+            header: MessageHeader::new(MessageType::OPENCHANNEL_RESULT),
+            child_relid: 1,
+            openid: 1,
+            status: 0,
+        };
+        assert_eq!(
+            parse_host(r.as_bytes()),
+            Ok(HostMessage::OpenResult {
+                child_relid: 1,
+                openid: 1,
+                status: 0
+            })
+        );
+        let c = GpadlCreated {
+            header: MessageHeader::new(MessageType::GPADL_CREATED),
+            child_relid: 2,
+            gpadl: 3,
+            creation_status: 0,
+        };
+        assert_eq!(u32_at(c.as_bytes(), 16), 0);
+        let t = GpadlTeardown {
+            header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+            child_relid: 2,
+            gpadl: 3,
+        };
+        assert_eq!(t.as_bytes().len(), 16);
+        let d = GpadlTorndown {
+            header: MessageHeader::new(MessageType::GPADL_TORNDOWN),
+            gpadl: 3,
+        };
+        assert_eq!(parse_host(d.as_bytes()), Ok(HostMessage::GpadlTorndown { gpadl: 3 }));
+        assert_eq!(GPADL_HEADER_WORDS, 27);
+        assert_eq!(GPADL_BODY_WORDS, 28);
+    }
+
+    #[test]
+    fn malformed_host_messages_are_rejected_with_reasons() {
+        assert_eq!(parse_host(&[1, 0, 0]), Err(MessageError::NoHeader { len: 3 }));
+        assert_eq!(parse_host(&[0u8; 241]), Err(MessageError::Oversized { len: 241 }));
+        let mut short_offer = [0u8; 100];
+        short_offer[0] = 1;
+        assert!(matches!(
+            parse_host(&short_offer),
+            Err(MessageError::TooShort { name: "OFFERCHANNEL", len: 100, need: 196 })
+        ));
+        let mut g2h = [0u8; 40];
+        g2h[0] = 14;
+        assert_eq!(parse_host(&g2h), Err(MessageError::WrongDirection(14)));
+        let unknown = [99, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(parse_host(&unknown), Ok(HostMessage::Other(MessageType(99))));
+    }
+
+    #[test]
+    fn message_table_has_each_type_once_with_its_version() {
+        for (i, r) in MESSAGE_TABLE.iter().enumerate() {
+            assert_eq!(r.ty.0 as usize, i + 1, "table is ordered by type");
+        }
+        assert_eq!(info(MessageType::UNLOAD_RESPONSE).unwrap().since, Version::WIN7);
+        assert_eq!(info(MessageType::MODIFYCHANNEL_RESPONSE).unwrap().since, Version::WIN10_V5_3);
+    }
+}

@@ -1,0 +1,1 @@
+//! netvsc (placeholder)

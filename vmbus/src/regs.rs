@@ -1,0 +1,369 @@
+//! Synthetic registers: logical names, their x86 MSR numbers and arm64 register ids, and the
+//! register layouts as bitfield newtypes.
+//!
+//! Sources: ref §3.2 (x86 MSRs) and §3.3 (arm64 ids), i.e. Linux `include/hyperv/hvgdk_mini.h`
+//! (`HV_X64_MSR_*`, `HV_REGISTER_*`) and FreeBSD `sys/dev/hyperv/vmbus/aarch64/hyperv_reg.h`.
+
+/// A synthetic register by name. Each arch maps it to its own address space.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum SynReg {
+    GuestOsId,
+    /// x86 only: the hypercall page MSR.
+    Hypercall,
+    VpIndex,
+    TimeRefCount,
+    ReferenceTsc,
+    Scontrol,
+    Sversion,
+    Siefp,
+    Simp,
+    Eom,
+    /// SINT0..15.
+    Sint(u8),
+    /// STIMER0..3 CONFIG.
+    StimerConfig(u8),
+    /// STIMER0..3 COUNT.
+    StimerCount(u8),
+    /// CRASH_P0..P4.
+    CrashP(u8),
+    CrashCtl,
+    /// arm64 only (x86 uses CPUID 0x40000002).
+    HypervisorVersion,
+    /// arm64 only (x86 uses CPUID 0x40000003).
+    PrivilegesAndFeatures,
+    /// arm64 only (x86 uses CPUID 0x40000004).
+    FeaturesInfo,
+}
+
+/// x86 MSR numbers (ref §3.2, Linux `hvgdk_mini.h` `HV_X64_MSR_*`).
+pub mod msr {
+    pub const GUEST_OS_ID: u32 = 0x4000_0000;
+    pub const HYPERCALL: u32 = 0x4000_0001;
+    pub const VP_INDEX: u32 = 0x4000_0002;
+    pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+    pub const REFERENCE_TSC: u32 = 0x4000_0021;
+    pub const SCONTROL: u32 = 0x4000_0080;
+    pub const SVERSION: u32 = 0x4000_0081;
+    pub const SIEFP: u32 = 0x4000_0082;
+    pub const SIMP: u32 = 0x4000_0083;
+    pub const EOM: u32 = 0x4000_0084;
+    pub const SINT0: u32 = 0x4000_0090;
+    pub const STIMER0_CONFIG: u32 = 0x4000_00B0;
+    pub const STIMER0_COUNT: u32 = 0x4000_00B1;
+    pub const CRASH_P0: u32 = 0x4000_0100;
+    pub const CRASH_CTL: u32 = 0x4000_0105;
+}
+
+/// arm64 register ids for Get/SetVpRegisters (ref §3.3, Linux `hvgdk_mini.h`
+/// `HV_REGISTER_*`, FreeBSD `aarch64/hyperv_reg.h`).
+pub mod arm64_reg {
+    pub const HYPERVISOR_VERSION: u32 = 0x0000_0100;
+    pub const PRIVILEGES_AND_FEATURES_INFO: u32 = 0x0000_0200;
+    pub const FEATURES_INFO: u32 = 0x0000_0201;
+    pub const CRASH_P0: u32 = 0x0000_0210;
+    pub const CRASH_CTL: u32 = 0x0000_0215;
+    pub const GUEST_OS_ID: u32 = 0x0009_0002;
+    pub const VP_INDEX: u32 = 0x0009_0003;
+    pub const TIME_REF_COUNT: u32 = 0x0009_0004;
+    pub const REFERENCE_TSC: u32 = 0x0009_0017;
+    pub const SINT0: u32 = 0x000A_0000;
+    pub const SCONTROL: u32 = 0x000A_0010;
+    pub const SVERSION: u32 = 0x000A_0011;
+    pub const SIEFP: u32 = 0x000A_0012;
+    pub const SIMP: u32 = 0x000A_0013;
+    pub const EOM: u32 = 0x000A_0014;
+    pub const STIMER0_CONFIG: u32 = 0x000B_0000;
+    pub const STIMER0_COUNT: u32 = 0x000B_0001;
+}
+
+impl SynReg {
+    /// The x86 MSR, or `None` for a register x86 does not have (or an index out of range).
+    pub fn x86_msr(self) -> Option<u32> {
+        use msr::*;
+        Some(match self {
+            Self::GuestOsId => GUEST_OS_ID,
+            Self::Hypercall => HYPERCALL,
+            Self::VpIndex => VP_INDEX,
+            Self::TimeRefCount => TIME_REF_COUNT,
+            Self::ReferenceTsc => REFERENCE_TSC,
+            Self::Scontrol => SCONTROL,
+            Self::Sversion => SVERSION,
+            Self::Siefp => SIEFP,
+            Self::Simp => SIMP,
+            Self::Eom => EOM,
+            Self::Sint(n) if n < 16 => SINT0 + n as u32,
+            Self::StimerConfig(n) if n < 4 => STIMER0_CONFIG + 2 * n as u32,
+            Self::StimerCount(n) if n < 4 => STIMER0_COUNT + 2 * n as u32,
+            Self::CrashP(n) if n < 5 => CRASH_P0 + n as u32,
+            Self::CrashCtl => CRASH_CTL,
+            _ => return None,
+        })
+    }
+
+    /// The register for an x86 MSR number (the inverse of [`SynReg::x86_msr`]).
+    pub fn from_x86_msr(m: u32) -> Option<Self> {
+        use msr::*;
+        Some(match m {
+            GUEST_OS_ID => Self::GuestOsId,
+            HYPERCALL => Self::Hypercall,
+            VP_INDEX => Self::VpIndex,
+            TIME_REF_COUNT => Self::TimeRefCount,
+            REFERENCE_TSC => Self::ReferenceTsc,
+            SCONTROL => Self::Scontrol,
+            SVERSION => Self::Sversion,
+            SIEFP => Self::Siefp,
+            SIMP => Self::Simp,
+            EOM => Self::Eom,
+            m if (SINT0..SINT0 + 16).contains(&m) => Self::Sint((m - SINT0) as u8),
+            m if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&m) => {
+                let n = ((m - STIMER0_CONFIG) / 2) as u8;
+                if (m - STIMER0_CONFIG) % 2 == 0 {
+                    Self::StimerConfig(n)
+                } else {
+                    Self::StimerCount(n)
+                }
+            }
+            m if (CRASH_P0..CRASH_P0 + 5).contains(&m) => Self::CrashP((m - CRASH_P0) as u8),
+            CRASH_CTL => Self::CrashCtl,
+            _ => return None,
+        })
+    }
+
+    /// The arm64 register id, or `None` for a register arm64 does not have.
+    pub fn arm64_id(self) -> Option<u32> {
+        use arm64_reg::*;
+        Some(match self {
+            Self::GuestOsId => GUEST_OS_ID,
+            Self::Hypercall => return None,
+            Self::VpIndex => VP_INDEX,
+            Self::TimeRefCount => TIME_REF_COUNT,
+            Self::ReferenceTsc => REFERENCE_TSC,
+            Self::Scontrol => SCONTROL,
+            Self::Sversion => SVERSION,
+            Self::Siefp => SIEFP,
+            Self::Simp => SIMP,
+            Self::Eom => EOM,
+            Self::Sint(n) if n < 16 => SINT0 + n as u32,
+            Self::StimerConfig(n) if n < 4 => STIMER0_CONFIG + 2 * n as u32,
+            Self::StimerCount(n) if n < 4 => STIMER0_COUNT + 2 * n as u32,
+            Self::CrashP(n) if n < 5 => CRASH_P0 + n as u32,
+            Self::CrashCtl => CRASH_CTL,
+            Self::HypervisorVersion => HYPERVISOR_VERSION,
+            Self::PrivilegesAndFeatures => PRIVILEGES_AND_FEATURES_INFO,
+            Self::FeaturesInfo => FEATURES_INFO,
+            _ => return None,
+        })
+    }
+
+    /// The register for an arm64 register id (the inverse of [`SynReg::arm64_id`]).
+    pub fn from_arm64_id(id: u32) -> Option<Self> {
+        use arm64_reg::*;
+        Some(match id {
+            GUEST_OS_ID => Self::GuestOsId,
+            VP_INDEX => Self::VpIndex,
+            TIME_REF_COUNT => Self::TimeRefCount,
+            REFERENCE_TSC => Self::ReferenceTsc,
+            SCONTROL => Self::Scontrol,
+            SVERSION => Self::Sversion,
+            SIEFP => Self::Siefp,
+            SIMP => Self::Simp,
+            EOM => Self::Eom,
+            HYPERVISOR_VERSION => Self::HypervisorVersion,
+            PRIVILEGES_AND_FEATURES_INFO => Self::PrivilegesAndFeatures,
+            FEATURES_INFO => Self::FeaturesInfo,
+            CRASH_CTL => Self::CrashCtl,
+            i if (SINT0..SINT0 + 16).contains(&i) => Self::Sint((i - SINT0) as u8),
+            i if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&i) => {
+                let n = ((i - STIMER0_CONFIG) / 2) as u8;
+                if (i - STIMER0_CONFIG) % 2 == 0 {
+                    Self::StimerConfig(n)
+                } else {
+                    Self::StimerCount(n)
+                }
+            }
+            i if (CRASH_P0..CRASH_P0 + 5).contains(&i) => Self::CrashP((i - CRASH_P0) as u8),
+            _ => return None,
+        })
+    }
+}
+
+macro_rules! bit {
+    ($get:ident, $with:ident, $bit:expr) => {
+        pub const fn $get(self) -> bool {
+            self.0 & (1 << $bit) != 0
+        }
+        pub const fn $with(self, on: bool) -> Self {
+            if on {
+                Self(self.0 | (1 << $bit))
+            } else {
+                Self(self.0 & !(1 << $bit))
+            }
+        }
+    };
+}
+
+macro_rules! field {
+    ($get:ident, $with:ident, $lo:expr, $width:expr, $ty:ty) => {
+        pub const fn $get(self) -> $ty {
+            ((self.0 >> $lo) & ((1u64 << $width) - 1)) as $ty
+        }
+        pub const fn $with(self, v: $ty) -> Self {
+            let mask = ((1u64 << $width) - 1) << $lo;
+            Self((self.0 & !mask) | (((v as u64) << $lo) & mask))
+        }
+    };
+}
+
+/// SINTx (ref §3.2): vector 7:0, masked 16, auto_eoi 17, polling 18.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SintReg(pub u64);
+impl SintReg {
+    field!(vector, with_vector, 0, 8, u8);
+    bit!(masked, with_masked, 16);
+    bit!(auto_eoi, with_auto_eoi, 17);
+    bit!(polling, with_polling, 18);
+}
+
+/// SIMP, SIEFP, HYPERCALL and REFERENCE_TSC (ref §3.2): enable bit 0, (HYPERCALL: locked bit
+/// 1), GPA page number in 63:12.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PageReg(pub u64);
+impl PageReg {
+    bit!(enabled, with_enabled, 0);
+    bit!(locked, with_locked, 1);
+    pub const fn gpa(self) -> u64 {
+        self.0 & !0xfff
+    }
+    pub const fn with_gpa(self, gpa: u64) -> Self {
+        Self((self.0 & 0xfff) | (gpa & !0xfff))
+    }
+}
+
+/// SCONTROL (ref §3.2): enable bit 0.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ScontrolReg(pub u64);
+impl ScontrolReg {
+    bit!(enabled, with_enabled, 0);
+}
+
+/// STIMERn_CONFIG (ref §3.4): enable 0, periodic 1, lazy 2, auto_enable 3, apic_vector 11:4,
+/// direct_mode 12, sintx 19:16.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct StimerConfig(pub u64);
+impl StimerConfig {
+    bit!(enabled, with_enabled, 0);
+    bit!(periodic, with_periodic, 1);
+    bit!(lazy, with_lazy, 2);
+    bit!(auto_enable, with_auto_enable, 3);
+    field!(apic_vector, with_apic_vector, 4, 8, u8);
+    bit!(direct_mode, with_direct_mode, 12);
+    field!(sintx, with_sintx, 16, 4, u8);
+}
+
+/// CRASH_CTL (ref §3.2 / §3.7, OpenVMM `hvdef::GuestCrashCtl`): crash_notify 63,
+/// crash_message 62, no_crash_dump 61, pre_os_id 60:58.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct CrashCtl(pub u64);
+impl CrashCtl {
+    bit!(notify, with_notify, 63);
+    bit!(notify_msg, with_notify_msg, 62);
+    bit!(no_crash_dump, with_no_crash_dump, 61);
+    field!(pre_os_id, with_pre_os_id, 58, 3, u8);
+}
+
+/// GUEST_OS_ID, open-source form (ref §3.2; Linux `hvgdk_mini.h` comment on the guest ID:
+/// bit 63 open source, 62:56 OS type, 55:48 OS id, 47:16 version, 15:0 build).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GuestOsId(pub u64);
+impl GuestOsId {
+    bit!(open_source, with_open_source, 63);
+    field!(os_type, with_os_type, 56, 7, u8);
+    field!(os_id, with_os_id, 48, 8, u8);
+    field!(version, with_version, 16, 32, u32);
+    field!(build, with_build, 0, 16, u16);
+
+    /// canary's own id: open source, OS type 0x7F (not one of the registered open-source types
+    /// Linux 1, FreeBSD 2, Xen 3, illumos 4), version `major << 16 | minor << 8 | patch`.
+    pub const CANARY_OS_TYPE: u8 = 0x7f;
+    pub const fn canary(major: u8, minor: u8, patch: u8) -> Self {
+        Self(0)
+            .with_open_source(true)
+            .with_os_type(Self::CANARY_OS_TYPE)
+            .with_version(((major as u32) << 16) | ((minor as u32) << 8) | patch as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msr_and_arm64_ids_round_trip_for_every_register() {
+        let all = [
+            SynReg::GuestOsId,
+            SynReg::VpIndex,
+            SynReg::TimeRefCount,
+            SynReg::ReferenceTsc,
+            SynReg::Scontrol,
+            SynReg::Sversion,
+            SynReg::Siefp,
+            SynReg::Simp,
+            SynReg::Eom,
+            SynReg::Sint(2),
+            SynReg::Sint(15),
+            SynReg::StimerConfig(0),
+            SynReg::StimerCount(0),
+            SynReg::StimerConfig(3),
+            SynReg::StimerCount(3),
+            SynReg::CrashP(0),
+            SynReg::CrashP(4),
+            SynReg::CrashCtl,
+        ];
+        for r in all {
+            assert_eq!(SynReg::from_x86_msr(r.x86_msr().unwrap()), Some(r));
+            assert_eq!(SynReg::from_arm64_id(r.arm64_id().unwrap()), Some(r));
+        }
+        // Values from ref §3.2 / §3.3.
+        assert_eq!(SynReg::Sint(2).x86_msr(), Some(0x4000_0092));
+        assert_eq!(SynReg::StimerCount(0).x86_msr(), Some(0x4000_00B1));
+        assert_eq!(SynReg::StimerConfig(1).x86_msr(), Some(0x4000_00B2));
+        assert_eq!(SynReg::CrashCtl.x86_msr(), Some(0x4000_0105));
+        assert_eq!(SynReg::Sint(2).arm64_id(), Some(0x000A_0002));
+        assert_eq!(SynReg::StimerConfig(1).arm64_id(), Some(0x000B_0002));
+        assert_eq!(SynReg::CrashP(3).arm64_id(), Some(0x213));
+        assert_eq!(SynReg::Hypercall.arm64_id(), None);
+        assert_eq!(SynReg::PrivilegesAndFeatures.x86_msr(), None);
+        assert_eq!(SynReg::Sint(16).x86_msr(), None);
+    }
+
+    #[test]
+    fn register_layouts_put_fields_at_documented_bits() {
+        let s = SintReg(0).with_vector(0x30).with_masked(true);
+        assert_eq!(s.0, 0x1_0030);
+        assert_eq!(SintReg(0).with_polling(true).0, 1 << 18);
+        assert_eq!(SintReg(0).with_auto_eoi(true).0, 1 << 17);
+        let t = StimerConfig(0)
+            .with_enabled(true)
+            .with_auto_enable(true)
+            .with_sintx(2);
+        assert_eq!(t.0, 0x2_0009);
+        let d = StimerConfig(0).with_direct_mode(true).with_apic_vector(0xef);
+        assert_eq!(d.0, 0x1000 | 0xef0);
+        assert_eq!(CrashCtl(0).with_notify(true).0, 0x8000_0000_0000_0000);
+        assert_eq!(
+            CrashCtl(0).with_notify(true).with_notify_msg(true).0,
+            0xC000_0000_0000_0000
+        );
+        assert_eq!(CrashCtl(0).with_pre_os_id(5).0, 5 << 58);
+        let p = PageReg(0).with_gpa(0x1234_5000).with_enabled(true);
+        assert_eq!(p.0, 0x1234_5001);
+        assert_eq!(p.gpa(), 0x1234_5000);
+        // Linux's id is 0x8100 << 48 (HV_LINUX_VENDOR_ID): open source + OS type 1.
+        assert_eq!(GuestOsId(0).with_open_source(true).with_os_type(1).0, 0x8100 << 48);
+        let c = GuestOsId::canary(0, 1, 2);
+        assert!(c.open_source());
+        assert_eq!(c.os_type(), 0x7f);
+        assert_eq!(c.version(), 0x0102);
+        assert_eq!(c.0 >> 48, 0xFF00);
+    }
+}
