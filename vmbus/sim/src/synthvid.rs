@@ -1,0 +1,184 @@
+//! Host model of synthvid: answers the handshake, tracks VRAM, the mode and the dirty
+//! rectangles, and writes the screen as a PNG.
+//!
+//! Behaviour follows what the Linux drivers expect of the host (`hyperv_fb.c`): a
+//! VERSION_RESPONSE per VERSION_REQUEST, a VRAM_LOCATION_ACK echoing `user_ctx`, and a
+//! FEATURE_CHANGE (here sent after the situation update, with the configured
+//! `is_dirt_needed`).
+
+use std::sync::{Arc, Mutex};
+
+use vmbus::synthvid::chan::PKT_DATA_INBAND;
+use vmbus::synthvid::wire::{Message, Rect, Situation};
+
+use crate::synthvid_link::{HostDevice, HostIo, HostPacket, SimMemory};
+
+/// Host configuration.
+#[derive(Debug, Clone)]
+pub struct SynthvidHostConfig {
+    /// Versions the host accepts.
+    pub accept_versions: Vec<u32>,
+    /// `is_dirt_needed` in the FEATURE_CHANGE sent after the situation update; `None` sends
+    /// no FEATURE_CHANGE at all.
+    pub dirt_needed: Option<bool>,
+}
+
+impl Default for SynthvidHostConfig {
+    fn default() -> Self {
+        SynthvidHostConfig {
+            accept_versions: vec![
+                vmbus::synthvid::wire::VERSION_WIN10,
+                vmbus::synthvid::wire::VERSION_WIN8,
+            ],
+            dirt_needed: Some(true),
+        }
+    }
+}
+
+/// What the host has seen.
+#[derive(Debug, Clone, Default)]
+pub struct SynthvidState {
+    /// Every message from the guest, in order.
+    pub received: Vec<Message>,
+    /// Messages that failed to parse.
+    pub rejected: usize,
+    /// Version requests seen.
+    pub version_requests: Vec<u32>,
+    /// Accepted version.
+    pub version: Option<u32>,
+    /// VRAM GPA.
+    pub vram_gpa: Option<u64>,
+    /// Current mode.
+    pub situation: Option<Situation>,
+    /// DIRT rectangles received.
+    pub dirt: Vec<Rect>,
+}
+
+/// The host model; clone the handle to inspect it.
+#[derive(Clone)]
+pub struct SynthvidHost {
+    cfg: SynthvidHostConfig,
+    state: Arc<Mutex<SynthvidState>>,
+    mem: SimMemory,
+}
+
+impl SynthvidHost {
+    /// A host reading VRAM from `mem`.
+    pub fn new(cfg: SynthvidHostConfig, mem: SimMemory) -> Self {
+        SynthvidHost {
+            cfg,
+            state: Arc::new(Mutex::new(SynthvidState::default())),
+            mem,
+        }
+    }
+    /// A snapshot of the state.
+    pub fn state(&self) -> SynthvidState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// Sends a FEATURE_CHANGE (through [`crate::synthvid_link::Link::inject`]).
+    pub fn send_feature_change(io: &mut HostIo<'_>, dirt_needed: bool, situ_needed: bool) {
+        let mut b = [0u8; 64];
+        let n = Message::FeatureChange {
+            dirt_needed,
+            ptr_pos_needed: false,
+            ptr_shape_needed: false,
+            situ_needed,
+        }
+        .emit(&mut b)
+        .unwrap();
+        io.send_inband(&b[..n]).unwrap();
+    }
+
+    /// The current screen as RGB8 rows (`width * height * 3` bytes).
+    pub fn screen_rgb(&self) -> Option<(u32, u32, Vec<u8>)> {
+        let st = self.state.lock().unwrap();
+        let (gpa, s) = (st.vram_gpa?, st.situation?);
+        drop(st);
+        let mut out = Vec::with_capacity((s.width * s.height * 3) as usize);
+        let mut line = vec![0u8; s.width as usize * 4];
+        for y in 0..s.height as u64 {
+            self.mem
+                .read(
+                    gpa + u64::from(s.vram_offset) + y * u64::from(s.pitch),
+                    &mut line,
+                )
+                .ok()?;
+            for px in line.chunks_exact(4) {
+                // 32 bpp little-endian 0x00RRGGBB: bytes B, G, R, X.
+                out.extend([px[2], px[1], px[0]]);
+            }
+        }
+        Some((s.width, s.height, out))
+    }
+
+    /// The current screen as a PNG.
+    pub fn screen_png(&self) -> Option<Vec<u8>> {
+        let (w, h, rgb) = self.screen_rgb()?;
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, w, h);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut wr = enc.write_header().ok()?;
+            wr.write_image_data(&rgb).ok()?;
+        }
+        Some(out)
+    }
+
+    fn reply(io: &mut HostIo<'_>, m: Message) {
+        let mut b = [0u8; 64];
+        let n = m.emit(&mut b).expect("host message fits");
+        io.send_inband(&b[..n]).expect("ring space for host reply");
+    }
+}
+
+impl HostDevice for SynthvidHost {
+    fn on_packet(&mut self, io: &mut HostIo<'_>, pkt: &HostPacket) {
+        if pkt.kind != PKT_DATA_INBAND {
+            self.state.lock().unwrap().rejected += 1;
+            return;
+        }
+        let msg = match Message::parse(&pkt.payload) {
+            Ok(m) => m,
+            Err(_) => {
+                self.state.lock().unwrap().rejected += 1;
+                return;
+            }
+        };
+        let mut st = self.state.lock().unwrap();
+        st.received.push(msg);
+        match msg {
+            Message::VersionRequest { version } => {
+                st.version_requests.push(version);
+                let accepted = self.cfg.accept_versions.contains(&version);
+                if accepted {
+                    st.version = Some(version);
+                }
+                drop(st);
+                Self::reply(
+                    io,
+                    Message::VersionResponse {
+                        version,
+                        accepted,
+                        max_video_outputs: 1,
+                    },
+                );
+            }
+            Message::VramLocation { user_ctx, vram_gpa } => {
+                st.vram_gpa = vram_gpa;
+                drop(st);
+                Self::reply(io, Message::VramLocationAck { user_ctx });
+            }
+            Message::SituationUpdate { output, .. } => {
+                st.situation = Some(output);
+                drop(st);
+                if let Some(d) = self.cfg.dirt_needed {
+                    Self::send_feature_change(io, d, false);
+                }
+            }
+            Message::Dirt { rect, .. } => st.dirt.push(rect),
+            _ => {}
+        }
+    }
+}
