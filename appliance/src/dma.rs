@@ -8,6 +8,7 @@ const PAGE: usize = 4096;
 const POOL_PAGES: usize = 96;
 
 #[repr(align(4096))]
+#[allow(dead_code)] // used through raw pointers only
 struct Pool([u8; POOL_PAGES * PAGE]);
 static mut POOL: Pool = Pool([0; POOL_PAGES * PAGE]);
 static NEXT: AtomicUsize = AtomicUsize::new(0);

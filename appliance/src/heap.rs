@@ -8,6 +8,7 @@ use linked_list_allocator::Heap;
 const HEAP_SIZE: usize = 256 * 1024;
 
 #[repr(align(4096))]
+#[allow(dead_code)] // used through raw pointers only
 struct Arena([u8; HEAP_SIZE]);
 static mut ARENA: Arena = Arena([0; HEAP_SIZE]);
 

@@ -36,7 +36,9 @@ pub fn raw(s: &str) {
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
+        // Library chatter (virtio-drivers, smoltcp) only at debug.
+        let lib = !m.target().starts_with("appliance");
+        m.level() <= log::max_level() && (!lib || m.level() <= log::Level::Warn || log::max_level() >= log::LevelFilter::Debug)
     }
 
     fn log(&self, record: &log::Record) {

@@ -31,7 +31,6 @@ pub struct FaultInfo {
 
 /// Why the canary panics on purpose; read by the panic path to set `CrashKind`.
 pub static KIND_HINT: AtomicU8 = AtomicU8::new(0);
-pub const HINT_PANIC: u8 = 0;
 pub const HINT_SELFCHECK: u8 = 2;
 pub const HINT_DRILL: u8 = 3;
 

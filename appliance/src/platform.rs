@@ -50,6 +50,7 @@ pub fn kmain(bi: BootInfo) -> ! {
         bi.mode
     );
     log::info!("cmdline: {}", bi.cmdline);
+    log::info!("timer: {} kHz counter", arch::imp::timer::counter_hz() / 1000);
     log::info!(
         "memory: {} regions{}, {} MiB usable",
         bi.regions.len(),

@@ -46,7 +46,7 @@ pub struct MemRegion {
 pub struct BootInfo {
     pub mode: BootMode,
     pub cmdline: &'static str,
-    pub regions: heapless::Vec<MemRegion, 32>,
+    pub regions: heapless::Vec<MemRegion, 128>,
     /// Regions that did not fit `regions`.
     pub regions_dropped: usize,
     pub rsdp: Option<u64>,

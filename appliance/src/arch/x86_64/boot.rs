@@ -166,6 +166,6 @@ _common64:
 4:  hlt
     jmp 4b
 "#,
-    rust_entry = sym super::direct_entry,
+    rust_entry = sym super::direct::direct_entry,
     options(att_syntax)
 );

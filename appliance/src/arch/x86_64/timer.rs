@@ -57,7 +57,7 @@ pub fn set_hz(hz: u64) {
     MULT.store(((1_000_000u128 << 32) / hz as u128) as u64, Ordering::Relaxed);
 }
 
-pub fn tsc_hz() -> u64 {
+pub fn counter_hz() -> u64 {
     HZ.load(Ordering::Relaxed)
 }
 
