@@ -1,1 +1,202 @@
-//! placeholder
+//! An open VMBus channel: two rings in one GPADL, a real try-lock on the outbound side, and
+//! HvSignalEvent signalling (ref §2.3, §4.5, §5).
+
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use crate::connection::GpadlId;
+use crate::hypercall;
+use crate::platform::{Hypervisor, PhysPages};
+use crate::ring::{parse_packet, Packet, Ring, RingError};
+use crate::status::HvError;
+
+pub use crate::ring::OutgoingPacket;
+
+/// Errors from channel I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("signalling the host failed: {0}")]
+    Signal(#[from] HvError),
+}
+
+/// What a send did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Whether the host was signalled (empty → non-empty with `interrupt_mask == 0`).
+    pub signalled: bool,
+}
+
+/// An open channel. Created by [`crate::Connection::open_channel`].
+pub struct Channel {
+    pub(crate) relid: u32,
+    pub(crate) connection_id: u32,
+    pub(crate) dedicated_interrupt: bool,
+    pub(crate) gpadl: GpadlId,
+    pub(crate) pages: PhysPages,
+    pub(crate) send_pages: usize,
+    outbound: Ring,
+    inbound: Ring,
+    lock: AtomicBool,
+    /// Send half of the connection's interrupt page (pre-5.0 event bits), or null.
+    int_page_send: AtomicPtr<u8>,
+}
+
+impl core::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Channel")
+            .field("relid", &self.relid)
+            .field("connection_id", &self.connection_id)
+            .field("gpadl", &self.gpadl)
+            .finish()
+    }
+}
+
+impl Channel {
+    /// # Safety
+    /// `pages` must be the channel's ring memory (outbound ring first, `send_pages` pages),
+    /// owned by the channel; `int_page_send`, if non-null, must point at 2048 bytes of event
+    /// bits that outlive the channel.
+    pub(crate) unsafe fn new(
+        relid: u32,
+        connection_id: u32,
+        dedicated_interrupt: bool,
+        gpadl: GpadlId,
+        pages: PhysPages,
+        send_pages: usize,
+        int_page_send: *mut u8,
+    ) -> Result<Self, RingError> {
+        let recv_pages = pages.count().saturating_sub(send_pages);
+        // SAFETY: both halves lie inside `pages` (caller contract).
+        let outbound = unsafe { Ring::new(pages.va(), send_pages * crate::PAGE_SIZE)? };
+        // SAFETY: as above.
+        let inbound = unsafe {
+            Ring::new(
+                pages.va().wrapping_add(send_pages * crate::PAGE_SIZE),
+                recv_pages * crate::PAGE_SIZE,
+            )?
+        };
+        // The guest sets feat_pending_send_sz on the guest→host ring (ref §5.1).
+        outbound.set_feature_bits(crate::ring::ctrl::FEAT_PENDING_SEND_SZ);
+        Ok(Self {
+            relid,
+            connection_id,
+            dedicated_interrupt,
+            gpadl,
+            pages,
+            send_pages,
+            outbound,
+            inbound,
+            lock: AtomicBool::new(false),
+            int_page_send: AtomicPtr::new(int_page_send),
+        })
+    }
+
+    pub fn relid(&self) -> u32 {
+        self.relid
+    }
+    pub fn gpadl(&self) -> GpadlId {
+        self.gpadl
+    }
+    /// The connection id HvSignalEvent uses (the offer's `connection_id`).
+    pub fn connection_id(&self) -> u32 {
+        self.connection_id
+    }
+    /// The ring memory (outbound ring first).
+    pub fn ring_pages(&self) -> PhysPages {
+        self.pages
+    }
+    /// Pages of the outbound ring, control page included (the inbound ring starts there).
+    pub fn send_ring_pages(&self) -> usize {
+        self.send_pages
+    }
+    /// The outbound (guest→host) ring.
+    pub fn outbound(&self) -> &Ring {
+        &self.outbound
+    }
+    /// The inbound (host→guest) ring.
+    pub fn inbound(&self) -> &Ring {
+        &self.inbound
+    }
+
+    /// Take the outbound-ring lock with one compare-and-swap; `None` if someone holds it.
+    /// Never spins (ref §2.3: Linux only peeks with `spin_is_locked`; this is a real
+    /// try-lock).
+    pub fn try_lock_outbound(&self) -> Option<OutboundGuard<'_>> {
+        self.lock
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| OutboundGuard { channel: self })
+    }
+
+    pub fn is_outbound_locked(&self) -> bool {
+        self.lock.load(Ordering::Relaxed)
+    }
+
+    /// Polling mode sets our inbound `interrupt_mask` to 1 so the host does not interrupt
+    /// (ref §5.2).
+    pub fn set_polling(&self, polling: bool) {
+        self.inbound.set_interrupt_mask(polling as u32);
+    }
+
+    /// Signal the host (Linux `vmbus_set_event`): set bit `relid` in the interrupt page's send
+    /// half if the channel has no dedicated interrupt, then HvSignalEvent on the offer's
+    /// connection id.
+    pub fn signal(&self, hv: &dyn Hypervisor) -> Result<(), HvError> {
+        let page = self.int_page_send.load(Ordering::Acquire);
+        if !self.dedicated_interrupt && !page.is_null() && self.relid < 2048 * 8 {
+            let word = (self.relid as usize / 64) * 8;
+            if word + 8 <= 2048 {
+                // SAFETY: 8-byte aligned word inside the 2048-byte send half (checked).
+                let w = unsafe { crate::mem::atomic_u64(page.wrapping_add(word)) };
+                w.fetch_or(1 << (self.relid % 64), Ordering::AcqRel);
+            }
+        }
+        hypercall::signal_event(hv, self.connection_id, 0)
+    }
+
+    /// Receive the next inbound packet into `buf` (copied out and validated; the ring slot is
+    /// released). Signals the host when its `pending_send_sz` threshold is crossed.
+    pub fn try_recv<'b>(
+        &self,
+        hv: &dyn Hypervisor,
+        buf: &'b mut [u8],
+    ) -> Result<Option<Packet<'b>>, ChannelError> {
+        let Some(out) = self.inbound.read(buf)? else {
+            return Ok(None);
+        };
+        if out.signal {
+            self.signal(hv)?;
+        }
+        Ok(Some(parse_packet(&buf[..out.len])?))
+    }
+}
+
+/// Holds the outbound-ring lock; released on drop.
+pub struct OutboundGuard<'c> {
+    channel: &'c Channel,
+}
+
+impl OutboundGuard<'_> {
+    /// Write one packet; signal the host if the ring went from empty to non-empty and the
+    /// host's `interrupt_mask` is 0 (ref §5.2). `Full` when there is not enough room.
+    pub fn send(
+        &mut self,
+        hv: &dyn Hypervisor,
+        packet: &OutgoingPacket<'_>,
+    ) -> Result<SendOutcome, ChannelError> {
+        let out = packet.write_to(&self.channel.outbound)?;
+        if out.signal {
+            self.channel.signal(hv)?;
+        }
+        Ok(SendOutcome {
+            signalled: out.signal,
+        })
+    }
+}
+
+impl Drop for OutboundGuard<'_> {
+    fn drop(&mut self) {
+        self.channel.lock.store(false, Ordering::Release);
+    }
+}

@@ -31,6 +31,11 @@ pub mod time;
 pub mod version;
 
 
+pub use channel::{Channel, OutboundGuard, OutgoingPacket};
+pub use connection::{
+    ConnectOptions, Connection, Event, GpaRange, GpadlId, OpenOptions, Pfns, UnloadOutcome,
+    UnloadSkip, VmbusError,
+};
 pub use detect::{detect, HvIdentity, Privileges};
 pub use guid::Guid;
 pub use platform::{Arch, Clock, Hypervisor, InterruptControl, PageAlloc, PhysPages};
