@@ -410,7 +410,8 @@ impl<'a> Rndis<'a> {
                 let data_off = ppi_off + ppi.len() as u32;
                 w(0, data_off);
                 w(1, data.len() as u32);
-                w(5, if ppi.is_empty() { 0 } else { ppi_off });
+                // netvsc_drv.c sets per_pkt_info_offset = sizeof(struct rndis_packet) always.
+                w(5, ppi_off);
                 w(6, ppi.len() as u32);
                 let p = HEADER_LEN + PACKET_BODY_LEN;
                 o[p..p + ppi.len()].copy_from_slice(ppi);
@@ -468,7 +469,8 @@ impl<'a> Rndis<'a> {
                 w(0, request_id);
                 w(1, oid);
                 w(2, info.len() as u32);
-                w(3, if info.is_empty() { 0 } else { 20 });
+                // rndis_filter.c: info_buf_offset = sizeof(struct rndis_query_request), always.
+                w(3, 20);
                 o[HEADER_LEN + 20..].copy_from_slice(info);
             }
             Rndis::QueryComplete {
@@ -479,7 +481,7 @@ impl<'a> Rndis<'a> {
                 w(0, request_id);
                 w(1, status);
                 w(2, info.len() as u32);
-                w(3, if info.is_empty() { 0 } else { 16 });
+                w(3, 16);
                 o[HEADER_LEN + 16..].copy_from_slice(info);
             }
             Rndis::SetComplete { request_id, status }
@@ -490,7 +492,7 @@ impl<'a> Rndis<'a> {
             Rndis::Indicate { status, buf } => {
                 w(0, status);
                 w(1, buf.len() as u32);
-                w(2, if buf.is_empty() { 0 } else { 12 });
+                w(2, 12);
                 o[HEADER_LEN + 12..].copy_from_slice(buf);
             }
             Rndis::KeepAlive { request_id } => w(0, request_id),
