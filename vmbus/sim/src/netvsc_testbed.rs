@@ -47,7 +47,8 @@ impl Default for Sizes {
 impl Testbed {
     /// Builds everything; nothing is sent yet.
     pub fn new(cfg: NetvscHostConfig, endpoint: Box<dyn Endpoint>, sizes: Sizes) -> Self {
-        let mem = SimMemory::new(0x1_0000_0000, 1 << 20 /* slack */ + sizes.recv + sizes.send.unwrap_or(0) + sizes.tx);
+        let total = (1 << 20) + sizes.recv + sizes.send.unwrap_or(0) + sizes.tx;
+        let mem = SimMemory::new(0x1_0000_0000, total);
         let host = NetvscHost::new(cfg, endpoint);
         let link = Link::new(mem.clone(), sizes.ring, Box::new(host.clone()));
         let bufs = Buffers {
