@@ -23,7 +23,7 @@ fn main() {
     }
     // Build id: the git commit of the tree, or "unknown" (no network, just the local repo).
     let id = Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .args(["describe", "--always", "--abbrev=12"])
         .current_dir(Path::new(&dir))
         .output()
         .ok()
@@ -32,6 +32,19 @@ fn main() {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=CANARY_BUILD_ID={id}");
+    // A new commit changes the id (the working tree's dirtiness is not tracked).
+    if let Some(git_dir) = Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(Path::new(&dir))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+    {
+        let g = git_dir.trim();
+        println!("cargo:rerun-if-changed={g}/HEAD");
+        println!("cargo:rerun-if-changed={g}/refs/heads");
+    }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CANARY_BUILD_ID");
 }

@@ -60,13 +60,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            collector: ([10, 0, 2, 2], 7777),
+            collector: ([10, 0, 2, 2], 7373),
             net: NetConfig::Static {
                 addr: [10, 0, 2, 15],
                 prefix: 24,
                 gateway: Some([10, 0, 2, 2]),
             },
-            drill_port: 7778,
+            drill_port: 7374,
             panic_action: PanicAction::Halt,
             selfcheck_ms: 1000,
             heartbeat_ms: 5000,
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn defaults_match_qemu_user_networking() {
         let c = Config::parse("");
-        assert_eq!(c.collector, ([10, 0, 2, 2], 7777));
+        assert_eq!(c.collector, ([10, 0, 2, 2], 7373));
         assert_eq!(
             c.net,
             NetConfig::Static {

@@ -92,13 +92,18 @@ const NAMES: [&str; 32] = [
 ];
 
 extern "C" fn trap(f: &TrapFrame) -> ! {
-    let cr2: u64;
-    // SAFETY: reads CR2 at CPL0.
-    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    let (cr0, cr2, cr3, cr4): (u64, u64, u64, u64);
+    // SAFETY: reads control registers at CPL0.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+    }
     let mut regs = RegSnapshot::default();
     for v in [
         f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12,
-        f.r13, f.r14, f.r15, f.rflags, f.error, cr2,
+        f.r13, f.r14, f.r15, f.rflags, f.cs, f.ss, cr0, cr2, cr3, cr4,
     ] {
         let _ = regs.gprs.push(v);
     }

@@ -151,8 +151,8 @@ pub fn frame_pointer() -> usize {
     fp
 }
 
-/// Snapshot of the general-purpose registers at the call site: RAX..R15 (16), RFLAGS, CR0,
-/// CR2, CR3, CR4; pc, sp, fp.
+/// Snapshot of the registers at the call site, in `capture::record::Registers` order: rax rbx
+/// rcx rdx rsi rdi rbp rsp r8..r15 rflags cs ss cr0 cr2 cr3 cr4; pc, sp, fp.
 #[inline(always)]
 pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
     let mut g = [0u64; 16];
@@ -167,6 +167,7 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
         );
     }
     let (cr0, cr2, cr3, cr4, rflags, rip): (u64, u64, u64, u64, u64, u64);
+    let (cs, ss): (u16, u16);
     // SAFETY: reads control registers and RFLAGS at CPL0.
     unsafe {
         core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
@@ -175,9 +176,10 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
         core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
         core::arch::asm!("pushfq; pop {}", out(reg) rflags, options(nomem, preserves_flags));
         core::arch::asm!("lea {}, [rip]", out(reg) rip, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss, options(nomem, nostack, preserves_flags));
     }
     out.gprs.clear();
-    for v in g.iter().chain([rflags, cr0, cr2, cr3, cr4].iter()) {
+    for v in g.iter().chain([rflags, cs as u64, ss as u64, cr0, cr2, cr3, cr4].iter()) {
         let _ = out.gprs.push(*v);
     }
     out.pc = rip;
