@@ -196,3 +196,27 @@ fn a_one_byte_record_is_one_chunk() {
     assert_eq!(sent.len(), 1);
     let _ = CrashRecord::empty();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    #[test]
+    fn no_datagram_exceeds_max_datagram_for_any_record_length(
+        len in 1usize..=crate::chunk::MAX_RECORD_LEN,
+        keyed in proptest::prelude::any::<bool>(),
+    ) {
+        let rec = std::vec![0xa5u8; len];
+        let key = Key::new([1; 32]);
+        let mut s = Sender::new(CFG, BOOT, 1, &rec, keyed.then_some(&key), 0).unwrap();
+        let (_, sent) = poll(&mut s, 0);
+        proptest::prop_assert_eq!(sent.len(), chunk_count(len));
+        let mut total = 0;
+        for d in &sent {
+            proptest::prop_assert!(d.len() <= MAX_DATAGRAM);
+            let Ok(Repr::Chunk(c)) = wire::parse(d, keyed.then_some(&key)) else {
+                return Err(proptest::test_runner::TestCaseError::fail("not a chunk"));
+            };
+            total += c.data.len();
+        }
+        proptest::prop_assert_eq!(total, len);
+    }
+}
