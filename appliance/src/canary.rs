@@ -93,7 +93,9 @@ fn wait_network(limit_us: u64) -> bool {
     heartbeat(0);
     loop {
         {
-            let Some(mut g) = NET.try_lock() else { return false };
+            let Some(mut g) = NET.try_lock() else {
+                return false;
+            };
             let Some(net) = g.as_mut() else { return false };
             net.poll();
             if net.collector_queue_empty() {
@@ -132,7 +134,11 @@ pub fn run(cfg: &'static Config) -> ! {
     loop {
         let now = crate::arch::now_us();
         if let Some(d) = poll_net() {
-            log::warn!("drill {:#x} received: panicking in {} ms", d.nonce, d.delay_ms);
+            log::warn!(
+                "drill {:#x} received: panicking in {} ms",
+                d.nonce,
+                d.delay_ms
+            );
             drill_at = Some((now + d.delay_ms as u64 * 1000, d.nonce));
         }
         if let Some((at, nonce)) = drill_at {

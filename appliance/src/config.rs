@@ -103,8 +103,16 @@ fn parse_seconds_ms(s: &str) -> Option<u64> {
     if frac.len() > 3 || (whole.is_empty() && frac.is_empty()) {
         return None;
     }
-    let w: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
-    let mut f: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let w: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut f: u64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     for _ in frac.len()..3 {
         f *= 10;
     }
@@ -244,8 +252,16 @@ mod tests {
 
     #[test]
     fn bad_values_keep_defaults_and_warn() {
-        let c = Config::parse("collector=10.0.2:80 panic_after=1.2345 ip=300.1.1.1 panic_action=explode");
-        assert_eq!(c, Config { warnings: c.warnings.clone(), ..Config::default() });
+        let c = Config::parse(
+            "collector=10.0.2:80 panic_after=1.2345 ip=300.1.1.1 panic_action=explode",
+        );
+        assert_eq!(
+            c,
+            Config {
+                warnings: c.warnings.clone(),
+                ..Config::default()
+            }
+        );
         for k in ["collector", "panic_after", "ip", "panic_action"] {
             assert!(c.warnings.contains(k), "no warning for {k}: {}", c.warnings);
         }

@@ -21,7 +21,11 @@ unsafe impl virtio_drivers::Hal for Hal {
     fn dma_alloc(pages: usize, _dir: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let first = NEXT.fetch_add(pages, Ordering::Relaxed);
         if first + pages > POOL_PAGES {
-            panic!("DMA pool exhausted: {} pages wanted, {} left", pages, POOL_PAGES.saturating_sub(first));
+            panic!(
+                "DMA pool exhausted: {} pages wanted, {} left",
+                pages,
+                POOL_PAGES.saturating_sub(first)
+            );
         }
         // SAFETY: the range [first, first+pages) is handed out once.
         let p = unsafe { (core::ptr::addr_of_mut!(POOL) as *mut u8).add(first * PAGE) };
@@ -35,7 +39,7 @@ unsafe impl virtio_drivers::Hal for Hal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-        crate::arch::imp::map_mmio(paddr as u64, _size as u64);
+        crate::arch::imp::map_mmio(paddr, _size as u64);
         NonNull::new(paddr as usize as *mut u8).expect("MMIO at physical address 0")
     }
 

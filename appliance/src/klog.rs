@@ -38,7 +38,10 @@ impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
         // Library chatter (virtio-drivers, smoltcp) only at debug.
         let lib = !m.target().starts_with("appliance");
-        m.level() <= log::max_level() && (!lib || m.level() <= log::Level::Warn || log::max_level() >= log::LevelFilter::Debug)
+        m.level() <= log::max_level()
+            && (!lib
+                || m.level() <= log::Level::Warn
+                || log::max_level() >= log::LevelFilter::Debug)
     }
 
     fn log(&self, record: &log::Record) {
@@ -47,9 +50,9 @@ impl log::Log for Logger {
         }
         let us = crate::arch::now_us();
         let mut line = Line(heapless::String::new());
-        let _ = write!(
+        let _ = writeln!(
             line,
-            "[{:>4}.{:06}] {:<5} {}\n",
+            "[{:>4}.{:06}] {:<5} {}",
             us / 1_000_000,
             us % 1_000_000,
             record.level(),

@@ -35,5 +35,7 @@ pub use platform::kmain;
 
 #[cfg(not(kernel))]
 fn main() {
-    eprintln!("appliance is a kernel: build it with scripts/qemu-run or --target x86_64-unknown-none");
+    eprintln!(
+        "appliance is a kernel: build it with scripts/qemu-run or --target x86_64-unknown-none"
+    );
 }

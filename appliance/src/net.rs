@@ -6,7 +6,9 @@ use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet, Soc
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{dhcpv4, udp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr,
+};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::SomeTransport;
 
@@ -203,8 +205,15 @@ impl Net {
         let _ = d.bind(cfg.drill_port);
         net.drill = net.sockets.add(d);
         match cfg.net {
-            NetConfig::Static { addr, prefix, gateway } => {
-                net.set_addr(Ipv4Cidr::new(Ipv4Address::from(addr), prefix), gateway.map(Ipv4Address::from));
+            NetConfig::Static {
+                addr,
+                prefix,
+                gateway,
+            } => {
+                net.set_addr(
+                    Ipv4Cidr::new(Ipv4Address::from(addr), prefix),
+                    gateway.map(Ipv4Address::from),
+                );
             }
             NetConfig::Dhcp => {
                 net.dhcp = Some(net.sockets.add(dhcpv4::Socket::new()));
@@ -258,7 +267,10 @@ impl Net {
     /// Queues one datagram to the collector.
     pub fn send_to_collector(&mut self, d: &[u8]) -> bool {
         let ep = self.collector;
-        self.sockets.get_mut::<udp::Socket>(self.udp).send_slice(d, ep).is_ok()
+        self.sockets
+            .get_mut::<udp::Socket>(self.udp)
+            .send_slice(d, ep)
+            .is_ok()
     }
 
     /// Takes one datagram from the collector socket into `buf`.
@@ -275,4 +287,3 @@ impl Net {
         Some(&buf[..n])
     }
 }
-

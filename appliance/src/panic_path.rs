@@ -68,8 +68,11 @@ impl<const N: usize> Write for Msg<'_, N> {
 
 /// Walks the frame-pointer chain: both ABIs keep `[fp] = caller's fp`, `[fp + 8] = return
 /// address`. Stops at a null, misaligned, non-increasing or far-jumping frame pointer.
-pub fn walk_frames(mut fp: usize, out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>) {
-    while fp != 0 && fp % 8 == 0 && !out.is_full() {
+pub fn walk_frames(
+    mut fp: usize,
+    out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
+) {
+    while fp != 0 && fp.is_multiple_of(8) && !out.is_full() {
         // SAFETY: fp passed the checks below on the previous round (or is the live frame
         // pointer); memory is identity-mapped, so a stack address is readable.
         let (next, ret) = unsafe {
@@ -183,7 +186,11 @@ fn announce(entry: Entry, rec: &CrashRecord) {
     let _ = write!(
         Msg(&mut line),
         "\n*** canary {}: {}",
-        if entry == Entry::First { "PANIC" } else { "NESTED PANIC" },
+        if entry == Entry::First {
+            "PANIC"
+        } else {
+            "NESTED PANIC"
+        },
         rec.message
     );
     if let Some(l) = &rec.location {
@@ -198,7 +205,12 @@ struct Steps {
 }
 
 impl Steps {
-    fn with_hv<R>(&mut self, busy: R, absent: R, f: impl FnOnce(&mut crate::hyperv::HyperV) -> R) -> R {
+    fn with_hv<R>(
+        &mut self,
+        busy: R,
+        absent: R,
+        f: impl FnOnce(&mut crate::hyperv::HyperV) -> R,
+    ) -> R {
         match HYPERV.try_lock() {
             None => busy,
             Some(mut g) => match g.as_mut() {
@@ -230,22 +242,28 @@ impl PanicSteps for Steps {
     }
 
     fn flush_screen(&mut self, _rec: &CrashRecord) -> Outcome {
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.flush_screen())
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
+            h.flush_screen()
+        })
     }
 
     fn unload_vmbus(&mut self) -> Outcome {
         let deadline = crate::arch::now_us() + platform::config().unload_deadline_ms * 1000;
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.unload_once(deadline))
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
+            h.unload_once(deadline)
+        })
     }
 
     fn arch_cleanup(&mut self) -> Outcome {
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.arch_cleanup())
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
+            h.arch_cleanup()
+        })
     }
 
     fn ship(&mut self, rec: &CrashRecord) -> Outcome {
         // On Hyper-V the NIC (netvsc) is a VMBus channel: reconnect first. With virtio-net the
         // reconnect is not needed.
-        let _ = self.with_hv((), (), |h| {
+        self.with_hv((), (), |h| {
             let o = h.reconnect_for_ship();
             log::info!("panic: vmbus reconnect for ship: {o}");
         });
@@ -261,22 +279,34 @@ impl PanicSteps for Steps {
         if platform::config().nested_panic && self.entry == Entry::First {
             panic!("nested_panic=1: panic inside the panic path (crash registers step)");
         }
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| h.write_crash_registers(rec))
+        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
+            h.write_crash_registers(rec)
+        })
     }
 
     fn end(&mut self, rec: &CrashRecord) {
-        let _ = self.with_hv((), (), |h| h.end());
+        self.with_hv((), (), |h| h.end());
         let mut line: heapless::String<512> = heapless::String::new();
         let _ = write!(
             Msg(&mut line),
             "canary: panic path {} steps:",
-            if self.entry == Entry::First { "(first entry)" } else { "(nested entry)" }
+            if self.entry == Entry::First {
+                "(first entry)"
+            } else {
+                "(nested entry)"
+            }
         );
         for s in &rec.steps {
             if s.step == Step::End {
                 continue;
             }
-            let _ = write!(Msg(&mut line), " {}={} ({} us);", s.step.name(), s.outcome, s.elapsed_us);
+            let _ = write!(
+                Msg(&mut line),
+                " {}={} ({} us);",
+                s.step.name(),
+                s.outcome,
+                s.elapsed_us
+            );
         }
         let _ = line.push('\n');
         crate::klog::raw(&line);
@@ -337,9 +367,9 @@ fn ship_record(rec: &CrashRecord) -> Outcome {
     }
     let st = sender.stats();
     let mut line: heapless::String<160> = heapless::String::new();
-    let _ = write!(
+    let _ = writeln!(
         Msg(&mut line),
-        "panic: record {} bytes acked by the collector ({} datagrams, {} rounds)\n",
+        "panic: record {} bytes acked by the collector ({} datagrams, {} rounds)",
         bytes.len(),
         st.datagrams_sent,
         st.retransmit_rounds

@@ -50,11 +50,18 @@ pub fn kmain(bi: BootInfo) -> ! {
         bi.mode
     );
     log::info!("cmdline: {}", bi.cmdline);
-    log::info!("timer: {} kHz counter", arch::imp::timer::counter_hz() / 1000);
+    log::info!(
+        "timer: {} kHz counter",
+        arch::imp::timer::counter_hz() / 1000
+    );
     log::info!(
         "memory: {} regions{}, {} MiB usable",
         bi.regions.len(),
-        if bi.regions_dropped > 0 { " (some dropped)" } else { "" },
+        if bi.regions_dropped > 0 {
+            " (some dropped)"
+        } else {
+            ""
+        },
         bi.usable_bytes() >> 20
     );
     if !cfg.warnings.is_empty() {

@@ -39,7 +39,11 @@ fn config_file(out: &mut [u8]) -> usize {
     let Ok(mut root) = fs.open_volume() else {
         return 0;
     };
-    let Ok(h) = root.open(cstr16!("canary.cfg"), FileMode::Read, FileAttribute::empty()) else {
+    let Ok(h) = root.open(
+        cstr16!("canary.cfg"),
+        FileMode::Read,
+        FileAttribute::empty(),
+    ) else {
         return 0;
     };
     let Some(mut f) = h.into_regular_file() else {
@@ -84,7 +88,11 @@ fn efi_main() -> Status {
         use uefi::mem::memory_map::MemoryType as T;
         let usable = matches!(
             d.ty,
-            T::CONVENTIONAL | T::BOOT_SERVICES_CODE | T::BOOT_SERVICES_DATA | T::LOADER_CODE | T::LOADER_DATA
+            T::CONVENTIONAL
+                | T::BOOT_SERVICES_CODE
+                | T::BOOT_SERVICES_DATA
+                | T::LOADER_CODE
+                | T::LOADER_DATA
         );
         bi.add_region(MemRegion {
             base: d.phys_start,

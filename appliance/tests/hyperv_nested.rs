@@ -22,7 +22,10 @@ use std::time::Instant;
 const RUN_TIMEOUT_S: u32 = 150;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -291,7 +294,10 @@ fn detects_hyper_v_with_synic_stimer_and_crash_msrs() {
     // VP_INDEX b6.
     let privileges = hex_field(l, "privileges");
     for bit in [1, 2, 3, 5, 6] {
-        assert!(privileges & (1 << bit) != 0, "privilege bit {bit} missing: {l}");
+        assert!(
+            privileges & (1 << bit) != 0,
+            "privilege bit {bit} missing: {l}"
+        );
     }
     assert!(l.contains("crash_msrs=yes"), "{l}\n{}", r.diag());
 }
@@ -309,7 +315,11 @@ fn hypercall_page_is_installed_after_the_guest_os_id() {
     assert!(msr & 1 != 0, "HYPERCALL MSR enable bit clear: {hc}");
     // KVM on an AMD CPU fills the page with VMMCALL (0f 01 d9) + ret (c3).
     assert!(hc.contains("code=0f01d9c3"), "{hc}\n{}", r.diag());
-    assert!(r.at("hv: guest os id") < r.at("hv: hypercall page"), "{}", r.diag());
+    assert!(
+        r.at("hv: guest os id") < r.at("hv: hypercall page"),
+        "{}",
+        r.diag()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,7 +377,11 @@ fn qemu72_offers_no_channels() {
     assert!(l.contains("vmbus: offers 0"), "{l}\n{}", r.diag());
     let posted = r.host_posted();
     assert!(!posted.contains(&OFFERCHANNEL), "{posted:?}");
-    assert!(posted.contains(&ALLOFFERS_DELIVERED), "{posted:?}\n{}", r.diag());
+    assert!(
+        posted.contains(&ALLOFFERS_DELIVERED),
+        "{posted:?}\n{}",
+        r.diag()
+    );
 }
 
 #[test]
@@ -439,7 +453,10 @@ fn unload_is_posted_once_and_its_response_consumed() {
     assert_eq!(r.count_serial("unload: posted"), 1, "{}", r.diag());
     assert!(r.host_posted().contains(&UNLOAD_RESPONSE), "{}", r.diag());
     let resp = r.line("unload: response after");
-    assert!(r.at("unload: posted") < r.at("unload: response after"), "{resp}");
+    assert!(
+        r.at("unload: posted") < r.at("unload: response after"),
+        "{resp}"
+    );
 }
 
 #[test]
@@ -453,7 +470,11 @@ fn cleanup_leaves_synic_and_stimer0_disabled() {
     assert!(hex_field(c, "SINT2") & (1 << 16) != 0, "{c}");
     assert_eq!(hex_field(c, "STIMER0_CONFIG") & 1, 0, "{c}");
     assert_eq!(hex_field(c, "STIMER0_COUNT"), 0, "{c}");
-    assert!(r.at("unload: response after") < r.at("cleanup: readback"), "{}", r.diag());
+    assert!(
+        r.at("unload: response after") < r.at("cleanup: readback"),
+        "{}",
+        r.diag()
+    );
 }
 
 #[test]
@@ -461,7 +482,11 @@ fn reconnect_after_unload_succeeds() {
     let r = qemu72_panic();
     let l = r.line("reconnect: version");
     assert!(l.contains("reconnect: version 4.0"), "{l}\n{}", r.diag());
-    assert!(r.at("cleanup: readback") < r.at("reconnect: version"), "{}", r.diag());
+    assert!(
+        r.at("cleanup: readback") < r.at("reconnect: version"),
+        "{}",
+        r.diag()
+    );
     // On the host: a second INITIATE_CONTACT accepted after the UNLOAD, and its offers.
     let rx = r.host_received();
     let unload = rx.iter().position(|t| *t == UNLOAD).expect("no UNLOAD");
@@ -484,10 +509,19 @@ fn crash_registers_reach_the_host_last_with_our_values() {
     // QEMU reports CRASH_P0..P4 as arg1..arg5 (qapi/run-state.json GuestPanicInformationHyperV).
     for (i, v) in p.iter().enumerate() {
         let arg = &info[format!("arg{}", i + 1)];
-        assert_eq!(arg.as_u64(), Some(*v), "arg{} = {arg}, P{i} = {v:#x}\n{l}", i + 1);
+        assert_eq!(
+            arg.as_u64(),
+            Some(*v),
+            "arg{} = {arg}, P{i} = {v:#x}\n{l}",
+            i + 1
+        );
     }
     // After everything else that touches the hypervisor (design step 6).
-    assert!(r.at("reconnect: version") < r.at("crash: P0..P4"), "{}", r.diag());
+    assert!(
+        r.at("reconnect: version") < r.at("crash: P0..P4"),
+        "{}",
+        r.diag()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,7 +530,11 @@ fn crash_registers_reach_the_host_last_with_our_values() {
 #[test]
 fn nested_panic_posts_no_second_unload() {
     let r = qemu10_balloon_nested();
-    assert!(r.serial.contains("nested"), "no nested panic happened\n{}", r.diag());
+    assert!(
+        r.serial.contains("nested"),
+        "no nested panic happened\n{}",
+        r.diag()
+    );
     let unloads = r.host_received().iter().filter(|t| **t == UNLOAD).count();
     assert!(
         r.count_serial("unload: posted") <= 1 && unloads == r.count_serial("unload: posted"),

@@ -28,8 +28,8 @@ pub use self::aarch64 as imp;
 pub use self::x86_64 as imp;
 
 pub use imp::{
-    frame_pointer, halt, install_exceptions, interrupts_off, poweroff,
-    qemu_exit, reset, snapshot_registers,
+    frame_pointer, halt, install_exceptions, interrupts_off, poweroff, qemu_exit, reset,
+    snapshot_registers,
 };
 
 use capture::record::BootMode;
@@ -72,7 +72,11 @@ impl BootInfo {
     }
 
     pub fn usable_bytes(&self) -> u64 {
-        self.regions.iter().filter(|r| r.usable).map(|r| r.len).sum()
+        self.regions
+            .iter()
+            .filter(|r| r.usable)
+            .map(|r| r.len)
+            .sum()
     }
 }
 

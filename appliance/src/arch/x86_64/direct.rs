@@ -105,4 +105,3 @@ unsafe fn parse_boot_params(p: usize, bi: &mut BootInfo) {
         });
     }
 }
-

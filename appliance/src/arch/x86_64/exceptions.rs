@@ -49,7 +49,9 @@ global_asm!(
 fn isr_base() -> u64 {
     let base: u64;
     // SAFETY: computes the address of a code label.
-    unsafe { core::arch::asm!("lea {}, [rip + canary_isr_base]", out(reg) base, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lea {}, [rip + canary_isr_base]", out(reg) base, options(nomem, nostack, preserves_flags))
+    };
     base
 }
 
@@ -82,13 +84,38 @@ struct TrapFrame {
 
 /// Intel SDM vol. 3A, table 6-1.
 const NAMES: [&str; 32] = [
-    "divide error", "debug", "NMI", "breakpoint", "overflow", "BOUND range exceeded",
-    "invalid opcode", "device not available", "double fault", "coprocessor segment overrun",
-    "invalid TSS", "segment not present", "stack-segment fault", "general protection fault",
-    "page fault", "reserved 15", "x87 FPU error", "alignment check", "machine check",
-    "SIMD exception", "virtualization exception", "control protection", "reserved 22",
-    "reserved 23", "reserved 24", "reserved 25", "reserved 26", "reserved 27",
-    "hypervisor injection", "VMM communication", "security exception", "reserved 31",
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "BOUND range exceeded",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor segment overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack-segment fault",
+    "general protection fault",
+    "page fault",
+    "reserved 15",
+    "x87 FPU error",
+    "alignment check",
+    "machine check",
+    "SIMD exception",
+    "virtualization exception",
+    "control protection",
+    "reserved 22",
+    "reserved 23",
+    "reserved 24",
+    "reserved 25",
+    "reserved 26",
+    "reserved 27",
+    "hypervisor injection",
+    "VMM communication",
+    "security exception",
+    "reserved 31",
 ];
 
 extern "C" fn trap(f: &TrapFrame) -> ! {
@@ -126,7 +153,9 @@ static mut IDT: Idt = Idt([0; 64]);
 pub fn install() {
     let cs: u16;
     // SAFETY: reads CS.
-    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
     // SAFETY: the table is filled once at boot, before interrupts could use it (they are
     // off); `lidt` points the CPU at a static that lives forever.
     unsafe {
@@ -134,7 +163,8 @@ pub fn install() {
         let base = isr_base();
         for v in 0..32usize {
             let h = base + 16 * v as u64;
-            let lo = (h & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | ((h >> 16) & 0xffff) << 48;
+            let lo =
+                (h & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | ((h >> 16) & 0xffff) << 48;
             idt.0[v * 2] = lo;
             idt.0[v * 2 + 1] = h >> 32;
         }

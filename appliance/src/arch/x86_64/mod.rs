@@ -102,11 +102,7 @@ pub fn rtc_seconds() -> Option<u32> {
 pub struct PortCam;
 
 impl virtio_drivers::transport::pci::bus::ConfigurationAccess for PortCam {
-    fn read_word(
-        &self,
-        df: virtio_drivers::transport::pci::bus::DeviceFunction,
-        off: u8,
-    ) -> u32 {
+    fn read_word(&self, df: virtio_drivers::transport::pci::bus::DeviceFunction, off: u8) -> u32 {
         // SAFETY: configuration mechanism #1 ports.
         unsafe {
             outl(0xcf8, cf8(df, off));
@@ -147,7 +143,9 @@ pub fn pci_root() -> virtio_drivers::transport::pci::bus::PciRoot<PortCam> {
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads RBP.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
     fp
 }
 
@@ -179,7 +177,10 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
         core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss, options(nomem, nostack, preserves_flags));
     }
     out.gprs.clear();
-    for v in g.iter().chain([rflags, cs as u64, ss as u64, cr0, cr2, cr3, cr4].iter()) {
+    for v in g
+        .iter()
+        .chain([rflags, cs as u64, ss as u64, cr0, cr2, cr3, cr4].iter())
+    {
         let _ = out.gprs.push(*v);
     }
     out.pc = rip;
@@ -205,7 +206,10 @@ pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'stati
             // Memory + I/O decoding and bus mastering (firmware may have turned DMA off
             // again at ExitBootServices).
             use virtio_drivers::transport::pci::bus::Command;
-            root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+            root.set_command(
+                df,
+                Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
+            );
             match PciTransport::new::<crate::dma::Hal, _>(&mut root, df) {
                 Ok(t) => return Some(t.into()),
                 Err(e) => log::warn!("virtio-net at {df}: {e:?}"),
@@ -247,7 +251,9 @@ pub fn entropy() -> u64 {
         let mut v: u64 = 0;
         let ok: u8;
         // SAFETY: RDRAND is advertised by CPUID.
-        unsafe { core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
+        };
         if ok == 1 {
             return v ^ timer::rdtsc();
         }

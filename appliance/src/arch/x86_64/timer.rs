@@ -14,7 +14,9 @@ const PIT_HZ: u64 = 1_193_182;
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc has no side effects.
-    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (hi as u64) << 32 | lo as u64
 }
 
@@ -54,7 +56,10 @@ pub fn init() {
 
 pub fn set_hz(hz: u64) {
     HZ.store(hz, Ordering::Relaxed);
-    MULT.store(((1_000_000u128 << 32) / hz as u128) as u64, Ordering::Relaxed);
+    MULT.store(
+        ((1_000_000u128 << 32) / hz as u128) as u64,
+        Ordering::Relaxed,
+    );
 }
 
 pub fn counter_hz() -> u64 {

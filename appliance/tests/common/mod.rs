@@ -1,0 +1,288 @@
+//! Shared harness for the QEMU tests: builds the kernel images (once per test binary) and a
+//! real `host-collector`, starts `host-collector serve` on a free loopback port, runs
+//! `scripts/qemu-run`, and reads the stored record back with `host-collector show --json`.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Exit statuses of scripts/qemu-run (see its --help).
+pub const EXIT_ACKED: i32 = 33;
+pub const EXIT_NESTED: i32 = 37;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One QEMU at a time per test binary: the machine has 2 cores and TCG is CPU-bound.
+pub fn qemu_slot() -> std::sync::MutexGuard<'static, ()> {
+    static SLOT: Mutex<()> = Mutex::new(());
+    SLOT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds an image with scripts/qemu-run (once per arch/boot per test binary).
+pub fn build_image(arch: &str, boot: &str) {
+    static BUILT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|(a, b)| a == arch && b == boot) {
+        return;
+    }
+    let out = Command::new(workspace().join("scripts/qemu-run"))
+        .args(["--arch", arch, "--boot", boot, "--print-image"])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/qemu-run --print-image");
+    assert!(
+        out.status.success(),
+        "building the {arch}/{boot} image failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    built.push((arch.into(), boot.into()));
+}
+
+/// The host-collector binary: the workspace's debug build (built here if missing).
+pub fn collector_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("CANARY_HOST_COLLECTOR") {
+            return PathBuf::from(p);
+        }
+        // `cargo test --workspace` builds host-collector's binary for its own tests; build it
+        // into a separate target dir otherwise (the outer cargo holds the main one).
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
+        let main = target.join("debug/host-collector");
+        if main.exists() {
+            return main;
+        }
+        let side = target.join("canary-test-tools");
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "host-collector", "--target-dir"])
+            .arg(&side)
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build -p host-collector");
+        assert!(st.success(), "building host-collector failed");
+        side.join("debug/host-collector")
+    })
+    .clone()
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Collector {
+    child: Child,
+    pub port: u16,
+    pub db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    pub fn start() -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("collector.db");
+        let port = free_udp_port();
+        let mut child = Command::new(collector_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(&db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start host-collector serve");
+        // Wait for "listening" on stderr.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("host-collector serve did not say it is listening within 30 s");
+        Collector {
+            child,
+            port,
+            db,
+            _dir: dir,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(collector_bin())
+            .args(args)
+            .arg("--db")
+            .arg(&self.db)
+            .output()
+            .expect("run host-collector")
+    }
+
+    /// All stored records (`list --json`), waiting up to `wait` for at least `n`.
+    pub fn records(&self, n: usize, wait: Duration) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let out = self.cli(&["list", "--json"]);
+            let v: Vec<Value> = if out.status.success() {
+                serde_json::from_slice(&out.stdout).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if v.len() >= n || t0.elapsed() > wait {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The newest record in full (`show --json`).
+    pub fn show_latest(&self) -> Value {
+        let out = self.cli(&["show", "--json"]);
+        assert!(
+            out.status.success(),
+            "host-collector show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("show --json is JSON")
+    }
+
+    pub fn drill(&self, addr: &str) {
+        let out = Command::new(collector_bin())
+            .args(["drill", addr])
+            .output()
+            .expect("run host-collector drill");
+        assert!(
+            out.status.success(),
+            "host-collector drill failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Run {
+    pub status: ExitStatus,
+    pub serial: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+/// Boots the canary with scripts/qemu-run (image already built) and waits for QEMU to end.
+/// `on_ready` runs once the console says "canary: ready".
+pub fn run_canary(
+    arch: &str,
+    boot: &str,
+    collector_port: u16,
+    extra: &[&str],
+    timeout_s: u32,
+    on_ready: impl FnOnce(),
+) -> Run {
+    build_image(arch, boot);
+    let _slot = qemu_slot();
+    let t0 = Instant::now();
+    let mut child = Command::new(workspace().join("scripts/qemu-run"))
+        .args(["--arch", arch, "--boot", boot, "--no-build", "--timeout"])
+        .arg(timeout_s.to_string())
+        .arg("--collector-port")
+        .arg(collector_port.to_string())
+        .args(extra)
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start scripts/qemu-run");
+    let stdout = child.stdout.take().unwrap();
+    let mut serial = String::new();
+    let mut on_ready = Some(on_ready);
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        serial.push_str(&line);
+        serial.push('\n');
+        if line.contains("canary: ready") {
+            if let Some(f) = on_ready.take() {
+                f();
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    Run {
+        status,
+        serial,
+        elapsed: t0.elapsed(),
+    }
+}
+
+/// Asserts what every shipped record must carry.
+pub fn assert_complete_record(rec: &Value, arch: &str, boot_mode: &str, kind: &str, serial: &str) {
+    let ctx = || format!("record: {rec:#}\nserial:\n{serial}");
+    assert_eq!(rec["arch"], arch, "{}", ctx());
+    assert_eq!(rec["boot_mode"], boot_mode, "{}", ctx());
+    assert_eq!(rec["kind"], kind, "{}", ctx());
+    assert!(
+        rec["backtrace"].as_array().is_some_and(|b| !b.is_empty()),
+        "empty backtrace: {}",
+        ctx()
+    );
+    let tail = rec["log_tail"].as_str().unwrap_or("");
+    assert!(
+        tail.contains("canary: ready"),
+        "log tail lacks the boot log: {}",
+        ctx()
+    );
+    let steps: Vec<(String, String)> = rec["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap_or("").to_string(),
+                s["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("freeze", "done"),
+        ("screen-flush", "not present"),
+        ("vmbus-unload", "not present"),
+        ("arch-cleanup", "not present"),
+        ("ship", "pending"),
+    ];
+    assert_eq!(
+        steps,
+        expect.map(|(a, b)| (a.to_string(), b.to_string())).to_vec(),
+        "steps: {}",
+        ctx()
+    );
+    assert!(
+        rec["registers"]["pc"]
+            .as_str()
+            .is_some_and(|pc| pc != "0x0"),
+        "{}",
+        ctx()
+    );
+}

@@ -1,0 +1,125 @@
+//! The canary under QEMU TCG on x86_64, with a real `host-collector serve` storing its record.
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn panic_on_purpose(boot: &str, boot_mode: &str) {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        boot,
+        c.port,
+        &["--panic-after", "0.2"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("canary: ready (network up)"),
+        "{}",
+        run.serial
+    );
+    let recs = c.records(1, Duration::from_secs(5));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", boot_mode, "panic", &run.serial);
+    assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
+    assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
+    assert!(rec["location"]["line"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pvh_direct_boot_panic_record_is_stored_by_the_collector() {
+    panic_on_purpose("direct", "pvh");
+}
+
+#[test]
+fn uefi_boot_panic_record_is_stored_by_the_collector() {
+    panic_on_purpose("uefi", "uefi");
+}
+
+#[test]
+fn bad_memory_access_is_caught_and_shipped() {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--fault-after", "0.1"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "fault", &run.serial);
+    // Page fault (vector 14) at the address canary.rs reads.
+    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    assert_eq!(
+        u64::from_str_radix(
+            rec["kind_detail"]["vector"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("0x"),
+            16
+        )
+        .unwrap()
+            & 0xff,
+        14
+    );
+    assert!(
+        rec["message"].as_str().unwrap().contains("page fault"),
+        "{rec:#}"
+    );
+}
+
+#[test]
+fn panic_inside_the_panic_path_ends_through_the_nested_path() {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--panic-after", "0.1", "--nested-panic"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_NESTED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("NESTED PANIC: nested_panic=1"),
+        "{}",
+        run.serial
+    );
+    // The nested entry runs crash registers (already entered: skipped) and end only.
+    assert!(
+        run.serial
+            .contains("panic path (nested entry) steps: crash-registers=skipped (AlreadyDone)"),
+        "{}",
+        run.serial
+    );
+    assert!(run.serial.contains("canary: end: halt"), "{}", run.serial);
+    // The first entry shipped before the nested panic.
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "panic", &run.serial);
+}
+
+#[test]
+fn drill_from_the_collector_panics_with_kind_drill() {
+    let c = Collector::start();
+    let dport = free_udp_port();
+    let drill_addr = format!("127.0.0.1:{dport}");
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--drill-port", &dport.to_string()],
+        120,
+        || c.drill(&drill_addr),
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "drill", &run.serial);
+    assert!(
+        rec["message"].as_str().unwrap().starts_with("drill 0x"),
+        "{rec:#}"
+    );
+}
