@@ -1,0 +1,231 @@
+//! Helpers for the end-to-end tests: real `host-collector` processes on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use capture::sender::{SendState, Sender, SenderConfig};
+use capture::Key;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_host-collector");
+
+/// A running `host-collector serve`. Killed (SIGKILL) on drop unless stopped.
+pub struct Server {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `serve` on `listen` with `db` and extra args/env; waits until it listens.
+    pub fn start(db: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--db")
+            .arg(db)
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            db: db.to_path_buf(),
+            lines: rx,
+        };
+        let line = s
+            .wait_line(|l| l.contains("listening on"), Duration::from_secs(10))
+            .expect("serve did not start listening");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("address in the listening line");
+        s.addr = addr.parse().expect("socket address");
+        s
+    }
+
+    /// Waits for a stderr line matching `pred`.
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a signal by name (TERM, INT) and waits for the exit code.
+    pub fn stop(mut self, sig: &str) -> i32 {
+        let mut child = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < end, "serve did not stop on SIG{sig}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `host-collector ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run host-collector")
+}
+
+/// Runs with `--db DB` first.
+pub fn run_db(db: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["--db", db.to_str().unwrap()];
+    a.extend_from_slice(args);
+    run(&a)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+}
+
+/// `stats --json`.
+pub fn stats(db: &Path) -> serde_json::Value {
+    let o = run_db(db, &["stats", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    json(&o)
+}
+
+/// Polls `stats --json` until `pred` holds (the collector persists counters every 200 ms).
+pub fn wait_stats(db: &Path, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = stats(db);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "stats never matched: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends one encoded record with a real capture Sender over a std socket; returns its end
+/// state and the sender.
+pub fn send_record(
+    to: SocketAddr,
+    boot_id: [u8; 16],
+    seq: u32,
+    bytes: &[u8],
+    key: Option<&Key>,
+    schema: Option<(u16, u16)>,
+) -> SendState {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(to).unwrap();
+    let start = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let cfg = SenderConfig {
+        initial_rto_ms: 50,
+        max_rto_ms: 200,
+        deadline_ms: 5_000,
+    };
+    let mut s = Sender::new(cfg, boot_id, seq, bytes, key, now()).unwrap();
+    if let Some((a, b)) = schema {
+        s = s.with_schema(a, b);
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        let st = s.poll(now(), &mut |d| {
+            let _ = sock.send(d);
+        });
+        match st {
+            SendState::Waiting { next_ms } => {
+                let wait = next_ms.saturating_sub(now()).max(1);
+                sock.set_read_timeout(Some(Duration::from_millis(wait)))
+                    .unwrap();
+                if let Ok(n) = sock.recv(&mut buf) {
+                    s.handle(&buf[..n]);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An encoded sample record with the given identity.
+pub fn sample_bytes(boot_id: [u8; 16], seq: u32) -> Vec<u8> {
+    let mut r = capture::testutil::sample_record(seq);
+    r.boot_id = boot_id;
+    r.seq = seq;
+    let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+    r.encode(&mut buf).unwrap().to_vec()
+}
+
+/// Row count and distinct-key count of the records table.
+pub fn count_rows(db: &Path) -> (i64, i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    let d: i64 = c
+        .query_row(
+            "SELECT count(*) FROM (SELECT DISTINCT boot_id, seq FROM records)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (n, d)
+}
