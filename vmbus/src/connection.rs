@@ -211,6 +211,18 @@ pub struct Connection<'s> {
     reply_timeout: u64,
 }
 
+impl core::fmt::Debug for Connection<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection")
+            .field("version", &self.version)
+            .field("msg_conn_id", &self.msg_conn_id)
+            .field("target_vp", &self.target_vp)
+            .field("connected", &self.is_connected())
+            .field("offers", &self.offer_count)
+            .finish()
+    }
+}
+
 fn wait_ticks(clock: &dyn Clock, ticks: u64) {
     let until = clock.now().saturating_add(ticks);
     while clock.now() < until {

@@ -81,14 +81,21 @@ fn crash_record_over_netvsc_reaches_a_real_collector_and_is_stored() {
     // Guest: netvsc over the model, the model's frames bridged to loopback UDP.
     let bridge = UdpBridge::new([0x02, 0, 0, 0, 0, 0x01], HOST_IP).unwrap();
     let bstats = bridge.stats_handle();
-    let mut tb = Testbed::new(NetvscHostConfig::default(), Box::new(bridge), Sizes::default());
+    let mut tb = Testbed::new(
+        NetvscHostConfig::default(),
+        Box::new(bridge),
+        Sizes::default(),
+    );
     tb.bring_up().unwrap();
     tb.nic.set_mode(OpMode::Polling);
     let cfg = Config::new(EthernetAddress(tb.nic.mac()).into());
     let mut iface = Interface::new(cfg, &mut *tb.nic, Instant::ZERO);
     iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(GUEST_IP)), 24))
-            .unwrap();
+        a.push(IpCidr::new(
+            IpAddress::Ipv4(Ipv4Address::from(GUEST_IP)),
+            24,
+        ))
+        .unwrap();
     });
     let mut sockets = SocketSet::new(vec![]);
     let h = sockets.add(udp::Socket::new(
@@ -156,7 +163,11 @@ fn crash_record_over_netvsc_reaches_a_real_collector_and_is_stored() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "list failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "list failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("e2e: crash record over netvsc (model) to a real collector"),
         "record not listed: {text}"

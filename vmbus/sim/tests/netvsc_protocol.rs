@@ -48,7 +48,10 @@ fn full_bring_up_negotiates_nvsp_61_and_reads_the_mac() {
     assert_eq!(tb.nic.nvsp_version(), nvsp::VERSION_61);
     assert_eq!(tb.nic.send_section_size(), 6144);
     let sec = tb.nic.recv_section().unwrap();
-    assert_eq!((sec.sub_alloc_size, sec.num_sub_allocs), (1728, 64 * 1024 / 1728));
+    assert_eq!(
+        (sec.sub_alloc_size, sec.num_sub_allocs),
+        (1728, 64 * 1024 / 1728)
+    );
     // Control replies came as transfer pages and were all completed.
     assert_eq!(st.xfer_sent, 4);
     assert_eq!(st.outstanding(), 0);
@@ -171,7 +174,11 @@ fn udp_socket() -> udp::Socket<'static> {
 
 fn assert_all_completed(st: &NetvscState, n: &Net) {
     assert!(st.xfer_sent > 0);
-    assert_eq!(st.outstanding(), 0, "host still waits for completions: {st:?}");
+    assert_eq!(
+        st.outstanding(),
+        0,
+        "host still waits for completions: {st:?}"
+    );
     assert_eq!(st.xfer_completed_failed, 0);
     assert_eq!(st.bogus_completions, 0);
     let gs = n.tb.nic.stats();
@@ -192,8 +199,7 @@ fn udp_exchange_through_the_model_completes_every_transfer_page_packet() {
     for _ in 0..2000 {
         if sent < 40 && n.gsock.get_mut::<udp::Socket>(g).can_send() {
             let msg = format!("datagram {sent}");
-            if n
-                .gsock
+            if n.gsock
                 .get_mut::<udp::Socket>(g)
                 .send_slice(msg.as_bytes(), host_ep)
                 .is_ok()
@@ -361,10 +367,7 @@ fn polling_mode_carries_udp_through_smoltcp() {
     for _ in 0..3000 {
         if sent < 50 {
             let gs = n.gsock.get_mut::<udp::Socket>(g);
-            if gs
-                .send_slice(b"poll", (ip(HOST_IP), 5001))
-                .is_ok()
-            {
+            if gs.send_slice(b"poll", (ip(HOST_IP), 5001)).is_ok() {
                 sent += 1;
             }
         }
@@ -447,32 +450,110 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
     let f = FLAG_COMPLETION_REQUESTED;
     let bad: Vec<(u64, Vec<u8>)> = vec![
         // Wrong transfer page set id.
-        (1, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 1, &xfer_ext(0x1234, &[(rl as u32, 0x8000)]), &good)),
+        (
+            1,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                1,
+                &xfer_ext(0x1234, &[(rl as u32, 0x8000)]),
+                &good,
+            ),
+        ),
         // Range beyond the receive buffer.
-        (2, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 2, &xfer_ext(0xCAFE, &[(64, recv_len as u32 - 8)]), &good)),
+        (
+            2,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                2,
+                &xfer_ext(0xCAFE, &[(64, recv_len as u32 - 8)]),
+                &good,
+            ),
+        ),
         // Range count larger than the header holds.
-        (3, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 3, &{
-            let mut e = xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]);
-            e[4] = 200;
-            e
-        }, &good)),
+        (
+            3,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                3,
+                &{
+                    let mut e = xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]);
+                    e[4] = 200;
+                    e
+                },
+                &good,
+            ),
+        ),
         // NVSP payload that is not SEND_RNDIS_PKT.
-        (4, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 4, &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]), &[1, 0, 0, 0, 0, 0])),
+        (
+            4,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                4,
+                &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]),
+                &[1, 0, 0, 0, 0, 0],
+            ),
+        ),
         // Truncated NVSP payload.
-        (5, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 5, &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]), &[107, 0])),
+        (
+            5,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                5,
+                &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]),
+                &[107, 0],
+            ),
+        ),
         // RNDIS data offset out of range.
-        (6, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 6, &xfer_ext(0xCAFE, &[(rl as u32, 0x9000)]), &good)),
+        (
+            6,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                6,
+                &xfer_ext(0xCAFE, &[(rl as u32, 0x9000)]),
+                &good,
+            ),
+        ),
         // Zero-size per-packet info.
-        (7, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 7, &xfer_ext(0xCAFE, &[(pl as u32, 0xA000)]), &good)),
+        (
+            7,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                7,
+                &xfer_ext(0xCAFE, &[(pl as u32, 0xA000)]),
+                &good,
+            ),
+        ),
         // Oversized range.
-        (8, encode_packet(PKT_DATA_USING_XFER_PAGES, f, 8, &xfer_ext(0xCAFE, &[(60_000, 0)]), &good)),
+        (
+            8,
+            encode_packet(
+                PKT_DATA_USING_XFER_PAGES,
+                f,
+                8,
+                &xfer_ext(0xCAFE, &[(60_000, 0)]),
+                &good,
+            ),
+        ),
     ];
     let n_xfer = bad.len() as u64;
     let mut others = vec![
         // A completion with a garbage payload and an unknown transaction id.
         encode_packet(PKT_COMP, 0, 0xdead, &[], &[1, 2]),
         // A completion for a TX we never sent.
-        encode_packet(PKT_COMP, 0, (2 << 32) | 77, &[], &[108, 0, 0, 0, 1, 0, 0, 0]),
+        encode_packet(
+            PKT_COMP,
+            0,
+            (2 << 32) | 77,
+            &[],
+            &[108, 0, 0, 0, 1, 0, 0, 0],
+        ),
         // In-band garbage.
         encode_packet(PKT_DATA_INBAND, 0, 0, &[], &[0xff]),
         // Unknown packet type.

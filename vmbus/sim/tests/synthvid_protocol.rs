@@ -7,11 +7,11 @@ use vmbus::font;
 use vmbus::synthvid::chan::{DmaMemory, SpinBudget};
 use vmbus::synthvid::console::{self, CELL_H, CELL_W, PANIC_FG};
 use vmbus::synthvid::wire::{self, Message};
-use vmbus::synthvid::{
-    DirtOutcome, FlushOutcome, Mode, Rect, Synthvid, SynthvidError, VramSource,
-};
+use vmbus::synthvid::{DirtOutcome, FlushOutcome, Mode, Rect, Synthvid, SynthvidError, VramSource};
 use vmbus_sim::synthvid::{SynthvidHost, SynthvidHostConfig};
-use vmbus_sim::synthvid_link::{HostDevice, HostIo, HostPacket, Link, SimChannel, SimMemory, SimRegion};
+use vmbus_sim::synthvid_link::{
+    HostDevice, HostIo, HostPacket, Link, SimChannel, SimMemory, SimRegion,
+};
 
 const VRAM_GPA: u64 = 0x1_0000_0000;
 
@@ -55,7 +55,10 @@ fn handshake_negotiates_win10_when_the_host_accepts_it() {
     assert_eq!(st.version, Some(wire::VERSION_WIN10));
     assert_eq!(st.vram_gpa, Some(VRAM_GPA));
     let s = st.situation.unwrap();
-    assert_eq!((s.width, s.height, s.pitch, s.depth_bits), (1152, 864, 4608, 32));
+    assert_eq!(
+        (s.width, s.height, s.pitch, s.depth_bits),
+        (1152, 864, 4608, 32)
+    );
     // Order as hyperv_fb.c: version, VRAM, pointer position + shape, situation.
     let types: Vec<u32> = st.received.iter().map(Message::ty).collect();
     assert_eq!(types, vec![1, 3, 7, 8, 5]);
@@ -72,7 +75,10 @@ fn handshake_falls_back_to_win8_when_win10_is_refused() {
     let mut b = bed(cfg, mode);
     assert_eq!(connect(&mut b, mode).unwrap(), wire::VERSION_WIN8);
     let st = b.host.state();
-    assert_eq!(st.version_requests, vec![wire::VERSION_WIN10, wire::VERSION_WIN8]);
+    assert_eq!(
+        st.version_requests,
+        vec![wire::VERSION_WIN10, wire::VERSION_WIN8]
+    );
     assert_eq!(st.situation.unwrap().width, 1024);
 }
 
@@ -312,7 +318,11 @@ fn panic_flush_before_connect_reports_not_connected() {
 
 /// Reads text back from an RGB screen by matching each cell against the font.
 fn read_text(w: u32, rgb: &[u8], row: usize, cols: usize) -> String {
-    let fg = [(PANIC_FG >> 16) as u8, (PANIC_FG >> 8) as u8, PANIC_FG as u8];
+    let fg = [
+        (PANIC_FG >> 16) as u8,
+        (PANIC_FG >> 8) as u8,
+        PANIC_FG as u8,
+    ];
     let mut s = String::new();
     for col in 0..cols {
         let mut rows = [0u8; font::GLYPH_H];
@@ -342,7 +352,8 @@ fn panic_screen_png_shows_the_message() {
     let mut b = bed(SynthvidHostConfig::default(), mode);
     connect(&mut b, mode).unwrap();
     b.dev.poll().unwrap();
-    let msg = "panicked at src/main.rs:42:5: self-check failed (x=0x2a)\nbacktrace: 0xffff8000_0010_1234";
+    let msg =
+        "panicked at src/main.rs:42:5: self-check failed (x=0x2a)\nbacktrace: 0xffff8000_0010_1234";
     console::draw_panic_screen(&b.vram, mode, msg).unwrap();
     assert_eq!(b.dev.panic_flush(), FlushOutcome::Sent);
 
@@ -387,6 +398,10 @@ fn panic_screen_matches_the_reference_image() {
     let want = std::fs::read(&path).expect("reference image (CANARY_UPDATE_REFERENCE=1 makes it)");
     let (w, h, px) = decode(&png_bytes);
     assert_eq!((w, h), (320, 96));
-    assert_eq!(decode(&want), (w, h, px.clone()), "screen differs from the reference");
+    assert_eq!(
+        decode(&want),
+        (w, h, px.clone()),
+        "screen differs from the reference"
+    );
     assert_eq!(read_text(w, &px, 3, 19), " kernel panic: test");
 }
