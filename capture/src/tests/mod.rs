@@ -1,5 +1,7 @@
 //! Unit tests (run with and without the `std` feature).
 
+#[cfg(feature = "std")]
+mod end_to_end;
 mod panic;
 #[cfg(feature = "std")]
 mod reassembler;
