@@ -10,6 +10,32 @@
 //! - [`panic`]: the panic-path orchestrator (ordered steps, first entry wins, outcomes).
 //!
 //! Everything except the `std` feature's additions works without an allocator.
+//!
+//! The appliance's side, end to end (the collector's is `wire::parse` + `chunk::Reassembler`
+//! + `CrashRecord::decode`, then an ack):
+//!
+//! ```
+//! use capture::record::{CrashRecord, MAX_ENCODED_LEN};
+//! use capture::sender::{SendState, Sender, SenderConfig};
+//! use capture::wire::{self, AckRepr, AckStatus, Repr};
+//!
+//! let mut rec = CrashRecord::empty();
+//! rec.set_message("self-check failed");
+//! let mut buf = [0u8; MAX_ENCODED_LEN];
+//! let encoded = rec.encode(&mut buf).unwrap();
+//! let mut s = Sender::new(SenderConfig::default(), [1; 16], 0, encoded, None, 0).unwrap();
+//! let mut sent = 0;
+//! let st = s.poll(0, &mut |datagram| {
+//!     assert!(matches!(wire::parse(datagram, None), Ok(Repr::Chunk(_))));
+//!     sent += 1;
+//! });
+//! assert_eq!((sent, st), (1, SendState::Waiting { next_ms: 250 }));
+//! // The collector stored it and acks (boot id, seq, record CRC).
+//! let mut ack = [0u8; 64];
+//! let n = Repr::Ack(AckRepr::for_record(&s.id(), AckStatus::Stored)).emit(None, &mut ack).unwrap();
+//! assert!(s.handle(&ack[..n]));
+//! assert_eq!(s.poll(1, &mut |_| unreachable!()), SendState::Acked);
+//! ```
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
