@@ -109,7 +109,10 @@ fn nvsp_host_replies_parse() {
 
 #[test]
 fn nvsp_malformed_is_rejected() {
-    assert!(matches!(Nvsp::parse(&[1, 0]), Err(NvspError::Truncated { .. })));
+    assert!(matches!(
+        Nvsp::parse(&[1, 0]),
+        Err(NvspError::Truncated { .. })
+    ));
     assert!(matches!(
         Nvsp::parse(&[0x66, 0, 0, 0, 1, 0, 0, 0]),
         Err(NvspError::Truncated { ty: 0x66, .. })
@@ -122,7 +125,10 @@ fn nvsp_malformed_is_rejected() {
     assert!(XferPages::parse(&ext).is_err());
     let ext = [0xfe, 0xca, 1, 0, 1, 0, 0, 0, 100, 0, 0, 0, 0x40, 0, 0, 0];
     let x = XferPages::parse(&ext).unwrap();
-    assert_eq!((x.pageset_id, x.len(), x.range(0)), (0xcafe, 1, Some((0x40, 100))));
+    assert_eq!(
+        (x.pageset_id, x.len(), x.range(0)),
+        (0xcafe, 1, Some((0x40, 100)))
+    );
 }
 
 fn rn(m: Rndis<'_>) -> Vec<u8> {
@@ -237,7 +243,10 @@ fn rndis_malformed_is_rejected() {
     // msg_len larger than the buffer.
     let mut b = good.clone();
     b[4] = 0xff;
-    assert!(matches!(Rndis::parse(&b), Err(RndisError::Truncated { .. })));
+    assert!(matches!(
+        Rndis::parse(&b),
+        Err(RndisError::Truncated { .. })
+    ));
     // data_offset pointing past the end.
     let mut b = good.clone();
     b[8..12].copy_from_slice(&1000u32.to_le_bytes());

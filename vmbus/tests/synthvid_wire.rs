@@ -104,7 +104,10 @@ fn pointer_messages_are_byte_exact() {
         y: 0,
     });
     // synthvid_pointer_position: u8 is_visible, u8 video_output, s32 x, s32 y = 10 bytes.
-    assert_eq!(&b[..16], &[1, 0, 0, 0, 0x12, 0, 0, 0, 7, 0, 0, 0, 0x12, 0, 0, 0]);
+    assert_eq!(
+        &b[..16],
+        &[1, 0, 0, 0, 0x12, 0, 0, 0, 7, 0, 0, 0, 0x12, 0, 0, 0]
+    );
     assert_eq!(&b[16..], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let b = emit(Message::PointerShape {
         part_idx: 0xff,
@@ -201,7 +204,10 @@ fn malformed_messages_are_rejected_with_a_reason() {
     // Pipe size larger than the packet.
     let mut b = good.clone();
     b[4] = 0xff;
-    assert!(matches!(Message::parse(&b), Err(WireError::Truncated { .. })));
+    assert!(matches!(
+        Message::parse(&b),
+        Err(WireError::Truncated { .. })
+    ));
     // synthvid size smaller than its own header.
     let mut b = good.clone();
     b[12] = 4;
@@ -219,7 +225,10 @@ fn malformed_messages_are_rejected_with_a_reason() {
     });
     b[4] = 12;
     b[12] = 12;
-    assert!(matches!(Message::parse(&b), Err(WireError::Truncated { .. })));
+    assert!(matches!(
+        Message::parse(&b),
+        Err(WireError::Truncated { .. })
+    ));
     // Unknown types are an open enum, not an error.
     let mut b = good.clone();
     b[8] = 99;

@@ -22,7 +22,7 @@ use crate::synthvid_link::{HostDevice, HostIo, HostPacket};
 /// Where frames go on the host side.
 pub trait Endpoint: Send {
     /// A frame the guest sent.
-    fn from_guest(&mut self, frame: &[u8]);
+    fn guest_frame(&mut self, frame: &[u8]);
     /// The next frame for the guest, if any.
     fn to_guest(&mut self) -> Option<Vec<u8>>;
 }
@@ -146,7 +146,8 @@ impl NetvscHost {
     /// Queues an arbitrary RNDIS message for the guest (tests of malformed input).
     pub fn deliver_raw(&self, io: &mut HostIo<'_>, rndis_msg: &[u8]) {
         let mut i = self.inner.lock().unwrap();
-        i.backlog.push_back((rndis_msg.to_vec(), nvsp::CHANNEL_DATA));
+        i.backlog
+            .push_back((rndis_msg.to_vec(), nvsp::CHANNEL_DATA));
         i.flush_backlog(io);
     }
     /// Queues an Ethernet frame for the guest.
@@ -259,7 +260,7 @@ impl Inner {
                 } else {
                     self.st.frames_via_gpa += 1;
                 }
-                self.endpoint.from_guest(data);
+                self.endpoint.guest_frame(data);
             }
             Rndis::Init { request_id, .. } => {
                 self.st.rndis_up = true;
@@ -334,7 +335,8 @@ impl Inner {
                     self.slots_used[slot] = false;
                     self.st.xfer_completed += 1;
                     match Nvsp::parse(&pkt.payload) {
-                        Ok(Nvsp::RndisPacketComplete { status }) if status == nvsp::STATUS_SUCCESS => {}
+                        Ok(Nvsp::RndisPacketComplete { status })
+                            if status == nvsp::STATUS_SUCCESS => {}
                         _ => self.st.xfer_completed_failed += 1,
                     }
                 }
@@ -356,9 +358,7 @@ impl Inner {
         match msg {
             Nvsp::Init { min, max } => {
                 self.st.init_requests.push(max);
-                let ok = min <= max
-                    && max <= self.cfg.max_version
-                    && max >= self.cfg.min_version;
+                let ok = min <= max && max <= self.cfg.max_version && max >= self.cfg.min_version;
                 if ok {
                     self.st.version = Some(max);
                 }

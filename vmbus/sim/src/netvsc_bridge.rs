@@ -40,7 +40,7 @@ impl QueueEndpoint {
 }
 
 impl Endpoint for QueueEndpoint {
-    fn from_guest(&mut self, frame: &[u8]) {
+    fn guest_frame(&mut self, frame: &[u8]) {
         self.q.lock().unwrap().to_host.push_back(frame.to_vec());
     }
     fn to_guest(&mut self) -> Option<Vec<u8>> {
@@ -253,7 +253,7 @@ impl UdpBridge {
 }
 
 impl Endpoint for UdpBridge {
-    fn from_guest(&mut self, frame: &[u8]) {
+    fn guest_frame(&mut self, frame: &[u8]) {
         if self.handle_guest(frame).is_none() {
             self.stats.lock().unwrap().dropped += 1;
         }

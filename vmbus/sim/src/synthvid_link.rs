@@ -531,7 +531,7 @@ impl DeviceChannel for SimChannel {
     }
 
     fn establish_gpadl(&self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
-        if gpa % PAGE_SIZE as u64 != 0 || len == 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE as u64) || len == 0 {
             return Err(ChannelError::Gpadl(0xC000_000D));
         }
         let h = self.inner.next_gpadl.fetch_add(1, Ordering::AcqRel) as u32;

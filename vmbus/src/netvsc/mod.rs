@@ -18,8 +18,8 @@ pub mod rndis;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use crate::synthvid::chan::{
-    ChannelError, Deadline, DeviceChannel, DmaMemory, InPacket, OutPacket, PageBuffer,
-    SpinBudget, PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
+    ChannelError, Deadline, DeviceChannel, DmaMemory, InPacket, OutPacket, PageBuffer, SpinBudget,
+    PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
 };
 use nvsp::{Nvsp, NvspError, Section};
 use rndis::{Rndis, RndisError};
@@ -132,9 +132,17 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CtrlReply {
-    Init { status: u32 },
-    Query { status: u32, info: [u8; 16], len: usize },
-    Set { status: u32 },
+    Init {
+        status: u32,
+    },
+    Query {
+        status: u32,
+        info: [u8; 16],
+        len: usize,
+    },
+    Set {
+        status: u32,
+    },
 }
 
 struct RxQueue {
@@ -325,17 +333,15 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
     /// Takes the next received frame, if any (outside smoltcp).
     pub fn recv_frame(&mut self, out: &mut [u8]) -> Result<Option<usize>, NetvscError> {
         self.core.maybe_drain(&mut self.rxq)?;
-        Ok(self.rxq.front().map(|f| {
+        let n = self.rxq.front().map(|f| {
             let n = f.len().min(out.len());
             out[..n].copy_from_slice(&f[..n]);
             n
-        }))
-        .map(|r| {
-            if r.is_some() {
-                self.rxq.pop();
-            }
-            r
-        })
+        });
+        if n.is_some() {
+            self.rxq.pop();
+        }
+        Ok(n)
     }
 }
 
@@ -379,10 +385,10 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         deadline: &mut dyn Deadline,
     ) -> Result<(), NetvscError> {
         let b = &self.bufs;
-        if b.tx.len() < PAGE_SIZE || b.tx.gpa() % PAGE_SIZE as u64 != 0 {
+        if b.tx.len() < PAGE_SIZE || !b.tx.gpa().is_multiple_of(PAGE_SIZE as u64) {
             return Err(NetvscError::BadBuffer("tx"));
         }
-        if b.recv.len() < PAGE_SIZE || b.recv.gpa() % PAGE_SIZE as u64 != 0 {
+        if b.recv.len() < PAGE_SIZE || !b.recv.gpa().is_multiple_of(PAGE_SIZE as u64) {
             return Err(NetvscError::BadBuffer("recv"));
         }
         // Polling during bring-up: replies are read by spinning on the ring.
@@ -520,7 +526,9 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             deadline,
         )? {
             CtrlReply::Init { status } if status == rndis::STATUS_SUCCESS => {}
-            CtrlReply::Init { status } | CtrlReply::Set { status } | CtrlReply::Query { status, .. } => {
+            CtrlReply::Init { status }
+            | CtrlReply::Set { status }
+            | CtrlReply::Query { status, .. } => {
                 self.up = false;
                 return Err(NetvscError::Refused {
                     what: "RNDIS INIT",
@@ -539,10 +547,14 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             },
             deadline,
         )? {
-            CtrlReply::Query { status, info, len } if status == rndis::STATUS_SUCCESS && len == 6 => {
+            CtrlReply::Query { status, info, len }
+                if status == rndis::STATUS_SUCCESS && len == 6 =>
+            {
                 self.mac.copy_from_slice(&info[..6]);
             }
-            CtrlReply::Query { status, .. } | CtrlReply::Init { status } | CtrlReply::Set { status } => {
+            CtrlReply::Query { status, .. }
+            | CtrlReply::Init { status }
+            | CtrlReply::Set { status } => {
                 self.up = false;
                 return Err(NetvscError::Refused {
                     what: "QUERY OID_802_3_PERMANENT_ADDRESS",
@@ -582,7 +594,9 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             deadline,
         )? {
             CtrlReply::Set { status } if status == rndis::STATUS_SUCCESS => {}
-            CtrlReply::Set { status } | CtrlReply::Init { status } | CtrlReply::Query { status, .. } => {
+            CtrlReply::Set { status }
+            | CtrlReply::Init { status }
+            | CtrlReply::Query { status, .. } => {
                 self.up = false;
                 return Err(NetvscError::Refused {
                     what: "SET OID_GEN_CURRENT_PACKET_FILTER",
@@ -753,8 +767,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                         Ok(()) => {}
                         Err(ChannelError::Full) | Err(ChannelError::Busy) => {
                             if self.pending_len < PENDING_COMPLETIONS {
-                                self.pending[self.pending_len] =
-                                    tid | if ok { 0 } else { 1 << 63 };
+                                self.pending[self.pending_len] = tid | if ok { 0 } else { 1 << 63 };
                                 self.pending_len += 1;
                             } else {
                                 log::error!("netvsc: completion queue full, host may stall");

@@ -136,7 +136,9 @@ pub struct SendBuf {
     pub id: U16,
 }
 /// `struct nvsp_1_receive_buffer_section` (hyperv_net.h).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
 #[repr(C)]
 pub struct RecvSection {
     /// `offset`.

@@ -198,7 +198,9 @@ pub struct FeatureChange {
 }
 
 /// `struct rect {s32 x1, y1; s32 x2, y2;}` (hyperv_fb.c), x2/y2 exclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
 #[repr(C)]
 pub struct WireRect {
     /// Left.
