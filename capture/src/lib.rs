@@ -7,7 +7,7 @@
 //! - [`chunk`]: splitting an encoded record into chunk frames (and, with `std`, reassembly);
 //! - [`sender`]: the sans-IO sender (retransmit with backoff until acked or the deadline);
 //! - [`auth`]: HMAC-SHA256 frame tags;
-//! - [`panic`]: the panic-path orchestrator (ordered steps, first entry wins, outcomes).
+//! - [`panic`](mod@panic): the panic-path orchestrator (ordered steps, first entry wins, outcomes).
 //!
 //! Everything except the `std` feature's additions works without an allocator.
 //!

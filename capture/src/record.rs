@@ -351,8 +351,10 @@ impl CrashRecord {
     /// - `minor > SCHEMA_MINOR`: the known prefix is decoded, appended fields are ignored;
     /// - `minor == SCHEMA_MINOR`: the body must be exactly one record ([`Error::TrailingBytes`]).
     ///
-    /// (At 1.0 there is no older minor; a 1.x reader fills fields appended after an older
-    /// writer's minor with their defaults.)
+    /// At 1.0 there is no older minor. When 1.x appends fields, they go in a trailing group
+    /// decoded with a second `take_from_bytes` only when `minor >= x`, and take their
+    /// defaults for older writers (postcard has no field tags, so a plain appended struct
+    /// field would make 1.0 bodies fail to decode).
     pub fn decode(major: u16, minor: u16, bytes: &[u8]) -> Result<CrashRecord, Error> {
         if major != SCHEMA_MAJOR {
             return Err(Error::UnsupportedSchema { major, minor });
