@@ -727,10 +727,9 @@ impl<'s> Connection<'s> {
                 return Err(VmbusError::OpenFailed { relid, status });
             }
             Ok(Err(e)) | Err(e) => {
-                if matches!(e, VmbusError::Rescinded(_)) {
-                    self.release_relid(hv, clock, relid);
-                }
-                // On a timeout the host may still use the pages: leak them rather than reuse.
+                // A rescind was already answered with RELID_RELEASED when it arrived (the
+                // channel was not open yet). On a timeout the host may still use the pages:
+                // leak them rather than reuse them.
                 return Err(e);
             }
         }
