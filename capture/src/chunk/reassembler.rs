@@ -146,7 +146,10 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
         let index = usize::from(chunk.chunk_index);
         let offset = chunk.offset as usize;
         // Re-check what wire::parse guarantees, so a hand-built ChunkRepr cannot panic here.
+        // Every chunk carries at least one byte, so more chunks than bytes is a lie (and
+        // would make the per-partial bitmap needlessly large).
         if index >= count
+            || count > record_len
             || chunk.data.is_empty()
             || offset
                 .checked_add(chunk.data.len())

@@ -173,12 +173,19 @@ fn contradicting_and_oversized_chunks_are_dropped() {
     let mut c = chunk_repr(&id, &rec, 1, (1, 0)).unwrap();
     c.offset = c.record_len;
     assert_eq!(r.push((), &c, 0), Push::Inconsistent(id));
+    // More chunks than record bytes.
+    let mut c = chunk_repr(&id, &rec, 1, (1, 0)).unwrap();
+    c.chunk_count = u16::MAX;
+    c.record_len = 100;
+    c.offset = 0;
+    c.data = &rec[..10];
+    assert_eq!(r.push((), &c, 0), Push::Inconsistent(id));
     // Over the size cap.
     let big = vec![0u8; 4001];
     let bid = RecordId::of([8; 16], 2, &big);
     let c = chunk_repr(&bid, &big, 0, (1, 0)).unwrap();
     assert_eq!(r.push((), &c, 0), Push::TooLarge(bid));
-    assert_eq!(r.stats().inconsistent, 3);
+    assert_eq!(r.stats().inconsistent, 4);
     assert_eq!(r.stats().too_large, 1);
     // The original partial is intact and still completes.
     r.push((), &chunk_repr(&id, &rec, 1, (1, 0)).unwrap(), 0);
