@@ -1,9 +1,9 @@
 //! Per-arch SynIC/stimer cleanup for the panic path (ref §2.5; design.md step 4).
 
 use crate::platform::{Arch, Hypervisor, InterruptControl};
+use crate::status::HvError;
 use crate::stimer::Stimer0;
 use crate::synic::Synic;
-use crate::status::HvError;
 
 /// The per-CPU interrupts the kernel configured (arm64 PPIs; ignored on x86).
 #[derive(Clone, Copy, Debug, Default)]

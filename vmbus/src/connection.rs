@@ -141,10 +141,15 @@ pub enum UnloadSkip {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnloadOutcome {
     /// UNLOAD_RESPONSE arrived in `responder_vp`'s SINT2 slot.
-    Done { responder_vp: u32, waited: u64 },
+    Done {
+        responder_vp: u32,
+        waited: u64,
+    },
     Skipped(UnloadSkip),
     /// No UNLOAD_RESPONSE by the deadline.
-    TimedOut { waited: u64 },
+    TimedOut {
+        waited: u64,
+    },
     /// Posting UNLOAD failed.
     Failed(HvError),
 }
@@ -360,7 +365,10 @@ impl<'s> Connection<'s> {
                 connection_id::MESSAGE
             };
             self.state.store(STATE_CONNECTED, Ordering::Release);
-            log::info!("vmbus: connected at version {v}, message connection id {}", self.msg_conn_id);
+            log::info!(
+                "vmbus: connected at version {v}, message connection id {}",
+                self.msg_conn_id
+            );
             return Ok(());
         }
         Err(VmbusError::NoVersionAccepted)
@@ -426,8 +434,14 @@ impl<'s> Connection<'s> {
 
     /// Take one message from the target VP's SINT2 slot: EOM it, parse it, apply generic
     /// effects (offers, rescinds). Never panics on host input.
-    fn take_one(&mut self, hv: &dyn Hypervisor, clock: &dyn Clock) -> Option<Result<HostMessage, Event>> {
-        let m = self.synic.read_message(self.target_vp, VMBUS_MESSAGE_SINT)?;
+    fn take_one(
+        &mut self,
+        hv: &dyn Hypervisor,
+        clock: &dyn Clock,
+    ) -> Option<Result<HostMessage, Event>> {
+        let m = self
+            .synic
+            .read_message(self.target_vp, VMBUS_MESSAGE_SINT)?;
         let ty = m.header.message_type;
         let mut copy = [0u8; HV_MESSAGE_PAYLOAD_SIZE];
         let payload = m.payload().map(|p| {
@@ -591,7 +605,8 @@ impl<'s> Connection<'s> {
     ) -> Result<GpadlId, VmbusError> {
         let total: usize = ranges.iter().map(|r| r.words()).sum();
         let buflen = u16::try_from(total * 8).map_err(|_| VmbusError::GpadlTooLarge(total * 8))?;
-        let count = u16::try_from(ranges.len()).map_err(|_| VmbusError::GpadlTooLarge(total * 8))?;
+        let count =
+            u16::try_from(ranges.len()).map_err(|_| VmbusError::GpadlTooLarge(total * 8))?;
         let gpadl = self.next_gpadl;
         self.next_gpadl = self.next_gpadl.wrapping_add(1).max(1);
         let mut words = ranges
@@ -670,7 +685,9 @@ impl<'s> Connection<'s> {
         relid: u32,
         opts: &OpenOptions,
     ) -> Result<Channel, VmbusError> {
-        let idx = self.offer_index(relid).ok_or(VmbusError::UnknownRelid(relid))?;
+        let idx = self
+            .offer_index(relid)
+            .ok_or(VmbusError::UnknownRelid(relid))?;
         if self.rescinded[idx] {
             return Err(VmbusError::Rescinded(relid));
         }

@@ -27,7 +27,10 @@ pub enum CrashReport<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashOutcome {
     /// Written with this CRASH_CTL value.
-    Reported { ctl: u64, message_len: usize },
+    Reported {
+        ctl: u64,
+        message_len: usize,
+    },
     /// A report was already made (the host accepts one notification per boot).
     AlreadyReported,
     Failed(HvError),

@@ -79,8 +79,14 @@ mod tests {
     #[test]
     fn synthvid_guid_is_little_endian_on_the_wire() {
         // ref §4.8: synthvid is `02 78 0a da 77 e3 ac 4a ...` on the wire.
-        assert_eq!(&SYNTHVID.0[..8], &[0x02, 0x78, 0x0a, 0xda, 0x77, 0xe3, 0xac, 0x4a]);
-        assert_eq!(format!("{SYNTHVID}"), "da0a7802-e377-4aac-8e77-0558eb1073f8");
+        assert_eq!(
+            &SYNTHVID.0[..8],
+            &[0x02, 0x78, 0x0a, 0xda, 0x77, 0xe3, 0xac, 0x4a]
+        );
+        assert_eq!(
+            format!("{SYNTHVID}"),
+            "da0a7802-e377-4aac-8e77-0558eb1073f8"
+        );
         assert_eq!(format!("{NET}"), "f8615163-df3e-46c5-913f-f2d2f965ed0e");
     }
 }

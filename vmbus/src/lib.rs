@@ -30,7 +30,6 @@ pub mod synic;
 pub mod time;
 pub mod version;
 
-
 pub use channel::{Channel, OutboundGuard, OutgoingPacket};
 pub use connection::{
     ConnectOptions, Connection, Event, GpaRange, GpadlId, OpenOptions, Pfns, UnloadOutcome,

@@ -90,34 +90,190 @@ use Direction::{GuestToHost as G2H, HostToGuest as H2G};
 /// Every message type this crate knows, with the version that introduced it (version gating is
 /// data, not `if` chains).
 pub const MESSAGE_TABLE: &[MessageInfo] = &[
-    row(MessageType::OFFERCHANNEL, "OFFERCHANNEL", Version::WS2008, H2G, 196),
-    row(MessageType::RESCIND_CHANNELOFFER, "RESCIND_CHANNELOFFER", Version::WS2008, H2G, 12),
-    row(MessageType::REQUESTOFFERS, "REQUESTOFFERS", Version::WS2008, G2H, 8),
-    row(MessageType::ALLOFFERS_DELIVERED, "ALLOFFERS_DELIVERED", Version::WS2008, H2G, 8),
-    row(MessageType::OPENCHANNEL, "OPENCHANNEL", Version::WS2008, G2H, 148),
-    row(MessageType::OPENCHANNEL_RESULT, "OPENCHANNEL_RESULT", Version::WS2008, H2G, 20),
-    row(MessageType::CLOSECHANNEL, "CLOSECHANNEL", Version::WS2008, G2H, 12),
-    row(MessageType::GPADL_HEADER, "GPADL_HEADER", Version::WS2008, G2H, 20),
-    row(MessageType::GPADL_BODY, "GPADL_BODY", Version::WS2008, G2H, 16),
-    row(MessageType::GPADL_CREATED, "GPADL_CREATED", Version::WS2008, H2G, 20),
-    row(MessageType::GPADL_TEARDOWN, "GPADL_TEARDOWN", Version::WS2008, G2H, 16),
-    row(MessageType::GPADL_TORNDOWN, "GPADL_TORNDOWN", Version::WS2008, H2G, 12),
-    row(MessageType::RELID_RELEASED, "RELID_RELEASED", Version::WS2008, G2H, 12),
-    row(MessageType::INITIATE_CONTACT, "INITIATE_CONTACT", Version(0), G2H, 40),
-    row(MessageType::VERSION_RESPONSE, "VERSION_RESPONSE", Version(0), H2G, 12),
+    row(
+        MessageType::OFFERCHANNEL,
+        "OFFERCHANNEL",
+        Version::WS2008,
+        H2G,
+        196,
+    ),
+    row(
+        MessageType::RESCIND_CHANNELOFFER,
+        "RESCIND_CHANNELOFFER",
+        Version::WS2008,
+        H2G,
+        12,
+    ),
+    row(
+        MessageType::REQUESTOFFERS,
+        "REQUESTOFFERS",
+        Version::WS2008,
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::ALLOFFERS_DELIVERED,
+        "ALLOFFERS_DELIVERED",
+        Version::WS2008,
+        H2G,
+        8,
+    ),
+    row(
+        MessageType::OPENCHANNEL,
+        "OPENCHANNEL",
+        Version::WS2008,
+        G2H,
+        148,
+    ),
+    row(
+        MessageType::OPENCHANNEL_RESULT,
+        "OPENCHANNEL_RESULT",
+        Version::WS2008,
+        H2G,
+        20,
+    ),
+    row(
+        MessageType::CLOSECHANNEL,
+        "CLOSECHANNEL",
+        Version::WS2008,
+        G2H,
+        12,
+    ),
+    row(
+        MessageType::GPADL_HEADER,
+        "GPADL_HEADER",
+        Version::WS2008,
+        G2H,
+        20,
+    ),
+    row(
+        MessageType::GPADL_BODY,
+        "GPADL_BODY",
+        Version::WS2008,
+        G2H,
+        16,
+    ),
+    row(
+        MessageType::GPADL_CREATED,
+        "GPADL_CREATED",
+        Version::WS2008,
+        H2G,
+        20,
+    ),
+    row(
+        MessageType::GPADL_TEARDOWN,
+        "GPADL_TEARDOWN",
+        Version::WS2008,
+        G2H,
+        16,
+    ),
+    row(
+        MessageType::GPADL_TORNDOWN,
+        "GPADL_TORNDOWN",
+        Version::WS2008,
+        H2G,
+        12,
+    ),
+    row(
+        MessageType::RELID_RELEASED,
+        "RELID_RELEASED",
+        Version::WS2008,
+        G2H,
+        12,
+    ),
+    row(
+        MessageType::INITIATE_CONTACT,
+        "INITIATE_CONTACT",
+        Version(0),
+        G2H,
+        40,
+    ),
+    row(
+        MessageType::VERSION_RESPONSE,
+        "VERSION_RESPONSE",
+        Version(0),
+        H2G,
+        12,
+    ),
     row(MessageType::UNLOAD, "UNLOAD", Version::WS2008, G2H, 8),
-    row(MessageType::UNLOAD_RESPONSE, "UNLOAD_RESPONSE", Version::WIN7, H2G, 8),
-    row(MessageType::OPEN_RESERVED_CHANNEL, "OPEN_RESERVED_CHANNEL", Version::WIN10, G2H, 8),
-    row(MessageType::CLOSE_RESERVED_CHANNEL, "CLOSE_RESERVED_CHANNEL", Version(0), G2H, 8),
-    row(MessageType::CLOSE_RESERVED_RESPONSE, "CLOSE_RESERVED_RESPONSE", Version::WIN10, H2G, 8),
-    row(MessageType::TL_CONNECT_REQUEST, "TL_CONNECT_REQUEST", Version::WIN10, G2H, 8),
-    row(MessageType::MODIFYCHANNEL, "MODIFYCHANNEL", Version::WIN10_V4_1, G2H, 8),
-    row(MessageType::TL_CONNECT_RESULT, "TL_CONNECT_RESULT", Version::WIN10_V4_1, H2G, 8),
-    row(MessageType::MODIFYCHANNEL_RESPONSE, "MODIFYCHANNEL_RESPONSE", Version::WIN10_V5_3, H2G, 8),
-    row(MessageType::MODIFY_CONNECTION, "MODIFY_CONNECTION", Version::COPPER, G2H, 8),
-    row(MessageType::MODIFY_CONNECTION_RESPONSE, "MODIFY_CONNECTION_RESPONSE", Version::COPPER, H2G, 8),
+    row(
+        MessageType::UNLOAD_RESPONSE,
+        "UNLOAD_RESPONSE",
+        Version::WIN7,
+        H2G,
+        8,
+    ),
+    row(
+        MessageType::OPEN_RESERVED_CHANNEL,
+        "OPEN_RESERVED_CHANNEL",
+        Version::WIN10,
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::CLOSE_RESERVED_CHANNEL,
+        "CLOSE_RESERVED_CHANNEL",
+        Version(0),
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::CLOSE_RESERVED_RESPONSE,
+        "CLOSE_RESERVED_RESPONSE",
+        Version::WIN10,
+        H2G,
+        8,
+    ),
+    row(
+        MessageType::TL_CONNECT_REQUEST,
+        "TL_CONNECT_REQUEST",
+        Version::WIN10,
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::MODIFYCHANNEL,
+        "MODIFYCHANNEL",
+        Version::WIN10_V4_1,
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::TL_CONNECT_RESULT,
+        "TL_CONNECT_RESULT",
+        Version::WIN10_V4_1,
+        H2G,
+        8,
+    ),
+    row(
+        MessageType::MODIFYCHANNEL_RESPONSE,
+        "MODIFYCHANNEL_RESPONSE",
+        Version::WIN10_V5_3,
+        H2G,
+        8,
+    ),
+    row(
+        MessageType::MODIFY_CONNECTION,
+        "MODIFY_CONNECTION",
+        Version::COPPER,
+        G2H,
+        8,
+    ),
+    row(
+        MessageType::MODIFY_CONNECTION_RESPONSE,
+        "MODIFY_CONNECTION_RESPONSE",
+        Version::COPPER,
+        H2G,
+        8,
+    ),
     row(MessageType::PAUSE, "PAUSE", Version::COPPER, H2G, 8),
-    row(MessageType::PAUSE_RESPONSE, "PAUSE_RESPONSE", Version::COPPER, G2H, 8),
+    row(
+        MessageType::PAUSE_RESPONSE,
+        "PAUSE_RESPONSE",
+        Version::COPPER,
+        G2H,
+        8,
+    ),
     row(MessageType::RESUME, "RESUME", Version::COPPER, H2G, 8),
 ];
 
@@ -384,10 +540,8 @@ pub fn parse_host(bytes: &[u8]) -> Result<HostMessage, MessageError> {
     if bytes.len() > HV_MESSAGE_PAYLOAD_SIZE {
         return Err(MessageError::Oversized { len: bytes.len() });
     }
-    let (hdr, _) =
-        MessageHeader::read_from_prefix(bytes).map_err(|_| MessageError::NoHeader {
-            len: bytes.len(),
-        })?;
+    let (hdr, _) = MessageHeader::read_from_prefix(bytes)
+        .map_err(|_| MessageError::NoHeader { len: bytes.len() })?;
     let ty = MessageType(hdr.msgtype);
     let Some(info) = info(ty) else {
         return Ok(HostMessage::Other(ty));
@@ -609,7 +763,14 @@ mod tests {
         };
         let b = o.as_bytes();
         assert_eq!(
-            [u32_at(b, 0), u32_at(b, 8), u32_at(b, 12), u32_at(b, 16), u32_at(b, 20), u32_at(b, 24)],
+            [
+                u32_at(b, 0),
+                u32_at(b, 8),
+                u32_at(b, 12),
+                u32_at(b, 16),
+                u32_at(b, 20),
+                u32_at(b, 24)
+            ],
             [5, 1, 2, 3, 4, 5]
         );
         assert_eq!(b[28], 0x77);
@@ -645,26 +806,42 @@ mod tests {
             header: MessageHeader::new(MessageType::GPADL_TORNDOWN),
             gpadl: 3,
         };
-        assert_eq!(parse_host(d.as_bytes()), Ok(HostMessage::GpadlTorndown { gpadl: 3 }));
+        assert_eq!(
+            parse_host(d.as_bytes()),
+            Ok(HostMessage::GpadlTorndown { gpadl: 3 })
+        );
         assert_eq!(GPADL_HEADER_WORDS, 27);
         assert_eq!(GPADL_BODY_WORDS, 28);
     }
 
     #[test]
     fn malformed_host_messages_are_rejected_with_reasons() {
-        assert_eq!(parse_host(&[1, 0, 0]), Err(MessageError::NoHeader { len: 3 }));
-        assert_eq!(parse_host(&[0u8; 241]), Err(MessageError::Oversized { len: 241 }));
+        assert_eq!(
+            parse_host(&[1, 0, 0]),
+            Err(MessageError::NoHeader { len: 3 })
+        );
+        assert_eq!(
+            parse_host(&[0u8; 241]),
+            Err(MessageError::Oversized { len: 241 })
+        );
         let mut short_offer = [0u8; 100];
         short_offer[0] = 1;
         assert!(matches!(
             parse_host(&short_offer),
-            Err(MessageError::TooShort { name: "OFFERCHANNEL", len: 100, need: 196 })
+            Err(MessageError::TooShort {
+                name: "OFFERCHANNEL",
+                len: 100,
+                need: 196
+            })
         ));
         let mut g2h = [0u8; 40];
         g2h[0] = 14;
         assert_eq!(parse_host(&g2h), Err(MessageError::WrongDirection(14)));
         let unknown = [99, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(parse_host(&unknown), Ok(HostMessage::Other(MessageType(99))));
+        assert_eq!(
+            parse_host(&unknown),
+            Ok(HostMessage::Other(MessageType(99)))
+        );
     }
 
     #[test]
@@ -672,7 +849,13 @@ mod tests {
         for (i, r) in MESSAGE_TABLE.iter().enumerate() {
             assert_eq!(r.ty.0 as usize, i + 1, "table is ordered by type");
         }
-        assert_eq!(info(MessageType::UNLOAD_RESPONSE).unwrap().since, Version::WIN7);
-        assert_eq!(info(MessageType::MODIFYCHANNEL_RESPONSE).unwrap().since, Version::WIN10_V5_3);
+        assert_eq!(
+            info(MessageType::UNLOAD_RESPONSE).unwrap().since,
+            Version::WIN7
+        );
+        assert_eq!(
+            info(MessageType::MODIFYCHANNEL_RESPONSE).unwrap().since,
+            Version::WIN10_V5_3
+        );
     }
 }

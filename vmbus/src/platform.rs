@@ -117,8 +117,12 @@ pub trait Hypervisor: Sync {
     /// aligned buffers that do not cross a page (ref §3.5).
     /// `Err` only for guest-side failures (hypercalls not enabled); the hypervisor's status is
     /// in the `HvResult`.
-    fn hypercall(&self, control: Control, input_gpa: u64, output_gpa: u64)
-        -> Result<HvResult, HvError>;
+    fn hypercall(
+        &self,
+        control: Control,
+        input_gpa: u64,
+        output_gpa: u64,
+    ) -> Result<HvResult, HvError>;
     /// A fast hypercall with two register inputs (the `fast` bit is set by the callee).
     fn fast_hypercall(&self, control: Control, in1: u64, in2: u64) -> Result<HvResult, HvError>;
     /// Hypervisor identity and features, or `None` when not running on Hyper-V

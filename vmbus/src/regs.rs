@@ -117,7 +117,7 @@ impl SynReg {
             m if (SINT0..SINT0 + 16).contains(&m) => Self::Sint((m - SINT0) as u8),
             m if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&m) => {
                 let n = ((m - STIMER0_CONFIG) / 2) as u8;
-                if (m - STIMER0_CONFIG) % 2 == 0 {
+                if (m - STIMER0_CONFIG).is_multiple_of(2) {
                     Self::StimerConfig(n)
                 } else {
                     Self::StimerCount(n)
@@ -175,7 +175,7 @@ impl SynReg {
             i if (SINT0..SINT0 + 16).contains(&i) => Self::Sint((i - SINT0) as u8),
             i if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&i) => {
                 let n = ((i - STIMER0_CONFIG) / 2) as u8;
-                if (i - STIMER0_CONFIG) % 2 == 0 {
+                if (i - STIMER0_CONFIG).is_multiple_of(2) {
                     Self::StimerConfig(n)
                 } else {
                     Self::StimerCount(n)
@@ -347,7 +347,9 @@ mod tests {
             .with_auto_enable(true)
             .with_sintx(2);
         assert_eq!(t.0, 0x2_0009);
-        let d = StimerConfig(0).with_direct_mode(true).with_apic_vector(0xef);
+        let d = StimerConfig(0)
+            .with_direct_mode(true)
+            .with_apic_vector(0xef);
         assert_eq!(d.0, 0x1000 | 0xef0);
         assert_eq!(CrashCtl(0).with_notify(true).0, 0x8000_0000_0000_0000);
         assert_eq!(
@@ -359,7 +361,10 @@ mod tests {
         assert_eq!(p.0, 0x1234_5001);
         assert_eq!(p.gpa(), 0x1234_5000);
         // Linux's id is 0x8100 << 48 (HV_LINUX_VENDOR_ID): open source + OS type 1.
-        assert_eq!(GuestOsId(0).with_open_source(true).with_os_type(1).0, 0x8100 << 48);
+        assert_eq!(
+            GuestOsId(0).with_open_source(true).with_os_type(1).0,
+            0x8100 << 48
+        );
         let c = GuestOsId::canary(0, 1, 2);
         assert!(c.open_source());
         assert_eq!(c.os_type(), 0x7f);

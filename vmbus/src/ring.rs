@@ -169,7 +169,9 @@ pub enum RingError {
     Unaligned(usize),
     #[error("packet too large for the ring or its length field ({0} bytes)")]
     TooLarge(usize),
-    #[error("corrupt packet descriptor (offset8 {offset8}, len8 {len8}, {available} bytes in ring)")]
+    #[error(
+        "corrupt packet descriptor (offset8 {offset8}, len8 {len8}, {available} bytes in ring)"
+    )]
     BadDescriptor {
         offset8: u16,
         len8: u16,
@@ -220,7 +222,9 @@ impl Ring {
     /// # Safety
     /// `base..base+len` must be valid, page-aligned memory for as long as the ring is used.
     pub unsafe fn new(base: *mut u8, len: usize) -> Result<Self, RingError> {
-        if len <= ctrl::SIZE || len % crate::PAGE_SIZE != 0 || len - ctrl::SIZE > u32::MAX as usize
+        if len <= ctrl::SIZE
+            || !len.is_multiple_of(crate::PAGE_SIZE)
+            || len - ctrl::SIZE > u32::MAX as usize
         {
             return Err(RingError::BadSize(len));
         }
@@ -260,7 +264,8 @@ impl Ring {
     }
     /// The writer asks to be signalled once this many bytes are free.
     pub fn set_pending_send_sz(&self, v: u32) {
-        self.field(ctrl::PENDING_SEND_SZ).store(v, Ordering::Release);
+        self.field(ctrl::PENDING_SEND_SZ)
+            .store(v, Ordering::Release);
         fence(Ordering::SeqCst);
     }
     pub fn feature_bits(&self) -> u32 {
@@ -321,7 +326,12 @@ impl Ring {
             let room = (self.size - off) as usize;
             let n = room.min(dst.len() - done);
             // SAFETY: off < size and n ≤ size - off, inside the data area.
-            unsafe { mem::read_bytes(self.data.wrapping_add(off as usize), &mut dst[done..done + n]) };
+            unsafe {
+                mem::read_bytes(
+                    self.data.wrapping_add(off as usize),
+                    &mut dst[done..done + n],
+                )
+            };
             done += n;
             off = (off + n as u32) % self.size;
         }
@@ -333,7 +343,7 @@ impl Ring {
     /// unless strictly more than packet + trailer bytes are free.
     pub fn write(&self, segments: &[&[u8]]) -> Result<WriteOutcome, RingError> {
         let len: usize = segments.iter().map(|s| s.len()).sum();
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             return Err(RingError::Unaligned(len));
         }
         let total = len + TRAILER;
@@ -440,7 +450,10 @@ pub enum PacketKind<'a> {
         ranges: &'a [u8],
     },
     /// `{u32 rsvd; u32 rangecount; gpa_range[]}`; `ranges` holds the raw range records.
-    GpaDirect { range_count: u32, ranges: &'a [u8] },
+    GpaDirect {
+        range_count: u32,
+        ranges: &'a [u8],
+    },
     Other(PacketType),
 }
 
@@ -467,13 +480,12 @@ fn pages_spanned(byte_offset: u32, byte_count: u32) -> usize {
 
 /// Parse a packet copied out of a ring. Never panics on any input.
 pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, RingError> {
-    let (desc, _) = PacketDescriptor::read_from_prefix(bytes).map_err(|_| {
-        RingError::BadDescriptor {
+    let (desc, _) =
+        PacketDescriptor::read_from_prefix(bytes).map_err(|_| RingError::BadDescriptor {
             offset8: 0,
             len8: 0,
             available: bytes.len() as u32,
-        }
-    })?;
+        })?;
     let off = desc.offset8 as usize * 8;
     let len = desc.len8 as usize * 8;
     if desc.offset8 < 2 || len < off || len > bytes.len() {
@@ -491,12 +503,15 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, RingError> {
         PacketType::DATA_USING_XFER_PAGES => {
             let (h, rest) = TransferPageHeader::read_from_prefix(header)
                 .map_err(|_| RingError::BadPacketHeader("transfer-page header truncated"))?;
-            let need = (h.range_count as usize)
-                .checked_mul(8)
-                .ok_or(RingError::BadPacketHeader("transfer-page range count overflows"))?;
-            let ranges = rest
-                .get(..need)
-                .ok_or(RingError::BadPacketHeader("transfer-page ranges exceed header"))?;
+            let need =
+                (h.range_count as usize)
+                    .checked_mul(8)
+                    .ok_or(RingError::BadPacketHeader(
+                        "transfer-page range count overflows",
+                    ))?;
+            let ranges = rest.get(..need).ok_or(RingError::BadPacketHeader(
+                "transfer-page ranges exceed header",
+            ))?;
             PacketKind::XferPages {
                 pageset_id: h.xfer_pageset_id,
                 sender_owns_set: h.sender_owns_set != 0,
@@ -508,16 +523,18 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, RingError> {
                 .map_err(|_| RingError::BadPacketHeader("GPA-direct header truncated"))?;
             let mut used = 0usize;
             for _ in 0..h.range_count {
-                let r = rest
-                    .get(used..used + 8)
-                    .ok_or(RingError::BadPacketHeader("GPA range header beyond header area"))?;
+                let r = rest.get(used..used + 8).ok_or(RingError::BadPacketHeader(
+                    "GPA range header beyond header area",
+                ))?;
                 let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
                 let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
                 let pfns = pages_spanned(offset, count);
                 used = used
                     .checked_add(8 + pfns * 8)
                     .filter(|&u| u <= rest.len())
-                    .ok_or(RingError::BadPacketHeader("GPA range PFNs beyond header area"))?;
+                    .ok_or(RingError::BadPacketHeader(
+                        "GPA range PFNs beyond header area",
+                    ))?;
             }
             PacketKind::GpaDirect {
                 range_count: h.range_count,
@@ -567,9 +584,9 @@ pub enum OutgoingPacket<'a> {
 impl OutgoingPacket<'_> {
     /// Build the descriptor and type-specific header into `hdr`; returns its length and the
     /// payload. Packet = header + payload + zero padding to 8 bytes.
-    pub fn build_header<'h>(
+    pub fn build_header(
         &self,
-        hdr: &'h mut [u8; MAX_BUILT_HEADER],
+        hdr: &mut [u8; MAX_BUILT_HEADER],
     ) -> Result<(usize, &[u8]), RingError> {
         let mut n = 16;
         let mut put = |n: &mut usize, b: &[u8]| -> Result<(), RingError> {
@@ -585,7 +602,12 @@ impl OutgoingPacket<'_> {
                 trans_id,
                 completion_requested,
                 data,
-            } => (PacketType::DATA_INBAND, completion_requested, trans_id, data),
+            } => (
+                PacketType::DATA_INBAND,
+                completion_requested,
+                trans_id,
+                data,
+            ),
             OutgoingPacket::Completion { trans_id, data } => {
                 (PacketType::COMP, false, trans_id, data)
             }
@@ -605,7 +627,12 @@ impl OutgoingPacket<'_> {
                         put(&mut n, &r.word(i).unwrap_or(0).to_le_bytes())?;
                     }
                 }
-                (PacketType::DATA_USING_GPA_DIRECT, completion_requested, trans_id, data)
+                (
+                    PacketType::DATA_USING_GPA_DIRECT,
+                    completion_requested,
+                    trans_id,
+                    data,
+                )
             }
             OutgoingPacket::XferPages {
                 trans_id,
@@ -623,9 +650,21 @@ impl OutgoingPacket<'_> {
                 };
                 put(&mut n, h.as_bytes())?;
                 for &(count, offset) in ranges {
-                    put(&mut n, TransferPageRange { byte_count: count, byte_offset: offset }.as_bytes())?;
+                    put(
+                        &mut n,
+                        TransferPageRange {
+                            byte_count: count,
+                            byte_offset: offset,
+                        }
+                        .as_bytes(),
+                    )?;
                 }
-                (PacketType::DATA_USING_XFER_PAGES, completion_requested, trans_id, data)
+                (
+                    PacketType::DATA_USING_XFER_PAGES,
+                    completion_requested,
+                    trans_id,
+                    data,
+                )
             }
         };
         let total = (n + data.len()).next_multiple_of(8);
@@ -668,7 +707,10 @@ mod tests {
         c.pending_send_sz = 0x33;
         c.feature_bits = 1;
         let b = c.as_bytes();
-        assert_eq!(&b[0..16], &[0x11, 0, 0, 0, 0x22, 0, 0, 0, 1, 0, 0, 0, 0x33, 0, 0, 0]);
+        assert_eq!(
+            &b[0..16],
+            &[0x11, 0, 0, 0, 0x22, 0, 0, 0, 1, 0, 0, 0, 0x33, 0, 0, 0]
+        );
         assert_eq!(b[64], 1);
         let d = PacketDescriptor {
             ty: 6,
@@ -677,7 +719,10 @@ mod tests {
             flags: 1,
             trans_id: 0x0102,
         };
-        assert_eq!(d.as_bytes(), &[6, 0, 2, 0, 3, 0, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            d.as_bytes(),
+            &[6, 0, 2, 0, 3, 0, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     fn page_buf(pages: usize) -> Vec<u64> {
@@ -699,14 +744,24 @@ mod tests {
             data: &[1, 2, 3],
         };
         let o = p.write_to(&ring).unwrap();
-        assert_eq!(o, WriteOutcome { signal: true, offset: 0 });
+        assert_eq!(
+            o,
+            WriteOutcome {
+                signal: true,
+                offset: 0
+            }
+        );
         // 16 desc + 3 data + 5 pad = 24, + 8 trailer.
         assert_eq!(ring.write_index(), 32);
         let mut raw = [0u8; 32];
         ring.copy_out(0, &mut raw);
         assert_eq!(&raw[0..8], &[6, 0, 2, 0, 3, 0, 1, 0]);
         assert_eq!(&raw[16..24], &[1, 2, 3, 0, 0, 0, 0, 0]);
-        assert_eq!(&raw[24..32], &0u64.to_le_bytes(), "trailer = start offset << 32");
+        assert_eq!(
+            &raw[24..32],
+            &0u64.to_le_bytes(),
+            "trailer = start offset << 32"
+        );
         let o2 = p.write_to(&ring).unwrap();
         assert!(!o2.signal, "ring was not empty");
         let mut raw2 = [0u8; 8];
@@ -732,9 +787,15 @@ mod tests {
         };
         ring.write(&[bad.as_bytes()]).unwrap();
         let mut buf = [0u8; 64];
-        assert!(matches!(ring.read(&mut buf), Err(RingError::BadDescriptor { .. })));
+        assert!(matches!(
+            ring.read(&mut buf),
+            Err(RingError::BadDescriptor { .. })
+        ));
         ring.field(ctrl::WRITE_INDEX).store(4095, Ordering::Relaxed);
-        assert!(matches!(ring.read(&mut buf), Err(RingError::BadIndex { .. })));
+        assert!(matches!(
+            ring.read(&mut buf),
+            Err(RingError::BadIndex { .. })
+        ));
     }
 
     #[test]
@@ -744,13 +805,19 @@ mod tests {
         b[2] = 3; // offset8 = 3 -> header area 16..24
         b[4] = 5;
         b[20] = 200; // range_count = 200
-        assert!(matches!(parse_packet(&b), Err(RingError::BadPacketHeader(_))));
+        assert!(matches!(
+            parse_packet(&b),
+            Err(RingError::BadPacketHeader(_))
+        ));
         b[0] = 9; // GPA direct, range_count 200
         b[20] = 0;
         b[21] = 0;
         b[22] = 0;
         b[23] = 0x80;
-        assert!(matches!(parse_packet(&b), Err(RingError::BadPacketHeader(_))));
+        assert!(matches!(
+            parse_packet(&b),
+            Err(RingError::BadPacketHeader(_))
+        ));
         assert!(parse_packet(&b[..10]).is_err());
         b[4] = 0xff;
         assert!(parse_packet(&b).is_err());

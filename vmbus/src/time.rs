@@ -51,9 +51,12 @@ impl<'h> ReferenceTime<'h> {
         for _ in 0..16 {
             // SAFETY: the TSC page is an owned, 8-byte aligned page the hypervisor updates.
             let (seq, scale, offset) = unsafe {
-                let seq = mem::atomic_u32(base.wrapping_add(tsc_page::SEQUENCE)).load(Ordering::Acquire);
-                let scale = mem::atomic_u64(base.wrapping_add(tsc_page::SCALE)).load(Ordering::Acquire);
-                let offset = mem::atomic_u64(base.wrapping_add(tsc_page::OFFSET)).load(Ordering::Acquire);
+                let seq =
+                    mem::atomic_u32(base.wrapping_add(tsc_page::SEQUENCE)).load(Ordering::Acquire);
+                let scale =
+                    mem::atomic_u64(base.wrapping_add(tsc_page::SCALE)).load(Ordering::Acquire);
+                let offset =
+                    mem::atomic_u64(base.wrapping_add(tsc_page::OFFSET)).load(Ordering::Acquire);
                 (seq, scale, offset)
             };
             if seq == 0 {

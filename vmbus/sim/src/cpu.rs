@@ -40,7 +40,12 @@ impl X86Instructions for SimCpu<'_> {
             0x4000_0001 => [w(b"Hv#1"), 0, 0, 0],
             // hvhost self-test: build 0x3839, version 0x000a0000.
             0x4000_0002 => [0x3839, 0x000a_0000, 0, 0],
-            0x4000_0003 => [c.privileges as u32, (c.privileges >> 32) as u32, 0, c.features],
+            0x4000_0003 => [
+                c.privileges as u32,
+                (c.privileges >> 32) as u32,
+                0,
+                c.features,
+            ],
             0x4000_0004 => [0x28, 0, 0, 0],
             _ => [0; 4],
         }
@@ -69,10 +74,19 @@ impl X86Instructions for SimCpu<'_> {
         self.sim.now() * TSC_PER_TICK
     }
 
-    unsafe fn call_hypercall_page(&self, page: *const u8, control: u64, input: u64, output: u64) -> u64 {
+    unsafe fn call_hypercall_page(
+        &self,
+        page: *const u8,
+        control: u64,
+        input: u64,
+        output: u64,
+    ) -> u64 {
         self.expect_arch(SimArch::X86_64);
         let hc = PageReg(self.sim.read_reg(self.vp, SynReg::Hypercall).unwrap_or(0));
-        assert!(hc.enabled(), "guest called the hypercall page while HYPERCALL.enable = 0");
+        assert!(
+            hc.enabled(),
+            "guest called the hypercall page while HYPERCALL.enable = 0"
+        );
         assert_eq!(
             self.sim.mem.gpa_of(page),
             Some(hc.gpa()),
@@ -80,7 +94,10 @@ impl X86Instructions for SimCpu<'_> {
         );
         let mut stub = [0u8; 4];
         self.sim.mem.read(hc.gpa(), &mut stub);
-        assert_eq!(stub, HYPERCALL_STUB, "hypercall page does not hold the hypervisor's stub");
+        assert_eq!(
+            stub, HYPERCALL_STUB,
+            "hypercall page does not hold the hypervisor's stub"
+        );
         self.sim.hypercall(self.vp, control, input, output)
     }
 }

@@ -258,7 +258,14 @@ impl Sim {
             due
         };
         for (_, vp, bytes) in due {
-            self.deliver(&mut st, vp, VMBUS_MESSAGE_SINT, 1, bytes.len() as u8, &bytes);
+            self.deliver(
+                &mut st,
+                vp,
+                VMBUS_MESSAGE_SINT,
+                1,
+                bytes.len() as u8,
+                &bytes,
+            );
         }
     }
 
@@ -325,7 +332,10 @@ impl Sim {
         }
         // SAFETY: as above; the type is published last.
         unsafe { vmbus::mem::write_bytes(slot.wrapping_add(4), &body[4..]) };
-        ty.store(u32::from_le_bytes(body[0..4].try_into().unwrap()), Ordering::Release);
+        ty.store(
+            u32::from_le_bytes(body[0..4].try_into().unwrap()),
+            Ordering::Release,
+        );
     }
 
     // ---- registers ----------------------------------------------------------------------
@@ -419,7 +429,9 @@ impl Sim {
                 }
             }
             SynReg::Sint(n) if n < 16 => st.vps[vp as usize].sint[n as usize] = value,
-            SynReg::StimerConfig(n) if n < 4 => st.vps[vp as usize].stimer_config[n as usize] = value,
+            SynReg::StimerConfig(n) if n < 4 => {
+                st.vps[vp as usize].stimer_config[n as usize] = value
+            }
             SynReg::StimerCount(n) if n < 4 => {
                 st.vps[vp as usize].stimer_count[n as usize] = value;
                 let cfg = StimerConfig(st.vps[vp as usize].stimer_config[n as usize]);
@@ -484,7 +496,7 @@ impl Sim {
     }
 
     fn post_message(&self, vp: u32, gpa: u64) -> HvStatus {
-        if gpa % 8 != 0 {
+        if !gpa.is_multiple_of(8) {
             return HvStatus::INVALID_ALIGNMENT;
         }
         let mut input = [0u8; 256];
@@ -690,7 +702,9 @@ impl Sim {
             i += 1 + n;
         }
         if self.cfg.personality == Personality::Qemu
-            && !(ranges.len() == 1 && ranges[0].1 == 0 && ranges[0].0 as usize % PAGE_SIZE == 0)
+            && !(ranges.len() == 1
+                && ranges[0].1 == 0
+                && (ranges[0].0 as usize).is_multiple_of(PAGE_SIZE))
         {
             // QEMU: only single-range page-aligned GPADLs get a reply.
             return;

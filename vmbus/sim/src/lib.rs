@@ -81,7 +81,14 @@ impl Sim {
     /// Deliver a raw SynIC message (any type and `payload_size` field) into `vp`'s SINT2 slot.
     pub fn inject(&self, vp: u32, message_type: u32, size_field: u8, bytes: &[u8]) {
         let mut st = self.lock();
-        self.deliver(&mut st, vp, VMBUS_MESSAGE_SINT, message_type, size_field, bytes);
+        self.deliver(
+            &mut st,
+            vp,
+            VMBUS_MESSAGE_SINT,
+            message_type,
+            size_field,
+            bytes,
+        );
     }
 
     /// Every VMBus message the guest posted: (type, bytes).
@@ -103,7 +110,11 @@ impl Sim {
     }
     /// HvSignalEvent calls per connection id.
     pub fn signals(&self, connection_id: u32) -> u32 {
-        self.lock().signals.get(&connection_id).copied().unwrap_or(0)
+        self.lock()
+            .signals
+            .get(&connection_id)
+            .copied()
+            .unwrap_or(0)
     }
     /// Raw register writes of a VP, in order: (MSR number or arm64 register id, value).
     pub fn raw_writes(&self, vp: u32) -> Vec<(u32, u64)> {
@@ -160,7 +171,8 @@ impl<'s> Guest<'s> {
         match sim.config().arch {
             SimArch::X86_64 => {
                 let hv0 = X86Hv::new(sim.cpu(0));
-                hv0.enable_hypercalls(&sim.mem, os_id).expect("enable hypercalls");
+                hv0.enable_hypercalls(&sim.mem, os_id)
+                    .expect("enable hypercalls");
                 for vp in 1..sim.config().cpus {
                     hvs.push(Box::new(hv0.with_instructions(sim.cpu(vp))));
                 }
@@ -170,7 +182,8 @@ impl<'s> Guest<'s> {
                 for vp in 0..sim.config().cpus {
                     let hv = Arm64Hv::new(sim.cpu(vp));
                     if vp == 0 {
-                        hv.enable_hypercalls(&sim.mem, os_id).expect("enable hypercalls");
+                        hv.enable_hypercalls(&sim.mem, os_id)
+                            .expect("enable hypercalls");
                     }
                     hvs.push(Box::new(hv));
                 }
@@ -178,7 +191,9 @@ impl<'s> Guest<'s> {
         }
         let synic = Box::new(Synic::new());
         for hv in &hvs {
-            synic.enable_cpu(hv.as_ref(), &sim.mem, mode).expect("enable SynIC");
+            synic
+                .enable_cpu(hv.as_ref(), &sim.mem, mode)
+                .expect("enable SynIC");
         }
         Self {
             sim,

@@ -11,8 +11,14 @@ use vmbus::{
 use vmbus_sim::{Guest, Personality, SimArch};
 
 fn connected<'g>(g: &'g Guest<'_>) -> Connection<'g> {
-    let mut c = Connection::connect(g.hv(0), &g.clock, &g.sim.mem, &g.synic, &ConnectOptions::default())
-        .unwrap();
+    let mut c = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &g.sim.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
     c.request_offers(g.hv(0), &g.clock).unwrap();
     c
 }
@@ -23,14 +29,21 @@ fn gpadl_round_trip_with_multiple_ranges_and_body_messages() {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Polling);
         let mut c = connected(&g);
-        let a = [0x1_0001_0u64, 0x1_0001_3, 0x1_0001_7];
+        let a = [0x0010_0010_u64, 0x0010_0013, 0x0010_0017];
         let ranges = [
             // 8 KiB starting 0x100 into the first page: spans 3 pages.
-            GpaRange { byte_count: 8192, byte_offset: 0x100, pfns: Pfns::List(&a) },
+            GpaRange {
+                byte_count: 8192,
+                byte_offset: 0x100,
+                pfns: Pfns::List(&a),
+            },
             GpaRange {
                 byte_count: 40 * 4096,
                 byte_offset: 0,
-                pfns: Pfns::Contiguous { first: 0x1_0020_0, count: 40 },
+                pfns: Pfns::Contiguous {
+                    first: 0x0010_0200,
+                    count: 40,
+                },
             },
         ];
         let id = c.create_gpadl(g.hv(0), &g.clock, 1, &ranges).unwrap();
@@ -40,17 +53,29 @@ fn gpadl_round_trip_with_multiple_ranges_and_body_messages() {
         let bodies = s.guest_messages_of(9);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].len(), 20 + 27 * 8);
-        assert_eq!(u16::from_le_bytes([headers[0][16], headers[0][17]]), 45 * 8, "range_buflen");
-        assert_eq!(u16::from_le_bytes([headers[0][18], headers[0][19]]), 2, "rangecount");
+        assert_eq!(
+            u16::from_le_bytes([headers[0][16], headers[0][17]]),
+            45 * 8,
+            "range_buflen"
+        );
+        assert_eq!(
+            u16::from_le_bytes([headers[0][18], headers[0][19]]),
+            2,
+            "rangecount"
+        );
         assert_eq!(bodies.len(), 1);
         assert_eq!(bodies[0].len(), 16 + 18 * 8);
         let got = s.gpadl_ranges(id.0).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].0, got[0].1, got[0].2.clone()), (8192, 0x100, a.to_vec()));
-        assert_eq!(got[1].2, (0..40).map(|i| 0x1_0020_0 + i).collect::<Vec<u64>>());
-        let id2 = c
-            .create_gpadl(g.hv(0), &g.clock, 1, &ranges[1..])
-            .unwrap();
+        assert_eq!(
+            (got[0].0, got[0].1, got[0].2.clone()),
+            (8192, 0x100, a.to_vec())
+        );
+        assert_eq!(
+            got[1].2,
+            (0..40).map(|i| 0x0010_0200 + i).collect::<Vec<u64>>()
+        );
+        let id2 = c.create_gpadl(g.hv(0), &g.clock, 1, &ranges[1..]).unwrap();
         assert_eq!(id2.0, id.0 + 1);
         c.teardown_gpadl(g.hv(0), &g.clock, 1, id).unwrap();
         assert!(s.gpadl_ranges(id.0).is_none());
@@ -69,8 +94,22 @@ fn qemu_leaves_multi_range_gpadls_unanswered_and_the_guest_times_out() {
     let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
     c.request_offers(g.hv(0), &g.clock).unwrap();
     let r = [
-        GpaRange { byte_count: 4096, byte_offset: 0, pfns: Pfns::Contiguous { first: 0x100010, count: 1 } },
-        GpaRange { byte_count: 4096, byte_offset: 0, pfns: Pfns::Contiguous { first: 0x100020, count: 1 } },
+        GpaRange {
+            byte_count: 4096,
+            byte_offset: 0,
+            pfns: Pfns::Contiguous {
+                first: 0x100010,
+                count: 1,
+            },
+        },
+        GpaRange {
+            byte_count: 4096,
+            byte_offset: 0,
+            pfns: Pfns::Contiguous {
+                first: 0x100020,
+                count: 1,
+            },
+        },
     ];
     assert_eq!(
         c.create_gpadl(g.hv(0), &g.clock, 1, &r).unwrap_err(),
@@ -92,10 +131,25 @@ fn open_and_close_a_channel_on_both_arches() {
         let open = s.guest_messages_of(5);
         assert_eq!(open.len(), 1);
         let m = &open[0];
-        assert_eq!(u32::from_le_bytes(m[8..12].try_into().unwrap()), 1, "child_relid");
-        assert_eq!(u32::from_le_bytes(m[12..16].try_into().unwrap()), 1, "openid");
-        assert_eq!(u32::from_le_bytes(m[16..20].try_into().unwrap()), ch.gpadl().0);
-        assert_eq!(u32::from_le_bytes(m[24..28].try_into().unwrap()), 4, "inbound ring page offset");
+        assert_eq!(
+            u32::from_le_bytes(m[8..12].try_into().unwrap()),
+            1,
+            "child_relid"
+        );
+        assert_eq!(
+            u32::from_le_bytes(m[12..16].try_into().unwrap()),
+            1,
+            "openid"
+        );
+        assert_eq!(
+            u32::from_le_bytes(m[16..20].try_into().unwrap()),
+            ch.gpadl().0
+        );
+        assert_eq!(
+            u32::from_le_bytes(m[24..28].try_into().unwrap()),
+            4,
+            "inbound ring page offset"
+        );
         let host = s.host_channel(1).expect("host side mapped");
         assert_eq!(host.gpadl, ch.gpadl().0);
         assert_eq!(ch.connection_id(), 0x2001);
@@ -122,11 +176,13 @@ fn rescind_during_open_fails_the_open_and_releases_the_relid() {
         assert!(c.find_offer(&vmbus::guid::NET).is_none());
         assert_eq!(s.relids_released(), vec![2]);
         assert_eq!(
-            c.open_channel(g.hv(0), &g.clock, &s.mem, 2, &OpenOptions::default()).unwrap_err(),
+            c.open_channel(g.hv(0), &g.clock, &s.mem, 2, &OpenOptions::default())
+                .unwrap_err(),
             VmbusError::Rescinded(2)
         );
         assert_eq!(
-            c.open_channel(g.hv(0), &g.clock, &s.mem, 9, &OpenOptions::default()).unwrap_err(),
+            c.open_channel(g.hv(0), &g.clock, &s.mem, 9, &OpenOptions::default())
+                .unwrap_err(),
             VmbusError::UnknownRelid(9)
         );
     }
@@ -138,22 +194,44 @@ fn rings_wrap_around_with_every_packet_kind_in_both_directions() {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Polling);
         let mut c = connected(&g);
-        let opts = OpenOptions { send_ring_pages: 2, recv_ring_pages: 2, ..OpenOptions::default() };
+        let opts = OpenOptions {
+            send_ring_pages: 2,
+            recv_ring_pages: 2,
+            ..OpenOptions::default()
+        };
         let ch = c.open_channel(g.hv(0), &g.clock, &s.mem, 1, &opts).unwrap();
         let host = s.host_channel(1).unwrap();
         let hv = g.hv(0);
-        let pfns = [0x1_2345u64, 0x1_2346];
-        let gpa = [GpaRange { byte_count: 5000, byte_offset: 100, pfns: Pfns::List(&pfns) }];
+        let pfns = [0x0001_2345_u64, 0x0001_2346];
+        let gpa = [GpaRange {
+            byte_count: 5000,
+            byte_offset: 100,
+            pfns: Pfns::List(&pfns),
+        }];
         let xfer = [(1500u32, 0u32), (700, 4096)];
         let mut wrapped_out = false;
         let mut wrapped_in = false;
         let mut buf = [0u8; 4096];
         for i in 0..400u64 {
-            let data: Vec<u8> = (0..(i as usize * 7) % 300).map(|b| (b as u64 + i) as u8).collect();
+            let data: Vec<u8> = (0..(i as usize * 7) % 300)
+                .map(|b| (b as u64 + i) as u8)
+                .collect();
             let pkt = match i % 4 {
-                0 => OutgoingPacket::InBand { trans_id: i, completion_requested: true, data: &data },
-                1 => OutgoingPacket::Completion { trans_id: i, data: &data },
-                2 => OutgoingPacket::GpaDirect { trans_id: i, completion_requested: false, ranges: &gpa, data: &data },
+                0 => OutgoingPacket::InBand {
+                    trans_id: i,
+                    completion_requested: true,
+                    data: &data,
+                },
+                1 => OutgoingPacket::Completion {
+                    trans_id: i,
+                    data: &data,
+                },
+                2 => OutgoingPacket::GpaDirect {
+                    trans_id: i,
+                    completion_requested: false,
+                    ranges: &gpa,
+                    data: &data,
+                },
                 _ => OutgoingPacket::XferPages {
                     trans_id: i,
                     completion_requested: true,
@@ -186,7 +264,11 @@ fn rings_wrap_around_with_every_packet_kind_in_both_directions() {
 fn check(p: &vmbus::ring::Packet<'_>, i: u64, data: &[u8], pfns: &[u64], xfer: &[(u32, u32)]) {
     assert_eq!(p.trans_id(), i);
     // The payload runs to len8 * 8: the data, then zero padding to 8 bytes.
-    assert_eq!(p.payload.len(), data.len().next_multiple_of(8), "packet {i}");
+    assert_eq!(
+        p.payload.len(),
+        data.len().next_multiple_of(8),
+        "packet {i}"
+    );
     assert_eq!(&p.payload[..data.len()], data, "packet {i}");
     assert!(p.payload[data.len()..].iter().all(|&b| b == 0));
     match i % 4 {
@@ -198,14 +280,27 @@ fn check(p: &vmbus::ring::Packet<'_>, i: u64, data: &[u8], pfns: &[u64], xfer: &
         }
         1 => assert_eq!(p.kind, PacketKind::Completion),
         2 => {
-            let PacketKind::GpaDirect { range_count, ranges } = p.kind else { panic!() };
+            let PacketKind::GpaDirect {
+                range_count,
+                ranges,
+            } = p.kind
+            else {
+                panic!()
+            };
             assert_eq!(range_count, 1);
             assert_eq!(&ranges[0..8], &(5000u64 | 100 << 32).to_le_bytes());
             assert_eq!(&ranges[8..16], &pfns[0].to_le_bytes());
             assert_eq!(&ranges[16..24], &pfns[1].to_le_bytes());
         }
         _ => {
-            let PacketKind::XferPages { pageset_id, sender_owns_set, .. } = p.kind else { panic!() };
+            let PacketKind::XferPages {
+                pageset_id,
+                sender_owns_set,
+                ..
+            } = p.kind
+            else {
+                panic!()
+            };
             assert_eq!((pageset_id, sender_owns_set), (0xCAFE, true));
             assert_eq!(p.kind.xfer_ranges().collect::<Vec<_>>(), xfer.to_vec());
         }
@@ -218,22 +313,46 @@ fn signalling_follows_the_empty_to_non_empty_and_interrupt_mask_rules() {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Polling);
         let mut c = connected(&g);
-        let ch = c.open_channel(g.hv(0), &g.clock, &s.mem, 1, &OpenOptions::default()).unwrap();
+        let ch = c
+            .open_channel(g.hv(0), &g.clock, &s.mem, 1, &OpenOptions::default())
+            .unwrap();
         let host = s.host_channel(1).unwrap();
         let hv = g.hv(0);
         let id = ch.connection_id();
-        let p = OutgoingPacket::InBand { trans_id: 1, completion_requested: false, data: b"hello" };
+        let p = OutgoingPacket::InBand {
+            trans_id: 1,
+            completion_requested: false,
+            data: b"hello",
+        };
         let mut buf = [0u8; 256];
         // Empty -> non-empty, host not masked: signal.
-        assert!(ch.try_lock_outbound().unwrap().send(hv, &p).unwrap().signalled);
+        assert!(
+            ch.try_lock_outbound()
+                .unwrap()
+                .send(hv, &p)
+                .unwrap()
+                .signalled
+        );
         assert_eq!(s.signals(id), 1);
         // Not empty: no signal.
-        assert!(!ch.try_lock_outbound().unwrap().send(hv, &p).unwrap().signalled);
+        assert!(
+            !ch.try_lock_outbound()
+                .unwrap()
+                .send(hv, &p)
+                .unwrap()
+                .signalled
+        );
         assert_eq!(s.signals(id), 1);
         while host.from_guest.read(&mut buf).unwrap().is_some() {}
         // Host polling (interrupt_mask = 1): no signal even on empty -> non-empty.
         host.from_guest.set_interrupt_mask(1);
-        assert!(!ch.try_lock_outbound().unwrap().send(hv, &p).unwrap().signalled);
+        assert!(
+            !ch.try_lock_outbound()
+                .unwrap()
+                .send(hv, &p)
+                .unwrap()
+                .signalled
+        );
         assert_eq!(s.signals(id), 1);
         // Reading: no pending_send_sz -> no signal.
         for _ in 0..3 {
@@ -260,14 +379,25 @@ fn try_lock_is_exclusive_and_full_rings_refuse_without_overwriting() {
     let s = sim(SimArch::X86_64, hyperv());
     let g = Guest::boot(&s, SynicMode::Polling);
     let mut c = connected(&g);
-    let opts = OpenOptions { send_ring_pages: 2, recv_ring_pages: 2, ..OpenOptions::default() };
+    let opts = OpenOptions {
+        send_ring_pages: 2,
+        recv_ring_pages: 2,
+        ..OpenOptions::default()
+    };
     let ch = c.open_channel(g.hv(0), &g.clock, &s.mem, 1, &opts).unwrap();
     let hv = g.hv(0);
     let mut guard = ch.try_lock_outbound().unwrap();
-    assert!(ch.try_lock_outbound().is_none(), "second try_lock fails while held");
+    assert!(
+        ch.try_lock_outbound().is_none(),
+        "second try_lock fails while held"
+    );
     assert!(ch.is_outbound_locked());
     let data = [0xAB; 1000];
-    let p = OutgoingPacket::InBand { trans_id: 0, completion_requested: false, data: &data };
+    let p = OutgoingPacket::InBand {
+        trans_id: 0,
+        completion_requested: false,
+        data: &data,
+    };
     let mut sent = 0;
     let err = loop {
         match guard.send(hv, &p) {
@@ -275,7 +405,10 @@ fn try_lock_is_exclusive_and_full_rings_refuse_without_overwriting() {
             Err(e) => break e,
         }
     };
-    assert_eq!(sent, 3, "4096-byte ring holds three 1024-byte packets, never fills");
+    assert_eq!(
+        sent, 3,
+        "4096-byte ring holds three 1024-byte packets, never fills"
+    );
     assert!(matches!(err, ChannelError::Ring(RingError::Full { .. })));
     drop(guard);
     assert!(ch.try_lock_outbound().is_some(), "released on drop");
@@ -294,10 +427,18 @@ fn corrupt_host_ring_indices_are_reported_not_trusted() {
     let s = sim(SimArch::Aarch64, hyperv());
     let g = Guest::boot(&s, SynicMode::Polling);
     let mut c = connected(&g);
-    let ch = c.open_channel(g.hv(0), &g.clock, &s.mem, 1, &OpenOptions::default()).unwrap();
+    let ch = c
+        .open_channel(g.hv(0), &g.clock, &s.mem, 1, &OpenOptions::default())
+        .unwrap();
     let host = s.host_channel(1).unwrap();
     // The host claims a packet longer than what it wrote.
-    let d = vmbus::ring::PacketDescriptor { ty: 6, offset8: 2, len8: 200, flags: 0, trans_id: 0 };
+    let d = vmbus::ring::PacketDescriptor {
+        ty: 6,
+        offset8: 2,
+        len8: 200,
+        flags: 0,
+        trans_id: 0,
+    };
     use zerocopy_free::as_bytes;
     host.to_guest.write(&[as_bytes(&d)]).unwrap();
     let mut buf = [0u8; 4096];

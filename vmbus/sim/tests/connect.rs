@@ -20,21 +20,36 @@ fn connects_at_every_supported_version_on_both_arches() {
         for &v in SUPPORTED {
             let s = sim(arch, Personality::HyperV { max_version: v });
             let g = Guest::boot(&s, SynicMode::Polling);
-            let c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
-                .unwrap_or_else(|e| panic!("{arch:?} {v}: {e}"));
+            let c = Connection::connect(
+                g.hv(0),
+                &g.clock,
+                &s.mem,
+                &g.synic,
+                &ConnectOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{arch:?} {v}: {e}"));
             assert_eq!(c.version(), v, "{arch:?}");
             let msgs = s.guest_messages_of(14);
             let last = msgs.last().unwrap();
             assert_eq!(u32::from_le_bytes(last[8..12].try_into().unwrap()), v.0);
-            let last_post = s.posts().into_iter().filter(|p| p.1 == 14).next_back().unwrap();
+            let last_post = s.posts().into_iter().rfind(|p| p.1 == 14).unwrap();
             if v >= Version::WIN10_V5 {
-                assert_eq!(last_post.0, 4, "5.0+ INITIATE_CONTACT goes to connection id 4");
+                assert_eq!(
+                    last_post.0, 4,
+                    "5.0+ INITIATE_CONTACT goes to connection id 4"
+                );
                 assert_eq!(last[16], 2, "msg_sint = 2");
                 assert_eq!(c.message_connection_id(), 4);
             } else {
-                assert_eq!(last_post.0, 1, "below 5.0 INITIATE_CONTACT goes to connection id 1");
+                assert_eq!(
+                    last_post.0, 1,
+                    "below 5.0 INITIATE_CONTACT goes to connection id 1"
+                );
                 let int_page = u64::from_le_bytes(last[16..24].try_into().unwrap());
-                assert!(s.mem.ptr(int_page, 4096).is_some(), "interrupt page GPA {int_page:#x}");
+                assert!(
+                    s.mem.ptr(int_page, 4096).is_some(),
+                    "interrupt page GPA {int_page:#x}"
+                );
                 assert_eq!(c.message_connection_id(), 1);
             }
             // Newest first: every version newer than v was tried (and refused) before it.
@@ -49,7 +64,14 @@ fn qemu_falls_back_to_4_0_after_invalid_connection_id_and_refusal() {
     for arch in ARCHES {
         let s = sim(arch, Personality::Qemu);
         let g = Guest::boot(&s, SynicMode::Polling);
-        let c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+        let c = Connection::connect(
+            g.hv(0),
+            &g.clock,
+            &s.mem,
+            &g.synic,
+            &ConnectOptions::default(),
+        )
+        .unwrap();
         assert_eq!(c.version(), Version::WIN10);
         let attempts: Vec<(u32, u32)> = s.posts().into_iter().filter(|p| p.1 == 14).collect();
         // 5.3, 5.2, 5.1, 5.0 on id 4 (each refused once: no retry), 4.1 and 4.0 on id 1.
@@ -71,7 +93,14 @@ fn qemu_falls_back_to_4_0_after_invalid_connection_id_and_refusal() {
 fn openvmm_accepts_the_newest_exact_version() {
     let s = sim(vmbus_sim::SimArch::X86_64, Personality::OpenVmm);
     let g = Guest::boot(&s, SynicMode::Polling);
-    let c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+    let c = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
     assert_eq!(c.version(), Version::WIN10_V5_3);
     // A version OpenVMM does not list exactly is refused.
     let s = sim(vmbus_sim::SimArch::X86_64, Personality::OpenVmm);
@@ -83,13 +112,29 @@ fn openvmm_accepts_the_newest_exact_version() {
 
 #[test]
 fn never_negotiates_below_3_0() {
-    let s = sim(vmbus_sim::SimArch::X86_64, Personality::HyperV { max_version: Version::WIN8 });
+    let s = sim(
+        vmbus_sim::SimArch::X86_64,
+        Personality::HyperV {
+            max_version: Version::WIN8,
+        },
+    );
     let g = Guest::boot(&s, SynicMode::Polling);
-    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap_err();
+    let e = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap_err();
     assert_eq!(e, VmbusError::NoVersionAccepted);
-    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts(&[Version::WIN8])).unwrap_err();
+    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts(&[Version::WIN8]))
+        .unwrap_err();
     assert_eq!(e, VmbusError::NoVersionAccepted);
-    assert!(s.guest_messages_of(14).iter().all(|m| u32::from_le_bytes(m[8..12].try_into().unwrap()) >= Version::WIN8_1.0));
+    assert!(s
+        .guest_messages_of(14)
+        .iter()
+        .all(|m| u32::from_le_bytes(m[8..12].try_into().unwrap()) >= Version::WIN8_1.0));
 }
 
 #[test]
@@ -98,10 +143,20 @@ fn offers_arrive_until_all_offers_delivered_with_host_specific_connection_ids() 
         for (p, conn_id) in [(hyperv(), 0x2000u32), (Personality::Qemu, 16)] {
             let s = sim(arch, p);
             let g = Guest::boot(&s, SynicMode::Polling);
-            let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+            let mut c = Connection::connect(
+                g.hv(0),
+                &g.clock,
+                &s.mem,
+                &g.synic,
+                &ConnectOptions::default(),
+            )
+            .unwrap();
             let offers = c.request_offers(g.hv(0), &g.clock).unwrap().to_vec();
             assert_eq!(offers.len(), 3);
-            assert_eq!(offers.iter().map(|o| o.child_relid).collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!(
+                offers.iter().map(|o| o.child_relid).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
             let fb = c.find_offer(&vmbus::guid::SYNTHVID).unwrap();
             assert_eq!(fb.child_relid, 1);
             assert_eq!(fb.mmio_megabytes, 8);
@@ -122,14 +177,28 @@ fn transient_post_errors_are_retried_and_hard_errors_returned() {
         f.post_failures = 5;
         f.post_failure_status = 0x13;
     });
-    let c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+    let c = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
     assert_eq!(c.version(), Version::WIN10_V5_3);
     assert_eq!(s.posts().len(), 6, "5 failed tries + 1 success");
     s.faults(|f| {
         f.post_failures = 1;
         f.post_failure_status = 5;
     });
-    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap_err();
+    let e = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap_err();
     assert_eq!(e, VmbusError::Hv(vmbus::HvError::InvalidParameter));
     // Transient errors that never clear give up after 100 tries.
     s.faults(|f| {
@@ -137,7 +206,14 @@ fn transient_post_errors_are_retried_and_hard_errors_returned() {
         f.post_failure_status = 0xB;
     });
     let before = s.posts().len();
-    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap_err();
+    let e = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap_err();
     assert_eq!(e, VmbusError::Hv(vmbus::HvError::InsufficientMemory));
     assert_eq!(s.posts().len() - before, 100);
 }

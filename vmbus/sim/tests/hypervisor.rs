@@ -8,7 +8,9 @@ use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
 use vmbus::regs::{arm64_reg, msr, SintReg};
 use vmbus::stimer::{Stimer0, StimerMode};
 use vmbus::time::ReferenceTime;
-use vmbus::{Clock, ConnectOptions, Connection, Event, PageAlloc, Privileges, SynicMode, UnloadOutcome};
+use vmbus::{
+    Clock, ConnectOptions, Connection, Event, PageAlloc, Privileges, SynicMode, UnloadOutcome,
+};
 use vmbus_sim::{Guest, Personality, Sim, SimArch};
 
 #[test]
@@ -20,7 +22,9 @@ fn detection_reports_the_same_identity_through_both_abis() {
         assert_eq!(&id.vendor, b"Microsoft Hv");
         assert_eq!(id.build, 0x3839, "{arch:?}");
         assert_eq!(id.version, 0x000a_0000);
-        assert!(id.privileges.has(Privileges::SYNIC | Privileges::HYPERCALL | Privileges::VP_INDEX));
+        assert!(id
+            .privileges
+            .has(Privileges::SYNIC | Privileges::HYPERCALL | Privileges::VP_INDEX));
         assert!(id.privileges.has(Privileges::POST_MESSAGES));
         assert!(id.crash_msrs());
         assert!(!id.stimer_direct_mode());
@@ -41,14 +45,27 @@ fn x86_uses_the_hypercall_page_written_by_the_hypervisor() {
     assert_eq!(w[1].1 & 1, 1);
     // Every hypercall went through the page: the sim asserts the call target is the page and
     // that it holds the stub, so a working connection proves it.
-    Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+    Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
     g.hv(0).disable_hypercalls().unwrap();
     let w = s.raw_writes(0);
     let n = w.len();
-    assert_eq!(w[n - 2], (msr::HYPERCALL, w[1].1 & !1), "enable bit cleared, GPA kept");
+    assert_eq!(
+        w[n - 2],
+        (msr::HYPERCALL, w[1].1 & !1),
+        "enable bit cleared, GPA kept"
+    );
     assert_eq!(w[n - 1], (msr::GUEST_OS_ID, 0));
     assert_eq!(
-        g.hv(0).hypercall(vmbus::hypercall::Control::new(0x5c), 0, 0).unwrap_err(),
+        g.hv(0)
+            .hypercall(vmbus::hypercall::Control::new(0x5c), 0, 0)
+            .unwrap_err(),
         vmbus::HvError::HypercallsDisabled
     );
 }
@@ -61,14 +78,28 @@ fn synic_enable_programs_simp_siefp_sint2_and_scontrol() {
         let g = Guest::boot(&s, SynicMode::Interrupt { vector: 0x31 });
         let w = s.raw_writes(1);
         let ids: Vec<u32> = w.iter().map(|x| x.0).collect();
-        let sint = w.iter().find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2).unwrap();
+        let sint = w
+            .iter()
+            .find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2)
+            .unwrap();
         let sint = SintReg(sint.1);
-        assert_eq!((sint.vector(), sint.masked(), sint.auto_eoi()), (0x31, false, false));
+        assert_eq!(
+            (sint.vector(), sint.masked(), sint.auto_eoi()),
+            (0x31, false, false)
+        );
         match arch {
-            SimArch::X86_64 => assert_eq!(ids, vec![msr::SIMP, msr::SIEFP, msr::SINT0 + 2, msr::SCONTROL]),
+            SimArch::X86_64 => assert_eq!(
+                ids,
+                vec![msr::SIMP, msr::SIEFP, msr::SINT0 + 2, msr::SCONTROL]
+            ),
             SimArch::Aarch64 => assert_eq!(
                 ids,
-                vec![arm64_reg::SIMP, arm64_reg::SIEFP, arm64_reg::SINT0 + 2, arm64_reg::SCONTROL]
+                vec![
+                    arm64_reg::SIMP,
+                    arm64_reg::SIEFP,
+                    arm64_reg::SINT0 + 2,
+                    arm64_reg::SCONTROL
+                ]
             ),
         }
         assert!(g.synic.is_enabled(1));
@@ -76,7 +107,10 @@ fn synic_enable_programs_simp_siefp_sint2_and_scontrol() {
         let s = sim(arch, hyperv());
         let _g = Guest::boot(&s, SynicMode::Polling);
         let w = s.raw_writes(0);
-        let sint = w.iter().find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2).unwrap();
+        let sint = w
+            .iter()
+            .find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2)
+            .unwrap();
         assert!(SintReg(sint.1).masked());
     }
 }
@@ -86,11 +120,24 @@ fn cleanup_writes_exactly_the_listed_registers_per_arch() {
     for arch in ARCHES {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Interrupt { vector: 0x30 });
-        let c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
-        assert!(matches!(c.unload(g.hv(0), &g.clock, s.now() + 10_000_000), UnloadOutcome::Done { .. }));
+        let c = Connection::connect(
+            g.hv(0),
+            &g.clock,
+            &s.mem,
+            &g.synic,
+            &ConnectOptions::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.unload(g.hv(0), &g.clock, s.now() + 10_000_000),
+            UnloadOutcome::Done { .. }
+        ));
         s.clear_raw_writes(0);
         let mut gic = FakeGic(Vec::new());
-        let cfg = CleanupConfig { vmbus_ppi: Some(18), stimer_ppi: Some(19) };
+        let cfg = CleanupConfig {
+            vmbus_ppi: Some(18),
+            stimer_ppi: Some(19),
+        };
         let r = cleanup_cpu(g.hv(0), &g.synic, &mut gic, &cfg);
         assert!(r.ok(), "{r:?}");
         let masked_sint = SintReg(0x30).with_masked(true).0;
@@ -123,13 +170,26 @@ fn cleanup_writes_exactly_the_listed_registers_per_arch() {
                         (arm64_reg::SCONTROL, 0),
                     ]
                 );
-                assert_eq!(gic.0, vec![19, 18], "STIMER0 and VMBus PPIs disabled at the GIC");
+                assert_eq!(
+                    gic.0,
+                    vec![19, 18],
+                    "STIMER0 and VMBus PPIs disabled at the GIC"
+                );
             }
         }
         assert!(!g.synic.is_enabled(0));
         // After cleanup, SynIC can come back and a new connection works (panic step 5).
-        g.synic.enable_cpu(g.hv(0), &s.mem, SynicMode::Polling).unwrap();
-        let mut c2 = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+        g.synic
+            .enable_cpu(g.hv(0), &s.mem, SynicMode::Polling)
+            .unwrap();
+        let mut c2 = Connection::connect(
+            g.hv(0),
+            &g.clock,
+            &s.mem,
+            &g.synic,
+            &ConnectOptions::default(),
+        )
+        .unwrap();
         assert_eq!(c2.request_offers(g.hv(0), &g.clock).unwrap().len(), 3);
     }
 }
@@ -145,9 +205,20 @@ fn crash_message_form_is_written_once_with_ctl_last() {
         let text = b"canary: panicked at src/main.rs:1:1";
         let o = rep.report(
             g.hv(0),
-            CrashReport::Message { p0_p2: [1, 2, 3], page, text, fallback: [4, 5] },
+            CrashReport::Message {
+                p0_p2: [1, 2, 3],
+                page,
+                text,
+                fallback: [4, 5],
+            },
         );
-        assert_eq!(o, CrashOutcome::Reported { ctl: 0xC000_0000_0000_0000, message_len: text.len() });
+        assert_eq!(
+            o,
+            CrashOutcome::Reported {
+                ctl: 0xC000_0000_0000_0000,
+                message_len: text.len()
+            }
+        );
         let n = s.crash_notices();
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].p, [1, 2, 3, page.gpa(), text.len() as u64]);
@@ -157,8 +228,14 @@ fn crash_message_form_is_written_once_with_ctl_last() {
             SimArch::X86_64 => (msr::CRASH_P0, msr::CRASH_CTL),
             SimArch::Aarch64 => (arm64_reg::CRASH_P0, arm64_reg::CRASH_CTL),
         };
-        assert_eq!(w.iter().map(|x| x.0).collect::<Vec<_>>(), vec![p0, p0 + 1, p0 + 2, p0 + 3, p0 + 4, ctl]);
-        assert_eq!(rep.report(g.hv(0), CrashReport::Registers([9; 5])), CrashOutcome::AlreadyReported);
+        assert_eq!(
+            w.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![p0, p0 + 1, p0 + 2, p0 + 3, p0 + 4, ctl]
+        );
+        assert_eq!(
+            rep.report(g.hv(0), CrashReport::Registers([9; 5])),
+            CrashOutcome::AlreadyReported
+        );
         assert_eq!(s.crash_notices().len(), 1);
     }
 }
@@ -173,9 +250,20 @@ fn crash_falls_back_to_register_form_without_notify_msg() {
     let page = s.mem.alloc_pages(1).unwrap();
     let o = CrashReporter::new().report(
         g.hv(0),
-        CrashReport::Message { p0_p2: [1, 2, 3], page, text: b"x", fallback: [4, 5] },
+        CrashReport::Message {
+            p0_p2: [1, 2, 3],
+            page,
+            text: b"x",
+            fallback: [4, 5],
+        },
     );
-    assert_eq!(o, CrashOutcome::Reported { ctl: 1 << 63, message_len: 0 });
+    assert_eq!(
+        o,
+        CrashOutcome::Reported {
+            ctl: 1 << 63,
+            message_len: 0
+        }
+    );
     assert_eq!(s.crash_notices()[0].p, [1, 2, 3, 4, 5]);
     assert_eq!(s.crash_notices()[0].message, None);
 }
@@ -185,7 +273,14 @@ fn stimer_message_mode_delivers_timer_expired_and_direct_mode_fires() {
     for arch in ARCHES {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Polling);
-        let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+        let mut c = Connection::connect(
+            g.hv(0),
+            &g.clock,
+            &s.mem,
+            &g.synic,
+            &ConnectOptions::default(),
+        )
+        .unwrap();
         Stimer0::configure(g.hv(0), StimerMode::Message { sint: 2 }).unwrap();
         Stimer0::arm(g.hv(0), g.clock.now() + 1000).unwrap();
         assert_eq!(c.poll(g.hv(0), &g.clock), Some(Event::TimerExpired));
@@ -196,7 +291,10 @@ fn stimer_message_mode_delivers_timer_expired_and_direct_mode_fires() {
         assert_eq!(s.direct_timer_fires(0), 1);
         s.clear_raw_writes(0);
         Stimer0::stop(g.hv(0)).unwrap();
-        assert_eq!(s.raw_writes(0).iter().map(|w| w.1).collect::<Vec<_>>(), vec![0, 0]);
+        assert_eq!(
+            s.raw_writes(0).iter().map(|w| w.1).collect::<Vec<_>>(),
+            vec![0, 0]
+        );
     }
 }
 
@@ -233,18 +331,25 @@ fn malformed_host_messages_are_dropped_without_panic() {
     for arch in ARCHES {
         let s = sim(arch, hyperv());
         let g = Guest::boot(&s, SynicMode::Polling);
-        let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &ConnectOptions::default()).unwrap();
+        let mut c = Connection::connect(
+            g.hv(0),
+            &g.clock,
+            &s.mem,
+            &g.synic,
+            &ConnectOptions::default(),
+        )
+        .unwrap();
         let mut short_offer = vec![0u8; 100];
         short_offer[0] = 1;
         let mut wrong_dir = vec![0u8; 40];
         wrong_dir[0] = 14;
         s.faults(|f| {
             f.inject_before_all_offers = vec![
-                (1, 250, vec![0xFF; 240]),    // payload_size beyond 240
-                (1, 3, vec![1, 0, 0]),        // shorter than the header
-                (1, 100, short_offer),        // truncated OFFERCHANNEL
-                (0x1234, 8, vec![0; 8]),      // not a VMBus message
-                (1, 40, wrong_dir),           // a guest->host type
+                (1, 250, vec![0xFF; 240]),              // payload_size beyond 240
+                (1, 3, vec![1, 0, 0]),                  // shorter than the header
+                (1, 100, short_offer),                  // truncated OFFERCHANNEL
+                (0x1234, 8, vec![0; 8]),                // not a VMBus message
+                (1, 40, wrong_dir),                     // a guest->host type
                 (1, 8, vec![200, 0, 0, 0, 0, 0, 0, 0]), // unknown VMBus type: ignored, not malformed
             ]
         });

@@ -37,8 +37,13 @@ pub trait X86Instructions: Sync {
     ///
     /// # Safety
     /// `page` must be the enabled hypercall page, filled in by the hypervisor.
-    unsafe fn call_hypercall_page(&self, page: *const u8, control: u64, input: u64, output: u64)
-        -> u64;
+    unsafe fn call_hypercall_page(
+        &self,
+        page: *const u8,
+        control: u64,
+        input: u64,
+        output: u64,
+    ) -> u64;
 }
 
 /// [`Hypervisor`] over x86 MSRs and the hypercall page.
