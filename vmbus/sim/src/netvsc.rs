@@ -199,7 +199,7 @@ impl Inner {
                 return; // wait for the guest to complete something
             };
             let off = slot * sub;
-            io.mem().write(gpa + off as u64, msg).unwrap();
+            io.write_mem(gpa + off as u64, msg).unwrap();
             // vmtransfer_page_packet_header: pageset id, sender_owns_set, reserved, range
             // count, {byte_count, byte_offset}.
             let mut ext = Vec::with_capacity(16);
@@ -443,8 +443,7 @@ impl Inner {
                         {
                             msg = vec![0u8; section_size as usize];
                             ok = io
-                                .mem()
-                                .read(gpa + (section_index as usize * sz) as u64, &mut msg)
+                                .read_mem(gpa + (section_index as usize * sz) as u64, &mut msg)
                                 .is_ok();
                         }
                         _ => ok = false,
@@ -457,8 +456,7 @@ impl Inner {
                         }
                         let mut b = vec![0u8; p.len as usize];
                         if io
-                            .mem()
-                            .read(p.pfn * PAGE_SIZE as u64 + u64::from(p.offset), &mut b)
+                            .read_mem(p.pfn * PAGE_SIZE as u64 + u64::from(p.offset), &mut b)
                             .is_err()
                         {
                             ok = false;

@@ -59,7 +59,7 @@ pub struct SynthvidState {
 pub struct SynthvidHost {
     cfg: SynthvidHostConfig,
     state: Arc<Mutex<SynthvidState>>,
-    mem: SimMemory,
+    mem: Option<SimMemory>,
 }
 
 impl SynthvidHost {
@@ -68,7 +68,16 @@ impl SynthvidHost {
         SynthvidHost {
             cfg,
             state: Arc::new(Mutex::new(SynthvidState::default())),
-            mem,
+            mem: Some(mem),
+        }
+    }
+    /// A host whose VRAM is read through [`Self::screen_rgb_with`] (e.g. the core sim's
+    /// guest memory).
+    pub fn without_memory(cfg: SynthvidHostConfig) -> Self {
+        SynthvidHost {
+            cfg,
+            state: Arc::new(Mutex::new(SynthvidState::default())),
+            mem: None,
         }
     }
     /// A snapshot of the state.
@@ -90,20 +99,28 @@ impl SynthvidHost {
         io.send_inband(&b[..n]).unwrap();
     }
 
-    /// The current screen as RGB8 rows (`width * height * 3` bytes).
+    /// The current screen as RGB8 rows (`width * height * 3` bytes), VRAM read from this
+    /// host's [`SimMemory`].
     pub fn screen_rgb(&self) -> Option<(u32, u32, Vec<u8>)> {
+        let mem = self.mem.clone()?;
+        self.screen_rgb_with(&|gpa, buf| mem.read(gpa, buf).is_ok())
+    }
+
+    /// The current screen, VRAM read through `read(gpa, buf) -> ok`.
+    pub fn screen_rgb_with(
+        &self,
+        read: &dyn Fn(u64, &mut [u8]) -> bool,
+    ) -> Option<(u32, u32, Vec<u8>)> {
         let st = self.state.lock().unwrap();
         let (gpa, s) = (st.vram_gpa?, st.situation?);
         drop(st);
         let mut out = Vec::with_capacity((s.width * s.height * 3) as usize);
         let mut line = vec![0u8; s.width as usize * 4];
         for y in 0..s.height as u64 {
-            self.mem
-                .read(
-                    gpa + u64::from(s.vram_offset) + y * u64::from(s.pitch),
-                    &mut line,
-                )
-                .ok()?;
+            let at = gpa + u64::from(s.vram_offset) + y * u64::from(s.pitch);
+            if !read(at, &mut line) {
+                return None;
+            }
             for px in line.chunks_exact(4) {
                 // 32 bpp little-endian 0x00RRGGBB: bytes B, G, R, X.
                 out.extend([px[2], px[1], px[0]]);
@@ -112,18 +129,23 @@ impl SynthvidHost {
         Some((s.width, s.height, out))
     }
 
-    /// The current screen as a PNG.
-    pub fn screen_png(&self) -> Option<Vec<u8>> {
-        let (w, h, rgb) = self.screen_rgb()?;
+    /// Encodes RGB8 rows as a PNG.
+    pub fn encode_png(w: u32, h: u32, rgb: &[u8]) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut out, w, h);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut wr = enc.write_header().ok()?;
-            wr.write_image_data(&rgb).ok()?;
+            wr.write_image_data(rgb).ok()?;
         }
         Some(out)
+    }
+
+    /// The current screen as a PNG.
+    pub fn screen_png(&self) -> Option<Vec<u8>> {
+        let (w, h, rgb) = self.screen_rgb()?;
+        Self::encode_png(w, h, &rgb)
     }
 
     fn reply(io: &mut HostIo<'_>, m: Message) {

@@ -197,28 +197,42 @@ pub trait HostDevice: Send {
     fn on_tick(&mut self, _io: &mut HostIo<'_>) {}
 }
 
-/// What a host model can do to the guest.
-pub struct HostIo<'a> {
-    link: &'a LinkInner,
+/// Where a host model's I/O goes: guest memory, GPADLs and the guest's inbound ring. The
+/// [`Link`] double implements it, and so does [`CoreHost`] over the core sim's real rings.
+pub trait HostBackend {
+    /// Reads guest memory.
+    fn read_mem(&self, gpa: u64, out: &mut [u8]) -> Result<(), ChannelError>;
+    /// Writes guest memory.
+    fn write_mem(&self, gpa: u64, data: &[u8]) -> Result<(), ChannelError>;
+    /// Looks a GPADL up as one contiguous `(gpa, len)`.
+    fn gpadl(&self, handle: u32) -> Option<(u64, usize)>;
+    /// Queues raw packet bytes (descriptor included, length a multiple of 8) for the guest.
+    fn send_raw(&self, pkt: &[u8]) -> Result<(), ChannelError>;
 }
 
-impl HostIo<'_> {
-    /// Guest memory.
-    pub fn mem(&self) -> &SimMemory {
-        &self.link.mem
+/// What a host model can do to the guest.
+pub struct HostIo<'a> {
+    b: &'a dyn HostBackend,
+}
+
+impl<'a> HostIo<'a> {
+    /// Host I/O through `b`.
+    pub fn new(b: &'a dyn HostBackend) -> Self {
+        HostIo { b }
+    }
+    /// Reads guest memory.
+    pub fn read_mem(&self, gpa: u64, out: &mut [u8]) -> Result<(), ChannelError> {
+        self.b.read_mem(gpa, out)
+    }
+    /// Writes guest memory.
+    pub fn write_mem(&self, gpa: u64, data: &[u8]) -> Result<(), ChannelError> {
+        self.b.write_mem(gpa, data)
     }
     /// Looks a GPADL up: `(gpa, len)`.
     pub fn gpadl(&self, handle: u32) -> Option<(u64, usize)> {
-        self.link
-            .gpadls
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|g| g.0 == handle)
-            .map(|g| (g.1, g.2))
+        self.b.gpadl(handle)
     }
-    /// Queues a packet on the guest's inbound ring; raises the guest interrupt if the ring
-    /// was empty and the guest has not masked it (§5.2).
+    /// Queues a packet on the guest's inbound ring.
     pub fn send(
         &mut self,
         kind: u16,
@@ -231,12 +245,7 @@ impl HostIo<'_> {
     }
     /// Queues raw packet bytes (for malformed-packet tests).
     pub fn send_raw(&mut self, pkt: &[u8]) -> Result<(), ChannelError> {
-        let was_empty = self.link.to_guest.lock().unwrap().push(pkt)?;
-        if was_empty && !self.link.guest_masked.load(Ordering::Acquire) {
-            self.link.interrupts.fetch_add(1, Ordering::AcqRel);
-            self.link.irq_pending.store(true, Ordering::Release);
-        }
-        Ok(())
+        self.b.send_raw(pkt)
     }
     /// Sends an in-band packet.
     pub fn send_inband(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
@@ -245,6 +254,111 @@ impl HostIo<'_> {
     /// Sends a completion.
     pub fn send_completion(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
         self.send(PKT_COMP, 0, trans_id, &[], payload)
+    }
+}
+
+impl HostBackend for LinkInner {
+    fn read_mem(&self, gpa: u64, out: &mut [u8]) -> Result<(), ChannelError> {
+        self.mem.read(gpa, out)
+    }
+    fn write_mem(&self, gpa: u64, data: &[u8]) -> Result<(), ChannelError> {
+        self.mem.write(gpa, data)
+    }
+    fn gpadl(&self, handle: u32) -> Option<(u64, usize)> {
+        self.gpadls
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|g| g.0 == handle)
+            .map(|g| (g.1, g.2))
+    }
+    /// Raises the guest interrupt if the ring was empty and the guest has not masked it
+    /// (§5.2).
+    fn send_raw(&self, pkt: &[u8]) -> Result<(), ChannelError> {
+        let was_empty = self.to_guest.lock().unwrap().push(pkt)?;
+        if was_empty && !self.guest_masked.load(Ordering::Acquire) {
+            self.interrupts.fetch_add(1, Ordering::AcqRel);
+            self.irq_pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// The host end of a channel of the core sim ([`crate::Sim`]): real rings in guest memory,
+/// GPADLs as the sim recorded them.
+pub struct CoreHost<'s> {
+    sim: &'s crate::Sim,
+    relid: u32,
+}
+
+impl<'s> CoreHost<'s> {
+    /// The host end of channel `relid` (which must be open).
+    pub fn new(sim: &'s crate::Sim, relid: u32) -> Self {
+        CoreHost { sim, relid }
+    }
+    /// Runs `dev` on every packet the guest has written, then its tick. Returns how many
+    /// packets it handled.
+    pub fn pump(&self, dev: &mut dyn HostDevice) -> usize {
+        let Some(hc) = self.sim.host_channel(self.relid) else {
+            return 0;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while let Ok(Some(out)) = hc.from_guest.read(&mut buf) {
+            n += 1;
+            if let Some(pkt) = decode_host_packet(&buf[..out.len]) {
+                dev.on_packet(&mut HostIo::new(self), &pkt);
+            }
+        }
+        dev.on_tick(&mut HostIo::new(self));
+        n
+    }
+}
+
+impl HostBackend for CoreHost<'_> {
+    fn read_mem(&self, gpa: u64, out: &mut [u8]) -> Result<(), ChannelError> {
+        if self.sim.mem.read(gpa, out) {
+            Ok(())
+        } else {
+            Err(ChannelError::OutOfBounds {
+                offset: gpa as usize,
+                len: out.len(),
+            })
+        }
+    }
+    fn write_mem(&self, gpa: u64, data: &[u8]) -> Result<(), ChannelError> {
+        if self.sim.mem.write(gpa, data) {
+            Ok(())
+        } else {
+            Err(ChannelError::OutOfBounds {
+                offset: gpa as usize,
+                len: data.len(),
+            })
+        }
+    }
+    fn gpadl(&self, handle: u32) -> Option<(u64, usize)> {
+        let ranges = self.sim.gpadl_ranges(handle)?;
+        let [(count, offset, pfns)] = ranges.as_slice() else {
+            return None;
+        };
+        let contiguous = pfns.windows(2).all(|w| w[1] == w[0] + 1);
+        (contiguous && !pfns.is_empty()).then(|| {
+            (
+                pfns[0] * PAGE_SIZE as u64 + u64::from(*offset),
+                *count as usize,
+            )
+        })
+    }
+    fn send_raw(&self, pkt: &[u8]) -> Result<(), ChannelError> {
+        let hc = self
+            .sim
+            .host_channel(self.relid)
+            .ok_or(ChannelError::Closed)?;
+        match hc.to_guest.write(&[pkt]) {
+            Ok(_) => Ok(()),
+            Err(vmbus::ring::RingError::Full { .. }) => Err(ChannelError::Full),
+            Err(_) => Err(ChannelError::TooLarge(pkt.len())),
+        }
     }
 }
 
@@ -331,7 +445,7 @@ impl Link {
 
     /// Runs `f` with host access (e.g. to make the host send something unsolicited).
     pub fn inject<R>(&self, f: impl FnOnce(&mut HostIo<'_>) -> R) -> R {
-        f(&mut HostIo { link: &self.inner })
+        f(&mut HostIo::new(&*self.inner))
     }
 
     /// Interrupts raised to the guest so far.
@@ -396,11 +510,11 @@ fn run_host(inner: &LinkInner, tick: bool) {
             break;
         }
         if let Some(pkt) = decode_host_packet(&raw) {
-            dev.on_packet(&mut HostIo { link: inner }, &pkt);
+            dev.on_packet(&mut HostIo::new(inner), &pkt);
         }
     }
     if tick {
-        dev.on_tick(&mut HostIo { link: inner });
+        dev.on_tick(&mut HostIo::new(inner));
     }
 }
 

@@ -734,7 +734,9 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     /// Reads every inbound packet. Returns how many were handled.
     fn drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
         self.flush_pending()?;
-        let mut buf = [0u8; 512];
+        // Large enough for a transfer-page packet with hundreds of ranges (a host may batch
+        // up to NVSP_MAX_PACKETS_PER_RECEIVE = 375, OpenVMM protocol.rs).
+        let mut buf = [0u8; 4096];
         let mut n = 0;
         loop {
             let pkt = match self.chan.recv(&mut buf) {
@@ -748,17 +750,10 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             };
             n += 1;
             let (kind, tid, flags) = (pkt.kind, pkt.trans_id, pkt.flags);
-            let mut ext = [0u8; 256];
-            let mut payload = [0u8; 64];
-            let el = pkt.ext.len().min(ext.len());
-            ext[..el].copy_from_slice(&pkt.ext[..el]);
-            let pl = pkt.payload.len().min(payload.len());
-            payload[..pl].copy_from_slice(&pkt.payload[..pl]);
-            let ext_whole = el == pkt.ext.len();
             match kind {
-                PKT_COMP => self.on_completion(tid, &payload[..pl]),
+                PKT_COMP => self.on_completion(tid, pkt.payload),
                 PKT_DATA_USING_XFER_PAGES => {
-                    let ok = ext_whole && self.on_xfer_pages(rxq, &ext[..el], &payload[..pl]);
+                    let ok = self.on_xfer_pages(rxq, pkt.ext, pkt.payload);
                     if !ok {
                         self.stats.malformed += 1;
                     }
@@ -779,7 +774,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 PKT_DATA_INBAND => {
                     // NVSP messages the host sends unsolicited (VF association, indirection
                     // table): nothing to do for a single-queue synthetic-only guest.
-                    match Nvsp::parse(&payload[..pl]) {
+                    match Nvsp::parse(pkt.payload) {
                         Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
                         Err(_) => self.stats.malformed += 1,
                     }

@@ -8,6 +8,7 @@
 
 pub mod chan;
 pub mod console;
+pub mod core_channel;
 pub mod wire;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
