@@ -1,1 +1,346 @@
-//! aarch64 support (QEMU `virt` direct boot via the arm64 Image header, and UEFI): taken by the aarch64 engineer, work in progress.
+//! arm64: direct boot on QEMU `virt` (`boot.rs`, `direct.rs`) and UEFI (through
+//! `crate::uefi_entry`, with [`uefi_device_tree`]), PL011 console, generic-timer clock, PL031
+//! reference clock, EL1 exception vectors, PSCI, virtio-mmio NIC discovery, all located from
+//! the device tree (QEMU `virt`'s fixed addresses when there is none).
+//!
+//! Hyper-V arm64 describes the machine with ACPI, not a device tree: there the console is
+//! the Hyper-V synthetic one and the NIC is netvsc (`crate::hyperv`); this module's fallbacks
+//! then only matter for what QEMU `virt` has. (Not testable here.)
+
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod direct;
+pub mod exceptions;
+pub mod fdt;
+#[cfg(target_os = "none")]
+pub mod mmu;
+pub mod serial;
+pub mod timer;
+
+pub use exceptions::install as install_exceptions;
+
+use crate::sync::Once;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use fdt::{Facts, PsciMethod, Reg};
+
+/// QEMU `virt` memory map (QEMU `hw/arm/virt.c`, `base_memmap`): PL031 RTC, and 32
+/// virtio-mmio transports of 0x200 bytes from 0x0a00_0000. Used when there is no DTB.
+const VIRT_RTC: usize = 0x0901_0000;
+const VIRT_MMIO: u64 = 0x0a00_0000;
+const VIRT_MMIO_SIZE: u64 = 0x200;
+const VIRT_MMIO_COUNT: u64 = 32;
+
+/// What the device tree said (set once at boot).
+static FACTS: Once<Facts<'static>> = Once::new();
+static DT_ADDR: AtomicUsize = AtomicUsize::new(0);
+static RTC: AtomicUsize = AtomicUsize::new(VIRT_RTC);
+static PSCI_SMC: AtomicBool = AtomicBool::new(false);
+
+/// Reads the device tree at `addr` and applies what it says: console, reference clock, PSCI
+/// conduit (used later: virtio-mmio transports, memory). `None` if there is no valid DTB.
+///
+/// # Safety
+/// `addr` must be readable (8 bytes, and the whole blob if it has the FDT magic) and the blob
+/// must stay in place and unchanged.
+pub unsafe fn use_device_tree(addr: usize) -> Option<&'static Facts<'static>> {
+    // SAFETY: forwarded from the caller.
+    let dt = unsafe { fdt::Fdt::from_addr(addr) }.ok()?;
+    let f = dt.facts().ok()?;
+    if let Some(u) = f.pl011 {
+        serial::set_base(u.base as usize);
+    }
+    RTC.store(f.pl031.map_or(0, |r| r.base as usize), Ordering::Relaxed);
+    PSCI_SMC.store(f.psci == Some(PsciMethod::Smc), Ordering::Relaxed);
+    DT_ADDR.store(addr, Ordering::Relaxed);
+    FACTS.set(f);
+    FACTS.get()
+}
+
+/// UEFI: the device tree from the configuration table (EFI_DTB_TABLE_GUID
+/// b1b621d5-f19c-41a5-830b-d9152c69aae0, UEFI spec 2.10 section 4.6 / Linux
+/// `include/linux/efi.h` DEVICE_TREE_GUID), as QEMU's AAVMF installs it. Call before
+/// ExitBootServices. Firmware keeps the DTB in memory it does not reuse after that.
+/// Hyper-V arm64 firmware offers ACPI instead: then `None` and the `virt` fallbacks stay.
+#[cfg(target_os = "uefi")]
+pub fn uefi_device_tree() -> Option<usize> {
+    const DTB_GUID: uefi::Guid = uefi::guid!("b1b621d5-f19c-41a5-830b-d9152c69aae0");
+    let addr = uefi::system::with_config_table(|t| {
+        t.iter()
+            .find(|e| e.guid == DTB_GUID)
+            .map(|e| e.address as usize)
+    })?;
+    // SAFETY: the firmware's identity map covers the table it installed.
+    unsafe { use_device_tree(addr) }.map(|_| addr)
+}
+
+/// Logs what the device tree gave (once the logger is up).
+fn log_device_tree() {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if LOGGED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    match FACTS.get() {
+        Some(f) => log::info!(
+            "device tree at {:#x}: {} memory ranges, {} virtio-mmio slots, PL011 {:#x?}, PL031 {:#x?}, PSCI {:?}, ECAM {:#x?}",
+            DT_ADDR.load(Ordering::Relaxed),
+            f.memory.len(),
+            f.virtio_mmio.len(),
+            f.pl011.map(|r| r.base),
+            f.pl031.map(|r| r.base),
+            f.psci,
+            f.ecam.map(|r| r.base)
+        ),
+        None => log::warn!("no device tree: assuming QEMU virt's memory map"),
+    }
+}
+
+pub fn interrupts_off() {
+    // SAFETY: masks D, A, I, F.
+    unsafe { core::arch::asm!("msr daifset, #0xf", options(nomem, nostack)) };
+}
+
+/// The canary is fully polled: interrupts stay masked. For the arch contract.
+#[allow(dead_code)]
+pub fn interrupts_enabled() -> bool {
+    let daif: u64;
+    // SAFETY: reads DAIF.
+    unsafe { core::arch::asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack)) };
+    daif & (1 << 7) == 0
+}
+
+pub fn halt() -> ! {
+    interrupts_off();
+    loop {
+        // SAFETY: waits for an interrupt that never comes (masked).
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+    }
+}
+
+/// An SMCCC fast call (Arm DEN0028 "SMC Calling Convention") through the conduit the device
+/// tree's PSCI node names (HVC on QEMU `virt` without EL2; SMC with `virtualization=on`).
+/// Returns x0..x3.
+///
+/// Only call IDs the conduit is known to implement: on QEMU TCG without EL2 an HVC that is
+/// not a PSCI call is an undefined instruction.
+fn smccc(fid: u32, a1: u64) -> [u64; 4] {
+    let (r0, r1, r2, r3): (u64, u64, u64, u64);
+    // SAFETY: a firmware/hypervisor call; it does not touch our memory.
+    unsafe {
+        if PSCI_SMC.load(Ordering::Relaxed) {
+            core::arch::asm!("smc #0", inout("x0") fid as u64 => r0, inout("x1") a1 => r1, inout("x2") 0u64 => r2, inout("x3") 0u64 => r3, options(nomem, nostack))
+        } else {
+            core::arch::asm!("hvc #0", inout("x0") fid as u64 => r0, inout("x1") a1 => r1, inout("x2") 0u64 => r2, inout("x3") 0u64 => r3, options(nomem, nostack))
+        }
+    }
+    [r0, r1, r2, r3]
+}
+
+/// PSCI function IDs (Arm DEN0022 "Power State Coordination Interface", table 5.1).
+const PSCI_VERSION: u32 = 0x8400_0000;
+const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;
+const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
+const PSCI_FEATURES: u32 = 0x8400_000a;
+/// SMCCC_VERSION (DEN0028 7.2) and the vendor-specific hypervisor service Call UID query
+/// (DEN0028 6.2; Linux `include/linux/arm-smccc.h` ARM_SMCCC_VENDOR_HYP_CALL_UID_FUNC_ID).
+const SMCCC_VERSION: u32 = 0x8000_0000;
+const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
+/// Hyper-V's UID (Linux `arch/arm64/include/asm/mshyperv.h`,
+/// ARM_SMCCC_VENDOR_HYP_UID_HYPERV_REG_0..3) and KVM's (`include/linux/arm-smccc.h`,
+/// ARM_SMCCC_VENDOR_HYP_UID_KVM_REG_0..3).
+const UID_HYPERV: [u32; 4] = [0x4d32_ba58, 0xcd24_4764, 0x8eef_6c75, 0x1659_7024];
+const UID_KVM: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
+pub fn reset() -> ! {
+    interrupts_off();
+    smccc(PSCI_SYSTEM_RESET, 0);
+    halt()
+}
+
+pub fn poweroff() -> ! {
+    interrupts_off();
+    smccc(PSCI_SYSTEM_OFF, 0);
+    halt()
+}
+
+/// QEMU semihosting SYS_EXIT (0x18) with ADP_Stopped_ApplicationExit (0x20026) and status
+/// `2 * code + 1` (the statuses x86_64's isa-debug-exit gives). Arm "Semihosting for AArch32
+/// and AArch64" (DUI 0003), SYS_EXIT; the AArch64 trap is `hlt #0xf000`. Only called with
+/// `qemu_exit=1`: without `-semihosting` `hlt` is an undefined instruction (the fault path's
+/// depth limit then halts).
+pub fn qemu_exit(code: u8) {
+    let block: [u64; 2] = [0x20026, (code as u64) << 1 | 1];
+    // SAFETY: semihosting call; QEMU reads the block and ends the VM.
+    unsafe {
+        core::arch::asm!("hlt #0xf000", inout("x0") 0x18u64 => _, in("x1") block.as_ptr(), options(nostack))
+    };
+}
+
+/// The caller's frame pointer (x29). AAPCS64 frame records are `[x29] = caller's x29,
+/// [x29 + 8] = x30 (return address)`.
+#[inline(always)]
+pub fn frame_pointer() -> usize {
+    let fp: usize;
+    // SAFETY: reads x29.
+    unsafe { core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    fp
+}
+
+/// PSTATE as far as EL1 can read it, in SPSR layout: NZCV, DAIF, CurrentEL, SPSel.
+fn pstate() -> u64 {
+    let (nzcv, daif, el, spsel): (u64, u64, u64, u64);
+    // SAFETY: reads PSTATE fields.
+    unsafe {
+        core::arch::asm!(
+            "mrs {0}, nzcv", "mrs {1}, daif", "mrs {2}, CurrentEL", "mrs {3}, spsel",
+            out(reg) nzcv, out(reg) daif, out(reg) el, out(reg) spsel,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    nzcv | daif | el | (spsel & 1)
+}
+
+/// Snapshot at the call site in `capture::record::Registers` arm64 order: x0..x30, PSTATE
+/// (SPSR layout), ESR_EL1, FAR_EL1 (of the last exception, if any); pc, sp, fp.
+#[inline(always)]
+pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
+    let mut g = [0u64; 31];
+    // SAFETY: stores registers into a local array.
+    unsafe {
+        core::arch::asm!(
+            "stp x0, x1, [{p}, #0]", "stp x2, x3, [{p}, #16]", "stp x4, x5, [{p}, #32]",
+            "stp x6, x7, [{p}, #48]", "stp x8, x9, [{p}, #64]", "stp x10, x11, [{p}, #80]",
+            "stp x12, x13, [{p}, #96]", "stp x14, x15, [{p}, #112]", "stp x16, x17, [{p}, #128]",
+            "stp x18, x19, [{p}, #144]", "stp x20, x21, [{p}, #160]", "stp x22, x23, [{p}, #176]",
+            "stp x24, x25, [{p}, #192]", "stp x26, x27, [{p}, #208]", "stp x28, x29, [{p}, #224]",
+            "str x30, [{p}, #240]",
+            p = in(reg) g.as_mut_ptr(), options(nostack, preserves_flags)
+        );
+    }
+    let (esr, far, sp, pc): (u64, u64, u64, u64);
+    // SAFETY: reads system registers at EL1, SP and the PC.
+    unsafe {
+        core::arch::asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mrs {}, far_el1", out(reg) far, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("adr {}, .", out(reg) pc, options(nomem, nostack, preserves_flags));
+    }
+    out.gprs.clear();
+    for v in g.iter().chain([pstate(), esr, far].iter()) {
+        let _ = out.gprs.push(*v);
+    }
+    out.pc = pc;
+    out.sp = sp;
+    out.fp = g[29];
+}
+
+/// Makes sure an MMIO range is mapped as device memory (direct boot: our tables; UEFI: the
+/// firmware mapped its devices).
+pub fn map_mmio(base: u64, len: u64) {
+    #[cfg(target_os = "none")]
+    mmu::map(base, len, mmu::Kind::Device);
+    #[cfg(not(target_os = "none"))]
+    let _ = (base, len);
+}
+
+/// The virtio-mmio transports: from the device tree, or QEMU `virt`'s 32 slots. Sorted by
+/// address (QEMU lists them in the DTB from the top down).
+fn virtio_mmio_slots() -> heapless::Vec<Reg, 32> {
+    let mut v: heapless::Vec<Reg, 32> = match FACTS.get() {
+        Some(f) if !f.virtio_mmio.is_empty() => f.virtio_mmio.clone(),
+        _ => (0..VIRT_MMIO_COUNT)
+            .map(|i| Reg {
+                base: VIRT_MMIO + i * VIRT_MMIO_SIZE,
+                len: VIRT_MMIO_SIZE,
+            })
+            .collect(),
+    };
+    v.sort_unstable_by_key(|r| r.base);
+    v
+}
+
+/// The first virtio-net device on a virtio-mmio transport (QEMU `-device virtio-net-device`).
+pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'static>> {
+    use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+    use virtio_drivers::transport::{DeviceType, Transport};
+    log_device_tree();
+    for r in virtio_mmio_slots() {
+        // The header is 0x100 bytes; a slot smaller than that is not a virtio-mmio transport.
+        if r.len < 0x100 || r.base % 4 != 0 || r.base > usize::MAX as u64 {
+            continue;
+        }
+        map_mmio(r.base, r.len);
+        let Some(hdr) = core::ptr::NonNull::new(r.base as usize as *mut VirtIOHeader) else {
+            continue;
+        };
+        // SAFETY: the device tree (or QEMU virt's fixed map) says a virtio-mmio transport of
+        // `len` bytes is there, mapped as device memory just above; it lives forever.
+        match unsafe { MmioTransport::new(hdr, r.len as usize) } {
+            Ok(t) if t.device_type() == DeviceType::Network => {
+                log::info!("virtio-net at virtio-mmio {:#x} (version {:?})", r.base, t.version());
+                return Some(t.into());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The hypervisor's SMCCC identity: if the conduit speaks SMCCC >= 1.1 (asked through
+/// PSCI_FEATURES, which every PSCI >= 1.0 conduit answers), the vendor hypervisor Call UID.
+/// Without SMCCC 1.1 nothing else is asked (QEMU TCG's HVC handles PSCI calls only).
+pub fn hypervisor_info() -> capture::record::HypervisorInfo {
+    let mut hi = capture::record::HypervisorInfo::default();
+    let psci = smccc(PSCI_VERSION, 0)[0] as u32;
+    if psci >> 16 < 1 {
+        return hi; // PSCI 0.x: no PSCI_FEATURES
+    }
+    if (smccc(PSCI_FEATURES, SMCCC_VERSION as u64)[0] as i32) < 0 {
+        return hi;
+    }
+    let v = smccc(SMCCC_VERSION, 0)[0] as i32;
+    if v < 0x1_0001 {
+        return hi;
+    }
+    let r = smccc(VENDOR_HYP_CALL_UID, 0);
+    let uid = [r[0] as u32, r[1] as u32, r[2] as u32, r[3] as u32];
+    // SMCCC: an unknown function returns NOT_SUPPORTED (-1) in w0.
+    if r[0] as u32 == u32::MAX {
+        return hi;
+    }
+    hi.present = true;
+    let _ = hi.vendor.push_str(match uid {
+        UID_HYPERV => "Microsoft Hv",
+        UID_KVM => "KVMKVMKVM",
+        _ => "unknown (SMCCC UID)",
+    });
+    hi
+}
+
+/// Seconds from the PL031 RTC (RTCDR at offset 0, Arm PL031 TRM DDI 0224): the reference for
+/// the timer sanity check. None without an RTC.
+pub fn reference_seconds() -> Option<u32> {
+    let base = RTC.load(Ordering::Relaxed);
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: PL031 data register (from the device tree or QEMU virt), device memory.
+    let v = unsafe { core::ptr::read_volatile(base as *const u32) };
+    (v != 0).then_some(v)
+}
+
+/// Some entropy for the boot id: RNDR when the CPU has FEAT_RNG (ID_AA64ISAR0_EL1.RNDR,
+/// bits 63:60), mixed with the counter.
+pub fn entropy() -> u64 {
+    let isar0: u64;
+    // SAFETY: reads an ID register.
+    unsafe { core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags)) };
+    let mut e = timer::counter();
+    if isar0 >> 60 != 0 {
+        let v: u64;
+        // SAFETY: RNDR (s3_3_c2_c4_0) exists when ID_AA64ISAR0_EL1.RNDR != 0.
+        unsafe { core::arch::asm!("mrs {}, s3_3_c2_c4_0", out(reg) v, options(nomem, nostack)) };
+        e ^= v;
+    }
+    e ^ timer::counter().rotate_left(29)
+}

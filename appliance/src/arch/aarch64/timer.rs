@@ -1,0 +1,41 @@
+//! Time from the generic timer (Arm ARM D11): the virtual counter CNTVCT_EL0 at CNTFRQ_EL0 Hz.
+//! The virtual counter rather than CNTPCT_EL0: it is what EL1 guests are meant to read (KVM and
+//! Hyper-V may trap EL1 physical-counter reads; Linux's arm_arch_timer uses it in guests), and
+//! on QEMU `virt` without EL2 the two are equal (CNTVOFF = 0).
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static T0: AtomicU64 = AtomicU64::new(0);
+/// Microseconds per tick as 32.32 fixed point.
+static MULT: AtomicU64 = AtomicU64::new(0);
+static HZ: AtomicU64 = AtomicU64::new(0);
+
+/// CNTFRQ_EL0 when firmware left it 0 (QEMU's default for cores without a fixed frequency).
+const FALLBACK_HZ: u64 = 62_500_000;
+
+#[inline]
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reads the virtual counter; the isb keeps the read from being hoisted.
+    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+pub fn init() {
+    let hz: u64;
+    // SAFETY: reads the counter frequency.
+    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
+    let hz = if hz == 0 { FALLBACK_HZ } else { hz & 0xffff_ffff };
+    HZ.store(hz, Ordering::Relaxed);
+    MULT.store(((1_000_000u128 << 32) / hz as u128) as u64, Ordering::Relaxed);
+    T0.store(counter(), Ordering::Relaxed);
+}
+
+pub fn counter_hz() -> u64 {
+    HZ.load(Ordering::Relaxed)
+}
+
+/// Microseconds since `init`.
+pub fn now_us() -> u64 {
+    let d = counter().wrapping_sub(T0.load(Ordering::Relaxed));
+    ((d as u128 * MULT.load(Ordering::Relaxed) as u128) >> 32) as u64
+}
