@@ -82,6 +82,12 @@ fn efi_main() -> Status {
     let cmdline = core::str::from_utf8(&buf[..n]).unwrap_or("");
     let mut bi = BootInfo::new(BootMode::Uefi);
     bi.cmdline = cmdline;
+    // arm64: the device tree from the UEFI configuration table (console, RTC, PSCI conduit,
+    // virtio-mmio slots), read while boot services still run.
+    #[cfg(target_arch = "aarch64")]
+    {
+        bi.dtb = crate::arch::imp::uefi_device_tree();
+    }
     // SAFETY: after this no boot services are used; the memory map is ours.
     let mm = unsafe { boot::exit_boot_services(None) };
     for d in mm.entries() {
