@@ -1,69 +1,629 @@
-//! The appliance's Hyper-V interface: detection, hypercall page, SynIC, VMBus connection, and
-//! the Hyper-V steps of the panic path. Implemented on top of the `vmbus` crate by the Hyper-V
-//! work; until then this is the "no Hyper-V present" implementation: `init` returns `None`, so
-//! the panic path records `NotPresent` for every Hyper-V step.
+//! The appliance's Hyper-V interface: detection, hypercall page, SynIC, synthetic timer,
+//! VMBus connection, and the Hyper-V steps of the panic path, on top of the `vmbus` crate.
 //!
 //! Contract with the rest of the appliance:
 //! - `init` runs once at boot, after the console, timers and exceptions are up and before the
 //!   NIC is chosen (netvsc when Hyper-V offers one, else virtio-net).
 //! - The panic path reaches the `HyperV` through a static with a real try-lock
-//!   (`crate::platform::HYPERV`), never a blocking lock: the methods below must not block,
-//!   allocate or take locks that normal running may hold, and must honour their deadlines.
-#![allow(dead_code)]
+//!   (`crate::platform::HYPERV`), never a blocking lock: the methods below do not block,
+//!   allocate or take locks that normal running may hold, and honour their deadlines.
+//!
+//! Every step prints what it did and what it read back from the hypervisor on the console
+//! (`hv:`, `synic:`, `stimer0:`, `vmbus:`, `unload:`, `cleanup:`, `reconnect:`, `crash:`,
+//! `end:` lines): `appliance/tests/hyperv_nested.rs` checks them against a real host
+//! (docs/hyperv-real-host.md).
+//!
+//! x86_64 only for now: on aarch64 `init` returns `None` (the vmbus crate's arm64 path has
+//! been checked against its host model only, and no host here runs Hyper-V for arm64).
+// Until the arm64 path is wired up, everything below is reachable from x86_64 only.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use capture::panic::Outcome;
-use capture::record::CrashRecord;
+use capture::panic::{Outcome, SkipReason};
+use capture::record::{CrashKind, CrashRecord};
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU32, Ordering};
+use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
+use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
+use vmbus::regs::{StimerConfig, SynReg};
+use vmbus::stimer::{Stimer0, StimerMode};
+use vmbus::synic::{HVMSG_TIMER_EXPIRED, VMBUS_MESSAGE_SINT};
+use vmbus::time::ReferenceTime;
+use vmbus::{
+    Clock, ConnectOptions, Connection, Event, Guid, HvError, HvIdentity, Hypervisor,
+    InterruptControl, Synic, SynicMode, UnloadOutcome, UnloadSkip, Version,
+};
+
+#[cfg(target_arch = "x86_64")]
+mod lapic;
+mod pages;
+
+use pages::PAGES;
+
+/// The SynIC state of every CPU (the unload poll visits each enabled one).
+static SYNIC: Synic = Synic::new();
+/// Crash registers are written once per boot (the host accepts one notification).
+static CRASH: CrashReporter = CrashReporter::new();
+/// UNLOADs posted this boot, over all connections (for the console evidence).
+static UNLOADS_POSTED: AtomicU32 = AtomicU32::new(0);
+
+/// SINT2's vector. Linux uses `HYPERVISOR_CALLBACK_VECTOR` = 0xf3
+/// (`arch/x86/include/asm/irq_vectors.h`); the canary never takes it (interrupts stay off),
+/// but KVM only delivers timer messages to an unmasked SINT with a vector (see `lapic`).
+const SINT2_VECTOR: u8 = 0xf3;
+
+/// STIMER0 rate check at boot: periodic, 10 ms, up to 20 intervals or 0.5 s (100 ns units).
+const STIMER_CHECK_PERIOD: u64 = 100_000;
+const STIMER_CHECK_INTERVALS: u32 = 20;
+const STIMER_CHECK_LIMIT: u64 = 5_000_000;
+/// Afterwards STIMER0 keeps running, as Linux's clockevent does, every 100 ms.
+const STIMER_RUN_PERIOD: u64 = 1_000_000;
+
+/// How long to wait for each VMBus reply (100 ns units): 5 s.
+const REPLY_TIMEOUT: u64 = 50_000_000;
+
+/// Dynamic Memory (hv_balloon), `525074dc-8985-46e2-8057-a307dc18a502`: Linux
+/// `include/linux/hyperv.h` `HV_DM_GUID`; QEMU `hw/hyperv/hv-balloon.c`.
+const DYNAMIC_MEMORY: Guid = Guid::from_fields(
+    0x5250_74dc,
+    0x8985,
+    0x46e2,
+    [0x80, 0x57, 0xa3, 0x07, 0xdc, 0x18, 0xa5, 0x02],
+);
+
+/// P0 of canary's crash-register report: "CNRY" in the high half, the crash kind below.
+const CRASH_P0_MAGIC: u64 = 0x434e_5259 << 32;
+
+/// x86 has no per-CPU interrupts to disable at cleanup (arm64 would disable GIC PPIs here).
+struct NoPpis;
+impl InterruptControl for NoPpis {
+    fn disable_ppi(&mut self, _intid: u32) {}
+}
 
 /// The Hyper-V guest state of this partition.
 pub struct HyperV {
-    _private: (),
+    hv: &'static dyn Hypervisor,
+    id: HvIdentity,
+    clock: ReferenceTime<'static>,
+    os_id: u64,
+    /// The connection made at boot.
+    conn: Option<Connection<'static>>,
+    /// The panic path's reconnection (design step 5).
+    reconn: Option<Connection<'static>>,
+    timer_messages: u32,
 }
 
-/// Detects Hyper-V, sets up the hypercall page and SynIC, connects to VMBus.
-/// `None` when not running on Hyper-V (or when set-up failed: the reason is logged).
+/// A fixed-size line for the console (no heap on the panic path).
+type Line = heapless::String<256>;
+
+fn versions_newer_than(v: Version) -> Line {
+    let mut s = Line::new();
+    for n in vmbus::version::SUPPORTED.iter().filter(|n| **n > v) {
+        let _ = write!(s, "{}{n}", if s.is_empty() { "" } else { " " });
+    }
+    if s.is_empty() {
+        let _ = s.push_str("none");
+    }
+    s
+}
+
+fn class_name(g: &Guid) -> &'static str {
+    match *g {
+        vmbus::guid::NET => "netvsc",
+        vmbus::guid::SYNTHVID => "synthvid",
+        vmbus::guid::SHUTDOWN_IC => "shutdown ic",
+        vmbus::guid::HEARTBEAT_IC => "heartbeat ic",
+        DYNAMIC_MEMORY => "dynamic memory",
+        _ => "unknown",
+    }
+}
+
+/// A small number for `Outcome::Failed`: the hypervisor status where there is one.
+fn hv_code(e: HvError) -> u32 {
+    match e {
+        HvError::InvalidHypercallCode => 2,
+        HvError::InvalidHypercallInput => 3,
+        HvError::InvalidAlignment => 4,
+        HvError::InvalidParameter => 5,
+        HvError::AccessDenied => 6,
+        HvError::InsufficientMemory => 0xb,
+        HvError::InvalidPortId => 0x11,
+        HvError::InvalidConnectionId => 0x12,
+        HvError::InsufficientBuffers => 0x13,
+        HvError::Other(s) => s as u32,
+        HvError::HypercallsDisabled => 0x101,
+        HvError::NoSuchRegister => 0x102,
+        HvError::OutOfPages => 0x103,
+        HvError::VpIndexTooLarge(_) => 0x104,
+        HvError::SmcccNotSupported(_) => 0x105,
+    }
+}
+
+/// Detects Hyper-V, sets up the hypercall page and SynIC, checks STIMER0, connects to VMBus.
+/// `None` when not running on Hyper-V (or when hypercalls could not be enabled).
 pub fn init(_cfg: &crate::config::Config) -> Option<HyperV> {
-    None
+    #[cfg(target_arch = "x86_64")]
+    {
+        init_x86_64()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        log::info!("hv: Hyper-V support is wired up for x86_64 only; not probing");
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn init_x86_64() -> Option<HyperV> {
+    let native = vmbus::arch::x86_64::native();
+    let hv: &'static dyn Hypervisor = native;
+    let Some(id) = vmbus::detect(hv) else {
+        log::info!("hv: not detected (no \"Microsoft Hv\" hypervisor CPUID leaves)");
+        return None;
+    };
+    log::info!(
+        "hv: detected vendor=\"{}\" build={} version={}.{} privileges={:#x} features={:#x} hints={:#x} crash_msrs={} stimer_direct={}",
+        core::str::from_utf8(&id.vendor).unwrap_or("?"),
+        id.build,
+        id.version_major(),
+        id.version_minor(),
+        id.privileges.0,
+        id.features,
+        id.recommendations,
+        if id.crash_msrs() { "yes" } else { "no" },
+        if id.stimer_direct_mode() { "yes" } else { "no" },
+    );
+
+    // Guest OS id first, then the hypercall page (ref §3.2); the vmbus crate does both.
+    let os_id = vmbus::GuestOsId::canary(
+        env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0),
+        env!("CARGO_PKG_VERSION_MINOR").parse().unwrap_or(0),
+        env!("CARGO_PKG_VERSION_PATCH").parse().unwrap_or(0),
+    );
+    if let Err(e) = hv.enable_hypercalls(&PAGES, os_id) {
+        log::error!("hv: enabling hypercalls failed: {e}");
+        return None;
+    }
+    log::info!(
+        "hv: guest os id {:#x} written, readback={:#x}",
+        os_id.0,
+        hv.read_reg(SynReg::GuestOsId).unwrap_or(0)
+    );
+    let page = native.hypercall_page();
+    let mut code = [0u8; 4];
+    for (i, b) in code.iter_mut().enumerate() {
+        // SAFETY: `page` is the enabled hypercall page: one of our pages (identity-mapped) that
+        // the hypervisor filled in; reading it has no side effects.
+        *b = unsafe { core::ptr::read_volatile(page.add(i)) };
+    }
+    log::info!(
+        "hv: hypercall page at {:#x} msr={:#x} code={:02x}{:02x}{:02x}{:02x}",
+        page as u64,
+        hv.read_reg(SynReg::Hypercall).unwrap_or(0),
+        code[0],
+        code[1],
+        code[2],
+        code[3]
+    );
+
+    let clock = ReferenceTime::new(hv, &PAGES, &id);
+    log::info!(
+        "hv: reference time from {}",
+        if clock.uses_tsc_page() {
+            "the TSC page"
+        } else {
+            "TIME_REF_COUNT"
+        }
+    );
+
+    let mut h = HyperV {
+        hv,
+        id,
+        clock,
+        os_id: os_id.0,
+        conn: None,
+        reconn: None,
+        timer_messages: 0,
+    };
+
+    // SynIC. SINT2 gets a vector when the local APIC can take it (KVM needs that for timer
+    // messages, see `lapic`); interrupts stay off either way and everything is polled.
+    let mode = match lapic::software_enable(native.instructions()) {
+        Some(a) => {
+            log::info!(
+                "hv: local APIC ({}) SVR {:#x} -> {:#x}; SINT2 vector {:#x}, never taken (interrupts stay off)",
+                if a.x2apic { "x2APIC" } else { "xAPIC" },
+                a.svr_before,
+                a.svr_after,
+                SINT2_VECTOR
+            );
+            SynicMode::Interrupt {
+                vector: SINT2_VECTOR,
+            }
+        }
+        None => SynicMode::Polling,
+    };
+    let vp = match SYNIC.enable_cpu(hv, &PAGES, mode) {
+        Ok(vp) => vp,
+        Err(e) => {
+            log::error!("synic: enabling failed: {e}; no VMBus");
+            return Some(h);
+        }
+    };
+    h.log_registers("synic: enabled", vp);
+
+    if matches!(mode, SynicMode::Interrupt { .. })
+        && h.id.privileges.has(vmbus::Privileges::SYNTIMER)
+    {
+        h.check_stimer0(vp);
+    }
+
+    let opts = ConnectOptions {
+        versions: vmbus::version::SUPPORTED,
+        target_vp: None,
+        reply_timeout: REPLY_TIMEOUT,
+    };
+    match Connection::connect(hv, &h.clock, &PAGES, &SYNIC, &opts) {
+        Ok(mut c) => {
+            log::info!(
+                "vmbus: version {} (refused {}); message connection id {}",
+                c.version(),
+                versions_newer_than(c.version()),
+                c.message_connection_id()
+            );
+            match c.request_offers(hv, &h.clock) {
+                Ok(offers) => {
+                    log::info!("vmbus: offers {}", offers.len());
+                    for o in offers {
+                        log::info!(
+                            "vmbus: offer relid {} class {} ({}) instance {}: not used by this build",
+                            o.child_relid,
+                            o.if_type,
+                            class_name(&o.if_type),
+                            o.if_instance
+                        );
+                    }
+                }
+                Err(e) => log::error!("vmbus: error: requesting offers failed: {e}"),
+            }
+            h.timer_messages = c.timer_messages();
+            h.conn = Some(c);
+        }
+        Err(e) => log::error!("vmbus: error: connecting failed: {e}"),
+    }
+    log::info!(
+        "hv: ready ({} pages left in the Hyper-V pool)",
+        pages::left()
+    );
+    Some(h)
 }
 
 impl HyperV {
+    /// SynIC and STIMER0 registers of the calling CPU, read back from the hypervisor.
+    fn log_registers(&self, what: &str, vp: u32) {
+        let r = |reg| self.hv.read_reg(reg).unwrap_or(u64::MAX);
+        log::info!(
+            "{what} vp={vp} SCONTROL={:#x} SIMP={:#x} SIEFP={:#x} SINT2={:#x} STIMER0_CONFIG={:#x} STIMER0_COUNT={:#x}",
+            r(SynReg::Scontrol),
+            r(SynReg::Simp),
+            r(SynReg::Siefp),
+            r(SynReg::Sint(VMBUS_MESSAGE_SINT)),
+            r(SynReg::StimerConfig(0)),
+            r(SynReg::StimerCount(0)),
+        );
+    }
+
+    fn vp(&self) -> u32 {
+        self.hv.read_reg(SynReg::VpIndex).unwrap_or(0) as u32
+    }
+
+    /// Runs STIMER0 periodically in message mode on SINT2 and counts the expiry messages
+    /// against the reference clock, then leaves it running at a slower period.
+    fn check_stimer0(&mut self, vp: u32) {
+        let config: StimerConfig = Stimer0::config_value(StimerMode::Message {
+            sint: VMBUS_MESSAGE_SINT,
+        })
+        .with_periodic(true);
+        // CONFIG first, then COUNT: with auto_enable the COUNT write starts it (ref §3.4);
+        // in periodic mode COUNT is the period.
+        let armed = self
+            .hv
+            .write_reg(SynReg::StimerConfig(0), config.0)
+            .and_then(|_| Stimer0::arm(self.hv, STIMER_CHECK_PERIOD));
+        if let Err(e) = armed {
+            log::error!("stimer0: error: arming failed: {e}");
+            return;
+        }
+        let start = self.clock.now();
+        let (mut first, mut last, mut seen, mut other) = (0u64, 0u64, 0u32, 0u32);
+        while seen <= STIMER_CHECK_INTERVALS && self.clock.now() - start < STIMER_CHECK_LIMIT {
+            let Some(m) = SYNIC.read_message(vp, VMBUS_MESSAGE_SINT) else {
+                self.clock.relax();
+                continue;
+            };
+            let ty = m.header.message_type;
+            if ty == HVMSG_TIMER_EXPIRED {
+                let t = self.clock.now();
+                if seen == 0 {
+                    first = t;
+                }
+                last = t;
+                seen += 1;
+            } else {
+                other += 1;
+            }
+            let _ = SYNIC.eom(self.hv, vp, VMBUS_MESSAGE_SINT, ty);
+        }
+        log::info!(
+            "stimer0: ticks={} period_us={} elapsed_us={} mode=message sint={} other_messages={}",
+            seen.saturating_sub(1),
+            STIMER_CHECK_PERIOD / 10,
+            (last - first) / 10,
+            VMBUS_MESSAGE_SINT,
+            other
+        );
+        match Stimer0::arm(self.hv, STIMER_RUN_PERIOD) {
+            Ok(()) => log::info!(
+                "stimer0: left running every {} ms (the panic path stops it)",
+                STIMER_RUN_PERIOD / 10_000
+            ),
+            Err(e) => log::error!("stimer0: error: re-arming failed: {e}"),
+        }
+    }
+
     /// The negotiated VMBus protocol version, if connected.
     pub fn vmbus_version(&self) -> Option<(u16, u16)> {
-        None
+        self.conn
+            .as_ref()
+            .map(|c| (c.version().major(), c.version().minor()))
     }
 
     /// Hypervisor identity into the record.
-    pub fn describe(&self, _rec: &mut CrashRecord) {}
+    pub fn describe(&self, rec: &mut CrashRecord) {
+        let h = &mut rec.hypervisor;
+        h.present = true;
+        h.vendor.clear();
+        let _ = h
+            .vendor
+            .push_str(core::str::from_utf8(&self.id.vendor).unwrap_or("?"));
+        h.version = [self.id.build, self.id.version, 0, 0];
+        h.privileges = self.id.privileges.0;
+    }
 
-    /// Periodic health check (VMBus channels, SynIC); `Err` says what failed.
+    /// Periodic health check: drain VMBus messages (timer expiries, rescinds) and make sure
+    /// the connection is still up. `Err` says what failed.
     pub fn self_check(&mut self) -> Result<(), &'static str> {
+        let Some(c) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        for _ in 0..16 {
+            match c.poll(self.hv, &self.clock) {
+                None => break,
+                Some(Event::Rescinded(relid)) => log::warn!("vmbus: relid {relid} rescinded"),
+                Some(Event::Malformed(e)) => log::warn!("vmbus: malformed host message: {e}"),
+                Some(_) => {}
+            }
+        }
+        self.timer_messages = c.timer_messages();
+        if !c.is_connected() {
+            return Err("vmbus: the connection is no longer up");
+        }
         Ok(())
     }
 
-    /// Panic step 2: the synthvid DIRT, on try-lock.
+    /// Panic step 2: the synthvid DIRT, on try-lock. This build does not open synthvid.
     pub fn flush_screen(&mut self) -> Outcome {
-        Outcome::NotPresent
+        let offered = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.find_offer(&vmbus::guid::SYNTHVID).is_some());
+        if offered {
+            log::info!("panic-hv: screen-flush: synthvid offered but not opened by this build");
+            Outcome::Skipped(SkipReason::Disabled)
+        } else {
+            log::info!("panic-hv: screen-flush: no synthvid offer");
+            Outcome::NotPresent
+        }
+    }
+
+    fn report_unload(which: u32, o: UnloadOutcome) -> Outcome {
+        match o {
+            UnloadOutcome::Done {
+                responder_vp,
+                waited,
+            } => {
+                let n = UNLOADS_POSTED.fetch_add(1, Ordering::Relaxed) + 1;
+                log::info!("unload: posted (connection {which}; {n} this boot)");
+                log::info!(
+                    "unload: response after {} us in vp {responder_vp}'s slot; slots cleared",
+                    waited / 10
+                );
+                Outcome::Done
+            }
+            UnloadOutcome::TimedOut { waited } => {
+                let n = UNLOADS_POSTED.fetch_add(1, Ordering::Relaxed) + 1;
+                log::info!("unload: posted (connection {which}; {n} this boot)");
+                log::warn!(
+                    "unload: no response after {} us; slots cleared anyway",
+                    waited / 10
+                );
+                Outcome::TimedOut
+            }
+            UnloadOutcome::Skipped(UnloadSkip::AlreadyUnloaded) => {
+                log::info!("unload: skipped: connection {which} was already unloaded");
+                Outcome::Skipped(SkipReason::AlreadyDone)
+            }
+            UnloadOutcome::Skipped(UnloadSkip::VersionTooOld(v)) => {
+                log::info!("unload: skipped: VMBus {v} is older than 3.0");
+                Outcome::Skipped(SkipReason::VersionTooOld)
+            }
+            UnloadOutcome::Failed(e) => {
+                log::error!("unload: posting UNLOAD failed: {e}");
+                Outcome::Failed(hv_code(e))
+            }
+        }
+    }
+
+    /// `deadline_us` (the appliance's microsecond clock) as a reference-time deadline.
+    fn ref_deadline(&self, deadline_us: u64) -> u64 {
+        let left_us = deadline_us.saturating_sub(crate::arch::now_us());
+        self.clock.now().saturating_add(left_us.saturating_mul(10))
     }
 
     /// Panic step 3: UNLOAD once per connection, bounded by `deadline_us`.
-    pub fn unload_once(&mut self, _deadline_us: u64) -> Outcome {
-        Outcome::NotPresent
+    pub fn unload_once(&mut self, deadline_us: u64) -> Outcome {
+        let deadline = self.ref_deadline(deadline_us);
+        match self.conn.as_ref() {
+            None => Outcome::NotPresent,
+            Some(c) => Self::report_unload(1, c.unload(self.hv, &self.clock, deadline)),
+        }
     }
 
-    /// Panic step 4: stimer/SynIC cleanup (both arches).
+    fn cleanup(&mut self, what: &str) -> Outcome {
+        let r = cleanup_cpu(self.hv, &SYNIC, &mut NoPpis, &CleanupConfig::default());
+        let vp = self.vp();
+        let mut label = Line::new();
+        let _ = write!(label, "{what}: readback");
+        self.log_registers(&label, vp);
+        match (r.stimer, r.synic) {
+            (None, None) => Outcome::Done,
+            (Some(e), _) | (None, Some(e)) => {
+                log::error!("{what}: failed: {e}");
+                Outcome::Failed(hv_code(e))
+            }
+        }
+    }
+
+    /// Panic step 4: STIMER0 stopped, SINT2 masked, SIMP/SIEFP off, SCONTROL = 0.
     pub fn arch_cleanup(&mut self) -> Outcome {
-        Outcome::NotPresent
+        self.cleanup("cleanup")
     }
 
-    /// Panic step 5 (first half): reconnect in polling mode and open the NIC channel.
+    /// Panic step 5 (first half): reconnect from scratch in polling mode (design step 5). No
+    /// NIC of this build runs over VMBus yet, so the new connection is unloaded and cleaned up
+    /// again right away, leaving the hypervisor state clean for what follows.
     pub fn reconnect_for_ship(&mut self) -> Outcome {
-        Outcome::NotPresent
+        let vp = match SYNIC.enable_cpu(self.hv, &PAGES, SynicMode::Polling) {
+            Ok(vp) => vp,
+            Err(e) => {
+                log::error!("reconnect: enabling SynIC failed: {e}");
+                return Outcome::Failed(hv_code(e));
+            }
+        };
+        let opts = ConnectOptions {
+            versions: vmbus::version::SUPPORTED,
+            target_vp: Some(vp),
+            reply_timeout: REPLY_TIMEOUT,
+        };
+        let mut c = match Connection::connect(self.hv, &self.clock, &PAGES, &SYNIC, &opts) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reconnect: error: {e}");
+                let _ = self.cleanup("cleanup-after-reconnect");
+                return Outcome::Failed(0x200);
+            }
+        };
+        log::info!(
+            "reconnect: version {} (refused {})",
+            c.version(),
+            versions_newer_than(c.version())
+        );
+        match c.request_offers(self.hv, &self.clock) {
+            Ok(offers) => {
+                let nic = offers.iter().any(|o| o.if_type == vmbus::guid::NET);
+                log::info!(
+                    "reconnect: offers {}; netvsc {}",
+                    offers.len(),
+                    if nic {
+                        "offered, but this build does not ship over netvsc yet"
+                    } else {
+                        "not offered"
+                    }
+                );
+            }
+            Err(e) => log::error!("reconnect: error: requesting offers failed: {e}"),
+        }
+        let deadline = self.ref_deadline(
+            crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
+        );
+        let o = Self::report_unload(2, c.unload(self.hv, &self.clock, deadline));
+        self.reconn = Some(c);
+        let cl = self.cleanup("cleanup-after-reconnect");
+        match (o, cl) {
+            (Outcome::Done, Outcome::Done) => Outcome::Done,
+            (Outcome::Done, other) => other,
+            (other, _) => other,
+        }
     }
 
-    /// Panic step 6: crash registers P0-P4 then CRASH_CTL, once.
-    pub fn write_crash_registers(&mut self, _rec: &CrashRecord) -> Outcome {
-        Outcome::NotPresent
+    /// Panic step 6: crash registers P0-P4 then CRASH_CTL, once per boot.
+    ///
+    /// P0 = "CNRY" << 32 | kind (1 panic, 2 | vector << 8 fault, 3 self-check, 4 drill,
+    /// 0x80 | code other), P1 = guest OS id (as Linux), P2 = pc, P3 = the boot id's first 8
+    /// bytes (little-endian; ties the host's event to the collector's record), P4 = uptime in
+    /// microseconds.
+    pub fn write_crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
+        if !self.id.crash_msrs() {
+            log::info!("crash: the hypervisor offers no crash MSRs (CPUID 0x40000003 EDX bit 10)");
+            return Outcome::NotPresent;
+        }
+        let kind = match rec.kind {
+            CrashKind::Panic => 1,
+            CrashKind::Fault { vector, .. } => 2 | (vector & 0xff) << 8,
+            CrashKind::SelfCheck => 3,
+            CrashKind::Drill => 4,
+            CrashKind::Other { code, .. } => 0x80 | (code as u64 & 0x7f),
+        };
+        let mut boot = [0u8; 8];
+        boot.copy_from_slice(&rec.boot_id[..8]);
+        let p = [
+            CRASH_P0_MAGIC | kind,
+            self.os_id,
+            rec.registers.pc,
+            u64::from_le_bytes(boot),
+            rec.uptime_us,
+        ];
+        log::info!(
+            "crash: P0..P4 P0={:#x} P1={:#x} P2={:#x} P3={:#x} P4={:#x}; then CRASH_CTL",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4]
+        );
+        match CRASH.report(self.hv, CrashReport::Registers(p)) {
+            CrashOutcome::Reported { ctl, .. } => {
+                log::info!("crash: CRASH_CTL={ctl:#x} written; the host has the report");
+                Outcome::Done
+            }
+            CrashOutcome::AlreadyReported => {
+                log::info!("crash: already reported this boot");
+                Outcome::Skipped(SkipReason::AlreadyDone)
+            }
+            CrashOutcome::Failed(e) => {
+                log::error!("crash: writing the crash registers failed: {e}");
+                Outcome::Failed(hv_code(e))
+            }
+        }
     }
 
-    /// Panic step 7: hypercall page off, guest OS id 0.
-    pub fn end(&mut self) {}
+    /// Panic step 7: any connection still up is unloaded and cleaned up, then the TSC page and
+    /// the hypercall page are turned off and the guest OS id cleared (Linux `hyperv_cleanup`).
+    pub fn end(&mut self) {
+        if self.reconn.as_ref().is_some_and(|c| c.is_connected()) {
+            let deadline = self.clock.now().saturating_add(REPLY_TIMEOUT);
+            if let Some(c) = self.reconn.as_ref() {
+                let _ = Self::report_unload(2, c.unload(self.hv, &self.clock, deadline));
+            }
+            let _ = self.cleanup("cleanup-at-end");
+        }
+        self.clock.disable();
+        if let Err(e) = self.hv.disable_hypercalls() {
+            log::error!("end: disabling hypercalls failed: {e}");
+        }
+        log::info!(
+            "end: readback HYPERCALL={:#x} GUEST_OS_ID={:#x}",
+            self.hv.read_reg(SynReg::Hypercall).unwrap_or(u64::MAX),
+            self.hv.read_reg(SynReg::GuestOsId).unwrap_or(u64::MAX)
+        );
+    }
 }
