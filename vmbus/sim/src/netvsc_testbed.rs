@@ -67,7 +67,8 @@ impl Testbed {
 
     /// Runs the bring-up with a generous poll budget.
     pub fn bring_up(&mut self) -> Result<(), NetvscError> {
-        self.nic.bring_up(&mut SpinBudget(10_000))
+        let mut gpadls = self.link.gpadls();
+        self.nic.bring_up(&mut gpadls, &mut SpinBudget(10_000))
     }
 
     /// Lets the host work and delivers its interrupt to the guest (what the appliance's ISR

@@ -448,6 +448,18 @@ impl Link {
         f(&mut HostIo::new(&*self.inner))
     }
 
+    /// Creates GPADLs on this link (what the guest's VMBus connection would do).
+    pub fn gpadls(&self) -> impl FnMut(u64, usize) -> Result<u32, ChannelError> + '_ {
+        move |gpa, len| {
+            if !gpa.is_multiple_of(PAGE_SIZE as u64) || len == 0 {
+                return Err(ChannelError::Gpadl(0xC000_000D));
+            }
+            let h = self.inner.next_gpadl.fetch_add(1, Ordering::AcqRel) as u32;
+            self.inner.gpadls.lock().unwrap().push((h, gpa, len));
+            Ok(h)
+        }
+    }
+
     /// Interrupts raised to the guest so far.
     pub fn interrupts(&self) -> u64 {
         self.inner.interrupts.load(Ordering::Acquire)
@@ -642,14 +654,5 @@ impl DeviceChannel for SimChannel {
 
     fn set_interrupt_mask(&self, masked: bool) {
         self.inner.guest_masked.store(masked, Ordering::Release);
-    }
-
-    fn establish_gpadl(&self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
-        if !gpa.is_multiple_of(PAGE_SIZE as u64) || len == 0 {
-            return Err(ChannelError::Gpadl(0xC000_000D));
-        }
-        let h = self.inner.next_gpadl.fetch_add(1, Ordering::AcqRel) as u32;
-        self.inner.gpadls.lock().unwrap().push((h, gpa, len));
-        Ok(h)
     }
 }

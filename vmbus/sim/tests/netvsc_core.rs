@@ -63,14 +63,14 @@ fn netvsc_brings_up_and_carries_udp_over_the_core_channel() {
             send: Some(region(16)),
             tx: region(2),
         };
-        let gpadls = ConnectionGpadls::new(&mut conn, hv, &g.clock, relid);
-        let mut nic = Box::new(Netvsc::new(CoreChannel::new(&ch, hv, &gpadls), bufs));
+        let mut nic = Box::new(Netvsc::new(CoreChannel::new(&ch, hv), bufs));
         let ep = QueueEndpoint::new();
         let host = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
         let end = CoreHost::new(&s, relid);
         let mut hdev = host.clone();
         let mut polls = 0;
-        nic.bring_up(&mut || {
+        let mut gpadls = ConnectionGpadls::new(&mut conn, hv, &g.clock, relid);
+        nic.bring_up(&mut gpadls, &mut || {
             end.pump(&mut hdev);
             polls += 1;
             polls > 10_000

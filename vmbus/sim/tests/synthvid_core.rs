@@ -6,7 +6,7 @@
 use vmbus::guid::{Guid, NET, SYNTHVID};
 use vmbus::synthvid::chan::{DmaMemory, PhysRegion};
 use vmbus::synthvid::console;
-use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
+use vmbus::synthvid::core_channel::CoreChannel;
 use vmbus::synthvid::wire;
 use vmbus::synthvid::{FlushOutcome, Mode, Rect, Synthvid, VramSource};
 use vmbus::{ConnectOptions, Connection, OpenOptions, PageAlloc, SynicMode};
@@ -63,8 +63,7 @@ fn synthvid_runs_over_the_core_channel_on_both_arches() {
         // region for the rest of the test; `gpa()` is their guest physical address.
         let vram = unsafe { PhysRegion::new(pages.va(), pages.len(), pages.gpa()) };
 
-        let gpadls = ConnectionGpadls::new(&mut conn, hv, &g.clock, relid);
-        let mut dev = Synthvid::new(CoreChannel::new(&ch, hv, &gpadls));
+        let mut dev = Synthvid::new(CoreChannel::new(&ch, hv));
         let host = SynthvidHost::without_memory(SynthvidHostConfig::default());
         let end = CoreHost::new(&s, relid);
         let mut hdev = host.clone();

@@ -18,8 +18,8 @@ pub mod rndis;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use crate::synthvid::chan::{
-    ChannelError, Deadline, DeviceChannel, DmaMemory, InPacket, OutPacket, PageBuffer, SpinBudget,
-    PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
+    ChannelError, Deadline, DeviceChannel, DmaMemory, GpadlMaker, InPacket, OutPacket, PageBuffer,
+    SpinBudget, PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
 };
 use nvsp::{Nvsp, NvspError, Section};
 use rndis::{Rndis, RndisError};
@@ -245,10 +245,15 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
         }
     }
 
-    /// Runs the whole bring-up. On success the device is in interrupt mode.
-    pub fn bring_up(&mut self, deadline: &mut dyn Deadline) -> Result<(), NetvscError> {
+    /// Runs the whole bring-up, creating the buffer GPADLs through `gpadls`. On success the
+    /// device is in interrupt mode.
+    pub fn bring_up(
+        &mut self,
+        gpadls: &mut dyn GpadlMaker,
+        deadline: &mut dyn Deadline,
+    ) -> Result<(), NetvscError> {
         let rxq = &mut self.rxq;
-        self.core.bring_up(rxq, deadline)
+        self.core.bring_up(rxq, gpadls, deadline)
     }
 
     /// The channel.
@@ -382,6 +387,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     fn bring_up(
         &mut self,
         rxq: &mut RxQueue,
+        gpadls: &mut dyn GpadlMaker,
         deadline: &mut dyn Deadline,
     ) -> Result<(), NetvscError> {
         let b = &self.bufs;
@@ -440,9 +446,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         )?;
 
         // 4. Receive buffer (netvsc.c netvsc_init_buf): GPADL, SEND_RECV_BUF id 0xCAFE.
-        let gpadl = self
-            .chan
-            .establish_gpadl(self.bufs.recv.gpa(), self.bufs.recv.len())?;
+        let gpadl = gpadls.create(self.bufs.recv.gpa(), self.bufs.recv.len())?;
         let tid = self.send_nvsp(
             &Nvsp::SendRecvBuf {
                 gpadl,
@@ -479,7 +483,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         // 5. Send buffer, if we have one (netvsc.c: SEND_SEND_BUF id 0, section size back).
         if let Some(send) = &self.bufs.send {
             let (gpa, len) = (send.gpa(), send.len());
-            let gpadl = self.chan.establish_gpadl(gpa, len)?;
+            let gpadl = gpadls.create(gpa, len)?;
             let tid = self.send_nvsp(
                 &Nvsp::SendSendBuf {
                     gpadl,

@@ -168,9 +168,20 @@ pub trait DeviceChannel {
     fn signal(&self);
     /// Masks (polling mode) or unmasks (interrupt mode) the inbound ring's interrupt.
     fn set_interrupt_mask(&self, masked: bool);
-    /// Creates a GPADL over `len` bytes of physically contiguous guest memory at `gpa`
-    /// (page aligned) and returns its handle.
-    fn establish_gpadl(&self, gpa: u64, len: usize) -> Result<u32, ChannelError>;
+}
+
+/// Creates GPADLs (netvsc's receive and send buffers). Only needed during bring-up, so the
+/// caller lends its VMBus connection for that long and no longer.
+pub trait GpadlMaker {
+    /// A GPADL over `len` bytes of physically contiguous guest memory at page-aligned `gpa`;
+    /// returns its handle.
+    fn create(&mut self, gpa: u64, len: usize) -> Result<u32, ChannelError>;
+}
+
+impl<F: FnMut(u64, usize) -> Result<u32, ChannelError>> GpadlMaker for F {
+    fn create(&mut self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
+        self(gpa, len)
+    }
 }
 
 impl<T: DeviceChannel + ?Sized> DeviceChannel for &T {
@@ -188,9 +199,6 @@ impl<T: DeviceChannel + ?Sized> DeviceChannel for &T {
     }
     fn set_interrupt_mask(&self, masked: bool) {
         (**self).set_interrupt_mask(masked)
-    }
-    fn establish_gpadl(&self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
-        (**self).establish_gpadl(gpa, len)
     }
 }
 

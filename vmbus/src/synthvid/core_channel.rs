@@ -3,25 +3,18 @@
 //!
 //! `send` takes the outbound lock with the core's compare-and-swap `try_lock_outbound`,
 //! retrying until it is free; `try_send` tries once and reports `Busy` (the panic path,
-//! `reference/hyperv-guest.md` §2.3). GPADLs go through [`GpadlMaker`], which the caller
-//! implements over its `Connection` (one is provided: [`ConnectionGpadls`]).
+//! `reference/hyperv-guest.md` §2.3). GPADLs for netvsc's bring-up come from
+//! [`ConnectionGpadls`], which borrows the `Connection` only for that long.
 
-use core::cell::RefCell;
-
+pub use super::chan::GpadlMaker;
 use super::chan::{ChannelError, DeviceChannel, InPacket, OutPacket, PAGE_SIZE};
 use crate::channel::ChannelError as CoreError;
 use crate::ring::{GpaRange, OutgoingPacket, Pfns, RingError};
 use crate::{Channel, Clock, Connection, Hypervisor};
 
-/// Creates GPADLs for a channel.
-pub trait GpadlMaker {
-    /// A GPADL over `len` bytes of contiguous guest memory at page-aligned `gpa`.
-    fn create(&self, gpa: u64, len: usize) -> Result<u32, ChannelError>;
-}
-
 /// [`GpadlMaker`] over a [`Connection`] for one channel (`relid`).
 pub struct ConnectionGpadls<'c, 's> {
-    conn: RefCell<&'c mut Connection<'s>>,
+    conn: &'c mut Connection<'s>,
     hv: &'c dyn Hypervisor,
     clock: &'c dyn Clock,
     relid: u32,
@@ -36,7 +29,7 @@ impl<'c, 's> ConnectionGpadls<'c, 's> {
         relid: u32,
     ) -> Self {
         ConnectionGpadls {
-            conn: RefCell::new(conn),
+            conn,
             hv,
             clock,
             relid,
@@ -45,7 +38,7 @@ impl<'c, 's> ConnectionGpadls<'c, 's> {
 }
 
 impl GpadlMaker for ConnectionGpadls<'_, '_> {
-    fn create(&self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
+    fn create(&mut self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
         if !gpa.is_multiple_of(PAGE_SIZE as u64) || len == 0 || len > u32::MAX as usize {
             return Err(ChannelError::Gpadl(0));
         }
@@ -57,11 +50,8 @@ impl GpadlMaker for ConnectionGpadls<'_, '_> {
                 count: len.div_ceil(PAGE_SIZE),
             },
         }];
-        let mut conn = self
-            .conn
-            .try_borrow_mut()
-            .map_err(|_| ChannelError::Gpadl(0))?;
-        conn.create_gpadl(self.hv, self.clock, self.relid, &range)
+        self.conn
+            .create_gpadl(self.hv, self.clock, self.relid, &range)
             .map(|id| id.0)
             .map_err(|e| {
                 log::warn!("GPADL for channel {}: {e}", self.relid);
@@ -74,13 +64,12 @@ impl GpadlMaker for ConnectionGpadls<'_, '_> {
 pub struct CoreChannel<'a> {
     ch: &'a Channel,
     hv: &'a dyn Hypervisor,
-    gpadls: &'a dyn GpadlMaker,
 }
 
 impl<'a> CoreChannel<'a> {
     /// Binds `ch`, signalling through `hv` (the calling CPU's hypervisor handle).
-    pub fn new(ch: &'a Channel, hv: &'a dyn Hypervisor, gpadls: &'a dyn GpadlMaker) -> Self {
-        CoreChannel { ch, hv, gpadls }
+    pub fn new(ch: &'a Channel, hv: &'a dyn Hypervisor) -> Self {
+        CoreChannel { ch, hv }
     }
     /// The core channel.
     pub fn channel(&self) -> &Channel {
@@ -180,8 +169,5 @@ impl DeviceChannel for CoreChannel<'_> {
     }
     fn set_interrupt_mask(&self, masked: bool) {
         self.ch.set_polling(masked);
-    }
-    fn establish_gpadl(&self, gpa: u64, len: usize) -> Result<u32, ChannelError> {
-        self.gpadls.create(gpa, len)
     }
 }
