@@ -453,3 +453,46 @@ mod zerocopy_free {
         zerocopy::IntoBytes::as_bytes(d)
     }
 }
+
+#[test]
+fn below_5_0_non_dedicated_channels_set_their_bit_in_the_interrupt_page_send_half() {
+    let s = sim(SimArch::X86_64, Personality::Qemu);
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let mut c = connected(&g);
+    assert_eq!(c.version(), vmbus::Version::WIN10);
+    let contact = s.guest_messages_of(14).pop().unwrap();
+    let int_page = u64::from_le_bytes(contact[16..24].try_into().unwrap());
+    let ch = c
+        .open_channel(g.hv(0), &g.clock, &s.mem, 3, &OpenOptions::default())
+        .unwrap();
+    let p = OutgoingPacket::InBand {
+        trans_id: 1,
+        completion_requested: false,
+        data: b"x",
+    };
+    assert!(
+        ch.try_lock_outbound()
+            .unwrap()
+            .send(g.hv(0), &p)
+            .unwrap()
+            .signalled
+    );
+    // Send half = second half of the page (ref §4.2); relid 3 -> bit 3 of the first word.
+    assert_eq!(s.mem.read_u64(int_page + 2048), Some(1 << 3));
+    assert_eq!(s.mem.read_u64(int_page), Some(0), "receive half untouched");
+    assert_eq!(s.signals(16 + 3), 1, "QEMU's connection id for relid 3");
+}
+
+#[test]
+fn qemu_resets_the_bus_on_initiate_contact() {
+    let s = sim(SimArch::X86_64, Personality::Qemu);
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let mut c = connected(&g);
+    let _ch = c
+        .open_channel(g.hv(0), &g.clock, &s.mem, 1, &OpenOptions::default())
+        .unwrap();
+    assert!(s.host_channel(1).is_some());
+    // A second INITIATE_CONTACT without UNLOAD: QEMU drops every channel and GPADL.
+    let _c2 = connected(&g);
+    assert!(s.host_channel(1).is_none());
+}
