@@ -4,7 +4,9 @@ use capture::panic::Step;
 use capture::record::{Arch, BootMode, CrashKind, CrashRecord};
 use serde_json::json;
 
-use crate::store::{LocationView, RecordFields, StepView};
+use std::fmt::Write as _;
+
+use crate::store::{Col, LocationView, RecordFields, RowText, StepView};
 
 /// Name of an arch code as carried in heartbeats and records.
 pub fn arch_code_name(code: u8) -> String {
@@ -97,9 +99,184 @@ pub fn fields(r: &CrashRecord) -> RecordFields {
     }
 }
 
+/// Appends `v` as a JSON string literal.
+fn push_json_str(s: &mut String, v: &str) {
+    s.push('"');
+    for ch in v.chars() {
+        match ch {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(s, "\\u{:04x}", c as u32);
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+}
+
+fn push_hex_list(s: &mut String, vs: impl Iterator<Item = u64>) {
+    s.push('[');
+    for (i, v) in vs.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{v:#x}\"");
+    }
+    s.push(']');
+}
+
+/// Renders the stored text columns of `r` straight from the decoded record: the same JSON as
+/// [`fields`] gives (checked by a test), without building it up in `serde_json` values.
+pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
+    let mut t = RowText::with_capacity(1024 + r.log_tail.len() + r.message.len());
+    t.set(Col::Source, |s| {
+        let _ = write!(s, "{source}");
+    });
+    t.set(Col::BuildId, |s| s.push_str(&r.build_id));
+    t.set(Col::Arch, |s| match r.arch {
+        Arch::X86_64 => s.push_str("x86_64"),
+        Arch::Aarch64 => s.push_str("aarch64"),
+        Arch::Other(o) => {
+            let _ = write!(s, "other({o})");
+        }
+    });
+    t.set(Col::BootMode, |s| s.push_str(&boot_mode_name(r.boot_mode)));
+    let h = &r.hypervisor;
+    t.set(Col::Hypervisor, |s| {
+        let _ = write!(
+            s,
+            "{{\"present\":{},\"privileges\":\"{:#x}\",\"vendor\":",
+            h.present, h.privileges
+        );
+        push_json_str(s, &h.vendor);
+        s.push_str(",\"version\":[");
+        for (i, v) in h.version.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "\"{v:#010x}\"");
+        }
+        s.push_str("]}");
+    });
+    if let Some((a, b)) = r.vmbus_version {
+        t.set(Col::VmbusVersion, |s| {
+            let _ = write!(s, "{a}.{b}");
+        });
+    }
+    let (kind, detail) = match r.kind {
+        CrashKind::Panic => ("panic", None),
+        CrashKind::Fault { vector, addr } => (
+            "fault",
+            Some(format!(
+                "{{\"addr\":\"{addr:#x}\",\"vector\":\"{vector:#x}\"}}"
+            )),
+        ),
+        CrashKind::SelfCheck => ("self-check", None),
+        CrashKind::Drill => ("drill", None),
+        CrashKind::Other { code, a, b } => (
+            "other",
+            Some(format!(
+                "{{\"a\":\"{a:#x}\",\"b\":\"{b:#x}\",\"code\":{code}}}"
+            )),
+        ),
+    };
+    t.set(Col::Kind, |s| s.push_str(kind));
+    if let Some(d) = detail {
+        t.set(Col::KindDetail, |s| s.push_str(&d));
+    }
+    t.set(Col::Message, |s| s.push_str(&r.message));
+    if let Some(l) = &r.location {
+        t.set(Col::File, |s| s.push_str(&l.file));
+    }
+    let g = &r.registers;
+    t.set(Col::Registers, |s| {
+        let _ = write!(s, "{{\"fp\":\"{:#x}\",\"gpr\":", g.fp);
+        push_hex_list(s, g.gpr.iter().copied());
+        let _ = write!(s, ",\"pc\":\"{:#x}\",\"sp\":\"{:#x}\"}}", g.pc, g.sp);
+    });
+    t.set(Col::Backtrace, |s| {
+        push_hex_list(s, r.backtrace.iter().copied())
+    });
+    t.set(Col::LogTail, |s| s.push_str(&r.log_tail));
+    t.set(Col::Steps, |s| {
+        s.push('[');
+        for (i, st) in r.steps.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str("{\"step\":");
+            push_json_str(s, &step_name(st.step));
+            s.push_str(",\"outcome\":");
+            push_json_str(s, &st.outcome.to_string());
+            let _ = write!(s, ",\"elapsed_us\":{}}}", st.elapsed_us);
+        }
+        s.push(']');
+    });
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_text_renders_the_same_json_as_fields() {
+        let mut recs = vec![
+            capture::testutil::sample_record(3),
+            capture::testutil::max_record(),
+        ];
+        let mut odd = capture::testutil::sample_record(4);
+        odd.hypervisor.vendor = capture::record::truncate_to("a\"b\\c\n\u{1}é");
+        odd.kind = CrashKind::Fault {
+            vector: 14,
+            addr: 0xdead,
+        };
+        odd.location = None;
+        odd.vmbus_version = None;
+        recs.push(odd);
+        let mut other = capture::testutil::sample_record(5);
+        other.kind = CrashKind::Other {
+            code: 9,
+            a: 1,
+            b: 2,
+        };
+        recs.push(other);
+        let src: std::net::SocketAddr = "127.0.0.1:5".parse().unwrap();
+        for r in &recs {
+            let fast = row_text(src, r);
+            let slow = RowText::from_fields("127.0.0.1:5", &fields(r));
+            for c in [
+                Col::Source,
+                Col::BuildId,
+                Col::Arch,
+                Col::BootMode,
+                Col::VmbusVersion,
+                Col::Kind,
+                Col::Message,
+                Col::File,
+                Col::LogTail,
+            ] {
+                assert_eq!(fast.get(c), slow.get(c), "{c:?}");
+            }
+            for c in [
+                Col::Hypervisor,
+                Col::KindDetail,
+                Col::Registers,
+                Col::Backtrace,
+                Col::Steps,
+            ] {
+                let parse = |t: &RowText| {
+                    t.get(c)
+                        .map(|j| serde_json::from_str::<serde_json::Value>(j).unwrap())
+                };
+                assert_eq!(parse(&fast), parse(&slow), "{c:?}");
+            }
+        }
+    }
 
     #[test]
     fn sample_record_converts_every_field() {

@@ -381,11 +381,16 @@ impl Receiver {
             Ok(rec) => Msg::Record(
                 Box::new(NewRecord {
                     key,
-                    source: peer.to_string(),
                     received_at_us: now_us(),
                     schema_major: major,
                     schema_minor: minor,
-                    fields: crate::convert::fields(&rec),
+                    uptime_us: rec.uptime_us,
+                    line_col: rec
+                        .location
+                        .as_ref()
+                        .map(|l| (l.line, l.column))
+                        .unwrap_or((0, 0)),
+                    text: crate::convert::row_text(peer, &rec),
                     raw: bytes,
                 }),
                 peer,

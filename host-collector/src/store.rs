@@ -155,15 +155,130 @@ pub struct RecordFields {
     pub steps: Vec<StepView>,
 }
 
+/// The text columns of a record to store, rendered into one buffer (one allocation per
+/// record on the hot path). JSON columns hold the JSON form of the [`RecordFields`] member of
+/// the same name.
+#[derive(Debug, Clone, Default)]
+pub struct RowText {
+    text: String,
+    ends: [u32; Col::COUNT],
+    present: u32,
+}
+
+/// The text columns of [`RowText`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Col {
+    Source,
+    BuildId,
+    Arch,
+    BootMode,
+    Hypervisor,
+    VmbusVersion,
+    Kind,
+    KindDetail,
+    Message,
+    File,
+    Registers,
+    Backtrace,
+    LogTail,
+    Steps,
+}
+
+impl Col {
+    const COUNT: usize = 14;
+}
+
+impl RowText {
+    pub fn with_capacity(n: usize) -> RowText {
+        RowText {
+            text: String::with_capacity(n),
+            ..RowText::default()
+        }
+    }
+
+    /// Sets column `c` (columns must be set in declaration order; skipped ones are NULL).
+    pub fn set(&mut self, c: Col, f: impl FnOnce(&mut String)) {
+        debug_assert!(self.present >> (c as usize) == 0, "columns set in order");
+        let start = self.text.len() as u32;
+        let from = self.last_set();
+        for e in &mut self.ends[from..c as usize] {
+            *e = start;
+        }
+        f(&mut self.text);
+        self.ends[c as usize] = self.text.len() as u32;
+        self.present |= 1 << (c as usize);
+    }
+
+    fn last_set(&self) -> usize {
+        (u32::BITS - self.present.leading_zeros()) as usize
+    }
+
+    /// Column `c`, or `None` if it was not set.
+    pub fn get(&self, c: Col) -> Option<&str> {
+        let i = c as usize;
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.text[start..self.ends[i] as usize])
+    }
+
+    fn req(&self, c: Col) -> &str {
+        self.get(c).unwrap_or("")
+    }
+
+    /// Renders `f` (used by tests and tools; the collector renders straight from the decoded
+    /// record in `convert`).
+    pub fn from_fields(source: &str, f: &RecordFields) -> RowText {
+        let json = |v: &dyn erased::Ser| v.to_json();
+        let mut t = RowText::with_capacity(2048);
+        t.set(Col::Source, |s| s.push_str(source));
+        t.set(Col::BuildId, |s| s.push_str(&f.build_id));
+        t.set(Col::Arch, |s| s.push_str(&f.arch));
+        t.set(Col::BootMode, |s| s.push_str(&f.boot_mode));
+        t.set(Col::Hypervisor, |s| s.push_str(&json(&f.hypervisor)));
+        if let Some(v) = &f.vmbus_version {
+            t.set(Col::VmbusVersion, |s| s.push_str(v));
+        }
+        t.set(Col::Kind, |s| s.push_str(&f.kind));
+        if let Some(d) = &f.kind_detail {
+            t.set(Col::KindDetail, |s| s.push_str(&json(d)));
+        }
+        t.set(Col::Message, |s| s.push_str(&f.message));
+        if let Some(l) = &f.location {
+            t.set(Col::File, |s| s.push_str(&l.file));
+        }
+        t.set(Col::Registers, |s| s.push_str(&json(&f.registers)));
+        t.set(Col::Backtrace, |s| s.push_str(&json(&f.backtrace)));
+        t.set(Col::LogTail, |s| s.push_str(&f.log_tail));
+        t.set(Col::Steps, |s| s.push_str(&json(&f.steps)));
+        t
+    }
+}
+
+mod erased {
+    pub trait Ser {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
 /// A record ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub key: RecordKey,
-    pub source: String,
     pub received_at_us: i64,
     pub schema_major: u16,
     pub schema_minor: u16,
-    pub fields: RecordFields,
+    pub uptime_us: u64,
+    /// Source line and column (stored only when the `File` column is set).
+    pub line_col: (u32, u32),
+    pub text: RowText,
     /// The encoded (postcard) record exactly as received.
     pub raw: Vec<u8>,
 }
@@ -411,31 +526,32 @@ impl Store {
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             )?;
             for r in records {
-                let f = &r.fields;
+                let t = &r.text;
+                let has_file = t.get(Col::File).is_some();
                 let n = ins.execute(params![
                     &r.key.boot_id[..],
                     r.key.seq,
                     r.key.record_crc,
                     r.received_at_us,
-                    r.source,
+                    t.req(Col::Source),
                     r.schema_major,
                     r.schema_minor,
-                    f.build_id,
-                    f.arch,
-                    f.boot_mode,
-                    f.hypervisor.to_string(),
-                    f.vmbus_version,
-                    f.uptime_us as i64,
-                    f.kind,
-                    f.kind_detail.as_ref().map(|v| v.to_string()),
-                    f.message,
-                    f.location.as_ref().map(|l| l.file.as_str()),
-                    f.location.as_ref().map(|l| l.line),
-                    f.location.as_ref().map(|l| l.column),
-                    f.registers.to_string(),
-                    serde_json::to_string(&f.backtrace).unwrap_or_default(),
-                    f.log_tail,
-                    serde_json::to_string(&f.steps).unwrap_or_default(),
+                    t.req(Col::BuildId),
+                    t.req(Col::Arch),
+                    t.req(Col::BootMode),
+                    t.req(Col::Hypervisor),
+                    t.get(Col::VmbusVersion),
+                    r.uptime_us as i64,
+                    t.req(Col::Kind),
+                    t.get(Col::KindDetail),
+                    t.req(Col::Message),
+                    t.get(Col::File),
+                    has_file.then_some(r.line_col.0),
+                    has_file.then_some(r.line_col.1),
+                    t.req(Col::Registers),
+                    t.req(Col::Backtrace),
+                    t.req(Col::LogTail),
+                    t.req(Col::Steps),
                     r.raw,
                 ])?;
                 out.push(if n == 1 {
@@ -794,35 +910,40 @@ mod tests {
                 seq,
                 record_crc: 0xdead_beef,
             },
-            source: "127.0.0.1:9".into(),
             received_at_us: at,
             schema_major: 1,
             schema_minor: 0,
-            fields: RecordFields {
-                build_id: "b".into(),
-                arch: "x86_64".into(),
-                boot_mode: "Pvh".into(),
-                hypervisor: serde_json::json!({"vendor": "none"}),
-                vmbus_version: None,
-                uptime_us: 5,
-                kind: "Panic".into(),
-                kind_detail: None,
-                message: format!("boom {seq}"),
-                location: Some(LocationView {
-                    file: "src/main.rs".into(),
-                    line: 1,
-                    column: 2,
-                }),
-                registers: serde_json::json!({}),
-                backtrace: vec!["0x1".into()],
-                log_tail: "log".into(),
-                steps: vec![StepView {
-                    step: "Freeze".into(),
-                    outcome: "Done".into(),
-                    elapsed_us: 3,
-                }],
-            },
+            uptime_us: 5,
+            line_col: (1, 2),
+            text: RowText::from_fields("127.0.0.1:9", &sample_fields(seq)),
             raw: vec![1, 2, 3],
+        }
+    }
+
+    pub(crate) fn sample_fields(seq: u32) -> RecordFields {
+        RecordFields {
+            build_id: "b".into(),
+            arch: "x86_64".into(),
+            boot_mode: "Pvh".into(),
+            hypervisor: serde_json::json!({"vendor": "none"}),
+            vmbus_version: None,
+            uptime_us: 5,
+            kind: "Panic".into(),
+            kind_detail: None,
+            message: format!("boom {seq}"),
+            location: Some(LocationView {
+                file: "src/main.rs".into(),
+                line: 1,
+                column: 2,
+            }),
+            registers: serde_json::json!({}),
+            backtrace: vec!["0x1".into()],
+            log_tail: "log".into(),
+            steps: vec![StepView {
+                step: "Freeze".into(),
+                outcome: "Done".into(),
+                elapsed_us: 3,
+            }],
         }
     }
 
@@ -854,7 +975,7 @@ mod tests {
             .get(&RecordRef::BootSeq([7; 16], 4), true)
             .unwrap()
             .unwrap();
-        assert_eq!(v.fields, a.fields);
+        assert_eq!(v.fields, sample_fields(4));
         assert_eq!(v.raw_hex.as_deref(), Some("010203"));
         assert!(s.get(&RecordRef::Id(99), false).unwrap().is_none());
     }
