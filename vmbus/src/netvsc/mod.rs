@@ -303,6 +303,11 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
     pub fn set_mode(&mut self, mode: OpMode) {
         self.core.mode = mode;
         self.core.chan.set_interrupt_mask(mode == OpMode::Polling);
+        if mode == OpMode::Interrupt {
+            // Packets that arrived while masked raised no interrupt, and the host will not
+            // signal again until the ring drains (§5.2): look once now.
+            self.core.irq.store(true, Ordering::Release);
+        }
     }
     /// Current mode.
     pub fn mode(&self) -> OpMode {
@@ -337,7 +342,9 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
 
     /// Takes the next received frame, if any (outside smoltcp).
     pub fn recv_frame(&mut self, out: &mut [u8]) -> Result<Option<usize>, NetvscError> {
-        self.core.maybe_drain(&mut self.rxq)?;
+        if self.rxq.count == 0 {
+            self.core.maybe_drain(&mut self.rxq)?;
+        }
         let n = self.rxq.front().map(|f| {
             let n = f.len().min(out.len());
             out[..n].copy_from_slice(&f[..n]);
@@ -610,6 +617,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         }
         self.mode = OpMode::Interrupt;
         self.chan.set_interrupt_mask(false);
+        // Anything that arrived while masked raised no interrupt: drain once on next receive.
+        self.irq.store(true, Ordering::Release);
         log::info!(
             "netvsc: up, NVSP {:#x}, MAC {:02x?}, link {}",
             self.nvsp_version,

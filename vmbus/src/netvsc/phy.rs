@@ -59,8 +59,12 @@ impl<C: DeviceChannel, M: DmaMemory> Device for Netvsc<C, M> {
         if !self.core.up {
             return None;
         }
-        if let Err(e) = self.core.maybe_drain(&mut self.rxq) {
-            log::warn!("netvsc: receive: {e}");
+        // Hand out queued frames first; read the ring when the queue is empty, so frames are
+        // not read (and dropped) faster than smoltcp takes them.
+        if self.rxq.count == 0 {
+            if let Err(e) = self.core.maybe_drain(&mut self.rxq) {
+                log::warn!("netvsc: receive: {e}");
+            }
         }
         if self.rxq.count == 0 {
             return None;
