@@ -238,13 +238,15 @@ fn wait_ticks(clock: &dyn Clock, ticks: u64) {
 /// HvPostMessage with Linux's retry policy (ref §4.5): retry insufficient memory/buffers and
 /// invalid connection id up to 100 times with exponential backoff from 1 µs (doubling for
 /// the first 22 retries), busy-waiting; INITIATE_CONTACT returns an invalid connection id at
-/// once so the next older version can be tried.
+/// once so the next older version can be tried. Retrying also stops at `deadline` (Linux's
+/// schedule can add up to minutes; the panic path has its own deadline).
 pub fn post_with_retries(
     hv: &dyn Hypervisor,
     clock: &dyn Clock,
     page: PhysPages,
     conn_id: u32,
     bytes: &[u8],
+    deadline: u64,
 ) -> Result<(), HvError> {
     let initiate = bytes.len() >= 4 && bytes[..4] == MessageType::INITIATE_CONTACT.0.to_le_bytes();
     let mut usec: u64 = 1;
@@ -257,6 +259,9 @@ pub fn post_with_retries(
             }
             Err(e) if e.is_transient() => last = e,
             Err(e) => return Err(e),
+        }
+        if clock.now() >= deadline {
+            break;
         }
         wait_ticks(clock, usec * 10);
         if retry < 22 {
@@ -416,7 +421,10 @@ impl<'s> Connection<'s> {
         bytes: &[u8],
     ) -> Result<(), VmbusError> {
         let page = self.post_page(hv)?;
-        Ok(post_with_retries(hv, clock, page, conn_id, bytes)?)
+        let deadline = clock.now().saturating_add(self.reply_timeout);
+        Ok(post_with_retries(
+            hv, clock, page, conn_id, bytes, deadline,
+        )?)
     }
 
     fn post(&self, hv: &dyn Hypervisor, clock: &dyn Clock, bytes: &[u8]) -> Result<(), VmbusError> {
@@ -538,12 +546,11 @@ impl<'s> Connection<'s> {
                     }
                 }
                 Some(Err(_)) => {}
-                None => {
-                    if clock.now() >= deadline {
-                        return Err(VmbusError::Timeout(what));
-                    }
-                    clock.relax();
-                }
+                None => clock.relax(),
+            }
+            // Checked on every message too: a host that floods messages cannot hold us.
+            if clock.now() >= deadline {
+                return Err(VmbusError::Timeout(what));
             }
         }
     }
@@ -812,7 +819,9 @@ impl<'s> Connection<'s> {
         let posted = self
             .post_page(hv)
             .map_err(|_| HvError::HypercallsDisabled)
-            .and_then(|page| post_with_retries(hv, clock, page, self.msg_conn_id, hdr.as_bytes()));
+            .and_then(|page| {
+                post_with_retries(hv, clock, page, self.msg_conn_id, hdr.as_bytes(), deadline)
+            });
         if let Err(e) = posted {
             log::warn!("vmbus: posting UNLOAD failed: {e}");
             self.clear_all_slots();

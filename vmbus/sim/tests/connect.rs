@@ -200,12 +200,32 @@ fn transient_post_errors_are_retried_and_hard_errors_returned() {
     )
     .unwrap_err();
     assert_eq!(e, VmbusError::Hv(vmbus::HvError::InvalidParameter));
-    // Transient errors that never clear give up after 100 tries.
+}
+
+#[test]
+fn transient_post_errors_give_up_after_100_tries_or_at_the_deadline() {
+    let mut cfg = common::config(vmbus_sim::SimArch::Aarch64, hyperv());
+    cfg.clock_step = 100_000;
+    let s = vmbus_sim::Sim::new(cfg);
+    let g = Guest::boot(&s, SynicMode::Polling);
     s.faults(|f| {
         f.post_failures = 1000;
         f.post_failure_status = 0xB;
     });
+    // Linux's schedule (1 us doubling 22 times, 100 tries) needs about 331 s.
+    let long = ConnectOptions {
+        reply_timeout: 400 * 10_000_000,
+        ..ConnectOptions::default()
+    };
+    let start = s.now();
+    let e = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &long).unwrap_err();
+    assert_eq!(e, VmbusError::Hv(vmbus::HvError::InsufficientMemory));
+    assert_eq!(s.posts().len(), 100);
+    let took = s.now() - start;
+    assert!((320..340).contains(&(took / 10_000_000)), "{took}");
+    // With the default 5 s budget the retries stop at the deadline.
     let before = s.posts().len();
+    let start = s.now();
     let e = Connection::connect(
         g.hv(0),
         &g.clock,
@@ -215,5 +235,26 @@ fn transient_post_errors_are_retried_and_hard_errors_returned() {
     )
     .unwrap_err();
     assert_eq!(e, VmbusError::Hv(vmbus::HvError::InsufficientMemory));
-    assert_eq!(s.posts().len() - before, 100);
+    let tries = s.posts().len() - before;
+    assert!((20..30).contains(&tries), "{tries}");
+    assert!(s.now() - start < 10 * 10_000_000);
+}
+
+#[test]
+fn a_flood_of_host_messages_cannot_hold_a_request_past_its_deadline() {
+    let s = sim(vmbus_sim::SimArch::X86_64, hyperv());
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let opts = ConnectOptions {
+        reply_timeout: 100_000,
+        ..ConnectOptions::default()
+    };
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    let junk = (0..5000)
+        .map(|_| (1u32, 8u8, vec![200, 0, 0, 0, 0, 0, 0, 0]))
+        .collect();
+    s.faults(|f| f.inject_before_all_offers = junk);
+    let start = s.now();
+    let e = c.request_offers(g.hv(0), &g.clock).unwrap_err();
+    assert_eq!(e, VmbusError::Timeout("ALLOFFERS_DELIVERED"));
+    assert!(s.now() - start < 400_000, "{}", s.now() - start);
 }
