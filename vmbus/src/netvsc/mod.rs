@@ -10,6 +10,27 @@
 //!
 //! No heap: received frames go into a fixed queue inside the driver, transmit slots are
 //! bitmaps over caller-provided shared memory.
+//!
+//! On the VMBus core:
+//!
+//! ```ignore
+//! let relid = conn.find_offer(&vmbus::guid::NET).unwrap().child_relid;
+//! let ch = conn.open_channel(hv, clock, alloc, relid, &OpenOptions {
+//!     send_ring_pages: 32, recv_ring_pages: 32, ..Default::default() })?;
+//! let bufs = Buffers {                       // physically contiguous, page aligned, mapped
+//!     recv: unsafe { PhysRegion::new(..) },  // e.g. 1 MiB (Linux: 16 MiB; <= 15 MiB for NVSP 1)
+//!     send: Some(unsafe { PhysRegion::new(..) }),   // optional, e.g. 1 MiB
+//!     tx: unsafe { PhysRegion::new(..) },    // >= 1 page: RNDIS control (+ frames if no send buf)
+//! };
+//! let nic: &mut Netvsc<_, _> = STATIC_NIC.init(Netvsc::new(CoreChannel::new(&ch, hv), bufs));
+//! // The connection is lent for the GPADLs during bring-up only.
+//! nic.bring_up(&mut ConnectionGpadls::new(&mut conn, hv, clock, relid),
+//!              &mut || clock.now() > deadline)?;
+//! // Normal running: interrupt mode; the VMBus ISR calls nic.on_interrupt() for this relid.
+//! // Panic path (design step 5, order A or after a reconnect): nic.set_mode(OpMode::Polling),
+//! // then drive smoltcp's Interface::poll in a loop: transmit completions and received
+//! // frames (the collector's ack) are reaped by polling, with interrupts off.
+//! ```
 
 pub mod nvsp;
 pub mod phy;

@@ -5,6 +5,30 @@
 //! VRAM_LOCATION → ack (user_ctx must echo) → POINTER_POSITION + POINTER_SHAPE →
 //! SITUATION_UPDATE. Afterwards DIRT rectangles go out only when the host's FEATURE_CHANGE
 //! asked for them. The panic flush takes the outbound-ring lock with a real try-lock.
+//!
+//! The drivers here are written against [`chan::DeviceChannel`]; on the VMBus core it is
+//! [`core_channel::CoreChannel`]:
+//!
+//! ```ignore
+//! let offer = *conn.find_offer(&vmbus::guid::SYNTHVID).unwrap();
+//! let ch = conn.open_channel(hv, clock, alloc, offer.child_relid, &OpenOptions {
+//!     send_ring_pages: 64, recv_ring_pages: 64, ..Default::default() })?;   // 256 KiB
+//! // VRAM: the GOP framebuffer (Gen2), the VMBus MMIO range sized by
+//! // offer.mmio_megabytes, or the Gen1 PCI BAR; mapped 1:1 by the kernel.
+//! let vram = unsafe { PhysRegion::new(va, len, gpa) };
+//! let mut fb = Synthvid::new(CoreChannel::new(&ch, hv));
+//! fb.connect(VramSource::VmbusMmio { gpa, mmio_megabytes: offer.mmio_megabytes },
+//!            Mode::new(1024, 768), &mut || clock.now() > deadline)?;
+//! fb.poll()?;                        // from the channel interrupt: handles FEATURE_CHANGE
+//! // Panic (design step 2): draw, then flush without ever waiting.
+//! console::draw_panic_screen(&vram, fb.mode(), message)?;
+//! match fb.panic_flush() {
+//!     FlushOutcome::Sent => Outcome::Done,
+//!     FlushOutcome::SkippedBusy => Outcome::SkippedBusy,
+//!     FlushOutcome::NotRequested | FlushOutcome::NotConnected => /* Skipped / NotPresent */,
+//!     FlushOutcome::Failed(_) => Outcome::Failed(..),
+//! }
+//! ```
 
 pub mod chan;
 pub mod console;
