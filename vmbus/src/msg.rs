@@ -815,6 +815,43 @@ mod tests {
     }
 
     #[test]
+    fn relid_teardown_and_header_only_messages_golden_bytes() {
+        // Linux vmbus_channel_rescind_offer / close_channel / relid_released: {hdr;
+        // child_relid @8} = 12; gpadl_teardown {hdr; child_relid @8; gpadl @12} = 16;
+        // unload / unload_response / request_offers / alloffers: header only, 8.
+        let r = RelidMessage {
+            header: MessageHeader::new(MessageType::RESCIND_CHANNELOFFER),
+            child_relid: 0x0102_0304,
+        };
+        assert_eq!(r.as_bytes(), &[2, 0, 0, 0, 0, 0, 0, 0, 4, 3, 2, 1]);
+        assert_eq!(
+            parse_host(r.as_bytes()),
+            Ok(HostMessage::Rescind {
+                child_relid: 0x0102_0304
+            })
+        );
+        let t = GpadlTeardown {
+            header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+            child_relid: 7,
+            gpadl: 0xE1E10,
+        };
+        assert_eq!(
+            t.as_bytes(),
+            &[11, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10, 0x1E, 0x0E, 0]
+        );
+        let u = MessageHeader::new(MessageType::UNLOAD);
+        assert_eq!(u.as_bytes(), &[16, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            parse_host(MessageHeader::new(MessageType::UNLOAD_RESPONSE).as_bytes()),
+            Ok(HostMessage::UnloadResponse)
+        );
+        assert_eq!(
+            parse_host(MessageHeader::new(MessageType::ALLOFFERS_DELIVERED).as_bytes()),
+            Ok(HostMessage::AllOffersDelivered)
+        );
+    }
+
+    #[test]
     fn malformed_host_messages_are_rejected_with_reasons() {
         assert_eq!(
             parse_host(&[1, 0, 0]),

@@ -725,6 +725,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn transfer_page_and_gpa_direct_headers_golden_bytes() {
+        // Linux vmtransfer_page_packet_header: desc 0..16, xfer_pageset_id u16 @16,
+        // sender_owns_set u8 @18, reserved u8 @19, range_cnt u32 @20, ranges {u32
+        // byte_count; u32 byte_offset} @24.
+        let mut hdr = [0u8; MAX_BUILT_HEADER];
+        let p = OutgoingPacket::XferPages {
+            trans_id: 0x55,
+            completion_requested: true,
+            pageset_id: 0xCAFE,
+            sender_owns_set: true,
+            ranges: &[(100, 200), (300, 400)],
+            data: &[9; 3],
+        };
+        let (n, data) = p.build_header(&mut hdr).unwrap();
+        assert_eq!(n, 40);
+        assert_eq!(data, &[9; 3]);
+        assert_eq!(
+            &hdr[..n],
+            &[
+                7, 0, 5, 0, 6, 0, 1, 0, 0x55, 0, 0, 0, 0, 0, 0,
+                0, // desc: type 7, offset8 5, len8 6
+                0xFE, 0xCA, 1, 0, 2, 0, 0, 0, // pageset, sender owns, reserved, range_cnt
+                100, 0, 0, 0, 200, 0, 0, 0, 44, 1, 0, 0, 144, 1, 0, 0,
+            ][..]
+        );
+        // Linux vmbus_channel_packet_page_buffer: desc, reserved u32 @16, rangecount u32 @20,
+        // range[] @24 = {u32 len; u32 offset; u64 pfn}.
+        let pfns = [0x1234u64];
+        let r = [GpaRange {
+            byte_count: 16,
+            byte_offset: 8,
+            pfns: Pfns::List(&pfns),
+        }];
+        let p = OutgoingPacket::GpaDirect {
+            trans_id: 1,
+            completion_requested: false,
+            ranges: &r,
+            data: &[],
+        };
+        let (n, _) = p.build_header(&mut hdr).unwrap();
+        assert_eq!(n, 40);
+        assert_eq!(&hdr[0..8], &[9, 0, 5, 0, 5, 0, 0, 0]);
+        assert_eq!(&hdr[16..24], &[0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&hdr[24..32], &[16, 0, 0, 0, 8, 0, 0, 0]);
+        assert_eq!(&hdr[32..40], &0x1234u64.to_le_bytes());
+        // Completion: type 0xB, no flags.
+        let p = OutgoingPacket::Completion {
+            trans_id: 2,
+            data: &[1; 8],
+        };
+        let (n, _) = p.build_header(&mut hdr).unwrap();
+        assert_eq!(&hdr[..8], &[0xB, 0, 2, 0, 3, 0, 0, 0]);
+        assert_eq!(n, 16);
+    }
+
     fn page_buf(pages: usize) -> Vec<u64> {
         vec![0u64; pages * 512 + 512]
     }
