@@ -152,7 +152,11 @@ extern "C" fn trap(f: &TrapFrame, kind: u64) -> ! {
     crate::panic_path::on_fault(FaultInfo {
         name,
         code: f.esr,
-        addr: if kind & 3 == 0 && far_valid(ec) { f.far } else { f.elr },
+        addr: if kind & 3 == 0 && far_valid(ec) {
+            f.far
+        } else {
+            f.elr
+        },
         regs,
     })
 }

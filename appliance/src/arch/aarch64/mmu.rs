@@ -69,7 +69,13 @@ pub fn map(base: u64, len: u64, kind: Kind) {
             changed = true;
         }
         if changed {
-            core::arch::asm!("dsb ishst", "tlbi vmalle1", "dsb ish", "isb", options(nostack));
+            core::arch::asm!(
+                "dsb ishst",
+                "tlbi vmalle1",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            );
         }
     }
 }

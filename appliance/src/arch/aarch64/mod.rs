@@ -82,14 +82,14 @@ fn log_device_tree() {
     }
     match FACTS.get() {
         Some(f) => log::info!(
-            "device tree at {:#x}: {} memory ranges, {} virtio-mmio slots, PL011 {:#x?}, PL031 {:#x?}, PSCI {:?}, ECAM {:#x?}",
+            "device tree at {:#x}: {} memory ranges, {} virtio-mmio slots, PL011 {:#x}, PL031 {:#x}, PSCI {:?}, ECAM {:#x}",
             DT_ADDR.load(Ordering::Relaxed),
             f.memory.len(),
             f.virtio_mmio.len(),
-            f.pl011.map(|r| r.base),
-            f.pl031.map(|r| r.base),
+            f.pl011.map_or(0, |r| r.base),
+            f.pl031.map_or(0, |r| r.base),
             f.psci,
-            f.ecam.map(|r| r.base)
+            f.ecam.map_or(0, |r| r.base)
         ),
         None => log::warn!("no device tree: assuming QEMU virt's memory map"),
     }
@@ -182,7 +182,9 @@ pub fn qemu_exit(code: u8) {
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads x29.
-    unsafe { core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
     fp
 }
 
@@ -277,7 +279,11 @@ pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'stati
         // `len` bytes is there, mapped as device memory just above; it lives forever.
         match unsafe { MmioTransport::new(hdr, r.len as usize) } {
             Ok(t) if t.device_type() == DeviceType::Network => {
-                log::info!("virtio-net at virtio-mmio {:#x} (version {:?})", r.base, t.version());
+                log::info!(
+                    "virtio-net at virtio-mmio {:#x} (version {:?})",
+                    r.base,
+                    t.version()
+                );
                 return Some(t.into());
             }
             _ => {}
@@ -334,7 +340,9 @@ pub fn reference_seconds() -> Option<u32> {
 pub fn entropy() -> u64 {
     let isar0: u64;
     // SAFETY: reads an ID register.
-    unsafe { core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags))
+    };
     let mut e = timer::counter();
     if isar0 >> 60 != 0 {
         let v: u64;

@@ -16,17 +16,28 @@ const FALLBACK_HZ: u64 = 62_500_000;
 pub fn counter() -> u64 {
     let v: u64;
     // SAFETY: reads the virtual counter; the isb keeps the read from being hoisted.
-    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
 pub fn init() {
     let hz: u64;
     // SAFETY: reads the counter frequency.
-    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
-    let hz = if hz == 0 { FALLBACK_HZ } else { hz & 0xffff_ffff };
+    unsafe {
+        core::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags))
+    };
+    let hz = if hz == 0 {
+        FALLBACK_HZ
+    } else {
+        hz & 0xffff_ffff
+    };
     HZ.store(hz, Ordering::Relaxed);
-    MULT.store(((1_000_000u128 << 32) / hz as u128) as u64, Ordering::Relaxed);
+    MULT.store(
+        ((1_000_000u128 << 32) / hz as u128) as u64,
+        Ordering::Relaxed,
+    );
     T0.store(counter(), Ordering::Relaxed);
 }
 
