@@ -5,7 +5,7 @@
 use vmbus::synthvid::wire::{self, Message, Rect, Situation, WireError};
 
 fn emit(m: Message) -> Vec<u8> {
-    let mut b = [0u8; 64];
+    let mut b = [0u8; wire::MAX_MESSAGE];
     let n = m.emit(&mut b).unwrap();
     b[..n].to_vec()
 }
@@ -237,4 +237,56 @@ fn malformed_messages_are_rejected_with_a_reason() {
     for len in 0..good.len() {
         let _ = Message::parse(&good[..len]);
     }
+}
+
+#[test]
+fn resolution_request_and_response_follow_hyperv_fb() {
+    // synthvid_supported_resolution_req {u8 maximum_resolution_count} = 1 byte.
+    let b = emit(Message::ResolutionRequest { max_count: 64 });
+    assert_eq!(b, [1, 0, 0, 0, 9, 0, 0, 0, 13, 0, 0, 0, 9, 0, 0, 0, 64]);
+    // synthvid_supported_resolution_resp: edid_block[128], resolution_count,
+    // default_resolution_index, is_standard, hvd_screen_info {u16 w, u16 h}[count].
+    let mut body = vec![0u8; 128];
+    body.extend([2, 1, 0]);
+    body.extend([0x00, 0x04, 0x00, 0x03]); // 1024x768
+    body.extend([0x80, 0x07, 0x38, 0x04]); // 1920x1080
+    let size = (8 + body.len()) as u32;
+    let mut m = Vec::new();
+    m.extend(1u32.to_le_bytes());
+    m.extend(size.to_le_bytes());
+    m.extend(14u32.to_le_bytes());
+    m.extend(size.to_le_bytes());
+    m.extend(&body);
+    match Message::parse(&m).unwrap() {
+        Message::ResolutionResponse(r) => {
+            assert_eq!(r.as_slice(), &[(1024, 768), (1920, 1080)]);
+            assert_eq!(r.preferred(), Some((1920, 1080)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // More than SYNTHVID_MAX_RESOLUTION_COUNT entries, or fewer bytes than claimed: rejected.
+    let mut bad = m.clone();
+    bad[16 + 128] = 65;
+    assert_eq!(Message::parse(&bad), Err(WireError::TooManyResolutions(65)));
+    let mut short = m.clone();
+    short[16 + 128] = 3;
+    assert!(matches!(
+        Message::parse(&short),
+        Err(WireError::Truncated { .. })
+    ));
+    // A full response (as the host model sends it) round-trips.
+    let mut list = [(0u16, 0u16); 64];
+    list[0] = (800, 600);
+    let r = vmbus::synthvid::Resolutions {
+        count: 1,
+        default_index: 0,
+        is_standard: 1,
+        list,
+    };
+    let full = emit(Message::ResolutionResponse(r));
+    assert_eq!(full.len(), 16 + 128 + 3 + 64 * 4);
+    assert_eq!(
+        Message::parse(&full).unwrap(),
+        Message::ResolutionResponse(r)
+    );
 }

@@ -21,6 +21,10 @@ pub struct SynthvidHostConfig {
     /// `is_dirt_needed` in the FEATURE_CHANGE sent after the situation update; `None` sends
     /// no FEATURE_CHANGE at all.
     pub dirt_needed: Option<bool>,
+    /// Resolutions offered in RESOLUTION_RESPONSE.
+    pub resolutions: Vec<(u16, u16)>,
+    /// `default_resolution_index` sent.
+    pub default_resolution: u8,
 }
 
 impl Default for SynthvidHostConfig {
@@ -31,6 +35,8 @@ impl Default for SynthvidHostConfig {
                 vmbus::synthvid::wire::VERSION_WIN8,
             ],
             dirt_needed: Some(true),
+            resolutions: vec![(1024, 768), (1152, 864), (1280, 1024), (1920, 1080)],
+            default_resolution: 1,
         }
     }
 }
@@ -149,7 +155,7 @@ impl SynthvidHost {
     }
 
     fn reply(io: &mut HostIo<'_>, m: Message) {
-        let mut b = [0u8; 64];
+        let mut b = [0u8; vmbus::synthvid::wire::MAX_MESSAGE];
         let n = m.emit(&mut b).expect("host message fits");
         io.send_inband(&b[..n]).expect("ring space for host reply");
     }
@@ -200,6 +206,26 @@ impl HostDevice for SynthvidHost {
                 }
             }
             Message::Dirt { rect, .. } => st.dirt.push(rect),
+            Message::ResolutionRequest { max_count } => {
+                drop(st);
+                let mut list = [(0u16, 0u16); vmbus::synthvid::wire::MAX_RESOLUTION_COUNT];
+                let n = self
+                    .cfg
+                    .resolutions
+                    .len()
+                    .min(usize::from(max_count))
+                    .min(list.len());
+                list[..n].copy_from_slice(&self.cfg.resolutions[..n]);
+                Self::reply(
+                    io,
+                    Message::ResolutionResponse(vmbus::synthvid::Resolutions {
+                        count: n as u8,
+                        default_index: self.cfg.default_resolution,
+                        is_standard: 0,
+                        list,
+                    }),
+                );
+            }
             _ => {}
         }
     }

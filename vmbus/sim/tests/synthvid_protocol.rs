@@ -71,6 +71,7 @@ fn handshake_falls_back_to_win8_when_win10_is_refused() {
     let cfg = SynthvidHostConfig {
         accept_versions: vec![wire::VERSION_WIN8],
         dirt_needed: Some(true),
+        ..Default::default()
     };
     let mut b = bed(cfg, mode);
     assert_eq!(connect(&mut b, mode).unwrap(), wire::VERSION_WIN8);
@@ -88,6 +89,7 @@ fn handshake_fails_cleanly_when_no_version_is_accepted() {
     let cfg = SynthvidHostConfig {
         accept_versions: vec![wire::VERSION_WIN7],
         dirt_needed: None,
+        ..Default::default()
     };
     let mut b = bed(cfg, mode);
     assert_eq!(connect(&mut b, mode), Err(SynthvidError::NoVersion));
@@ -404,4 +406,66 @@ fn panic_screen_matches_the_reference_image() {
         "screen differs from the reference"
     );
     assert_eq!(read_text(w, &px, 3, 19), " kernel panic: test");
+}
+
+#[test]
+fn win10_host_reports_its_resolutions_and_the_guest_picks_the_preferred_one() {
+    let mut b = bed(SynthvidHostConfig::default(), Mode::new(640, 480));
+    assert_eq!(
+        b.dev.negotiate(&mut SpinBudget(100)).unwrap(),
+        wire::VERSION_WIN10
+    );
+    let r = b.dev.supported_resolutions(&mut SpinBudget(100)).unwrap();
+    assert_eq!(
+        r.as_slice(),
+        &[(1024, 768), (1152, 864), (1280, 1024), (1920, 1080)]
+    );
+    assert_eq!(r.preferred(), Some((1152, 864)));
+    assert_eq!(r.max(), (1920, 1080));
+    let (w, h) = r.preferred().unwrap();
+    let mode = Mode::new(w.into(), h.into());
+    b.dev
+        .configure(
+            VramSource::GopFramebuffer {
+                gpa: b.vram.gpa(),
+                size: b.vram.len(),
+            },
+            mode,
+            &mut SpinBudget(100),
+        )
+        .unwrap();
+    assert_eq!(b.host.state().situation.unwrap().width, 1152);
+    // RESOLUTION_REQUEST went out with maximum_resolution_count = 64.
+    assert!(b
+        .host
+        .state()
+        .received
+        .contains(&Message::ResolutionRequest { max_count: 64 }));
+}
+
+#[test]
+fn resolutions_need_win10_and_a_valid_default_index() {
+    let cfg = SynthvidHostConfig {
+        accept_versions: vec![wire::VERSION_WIN8],
+        ..Default::default()
+    };
+    let mut b = bed(cfg, Mode::new(640, 480));
+    b.dev.negotiate(&mut SpinBudget(100)).unwrap();
+    assert!(matches!(
+        b.dev.supported_resolutions(&mut SpinBudget(100)),
+        Err(SynthvidError::VersionTooOld { .. })
+    ));
+    let cfg = SynthvidHostConfig {
+        default_resolution: 9,
+        ..Default::default()
+    };
+    let mut b = bed(cfg, Mode::new(640, 480));
+    b.dev.negotiate(&mut SpinBudget(100)).unwrap();
+    assert_eq!(
+        b.dev.supported_resolutions(&mut SpinBudget(100)),
+        Err(SynthvidError::BadResolutions {
+            count: 4,
+            default_index: 9
+        })
+    );
 }

@@ -39,7 +39,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chan::{ChannelError, Deadline, DeviceChannel, OutPacket, PKT_DATA_INBAND};
 use thiserror::Error;
-pub use wire::{Message, Rect, Situation};
+pub use wire::{Message, Rect, Resolutions, Situation};
 
 /// Device class GUID `da0a7802-e377-4aac-8e77-0558eb1073f8` (`HV_SYNTHVID_GUID`, Linux
 /// `include/linux/hyperv.h`), in wire byte order (first three fields little-endian).
@@ -59,6 +59,8 @@ pub const DEFAULT_WIDTH: u32 = 1152;
 pub const DEFAULT_HEIGHT: u32 = 864;
 /// `SYNTHVID_DEPTH_WIN8` (hyperv_fb.c).
 pub const DEPTH_WIN8: u8 = 32;
+/// Receive buffer: a full RESOLUTION_RESPONSE (16 + 16 + 387 bytes) with room to spare.
+const RECV_BUF: usize = 1024;
 /// `CURSOR_COMPLETE` (-1 as u8) (hyperv_fb.c).
 pub const CURSOR_COMPLETE: u8 = 0xFF;
 
@@ -145,6 +147,22 @@ pub enum SynthvidError {
     /// A message from the host did not parse.
     #[error("bad message from host: {0}")]
     Wire(#[from] wire::WireError),
+    /// The request needs a newer negotiated version (RESOLUTION_REQUEST needs WIN10).
+    #[error("needs synthvid version {needed:#x}, negotiated {have:#x}")]
+    VersionTooOld {
+        /// Version needed.
+        needed: u32,
+        /// Version negotiated.
+        have: u32,
+    },
+    /// The host's resolution list is empty or its default index is out of range.
+    #[error("host sent an unusable resolution list ({count} entries, default {default_index})")]
+    BadResolutions {
+        /// Entries.
+        count: u8,
+        /// Default index.
+        default_index: u8,
+    },
     /// The host accepted none of our versions.
     #[error("host accepted no synthvid version (tried 3.5 and 3.2)")]
     NoVersion,
@@ -260,7 +278,7 @@ impl<C: DeviceChannel> Synthvid<C> {
         what: &'static str,
         mut want: impl FnMut(&Message) -> Option<T>,
     ) -> Result<T, SynthvidError> {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; RECV_BUF];
         loop {
             match self.chan.recv(&mut buf)? {
                 Some(pkt) => {
@@ -290,7 +308,7 @@ impl<C: DeviceChannel> Synthvid<C> {
         }
     }
 
-    /// Brings the device up: version negotiation, VRAM location, pointer, situation update.
+    /// Brings the device up: [`Self::negotiate`] then [`Self::configure`].
     pub fn connect(
         &mut self,
         vram: VramSource,
@@ -303,6 +321,13 @@ impl<C: DeviceChannel> Synthvid<C> {
                 have: vram.size(),
             });
         }
+        let v = self.negotiate(deadline)?;
+        self.configure(vram, mode, deadline)?;
+        Ok(v)
+    }
+
+    /// Version negotiation: WIN10 (3.5), then WIN8 (3.2).
+    pub fn negotiate(&mut self, deadline: &mut dyn Deadline) -> Result<u32, SynthvidError> {
         let mut negotiated = None;
         for v in VERSIONS {
             self.send(&Message::VersionRequest { version: v })?;
@@ -318,7 +343,56 @@ impl<C: DeviceChannel> Synthvid<C> {
         }
         let version = negotiated.ok_or(SynthvidError::NoVersion)?;
         self.version = Some(version);
+        Ok(version)
+    }
 
+    /// Asks a WIN10+ host for its supported resolutions (hyperv_fb.c
+    /// `synthvid_get_supported_resolution`, which Linux treats as optional: on failure it
+    /// keeps its default mode). Call between [`Self::negotiate`] and [`Self::configure`].
+    pub fn supported_resolutions(
+        &mut self,
+        deadline: &mut dyn Deadline,
+    ) -> Result<Resolutions, SynthvidError> {
+        let have = self.version.ok_or(SynthvidError::NotConnected)?;
+        // Versions compare by minor then major: (minor << 16) | major, both 3.x here.
+        if have < wire::VERSION_WIN10 {
+            return Err(SynthvidError::VersionTooOld {
+                needed: wire::VERSION_WIN10,
+                have,
+            });
+        }
+        self.send(&Message::ResolutionRequest {
+            max_count: wire::MAX_RESOLUTION_COUNT as u8,
+        })?;
+        let r = self.wait_for(deadline, "RESOLUTION_RESPONSE", |m| match *m {
+            Message::ResolutionResponse(r) => Some(r),
+            _ => None,
+        })?;
+        if r.count == 0 || r.preferred().is_none() {
+            return Err(SynthvidError::BadResolutions {
+                count: r.count,
+                default_index: r.default_index,
+            });
+        }
+        Ok(r)
+    }
+
+    /// VRAM location (ack checked), pointer, situation update. Needs [`Self::negotiate`].
+    pub fn configure(
+        &mut self,
+        vram: VramSource,
+        mode: Mode,
+        deadline: &mut dyn Deadline,
+    ) -> Result<(), SynthvidError> {
+        if self.version.is_none() {
+            return Err(SynthvidError::NotConnected);
+        }
+        if mode.bytes() > vram.size() {
+            return Err(SynthvidError::VramTooSmall {
+                need: mode.bytes(),
+                have: vram.size(),
+            });
+        }
         // hyperv_fb.c synthvid_send_config: user_ctx = vram GPA, checked on the ack.
         let gpa = vram.gpa();
         self.send(&Message::VramLocation {
@@ -356,7 +430,7 @@ impl<C: DeviceChannel> Synthvid<C> {
         })?;
         self.send_situation()?;
         self.connected.store(true, Ordering::Release);
-        Ok(version)
+        Ok(())
     }
 
     fn send_situation(&self) -> Result<(), SynthvidError> {
@@ -396,7 +470,7 @@ impl<C: DeviceChannel> Synthvid<C> {
     /// Handles every queued inbound message (call from the channel interrupt or a poll loop).
     /// Returns how many were handled.
     pub fn poll(&self) -> Result<usize, SynthvidError> {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; RECV_BUF];
         let mut n = 0;
         while let Some(pkt) = self.chan.recv(&mut buf)? {
             n += 1;

@@ -21,6 +21,10 @@ pub const VERSION_WIN7: u32 = version(3, 0);
 
 /// `PIPE_MSG_DATA` (hyperv_fb.c `enum pipe_msg_type`; OpenVMM pipe header type 1).
 pub const PIPE_MSG_DATA: u32 = 1;
+/// `SYNTHVID_EDID_BLOCK_SIZE` (hyperv_fb.c).
+pub const EDID_BLOCK_SIZE: usize = 128;
+/// `SYNTHVID_MAX_RESOLUTION_COUNT` (hyperv_fb.c).
+pub const MAX_RESOLUTION_COUNT: usize = 64;
 /// `MAX_VMBUS_PKT_SIZE` 0x4000 (hyperv_fb.c; `VMBUS_MAX_PACKET_SIZE` in hyperv_drm.h).
 pub const MAX_PACKET: usize = 0x4000;
 
@@ -241,8 +245,12 @@ const _: () = assert!(core::mem::size_of::<Dirt>() == 18);
 
 /// Bytes of pipe header + synthvid header in front of every body.
 pub const HEADERS_LEN: usize = 16;
-/// Largest message this driver emits or parses into a [`Message`] (a situation update).
-pub const MAX_MESSAGE: usize = HEADERS_LEN + 27;
+/// Bytes of `synthvid_supported_resolution_resp` before the resolution array.
+pub const RESOLUTION_RESP_FIXED: usize = EDID_BLOCK_SIZE + 3;
+/// Largest message body (a full `synthvid_supported_resolution_resp`: 131 + 64 * 4).
+pub const MAX_BODY: usize = RESOLUTION_RESP_FIXED + 4 * MAX_RESOLUTION_COUNT;
+/// Largest message this driver emits or parses into a [`Message`].
+pub const MAX_MESSAGE: usize = HEADERS_LEN + MAX_BODY;
 
 /// A rectangle, x2/y2 exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,11 +373,55 @@ pub enum Message {
         /// First rectangle.
         rect: Rect,
     },
-    /// A type this driver does not interpret (open enum): ERROR, RESOLUTION_*, future ones.
+    /// `RESOLUTION_REQUEST` (`struct synthvid_supported_resolution_req {u8
+    /// maximum_resolution_count;}`), WIN10 and later.
+    ResolutionRequest {
+        /// Most resolutions wanted (Linux: `SYNTHVID_MAX_RESOLUTION_COUNT`).
+        max_count: u8,
+    },
+    /// `RESOLUTION_RESPONSE` (`struct synthvid_supported_resolution_resp {u8 edid_block[128];
+    /// u8 resolution_count; u8 default_resolution_index; u8 is_standard;
+    /// struct hvd_screen_info {u16 width; u16 height;} supported_resolution[64];}`).
+    ResolutionResponse(Resolutions),
+    /// A type this driver does not interpret (open enum): ERROR, future ones.
     Other {
         /// The type.
         ty: u32,
     },
+}
+
+/// The host's supported resolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolutions {
+    /// Number of valid entries in `list`.
+    pub count: u8,
+    /// Index of the host's preferred resolution.
+    pub default_index: u8,
+    /// `is_standard` as sent.
+    pub is_standard: u8,
+    /// `(width, height)` pairs; entries past `count` are zero.
+    pub list: [(u16, u16); MAX_RESOLUTION_COUNT],
+}
+
+impl Resolutions {
+    /// The valid entries.
+    pub fn as_slice(&self) -> &[(u16, u16)] {
+        &self.list[..usize::from(self.count).min(MAX_RESOLUTION_COUNT)]
+    }
+    /// The host's preferred resolution, if the index is valid (hyperv_fb.c rejects an index
+    /// at or past the count).
+    pub fn preferred(&self) -> Option<(u16, u16)> {
+        self.as_slice()
+            .get(usize::from(self.default_index))
+            .copied()
+    }
+    /// The largest width and height offered (hyperv_fb.c `screen_width_max` /
+    /// `screen_height_max`).
+    pub fn max(&self) -> (u16, u16) {
+        self.as_slice()
+            .iter()
+            .fold((0, 0), |(w, h), &(a, b)| (w.max(a), h.max(b)))
+    }
 }
 
 /// Why a synthvid message was rejected.
@@ -397,6 +449,9 @@ pub enum WireError {
     /// The output buffer is too small for the message.
     #[error("buffer too small for synthvid message")]
     BufferTooSmall,
+    /// A resolution response claiming more than `SYNTHVID_MAX_RESOLUTION_COUNT` entries.
+    #[error("resolution response claims {0} resolutions (at most 64)")]
+    TooManyResolutions(u8),
 }
 
 fn body<T: FromBytes + KnownLayout + Immutable + Copy>(b: &[u8]) -> Result<T, WireError> {
@@ -422,6 +477,8 @@ impl Message {
             Message::PointerShape { .. } => msg_type::POINTER_SHAPE,
             Message::FeatureChange { .. } => msg_type::FEATURE_CHANGE,
             Message::Dirt { .. } => msg_type::DIRT,
+            Message::ResolutionRequest { .. } => msg_type::RESOLUTION_REQUEST,
+            Message::ResolutionResponse(_) => msg_type::RESOLUTION_RESPONSE,
             Message::Other { ty } => *ty,
         }
     }
@@ -549,6 +606,48 @@ impl Message {
                     },
                 }
             }
+            msg_type::RESOLUTION_REQUEST => match b.first() {
+                Some(&max_count) => Message::ResolutionRequest { max_count },
+                None => {
+                    return Err(WireError::Truncated {
+                        have: buf.len(),
+                        need: HEADERS_LEN + 1,
+                    })
+                }
+            },
+            msg_type::RESOLUTION_RESPONSE => {
+                if b.len() < RESOLUTION_RESP_FIXED {
+                    return Err(WireError::Truncated {
+                        have: HEADERS_LEN + b.len(),
+                        need: HEADERS_LEN + RESOLUTION_RESP_FIXED,
+                    });
+                }
+                let count = b[EDID_BLOCK_SIZE];
+                if usize::from(count) > MAX_RESOLUTION_COUNT {
+                    return Err(WireError::TooManyResolutions(count));
+                }
+                let need = RESOLUTION_RESP_FIXED + 4 * usize::from(count);
+                if b.len() < need {
+                    return Err(WireError::Truncated {
+                        have: HEADERS_LEN + b.len(),
+                        need: HEADERS_LEN + need,
+                    });
+                }
+                let mut list = [(0u16, 0u16); MAX_RESOLUTION_COUNT];
+                for (i, e) in list.iter_mut().take(usize::from(count)).enumerate() {
+                    let o = RESOLUTION_RESP_FIXED + 4 * i;
+                    *e = (
+                        u16::from_le_bytes([b[o], b[o + 1]]),
+                        u16::from_le_bytes([b[o + 2], b[o + 3]]),
+                    );
+                }
+                Message::ResolutionResponse(Resolutions {
+                    count,
+                    default_index: b[EDID_BLOCK_SIZE + 1],
+                    is_standard: b[EDID_BLOCK_SIZE + 2],
+                    list,
+                })
+            }
             ty => Message::Other { ty },
         })
     }
@@ -557,7 +656,7 @@ impl Message {
     /// Sizes follow `synthvid_send()` in hyperv_fb.c: `vid_hdr.size = sizeof(hdr) +
     /// sizeof(body)`, `pipe_hdr.size = vid_hdr.size`.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
-        let mut body_buf = [0u8; 32];
+        let mut body_buf = [0u8; MAX_BODY];
         let body_len = match *self {
             Message::VersionRequest { version } => put(
                 &mut body_buf,
@@ -677,6 +776,22 @@ impl Message {
                     },
                 },
             ),
+            Message::ResolutionRequest { max_count } => {
+                body_buf[0] = max_count;
+                1
+            }
+            Message::ResolutionResponse(r) => {
+                // The full struct, as the host sends it (EDID block left zero).
+                body_buf[EDID_BLOCK_SIZE] = r.count;
+                body_buf[EDID_BLOCK_SIZE + 1] = r.default_index;
+                body_buf[EDID_BLOCK_SIZE + 2] = r.is_standard;
+                for (i, &(w, h)) in r.list.iter().enumerate() {
+                    let o = RESOLUTION_RESP_FIXED + 4 * i;
+                    body_buf[o..o + 2].copy_from_slice(&w.to_le_bytes());
+                    body_buf[o + 2..o + 4].copy_from_slice(&h.to_le_bytes());
+                }
+                MAX_BODY
+            }
             Message::Other { .. } => 0,
         };
         let total = HEADERS_LEN + body_len;
@@ -699,7 +814,7 @@ impl Message {
     }
 }
 
-fn put<T: IntoBytes + Immutable>(buf: &mut [u8; 32], v: &T) -> usize {
+fn put<T: IntoBytes + Immutable>(buf: &mut [u8; MAX_BODY], v: &T) -> usize {
     let b = v.as_bytes();
     buf[..b.len()].copy_from_slice(b);
     b.len()
