@@ -283,6 +283,9 @@ pub struct Situation {
 }
 
 /// A parsed synthvid message (the Repr layer).
+// The resolution list makes one variant ~260 bytes; there is no allocator to box it in, and
+// messages are short-lived stack values.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// `VERSION_REQUEST`.
