@@ -225,6 +225,7 @@ struct Core<C, M> {
     pending_len: usize,
     mode: OpMode,
     irq: AtomicBool,
+    ext_irq: Option<&'static AtomicBool>,
     stats: Stats,
 }
 
@@ -260,6 +261,7 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
                 pending_len: 0,
                 mode: OpMode::Interrupt,
                 irq: AtomicBool::new(false),
+                ext_irq: None,
                 stats: Stats::default(),
             },
             rxq: RxQueue::new(),
@@ -333,6 +335,12 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
     /// Current mode.
     pub fn mode(&self) -> OpMode {
         self.core.mode
+    }
+    /// Uses `flag` as this channel's interrupt flag: the appliance's VMBus interrupt handler
+    /// sets it (it cannot reach the driver, which the main loop holds `&mut`), and the next
+    /// receive in interrupt mode drains the ring.
+    pub fn bind_interrupt_flag(&mut self, flag: &'static AtomicBool) {
+        self.core.ext_irq = Some(flag);
     }
     /// Called from the channel's interrupt handler: the next receive drains the ring.
     pub fn on_interrupt(&self) {
@@ -718,7 +726,10 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         match self.mode {
             OpMode::Polling => self.drain(rxq),
             OpMode::Interrupt => {
-                if self.irq.swap(false, Ordering::AcqRel) {
+                let ext = self
+                    .ext_irq
+                    .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+                if self.irq.swap(false, Ordering::AcqRel) | ext {
                     self.drain(rxq)
                 } else {
                     self.flush_pending()?;
