@@ -1,0 +1,123 @@
+//! The canary under QEMU TCG on arm64 (`virt`, cortex-a57): direct boot (`-kernel` ELF) and
+//! UEFI (AAVMF), with a real `host-collector serve` storing its record.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn hex(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(u64::MAX)
+}
+
+/// arm64 register order in the record: x0..x30, PSTATE, ESR_EL1, FAR_EL1.
+fn assert_arm64_registers(rec: &Value) {
+    let gpr = rec["registers"]["gpr"].as_array().expect("registers.gpr");
+    assert_eq!(gpr.len(), 34, "x0-x30, pstate, esr, far: {rec:#}");
+    // PSTATE: EL1 (CurrentEL field, bits 3:2 = 1), IRQs masked in the panic path.
+    let pstate = hex(&gpr[31]);
+    assert_eq!((pstate >> 2) & 3, 1, "pstate {pstate:#x} is not EL1");
+    // SP and the frame pointer are in RAM (QEMU virt: from 0x4000_0000).
+    for k in ["sp", "fp"] {
+        assert!(hex(&rec["registers"][k]) >= 0x4000_0000, "{k}: {rec:#}");
+    }
+}
+
+fn panic_on_purpose(boot: &str, boot_mode: &str) {
+    let c = Collector::start();
+    let run = run_canary(
+        "aarch64",
+        boot,
+        c.port,
+        &["--panic-after", "0.2"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("canary: ready (network up)"),
+        "{}",
+        run.serial
+    );
+    let recs = c.records(1, Duration::from_secs(5));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", boot_mode, "panic", &run.serial);
+    assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
+    assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
+    assert!(rec["location"]["line"].as_u64().unwrap() > 0);
+    assert_arm64_registers(&rec);
+    // A frame-pointer backtrace, not just the pc: the panic handler's callers up to kmain.
+    let bt = rec["backtrace"].as_array().unwrap();
+    assert!(bt.len() >= 3, "short backtrace: {rec:#}");
+}
+
+#[test]
+fn aarch64_direct_boot_panic_record_is_stored_by_the_collector() {
+    panic_on_purpose("direct", "direct-aarch64");
+}
+
+#[test]
+fn aarch64_uefi_boot_panic_record_is_stored_by_the_collector() {
+    panic_on_purpose("uefi", "uefi");
+}
+
+#[test]
+fn aarch64_bad_memory_access_is_caught_by_the_vectors_and_shipped() {
+    let c = Collector::start();
+    let run = run_canary(
+        "aarch64",
+        "direct",
+        c.port,
+        &["--fault-after", "0.1"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "direct-aarch64", "fault", &run.serial);
+    // The address canary.rs reads lies above the 1 TiB identity map: a data abort taken at
+    // the same EL (ESR_EL1.EC = 0x25) with a translation fault (DFSC 0b0001xx), FAR = it.
+    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    let esr = hex(&rec["kind_detail"]["vector"]);
+    assert_eq!(esr >> 26, 0x25, "ESR {esr:#x}: {rec:#}");
+    assert_eq!(
+        esr & 0x3c,
+        0x04,
+        "ESR {esr:#x} is not a translation fault: {rec:#}"
+    );
+    assert!(
+        rec["message"].as_str().unwrap().contains("data abort"),
+        "{rec:#}"
+    );
+    assert_arm64_registers(&rec);
+    let gpr = rec["registers"]["gpr"].as_array().unwrap();
+    assert_eq!(hex(&gpr[32]), esr, "ESR_EL1 in the registers: {rec:#}");
+    assert_eq!(
+        hex(&gpr[33]),
+        0x7fff_ffff_f000,
+        "FAR_EL1 in the registers: {rec:#}"
+    );
+    // The backtrace starts at the faulting instruction (ELR_EL1).
+    assert_eq!(rec["backtrace"][0], rec["registers"]["pc"], "{rec:#}");
+}
+
+#[test]
+fn aarch64_panic_inside_the_panic_path_ends_through_the_nested_path() {
+    let c = Collector::start();
+    let run = run_canary(
+        "aarch64",
+        "direct",
+        c.port,
+        &["--panic-after", "0.1", "--nested-panic"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_NESTED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("NESTED PANIC: nested_panic=1"),
+        "{}",
+        run.serial
+    );
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "direct-aarch64", "panic", &run.serial);
+}
