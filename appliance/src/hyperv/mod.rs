@@ -70,6 +70,54 @@ const DYNAMIC_MEMORY: Guid = Guid::from_fields(
     [0x80, 0x57, 0xa3, 0x07, 0xdc, 0x18, 0xa5, 0x02],
 );
 
+/// `hv_timer_message_payload` (TLFS "Timer message payload"; Linux `include/hyperv/hvgdk.h`):
+/// u32 timer_index, u32 reserved, u64 expiration_time, u64 delivery_time (100 ns units).
+fn timer_expiration(payload: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&payload[8..16]);
+    u64::from_le_bytes(b)
+}
+
+/// STIMER0 expiry messages as the boot check saw them: when they arrived (our reference
+/// clock) and when the hypervisor says they expired.
+#[derive(Default)]
+struct TimerTally {
+    messages: u32,
+    first_seen: u64,
+    last_seen: u64,
+    first_exp: u64,
+    last_exp: u64,
+    /// Periods the hypervisor skipped (a periodic timer drops a tick while the slot is full).
+    missed: u64,
+    /// Expiries that are not a whole number of periods after the previous one.
+    off_grid: u32,
+    max_latency: u64,
+    other: u32,
+}
+
+impl TimerTally {
+    fn add(&mut self, seen: u64, exp: u64, period: u64) {
+        if self.messages == 0 {
+            self.first_seen = seen;
+            self.first_exp = exp;
+        } else {
+            let delta = exp.wrapping_sub(self.last_exp);
+            // KVM keeps a periodic timer on its original grid (it skips whole periods when
+            // late: Linux arch/x86/kvm/hyperv.c stimer_start); allow 1 % of a period.
+            let periods = (delta + period / 2) / period;
+            if periods == 0 || delta.abs_diff(periods * period) > period / 100 {
+                self.off_grid += 1;
+            } else {
+                self.missed += periods - 1;
+            }
+        }
+        self.max_latency = self.max_latency.max(seen.saturating_sub(exp));
+        self.last_seen = seen;
+        self.last_exp = exp;
+        self.messages += 1;
+    }
+}
+
 /// P0 of canary's crash-register report: "CNRY" in the high half, the crash kind below.
 const CRASH_P0_MAGIC: u64 = 0x434e_5259 << 32;
 
@@ -275,11 +323,12 @@ fn init_x86_64() -> Option<HyperV> {
                     log::info!("vmbus: offers {}", offers.len());
                     for o in offers {
                         log::info!(
-                            "vmbus: offer relid {} class {} ({}) instance {}: not used by this build",
+                            "vmbus: offer relid {} class {} ({}) instance {} connection_id {}: not used by this build",
                             o.child_relid,
                             o.if_type,
                             class_name(&o.if_type),
-                            o.if_instance
+                            o.if_instance,
+                            o.connection_id
                         );
                     }
                 }
@@ -334,32 +383,36 @@ impl HyperV {
             return;
         }
         let start = self.clock.now();
-        let (mut first, mut last, mut seen, mut other) = (0u64, 0u64, 0u32, 0u32);
-        while seen <= STIMER_CHECK_INTERVALS && self.clock.now() - start < STIMER_CHECK_LIMIT {
+        let mut t = TimerTally::default();
+        while t.messages <= STIMER_CHECK_INTERVALS && self.clock.now() - start < STIMER_CHECK_LIMIT
+        {
             let Some(m) = SYNIC.read_message(vp, VMBUS_MESSAGE_SINT) else {
                 self.clock.relax();
                 continue;
             };
             let ty = m.header.message_type;
             if ty == HVMSG_TIMER_EXPIRED {
-                let t = self.clock.now();
-                if seen == 0 {
-                    first = t;
-                }
-                last = t;
-                seen += 1;
+                t.add(
+                    self.clock.now(),
+                    timer_expiration(&m.payload),
+                    STIMER_CHECK_PERIOD,
+                );
             } else {
-                other += 1;
+                t.other += 1;
             }
             let _ = SYNIC.eom(self.hv, vp, VMBUS_MESSAGE_SINT, ty);
         }
         log::info!(
-            "stimer0: ticks={} period_us={} elapsed_us={} mode=message sint={} other_messages={}",
-            seen.saturating_sub(1),
+            "stimer0: ticks={} period_us={} elapsed_us={} expiry_span_us={} missed={} off_grid={} max_latency_us={} mode=message sint={} other_messages={}",
+            t.messages.saturating_sub(1),
             STIMER_CHECK_PERIOD / 10,
-            (last - first) / 10,
+            (t.last_seen - t.first_seen) / 10,
+            (t.last_exp - t.first_exp) / 10,
+            t.missed,
+            t.off_grid,
+            t.max_latency / 10,
             VMBUS_MESSAGE_SINT,
-            other
+            t.other
         );
         match Stimer0::arm(self.hv, STIMER_RUN_PERIOD) {
             Ok(()) => log::info!(
