@@ -358,3 +358,24 @@ fn malformed_host_messages_are_dropped_without_panic() {
         assert_eq!(c.malformed_messages(), 5);
     }
 }
+
+#[test]
+fn channel_event_flags_are_tested_and_cleared_per_relid() {
+    for arch in ARCHES {
+        let s = sim(arch, hyperv());
+        let g = Guest::boot(&s, SynicMode::Interrupt { vector: 0x30 });
+        assert!(!g.synic.event_flag_test_and_clear(1, 2, 70));
+        s.signal_guest(1, 70);
+        assert!(
+            !g.synic.event_flag_test_and_clear(0, 2, 70),
+            "other CPU's page"
+        );
+        assert!(!g.synic.event_flag_test_and_clear(1, 2, 69), "other bit");
+        assert!(g.synic.event_flag_test_and_clear(1, 2, 70));
+        assert!(!g.synic.event_flag_test_and_clear(1, 2, 70), "cleared");
+        assert!(
+            !g.synic.event_flag_test_and_clear(1, 2, 5000),
+            "out of range"
+        );
+    }
+}
