@@ -815,6 +815,56 @@ mod tests {
     }
 
     #[test]
+    fn gpadl_body_created_torndown_and_open_result_golden_bytes() {
+        // Linux gpadl_body {hdr; u32 msgnumber @8; u32 gpadl @12; u64 pfn[] @16};
+        // gpadl_created {hdr; child_relid @8; gpadl @12; creation_status @16};
+        // gpadl_torndown {hdr; gpadl @8}; open_result {hdr; child_relid @8; openid @12;
+        // status @16}.
+        let b = GpadlBody {
+            header: MessageHeader::new(MessageType::GPADL_BODY),
+            msgnumber: 0,
+            gpadl: 0x0A0B_0C0D,
+        };
+        assert_eq!(
+            b.as_bytes(),
+            &[9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0D, 0x0C, 0x0B, 0x0A]
+        );
+        let c = GpadlCreated {
+            header: MessageHeader::new(MessageType::GPADL_CREATED),
+            child_relid: 1,
+            gpadl: 2,
+            creation_status: 0xC000_0001,
+        };
+        assert_eq!(
+            c.as_bytes(),
+            &[10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0xC0]
+        );
+        assert_eq!(
+            parse_host(c.as_bytes()),
+            Ok(HostMessage::GpadlCreated {
+                child_relid: 1,
+                gpadl: 2,
+                status: 0xC000_0001
+            })
+        );
+        let t = GpadlTorndown {
+            header: MessageHeader::new(MessageType::GPADL_TORNDOWN),
+            gpadl: 0x0102,
+        };
+        assert_eq!(t.as_bytes(), &[12, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0]);
+        let r = OpenResult {
+            header: MessageHeader::new(MessageType::OPENCHANNEL_RESULT),
+            child_relid: 3,
+            openid: 4,
+            status: 5,
+        };
+        assert_eq!(
+            r.as_bytes(),
+            &[6, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0]
+        );
+    }
+
+    #[test]
     fn relid_teardown_and_header_only_messages_golden_bytes() {
         // Linux vmbus_channel_rescind_offer / close_channel / relid_released: {hdr;
         // child_relid @8} = 12; gpadl_teardown {hdr; child_relid @8; gpadl @12} = 16;
