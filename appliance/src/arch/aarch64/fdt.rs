@@ -150,7 +150,7 @@ impl<'a> Fdt<'a> {
     /// `addr` must be readable for 8 bytes and, if it holds the FDT magic, for the header's
     /// total size (at most [`MAX_SIZE`]) and stay unchanged for the program's life.
     pub unsafe fn from_addr(addr: usize) -> Result<Fdt<'static>, FdtError> {
-        if addr == 0 || addr % 8 != 0 {
+        if addr == 0 || !addr.is_multiple_of(8) {
             return Err(FdtError::BadMagic(0));
         }
         // SAFETY: the caller promises 8 readable bytes.
