@@ -113,6 +113,7 @@ pub fn run(cfg: &'static Config) -> ! {
     if has_net && !wait_network(3_000_000) {
         log::warn!("network: collector not reachable yet");
     }
+    crate::panic_path::warm_up();
     let t_ready = crate::arch::now_us();
     log::info!(
         "canary: ready (network {}), collector {}.{}.{}.{}:{}, drill port {}",

@@ -34,6 +34,16 @@ pub fn raw(s: &str) {
     }
 }
 
+/// Writes raw text into the ring only (the console gets it later).
+pub fn ring_only(s: &str) {
+    match RING.try_lock() {
+        Some(mut r) => r.push(s.as_bytes()),
+        // SAFETY: only the panic path calls this; after freeze nothing else runs and the
+        // interrupted holder never resumes.
+        None => unsafe { RING.force_get() }.push(s.as_bytes()),
+    }
+}
+
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
         // Library chatter (virtio-drivers, smoltcp) only at debug.

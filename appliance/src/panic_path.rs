@@ -181,7 +181,43 @@ fn fill_regs(rec: &mut CrashRecord, r: &RegSnapshot) {
     rec.registers.fp = r.fp;
 }
 
+static FIRST_LINE: Cell<heapless::String<512>> = Cell(UnsafeCell::new(heapless::String::new()));
+static NESTED_LINE: Cell<heapless::String<512>> = Cell(UnsafeCell::new(heapless::String::new()));
+/// Bit 0: the first entry's panic line is on the console; bit 1: the nested one's.
+static ON_CONSOLE: AtomicU8 = AtomicU8::new(0);
+
+fn line_slot(entry: Entry) -> (&'static Cell<heapless::String<512>>, u8) {
+    match entry {
+        Entry::First => (&FIRST_LINE, 1),
+        Entry::Nested => (&NESTED_LINE, 2),
+    }
+}
+
+/// The panic line goes into the log ring at once (the record's log tail carries it); the
+/// console gets it after the ship step (`flush_console`): a console line costs about a
+/// millisecond under TCG, before the record ships.
 fn announce(entry: Entry, rec: &CrashRecord) {
+    let line = panic_line(entry, rec);
+    crate::klog::ring_only(&line);
+    let (slot, _) = line_slot(entry);
+    // SAFETY: each slot is written once, by its own entry, before anything reads it.
+    unsafe { *slot.0.get() = line };
+}
+
+/// Prints the panic lines not yet on the console (the first entry's, then a nested one's).
+fn flush_console() {
+    for entry in [Entry::First, Entry::Nested] {
+        let (slot, bit) = line_slot(entry);
+        // SAFETY: written by `announce` before this entry could get here; a slot whose
+        // entry has not announced is empty.
+        let line = unsafe { &*slot.0.get() };
+        if !line.is_empty() && ON_CONSOLE.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
+            crate::arch::serial_write(line.as_bytes());
+        }
+    }
+}
+
+fn panic_line(entry: Entry, rec: &CrashRecord) -> heapless::String<512> {
     let mut line: heapless::String<512> = heapless::String::new();
     let _ = write!(
         Msg(&mut line),
@@ -197,7 +233,50 @@ fn announce(entry: Entry, rec: &CrashRecord) {
         let _ = write!(Msg(&mut line), " at {}:{}:{}", l.file, l.line, l.column);
     }
     let _ = line.push('\n');
-    crate::klog::raw(&line);
+    // Into the log ring at once (the record's log tail carries it); the console gets it in
+    // the end step: a console line costs about a millisecond under TCG, before the record
+    // ships.
+    line
+}
+
+/// Runs the panic path's record code once at boot (encode, chunk, CRC, ack parsing, log
+/// tail) on a scratch record: under TCG the first run of any code pays for its translation,
+/// which would otherwise land between the panic and the ack.
+pub fn warm_up() {
+    let mut rec = CrashRecord::empty();
+    common_fill(&mut rec, Entry::First);
+    let _ = write!(Msg(&mut rec.message), "warm-up {}", 1);
+    let _ = rec.backtrace.push(walk_frames as *const () as usize as u64);
+    crate::klog::tail_into(&mut rec.log_tail);
+    // SAFETY: no panic is in progress (this runs at boot, before "ready"); the panic path
+    // overwrites the buffer before it uses it.
+    let buf = unsafe { &mut *ENCODED.0.get() };
+    let Ok(bytes) = rec.encode(buf) else { return };
+    let sc = SenderConfig {
+        initial_rto_ms: 20,
+        max_rto_ms: 400,
+        deadline_ms: 1,
+    };
+    let Ok(mut sender) = Sender::new(sc, rec.boot_id, rec.seq, bytes, None, 0) else {
+        return;
+    };
+    let mut sent = 0usize;
+    let _ = sender.poll(0, &mut |d| sent += d.len());
+    let id = sender.id();
+    let ack = capture::wire::Repr::Ack(capture::wire::AckRepr {
+        boot_id: id.boot_id,
+        seq: id.seq,
+        record_crc: id.record_crc,
+        status: capture::wire::AckStatus::Stored,
+    });
+    let mut frame = [0u8; 64];
+    if let Ok(n) = capture::wire::emit(&ack, None, &mut frame) {
+        let acked = sender.handle(&frame[..n]);
+        log::debug!(
+            "panic path warm-up: {} bytes out, ack understood: {acked}",
+            sent
+        );
+    }
 }
 
 struct Steps {
@@ -267,8 +346,11 @@ impl PanicSteps for Steps {
             let o = h.reconnect_for_ship();
             log::info!("panic: vmbus reconnect for ship: {o}");
         });
-        let o = ship_record(rec);
+        let mut report: heapless::String<256> = heapless::String::new();
+        let o = ship_record(rec, &mut report);
         SHIP_OUTCOME.store(if o == Outcome::Done { 1 } else { 2 }, Ordering::Relaxed);
+        flush_console();
+        crate::klog::raw(&report);
         o
     }
 
@@ -286,6 +368,7 @@ impl PanicSteps for Steps {
 
     fn end(&mut self, rec: &CrashRecord) {
         self.with_hv((), (), |h| h.end());
+        flush_console();
         let mut line: heapless::String<512> = heapless::String::new();
         let _ = write!(
             Msg(&mut line),
@@ -313,7 +396,7 @@ impl PanicSteps for Steps {
     }
 }
 
-fn ship_record(rec: &CrashRecord) -> Outcome {
+fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<N>) -> Outcome {
     let cfg = platform::config();
     let net = match NET.try_lock() {
         Some(g) => g,
@@ -350,31 +433,46 @@ fn ship_record(rec: &CrashRecord) -> Outcome {
         Err(_) => return Outcome::Failed(2),
     };
     let mut rx = [0u8; 1500];
+    let mut first_sent_us = 0u64;
     loop {
         let state = sender.poll(now_ms(), &mut |d| {
             let _ = net.send_to_collector(d);
         });
         net.poll();
+        if first_sent_us == 0 && sender.stats().datagrams_sent > 0 {
+            first_sent_us = crate::arch::now_us();
+        }
         while let Some(d) = net.recv_collector(&mut rx) {
             sender.handle(d);
         }
         match state {
             SendState::Acked => break,
-            SendState::Rejected => return Outcome::Failed(3),
-            SendState::TimedOut => return Outcome::TimedOut,
+            SendState::Rejected => {
+                let _ = writeln!(Msg(report), "panic: the collector rejected the record");
+                return Outcome::Failed(3);
+            }
+            SendState::TimedOut => {
+                let _ = writeln!(
+                    Msg(report),
+                    "panic: no ack for the record within {} ms ({} datagrams sent)",
+                    cfg.deadline_ms,
+                    sender.stats().datagrams_sent
+                );
+                return Outcome::TimedOut;
+            }
             _ => {}
         }
     }
     let st = sender.stats();
-    let mut line: heapless::String<160> = heapless::String::new();
     let _ = writeln!(
-        Msg(&mut line),
-        "panic: record {} bytes acked by the collector ({} datagrams, {} rounds)",
+        Msg(report),
+        "panic: record {} bytes acked by the collector ({} datagrams, {} rounds); panic-to-ack {} us (first datagram out after {} us)",
         bytes.len(),
         st.datagrams_sent,
-        st.retransmit_rounds
+        st.retransmit_rounds,
+        crate::arch::now_us().saturating_sub(rec.uptime_us),
+        first_sent_us.saturating_sub(rec.uptime_us)
     );
-    crate::klog::raw(&line);
     Outcome::Done
 }
 
