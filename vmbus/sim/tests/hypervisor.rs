@@ -379,3 +379,15 @@ fn channel_event_flags_are_tested_and_cleared_per_relid() {
         );
     }
 }
+
+#[test]
+fn arm64_identity_without_the_uid_call_reads_the_same_registers() {
+    let s = sim(SimArch::Aarch64, hyperv());
+    let cpu = s.cpu(0);
+    assert!(vmbus::arch::aarch64::has_hyperv_uid(&cpu));
+    let a = vmbus::arch::aarch64::detect(&cpu).unwrap();
+    let b = vmbus::arch::aarch64::identity(&cpu).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b.privileges.0, s.config().privileges);
+    assert_eq!(b.features, s.config().features);
+}

@@ -88,15 +88,28 @@ impl<C: Smccc> Arm64Hv<C> {
     }
 }
 
-/// arm64 detection: the SMCCC vendor-hyp UID, then the feature registers (ref §3.1).
-pub fn detect(conduit: &(impl Smccc + ?Sized)) -> Option<HvIdentity> {
+/// Whether the SMCCC vendor-hyp UID says Hyper-V (2025+ hosts; ref §3.1).
+pub fn has_hyperv_uid(conduit: &(impl Smccc + ?Sized)) -> bool {
     let mut r = [0u64; 18];
     r[0] = VENDOR_HYP_CALL_UID;
     conduit.call(&mut r);
     let uid = [r[0] as u32, r[1] as u32, r[2] as u32, r[3] as u32];
-    if r[0] == SMCCC_RET_NOT_SUPPORTED || uid != HYPERV_UID {
+    r[0] != SMCCC_RET_NOT_SUPPORTED && uid == HYPERV_UID
+}
+
+/// arm64 detection: the SMCCC vendor-hyp UID, then the feature registers (ref §3.1). Older
+/// hosts may not answer the UID call; a kernel that found ACPI FADT `hypervisor_id ==
+/// "MsHyperV"` (Linux's primary arm64 check) calls [`identity`] directly instead.
+pub fn detect(conduit: &(impl Smccc + ?Sized)) -> Option<HvIdentity> {
+    if !has_hyperv_uid(conduit) {
         return None;
     }
+    identity(conduit)
+}
+
+/// The identity from HvGetVpRegisters 0x200/0x201/0x100, without the UID check; `None` if
+/// the hypercalls fail (not Hyper-V).
+pub fn identity(conduit: &(impl Smccc + ?Sized)) -> Option<HvIdentity> {
     struct Borrowed<'a, C: ?Sized>(&'a C);
     impl<C: Smccc + ?Sized> Smccc for Borrowed<'_, C> {
         fn call(&self, regs: &mut [u64; 18]) {
