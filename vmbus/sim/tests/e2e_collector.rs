@@ -175,6 +175,14 @@ fn ship<D: Device>(
             })
         };
         if !matches!(st, SendState::Waiting { .. }) {
+            let stats = sender.stats();
+            eprintln!(
+                "ship: {st:?} after {} ms, record {} bytes, {} datagrams, {} retransmit rounds",
+                now,
+                encoded.len(),
+                stats.datagrams_sent,
+                stats.retransmit_rounds
+            );
             return st;
         }
         iface.poll(Instant::from_millis(now as i64), nic, &mut sockets);
