@@ -7,6 +7,8 @@
 //! the Hyper-V synthetic one and the NIC is netvsc (`crate::hyperv`); this module's fallbacks
 //! then only matter for what QEMU `virt` has. (Not testable here.)
 
+#[cfg(target_os = "uefi")]
+mod acpi;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
@@ -34,8 +36,12 @@ const VIRT_MMIO_COUNT: u64 = 32;
 /// What the device tree said (set once at boot).
 static FACTS: Once<Facts<'static>> = Once::new();
 static DT_ADDR: AtomicUsize = AtomicUsize::new(0);
-static RTC: AtomicUsize = AtomicUsize::new(VIRT_RTC);
 static PSCI_SMC: AtomicBool = AtomicBool::new(false);
+/// Whether QEMU `virt`'s fixed map may be assumed where the firmware says nothing: a direct
+/// boot is QEMU's `-kernel`; under UEFI only with QEMU's device tree or ACPI OEM ID (on
+/// Hyper-V arm64 nothing lives at those addresses).
+static QEMU_VIRT: AtomicBool = AtomicBool::new(cfg!(target_os = "none"));
+static RTC: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") { VIRT_RTC } else { 0 });
 
 /// Reads the device tree at `addr` and applies what it says: console, reference clock, PSCI
 /// conduit (used later: virtio-mmio transports, memory). `None` if there is no valid DTB.
@@ -48,8 +54,9 @@ pub unsafe fn use_device_tree(addr: usize) -> Option<&'static Facts<'static>> {
     let dt = unsafe { fdt::Fdt::from_addr(addr) }.ok()?;
     let f = dt.facts().ok()?;
     if let Some(u) = f.pl011 {
-        serial::set_base(u.base as usize);
+        serial::set_base(u.base as usize, true);
     }
+    QEMU_VIRT.store(true, Ordering::Relaxed);
     RTC.store(f.pl031.map_or(0, |r| r.base as usize), Ordering::Relaxed);
     PSCI_SMC.store(f.psci == Some(PsciMethod::Smc), Ordering::Relaxed);
     DT_ADDR.store(addr, Ordering::Relaxed);
@@ -57,21 +64,59 @@ pub unsafe fn use_device_tree(addr: usize) -> Option<&'static Facts<'static>> {
     FACTS.get()
 }
 
-/// UEFI: the device tree from the configuration table (EFI_DTB_TABLE_GUID
+/// UEFI: learns the machine from the configuration table, once, while boot services run
+/// (the console's first use calls it): the device tree (EFI_DTB_TABLE_GUID
 /// b1b621d5-f19c-41a5-830b-d9152c69aae0, UEFI spec 2.10 section 4.6 / Linux
-/// `include/linux/efi.h` DEVICE_TREE_GUID), as QEMU's AAVMF installs it. Call before
-/// ExitBootServices. Firmware keeps the DTB in memory it does not reuse after that.
-/// Hyper-V arm64 firmware offers ACPI instead: then `None` and the `virt` fallbacks stay.
+/// `include/linux/efi.h` DEVICE_TREE_GUID) when the firmware offers one (AAVMF with
+/// `acpi=off`), else ACPI (AAVMF's default, Hyper-V arm64): the SPCR console and the OEM ID.
+#[cfg(target_os = "uefi")]
+fn uefi_discover() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    const DTB_GUID: uefi::Guid = uefi::guid!("b1b621d5-f19c-41a5-830b-d9152c69aae0");
+    let find = |g: uefi::Guid| {
+        uefi::system::with_config_table(|t| {
+            t.iter().find(|e| e.guid == g).map(|e| e.address as usize)
+        })
+    };
+    if let Some(addr) = find(DTB_GUID) {
+        // SAFETY: the firmware's identity map covers the table it installed, and it stays.
+        if unsafe { use_device_tree(addr) }.is_some() {
+            return;
+        }
+    }
+    let Some(rsdp) = find(uefi::table::cfg::ConfigTableEntry::ACPI2_GUID) else {
+        return;
+    };
+    // SAFETY: the RSDP from the configuration table; ACPI tables are identity-mapped.
+    let Some(a) = (unsafe { acpi::read(rsdp as u64) }) else {
+        return;
+    };
+    if let Some((ty, base)) = a.console {
+        if matches!(ty, acpi::SPCR_PL011 | acpi::SPCR_SBSA | acpi::SPCR_SBSA_32BIT) {
+            // The SBSA generic UART has no control register: leave it as firmware set it.
+            serial::set_base(base as usize, ty == acpi::SPCR_PL011);
+        }
+    }
+    // QEMU's ACPI tables carry OEM ID "BOCHS " (QEMU `include/hw/acpi/aml-build.h`,
+    // ACPI_BUILD_APPNAME6).
+    if &a.oem_id == b"BOCHS " {
+        QEMU_VIRT.store(true, Ordering::Relaxed);
+        RTC.store(VIRT_RTC, Ordering::Relaxed);
+    }
+    let _ = ACPI_OEM.set(a.oem_id);
+}
+
+#[cfg(target_os = "uefi")]
+static ACPI_OEM: Once<[u8; 6]> = Once::new();
+
+/// UEFI: the device tree's address, if the firmware gave one (see `uefi_discover`).
 #[cfg(target_os = "uefi")]
 pub fn uefi_device_tree() -> Option<usize> {
-    const DTB_GUID: uefi::Guid = uefi::guid!("b1b621d5-f19c-41a5-830b-d9152c69aae0");
-    let addr = uefi::system::with_config_table(|t| {
-        t.iter()
-            .find(|e| e.guid == DTB_GUID)
-            .map(|e| e.address as usize)
-    })?;
-    // SAFETY: the firmware's identity map covers the table it installed.
-    unsafe { use_device_tree(addr) }.map(|_| addr)
+    uefi_discover();
+    Some(DT_ADDR.load(Ordering::Relaxed)).filter(|&a| a != 0)
 }
 
 /// Logs what the device tree gave (once the logger is up).
@@ -91,7 +136,27 @@ fn log_device_tree() {
             f.psci,
             f.ecam.map_or(0, |r| r.base)
         ),
-        None => log::warn!("no device tree: assuming QEMU virt's memory map"),
+        None => {
+            #[cfg(target_os = "uefi")]
+            if let Some(oem) = ACPI_OEM.get() {
+                log::info!(
+                    "ACPI (OEM {:?}), console {:#x}{}",
+                    core::str::from_utf8(oem).unwrap_or("?"),
+                    serial::base(),
+                    if QEMU_VIRT.load(Ordering::Relaxed) {
+                        ", QEMU virt: assuming its virtio-mmio and PL031 addresses"
+                    } else {
+                        ""
+                    }
+                );
+                return;
+            }
+            if QEMU_VIRT.load(Ordering::Relaxed) {
+                log::warn!("no device tree: assuming QEMU virt's memory map");
+            } else {
+                log::warn!("no device tree and no ACPI: no virtio-mmio, no RTC");
+            }
+        }
     }
 }
 
@@ -245,11 +310,13 @@ pub fn map_mmio(base: u64, len: u64) {
     let _ = (base, len);
 }
 
-/// The virtio-mmio transports: from the device tree, or QEMU `virt`'s 32 slots. Sorted by
+/// The virtio-mmio transports: from the device tree, or QEMU `virt`'s 32 slots (only on QEMU:
+/// see `QEMU_VIRT`). Sorted by
 /// address (QEMU lists them in the DTB from the top down).
 fn virtio_mmio_slots() -> heapless::Vec<Reg, 32> {
     let mut v: heapless::Vec<Reg, 32> = match FACTS.get() {
         Some(f) if !f.virtio_mmio.is_empty() => f.virtio_mmio.clone(),
+        _ if !QEMU_VIRT.load(Ordering::Relaxed) => heapless::Vec::new(),
         _ => (0..VIRT_MMIO_COUNT)
             .map(|i| Reg {
                 base: VIRT_MMIO + i * VIRT_MMIO_SIZE,

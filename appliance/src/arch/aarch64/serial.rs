@@ -3,9 +3,13 @@
 //! TXE bit 8). QEMU `virt` has it at 0x0900_0000 (`hw/arm/virt.c` VIRT_UART); the device
 //! tree's `arm,pl011` node overrides that. The firmware (or QEMU's reset state) has set the
 //! baud rate: only make sure the UART and its transmitter are on.
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-static BASE: AtomicUsize = AtomicUsize::new(0x0900_0000);
+/// 0: no console known yet (UEFI before the configuration table was read: writes are
+/// dropped rather than sent to an address that may be nothing on this machine).
+static BASE: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") { 0x0900_0000 } else { 0 });
+/// Whether the UART has the PL011 control register (the SBSA generic UART has not).
+static HAS_CR: AtomicBool = AtomicBool::new(true);
 
 const DR: usize = 0x00;
 const FR: usize = 0x18;
@@ -14,13 +18,24 @@ const FR_TXFF: u32 = 1 << 5;
 const CR_UARTEN: u32 = 1 << 0;
 const CR_TXE: u32 = 1 << 8;
 
-/// Uses the PL011 at `base` (from the device tree).
-pub fn set_base(base: usize) {
+/// Uses the PL011 (or SBSA generic UART, `has_cr` false) at `base`, from the device tree or
+/// the ACPI SPCR table.
+pub fn set_base(base: usize, has_cr: bool) {
+    HAS_CR.store(has_cr, Ordering::Relaxed);
     BASE.store(base, Ordering::Relaxed);
 }
 
+pub fn base() -> usize {
+    BASE.load(Ordering::Relaxed)
+}
+
 pub fn init() {
+    #[cfg(target_os = "uefi")]
+    super::uefi_discover();
     let b = BASE.load(Ordering::Relaxed);
+    if b == 0 || !HAS_CR.load(Ordering::Relaxed) {
+        return;
+    }
     // SAFETY: PL011 control register, device memory in the identity map.
     unsafe {
         let cr = core::ptr::read_volatile((b + CR) as *const u32);
@@ -41,6 +56,9 @@ pub fn write(bytes: &[u8]) {
 
 fn put(c: u8) {
     let b = BASE.load(Ordering::Relaxed);
+    if b == 0 {
+        return;
+    }
     // SAFETY: PL011 flag and data registers. Bounded wait: a stuck FIFO drops the byte.
     unsafe {
         let mut spins = 0u32;

@@ -1,0 +1,97 @@
+//! Just enough ACPI for an arm64 UEFI boot without a device tree (QEMU `virt` with AAVMF's
+//! default ACPI mode; Hyper-V arm64 Gen2): the console from the SPCR table and the platform's
+//! OEM ID (to tell QEMU, whose fixed `virt` map the canary may then assume, from others).
+//!
+//! Layouts: ACPI 6.5 section 5.2.5.3 (RSDP: "RSD PTR ", revision at 15, XsdtAddress at 24),
+//! 5.2.6 (table header: signature, length at 4, OEMID at 10..16), 5.2.8 (XSDT: 64-bit
+//! entries after the 36-byte header); Microsoft "Serial Port Console Redirection Table"
+//! (SPCR): interface type at 36, base address (Generic Address Structure, ACPI 5.2.3.2) at
+//! 40 with the address at 44.
+
+/// SPCR interface types (Microsoft SPCR spec, table 3 / DBG2 "Serial Port Subtypes").
+pub const SPCR_PL011: u8 = 0x03;
+pub const SPCR_SBSA_32BIT: u8 = 0x0d;
+pub const SPCR_SBSA: u8 = 0x0e;
+
+/// Tables are refused beyond this size (a real XSDT or SPCR is a few hundred bytes).
+const MAX_TABLE: u32 = 64 * 1024;
+const HEADER_LEN: u32 = 36;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcpiFacts {
+    /// XSDT OEM ID ("BOCHS " on QEMU, "VRTUAL" on Hyper-V).
+    pub oem_id: [u8; 6],
+    /// SPCR console: interface type and MMIO base.
+    pub console: Option<(u8, u64)>,
+}
+
+/// Reads a byte range of physical memory (identity-mapped by the firmware).
+///
+/// # Safety
+/// `[addr, addr + len)` must be readable.
+unsafe fn bytes<'a>(addr: u64, len: u32) -> &'a [u8] {
+    // SAFETY: forwarded from the caller.
+    unsafe { core::slice::from_raw_parts(addr as usize as *const u8, len as usize) }
+}
+
+fn le32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn le64(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+/// A table's bytes if its header has `sig`, a sane length and a zero checksum.
+///
+/// # Safety
+/// `addr` must point to an ACPI table the firmware published.
+unsafe fn table<'a>(addr: u64, sig: &[u8; 4]) -> Option<&'a [u8]> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: a published table has at least its 36-byte header.
+    let head = unsafe { bytes(addr, HEADER_LEN) };
+    if &head[..4] != sig {
+        return None;
+    }
+    let len = le32(head, 4)?;
+    if !(HEADER_LEN..=MAX_TABLE).contains(&len) {
+        return None;
+    }
+    // SAFETY: the header says the table is `len` bytes.
+    let t = unsafe { bytes(addr, len) };
+    (t.iter().fold(0u8, |a, &b| a.wrapping_add(b)) == 0).then_some(t)
+}
+
+/// Walks RSDP -> XSDT -> SPCR.
+///
+/// # Safety
+/// `rsdp` must be the ACPI 2.0 RSDP address from the UEFI configuration table, with the
+/// tables it points to identity-mapped.
+pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
+    if rsdp == 0 {
+        return None;
+    }
+    // SAFETY: the ACPI 2.0 RSDP is 36 bytes.
+    let r = unsafe { bytes(rsdp, 36) };
+    if &r[..8] != b"RSD PTR " || r[15] < 2 {
+        return None;
+    }
+    // SAFETY: the RSDP names the XSDT.
+    let xsdt = unsafe { table(le64(r, 24)?, b"XSDT") }?;
+    let mut f = AcpiFacts::default();
+    f.oem_id.copy_from_slice(&xsdt[10..16]);
+    for e in xsdt[HEADER_LEN as usize..].chunks_exact(8) {
+        let addr = le64(e, 0)?;
+        // SAFETY: XSDT entries are published tables.
+        if let Some(spcr) = unsafe { table(addr, b"SPCR") } {
+            let ty = *spcr.get(36)?;
+            // Generic Address Structure: address space 0 = system memory.
+            if *spcr.get(40)? == 0 {
+                f.console = Some((ty, le64(spcr, 44)?));
+            }
+        }
+    }
+    Some(f)
+}
