@@ -673,3 +673,37 @@ fn an_interrupt_handler_flag_bound_to_the_driver_triggers_the_drain() {
     assert_eq!(tb.nic.recv_frame(&mut buf).unwrap(), Some(80));
     assert!(!IRQ.load(Ordering::Acquire), "flag consumed");
 }
+
+#[test]
+fn polling_mode_sends_give_up_instead_of_hanging_when_the_lock_is_held() {
+    use std::sync::{mpsc, Arc, Barrier};
+    let (mut tb, _) = testbed(NetvscHostConfig::default(), Sizes::default());
+    tb.bring_up().unwrap();
+    tb.nic.set_mode(OpMode::Polling);
+    let link = tb.link.clone();
+    let held = Arc::new(Barrier::new(2));
+    let (tx, rx) = mpsc::channel::<()>();
+    let h = held.clone();
+    // Another CPU was inside a send on this channel when the panic hit.
+    let holder = std::thread::spawn(move || {
+        let _g = link.lock_outbound();
+        h.wait();
+        rx.recv().unwrap();
+    });
+    held.wait();
+    let t = std::time::Instant::now();
+    let r = tb.nic.send_frame(&[0u8; 60]);
+    let took = t.elapsed();
+    assert_eq!(
+        r,
+        Err(vmbus::netvsc::NetvscError::Channel(
+            vmbus::netvsc::ChannelError::Busy
+        ))
+    );
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert_eq!(tb.host.state().frames_from_guest, 0);
+    tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(tb.nic.send_frame(&[0u8; 60]).unwrap());
+    assert_eq!(tb.host.state().frames_from_guest, 1);
+}

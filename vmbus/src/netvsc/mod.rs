@@ -64,6 +64,8 @@ pub const TX_SLOT: usize = 2048;
 pub const RNDIS_MAX: usize = 2048;
 /// Receive-buffer completions that can wait for ring space.
 const PENDING_COMPLETIONS: usize = 64;
+/// Outbound-lock attempts per send in polling mode before giving up with `Busy`.
+const POLLING_LOCK_TRIES: u32 = 100_000;
 /// Send-buffer sections tracked.
 const MAX_SECTIONS: usize = 256;
 
@@ -387,12 +389,30 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
 }
 
 impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
+    /// Sends on the channel. In polling mode (the panic path) the outbound lock is only
+    /// tried, a bounded number of times: if the panic interrupted a send on this channel the
+    /// lock never frees, and waiting for it would hang the panic path (§2.3).
+    fn out(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+        match self.mode {
+            OpMode::Interrupt => self.chan.send(pkt),
+            OpMode::Polling => {
+                for _ in 0..POLLING_LOCK_TRIES {
+                    match self.chan.try_send(pkt) {
+                        Err(ChannelError::Busy) => core::hint::spin_loop(),
+                        other => return other,
+                    }
+                }
+                Err(ChannelError::Busy)
+            }
+        }
+    }
+
     fn send_nvsp(&mut self, msg: &Nvsp, completion: bool) -> Result<u64, NetvscError> {
         let mut buf = [0u8; nvsp::PACKET_SIZE_V61];
         let n = msg.emit(&mut buf)?;
         self.next_request += 1;
         let tid = TID_REQUEST | (self.next_request & 0xFFFF_FFFF);
-        self.chan.send(&OutPacket::InBand {
+        self.out(&OutPacket::InBand {
             payload: &buf[..n],
             trans_id: tid,
             completion_requested: completion,
@@ -700,7 +720,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         .emit(&mut nv)?;
         self.ctrl_reply = None;
         self.ctrl_busy = true;
-        if let Err(e) = self.chan.send(&OutPacket::GpaDirect {
+        if let Err(e) = self.out(&OutPacket::GpaDirect {
             pages: &[page],
             payload: &nv[..nl],
             trans_id: TID_CONTROL | u64::from(request_id),
@@ -768,7 +788,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             nvsp::STATUS_FAIL
         };
         b[4..].copy_from_slice(&st.to_le_bytes());
-        self.chan.send(&OutPacket::Completion {
+        self.out(&OutPacket::Completion {
             payload: &b,
             trans_id: tid,
         })?;
@@ -824,7 +844,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                         Err(_) => self.stats.malformed += 1,
                     }
                     if flags & crate::synthvid::chan::FLAG_COMPLETION_REQUESTED != 0 {
-                        let _ = self.chan.send(&OutPacket::Completion {
+                        let _ = self.out(&OutPacket::Completion {
                             payload: &[],
                             trans_id: tid,
                         });
@@ -985,7 +1005,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 section_size: n as u32,
             }
             .emit(&mut nv)?;
-            self.chan.send(&OutPacket::InBand {
+            self.out(&OutPacket::InBand {
                 payload: &nv[..nl],
                 trans_id: TID_SENDBUF | i as u64,
                 completion_requested: true,
@@ -1008,7 +1028,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 section_size: 0,
             }
             .emit(&mut nv)?;
-            self.chan.send(&OutPacket::GpaDirect {
+            self.out(&OutPacket::GpaDirect {
                 pages: &[page],
                 payload: &nv[..nl],
                 trans_id: TID_GPA | i as u64,
