@@ -290,3 +290,15 @@ fn resolution_request_and_response_follow_hyperv_fb() {
         Message::ResolutionResponse(r)
     );
 }
+
+#[test]
+fn version_gating_comes_from_the_message_table() {
+    use wire::msg_type::*;
+    assert!(wire::allowed(DIRT, wire::VERSION_WIN8));
+    assert!(!wire::allowed(RESOLUTION_REQUEST, wire::VERSION_WIN8));
+    assert!(wire::allowed(RESOLUTION_REQUEST, wire::VERSION_WIN10));
+    assert!(
+        !wire::allowed(99, wire::VERSION_WIN10),
+        "unknown types are never sent"
+    );
+}

@@ -354,8 +354,7 @@ impl<C: DeviceChannel> Synthvid<C> {
         deadline: &mut dyn Deadline,
     ) -> Result<Resolutions, SynthvidError> {
         let have = self.version.ok_or(SynthvidError::NotConnected)?;
-        // Versions compare by minor then major: (minor << 16) | major, both 3.x here.
-        if have < wire::VERSION_WIN10 {
+        if !wire::allowed(wire::msg_type::RESOLUTION_REQUEST, have) {
             return Err(SynthvidError::VersionTooOld {
                 needed: wire::VERSION_WIN10,
                 have,

@@ -58,6 +58,34 @@ pub mod msg_type {
     pub const RESOLUTION_RESPONSE: u32 = 14;
 }
 
+/// Message types with the synthvid version that introduced them (hyperv_fb.c: the
+/// resolution messages arrived with WIN10 3.5, everything else is in WIN7 3.0 / WIN8 3.2).
+/// Version gating reads this table.
+pub const INTRODUCED_IN: [(u32, u32); 13] = [
+    (msg_type::ERROR, VERSION_WIN7),
+    (msg_type::VERSION_REQUEST, VERSION_WIN7),
+    (msg_type::VERSION_RESPONSE, VERSION_WIN7),
+    (msg_type::VRAM_LOCATION, VERSION_WIN7),
+    (msg_type::VRAM_LOCATION_ACK, VERSION_WIN7),
+    (msg_type::SITUATION_UPDATE, VERSION_WIN7),
+    (msg_type::SITUATION_UPDATE_ACK, VERSION_WIN7),
+    (msg_type::POINTER_POSITION, VERSION_WIN7),
+    (msg_type::POINTER_SHAPE, VERSION_WIN7),
+    (msg_type::FEATURE_CHANGE, VERSION_WIN7),
+    (msg_type::DIRT, VERSION_WIN7),
+    (msg_type::RESOLUTION_REQUEST, VERSION_WIN10),
+    (msg_type::RESOLUTION_RESPONSE, VERSION_WIN10),
+];
+
+/// Whether `ty` may be sent once `negotiated` was agreed (versions order by minor, then
+/// major, which `(minor << 16) | major` compares correctly for the 3.x versions).
+pub fn allowed(ty: u32, negotiated: u32) -> bool {
+    INTRODUCED_IN
+        .iter()
+        .find(|(t, _)| *t == ty)
+        .is_some_and(|&(_, v)| negotiated >= v)
+}
+
 /// `struct pipe_msg_hdr {u32 type; u32 size;}` (hyperv_fb.c); `size` counts the bytes after it.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
