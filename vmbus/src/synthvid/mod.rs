@@ -486,7 +486,8 @@ impl<C: DeviceChannel> Synthvid<C> {
 
     fn clip(&self, r: Rect) -> Rect {
         // hyperv_fb.c synthvid_update: inverted corners fall back to 0 / the resolution.
-        let (w, h) = (self.mode.width as i32, self.mode.height as i32);
+        let w = i32::try_from(self.mode.width).unwrap_or(i32::MAX);
+        let h = i32::try_from(self.mode.height).unwrap_or(i32::MAX);
         let x1 = if r.x1 > r.x2 { 0 } else { r.x1.clamp(0, w) };
         let y1 = if r.y1 > r.y2 { 0 } else { r.y1.clamp(0, h) };
         let x2 = if r.x2 < r.x1 || r.x2 > w { w } else { r.x2 };
