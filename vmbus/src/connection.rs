@@ -214,6 +214,7 @@ pub struct Connection<'s> {
     /// Interrupt page (first half receive, second half send) + 2 monitor pages.
     pages: PhysPages,
     reply_timeout: u64,
+    poll_limit: u32,
 }
 
 impl core::fmt::Debug for Connection<'_> {
@@ -228,9 +229,17 @@ impl core::fmt::Debug for Connection<'_> {
     }
 }
 
+/// Default backstop for every polling loop ([`Connection::set_poll_limit`]): if the clock
+/// stops advancing (a broken time source), loops still end after this many iterations.
+pub const SPIN_LIMIT: u32 = 1 << 26;
+
 fn wait_ticks(clock: &dyn Clock, ticks: u64) {
     let until = clock.now().saturating_add(ticks);
-    while clock.now() < until {
+    // A stuck clock ends each backoff wait after a bounded spin.
+    for _ in 0..ticks.min(SPIN_LIMIT as u64) {
+        if clock.now() >= until {
+            break;
+        }
         clock.relax();
     }
 }
@@ -305,6 +314,7 @@ impl<'s> Connection<'s> {
             next_gpadl: FIRST_GPADL_HANDLE,
             pages,
             reply_timeout: opts.reply_timeout,
+            poll_limit: SPIN_LIMIT,
         };
         match conn.negotiate(hv, clock, opts.versions) {
             Ok(()) => Ok(conn),
@@ -381,6 +391,11 @@ impl<'s> Connection<'s> {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+    /// Iterations after which a polling loop gives up even if the clock never reaches its
+    /// deadline (a backstop against a broken clock; default [`SPIN_LIMIT`]).
+    pub fn set_poll_limit(&mut self, limit: u32) {
+        self.poll_limit = limit.max(1);
     }
     pub fn target_vp(&self) -> u32 {
         self.target_vp
@@ -538,7 +553,7 @@ impl<'s> Connection<'s> {
         mut f: impl FnMut(&mut Self, HostMessage) -> Option<T>,
     ) -> Result<T, VmbusError> {
         let deadline = clock.now().saturating_add(self.reply_timeout);
-        loop {
+        for _ in 0..self.poll_limit {
             match self.take_one(hv, clock) {
                 Some(Ok(m)) => {
                     if let Some(t) = f(self, m) {
@@ -553,6 +568,7 @@ impl<'s> Connection<'s> {
                 return Err(VmbusError::Timeout(what));
             }
         }
+        Err(VmbusError::Timeout(what))
     }
 
     /// One pending event, if any (non-blocking). Offers and rescinds are applied.
@@ -828,6 +844,7 @@ impl<'s> Connection<'s> {
             return UnloadOutcome::Failed(e);
         }
         let mut next_log = start.saturating_add(50_000_000);
+        let mut spins = 0u32;
         let outcome = loop {
             let mut responder = None;
             for vp in self.synic.enabled_cpus() {
@@ -852,7 +869,8 @@ impl<'s> Connection<'s> {
                     waited: now.saturating_sub(start),
                 };
             }
-            if now >= deadline {
+            spins += 1;
+            if now >= deadline || spins >= self.poll_limit {
                 log::warn!("vmbus: continuing even though VMBus UNLOAD did not complete");
                 break UnloadOutcome::TimedOut {
                     waited: now.saturating_sub(start),

@@ -233,3 +233,37 @@ fn requests_after_unload_are_refused() {
         vmbus::VmbusError::NotConnected
     );
 }
+
+/// A clock that never advances (a broken time source).
+struct StuckClock;
+impl vmbus::Clock for StuckClock {
+    fn now(&self) -> u64 {
+        42
+    }
+}
+
+#[test]
+fn a_stuck_clock_cannot_hang_unload_or_a_request() {
+    let s = sim(SimArch::X86_64, hyperv());
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let opts = ConnectOptions::default();
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    c.set_poll_limit(10_000);
+    s.faults(|f| f.drop_unload_response = true);
+    let t = std::time::Instant::now();
+    let o = c.unload(g.hv(0), &StuckClock, 1_000);
+    assert!(matches!(o, UnloadOutcome::TimedOut { .. }), "{o:?}");
+    assert!(t.elapsed().as_secs() < 10);
+    assert_eq!(
+        c.request_offers(g.hv(0), &StuckClock).unwrap_err(),
+        vmbus::VmbusError::NotConnected
+    );
+    // A request waiting for a reply that never comes, on a stuck clock, also ends.
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    c.set_poll_limit(10_000);
+    s.reset_bus();
+    assert_eq!(
+        c.request_offers(g.hv(0), &StuckClock).unwrap_err(),
+        vmbus::VmbusError::Timeout("ALLOFFERS_DELIVERED")
+    );
+}
