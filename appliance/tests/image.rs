@@ -8,9 +8,15 @@
 //! sector (Microsoft FAT specification, "BPB"), and the VHDX file identifier (MS-VHDX §2.2.1).
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use capture::chunk::RecordId;
+use capture::record::{BootMode, CrashKind, CrashRecord};
+use capture::wire::{self, AckRepr, AckStatus, Repr};
 
 /// QEMU runs one at a time: the machine has two cores shared with every other test.
 static QEMU: Mutex<()> = Mutex::new(());
@@ -49,10 +55,15 @@ impl Drop for Built {
 
 fn build_image(arch: &str) -> Built {
     let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let out = out_dir(arch);
+    run_build_image(arch, "boot", &["--collector", COLLECTOR, "--vhd"])
+}
+
+fn run_build_image(arch: &str, tag: &str, args: &[&str]) -> Built {
+    let out = out_dir(&format!("{arch}-{tag}"));
     let o = Command::new(workspace().join("scripts/build-image"))
         .current_dir(workspace())
-        .args(["--arch", arch, "--collector", COLLECTOR, "--vhd"])
+        .args(["--arch", arch])
+        .args(args)
         .args(["--check-timeout", CHECK_TIMEOUT_S, "--out"])
         .arg(&out)
         .output()
@@ -270,4 +281,141 @@ fn check_image(arch: &str, efi_name: &str, pe_machine: u16) {
 fn x86_64_vhdx_is_a_gen2_disk_that_boots_to_ready_under_ovmf() {
     // IMAGE_FILE_MACHINE_AMD64 (PE/COFF spec, "Machine Types").
     check_image("x86_64", "BOOTX64.EFI", 0x8664);
+}
+
+/// A minimal collector for the test: reassembles chunks by offset, checks the record CRC,
+/// decodes the record and acks it as stored (capture's wire format, `capture/API.md`).
+fn collect_one(sock: &UdpSocket, deadline: Instant) -> Option<(CrashRecord, usize)> {
+    let mut parts: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut acked: Option<(CrashRecord, usize)> = None;
+    while Instant::now() < deadline {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            if acked.is_some() {
+                return acked; // quiet after the ack: no retransmits pending
+            }
+            continue;
+        };
+        let Ok(Repr::Chunk(c)) = wire::parse(&buf[..n], None) else {
+            continue; // heartbeats and anything else
+        };
+        if !parts.iter().any(|(o, _)| *o == c.offset) {
+            parts.push((c.offset, c.data.to_vec()));
+        }
+        parts.sort_by_key(|(o, _)| *o);
+        let record: Vec<u8> = parts.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+        if record.len() != c.record_len as usize {
+            continue;
+        }
+        let id = RecordId::of(c.boot_id, c.seq, &record);
+        assert_eq!(
+            id.record_crc, c.record_crc,
+            "record CRC mismatch after reassembly"
+        );
+        let rec = CrashRecord::decode(c.schema_major, c.schema_minor, &record)
+            .expect("the shipped record does not decode");
+        let mut out = [0u8; 128];
+        let len = wire::emit(
+            &Repr::Ack(AckRepr::for_record(&id, AckStatus::Stored)),
+            None,
+            &mut out,
+        )
+        .unwrap();
+        sock.send_to(&out[..len], from).unwrap();
+        acked = Some((rec, record.len()));
+    }
+    acked
+}
+
+#[test]
+fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
+    let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let collector = format!("10.0.2.2:{port}");
+    // No boot check in the script: this test is the boot, and a check run would panic into
+    // our socket too. qemu_exit: the exit status says whether the ack arrived.
+    let b = run_build_image(
+        "x86_64",
+        "ship",
+        &[
+            "--collector",
+            &collector,
+            "--ip",
+            "10.0.2.15/24",
+            "--gw",
+            "10.0.2.2",
+            "--append",
+            "panic_after=0.3 panic_action=poweroff qemu_exit=1",
+            "--no-check",
+        ],
+    );
+    let raw = b.out.join("canary-x86_64.raw");
+    let vars = b.out.join("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let console = b.out.join("console.log");
+    let mut qemu = Command::new("timeout")
+        .args(["-k", "2", "120", "qemu-system-x86_64"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-m",
+            "128",
+        ])
+        .args(["-machine", "q35", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("if=none,id=d0,format=raw,file={}", raw.display()))
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
+        .args(["-boot", "menu=on,splash-time=0"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot start qemu-system-x86_64");
+    let got = collect_one(&sock, Instant::now() + Duration::from_secs(110));
+    let status = qemu.wait().unwrap();
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let (rec, len) = got.unwrap_or_else(|| panic!("no crash record arrived; console:\n{log}"));
+    // 33 = (0x10 << 1) | 1: the canary's "panicked and the record was acked" exit
+    // (scripts/qemu-run --help).
+    assert_eq!(status.code(), Some(33), "QEMU exit; console:\n{log}");
+    assert!(
+        log.contains("acked by the collector"),
+        "console does not report the ack:\n{log}"
+    );
+    assert_eq!(rec.boot_mode, BootMode::Uefi, "booted some other way");
+    assert_eq!(rec.kind, CrashKind::Panic);
+    assert!(
+        rec.message.contains("panic_after=0.300s"),
+        "message: {}",
+        rec.message
+    );
+    // The options came from \canary.cfg on the disk: the log tail has the command line.
+    assert!(
+        rec.log_tail.contains(&format!("collector={collector}")),
+        "log tail lacks the configured collector:\n{}",
+        rec.log_tail
+    );
+    assert!(!rec.build_id.is_empty() && len > 0);
+    eprintln!(
+        "disk image shipped a {len}-byte record: {:?} {} (build {})",
+        rec.kind, rec.message, rec.build_id
+    );
 }

@@ -103,6 +103,29 @@ fn panic_inside_the_panic_path_ends_through_the_nested_path() {
 }
 
 #[test]
+fn heartbeats_reach_the_collector_with_the_boot_id_of_the_record() {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--append", "heartbeat_ms=100", "--panic-after", "0.6"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    let canaries = c.canaries();
+    let me = canaries
+        .iter()
+        .find(|k| k["boot_id"] == rec["boot_id"])
+        .unwrap_or_else(|| panic!("no heartbeat from boot {}: {canaries:#?}", rec["boot_id"]));
+    assert_eq!(me["arch"], "x86_64");
+    // Boot heartbeat + one per 100 ms over 0.6 s (timing under TCG is loose: at least 3).
+    assert!(me["heartbeats"].as_u64().unwrap() >= 3, "{me:#}");
+}
+
+#[test]
 fn drill_from_the_collector_panics_with_kind_drill() {
     let c = Collector::start();
     let dport = free_udp_port();

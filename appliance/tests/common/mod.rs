@@ -150,6 +150,15 @@ impl Collector {
         }
     }
 
+    /// The canaries seen by heartbeat (`list --canaries --json`).
+    pub fn canaries(&self) -> Vec<Value> {
+        let out = self.cli(&["list", "--canaries", "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     /// The newest record in full (`show --json`).
     pub fn show_latest(&self) -> Value {
         let out = self.cli(&["show", "--json"]);
