@@ -16,6 +16,11 @@ use host_collector::output;
 use host_collector::store::{Filter, RecordRef, Store, Sync};
 use host_collector::util::{now_us, parse_duration, parse_time_arg};
 
+// The receiver allocates each record and the writer thread frees it; mimalloc handles that
+// cross-thread pattern without the arena-lock contention seen with glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success

@@ -188,7 +188,13 @@ pub struct Collector {
 impl Collector {
     /// Opens the database (migrating it) and binds the socket.
     pub fn bind(cfg: ServeConfig) -> Result<Collector, ServeError> {
-        let store = Store::open(&cfg.db, cfg.sync).map_err(|source| ServeError::Open {
+        let open = || -> Result<Store, StoreError> {
+            let mut store = Store::open(&cfg.db, cfg.sync)?;
+            store.lock_writer(&cfg.db)?;
+            store.load_dedupe_keys()?;
+            Ok(store)
+        };
+        let store = open().map_err(|source| ServeError::Open {
             path: cfg.db.clone(),
             source,
         })?;

@@ -3,7 +3,8 @@
 //! The schema is documented in `docs/collector.md`; every change is a new entry in
 //! [`MIGRATIONS`], applied in order and recorded in `PRAGMA user_version`.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -27,6 +28,16 @@ pub enum StoreError {
         column: &'static str,
         id: i64,
         source: serde_json::Error,
+    },
+    #[error(
+        "another `host-collector serve` is writing {0} (it holds {0}.lock); stop it or use \
+         another --db"
+    )]
+    Locked(PathBuf),
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("invalid record reference {0:?}: use a numeric ID or BOOTID:SEQ (boot id in hex)")]
     BadRef(String),
@@ -62,9 +73,10 @@ pub const MIGRATIONS: &[&str] = &[
         backtrace      TEXT    NOT NULL,
         log_tail       TEXT    NOT NULL,
         steps          TEXT    NOT NULL,
-        raw            BLOB    NOT NULL,
-        UNIQUE (boot_id, seq, record_crc)
+        raw            BLOB    NOT NULL
     );
+    -- (boot_id, seq, record_crc) is unique, enforced by the collector (see Store::commit_batch):
+    -- a unique index on random boot ids would rewrite one index page per record per commit.
     CREATE INDEX records_received_at ON records (received_at_us);
     CREATE TABLE counters (
         name  TEXT PRIMARY KEY,
@@ -444,6 +456,10 @@ pub struct Stats {
 /// The collector's database.
 pub struct Store {
     conn: Connection,
+    /// Every stored record key, loaded on the first commit: the dedupe set.
+    keys: Option<HashSet<RecordKey>>,
+    /// Held by the one process that writes records (`serve`).
+    writer_lock: Option<std::fs::File>,
 }
 
 impl Store {
@@ -467,9 +483,68 @@ impl Store {
         // checkpoint, and rewriting pages the kernel is still writing back stalls the writer.
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
         conn.pragma_update(None, "cache_size", -65536)?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            keys: None,
+            writer_lock: None,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Makes this the only process that writes records to the database at `path` (an
+    /// exclusive lock on `PATH.lock`, released when the process ends, even by SIGKILL). The
+    /// dedupe set of [`Store::commit_batch`] relies on it.
+    pub fn lock_writer(&mut self, path: &Path) -> Result<()> {
+        let mut lp = path.as_os_str().to_owned();
+        lp.push(".lock");
+        let lp = PathBuf::from(lp);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lp)
+            .map_err(|source| StoreError::Lock {
+                path: lp.clone(),
+                source,
+            })?;
+        match f.try_lock() {
+            Ok(()) => {
+                self.writer_lock = Some(f);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path.into())),
+            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path: lp, source }),
+        }
+    }
+
+    /// Loads the key of every stored record into memory (done by the first
+    /// [`Store::commit_batch`] otherwise). About 40 bytes per stored record.
+    pub fn load_dedupe_keys(&mut self) -> Result<()> {
+        if self.keys.is_none() {
+            let t = std::time::Instant::now();
+            let keys = self.load_keys()?;
+            tracing::info!(records = keys.len(), took = ?t.elapsed(), "loaded dedupe keys");
+            self.keys = Some(keys);
+        }
+        Ok(())
+    }
+
+    fn load_keys(&self) -> Result<HashSet<RecordKey>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT boot_id, seq, record_crc FROM records")?;
+        let mut rows = st.query([])?;
+        let mut keys = HashSet::new();
+        while let Some(r) = rows.next()? {
+            let b: Vec<u8> = r.get(0)?;
+            keys.insert(RecordKey {
+                boot_id: b.as_slice().try_into().unwrap_or([0; 16]),
+                seq: r.get(1)?,
+                record_crc: r.get(2)?,
+            });
+        }
+        Ok(keys)
     }
 
     /// The schema version of the open database.
@@ -514,11 +589,42 @@ impl Store {
         heartbeats: &[HeartbeatSeen],
         counters: &[(&str, u64)],
     ) -> Result<Vec<InsertOutcome>> {
-        let tx = self.conn.transaction()?;
+        self.load_dedupe_keys()?;
+        let Store { conn, keys, .. } = self;
+        let known = keys.as_mut().expect("loaded above");
+        let mut new_keys: Vec<RecordKey> = Vec::with_capacity(records.len());
+        let res = Self::write_batch(
+            conn,
+            known,
+            &mut new_keys,
+            records,
+            rejections,
+            heartbeats,
+            counters,
+        );
+        if res.is_err() {
+            // Not committed: forget the keys this batch claimed.
+            for k in &new_keys {
+                known.remove(k);
+            }
+        }
+        res
+    }
+
+    fn write_batch(
+        conn: &mut Connection,
+        known: &mut HashSet<RecordKey>,
+        new_keys: &mut Vec<RecordKey>,
+        records: &[NewRecord],
+        rejections: &[Rejection],
+        heartbeats: &[HeartbeatSeen],
+        counters: &[(&str, u64)],
+    ) -> Result<Vec<InsertOutcome>> {
+        let tx = conn.transaction()?;
         let mut out = Vec::with_capacity(records.len());
         {
             let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO records (boot_id, seq, record_crc, received_at_us, source,
+                "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
                     schema_major, schema_minor, build_id, arch, boot_mode, hypervisor,
                     vmbus_version, uptime_us, kind, kind_detail, message, file, line, col,
                     registers, backtrace, log_tail, steps, raw)
@@ -526,6 +632,11 @@ impl Store {
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             )?;
             for r in records {
+                if !known.insert(r.key) {
+                    out.push(InsertOutcome::Duplicate);
+                    continue;
+                }
+                new_keys.push(r.key);
                 let t = &r.text;
                 let has_file = t.get(Col::File).is_some();
                 let n = ins.execute(params![
@@ -554,11 +665,8 @@ impl Store {
                     t.req(Col::Steps),
                     r.raw,
                 ])?;
-                out.push(if n == 1 {
-                    InsertOutcome::Stored
-                } else {
-                    InsertOutcome::Duplicate
-                });
+                debug_assert_eq!(n, 1);
+                out.push(InsertOutcome::Stored);
             }
             if !rejections.is_empty() {
                 let mut rej = tx.prepare_cached(

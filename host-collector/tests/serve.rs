@@ -362,3 +362,55 @@ fn listens_on_loopback_by_default_and_says_where() {
     assert!(help.contains("127.0.0.1:7373"), "{help}");
     assert!(help.contains("Exit codes"), "{help}");
 }
+
+#[test]
+fn a_record_stored_before_a_restart_is_acked_as_duplicate_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let rec = sample_bytes([4; 16], 8);
+    let a = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let (st, status) = send_record_status(a.addr, [4; 16], 8, &rec, None, None);
+    assert_eq!(
+        (st, status),
+        (SendState::Acked, Some(wire::AckStatus::Stored))
+    );
+    assert_eq!(a.stop("TERM"), 0);
+    let b = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let (st, status) = send_record_status(b.addr, [4; 16], 8, &rec, None, None);
+    assert_eq!(
+        (st, status),
+        (SendState::Acked, Some(wire::AckStatus::Duplicate))
+    );
+    // Same boot and sequence but different content is a different record.
+    let mut other = capture::testutil::sample_record(8);
+    other.boot_id = [4; 16];
+    other.seq = 8;
+    other.set_message("a different panic");
+    let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+    let other = other.encode(&mut buf).unwrap().to_vec();
+    let (_, status) = send_record_status(b.addr, [4; 16], 8, &other, None, None);
+    assert_eq!(status, Some(wire::AckStatus::Stored));
+    assert_eq!(b.stop("TERM"), 0);
+    assert_eq!(count_rows(&db).0, 2);
+    assert_eq!(stats(&db)["duplicates"], 1);
+}
+
+#[test]
+fn a_second_serve_on_the_same_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let a = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let o = run_db(&db, &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("another `host-collector serve`"),
+        "{}",
+        stderr(&o)
+    );
+    // The first one is unaffected.
+    assert_eq!(
+        send_record(a.addr, [6; 16], 1, &sample_bytes([6; 16], 1), None, None),
+        SendState::Acked
+    );
+    assert_eq!(a.stop("TERM"), 0);
+}

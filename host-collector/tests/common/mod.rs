@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use capture::sender::{SendState, Sender, SenderConfig};
+use capture::wire::AckStatus;
 use capture::Key;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_host-collector");
@@ -173,6 +174,18 @@ pub fn send_record(
     key: Option<&Key>,
     schema: Option<(u16, u16)>,
 ) -> SendState {
+    send_record_status(to, boot_id, seq, bytes, key, schema).0
+}
+
+/// [`send_record`], also returning the ack status the collector sent.
+pub fn send_record_status(
+    to: SocketAddr,
+    boot_id: [u8; 16],
+    seq: u32,
+    bytes: &[u8],
+    key: Option<&Key>,
+    schema: Option<(u16, u16)>,
+) -> (SendState, Option<AckStatus>) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.connect(to).unwrap();
     let start = Instant::now();
@@ -200,7 +213,7 @@ pub fn send_record(
                     s.handle(&buf[..n]);
                 }
             }
-            other => return other,
+            other => return (other, s.ack_status()),
         }
     }
 }
