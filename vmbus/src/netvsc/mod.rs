@@ -13,7 +13,7 @@
 //!
 //! On the VMBus core:
 //!
-//! ```ignore
+//! ```text
 //! let relid = conn.find_offer(&vmbus::guid::NET).unwrap().child_relid;
 //! let ch = conn.open_channel(hv, clock, alloc, relid, &OpenOptions {
 //!     send_ring_pages: 32, recv_ring_pages: 32, ..Default::default() })?;

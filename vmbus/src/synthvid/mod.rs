@@ -9,7 +9,7 @@
 //! The drivers here are written against [`chan::DeviceChannel`]; on the VMBus core it is
 //! [`core_channel::CoreChannel`]:
 //!
-//! ```ignore
+//! ```text
 //! let offer = *conn.find_offer(&vmbus::guid::SYNTHVID).unwrap();
 //! let ch = conn.open_channel(hv, clock, alloc, offer.child_relid, &OpenOptions {
 //!     send_ring_pages: 64, recv_ring_pages: 64, ..Default::default() })?;   // 256 KiB
