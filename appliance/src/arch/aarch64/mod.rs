@@ -41,7 +41,11 @@ static PSCI_SMC: AtomicBool = AtomicBool::new(false);
 /// boot is QEMU's `-kernel`; under UEFI only with QEMU's device tree or ACPI OEM ID (on
 /// Hyper-V arm64 nothing lives at those addresses).
 static QEMU_VIRT: AtomicBool = AtomicBool::new(cfg!(target_os = "none"));
-static RTC: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") { VIRT_RTC } else { 0 });
+static RTC: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") {
+    VIRT_RTC
+} else {
+    0
+});
 
 /// Reads the device tree at `addr` and applies what it says: console, reference clock, PSCI
 /// conduit (used later: virtio-mmio transports, memory). `None` if there is no valid DTB.
@@ -95,7 +99,10 @@ fn uefi_discover() {
         return;
     };
     if let Some((ty, base)) = a.console {
-        if matches!(ty, acpi::SPCR_PL011 | acpi::SPCR_SBSA | acpi::SPCR_SBSA_32BIT) {
+        if matches!(
+            ty,
+            acpi::SPCR_PL011 | acpi::SPCR_SBSA | acpi::SPCR_SBSA_32BIT
+        ) {
             // The SBSA generic UART has no control register: leave it as firmware set it.
             serial::set_base(base as usize, ty == acpi::SPCR_PL011);
         }

@@ -7,7 +7,11 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// 0: no console known yet (UEFI before the configuration table was read: writes are
 /// dropped rather than sent to an address that may be nothing on this machine).
-static BASE: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") { 0x0900_0000 } else { 0 });
+static BASE: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") {
+    0x0900_0000
+} else {
+    0
+});
 /// Whether the UART has the PL011 control register (the SBSA generic UART has not).
 static HAS_CR: AtomicBool = AtomicBool::new(true);
 
