@@ -132,3 +132,38 @@ fn aarch64_panic_inside_the_panic_path_ends_through_the_nested_path() {
     let rec = c.show_latest();
     assert_complete_record(&rec, "aarch64", "direct-aarch64", "panic", &run.serial);
 }
+
+/// `panic_action=poweroff|reset` without the semihosting exit: the end step's PSCI
+/// SYSTEM_OFF / SYSTEM_RESET (HVC on `virt`) must make QEMU leave (`-no-reboot`: a reset
+/// ends QEMU too) with status 0, after the record was acknowledged; a missed PSCI call would
+/// leave the CPU halted until the timeout (status 124).
+fn ends_through_psci(action: &str, end_line: &str) {
+    let c = Collector::start();
+    let append = format!("qemu_exit=0 panic_action={action}");
+    let run = run_canary(
+        "aarch64",
+        "direct",
+        c.port,
+        &["--panic-after", "0.05", "--append", &append],
+        60,
+        || {},
+    );
+    assert_eq!(run.code(), 0, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("acked by the collector"),
+        "{}",
+        run.serial
+    );
+    assert!(run.serial.contains(end_line), "{}", run.serial);
+    assert_eq!(c.records(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[test]
+fn aarch64_poweroff_after_the_panic_uses_psci_system_off() {
+    ends_through_psci("poweroff", "canary: end: power off");
+}
+
+#[test]
+fn aarch64_reset_after_the_panic_uses_psci_system_reset() {
+    ends_through_psci("reset", "canary: end: reset");
+}
