@@ -265,7 +265,11 @@ const REQUESTOFFERS: u32 = 3;
 const ALLOFFERS_DELIVERED: u32 = 4;
 const OPENCHANNEL: u32 = 5;
 const CLOSECHANNEL: u32 = 7;
+const OPENCHANNEL_RESULT: u32 = 6;
 const GPADL_HEADER: u32 = 8;
+const GPADL_CREATED: u32 = 10;
+const GPADL_TEARDOWN: u32 = 11;
+const GPADL_TORNDOWN: u32 = 12;
 const INITIATE_CONTACT: u32 = 14;
 const VERSION_RESPONSE: u32 = 15;
 const UNLOAD: u32 = 16;
@@ -422,32 +426,57 @@ fn qemu72_offers_no_channels() {
 }
 
 #[test]
-fn dynamic_memory_offer_is_received_and_left_cleanly() {
+fn dynamic_memory_offer_is_received_and_its_channel_opened_and_closed() {
     let r = qemu10_balloon_nested();
     let l = r.line("vmbus: offers");
     assert!(l.contains("vmbus: offers 1"), "{l}\n{}", r.diag());
     // hv-balloon's class: Dynamic Memory, 525074dc-8985-46e2-8057-a307dc18a502 (Linux
-    // include/linux/hyperv.h HV_DM_GUID; QEMU hw/hyperv/hv-balloon.c).
+    // include/linux/hyperv.h HV_DM_GUID; QEMU hw/hyperv/hv-balloon.c), connection id 16 +
+    // relid (QEMU vmbus.c chan_connection_id).
+    let offer = r.line("vmbus: offer relid 1");
     assert!(
-        r.serial.contains("525074dc-8985-46e2-8057-a307dc18a502"),
+        offer.contains("class 525074dc-8985-46e2-8057-a307dc18a502 (dynamic memory)"),
+        "{offer}"
+    );
+    assert!(offer.contains("connection_id 17"), "{offer}");
+    assert!(r.host_posted().contains(&OFFERCHANNEL), "{}", r.diag());
+    // The canary opens the channel and closes it again (it does not balloon): the host saw
+    // GPADL_HEADER, OPENCHANNEL, CLOSECHANNEL, GPADL_TEARDOWN, in that order, and answered
+    // GPADL_CREATED, OPENCHANNEL_RESULT (status 0), GPADL_TORNDOWN.
+    let p = r.line("vmbus: channel relid 1 (dynamic memory) opened");
+    assert!(p.contains("and closed"), "{p}");
+    let received = r.host_received();
+    let order: Vec<u32> = received
+        .iter()
+        .copied()
+        .filter(|t| [GPADL_HEADER, OPENCHANNEL, CLOSECHANNEL, GPADL_TEARDOWN].contains(t))
+        .collect();
+    assert_eq!(
+        order,
+        [GPADL_HEADER, OPENCHANNEL, CLOSECHANNEL, GPADL_TEARDOWN],
+        "{received:?}"
+    );
+    let delivered = r.host_delivered();
+    for t in [GPADL_CREATED, OPENCHANNEL_RESULT, GPADL_TORNDOWN] {
+        assert!(
+            delivered.contains(&t),
+            "type {t} not delivered: {delivered:?}"
+        );
+    }
+    assert!(
+        r.trace.contains("vmbus_channel_open channel #1 status 0"),
         "{}",
         r.diag()
     );
-    // Ignored cleanly: the canary opens nothing, so the host saw no GPADL or OPENCHANNEL,
-    // the bus unloads normally, and the reconnect gets the same offer again.
-    let offer = r.line("vmbus: offer relid");
+    // The GPADL handle the canary chose is the one the host created and tore down.
+    let gpadl = hex_field(p, "(gpadl");
     assert!(
-        offer.contains("(dynamic memory)") && offer.contains("not used"),
-        "{offer}"
+        r.trace
+            .contains(&format!("vmbus_gpadl_torndown gpadl #{gpadl}")),
+        "{p}\n{}",
+        r.diag()
     );
-    let received = r.host_received();
-    for t in [GPADL_HEADER, OPENCHANNEL, CLOSECHANNEL] {
-        assert!(
-            !received.contains(&t),
-            "host received type {t}: {received:?}"
-        );
-    }
-    assert!(r.host_posted().contains(&OFFERCHANNEL), "{}", r.diag());
+    // The bus still unloads normally, and the reconnect gets the offer again.
     assert!(
         r.line("reconnect: offers").contains("reconnect: offers 1"),
         "{}",

@@ -323,7 +323,7 @@ fn init_x86_64() -> Option<HyperV> {
                     log::info!("vmbus: offers {}", offers.len());
                     for o in offers {
                         log::info!(
-                            "vmbus: offer relid {} class {} ({}) instance {} connection_id {}: not used by this build",
+                            "vmbus: offer relid {} class {} ({}) instance {} connection_id {}",
                             o.child_relid,
                             o.if_type,
                             class_name(&o.if_type),
@@ -334,6 +334,7 @@ fn init_x86_64() -> Option<HyperV> {
                 }
                 Err(e) => log::error!("vmbus: error: requesting offers failed: {e}"),
             }
+            probe_dynamic_memory(hv, &h.clock, &mut c);
             h.timer_messages = c.timer_messages();
             h.conn = Some(c);
         }
@@ -344,6 +345,35 @@ fn init_x86_64() -> Option<HyperV> {
         pages::left()
     );
     Some(h)
+}
+
+/// Opens the Dynamic Memory channel, if offered, and closes it again: GPADL_HEADER →
+/// GPADL_CREATED, OPENCHANNEL → OPENCHANNEL_RESULT, CLOSECHANNEL, GPADL_TEARDOWN →
+/// GPADL_TORNDOWN against the host (what a kdump-style reconnect needs for the NIC). The canary
+/// does not balloon: Linux's hv_balloon closes the channel the same way when it is unloaded.
+fn probe_dynamic_memory(hv: &dyn Hypervisor, clock: &dyn Clock, c: &mut Connection<'static>) {
+    let Some(relid) = c.find_offer(&DYNAMIC_MEMORY).map(|o| o.child_relid) else {
+        return;
+    };
+    let opts = vmbus::OpenOptions {
+        send_ring_pages: 2,
+        recv_ring_pages: 2,
+        ..Default::default()
+    };
+    let ch = match c.open_channel(hv, clock, &PAGES, relid, &opts) {
+        Ok(ch) => ch,
+        Err(e) => {
+            log::error!("vmbus: error: opening relid {relid} (dynamic memory) failed: {e}");
+            return;
+        }
+    };
+    let gpadl = ch.gpadl().0;
+    match c.close_channel(hv, clock, ch) {
+        Ok(_) => log::info!(
+            "vmbus: channel relid {relid} (dynamic memory) opened (gpadl={gpadl:#x} rings=2+2 pages) and closed; not used"
+        ),
+        Err(e) => log::error!("vmbus: error: closing relid {relid} (dynamic memory) failed: {e}"),
+    }
 }
 
 impl HyperV {
