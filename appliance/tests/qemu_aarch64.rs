@@ -167,3 +167,101 @@ fn aarch64_poweroff_after_the_panic_uses_psci_system_off() {
 fn aarch64_reset_after_the_panic_uses_psci_system_reset() {
     ends_through_psci("reset", "canary: end: reset");
 }
+
+/// UEFI with the device tree: AAVMF installs QEMU's DTB in the configuration table only when
+/// QEMU offers no ACPI (`virt,acpi=off`); `scripts/qemu-run` boots the default (ACPI), so
+/// this test starts QEMU itself with the same firmware, ESP layout and network.
+#[test]
+fn aarch64_uefi_reads_the_device_tree_from_the_configuration_table() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    build_image("aarch64", "uefi");
+    let out = Command::new(workspace().join("scripts/qemu-run"))
+        .args([
+            "--arch",
+            "aarch64",
+            "--boot",
+            "uefi",
+            "--no-build",
+            "--print-image",
+        ])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let image = workspace().join(String::from_utf8(out.stdout).unwrap().trim());
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::copy(&image, esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap();
+    std::fs::write(
+        esp.join("canary.cfg"),
+        format!(
+            "collector=10.0.2.2:{} qemu_exit=1 panic_after=0.1\n",
+            c.port
+        ),
+    )
+    .unwrap();
+    let vars = dir.path().join("vars.fd");
+    std::fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars).unwrap();
+    let _slot = qemu_slot();
+    let mut child = Command::new("timeout")
+        .args(["-k", "2", "120", "qemu-system-aarch64"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args([
+            "-no-reboot",
+            "-m",
+            "128",
+            "-machine",
+            "virt,acpi=off",
+            "-cpu",
+            "cortex-a57",
+        ])
+        .args(["-semihosting-config", "enable=on,target=native"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+        ])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("format=raw,file=fat:rw:{}", esp.display()))
+        .args(["-boot", "menu=on,splash-time=0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-aarch64");
+    let mut serial = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        serial.push_str(&line);
+        serial.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(EXIT_ACKED), "serial:\n{serial}");
+    // The console, virtio-mmio slots and PSCI conduit came from the DTB, not from ACPI or
+    // the built-in virt map.
+    assert!(
+        serial.contains("device tree at 0x") && serial.contains("32 virtio-mmio slots"),
+        "{serial}"
+    );
+    assert!(serial.contains("PSCI Some(Hvc)"), "{serial}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "uefi", "panic", &serial);
+}
