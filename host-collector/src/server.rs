@@ -228,18 +228,17 @@ impl Collector {
             store,
             counters,
         } = self;
-        let ack_socket = socket.try_clone()?;
         let (tx, rx) = mpsc::sync_channel::<Msg>(cfg.queue_capacity.max(1));
+        // Acks flow back from the writer (after each commit) to this task, which sends them:
+        // the writer thread is the busier one.
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Ack>>();
         let writer = {
             let counters = counters.clone();
-            let key = cfg.key.clone();
             let batch_max = cfg.batch_max.max(1);
             let delay = cfg.commit_delay;
             std::thread::Builder::new()
                 .name("collector-writer".into())
-                .spawn(move || {
-                    writer_loop(store, rx, ack_socket, key, counters, batch_max, delay)
-                })?
+                .spawn(move || writer_loop(store, rx, ack_tx, counters, batch_max, delay))?
         };
         let sock = tokio::net::UdpSocket::from_std(socket)?;
         let mut rx = Receiver {
@@ -252,17 +251,23 @@ impl Collector {
             tx,
             evictions_seen: 0,
         };
+        let mut acker = Acker {
+            key: cfg.key.clone(),
+            buf: [0u8; wire::MAX_DATAGRAM],
+            counters: counters.clone(),
+        };
         let mut buf = vec![0u8; 65536];
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some(acks) = ack_rx.recv() => acker.send_all(&sock, &acks).await,
                 r = sock.readable() => {
                     r?;
-                    // Drain what is there, but return to the select now and then so a signal
-                    // is seen promptly under sustained load.
-                    for _ in 0..4096 {
+                    // Drain what is there, but return to the select now and then so acks
+                    // and a signal are seen promptly under sustained load.
+                    for _ in 0..1024 {
                         match sock.try_recv_from(&mut buf) {
                             Ok((n, peer)) => rx.handle(&buf[..n], peer),
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -277,13 +282,69 @@ impl Collector {
             }
         }
         info!("stopping: committing queued records");
-        drop(rx); // closes the queue: the writer drains it, commits and exits
-        writer
+        drop(rx); // closes the queue: the writer drains it, commits, acks and exits
+        while let Some(acks) = ack_rx.recv().await {
+            acker.send_all(&sock, &acks).await;
+        }
+        let mut store = writer
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?
             .map_err(|e| ServeError::Writer(e.to_string()))?;
+        // The last acks_sent (and anything counted since the writer's last commit).
+        store
+            .commit_batch(&[], &[], &[], &counters.take())
+            .map_err(|e| ServeError::Writer(e.to_string()))?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// One ack to send: the record, its status, and where it came from.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    key: RecordKey,
+    status: AckStatus,
+    peer: SocketAddr,
+}
+
+struct Acker {
+    key: Option<Key>,
+    buf: [u8; wire::MAX_DATAGRAM],
+    counters: Arc<Counters>,
+}
+
+impl Acker {
+    async fn send_all(&mut self, sock: &tokio::net::UdpSocket, acks: &[Ack]) {
+        let mut sent = 0;
+        for a in acks {
+            let id = RecordId {
+                boot_id: a.key.boot_id,
+                seq: a.key.seq,
+                record_crc: a.key.record_crc,
+            };
+            let n = match Repr::Ack(AckRepr::for_record(&id, a.status))
+                .emit(self.key.as_ref(), &mut self.buf)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    error!("cannot build ack: {e}");
+                    continue;
+                }
+            };
+            let d = &self.buf[..n];
+            let r = match sock.try_send_to(d, a.peer) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    sock.send_to(d, a.peer).await
+                }
+                r => r,
+            };
+            match r {
+                Ok(_) => sent += 1,
+                // A lost ack only costs the sender a retransmit.
+                Err(e) => debug!(peer = %a.peer, "ack not sent: {e}"),
+            }
+        }
+        Counters::add(&self.counters.acks_sent, sent);
     }
 }
 
@@ -462,14 +523,12 @@ impl Batch {
 fn writer_loop(
     mut store: Store,
     rx: mpsc::Receiver<Msg>,
-    sock: StdUdpSocket,
-    key: Option<Key>,
+    acks_out: tokio::sync::mpsc::UnboundedSender<Vec<Ack>>,
     counters: Arc<Counters>,
     batch_max: usize,
     delay: Option<Duration>,
-) -> Result<(), StoreError> {
+) -> Result<Store, StoreError> {
     let mut b = Batch::default();
-    let mut ackbuf = [0u8; wire::MAX_DATAGRAM];
     let mut closed = false;
     let mut last_commit = Instant::now();
     let tick = Duration::from_millis(200);
@@ -521,66 +580,30 @@ fn writer_loop(
             }
         };
         last_commit = Instant::now();
-        let mut acks = 0u64;
+        let mut acks = Vec::with_capacity(b.records.len() + b.rejections.len());
         for ((r, peer), outcome) in b.records.iter().zip(&b.record_peers).zip(&outcomes) {
             let status = match outcome {
                 InsertOutcome::Stored => AckStatus::Stored,
                 InsertOutcome::Duplicate => AckStatus::Duplicate,
             };
-            acks += send_ack(&sock, key.as_ref(), &mut ackbuf, &r.key, status, *peer) as u64;
+            acks.push(Ack {
+                key: r.key,
+                status,
+                peer: *peer,
+            });
         }
         for (r, peer) in b.rejections.iter().zip(&b.reject_peers) {
-            acks += send_ack(
-                &sock,
-                key.as_ref(),
-                &mut ackbuf,
-                &r.key,
-                AckStatus::Rejected,
-                *peer,
-            ) as u64;
+            acks.push(Ack {
+                key: r.key,
+                status: AckStatus::Rejected,
+                peer: *peer,
+            });
         }
-        Counters::add(&counters.acks_sent, acks);
+        if !acks.is_empty() {
+            // Fails only when the receiver is gone, i.e. at exit.
+            let _ = acks_out.send(acks);
+        }
         b.clear();
     }
-    // Persist the acks_sent of the last batch.
-    let taken = counters.take();
-    store.commit_batch(&[], &[], &[], &taken)?;
-    Ok(())
-}
-
-fn send_ack(
-    sock: &StdUdpSocket,
-    key: Option<&Key>,
-    buf: &mut [u8],
-    k: &RecordKey,
-    status: AckStatus,
-    peer: SocketAddr,
-) -> bool {
-    let id = RecordId {
-        boot_id: k.boot_id,
-        seq: k.seq,
-        record_crc: k.record_crc,
-    };
-    let n = match Repr::Ack(AckRepr::for_record(&id, status)).emit(key, buf) {
-        Ok(n) => n,
-        Err(e) => {
-            error!("cannot build ack: {e}");
-            return false;
-        }
-    };
-    // The socket is non-blocking (shared with the receiver): retry briefly when the send
-    // buffer is full; a lost ack only costs the sender a retransmit.
-    for _ in 0..100 {
-        match sock.send_to(&buf[..n], peer) {
-            Ok(_) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_micros(50))
-            }
-            Err(e) => {
-                debug!(%peer, "ack not sent: {e}");
-                return false;
-            }
-        }
-    }
-    false
+    Ok(store)
 }
