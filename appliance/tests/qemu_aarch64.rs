@@ -265,3 +265,73 @@ fn aarch64_uefi_reads_the_device_tree_from_the_configuration_table() {
     let rec = c.show_latest();
     assert_complete_record(&rec, "aarch64", "uefi", "panic", &serial);
 }
+
+/// `virt,virtualization=on`: QEMU enters the kernel at EL2 and its PSCI conduit is SMC. The
+/// entry drops to EL1 (the record's PSTATE says EL1), the device tree names the SMC conduit,
+/// and the end step's SYSTEM_OFF goes through it (QEMU exits 0 instead of timing out).
+#[test]
+fn aarch64_direct_boot_at_el2_drops_to_el1_and_uses_the_smc_psci_conduit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    build_image("aarch64", "direct");
+    let out = Command::new(workspace().join("scripts/qemu-run"))
+        .args([
+            "--arch",
+            "aarch64",
+            "--boot",
+            "direct",
+            "--no-build",
+            "--print-image",
+        ])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let image = workspace().join(String::from_utf8(out.stdout).unwrap().trim());
+    let c = Collector::start();
+    let _slot = qemu_slot();
+    let mut child = Command::new("timeout")
+        .args(["-k", "2", "60", "qemu-system-aarch64"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-no-reboot", "-m", "128", "-cpu", "cortex-a57"])
+        .args(["-machine", "virt,virtualization=on"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ])
+        .arg("-kernel")
+        .arg(&image)
+        .arg("-append")
+        .arg(format!(
+            "collector=10.0.2.2:{} panic_after=0.1 panic_action=poweroff",
+            c.port
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-aarch64");
+    let mut serial = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        serial.push_str(&line);
+        serial.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "serial:\n{serial}");
+    assert!(serial.contains("PSCI Some(Smc)"), "{serial}");
+    assert!(serial.contains("canary: end: power off"), "{serial}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "direct-aarch64", "panic", &serial);
+    assert_arm64_registers(&rec);
+}
