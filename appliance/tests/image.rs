@@ -1,11 +1,17 @@
 //! The deployable image: `scripts/build-image` packages the UEFI canary as a Hyper-V Gen2 disk
 //! (GPT, FAT32 EFI system partition with `\EFI\BOOT\BOOT{X64,AA64}.EFI` and `\canary.cfg`),
-//! converts it to VHDX, converts that back to raw and boots it under QEMU UEFI (TCG) until the
-//! canary prints "ready" with the collector from the image's own config file.
+//! converts it to VHDX, converts that back to raw and boots it under QEMU UEFI (TCG: OVMF on
+//! q35 for x86_64, AAVMF on virt for aarch64) until the canary prints "ready" with the
+//! collector from the image's own config file.
 //!
 //! Besides the script's own boot check, the test reads the disk it wrote with its own parsers:
 //! the protective MBR, the GPT header and the ESP entry (UEFI spec 2.10 §5.3), the FAT32 boot
 //! sector (Microsoft FAT specification, "BPB"), and the VHDX file identifier (MS-VHDX §2.2.1).
+//!
+//! Then, per arch, the whole pipeline from the disk: a disk whose `\canary.cfg` names a UDP
+//! socket of this test boots under the firmware, panics, and ships its crash record, which the
+//! test reassembles, checks (CRC, decode), and acks; the canary's exit status says it saw the
+//! ack.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use std::net::UdpSocket;
@@ -15,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capture::chunk::RecordId;
-use capture::record::{BootMode, CrashKind, CrashRecord};
+use capture::record::{Arch, BootMode, CrashKind, CrashRecord};
 use capture::wire::{self, AckRepr, AckStatus, Repr};
 
 /// QEMU runs one at a time: the machine has two cores shared with every other test.
@@ -327,8 +333,9 @@ fn collect_one(sock: &UdpSocket, deadline: Instant) -> Option<(CrashRecord, usiz
     acked
 }
 
-#[test]
-fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
+/// Builds a disk whose `\canary.cfg` points at a socket of this test, boots it under the
+/// arch's UEFI firmware, lets it panic, and collects and acks the record.
+fn disk_image_ships_its_crash_record(arch: &str) {
     let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -338,7 +345,7 @@ fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
     // No boot check in the script: this test is the boot, and a check run would panic into
     // our socket too. qemu_exit: the exit status says whether the ack arrived.
     let b = run_build_image(
-        "x86_64",
+        arch,
         "ship",
         &[
             "--collector",
@@ -352,54 +359,78 @@ fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
             "--no-check",
         ],
     );
-    let raw = b.out.join("canary-x86_64.raw");
+    let raw = b.out.join(format!("canary-{arch}.raw"));
     let vars = b.out.join("vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
     let console = b.out.join("console.log");
+    let (qemu_bin, code, vars_src, machine): (&str, &str, &str, &[&str]) = if arch == "x86_64" {
+        (
+            "qemu-system-x86_64",
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            &[
+                "-machine",
+                "q35",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=0",
+            ],
+        )
+    } else {
+        (
+            "qemu-system-aarch64",
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+            &[
+                "-machine",
+                "virt",
+                "-cpu",
+                "cortex-a57",
+                "-semihosting-config",
+                "enable=on,target=native",
+                "-device",
+                "virtio-net-device,netdev=n0",
+                "-device",
+                "virtio-blk-device,drive=d0",
+            ],
+        )
+    };
+    std::fs::copy(vars_src, &vars).unwrap();
     let mut qemu = Command::new("timeout")
-        .args(["-k", "2", "120", "qemu-system-x86_64"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-m",
-            "128",
-        ])
-        .args(["-machine", "q35", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-k", "2", "120", qemu_bin])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-m", "128", "-no-reboot", "-netdev", "user,id=n0"])
+        .args(machine)
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0,romfile=",
-        ])
-        .args([
-            "-drive",
-            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={code}"))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .arg("-drive")
         .arg(format!("if=none,id=d0,format=raw,file={}", raw.display()))
-        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
         .args(["-boot", "menu=on,splash-time=0"])
         .stdin(std::process::Stdio::null())
         .spawn()
-        .expect("cannot start qemu-system-x86_64");
+        .unwrap_or_else(|e| panic!("cannot start {qemu_bin}: {e}"));
     let got = collect_one(&sock, Instant::now() + Duration::from_secs(110));
     let status = qemu.wait().unwrap();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     let (rec, len) = got.unwrap_or_else(|| panic!("no crash record arrived; console:\n{log}"));
-    // 33 = (0x10 << 1) | 1: the canary's "panicked and the record was acked" exit
-    // (scripts/qemu-run --help).
+    // 33: the canary's "panicked and the record was acked" exit (scripts/qemu-run --help).
     assert_eq!(status.code(), Some(33), "QEMU exit; console:\n{log}");
     assert!(
         log.contains("acked by the collector"),
         "console does not report the ack:\n{log}"
     );
+    let want_arch = if arch == "x86_64" {
+        Arch::X86_64
+    } else {
+        Arch::Aarch64
+    };
+    assert_eq!(rec.arch, want_arch);
     assert_eq!(rec.boot_mode, BootMode::Uefi, "booted some other way");
     assert_eq!(rec.kind, CrashKind::Panic);
     assert!(
@@ -415,7 +446,23 @@ fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
     );
     assert!(!rec.build_id.is_empty() && len > 0);
     eprintln!(
-        "disk image shipped a {len}-byte record: {:?} {} (build {})",
+        "{arch} disk image shipped a {len}-byte record: {:?} {} (build {})",
         rec.kind, rec.message, rec.build_id
     );
+}
+
+#[test]
+fn x86_64_disk_image_ships_its_crash_record_to_a_collector_under_ovmf() {
+    disk_image_ships_its_crash_record("x86_64");
+}
+
+#[test]
+fn aarch64_vhdx_is_a_gen2_disk_that_boots_to_ready_under_aavmf() {
+    // IMAGE_FILE_MACHINE_ARM64 (PE/COFF spec, "Machine Types").
+    check_image("aarch64", "BOOTAA64.EFI", 0xaa64);
+}
+
+#[test]
+fn aarch64_disk_image_ships_its_crash_record_to_a_collector_under_aavmf() {
+    disk_image_ships_its_crash_record("aarch64");
 }
