@@ -49,6 +49,9 @@ pub struct LoadConfig {
     pub max_rto_ms: u32,
     /// Schema the records claim (tests send a newer major to check rejection).
     pub schema: Option<(u16, u16)>,
+    /// Use at most this many sockets (canaries share them beyond that), as if the
+    /// descriptor limit were lower.
+    pub max_sockets: Option<u32>,
 }
 
 /// The result of a run. `acked + lost + rejected == records`.
@@ -199,7 +202,9 @@ pub async fn run(
     }
     // Keep 64 descriptors for everything else.
     let fd_limit = raise_fd_limit(u64::from(cfg.canaries) + 64);
-    let sockets = (cfg.canaries as u64).min(fd_limit.saturating_sub(64).max(1)) as u32;
+    let sockets = (cfg.canaries as u64)
+        .min(fd_limit.saturating_sub(64).max(1))
+        .min(u64::from(cfg.max_sockets.unwrap_or(u32::MAX).max(1))) as u32;
     if sockets < cfg.canaries {
         tracing::warn!(
             fd_limit,

@@ -319,6 +319,10 @@ struct LoadArgs {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Use at most N UDP sockets; canaries share them beyond that (as when RLIMIT_NOFILE is
+    /// too low for one socket per canary).
+    #[arg(long, value_name = "N")]
+    max_sockets: Option<u32>,
 }
 
 fn init_logging(verbose: u8) {
@@ -741,6 +745,7 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         initial_rto_ms: a.rto_ms,
         max_rto_ms: a.rto_ms.saturating_mul(16).min(2000).max(a.rto_ms),
         schema: None,
+        max_sockets: a.max_sockets,
     };
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let pb = indicatif::ProgressBar::new(a.records);

@@ -414,3 +414,67 @@ fn a_second_serve_on_the_same_database_is_refused() {
     );
     assert_eq!(a.stop("TERM"), 0);
 }
+
+#[test]
+fn load_canaries_can_share_sockets_when_descriptors_are_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let srv = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let out = run(&[
+        "load",
+        "--target",
+        &srv.addr.to_string(),
+        "--canaries",
+        "40",
+        "--max-sockets",
+        "3",
+        "--records",
+        "400",
+        "--loss",
+        "0.1",
+        "--rto-ms",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = json(&out);
+    assert_eq!(r["sockets"], 3, "{r:#}");
+    assert_eq!(r["acked"], 400, "{r:#}");
+    assert_eq!(srv.stop("TERM"), 0);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (rows, boots, sources): (i64, i64, i64) = c
+        .query_row(
+            "SELECT count(*), count(DISTINCT boot_id), count(DISTINCT source) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, boots, sources), (400, 40, 3));
+}
+
+#[test]
+fn load_exits_4_when_records_are_never_acked() {
+    // Nobody listens on this port.
+    let port = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let out = run(&[
+        "load",
+        "--target",
+        &port.to_string(),
+        "--canaries",
+        "2",
+        "--records",
+        "2",
+        "--deadline",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let r = json(&out);
+    assert_eq!(
+        (r["acked"].as_u64(), r["lost"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
