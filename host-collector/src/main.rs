@@ -313,7 +313,7 @@ struct LoadArgs {
     /// Give up on a record after this long without an ack (e.g. 30s).
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     deadline: String,
-    /// First retransmit timeout in milliseconds (doubles per round up to 8x... see --help).
+    /// First retransmit timeout in milliseconds; it doubles each round up to 16x (at most 2 s).
     #[arg(long, value_name = "MS", default_value_t = 50)]
     rto_ms: u32,
     /// Print one JSON object instead of the human summary.
