@@ -10,10 +10,11 @@
 //! `virtualization=on`), MMU and caches off, DAIF masked. The entry:
 //! 1. drops from EL2 to EL1 if needed;
 //! 2. enables FP/SIMD (CPACR_EL1.FPEN = 0b11): the compiler uses NEON registers;
-//! 3. builds an identity map (4 KiB granule, 40-bit VA, 1 GiB blocks): GiB 0 (flash, GIC,
-//!    PL011, PL031, virtio-mmio, PCIe MMIO/ECAM on `virt`) Device-nGnRE, GiB 1 (RAM from
-//!    0x4000_0000) Normal write-back; more RAM and high MMIO are mapped later from the DTB
-//!    (`mmu.rs`);
+//! 3. builds an identity map (4 KiB granule, 40-bit VA): GiB 0 (flash, GIC, PL011, PL031,
+//!    virtio-mmio, PCIe MMIO/ECAM on `virt`) one Device-nGnRE block; GiB 1 (RAM from
+//!    0x4000_0000, the image at 0x4020_0000) Normal write-back in 2 MiB blocks, except the
+//!    2 MiB around the boot stack in 4 KiB pages with the page below the stack unmapped (a
+//!    guard); more RAM and high MMIO are mapped later from the DTB (`mmu.rs`);
 //! 4. turns on the MMU and caches (so atomics, exclusives and unaligned accesses work), zeroes
 //!    .bss, sets the stack and calls `direct_entry(x0)`.
 use core::arch::global_asm;
@@ -33,6 +34,7 @@ global_asm!(
     .equ SCTLR_VALUE, 0x30d0180d
     .equ BLOCK_DEVICE, 0x0060000000000401
     .equ BLOCK_NORMAL, 0x0000000000000705
+    .equ PAGE_NORMAL, 0x0000000000000707
 
     .section .boot_pt, "aw", @nobits
     .balign 4096
@@ -42,10 +44,15 @@ canary_boot_l0: .skip 4096
 canary_boot_l1: .skip 4096
     .global canary_boot_l1_hi
 canary_boot_l1_hi: .skip 4096
+canary_boot_l2: .skip 4096
+canary_boot_l3: .skip 4096
 canary_boot_pt_end:
 
-    .section .bss.boot_stack, "aw", @nobits
-    .balign 16
+    /* Not in .bss: the guard page is unmapped while .bss is zeroed. */
+    .section .boot_stack, "aw", @nobits
+    .balign 4096
+    .global canary_stack_guard
+canary_stack_guard: .skip 4096
 canary_boot_stack: .skip 65536
 canary_boot_stack_top:
 
@@ -93,9 +100,40 @@ _start:
     str x6, [x2]                /* L0[0] -> L1 (VA 0..512 GiB) */
     ldr x6, =BLOCK_DEVICE
     str x6, [x5]                /* L1[0]: 0..1 GiB device */
+    /* L1[1] -> L2: GiB 1 (RAM) as 512 normal 2 MiB blocks */
+    adrp x9, canary_boot_l2
+    add x9, x9, :lo12:canary_boot_l2
+    orr x6, x9, #3
+    str x6, [x5, #8]
     ldr x6, =BLOCK_NORMAL
     orr x6, x6, #0x40000000
-    str x6, [x5, #8]            /* L1[1]: 1..2 GiB normal */
+    mov x10, #512
+7:  str x6, [x9], #8
+    add x6, x6, #0x200000
+    subs x10, x10, #1
+    b.ne 7b
+    /* the 2 MiB block holding the stack guard -> L3: 4 KiB pages, the guard page invalid,
+       so a kernel stack overflow faults (and the vectors run on their own stack) */
+    adrp x11, canary_stack_guard
+    adrp x9, canary_boot_l2
+    add x9, x9, :lo12:canary_boot_l2
+    adrp x13, canary_boot_l3
+    add x13, x13, :lo12:canary_boot_l3
+    ubfx x12, x11, #21, #9      /* L2 index */
+    orr x6, x13, #3
+    str x6, [x9, x12, lsl #3]
+    and x6, x11, #0xffffffffffe00000
+    ldr x14, =PAGE_NORMAL
+    orr x6, x6, x14
+    mov x10, #512
+8:  str x6, [x13], #8
+    add x6, x6, #0x1000
+    subs x10, x10, #1
+    b.ne 8b
+    adrp x13, canary_boot_l3
+    add x13, x13, :lo12:canary_boot_l3
+    ubfx x12, x11, #12, #9      /* L3 index */
+    str xzr, [x13, x12, lsl #3]
     /* invalidate the tables' cache lines: they were written with the MMU off */
     mrs x7, ctr_el0
     ubfx x7, x7, #16, #4        /* DminLine: log2(words) */
