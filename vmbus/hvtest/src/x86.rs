@@ -1,7 +1,5 @@
-//! vmbus-hvtest: boots by PVH, then runs the vmbus guest stack against the host it finds and
+//! x86_64: boots by PVH, then runs the vmbus guest stack against the host it finds and
 //! reports every step on COM1. Exits through isa-debug-exit: 0x10 pass, 0x11 fail.
-#![no_std]
-#![no_main]
 
 use core::cell::UnsafeCell;
 use core::fmt::Write;

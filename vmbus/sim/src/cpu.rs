@@ -2,8 +2,8 @@
 //! and arm64 (SMCCC `HVC #0`, Get/SetVpRegisters).
 
 use vmbus::arch::aarch64::{
-    Smccc, HV_FUNC_ID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HYPERV_UID, SMCCC_RET_NOT_SUPPORTED,
-    VENDOR_HYP_CALL_UID,
+    Smccc, HV_FUNC_ID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HYPERV_UID, PSCI_FEATURES,
+    SMCCC_RET_NOT_SUPPORTED, SMCCC_VERSION, VENDOR_HYP_CALL_UID,
 };
 use vmbus::arch::x86_64::X86Instructions;
 use vmbus::hypercall::code;
@@ -105,6 +105,23 @@ impl X86Instructions for SimCpu<'_> {
 impl Smccc for SimCpu<'_> {
     fn call(&self, r: &mut [u64; 18]) {
         self.expect_arch(SimArch::Aarch64);
+        if r[0] == PSCI_FEATURES {
+            // PSCI 1.0: SMCCC_VERSION is implemented (0), anything else not supported.
+            r[0] = if r[1] == SMCCC_VERSION && self.sim.config().smccc {
+                0
+            } else {
+                SMCCC_RET_NOT_SUPPORTED
+            };
+            return;
+        }
+        if r[0] == SMCCC_VERSION {
+            r[0] = if self.sim.config().smccc {
+                0x1_0002
+            } else {
+                SMCCC_RET_NOT_SUPPORTED
+            };
+            return;
+        }
         if r[0] == VENDOR_HYP_CALL_UID {
             for (i, w) in HYPERV_UID.iter().enumerate() {
                 r[i] = *w as u64;

@@ -94,6 +94,8 @@ pub struct SimConfig {
     pub crash_caps: u64,
     /// Fake-clock ticks (100 ns) added by every `Clock::now` call.
     pub clock_step: u64,
+    /// arm64: the HVC conduit implements SMCCC 1.2 (PSCI_FEATURES / SMCCC_VERSION).
+    pub smccc: bool,
 }
 
 impl SimConfig {
@@ -110,6 +112,7 @@ impl SimConfig {
             features: 0x408,
             crash_caps: CrashCtl(0).with_notify(true).with_notify_msg(true).0,
             clock_step: 1_000,
+            smccc: true,
         }
     }
 }

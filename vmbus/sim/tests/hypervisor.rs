@@ -391,3 +391,18 @@ fn arm64_identity_without_the_uid_call_reads_the_same_registers() {
     assert_eq!(b.privileges.0, s.config().privileges);
     assert_eq!(b.features, s.config().features);
 }
+
+#[test]
+fn arm64_detection_asks_psci_for_smccc_1_1_before_any_vendor_call() {
+    let s = sim(SimArch::Aarch64, hyperv());
+    assert_eq!(
+        vmbus::arch::aarch64::smccc_version(&s.cpu(0)),
+        Some(0x1_0002)
+    );
+    // A conduit without SMCCC_VERSION: no vendor-hyp call is made, nothing detected.
+    let mut cfg = config(SimArch::Aarch64, hyperv());
+    cfg.smccc = false;
+    let s = Sim::new(cfg);
+    assert_eq!(vmbus::arch::aarch64::smccc_version(&s.cpu(0)), None);
+    assert!(vmbus::arch::aarch64::detect(&s.cpu(0)).is_none());
+}

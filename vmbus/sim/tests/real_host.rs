@@ -16,12 +16,12 @@ fn repo() -> PathBuf {
         .unwrap()
 }
 
-fn build_kernel() -> PathBuf {
+fn build_kernel(target: &str) -> PathBuf {
     let dir = repo().join("vmbus/hvtest");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(&dir)
-        .args(["build", "--release"])
+        .args(["build", "--release", "--target", target])
         .output()
         .expect("cannot run cargo");
     assert!(
@@ -29,10 +29,10 @@ fn build_kernel() -> PathBuf {
         "building vmbus/hvtest failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("target"));
-    let elf = target.join("x86_64-unknown-none/release/vmbus-hvtest");
+    let elf = target_dir.join(format!("{target}/release/vmbus-hvtest"));
     assert!(elf.is_file(), "no kernel at {}", elf.display());
     elf
 }
@@ -49,7 +49,7 @@ fn guest_stack_drives_a_real_vmbus_host_through_gpadl_open_rings_close_and_unloa
         "scripts/hyperv-nested setup failed:\n{}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    let elf = build_kernel();
+    let elf = build_kernel("x86_64-unknown-none");
     let out = Command::new(&harness)
         .args(["run", "--balloon", "--trace", "-t", "150", "--"])
         .arg(&elf)
@@ -101,4 +101,48 @@ fn guest_stack_drives_a_real_vmbus_host_through_gpadl_open_rings_close_and_unloa
         2,
         "one UNLOAD per connection\n{diag}"
     );
+}
+
+#[test]
+fn arm64_hvc_conduit_answers_the_smccc_probe_and_detects_no_hyperv_on_plain_qemu() {
+    // Plain QEMU virt (TCG, no Hyper-V): the real `hvc #0` layer runs; PSCI answers, SMCCC
+    // vendor calls are not offered, so detection must say "not Hyper-V" without faulting.
+    let elf = build_kernel("aarch64-unknown-none");
+    let mut child = Command::new("qemu-system-aarch64")
+        .args([
+            "-machine",
+            "virt",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "64",
+            "-nographic",
+        ])
+        .args([
+            "-monitor", "none", "-serial", "stdio", "-nic", "none", "-kernel",
+        ])
+        .arg(&elf)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qemu-system-aarch64 (scripts/setup installs it)");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let serial = String::from_utf8_lossy(&out.stdout);
+    let diag = format!("{serial}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "PSCI SYSTEM_OFF ends QEMU cleanly\n{diag}"
+    );
+    assert!(serial.contains("psci version 0x1000"), "{diag}");
+    assert!(serial.contains("smccc version None"), "{diag}");
+    assert!(serial.contains("detect: None"), "{diag}");
+    assert!(serial.contains("hvtest-arm64: PASS"), "{diag}");
 }

@@ -21,6 +21,32 @@ pub const VENDOR_HYP_CALL_UID: u64 = 0x8600_FF01;
 pub const HYPERV_UID: [u32; 4] = [0x4d32_ba58, 0xcd24_4764, 0x8eef_6c75, 0x1659_7024];
 /// SMCCC "not supported" (-1).
 pub const SMCCC_RET_NOT_SUPPORTED: u64 = u64::MAX;
+/// `PSCI_FEATURES` (PSCI 1.0, function 0x8400000A): a PSCI call, so any PSCI conduit
+/// answers it; Linux `psci_init_smccc` asks it about SMCCC_VERSION first.
+pub const PSCI_FEATURES: u64 = 0x8400_000A;
+/// `ARM_SMCCC_VERSION_FUNC_ID`.
+pub const SMCCC_VERSION: u64 = 0x8000_0000;
+/// SMCCC 1.1, the minimum for vendor calls (Linux `ARM_SMCCC_VERSION_1_1`).
+pub const SMCCC_VERSION_1_1: u32 = 0x1_0001;
+
+/// The SMCCC version behind the HVC conduit, asked the way Linux `psci_init_smccc` does:
+/// PSCI_FEATURES(SMCCC_VERSION) first, then SMCCC_VERSION. `None` if not implemented. Call
+/// only when the firmware says the PSCI conduit is HVC (ACPI FADT `PSCI_USE_HVC`, or DT
+/// `method = "hvc"`).
+pub fn smccc_version(conduit: &(impl Smccc + ?Sized)) -> Option<u32> {
+    let mut r = [0u64; 18];
+    r[0] = PSCI_FEATURES;
+    r[1] = SMCCC_VERSION;
+    conduit.call(&mut r);
+    if (r[0] as i32) < 0 {
+        return None;
+    }
+    let mut r = [0u64; 18];
+    r[0] = SMCCC_VERSION;
+    conduit.call(&mut r);
+    let v = r[0] as i32;
+    (v > 0).then_some(v as u32)
+}
 /// `HV_PARTITION_ID_SELF` (ref §3.5).
 pub const HV_PARTITION_ID_SELF: u64 = u64::MAX;
 /// `HV_VP_INDEX_SELF` (ref §3.5).
@@ -97,11 +123,15 @@ pub fn has_hyperv_uid(conduit: &(impl Smccc + ?Sized)) -> bool {
     r[0] != SMCCC_RET_NOT_SUPPORTED && uid == HYPERV_UID
 }
 
-/// arm64 detection: the SMCCC vendor-hyp UID, then the feature registers (ref §3.1). Older
-/// hosts may not answer the UID call; a kernel that found ACPI FADT `hypervisor_id ==
-/// "MsHyperV"` (Linux's primary arm64 check) calls [`identity`] directly instead.
+/// arm64 detection: SMCCC ≥ 1.1 on the HVC conduit ([`smccc_version`]), then the
+/// vendor-hyp UID, then the feature registers (ref §3.1). Vendor calls are only defined from
+/// SMCCC 1.1, so like Linux (`psci_init_smccc`, `arm_smccc_hypervisor_has_uuid`) the version
+/// is asked through PSCI first. (QEMU virt under TCG answers PSCI 1.1 but not SMCCC_VERSION:
+/// `vmbus/hvtest` checks that this returns `None` without a fault.) Older hosts may not
+/// answer the UID call; a kernel that found ACPI FADT `hypervisor_id == "MsHyperV"` (Linux's
+/// primary arm64 check) calls [`identity`] instead.
 pub fn detect(conduit: &(impl Smccc + ?Sized)) -> Option<HvIdentity> {
-    if !has_hyperv_uid(conduit) {
+    if smccc_version(conduit)? < SMCCC_VERSION_1_1 || !has_hyperv_uid(conduit) {
         return None;
     }
     identity(conduit)
