@@ -29,6 +29,7 @@ pub fn set_base(base: usize, has_cr: bool) {
     BASE.store(base, Ordering::Relaxed);
 }
 
+#[cfg(target_os = "uefi")]
 pub fn base() -> usize {
     BASE.load(Ordering::Relaxed)
 }
