@@ -15,11 +15,16 @@ fn main() {
         _ => None,
     };
     if let Some(s) = script {
-        println!("cargo:rustc-link-arg-bins=-T{dir}/link/{s}");
+        println!("cargo:rustc-link-arg-bin=appliance=-T{dir}/link/{s}");
         // x86_64-unknown-none links a static PIE by default; the boot code is position
         // dependent (32-bit PVH entry), so link a plain static executable.
         println!("cargo:rustc-link-arg-bins=--no-pie");
         println!("cargo:rerun-if-changed=link/{s}");
+    }
+    if target == "x86_64-unknown-none" {
+        // The test loader for the 64-bit Linux boot entry (src/bin/linux64-shim.rs).
+        println!("cargo:rustc-link-arg-bin=linux64-shim=-T{dir}/link/linux64-shim.ld");
+        println!("cargo:rerun-if-changed=link/linux64-shim.ld");
     }
     // Build id: the git commit of the tree, or "unknown" (no network, just the local repo).
     let id = Command::new("git")

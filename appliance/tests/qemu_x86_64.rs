@@ -39,6 +39,11 @@ fn uefi_boot_panic_record_is_stored_by_the_collector() {
 }
 
 #[test]
+fn linux_boot_protocol_64bit_entry_panic_record_is_stored_by_the_collector() {
+    panic_on_purpose("linux64", "linux-boot");
+}
+
+#[test]
 fn bad_memory_access_is_caught_and_shipped() {
     let c = Collector::start();
     let run = run_canary(
