@@ -118,13 +118,36 @@ fn push_json_str(s: &mut String, v: &str) {
     s.push('"');
 }
 
+/// Appends `"0x…"` (lower-case hex, no leading zeros) like `format!("\"{v:#x}\"")`, without
+/// going through `core::fmt` (this runs for every register of every record).
+fn push_hex_quoted(s: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    buf[i - 1] = b'"';
+    i -= 1;
+    let mut x = v;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(x & 15) as usize];
+        x >>= 4;
+        if x == 0 {
+            break;
+        }
+    }
+    buf[i - 3..i].copy_from_slice(b"\"0x");
+    i -= 3;
+    // Only ASCII was written.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
 fn push_hex_list(s: &mut String, vs: impl Iterator<Item = u64>) {
     s.push('[');
     for (i, v) in vs.enumerate() {
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "\"{v:#x}\"");
+        push_hex_quoted(s, v);
     }
     s.push(']');
 }
@@ -194,9 +217,15 @@ pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
     }
     let g = &r.registers;
     t.set(Col::Registers, |s| {
-        let _ = write!(s, "{{\"fp\":\"{:#x}\",\"gpr\":", g.fp);
+        s.push_str("{\"fp\":");
+        push_hex_quoted(s, g.fp);
+        s.push_str(",\"gpr\":");
         push_hex_list(s, g.gpr.iter().copied());
-        let _ = write!(s, ",\"pc\":\"{:#x}\",\"sp\":\"{:#x}\"}}", g.pc, g.sp);
+        s.push_str(",\"pc\":");
+        push_hex_quoted(s, g.pc);
+        s.push_str(",\"sp\":");
+        push_hex_quoted(s, g.sp);
+        s.push('}');
     });
     t.set(Col::Backtrace, |s| {
         push_hex_list(s, r.backtrace.iter().copied())
@@ -222,6 +251,15 @@ pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_matches_core_fmt() {
+        for v in [0u64, 1, 0xf, 0x10, 0xdead_beef, u64::MAX, 1 << 63] {
+            let mut s = String::new();
+            push_hex_quoted(&mut s, v);
+            assert_eq!(s, format!("\"{v:#x}\""));
+        }
+    }
 
     #[test]
     fn row_text_renders_the_same_json_as_fields() {
