@@ -48,7 +48,9 @@ pub struct GpadlId(pub u32);
 pub struct ConnectOptions<'a> {
     /// Versions to try, newest first (versions below 3.0 are skipped).
     pub versions: &'a [Version],
-    /// VP that receives replies (`target_vcpu`); `None` = the calling CPU.
+    /// VP that receives replies (`target_vcpu`); `None` = the calling CPU. Replies are
+    /// polled, and only that VP's EOM releases replies queued behind its slot, so requests
+    /// (everything but `unload`) must run on this VP: another value is refused.
     pub target_vp: Option<u32>,
     /// How long to wait for each reply, in 100 ns units.
     pub reply_timeout: u64,
@@ -116,6 +118,8 @@ pub enum VmbusError {
     OutOfPages,
     #[error("not connected (unloaded)")]
     NotConnected,
+    #[error("VMBus requests must run on the connection's target VP {target}, not VP {caller} (its EOMs release queued replies)")]
+    WrongCpu { target: u32, caller: u32 },
 }
 
 /// Something that happened on the connection outside of a request.
@@ -292,10 +296,14 @@ impl<'s> Connection<'s> {
     ) -> Result<Self, VmbusError> {
         let vp = hv.read_reg(SynReg::VpIndex)? as u32;
         let target_vp = opts.target_vp.unwrap_or(vp);
-        for v in [vp, target_vp] {
-            if !synic.is_enabled(v) || synic.post_page(v).is_none() {
-                return Err(VmbusError::NoSynic(v));
-            }
+        if target_vp != vp {
+            return Err(VmbusError::WrongCpu {
+                target: target_vp,
+                caller: vp,
+            });
+        }
+        if !synic.is_enabled(vp) || synic.post_page(vp).is_none() {
+            return Err(VmbusError::NoSynic(vp));
         }
         let pages = alloc.alloc_pages(3).ok_or(VmbusError::OutOfPages)?;
         let mut conn = Self {
@@ -552,6 +560,13 @@ impl<'s> Connection<'s> {
         what: &'static str,
         mut f: impl FnMut(&mut Self, HostMessage) -> Option<T>,
     ) -> Result<T, VmbusError> {
+        let caller = hv.read_reg(SynReg::VpIndex)? as u32;
+        if caller != self.target_vp {
+            return Err(VmbusError::WrongCpu {
+                target: self.target_vp,
+                caller,
+            });
+        }
         let deadline = clock.now().saturating_add(self.reply_timeout);
         for _ in 0..self.poll_limit {
             match self.take_one(hv, clock) {

@@ -258,3 +258,30 @@ fn a_flood_of_host_messages_cannot_hold_a_request_past_its_deadline() {
     assert_eq!(e, VmbusError::Timeout("ALLOFFERS_DELIVERED"));
     assert!(s.now() - start < 400_000, "{}", s.now() - start);
 }
+
+#[test]
+fn requests_run_on_the_target_vp_only() {
+    let s = sim(vmbus_sim::SimArch::X86_64, hyperv());
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let opts = ConnectOptions {
+        target_vp: Some(0),
+        ..ConnectOptions::default()
+    };
+    let e = Connection::connect(g.hv(1), &g.clock, &s.mem, &g.synic, &opts).unwrap_err();
+    assert_eq!(
+        e,
+        VmbusError::WrongCpu {
+            target: 0,
+            caller: 1
+        }
+    );
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    assert_eq!(
+        c.request_offers(g.hv(1), &g.clock).unwrap_err(),
+        VmbusError::WrongCpu {
+            target: 0,
+            caller: 1
+        }
+    );
+    assert_eq!(c.request_offers(g.hv(0), &g.clock).unwrap().len(), 3);
+}
