@@ -79,6 +79,13 @@ fn harness_ready() {
     });
 }
 
+/// Nested runs never overlap: each keeps a core busy with TCG (the script also takes a lock on
+/// its cache, across processes).
+fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What one nested run left behind.
 #[derive(Debug)]
 struct Run {
@@ -96,10 +103,9 @@ struct Run {
 impl Run {
     /// Runs KERNEL in the nested host. `opts` go to the harness, `l2_args` to L2's QEMU.
     fn start(name: &'static str, opts: &[&str], l2_args: &[&str]) -> Run {
-        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         let elf = kernel_elf();
         harness_ready();
-        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = one_run_at_a_time();
         let dir = target_dir().join("hyperv-nested").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -715,4 +721,44 @@ fn nested_panic_posts_no_second_unload() {
     assert!(r.guest_panicked().len() <= 1, "{}", r.diag());
     // isa-debug-exit 0x12: ended through the nested entry.
     assert_eq!(r.status, 37, "{}", r.diag());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness's own contract (scripts/hyperv-nested --help, "run exit status").
+
+#[test]
+fn harness_rejects_bad_usage_with_status_2() {
+    let out = Command::new(workspace().join("scripts/hyperv-nested"))
+        .args(["run", "--no-such-option", "kernel.elf"])
+        .output()
+        .expect("cannot run scripts/hyperv-nested");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown option --no-such-option"), "{err}");
+}
+
+#[test]
+fn harness_reports_a_guest_that_never_finishes_as_timeout_124() {
+    let elf = kernel_elf();
+    harness_ready();
+    let _g = one_run_at_a_time();
+    let t0 = Instant::now();
+    // `-S`: L2's QEMU starts with the CPU stopped, so the guest never ends by itself.
+    let out = Command::new(workspace().join("scripts/hyperv-nested"))
+        .args(["run", "--timeout", "8", "--"])
+        .arg(elf)
+        .arg("-S")
+        .output()
+        .expect("cannot run scripts/hyperv-nested");
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The limit covers the whole run, L0 and L1 boot included (L2 gets what is left, less
+    // 3 s to write results back), plus at most the harness's 15 s backstop.
+    assert!(secs < 8.0 + 15.0, "took {secs:.1} s");
+    assert!(out.stdout.is_empty(), "a stopped guest printed something");
 }
