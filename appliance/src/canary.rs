@@ -58,8 +58,9 @@ fn heartbeat(seq: u32) {
         uptime_ms: crate::arch::now_us() / 1000,
         arch: capture::record::Arch::current(),
     });
-    let mut buf = [0u8; 128];
-    if let Ok(n) = capture::wire::emit(&hb, None, &mut buf) {
+    let mut buf = [0u8; 160];
+    let key = crate::platform::config().key.as_ref();
+    if let Ok(n) = capture::wire::emit(&hb, key, &mut buf) {
         if !net.send_to_collector(&buf[..n]) {
             log::warn!("heartbeat {seq}: socket buffer full");
         }
@@ -74,7 +75,7 @@ fn poll_net() -> Option<DrillRepr> {
     let mut buf = [0u8; 256];
     let mut drill = None;
     while let Some(d) = net.recv_drill(&mut buf) {
-        match capture::wire::parse(d, None) {
+        match capture::wire::parse(d, crate::platform::config().key.as_ref()) {
             Ok(Repr::Drill(r)) => drill = Some(r),
             Ok(_) => log::warn!("drill port: unexpected frame kind"),
             Err(e) => log::warn!("drill port: bad frame: {e}"),

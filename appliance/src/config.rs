@@ -53,6 +53,9 @@ pub struct Config {
     /// Allowed drift between the counter and the reference clock, in percent.
     pub timer_tolerance_pct: u32,
     pub log_level: log::LevelFilter,
+    /// Fleet key: when set, every frame the canary sends carries an HMAC-SHA256 tag and drills
+    /// without a valid tag are refused (capture `API.md`, wire flags AUTH).
+    pub key: Option<capture::Key>,
     /// Problems found while parsing, printed once the log is up.
     pub warnings: heapless::String<256>,
 }
@@ -78,6 +81,7 @@ impl Default for Config {
             qemu_exit: false,
             timer_tolerance_pct: 50,
             log_level: log::LevelFilter::Info,
+            key: None,
             warnings: heapless::String::new(),
         }
     }
@@ -182,6 +186,17 @@ impl Config {
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
                 "log" => v.parse().map(|l| c.log_level = l).is_ok(),
+                "key" => match capture::Key::from_hex(v) {
+                    Ok(k) => {
+                        c.key = Some(k);
+                        true
+                    }
+                    Err(e) => {
+                        // Never echo the value: it is (part of) a secret.
+                        let _ = write!(c.warnings, "bad key: {e}; ");
+                        continue;
+                    }
+                },
                 // Keys for other layers (e.g. a Linux-style console=) are not ours.
                 _ => true,
             };
@@ -265,6 +280,17 @@ mod tests {
         for k in ["collector", "panic_after", "ip", "panic_action"] {
             assert!(c.warnings.contains(k), "no warning for {k}: {}", c.warnings);
         }
+    }
+
+    #[test]
+    fn fleet_key_is_parsed_and_a_bad_one_is_not_echoed() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let c = Config::parse(&format!("key={hex}"));
+        assert_eq!(c.key.as_ref().map(|k| k.as_bytes()[1]), Some(0x11));
+        let c = Config::parse("key=secretsecret");
+        assert!(c.key.is_none());
+        assert!(c.warnings.contains("bad key"), "{}", c.warnings);
+        assert!(!c.warnings.contains("secretsecret"), "{}", c.warnings);
     }
 
     #[test]

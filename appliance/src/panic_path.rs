@@ -257,7 +257,8 @@ pub fn warm_up() {
         max_rto_ms: 400,
         deadline_ms: 1,
     };
-    let Ok(mut sender) = Sender::new(sc, rec.boot_id, rec.seq, bytes, None, 0) else {
+    let key = platform::config().key.as_ref();
+    let Ok(mut sender) = Sender::new(sc, rec.boot_id, rec.seq, bytes, key, 0) else {
         return;
     };
     let mut sent = 0usize;
@@ -269,8 +270,8 @@ pub fn warm_up() {
         record_crc: id.record_crc,
         status: capture::wire::AckStatus::Stored,
     });
-    let mut frame = [0u8; 64];
-    if let Ok(n) = capture::wire::emit(&ack, None, &mut frame) {
+    let mut frame = [0u8; 96];
+    if let Ok(n) = capture::wire::emit(&ack, key, &mut frame) {
         let acked = sender.handle(&frame[..n]);
         log::debug!(
             "panic path warm-up: {} bytes out, ack understood: {acked}",
@@ -428,7 +429,7 @@ fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<
         deadline_ms: cfg.deadline_ms,
     };
     let now_ms = || crate::arch::now_us() / 1000;
-    let mut sender = match Sender::new(sc, boot_id, rec.seq, bytes, None, now_ms()) {
+    let mut sender = match Sender::new(sc, boot_id, rec.seq, bytes, cfg.key.as_ref(), now_ms()) {
         Ok(s) => s,
         Err(_) => return Outcome::Failed(2),
     };

@@ -151,3 +151,43 @@ fn drill_from_the_collector_panics_with_kind_drill() {
         "{rec:#}"
     );
 }
+
+#[test]
+fn with_a_fleet_key_records_are_authenticated_and_unkeyed_drills_are_refused() {
+    let hex = "5eed5eed00112233445566778899aabbccddeeff0123456789abcdef01234567";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("fleet.key");
+    std::fs::write(&key_file, hex).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    // The collector requires the key: an untagged record would be rejected, not stored.
+    let c = Collector::start_with(&["--key-file", key_path]);
+    let dport = free_udp_port();
+    let drill_addr = format!("127.0.0.1:{dport}");
+    let append = format!("key={hex}");
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--drill-port", &dport.to_string(), "--append", &append],
+        120,
+        || {
+            c.drill(&drill_addr); // no key: must be refused
+            std::thread::sleep(Duration::from_millis(500));
+            c.drill_with(&drill_addr, &["--key-file", key_path]);
+        },
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("drill port: bad frame"),
+        "the unkeyed drill was not refused:\n{}",
+        run.serial
+    );
+    assert_eq!(
+        run.serial.matches("drill 0x").count(),
+        2,
+        "one drill accepted (log + panic line):\n{}",
+        run.serial
+    );
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "drill", &run.serial);
+}

@@ -94,12 +94,18 @@ pub struct Collector {
 
 impl Collector {
     pub fn start() -> Collector {
+        Collector::start_with(&[])
+    }
+
+    /// `host-collector serve` with more arguments (e.g. `--key-file`).
+    pub fn start_with(extra: &[&str]) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("collector.db");
         let port = free_udp_port();
         let mut child = Command::new(collector_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(&db)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -171,8 +177,14 @@ impl Collector {
     }
 
     pub fn drill(&self, addr: &str) {
+        self.drill_with(addr, &[])
+    }
+
+    /// `host-collector drill ADDR` with more arguments (e.g. `--key-file`).
+    pub fn drill_with(&self, addr: &str, extra: &[&str]) {
         let out = Command::new(collector_bin())
             .args(["drill", addr])
+            .args(extra)
             .output()
             .expect("run host-collector drill");
         assert!(
