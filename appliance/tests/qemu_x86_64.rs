@@ -191,3 +191,25 @@ fn with_a_fleet_key_records_are_authenticated_and_unkeyed_drills_are_refused() {
     let rec = c.show_latest();
     assert_complete_record(&rec, "x86_64", "pvh", "drill", &run.serial);
 }
+
+#[test]
+fn dhcp_configured_canary_ships_its_record() {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--append", "ip=dhcp", "--panic-after", "0.2"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    // QEMU user networking's DHCP server hands out 10.0.2.15 with 10.0.2.2 as the router.
+    assert!(
+        run.serial.contains("dhcp: 10.0.2.15/24 via Some(10.0.2.2)"),
+        "{}",
+        run.serial
+    );
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "panic", &run.serial);
+}
