@@ -104,11 +104,11 @@ impl TimerTally {
             let delta = exp.wrapping_sub(self.last_exp);
             // KVM keeps a periodic timer on its original grid (it skips whole periods when
             // late: Linux arch/x86/kvm/hyperv.c stimer_start); allow 1 % of a period.
-            let periods = (delta + period / 2) / period;
-            if periods == 0 || delta.abs_diff(periods * period) > period / 100 {
+            let periods = delta.saturating_add(period / 2) / period;
+            if periods == 0 || delta.abs_diff(periods.saturating_mul(period)) > period / 100 {
                 self.off_grid += 1;
             } else {
-                self.missed += periods - 1;
+                self.missed = self.missed.saturating_add(periods - 1);
             }
         }
         self.max_latency = self.max_latency.max(seen.saturating_sub(exp));
@@ -414,7 +414,8 @@ impl HyperV {
         }
         let start = self.clock.now();
         let mut t = TimerTally::default();
-        while t.messages <= STIMER_CHECK_INTERVALS && self.clock.now() - start < STIMER_CHECK_LIMIT
+        while t.messages <= STIMER_CHECK_INTERVALS
+            && self.clock.now().saturating_sub(start) < STIMER_CHECK_LIMIT
         {
             let Some(m) = SYNIC.read_message(vp, VMBUS_MESSAGE_SINT) else {
                 self.clock.relax();
@@ -436,8 +437,8 @@ impl HyperV {
             "stimer0: ticks={} period_us={} elapsed_us={} expiry_span_us={} missed={} off_grid={} max_latency_us={} mode=message sint={} other_messages={}",
             t.messages.saturating_sub(1),
             STIMER_CHECK_PERIOD / 10,
-            (t.last_seen - t.first_seen) / 10,
-            (t.last_exp - t.first_exp) / 10,
+            t.last_seen.saturating_sub(t.first_seen) / 10,
+            t.last_exp.saturating_sub(t.first_exp) / 10,
             t.missed,
             t.off_grid,
             t.max_latency / 10,
