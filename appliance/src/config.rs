@@ -50,6 +50,9 @@ pub struct Config {
     /// Under QEMU: leave through isa-debug-exit (x86_64) or semihosting (arm64) so the exit
     /// status says how the canary ended.
     pub qemu_exit: bool,
+    /// x86_64: the TSC frequency in kHz, instead of calibrating it against the PIT (for
+    /// machines without a PIT, or to test the timer self-check).
+    pub tsc_khz: Option<u64>,
     /// Allowed drift between the counter and the reference clock, in percent.
     pub timer_tolerance_pct: u32,
     pub log_level: log::LevelFilter,
@@ -79,6 +82,7 @@ impl Default for Config {
             fault_after_ms: None,
             nested_panic: false,
             qemu_exit: false,
+            tsc_khz: None,
             timer_tolerance_pct: 50,
             log_level: log::LevelFilter::Info,
             key: None,
@@ -185,6 +189,13 @@ impl Config {
                 "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
+                "tsc_khz" => match v.parse::<u64>() {
+                    Ok(k) if k >= 1000 => {
+                        c.tsc_khz = Some(k);
+                        true
+                    }
+                    _ => false,
+                },
                 "log" => v.parse().map(|l| c.log_level = l).is_ok(),
                 "key" => match capture::Key::from_hex(v) {
                     Ok(k) => {
@@ -242,7 +253,7 @@ mod tests {
             "console=ttyS0 collector=192.168.1.5:9000 ip=192.168.1.77/16 gw=192.168.1.1 \
              drill_port=9001 panic_action=poweroff selfcheck_ms=250 heartbeat_ms=0 \
              deadline_ms=1500 unload_deadline_ms=5000 panic_after=0.25 fault_after=3 \
-             nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug",
+             nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug tsc_khz=2500000",
         );
         assert_eq!(c.collector, ([192, 168, 1, 5], 9000));
         assert_eq!(
@@ -261,6 +272,7 @@ mod tests {
         assert_eq!(c.fault_after_ms, Some(3000));
         assert!(c.nested_panic && c.qemu_exit);
         assert_eq!(c.timer_tolerance_pct, 20);
+        assert_eq!(c.tsc_khz, Some(2_500_000));
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert!(c.warnings.is_empty(), "{}", c.warnings);
     }

@@ -50,6 +50,10 @@ pub fn kmain(bi: BootInfo) -> ! {
         bi.mode
     );
     log::info!("cmdline: {}", bi.cmdline);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(khz) = cfg.tsc_khz {
+        arch::imp::timer::set_hz(khz * 1000);
+    }
     log::info!(
         "timer: {} kHz counter",
         arch::imp::timer::counter_hz() / 1000

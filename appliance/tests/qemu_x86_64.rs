@@ -213,3 +213,25 @@ fn dhcp_configured_canary_ships_its_record() {
     let rec = c.show_latest();
     assert_complete_record(&rec, "x86_64", "pvh", "panic", &run.serial);
 }
+
+#[test]
+fn timer_self_check_failure_panics_with_kind_self_check_and_says_what_failed() {
+    let c = Collector::start();
+    // A TSC frequency far below any real one makes the counter run many times too fast; the
+    // self-check compares it with the CMOS RTC over >= 4 s of RTC time and must catch it.
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--append", "tsc_khz=100000 selfcheck_ms=200 heartbeat_ms=0"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "self-check", &run.serial);
+    assert_eq!(
+        rec["message"], "self-check failed: timer: counter and reference clock disagree",
+        "{rec:#}"
+    );
+}
