@@ -34,29 +34,24 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target"))
 }
 
-/// Builds the x86_64 direct-boot (PVH) ELF once per test binary.
+/// Builds the x86_64 direct-boot (PVH) ELF once per test binary, the way every QEMU test
+/// builds it (`scripts/qemu-run --print-image`: release, frame pointers), so the image is
+/// built once for all of them.
 fn kernel_elf() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
+        let out = Command::new(workspace().join("scripts/qemu-run"))
+            .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
             .current_dir(workspace())
-            .args([
-                "build",
-                "-p",
-                "appliance",
-                "--release",
-                "--target",
-                "x86_64-unknown-none",
-            ])
             .output()
-            .expect("cannot run cargo");
+            .expect("cannot run scripts/qemu-run");
         assert!(
             out.status.success(),
             "building the x86_64 kernel failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let elf = target_dir().join("x86_64-unknown-none/release/appliance");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let elf = workspace().join(path);
         assert!(elf.is_file(), "no kernel at {}", elf.display());
         elf
     })

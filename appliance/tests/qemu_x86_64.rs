@@ -235,3 +235,60 @@ fn timer_self_check_failure_panics_with_kind_self_check_and_says_what_failed() {
         "{rec:#}"
     );
 }
+
+#[test]
+fn without_a_collector_the_ship_step_times_out_at_its_deadline_and_the_canary_still_ends() {
+    // Nothing listens on this port: the record is never acknowledged.
+    let port = free_udp_port();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        port,
+        &["--panic-after", "0.1", "--append", "deadline_ms=400"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_NOT_ACKED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial
+            .contains("panic: no ack for the record within 400 ms"),
+        "{}",
+        run.serial
+    );
+    let summary = run
+        .serial
+        .lines()
+        .find(|l| l.starts_with("canary: panic path (first entry) steps:"))
+        .unwrap_or_else(|| panic!("no step summary:\n{}", run.serial));
+    assert!(summary.contains("ship=timed out ("), "{summary}");
+    // The deadline bounds the step: 400 ms, plus at most one retransmit round of slack.
+    let ship_us: u64 = summary
+        .split("ship=timed out (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("ship duration");
+    assert!((400_000..1_500_000).contains(&ship_us), "{summary}");
+}
+
+#[test]
+fn panic_action_poweroff_and_reset_end_the_vm() {
+    for (action, line) in [
+        ("poweroff", "canary: end: power off"),
+        ("reset", "canary: end: reset"),
+    ] {
+        // qemu_exit=0: leave through the configured action, not isa-debug-exit. QEMU exits 0 on
+        // ACPI power-off and, with -no-reboot, on reset; a halt would run into the timeout.
+        let append = format!("qemu_exit=0 panic_action={action}");
+        let run = run_canary(
+            "x86_64",
+            "direct",
+            free_udp_port(),
+            &["--no-net", "--panic-after", "0.1", "--append", &append],
+            60,
+            || {},
+        );
+        assert_eq!(run.code(), 0, "{action}: serial:\n{}", run.serial);
+        assert!(run.serial.contains(line), "{action}:\n{}", run.serial);
+    }
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Exit statuses of scripts/qemu-run (see its --help).
 pub const EXIT_ACKED: i32 = 33;
+pub const EXIT_NOT_ACKED: i32 = 35;
 pub const EXIT_NESTED: i32 = 37;
 
 pub fn workspace() -> PathBuf {
