@@ -252,23 +252,13 @@ fn aarch64_reset_after_the_panic_uses_psci_system_reset() {
 /// UEFI with the device tree: AAVMF installs QEMU's DTB in the configuration table only when
 /// QEMU offers no ACPI (`virt,acpi=off`); `scripts/qemu-run` boots the default (ACPI), so
 /// this test starts QEMU itself with the same firmware, ESP layout and network.
-#[test]
-fn aarch64_uefi_reads_the_device_tree_from_the_configuration_table() {
-    let image = image("uefi");
-    let c = Collector::start();
-    let dir = tempfile::tempdir().unwrap();
-    let esp = dir.path().join("esp");
+/// Firmware, variables and an ESP with the UEFI image and `canary.cfg` = `cfg`, in `dir`.
+fn uefi_args(dir: &std::path::Path, cfg: &str) -> Vec<std::ffi::OsString> {
+    let esp = dir.join("esp");
     std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
-    std::fs::copy(&image, esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap();
-    std::fs::write(
-        esp.join("canary.cfg"),
-        format!(
-            "collector=10.0.2.2:{} qemu_exit=1 panic_after=0.1\n",
-            c.port
-        ),
-    )
-    .unwrap();
-    let vars = dir.path().join("vars.fd");
+    std::fs::copy(image("uefi"), esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap();
+    std::fs::write(esp.join("canary.cfg"), format!("{cfg}\n")).unwrap();
+    let vars = dir.join("vars.fd");
     std::fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars).unwrap();
     let mut args = os(&[
         "-semihosting-config",
@@ -282,6 +272,15 @@ fn aarch64_uefi_reads_the_device_tree_from_the_configuration_table() {
     args.push(format!("if=pflash,format=raw,file={}", vars.display()).into());
     args.push("-drive".into());
     args.push(format!("format=raw,file=fat:rw:{}", esp.display()).into());
+    args
+}
+
+#[test]
+fn aarch64_uefi_reads_the_device_tree_from_the_configuration_table() {
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("collector=10.0.2.2:{} qemu_exit=1 panic_after=0.1", c.port);
+    let args = uefi_args(dir.path(), &cfg);
     let run = qemu_direct("virt,acpi=off", &args, 120);
     let serial = &run.serial;
     assert_eq!(run.status, Some(EXIT_ACKED), "serial:\n{serial}");
@@ -352,4 +351,24 @@ fn aarch64_direct_boot_is_ready_within_a_second_of_qemu_start() {
         "QEMU start to ready took {ready:?}:\n{}",
         run.serial
     );
+}
+
+/// AAVMF under `virtualization=on` runs at EL2 and leaves the UEFI application there: the
+/// vectors go to VBAR_EL2 and read the _EL2 syndrome registers, so a fault is still ours
+/// (not the firmware's "Synchronous Exception" hang).
+#[test]
+fn aarch64_uefi_at_el2_catches_a_bad_memory_access_and_ships_it() {
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("collector=10.0.2.2:{} qemu_exit=1 fault_after=0.1", c.port);
+    let args = uefi_args(dir.path(), &cfg);
+    let run = qemu_direct("virt,virtualization=on", &args, 120);
+    assert_eq!(run.status, Some(EXIT_ACKED), "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "uefi", "fault", &run.serial);
+    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    assert_eq!(hex(&rec["kind_detail"]["vector"]) >> 26, 0x25, "{rec:#}");
+    // PSTATE (SPSR_EL2) says the fault came from EL2.
+    let pstate = hex(&rec["registers"]["gpr"][31]);
+    assert_eq!((pstate >> 2) & 3, 2, "{rec:#}");
 }

@@ -4,7 +4,8 @@
 //!
 //! Layouts: ACPI 6.5 section 5.2.5.3 (RSDP: "RSD PTR ", revision at 15, XsdtAddress at 24),
 //! 5.2.6 (table header: signature, length at 4, OEMID at 10..16), 5.2.8 (XSDT: 64-bit
-//! entries after the 36-byte header); Microsoft "Serial Port Console Redirection Table"
+//! entries after the 36-byte header), 5.2.9 (FADT "FACP": ARM_BOOT_ARCH flags at 129, bit 0
+//! PSCI_COMPLIANT, bit 1 PSCI_USE_HVC); Microsoft "Serial Port Console Redirection Table"
 //! (SPCR): interface type at 36, base address (Generic Address Structure, ACPI 5.2.3.2) at
 //! 40 with the address at 44.
 
@@ -23,6 +24,8 @@ pub struct AcpiFacts {
     pub oem_id: [u8; 6],
     /// SPCR console: interface type and MMIO base.
     pub console: Option<(u8, u64)>,
+    /// FADT: PSCI is there, and through HVC (true) or SMC (false).
+    pub psci_hvc: Option<bool>,
 }
 
 /// Reads a byte range of physical memory (identity-mapped by the firmware).
@@ -85,6 +88,15 @@ pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
     for e in xsdt[HEADER_LEN as usize..].chunks_exact(8) {
         let addr = le64(e, 0)?;
         // SAFETY: XSDT entries are published tables.
+        if let Some(fadt) = unsafe { table(addr, b"FACP") } {
+            if let Some(flags) = fadt.get(129..131) {
+                let flags = u16::from_le_bytes([flags[0], flags[1]]);
+                if flags & 1 != 0 {
+                    f.psci_hvc = Some(flags & 2 != 0);
+                }
+            }
+        }
+        // SAFETY: as above.
         if let Some(spcr) = unsafe { table(addr, b"SPCR") } {
             let ty = *spcr.get(36)?;
             // Generic Address Structure: address space 0 = system memory.

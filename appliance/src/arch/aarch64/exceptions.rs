@@ -1,5 +1,7 @@
-//! EL1 exception vectors (Arm ARM D1.10.2 "Exception vectors"): 16 entries of 0x80 bytes at
-//! VBAR_EL1 (2 KiB aligned): {current EL with SP_EL0, current EL with SP_ELx, lower EL
+//! Exception vectors (Arm ARM D1.10.2 "Exception vectors"): 16 entries of 0x80 bytes at
+//! VBAR_EL1 (2 KiB aligned; VBAR_EL2 and the _EL2 syndrome registers when a UEFI firmware
+//! started us at EL2, as AAVMF does under QEMU `virtualization=on`; direct boot always drops
+//! to EL1): {current EL with SP_EL0, current EL with SP_ELx, lower EL
 //! AArch64, lower EL AArch32} x {synchronous, IRQ, FIQ, SError}. Every entry saves x0-x30,
 //! ELR/SPSR/ESR/FAR_EL1 and SP_EL0 and enters `crate::panic_path::on_fault`.
 //!
@@ -60,13 +62,24 @@ canary_vec_common:
     stp x24, x25, [sp, #192]
     stp x26, x27, [sp, #208]
     stp x28, x29, [sp, #224]
+    mrs x2, CurrentEL
+    cmp x2, #8
+    b.eq 3f
     mrs x2, elr_el1
     stp x30, x2, [sp, #240]
     mrs x2, spsr_el1
     mrs x3, esr_el1
     stp x2, x3, [sp, #256]
     mrs x2, far_el1
-    mrs x3, sp_el0
+    b 4f
+3:  /* running at EL2 (UEFI firmware left us there: QEMU virtualization=on) */
+    mrs x2, elr_el2
+    stp x30, x2, [sp, #240]
+    mrs x2, spsr_el2
+    mrs x3, esr_el2
+    stp x2, x3, [sp, #256]
+    mrs x2, far_el2
+4:  mrs x3, sp_el0
     stp x2, x3, [sp, #272]
     mov x0, sp
     mov x29, xzr
@@ -177,7 +190,14 @@ pub fn install() {
         core::arch::asm!(
             "adrp {v}, canary_vectors",
             "add {v}, {v}, :lo12:canary_vectors",
+            "mrs {t}, CurrentEL",
+            "cmp {t}, #8",
+            "b.eq 1f",
             "msr vbar_el1, {v}",
+            "b 3f",
+            "1:",
+            "msr vbar_el2, {v}",
+            "3:",
             "isb",
             "mrs {t}, spsel",
             "cbz {t}, 2f",

@@ -107,6 +107,9 @@ fn uefi_discover() {
             serial::set_base(base as usize, ty == acpi::SPCR_PL011);
         }
     }
+    if let Some(hvc) = a.psci_hvc {
+        PSCI_SMC.store(!hvc, Ordering::Relaxed);
+    }
     // QEMU's ACPI tables carry OEM ID "BOCHS " (QEMU `include/hw/acpi/aml-build.h`,
     // ACPI_BUILD_APPNAME6).
     if &a.oem_id == b"BOCHS " {
@@ -147,9 +150,10 @@ fn log_device_tree() {
             #[cfg(target_os = "uefi")]
             if let Some(oem) = ACPI_OEM.get() {
                 log::info!(
-                    "ACPI (OEM {:?}), console {:#x}{}",
+                    "ACPI (OEM {:?}), console {:#x}, PSCI via {}{}",
                     core::str::from_utf8(oem).unwrap_or("?"),
                     serial::base(),
+                    if PSCI_SMC.load(Ordering::Relaxed) { "SMC" } else { "HVC" },
                     if QEMU_VIRT.load(Ordering::Relaxed) {
                         ", QEMU virt: assuming its virtio-mmio and PL031 addresses"
                     } else {
@@ -199,13 +203,24 @@ fn smccc(fid: u32, a1: u64) -> [u64; 4] {
     let (r0, r1, r2, r3): (u64, u64, u64, u64);
     // SAFETY: a firmware/hypervisor call; it does not touch our memory.
     unsafe {
-        if PSCI_SMC.load(Ordering::Relaxed) {
+        // At EL2 an HVC would trap to ourselves: firmware is reached with SMC.
+        if PSCI_SMC.load(Ordering::Relaxed) || current_el() == 2 {
             core::arch::asm!("smc #0", inout("x0") fid as u64 => r0, inout("x1") a1 => r1, inout("x2") 0u64 => r2, inout("x3") 0u64 => r3, options(nomem, nostack))
         } else {
             core::arch::asm!("hvc #0", inout("x0") fid as u64 => r0, inout("x1") a1 => r1, inout("x2") 0u64 => r2, inout("x3") 0u64 => r3, options(nomem, nostack))
         }
     }
     [r0, r1, r2, r3]
+}
+
+/// The exception level we run at (1; 2 when UEFI firmware started us at EL2).
+pub fn current_el() -> u64 {
+    let el: u64;
+    // SAFETY: reads CurrentEL.
+    unsafe {
+        core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags))
+    };
+    (el >> 2) & 3
 }
 
 /// PSCI function IDs (Arm DEN0022 "Power State Coordination Interface", table 5.1).
@@ -371,6 +386,9 @@ pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'stati
 /// Without SMCCC 1.1 nothing else is asked (QEMU TCG's HVC handles PSCI calls only).
 pub fn hypervisor_info() -> capture::record::HypervisorInfo {
     let mut hi = capture::record::HypervisorInfo::default();
+    if current_el() == 2 {
+        return hi; // we are the most privileged software below firmware: no hypervisor
+    }
     let psci = smccc(PSCI_VERSION, 0)[0] as u32;
     if psci >> 16 < 1 {
         return hi; // PSCI 0.x: no PSCI_FEATURES
