@@ -487,3 +487,61 @@ fn disk_full_never_acks_an_uncommitted_record_and_retransmits_store_it_later() {
     assert_eq!(run.timed_out, 0);
     assert_eq!(run.acked.len() as u64, (CANARIES * PER) as u64);
 }
+
+#[test]
+fn repeated_kill9_restarts_lose_no_acked_record() {
+    const CANARIES: u32 = 16;
+    const PER: u32 = 25;
+    const KILLS: u64 = 3;
+    let (_dir, db) = temp_db("kill9x3.db");
+    let first = Collector::start(
+        &db,
+        "127.0.0.1:0",
+        &[(host_collector::server::TEST_COMMIT_DELAY_ENV, "10")],
+        None,
+    );
+    let addr = first.addr;
+    let faults = Faults {
+        loss: 0.05,
+        dup: 0.05,
+        reorder: 0.05,
+    };
+    let cfg = SenderConfig {
+        initial_rto_ms: 40,
+        max_rto_ms: 300,
+        deadline_ms: 30_000,
+    };
+    let total = (CANARIES * PER) as u64;
+    let mut kills = Vec::new();
+    let run = run_load(CANARIES, PER, addr, faults, cfg, |t| {
+        let mut current = first;
+        for k in 1..=KILLS {
+            // Kill at 1/4, 2/4, 3/4 of the records acked.
+            wait_until("the next quarter acked", Duration::from_secs(30), || {
+                t.acked.load(Ordering::Relaxed) >= total * k / (KILLS + 1)
+            });
+            kills.push(t.acked.load(Ordering::Relaxed));
+            current.kill9();
+            std::thread::sleep(Duration::from_millis(150));
+            current = Collector::start(
+                &db,
+                &addr.to_string(),
+                &[(host_collector::server::TEST_COMMIT_DELAY_ENV, "10")],
+                None,
+            );
+        }
+        wait_until("every record settled", Duration::from_secs(40), || {
+            t.acked.load(Ordering::Relaxed) + t.timed_out.load(Ordering::Relaxed) == total
+        });
+        current.kill9();
+    });
+    let extra = format!("; killed (SIGKILL) {KILLS} times, at {kills:?} acked");
+    check_acked_subset_of_stored("kill -9 x3", &run, &db, &extra);
+    assert_eq!(kills.len() as u64, KILLS);
+    assert!(
+        kills.windows(2).all(|w| w[0] < w[1]),
+        "kills not spread over the run"
+    );
+    assert_eq!(run.timed_out, 0);
+    assert_eq!(run.acked.len() as u64, total);
+}
