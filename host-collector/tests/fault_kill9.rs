@@ -8,7 +8,8 @@
 //! acked — the load generator only reports counts. The numbers are printed (see them with
 //! `cargo test -p host-collector --test fault_kill9 -- --nocapture`).
 //!
-//! A second test makes the collector's disk fill up (RLIMIT_FSIZE on the collector process,
+//! A second test kills and restarts the collector three times in one run. A third makes the
+//! collector's disk fill up (RLIMIT_FSIZE on the collector process,
 //! with SIGXFSZ ignored, so writes past the limit fail with EFBIG like on a full disk): no
 //! record may be acked that was not committed, and once the collector runs again with room,
 //! the canaries' retransmits store everything.
