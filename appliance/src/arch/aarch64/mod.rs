@@ -1,11 +1,13 @@
 //! arm64: direct boot on QEMU `virt` (`boot.rs`, `direct.rs`) and UEFI (through
 //! `crate::uefi_entry`, with [`uefi_device_tree`]), PL011 console, generic-timer clock, PL031
-//! reference clock, EL1 exception vectors, PSCI, virtio-mmio NIC discovery, all located from
-//! the device tree (QEMU `virt`'s fixed addresses when there is none).
+//! reference clock, exception vectors (EL1; EL2 when UEFI firmware leaves us there), PSCI,
+//! virtio-mmio NIC discovery. The machine is learnt from the device tree; under UEFI without
+//! one, from ACPI (SPCR console, FADT PSCI conduit, OEM ID); QEMU `virt`'s fixed addresses
+//! are assumed only for QEMU without a device tree.
 //!
-//! Hyper-V arm64 describes the machine with ACPI, not a device tree: there the console is
-//! the Hyper-V synthetic one and the NIC is netvsc (`crate::hyperv`); this module's fallbacks
-//! then only matter for what QEMU `virt` has. (Not testable here.)
+//! Hyper-V arm64 describes the machine with ACPI only: the canary takes its console from SPCR
+//! and PSCI from the FADT there, probes no virtio-mmio and reads no PL031 (the NIC is netvsc,
+//! `crate::hyperv`). That path is not testable here (QEMU's ACPI mode stands in for it).
 
 #[cfg(target_os = "uefi")]
 mod acpi;
@@ -37,9 +39,9 @@ const VIRT_MMIO_COUNT: u64 = 32;
 static FACTS: Once<Facts<'static>> = Once::new();
 static DT_ADDR: AtomicUsize = AtomicUsize::new(0);
 static PSCI_SMC: AtomicBool = AtomicBool::new(false);
-/// Whether QEMU `virt`'s fixed map may be assumed where the firmware says nothing: a direct
-/// boot is QEMU's `-kernel`; under UEFI only with QEMU's device tree or ACPI OEM ID (on
-/// Hyper-V arm64 nothing lives at those addresses).
+/// Whether QEMU `virt`'s fixed map may be assumed because nothing describes the machine: a
+/// direct boot (QEMU's `-kernel`) that found no device tree, or UEFI with QEMU's ACPI OEM ID
+/// (on Hyper-V arm64 nothing lives at those addresses).
 static QEMU_VIRT: AtomicBool = AtomicBool::new(cfg!(target_os = "none"));
 static RTC: AtomicUsize = AtomicUsize::new(if cfg!(target_os = "none") {
     VIRT_RTC
@@ -60,7 +62,8 @@ pub unsafe fn use_device_tree(addr: usize) -> Option<&'static Facts<'static>> {
     if let Some(u) = f.pl011 {
         serial::set_base(u.base as usize, true);
     }
-    QEMU_VIRT.store(true, Ordering::Relaxed);
+    // The device tree is the whole truth: no fixed-address fallbacks beside it.
+    QEMU_VIRT.store(false, Ordering::Relaxed);
     RTC.store(f.pl031.map_or(0, |r| r.base as usize), Ordering::Relaxed);
     PSCI_SMC.store(f.psci == Some(PsciMethod::Smc), Ordering::Relaxed);
     DT_ADDR.store(addr, Ordering::Relaxed);
@@ -332,14 +335,14 @@ pub fn map_mmio(base: u64, len: u64) {
     let _ = (base, len);
 }
 
-/// The virtio-mmio transports: from the device tree, or QEMU `virt`'s 32 slots (only on QEMU:
-/// see `QEMU_VIRT`). Sorted by
+/// The virtio-mmio transports: from the device tree, or without one QEMU `virt`'s 32 slots
+/// (only on QEMU: see `QEMU_VIRT`). Sorted by
 /// address (QEMU lists them in the DTB from the top down).
 fn virtio_mmio_slots() -> heapless::Vec<Reg, 32> {
     let mut v: heapless::Vec<Reg, 32> = match FACTS.get() {
-        Some(f) if !f.virtio_mmio.is_empty() => f.virtio_mmio.clone(),
-        _ if !QEMU_VIRT.load(Ordering::Relaxed) => heapless::Vec::new(),
-        _ => (0..VIRT_MMIO_COUNT)
+        Some(f) => f.virtio_mmio.clone(),
+        None if !QEMU_VIRT.load(Ordering::Relaxed) => heapless::Vec::new(),
+        None => (0..VIRT_MMIO_COUNT)
             .map(|i| Reg {
                 base: VIRT_MMIO + i * VIRT_MMIO_SIZE,
                 len: VIRT_MMIO_SIZE,
