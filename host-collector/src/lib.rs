@@ -7,7 +7,6 @@ pub mod config;
 pub mod convert;
 pub mod load;
 pub mod output;
-pub mod reasm;
 pub mod server;
 pub mod store;
 pub mod util;

@@ -16,13 +16,13 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capture::chunk::{Push, Reassembler, ReassemblerConfig};
 use capture::record::CrashRecord;
 use capture::wire::{self, AckRepr, AckStatus, Repr, WireError};
 use capture::{Key, RecordId};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use crate::reasm::{Reassembler, ReassemblerConfig};
 use crate::store::{
     HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError, Sync,
 };
@@ -72,7 +72,7 @@ impl ServeConfig {
             max_pending_per_source: 64,
             max_pending_total: 4096,
             batch_max: 4096,
-            queue_capacity: 65536,
+            queue_capacity: 16384,
             recv_buffer_bytes: 4 << 20,
             commit_delay: None,
         }
@@ -88,6 +88,7 @@ pub struct Counters {
     pub bad_frames: AtomicU64,
     pub auth_failures: AtomicU64,
     pub evictions: AtomicU64,
+    pub expired: AtomicU64,
     pub queue_full_drops: AtomicU64,
     pub acks_sent: AtomicU64,
     pub truncated: AtomicU64,
@@ -114,6 +115,7 @@ impl Counters {
             ("bad_frames", t(&self.bad_frames)),
             ("auth_failures", t(&self.auth_failures)),
             ("evictions", t(&self.evictions)),
+            ("expired", t(&self.expired)),
             ("queue_full_drops", t(&self.queue_full_drops)),
             ("acks_sent", t(&self.acks_sent)),
             ("truncated", t(&self.truncated)),
@@ -136,6 +138,7 @@ impl Counters {
                 "bad_frames" => &self.bad_frames,
                 "auth_failures" => &self.auth_failures,
                 "evictions" => &self.evictions,
+                "expired" => &self.expired,
                 "queue_full_drops" => &self.queue_full_drops,
                 "acks_sent" => &self.acks_sent,
                 "truncated" => &self.truncated,
@@ -243,14 +246,19 @@ impl Collector {
         let sock = tokio::net::UdpSocket::from_std(socket)?;
         let mut rx = Receiver {
             reasm: Reassembler::new(ReassemblerConfig {
-                max_per_source: cfg.max_pending_per_source,
-                max_total: cfg.max_pending_total,
+                max_pending_per_source: cfg.max_pending_per_source.max(1),
+                max_pending_total: cfg.max_pending_total.max(1),
+                ..ReassemblerConfig::default()
             }),
+            started: Instant::now(),
             key: cfg.key.clone(),
             counters: counters.clone(),
             tx,
-            evictions_seen: 0,
+            evicted_seen: 0,
+            expired_seen: 0,
         };
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut acker = Acker {
             key: cfg.key.clone(),
             buf: [0u8; wire::MAX_DATAGRAM],
@@ -263,6 +271,7 @@ impl Collector {
                 biased;
                 _ = &mut shutdown => break,
                 Some(acks) = ack_rx.recv() => acker.send_all(&sock, &acks).await,
+                _ = expiry.tick() => rx.expire(),
                 r = sock.readable() => {
                     r?;
                     // Drain what is there, but return to the select now and then so acks
@@ -360,15 +369,46 @@ fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> std::io::Result<StdUdpSocket> {
     Ok(s.into())
 }
 
+/// Partial records that received no chunk for this long are dropped (and counted as
+/// `expired`): far longer than a sender retransmits (capture's default deadline is 10 s).
+pub const REASSEMBLY_IDLE_MS: u64 = 30_000;
+
 struct Receiver {
     reasm: Reassembler<SocketAddr>,
+    started: Instant,
     key: Option<Key>,
     counters: Arc<Counters>,
     tx: SyncSender<Msg>,
-    evictions_seen: u64,
+    evicted_seen: u64,
+    expired_seen: u64,
 }
 
 impl Receiver {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Moves the reassembler's eviction and expiry counts into the shared counters.
+    fn sync_reasm_stats(&mut self) {
+        let st = self.reasm.stats();
+        let c = &*self.counters;
+        if st.evicted > self.evicted_seen {
+            Counters::add(&c.evictions, st.evicted - self.evicted_seen);
+            self.evicted_seen = st.evicted;
+        }
+        if st.expired > self.expired_seen {
+            Counters::add(&c.expired, st.expired - self.expired_seen);
+            self.expired_seen = st.expired;
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = self.now_ms();
+        if self.reasm.expire(now, REASSEMBLY_IDLE_MS) > 0 {
+            self.sync_reasm_stats();
+        }
+    }
+
     fn handle(&mut self, dgram: &[u8], peer: SocketAddr) {
         let c = &*self.counters;
         Counters::add(&c.datagrams, 1);
@@ -382,19 +422,16 @@ impl Receiver {
         };
         match repr {
             Repr::Chunk(chunk) => {
-                let done = self.reasm.push(peer, &chunk);
-                let ev = self.reasm.evictions();
-                if ev > self.evictions_seen {
-                    Counters::add(&c.evictions, ev - self.evictions_seen);
-                    self.evictions_seen = ev;
-                }
-                match done {
-                    Ok(Some(complete)) => {
-                        self.complete(complete.id, complete.schema, complete.bytes, peer)
+                let now = self.now_ms();
+                match self.reasm.push(peer, &chunk, now) {
+                    Push::Complete(done) => {
+                        self.sync_reasm_stats();
+                        self.complete(done.id, done.schema, done.record, peer)
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        debug!(%peer, "chunk not reassembled: {e}");
+                    Push::Incomplete => self.sync_reasm_stats(),
+                    Push::Duplicate => {}
+                    Push::CrcMismatch(id) | Push::Inconsistent(id) | Push::TooLarge(id) => {
+                        debug!(%peer, seq = id.seq, "chunk not reassembled");
                         Counters::add(&c.reassembly_errors, 1);
                     }
                 }

@@ -427,6 +427,7 @@ pub const COUNTER_NAMES: &[&str] = &[
     "bad_frames",
     "auth_failures",
     "evictions",
+    "expired",
     "heartbeats",
     "queue_full_drops",
     "acks_sent",

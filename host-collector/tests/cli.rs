@@ -189,11 +189,14 @@ fn stats_are_persisted_for_other_processes() {
     let s = stats(&db);
     assert_eq!(s["records"], 2);
     assert_eq!(s["records_stored"], 2);
-    assert_eq!(s["datagrams"], 2);
-    assert_eq!(s["acks_sent"], 2);
+    // Every datagram was a whole record and was acked; any beyond the two were retransmits
+    // (a slow ack on a busy machine) and count as duplicates.
+    let datagrams = s["datagrams"].as_u64().unwrap();
+    assert!(datagrams >= 2);
+    assert_eq!(s["acks_sent"], datagrams);
+    assert_eq!(s["duplicates"], datagrams - 2);
     assert_eq!(s["schema_version"], SCHEMA_VERSION);
     for k in [
-        "duplicates",
         "bad_crc",
         "bad_frames",
         "auth_failures",

@@ -392,7 +392,8 @@ fn a_record_stored_before_a_restart_is_acked_as_duplicate_after_it() {
     assert_eq!(status, Some(wire::AckStatus::Stored));
     assert_eq!(b.stop("TERM"), 0);
     assert_eq!(count_rows(&db).0, 2);
-    assert_eq!(stats(&db)["duplicates"], 1);
+    // At least the re-sent record (more if a slow ack made the sender retransmit).
+    assert!(stats(&db)["duplicates"].as_u64().unwrap() >= 1);
 }
 
 #[test]

@@ -191,9 +191,9 @@ pub fn send_record_status(
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let cfg = SenderConfig {
-        initial_rto_ms: 50,
-        max_rto_ms: 200,
-        deadline_ms: 5_000,
+        initial_rto_ms: 300,
+        max_rto_ms: 1_000,
+        deadline_ms: 10_000,
     };
     let mut s = Sender::new(cfg, boot_id, seq, bytes, key, now()).unwrap();
     if let Some((a, b)) = schema {
