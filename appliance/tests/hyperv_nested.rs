@@ -2,8 +2,10 @@
 //! (hypercall page, SynIC, synthetic timers, crash MSRs) with QEMU's VMBus host, nested inside
 //! QEMU TCG by `scripts/hyperv-nested` (see docs/hyperv-real-host.md).
 //!
-//! Each nested run costs 5-15 s of TCG, so the assertions are grouped: two runs cover
-//! everything, and each `#[test]` checks one behaviour from one of them. Runs never overlap
+//! Each nested run costs 5-15 s of TCG, so the assertions are grouped: three runs of the canary
+//! (QEMU 7.2 panic; QEMU 10 + hv-balloon nested panic; QEMU 7.2 fault with QEMU's default
+//! panic action) plus one short timeout run cover everything, and each `#[test]` checks one
+//! behaviour from one of them. Runs never overlap
 //! (a process-wide lock here, and the script's lock on its cache across processes).
 //!
 //! Evidence comes from three places that the canary does not control alone:
@@ -303,6 +305,22 @@ fn qemu10_balloon_nested() -> &'static Run {
             "qemu10-balloon-nested",
             &["--balloon"],
             &["-append", &cmdline, "-action", "panic=none"],
+        )
+    })
+}
+
+/// Run 3: QEMU 7.2, a CPU exception (page fault), and QEMU's default panic action: the VM is
+/// powered off the moment CRASH_CTL is written (as OpenVMM does; Hyper-V lets it run on).
+fn qemu72_fault_poweroff() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        Run::start(
+            "qemu72-fault-poweroff",
+            &[],
+            &[
+                "-append",
+                "fault_after=0.3 qemu_exit=1 unload_deadline=10 log=info",
+            ],
         )
     })
 }
@@ -687,6 +705,49 @@ fn end_turns_the_hypercall_page_off_and_clears_the_guest_os_id() {
         "{}",
         r.diag()
     );
+}
+
+#[test]
+fn a_fault_is_reported_to_a_host_that_stops_the_vm_at_crash_ctl_after_everything_else() {
+    let r = qemu72_fault_poweroff();
+    // Status 120: QMP GUEST_PANICKED, then QEMU powered the guest off.
+    assert_eq!(r.status, 120, "{}", r.diag());
+    let l = r.line("crash: P0..P4");
+    let p: Vec<u64> = (0..5).map(|i| hex_field(l, &format!("P{i}"))).collect();
+    // P0: "CNRY", kind 2 (CPU exception), vector 14 (#PF) in bits 15:8.
+    assert_eq!(p[0], 0x434e_5259_0000_0e02, "{l}");
+    // P2 is the faulting pc the canary reported for the exception.
+    assert!(
+        r.serial.contains(&format!("pc {:#x}", p[2])),
+        "{}",
+        r.diag()
+    );
+    let panics = r.guest_panicked();
+    assert_eq!(panics.len(), 1, "{}", r.diag());
+    assert_eq!(panics[0]["data"]["action"], "poweroff", "{}", r.diag());
+    let info = &panics[0]["data"]["info"];
+    for (i, v) in p.iter().enumerate() {
+        assert_eq!(
+            info[format!("arg{}", i + 1)].as_u64(),
+            Some(*v),
+            "P{i}: {info}"
+        );
+    }
+    // Everything that needs the hypervisor or VMBus happened before CRASH_CTL stopped the VM,
+    // which is why the crash registers come last (design.md step 6); step 7 never ran.
+    for before in [
+        "unload: response after",
+        "cleanup: readback",
+        "reconnect: version 4.0",
+        "cleanup-after-reconnect: readback",
+    ] {
+        assert!(
+            r.at(before) < r.at("crash: P0..P4"),
+            "{before}\n{}",
+            r.diag()
+        );
+    }
+    assert!(!r.serial.contains("end: readback"), "{}", r.diag());
 }
 
 // ---------------------------------------------------------------------------------------------
