@@ -177,8 +177,11 @@ pub enum RingError {
         len8: u16,
         available: u32,
     },
-    #[error("receive buffer of {have} bytes is too small for a {needed}-byte packet")]
-    BufferTooSmall { needed: usize, have: usize },
+    /// The packet did not fit the caller's buffer and was consumed (dropped), so the next
+    /// read gets the next packet. A no-heap guest cannot grow its buffer, and leaving the
+    /// packet in place would wedge the channel on it forever.
+    #[error("dropped a {needed}-byte packet: receive buffer has {have} bytes")]
+    PacketDropped { needed: usize, have: usize },
     #[error("packet header area is malformed: {0}")]
     BadPacketHeader(&'static str),
 }
@@ -368,7 +371,7 @@ impl Ring {
     }
 
     /// Copy the next packet (without trailer) into `buf` and consume it. `Ok(None)` when
-    /// empty. A packet too large for `buf` is left in the ring (`BufferTooSmall`).
+    /// empty. A packet too large for `buf` is consumed and reported (`PacketDropped`).
     pub fn read(&self, buf: &mut [u8]) -> Result<Option<ReadOutcome>, RingError> {
         let (w, r) = self.indices()?;
         let avail = self.used(w, r);
@@ -398,24 +401,33 @@ impl Ring {
                 available: avail,
             });
         }
-        if len > buf.len() {
-            return Err(RingError::BufferTooSmall {
+        let fits = len <= buf.len();
+        if fits {
+            self.copy_out(r, &mut buf[..len]);
+        }
+        let signal = self.consume(r, avail, len);
+        if !fits {
+            return Err(RingError::PacketDropped {
                 needed: len,
                 have: buf.len(),
             });
         }
-        self.copy_out(r, &mut buf[..len]);
+        Ok(Some(ReadOutcome { len, signal }))
+    }
+
+    /// Advance the read index past a `len`-byte packet and its trailer; returns whether the
+    /// writer must be signalled (its `pending_send_sz` threshold was crossed, ref §5.2).
+    fn consume(&self, r: u32, avail: u32, len: usize) -> bool {
         let free_before = self.size - avail;
         let new_r = ((r as usize + len + TRAILER) % self.size as usize) as u32;
         fence(Ordering::SeqCst);
         self.field(ctrl::READ_INDEX).store(new_r, Ordering::Release);
         fence(Ordering::SeqCst);
         let free_after = free_before + (len + TRAILER) as u32;
-        let signal = self.feature_bits() & ctrl::FEAT_PENDING_SEND_SZ != 0 && {
+        self.feature_bits() & ctrl::FEAT_PENDING_SEND_SZ != 0 && {
             let pending = self.pending_send_sz();
             pending != 0 && free_before <= pending && free_after > pending
-        };
-        Ok(Some(ReadOutcome { len, signal }))
+        }
     }
 }
 
@@ -852,6 +864,38 @@ mod tests {
             ring.read(&mut buf),
             Err(RingError::BadIndex { .. })
         ));
+    }
+
+    #[test]
+    fn oversized_packet_is_dropped_and_the_next_one_still_reads() {
+        let mut mem = page_buf(2);
+        // SAFETY: 2 aligned pages inside `mem`.
+        let ring = unsafe { Ring::new(aligned(&mut mem), 8192).unwrap() };
+        let big = OutgoingPacket::InBand {
+            trans_id: 1,
+            completion_requested: false,
+            data: &[0xAB; 200],
+        };
+        let small = OutgoingPacket::InBand {
+            trans_id: 2,
+            completion_requested: false,
+            data: &[1, 2, 3, 4],
+        };
+        big.write_to(&ring).unwrap();
+        small.write_to(&ring).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            ring.read(&mut buf),
+            Err(RingError::PacketDropped {
+                needed: 16 + 200,
+                have: 64
+            })
+        );
+        let out = ring.read(&mut buf).unwrap().expect("second packet");
+        let pkt = parse_packet(&buf[..out.len]).unwrap();
+        assert_eq!(pkt.trans_id(), 2);
+        assert_eq!(&pkt.payload[..4], &[1, 2, 3, 4]);
+        assert_eq!(ring.read(&mut buf), Ok(None));
     }
 
     #[test]

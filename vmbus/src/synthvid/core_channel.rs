@@ -140,7 +140,7 @@ fn map_err(e: CoreError) -> ChannelError {
     match e {
         CoreError::Ring(RingError::Full { .. }) => ChannelError::Full,
         CoreError::Ring(RingError::TooLarge(n)) => ChannelError::TooLarge(n),
-        CoreError::Ring(RingError::BufferTooSmall { needed, .. }) => ChannelError::TooLarge(needed),
+        CoreError::Ring(RingError::PacketDropped { needed, .. }) => ChannelError::TooLarge(needed),
         CoreError::Ring(_) => ChannelError::Malformed,
         CoreError::Signal(_) => ChannelError::Closed,
     }
