@@ -107,3 +107,122 @@ pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
     }
     Some(f)
 }
+
+/// Host tests: tables built in memory as firmware lays them out, read through their
+/// addresses as the canary reads physical memory.
+#[cfg(all(test, not(kernel)))]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// A table with `sig`, OEM ID `oem` and `body` after the 36-byte header, checksummed.
+    fn table_bytes(sig: &[u8; 4], oem: &[u8; 6], body: &[u8]) -> Vec<u8> {
+        let mut t = vec![0u8; 36];
+        t[..4].copy_from_slice(sig);
+        t[8] = 1; // revision
+        t[10..16].copy_from_slice(oem);
+        t.extend_from_slice(body);
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        t[9] = 0u8.wrapping_sub(sum);
+        t
+    }
+
+    fn spcr(ty: u8, space: u8, base: u64) -> Vec<u8> {
+        let mut body = vec![0u8; 80 - 36];
+        body[0] = ty; // offset 36
+        body[4] = space; // GAS address space, offset 40
+        body[5] = 32; // register bit width
+        body[8..16].copy_from_slice(&base.to_le_bytes()); // offset 44
+        table_bytes(b"SPCR", b"BOCHS ", &body)
+    }
+
+    fn fadt(arm_boot_flags: u16) -> Vec<u8> {
+        let mut body = vec![0u8; 276 - 36];
+        body[129 - 36..131 - 36].copy_from_slice(&arm_boot_flags.to_le_bytes());
+        table_bytes(b"FACP", b"BOCHS ", &body)
+    }
+
+    fn xsdt(oem: &[u8; 6], entries: &[&Vec<u8>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for e in entries {
+            body.extend_from_slice(&(e.as_ptr() as u64).to_le_bytes());
+        }
+        table_bytes(b"XSDT", oem, &body)
+    }
+
+    fn rsdp(xsdt: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; 36];
+        r[..8].copy_from_slice(b"RSD PTR ");
+        r[15] = 2;
+        r[24..32].copy_from_slice(&(xsdt.as_ptr() as u64).to_le_bytes());
+        r
+    }
+
+    fn read_at(r: &[u8]) -> Option<AcpiFacts> {
+        // SAFETY: `r` and every table it reaches are live vectors of this test.
+        unsafe { read(r.as_ptr() as u64) }
+    }
+
+    #[test]
+    fn finds_the_spcr_console_the_psci_conduit_and_the_oem_id() {
+        let s = spcr(SPCR_PL011, 0, 0x0900_0000);
+        let f = fadt(0b11); // PSCI compliant, through HVC
+        let x = xsdt(b"BOCHS ", &[&f, &s]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(&a.oem_id, b"BOCHS ");
+        assert_eq!(a.console, Some((SPCR_PL011, 0x0900_0000)));
+        assert_eq!(a.psci_hvc, Some(true));
+    }
+
+    #[test]
+    fn an_smc_conduit_and_an_sbsa_uart_are_told_apart() {
+        let s = spcr(SPCR_SBSA, 0, 0xeffe_c000);
+        let f = fadt(0b01); // PSCI compliant, SMC
+        let x = xsdt(b"VRTUAL", &[&s, &f]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(&a.oem_id, b"VRTUAL");
+        assert_eq!(a.console, Some((SPCR_SBSA, 0xeffe_c000)));
+        assert_eq!(a.psci_hvc, Some(false));
+    }
+
+    #[test]
+    fn no_psci_flag_and_an_io_port_console_give_nothing() {
+        let s = spcr(SPCR_PL011, 1, 0x3f8); // address space 1: I/O ports
+        let f = fadt(0);
+        let x = xsdt(b"OTHER ", &[&s, &f]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(a.console, None);
+        assert_eq!(a.psci_hvc, None);
+    }
+
+    #[test]
+    fn a_table_with_a_bad_checksum_is_ignored() {
+        let mut s = spcr(SPCR_PL011, 0, 0x0900_0000);
+        s[50] ^= 1;
+        let x = xsdt(b"BOCHS ", &[&s]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(a.console, None);
+    }
+
+    #[test]
+    fn an_acpi_1_rsdp_or_a_bad_signature_is_refused() {
+        let x = xsdt(b"BOCHS ", &[]);
+        let mut r = rsdp(&x);
+        r[15] = 0; // ACPI 1.0: no XSDT
+        assert!(read_at(&r).is_none());
+        let mut r = rsdp(&x);
+        r[0] = b'X';
+        assert!(read_at(&r).is_none());
+        // SAFETY: address 0 is refused before any read.
+        assert!(unsafe { read(0) }.is_none());
+    }
+
+    #[test]
+    fn an_implausible_table_length_is_refused() {
+        let mut x = xsdt(b"BOCHS ", &[]);
+        x[4..8].copy_from_slice(&(MAX_TABLE + 1).to_le_bytes());
+        assert!(read_at(&rsdp(&x)).is_none());
+    }
+}
