@@ -5,7 +5,10 @@
 #![cfg_attr(kernel, no_std, no_main)]
 #![cfg_attr(not(kernel), allow(dead_code))]
 
-/// The aarch64 device-tree reader is portable: its unit tests run on the host.
+/// The aarch64 ACPI and device-tree readers are portable: their unit tests run on the host.
+#[cfg(all(test, not(kernel)))]
+#[path = "arch/aarch64/acpi.rs"]
+mod aarch64_acpi;
 #[cfg(all(test, not(kernel)))]
 #[path = "arch/aarch64/fdt.rs"]
 mod aarch64_fdt;
