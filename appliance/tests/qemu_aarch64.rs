@@ -328,6 +328,9 @@ fn aarch64_direct_boot_at_el2_drops_to_el1_and_uses_the_smc_psci_conduit() {
 /// boot that waits on something (a calibration loop, a DHCP round, a firmware).
 #[test]
 fn aarch64_direct_boot_is_ready_within_a_second_of_qemu_start() {
+    // Both images first: no cargo build of another test competes for the CPU while this one
+    // measures (QEMU runs themselves are serialised by the harness).
+    build_image("aarch64", "uefi");
     let image = image("direct");
     let c = Collector::start();
     let mut args = os(&["-semihosting-config", "enable=on,target=native", "-kernel"]);
