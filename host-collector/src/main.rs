@@ -751,7 +751,7 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         let pb = indicatif::ProgressBar::new(a.records);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} acked ({per_sec})",
+                "{elapsed_precise} [{bar:40}] {pos}/{len} acked, eta {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),
