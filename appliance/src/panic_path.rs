@@ -246,8 +246,40 @@ pub fn warm_up() {
     let mut rec = CrashRecord::empty();
     common_fill(&mut rec, Entry::First);
     let _ = write!(Msg(&mut rec.message), "warm-up {}", 1);
-    let _ = rec.backtrace.push(walk_frames as *const () as usize as u64);
+    let mut regs = RegSnapshot::default();
+    crate::arch::snapshot_registers(&mut regs);
+    fill_regs(&mut rec, &regs);
+    walk_frames(crate::arch::frame_pointer(), &mut rec.backtrace);
+    let _ = panic_line(Entry::First, &rec);
     crate::klog::tail_into(&mut rec.log_tail);
+    // The orchestrator itself, with steps that do nothing.
+    struct Idle;
+    impl PanicSteps for Idle {
+        fn now_us(&mut self) -> u64 {
+            crate::arch::now_us()
+        }
+        fn freeze(&mut self, _: &mut CrashRecord) -> Outcome {
+            Outcome::Done
+        }
+        fn flush_screen(&mut self, _: &CrashRecord) -> Outcome {
+            Outcome::NotPresent
+        }
+        fn unload_vmbus(&mut self) -> Outcome {
+            Outcome::NotPresent
+        }
+        fn arch_cleanup(&mut self) -> Outcome {
+            Outcome::NotPresent
+        }
+        fn ship(&mut self, _: &CrashRecord) -> Outcome {
+            Outcome::Pending
+        }
+        fn crash_registers(&mut self, _: &CrashRecord) -> Outcome {
+            Outcome::NotPresent
+        }
+        fn end(&mut self, _: &CrashRecord) {}
+    }
+    capture::panic::run(&mut Idle, &mut rec, Entry::First);
+    rec.steps.clear();
     // SAFETY: no panic is in progress (this runs at boot, before "ready"); the panic path
     // overwrites the buffer before it uses it.
     let buf = unsafe { &mut *ENCODED.0.get() };
