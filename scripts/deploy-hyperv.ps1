@@ -143,7 +143,9 @@ function Set-CanaryConfig {
         if ($null -eq $esp) { throw "$Path has no EFI system partition: is it a canary image?" }
         $esp | Add-PartitionAccessPath -AssignDriveLetter
         $esp = Get-Partition -DiskNumber $disk.Number -PartitionNumber $esp.PartitionNumber
-        if (-not $esp.DriveLetter) { throw "could not give the ESP of $Path a drive letter" }
+        if (-not [char]::IsLetter($esp.DriveLetter)) {
+            throw "could not give the ESP of $Path a drive letter"
+        }
         $cfg = '{0}:\canary.cfg' -f $esp.DriveLetter
         # ASCII, LF line ends: the canary reads key=value words, '#' starts a comment.
         [System.IO.File]::WriteAllText($cfg, $Text.Replace("`r`n", "`n"),
