@@ -43,12 +43,11 @@ fn linux_boot_protocol_64bit_entry_panic_record_is_stored_by_the_collector() {
     panic_on_purpose("linux64", "linux-boot");
 }
 
-#[test]
-fn bad_memory_access_is_caught_and_shipped() {
+fn bad_memory_access(boot: &str, boot_mode: &str) {
     let c = Collector::start();
     let run = run_canary(
         "x86_64",
-        "direct",
+        boot,
         c.port,
         &["--fault-after", "0.1"],
         120,
@@ -56,7 +55,7 @@ fn bad_memory_access_is_caught_and_shipped() {
     );
     assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
     let rec = c.show_latest();
-    assert_complete_record(&rec, "x86_64", "pvh", "fault", &run.serial);
+    assert_complete_record(&rec, "x86_64", boot_mode, "fault", &run.serial);
     // Page fault (vector 14) at the address canary.rs reads.
     assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
     assert_eq!(
@@ -75,6 +74,16 @@ fn bad_memory_access_is_caught_and_shipped() {
         rec["message"].as_str().unwrap().contains("page fault"),
         "{rec:#}"
     );
+}
+
+#[test]
+fn bad_memory_access_is_caught_and_shipped() {
+    bad_memory_access("direct", "pvh");
+}
+
+#[test]
+fn bad_memory_access_under_uefi_is_caught_and_shipped() {
+    bad_memory_access("uefi", "uefi");
 }
 
 #[test]

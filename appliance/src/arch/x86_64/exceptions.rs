@@ -118,7 +118,9 @@ const NAMES: [&str; 32] = [
     "reserved 31",
 ];
 
-extern "C" fn trap(f: &TrapFrame) -> ! {
+// sysv64 explicitly: on the UEFI target `extern "C"` is the Microsoft x64 ABI (first argument in
+// RCX), but the stub passes the frame in RDI.
+extern "sysv64" fn trap(f: &TrapFrame) -> ! {
     let (cr0, cr2, cr3, cr4): (u64, u64, u64, u64);
     // SAFETY: reads control registers at CPL0.
     unsafe {
