@@ -52,6 +52,16 @@ struct QemuRun {
 }
 
 fn qemu_direct(machine: &str, boot_args: &[std::ffi::OsString], timeout_s: u32) -> QemuRun {
+    qemu_with_nic(machine, "virtio-net-device", boot_args, timeout_s)
+}
+
+/// As [`qemu_direct`] with the NIC `nic` (`virtio-net-device` or `virtio-net-pci`).
+fn qemu_with_nic(
+    machine: &str,
+    nic: &str,
+    boot_args: &[std::ffi::OsString],
+    timeout_s: u32,
+) -> QemuRun {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let _slot = qemu_slot();
@@ -69,12 +79,13 @@ fn qemu_direct(machine: &str, boot_args: &[std::ffi::OsString], timeout_s: u32) 
             "cortex-a57",
         ])
         .args(["-machine", machine])
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-device,netdev=n0",
-        ])
+        .args(["-netdev", "user,id=n0", "-device"])
+        // No option ROM for the PCI NIC (the firmware would try to network-boot with it).
+        .arg(if nic.ends_with("-pci") {
+            format!("{nic},netdev=n0,romfile=")
+        } else {
+            format!("{nic},netdev=n0")
+        })
         .args(boot_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -374,4 +385,39 @@ fn aarch64_uefi_at_el2_catches_a_bad_memory_access_and_ships_it() {
     // PSTATE (SPSR_EL2) says the fault came from EL2.
     let pstate = hex(&rec["registers"]["gpr"][31]);
     assert_eq!((pstate >> 2) & 3, 2, "{rec:#}");
+}
+
+/// `-device virtio-net-pci` (the NIC `-M virt -nic user` makes): found on bus 0 of the ECAM
+/// the device tree names, its unassigned BARs placed in the host bridge's 32-bit window, and
+/// the record shipped through it.
+#[test]
+fn aarch64_direct_boot_ships_through_virtio_net_pci_with_bars_it_assigned() {
+    let c = Collector::start();
+    let mut args = os(&["-semihosting-config", "enable=on,target=native", "-kernel"]);
+    args.push(image("direct").into());
+    args.push("-append".into());
+    args.push(format!("collector=10.0.2.2:{} qemu_exit=1 panic_after=0.1", c.port).into());
+    let run = qemu_with_nic("virt", "virtio-net-pci", &args, 60);
+    let serial = &run.serial;
+    assert_eq!(run.status, Some(EXIT_ACKED), "serial:\n{serial}");
+    assert!(serial.contains("virtio-net at PCI 00:"), "{serial}");
+    assert!(serial.contains("assigned at 0x1"), "{serial}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "direct-aarch64", "panic", serial);
+}
+
+/// Under UEFI in ACPI mode the ECAM comes from MCFG and the firmware's BAR assignment stays.
+#[test]
+fn aarch64_uefi_ships_through_virtio_net_pci_found_through_mcfg() {
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("collector=10.0.2.2:{} qemu_exit=1 panic_after=0.1", c.port);
+    let args = uefi_args(dir.path(), &cfg);
+    let run = qemu_with_nic("virt", "virtio-net-pci", &args, 120);
+    let serial = &run.serial;
+    assert_eq!(run.status, Some(EXIT_ACKED), "serial:\n{serial}");
+    assert!(serial.contains("virtio-net at PCI 00:"), "{serial}");
+    assert!(!serial.contains("assigned at"), "{serial}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "aarch64", "uefi", "panic", serial);
 }

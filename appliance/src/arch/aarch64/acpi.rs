@@ -7,7 +7,8 @@
 //! entries after the 36-byte header), 5.2.9 (FADT "FACP": ARM_BOOT_ARCH flags at 129, bit 0
 //! PSCI_COMPLIANT, bit 1 PSCI_USE_HVC); Microsoft "Serial Port Console Redirection Table"
 //! (SPCR): interface type at 36, base address (Generic Address Structure, ACPI 5.2.3.2) at
-//! 40 with the address at 44.
+//! 40 with the address at 44; PCI Firmware Specification 3.2 section 4.1.2 (MCFG: 16-byte
+//! entries from 44: base address u64, segment u16, start bus u8, end bus u8).
 
 /// SPCR interface types (Microsoft SPCR spec, table 3 / DBG2 "Serial Port Subtypes").
 pub const SPCR_PL011: u8 = 0x03;
@@ -26,6 +27,8 @@ pub struct AcpiFacts {
     pub console: Option<(u8, u64)>,
     /// FADT: PSCI is there, and through HVC (true) or SMC (false).
     pub psci_hvc: Option<bool>,
+    /// MCFG: the ECAM base of segment 0 (starting at bus 0).
+    pub ecam: Option<u64>,
 }
 
 /// Reads a byte range of physical memory (identity-mapped by the firmware).
@@ -95,6 +98,13 @@ pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
                     f.psci_hvc = Some(flags & 2 != 0);
                 }
             }
+        }
+        // SAFETY: as above.
+        if let Some(mcfg) = unsafe { table(addr, b"MCFG") } {
+            f.ecam = mcfg[44.min(mcfg.len())..]
+                .chunks_exact(16)
+                .find(|e| e[8] == 0 && e[9] == 0 && e[10] == 0)
+                .and_then(|e| le64(e, 0));
         }
         // SAFETY: as above.
         if let Some(spcr) = unsafe { table(addr, b"SPCR") } {
@@ -174,6 +184,20 @@ mod tests {
         assert_eq!(&a.oem_id, b"BOCHS ");
         assert_eq!(a.console, Some((SPCR_PL011, 0x0900_0000)));
         assert_eq!(a.psci_hvc, Some(true));
+    }
+
+    #[test]
+    fn finds_the_ecam_of_segment_0_in_mcfg() {
+        let mut body = vec![0u8; 8];
+        for (base, seg, bus) in [(0x5000_0000u64, 1u16, 0u8), (0x40_1000_0000, 0, 0)] {
+            body.extend_from_slice(&base.to_le_bytes());
+            body.extend_from_slice(&seg.to_le_bytes());
+            body.extend_from_slice(&[bus, 0xff, 0, 0, 0, 0]);
+        }
+        let m = table_bytes(b"MCFG", b"BOCHS ", &body);
+        let x = xsdt(b"BOCHS ", &[&m]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(a.ecam, Some(0x40_1000_0000));
     }
 
     #[test]

@@ -57,6 +57,15 @@ pub enum PsciMethod {
     Smc,
 }
 
+/// A PCI host bridge memory window (`ranges` entry, IEEE 1275 PCI binding: the child
+/// address's first cell carries the space code in bits 24-25, 0b10 = 32-bit memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindow {
+    pub pci: u64,
+    pub cpu: u64,
+    pub size: u64,
+}
+
 /// What the canary takes from the device tree.
 #[derive(Debug, Default)]
 pub struct Facts<'a> {
@@ -67,6 +76,8 @@ pub struct Facts<'a> {
     pub psci: Option<PsciMethod>,
     pub virtio_mmio: Vec<Reg, 32>,
     pub ecam: Option<Reg>,
+    /// The generic ECAM host bridge's 32-bit memory window (for BARs firmware left unset).
+    pub pci_mem32: Option<PciWindow>,
     /// `reg` entries that did not fit the lists above.
     pub dropped: usize,
 }
@@ -120,6 +131,7 @@ struct Node<'a> {
     size_cells: u32,
     compatible: &'a [u8],
     reg: &'a [u8],
+    ranges: &'a [u8],
     device_type: &'a [u8],
     status: &'a [u8],
     method: &'a [u8],
@@ -221,6 +233,7 @@ impl<'a> Fdt<'a> {
                         b"#size-cells" => node.size_cells = be32(value, 0).unwrap_or(1),
                         b"compatible" => node.compatible = value,
                         b"reg" => node.reg = value,
+                        b"ranges" => node.ranges = value,
                         b"device_type" => node.device_type = value,
                         b"status" => node.status = value,
                         b"method" => node.method = value,
@@ -233,6 +246,26 @@ impl<'a> Fdt<'a> {
                 token => return Err(FdtError::BadToken { token, off: at }),
             }
         }
+    }
+
+    /// The first 32-bit memory window of a PCI host bridge's `ranges`: child address 3 cells,
+    /// parent address the parent's `#address-cells`, size the node's `#size-cells`.
+    fn pci_mem32(n: &Node<'a>) -> Option<PciWindow> {
+        let (ca, pa, sz) = (n.addr_cells, n.parent_addr, n.size_cells);
+        if ca != 3 || !(1..=2).contains(&pa) || !(1..=2).contains(&sz) {
+            return None;
+        }
+        let step = ((ca + pa + sz) * 4) as usize;
+        n.ranges.chunks_exact(step).find_map(|e| {
+            if (be32(e, 0)? >> 24) & 3 != 0b10 {
+                return None;
+            }
+            Some(PciWindow {
+                pci: cells(e.get(4..)?, 2)?,
+                cpu: cells(e.get(12..)?, pa)?,
+                size: cells(e.get(12 + pa as usize * 4..)?, sz)?,
+            })
+        })
     }
 
     /// Files a finished node's facts; `depth` is its depth (root = 0).
@@ -296,6 +329,7 @@ impl<'a> Fdt<'a> {
         }
         if compatible_has(c, "pci-host-ecam-generic") && f.ecam.is_none() {
             f.ecam = regs().next();
+            f.pci_mem32 = Self::pci_mem32(n);
         }
     }
 }
@@ -362,6 +396,15 @@ mod tests {
         assert_eq!(bases, want);
         assert!(f.virtio_mmio.iter().all(|r| r.len == 0x200));
         assert!(f.ecam.is_some_and(|r| r.len >= 1 << 20));
+        // hw/arm/virt.c VIRT_PCIE_MMIO: 0x1000_0000, 0x2eff_0000 bytes, identity.
+        assert_eq!(
+            f.pci_mem32,
+            Some(PciWindow {
+                pci: 0x1000_0000,
+                cpu: 0x1000_0000,
+                size: 0x2eff_0000
+            })
+        );
         assert_eq!(f.dropped, 0);
     }
 

@@ -19,6 +19,7 @@ pub mod exceptions;
 pub mod fdt;
 #[cfg(target_os = "none")]
 pub mod mmu;
+mod pci;
 pub mod serial;
 pub mod timer;
 
@@ -119,8 +120,12 @@ fn uefi_discover() {
         QEMU_VIRT.store(true, Ordering::Relaxed);
         RTC.store(VIRT_RTC, Ordering::Relaxed);
     }
+    ACPI_ECAM.store(a.ecam.unwrap_or(0), Ordering::Relaxed);
     let _ = ACPI_OEM.set(a.oem_id);
 }
+
+/// UEFI without a device tree: the ECAM of PCI segment 0 from ACPI MCFG (0: none).
+static ACPI_ECAM: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 #[cfg(target_os = "uefi")]
 static ACPI_OEM: Once<[u8; 6]> = Once::new();
@@ -353,14 +358,16 @@ fn virtio_mmio_slots() -> heapless::Vec<Reg, 32> {
     v
 }
 
-/// The first virtio-net device on a virtio-mmio transport (QEMU `-device virtio-net-device`).
+/// The first virtio-net device: on a virtio-mmio transport (QEMU `-device virtio-net-device`),
+/// else on PCI bus 0 behind the generic ECAM host bridge (`-device virtio-net-pci`, the
+/// default NIC of `-M virt -nic user`).
 pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'static>> {
     use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
     use virtio_drivers::transport::{DeviceType, Transport};
     log_device_tree();
     for r in virtio_mmio_slots() {
         // The header is 0x100 bytes; a slot smaller than that is not a virtio-mmio transport.
-        if r.len < 0x100 || r.base % 4 != 0 || r.base > usize::MAX as u64 {
+        if r.len < 0x100 || !r.base.is_multiple_of(4) || r.base > usize::MAX as u64 {
             continue;
         }
         map_mmio(r.base, r.len);
@@ -381,7 +388,17 @@ pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'stati
             _ => {}
         }
     }
-    None
+    let (ecam, window) = match FACTS.get() {
+        Some(f) => (f.ecam, f.pci_mem32),
+        None => {
+            let base = ACPI_ECAM.load(Ordering::Relaxed);
+            // Bus 0's 1 MiB is all the canary touches.
+            ((base != 0).then_some(Reg { base, len: 1 << 20 }), None)
+        }
+    };
+    let e = ecam?;
+    map_mmio(e.base, e.len);
+    pci::nic(e.base, e.len, window)
 }
 
 /// The hypervisor's SMCCC identity: if the conduit speaks SMCCC >= 1.1 (asked through
