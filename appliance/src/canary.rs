@@ -132,6 +132,7 @@ pub fn run(cfg: &'static Config) -> ! {
     let mut hb_seq = 1u32;
     let panic_at = cfg.panic_after_ms.map(|ms| t_ready + ms * 1000);
     let fault_at = cfg.fault_after_ms.map(|ms| t_ready + ms * 1000);
+    let overflow_at = cfg.stack_overflow_after_ms.map(|ms| t_ready + ms * 1000);
     let mut drill_at: Option<(u64, u64)> = None;
     loop {
         let now = crate::arch::now_us();
@@ -163,6 +164,11 @@ pub fn run(cfg: &'static Config) -> ! {
             let v = unsafe { core::ptr::read_volatile(BAD_ADDRESS as *const u64) };
             panic!("fault_after: the bad read returned {v:#x} instead of faulting");
         }
+        if overflow_at.is_some_and(|t| now >= t) {
+            log::warn!("stack_overflow_after: recursing without bound");
+            let depth = recurse(core::hint::black_box(1));
+            panic!("stack_overflow_after: the recursion returned ({depth})");
+        }
         if now >= next_check {
             next_check = now + cfg.selfcheck_ms.max(10) * 1000;
             let r = timer
@@ -184,6 +190,16 @@ pub fn run(cfg: &'static Config) -> ! {
         }
         core::hint::spin_loop();
     }
+}
+
+/// Recursion that only a stack overflow stops (each frame keeps 512 bytes live).
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let frame = core::hint::black_box([n; 64]);
+    if core::hint::black_box(n) == 0 {
+        return frame[1];
+    }
+    recurse(n + 1).wrapping_add(frame[63])
 }
 
 /// An address no boot path maps (above every identity map we or the firmware build).

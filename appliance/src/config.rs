@@ -45,6 +45,8 @@ pub struct Config {
     pub panic_after_ms: Option<u64>,
     /// Make a bad memory access this long after "ready".
     pub fault_after_ms: Option<u64>,
+    /// Recurse without bound this long after "ready" (tests the stack guard and fault stack).
+    pub stack_overflow_after_ms: Option<u64>,
     /// Panic again inside the panic path (tests the nested path).
     pub nested_panic: bool,
     /// Under QEMU: leave through isa-debug-exit (x86_64) or semihosting (arm64) so the exit
@@ -80,6 +82,7 @@ impl Default for Config {
             unload_deadline_ms: 100_000,
             panic_after_ms: None,
             fault_after_ms: None,
+            stack_overflow_after_ms: None,
             nested_panic: false,
             qemu_exit: false,
             tsc_khz: None,
@@ -186,6 +189,9 @@ impl Config {
                 "fault_after" => parse_seconds_ms(v)
                     .map(|x| c.fault_after_ms = Some(x))
                     .is_some(),
+                "stack_overflow_after" => parse_seconds_ms(v)
+                    .map(|x| c.stack_overflow_after_ms = Some(x))
+                    .is_some(),
                 "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
@@ -253,6 +259,7 @@ mod tests {
             "console=ttyS0 collector=192.168.1.5:9000 ip=192.168.1.77/16 gw=192.168.1.1 \
              drill_port=9001 panic_action=poweroff selfcheck_ms=250 heartbeat_ms=0 \
              deadline_ms=1500 unload_deadline_ms=5000 panic_after=0.25 fault_after=3 \
+             stack_overflow_after=4 \
              nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug tsc_khz=2500000",
         );
         assert_eq!(c.collector, ([192, 168, 1, 5], 9000));
@@ -270,6 +277,7 @@ mod tests {
         assert_eq!((c.deadline_ms, c.unload_deadline_ms), (1500, 5000));
         assert_eq!(c.panic_after_ms, Some(250));
         assert_eq!(c.fault_after_ms, Some(3000));
+        assert_eq!(c.stack_overflow_after_ms, Some(4000));
         assert!(c.nested_panic && c.qemu_exit);
         assert_eq!(c.timer_tolerance_pct, 20);
         assert_eq!(c.tsc_khz, Some(2_500_000));

@@ -301,3 +301,36 @@ fn panic_action_poweroff_and_reset_end_the_vm() {
         assert!(run.serial.contains(line), "{action}:\n{}", run.serial);
     }
 }
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_ships_from_the_fault_stack() {
+    let c = Collector::start();
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--append", "stack_overflow_after=0.1"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "fault", &run.serial);
+    assert!(
+        rec["message"].as_str().unwrap().contains("page fault"),
+        "{rec:#}"
+    );
+    // The fault address is in the guard page, next to the stack pointer at the fault.
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let addr = hex(&rec["kind_detail"]["addr"]);
+    let sp = hex(&rec["registers"]["sp"]);
+    assert!(addr.abs_diff(sp) < 4096, "addr {addr:#x} sp {sp:#x}");
+    assert!(
+        run.serial
+            .contains("stack_overflow_after: recursing without bound"),
+        "{}",
+        run.serial
+    );
+}

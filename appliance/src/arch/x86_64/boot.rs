@@ -27,10 +27,14 @@ global_asm!(
     .balign 4096
 boot_pml4: .skip 4096
 boot_pdpt: .skip 4096
+    .global canary_boot_pd
+canary_boot_pd:
 boot_pd:   .skip 4096 * 4
 
     .section .bss.boot_stack, "aw", @nobits
-    .balign 16
+    .balign 4096
+    .global canary_stack_guard
+canary_stack_guard: .skip 4096  /* unmapped by cpu::guard_boot_stack: overflow faults */
 boot_stack: .skip 65536
 boot_stack_top:
 

@@ -153,11 +153,10 @@ struct Idt([u64; 64]);
 static mut IDT: Idt = Idt([0; 64]);
 
 pub fn install() {
-    let cs: u16;
-    // SAFETY: reads CS.
-    unsafe {
-        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
-    };
+    super::cpu::install_gdt_tss();
+    #[cfg(target_os = "none")]
+    super::cpu::guard_boot_stack();
+    let cs = super::cpu::CODE_SEL;
     // SAFETY: the table is filled once at boot, before interrupts could use it (they are
     // off); `lidt` points the CPU at a static that lives forever.
     unsafe {
@@ -165,8 +164,13 @@ pub fn install() {
         let base = isr_base();
         for v in 0..32usize {
             let h = base + 16 * v as u64;
-            let lo =
-                (h & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | ((h >> 16) & 0xffff) << 48;
+            // #DF and #PF on IST1 (the fault stack): a stack overflow still gets a handler.
+            let ist: u64 = if v == 8 || v == 14 { 1 } else { 0 };
+            let lo = (h & 0xffff)
+                | (cs as u64) << 16
+                | ist << 32
+                | 0x8e00u64 << 32
+                | ((h >> 16) & 0xffff) << 48;
             idt.0[v * 2] = lo;
             idt.0[v * 2 + 1] = h >> 32;
         }

@@ -2,6 +2,7 @@
 
 #[cfg(target_os = "none")]
 mod boot;
+mod cpu;
 #[cfg(target_os = "none")]
 mod direct;
 pub mod exceptions;
