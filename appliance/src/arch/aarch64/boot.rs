@@ -74,15 +74,21 @@ _start:
     msr cntvoff_el2, xzr
     mov x1, #0x33ff             /* CPTR_EL2: RES1 bits, no FP/SIMD traps */
     msr cptr_el2, x1
+    ldr x1, =0x30d00800         /* SCTLR_EL1: RES1 bits only (MMU and caches off); its */
+    msr sctlr_el1, x1           /* reset value is UNKNOWN */
     mov x1, #0x3c5              /* SPSR_EL2: DAIF masked, EL1h */
     msr spsr_el2, x1
     adr x1, 1f
     msr elr_el2, x1
     eret
 1:
-    /* 2. FP/SIMD */
+    /* 2. FP/SIMD; the vectors from here on (a fault before `install_exceptions` still
+       reaches the panic path, on the boot stack) */
     mov x1, #(3 << 20)
     msr cpacr_el1, x1
+    adrp x1, canary_vectors
+    add x1, x1, :lo12:canary_vectors
+    msr vbar_el1, x1
     isb
 
     /* 3. page tables: zero, then fill */
