@@ -9,7 +9,8 @@ static T0: AtomicU64 = AtomicU64::new(0);
 static MULT: AtomicU64 = AtomicU64::new(0);
 static HZ: AtomicU64 = AtomicU64::new(0);
 
-/// CNTFRQ_EL0 when firmware left it 0 (QEMU's default for cores without a fixed frequency).
+/// CNTFRQ_EL0 when firmware left it 0: QEMU's generic-timer default, 1 GHz / GTIMER_SCALE 16
+/// (QEMU `target/arm/internals.h`).
 const FALLBACK_HZ: u64 = 62_500_000;
 
 #[inline]
