@@ -1,0 +1,753 @@
+//! The VMBus devices the appliance drives (design.md steps 2 and 5): the synthetic NIC
+//! (netvsc, `vmbus::netvsc`) and the synthetic framebuffer (synthvid, `vmbus::synthvid`).
+//!
+//! Portable on purpose: no arch code, no statics of the kernel. Every routine takes the
+//! hypervisor, clock, page allocator and SynIC it works on, so the same code runs in the kernel
+//! and, under `cargo test -p appliance`, on the host against `vmbus-sim` (see the tests at the
+//! end, which replay the panic path's "order B": UNLOAD, reconnect in polling mode, reopen only
+//! the NIC, ship the record with the capture sender until acked, UNLOAD again).
+//!
+//! Why [`SlotChannel`]: a driver object is large (netvsc keeps 16 received frames inline) and
+//! the panic path must neither allocate nor put it on its stack. So both NIC driver objects
+//! (boot and panic-time reconnect) are built at boot, each over its own [`ChannelSlot`], which
+//! is filled once the channel is open: at boot for the first, after the reconnect for the
+//! second. A driver used before its slot is filled gets [`ChannelError::Closed`].
+
+use capture::panic::{Outcome, SkipReason};
+use vmbus::netvsc::{Buffers, Netvsc, NetvscError, OpMode};
+use vmbus::synthvid::chan::{
+    ChannelError, Deadline, DeviceChannel, DmaMemory, InPacket, OutPacket, PhysRegion,
+};
+use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
+use vmbus::synthvid::{FlushOutcome, Mode, Synthvid, SynthvidError, VramSource};
+use vmbus::{
+    Channel, Clock, ConnectOptions, Connection, Guid, HvError, Hypervisor, OpenOptions, PageAlloc,
+    Synic, SynicMode, VmbusError,
+};
+
+use crate::sync::Once;
+
+/// Ring pages per direction for the NIC channel. Linux uses `netvsc_ring_bytes` = 128 pages
+/// (`drivers/net/hyperv/netvsc_drv.c`); the canary sends a few datagrams at a time, so 16 (the
+/// size `vmbus/sim/tests/e2e_collector.rs` ships a record over) is plenty.
+pub const NIC_RING_PAGES: usize = 16;
+/// Ring pages per direction for synthvid. Linux uses `RING_BUFSIZE` = 256 KiB
+/// (`drivers/video/fbdev/hyperv_fb.c`); the host's messages are a few hundred bytes and the
+/// canary sends DIRT one rectangle at a time, so 4 pages do.
+pub const FB_RING_PAGES: usize = 4;
+
+/// The NIC driver as the appliance uses it: netvsc over a [`SlotChannel`], buffers in static,
+/// identity-mapped memory.
+pub type HvNic = Netvsc<SlotChannel<'static>, PhysRegion>;
+/// The framebuffer driver.
+pub type HvFb = Synthvid<SlotChannel<'static>>;
+
+/// A place for one open channel, filled once (at boot, or on the panic path's reconnect).
+pub struct ChannelSlot(Once<Channel>);
+
+impl ChannelSlot {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        ChannelSlot(Once::new())
+    }
+    /// Stores the channel; `Err` gives it back when the slot was filled already.
+    pub fn fill(&self, ch: Channel) -> Result<(), Channel> {
+        if self.0.get().is_some() {
+            return Err(ch);
+        }
+        // `Once::set` cannot fail here: one CPU, checked just above.
+        self.0.set(ch);
+        Ok(())
+    }
+    /// The channel, once stored.
+    pub fn get(&self) -> Option<&Channel> {
+        self.0.get()
+    }
+}
+
+impl Default for ChannelSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A [`DeviceChannel`] that forwards to the core channel in a [`ChannelSlot`]
+/// ([`CoreChannel`]: the outbound lock is the core's compare-and-swap try-lock).
+pub struct SlotChannel<'a> {
+    slot: &'a ChannelSlot,
+    hv: &'a dyn Hypervisor,
+}
+
+impl<'a> SlotChannel<'a> {
+    /// Binds `slot`, signalling through `hv` (the calling CPU's hypervisor handle).
+    pub fn new(slot: &'a ChannelSlot, hv: &'a dyn Hypervisor) -> Self {
+        SlotChannel { slot, hv }
+    }
+    fn core(&self) -> Result<CoreChannel<'_>, ChannelError> {
+        self.slot
+            .get()
+            .map(|ch| CoreChannel::new(ch, self.hv))
+            .ok_or(ChannelError::Closed)
+    }
+    /// The open channel, if the slot is filled.
+    pub fn channel(&self) -> Option<&Channel> {
+        self.slot.get()
+    }
+}
+
+impl DeviceChannel for SlotChannel<'_> {
+    fn send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+        self.core()?.send(pkt)
+    }
+    fn try_send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+        self.core()?.try_send(pkt)
+    }
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<InPacket<'b>>, ChannelError> {
+        self.core()?.recv(buf)
+    }
+    fn signal(&self) {
+        if let Ok(c) = self.core() {
+            c.signal();
+        }
+    }
+    fn set_interrupt_mask(&self, masked: bool) {
+        if let Ok(c) = self.core() {
+            c.set_interrupt_mask(masked);
+        }
+    }
+}
+
+/// Why a device did not come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The host offers no channel of that class.
+    #[error("not offered")]
+    NotOffered,
+    /// The channel slot was filled already (a second bring-up on one slot).
+    #[error("channel slot already used")]
+    SlotUsed,
+    /// VMBus (offers, GPADL, OPENCHANNEL) failed.
+    #[error("vmbus: {0}")]
+    Vmbus(#[from] VmbusError),
+    /// SynIC could not be enabled for the reconnect.
+    #[error("synic: {0}")]
+    Synic(#[from] HvError),
+    /// netvsc bring-up failed.
+    #[error("netvsc: {0}")]
+    Netvsc(#[from] NetvscError),
+    /// synthvid bring-up failed.
+    #[error("synthvid: {0}")]
+    Synthvid(#[from] SynthvidError),
+}
+
+/// Opens the channel of the first offer of `class` on `conn` into `slot`; returns the offer's
+/// relid and `mmio_megabytes`.
+pub fn open_into(
+    conn: &mut Connection<'_>,
+    hv: &dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    class: &Guid,
+    ring_pages: usize,
+    slot: &ChannelSlot,
+) -> Result<(u32, u16), DeviceError> {
+    if slot.get().is_some() {
+        return Err(DeviceError::SlotUsed);
+    }
+    let offer = conn.find_offer(class).ok_or(DeviceError::NotOffered)?;
+    let (relid, mmio) = (offer.child_relid, offer.mmio_megabytes);
+    let opts = OpenOptions {
+        send_ring_pages: ring_pages,
+        recv_ring_pages: ring_pages,
+        ..OpenOptions::default()
+    };
+    let ch = conn.open_channel(hv, clock, alloc, relid, &opts)?;
+    slot.fill(ch).map_err(|_| DeviceError::SlotUsed)?;
+    Ok((relid, mmio))
+}
+
+/// Opens the NIC channel into `nic`'s slot and brings netvsc up (NVSP, receive buffer GPADL,
+/// RNDIS), bounded by `deadline` (checked once per poll round). The NIC is left in polling mode:
+/// the canary never takes interrupts, in normal running or on the panic path, and in polling
+/// mode every receive/transmit drains the ring. Returns the relid.
+pub fn start_nic<M: DmaMemory>(
+    conn: &mut Connection<'_>,
+    hv: &dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    slot: &ChannelSlot,
+    nic: &mut Netvsc<SlotChannel<'_>, M>,
+    deadline: &mut dyn Deadline,
+) -> Result<u32, DeviceError> {
+    let (relid, _) = open_into(
+        conn,
+        hv,
+        clock,
+        alloc,
+        &vmbus::guid::NET,
+        NIC_RING_PAGES,
+        slot,
+    )?;
+    nic.bring_up(&mut ConnectionGpadls::new(conn, hv, clock, relid), deadline)?;
+    nic.set_mode(OpMode::Polling);
+    Ok(relid)
+}
+
+/// The panic path's reconnect (design step 5, after UNLOAD and cleanup): SynIC on again in
+/// polling mode on this CPU, INITIATE_CONTACT, REQUESTOFFERS. The caller opens what it needs
+/// (only the NIC) on the returned connection.
+pub fn reconnect<'s>(
+    hv: &dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    synic: &'s Synic,
+    reply_timeout: u64,
+) -> Result<Connection<'s>, DeviceError> {
+    let vp = synic.enable_cpu(hv, alloc, SynicMode::Polling)?;
+    let opts = ConnectOptions {
+        versions: vmbus::version::SUPPORTED,
+        target_vp: Some(vp),
+        reply_timeout,
+    };
+    let mut c = Connection::connect(hv, clock, alloc, synic, &opts)?;
+    c.request_offers(hv, clock)?;
+    Ok(c)
+}
+
+/// Where synthvid's VRAM is: the UEFI GOP framebuffer (Gen2: the host points it at synthvid
+/// VRAM; Linux `hyperv_fb.c` uses `screen_info.lfb_base` the same way), if the UEFI entry
+/// recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GopFramebuffer {
+    /// Physical (= virtual, identity map) address.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: usize,
+    /// Visible width in pixels.
+    pub width: u32,
+    /// Visible height in pixels.
+    pub height: u32,
+}
+
+/// The mode to ask synthvid for on `fb`: its own resolution when it fits, else the largest
+/// 4:3 mode of Linux's table that does (hyperv_fb.c: 1152x864 default, 1024x768, 800x600,
+/// 640x480 fallbacks).
+pub fn mode_for(fb: &GopFramebuffer) -> Option<Mode> {
+    let own = Mode::new(fb.width, fb.height);
+    if fb.width > 0 && fb.height > 0 && own.bytes() <= fb.size {
+        return Some(own);
+    }
+    [(1152, 864), (1024, 768), (800, 600), (640, 480)]
+        .into_iter()
+        .map(|(w, h)| Mode::new(w, h))
+        .find(|m| m.bytes() <= fb.size)
+}
+
+/// Opens synthvid into `slot` and brings it up on `fb` (version, VRAM location, pointer,
+/// situation), bounded by `deadline`.
+#[allow(clippy::too_many_arguments)]
+pub fn start_fb<'a>(
+    conn: &mut Connection<'_>,
+    hv: &'a dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    slot: &'a ChannelSlot,
+    fb: &GopFramebuffer,
+    deadline: &mut dyn Deadline,
+) -> Result<Synthvid<SlotChannel<'a>>, DeviceError> {
+    let mode = mode_for(fb).ok_or(DeviceError::Synthvid(SynthvidError::VramTooSmall {
+        need: Mode::new(640, 480).bytes(),
+        have: fb.size,
+    }))?;
+    open_into(
+        conn,
+        hv,
+        clock,
+        alloc,
+        &vmbus::guid::SYNTHVID,
+        FB_RING_PAGES,
+        slot,
+    )?;
+    let mut dev = Synthvid::new(SlotChannel::new(slot, hv));
+    dev.connect(
+        VramSource::GopFramebuffer {
+            gpa: fb.base,
+            size: fb.size,
+        },
+        mode,
+        deadline,
+    )?;
+    // The FEATURE_CHANGE (is_dirt_needed) follows the situation update; take what is there.
+    let _ = dev.poll();
+    Ok(dev)
+}
+
+/// The capture outcome of the panic-time flush (`vmbus::synthvid::FlushOutcome` docs).
+pub fn flush_outcome(f: FlushOutcome) -> Outcome {
+    match f {
+        FlushOutcome::Sent => Outcome::Done,
+        FlushOutcome::SkippedBusy => Outcome::SkippedBusy,
+        // The screen is in VRAM; the host reads it without being told.
+        FlushOutcome::NotRequested => Outcome::Skipped(SkipReason::NotNeeded),
+        FlushOutcome::NotConnected => Outcome::NotPresent,
+        FlushOutcome::Failed(e) => Outcome::Failed(channel_code(e)),
+    }
+}
+
+/// A small code for `Outcome::Failed` from a channel error.
+pub fn channel_code(e: ChannelError) -> u32 {
+    match e {
+        ChannelError::Busy => 0x301,
+        ChannelError::Full => 0x302,
+        ChannelError::TooLarge(_) => 0x303,
+        ChannelError::Closed => 0x304,
+        ChannelError::Malformed => 0x305,
+        ChannelError::Gpadl(_) => 0x306,
+        ChannelError::OutOfBounds { .. } => 0x307,
+    }
+}
+
+/// Builds the NIC driver for `slot` over `bufs` (at boot, for both the boot NIC and the one
+/// the panic path reopens).
+pub fn new_nic<'a, M: DmaMemory>(
+    slot: &'a ChannelSlot,
+    hv: &'a dyn Hypervisor,
+    bufs: Buffers<M>,
+) -> Netvsc<SlotChannel<'a>, M> {
+    Netvsc::new(SlotChannel::new(slot, hv), bufs)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The glue against `vmbus-sim`: real `Connection`/`Channel`/rings on the simulated
+    //! Hyper-V, the netvsc and synthvid host models, and a host-side smoltcp stack standing in
+    //! for the collector (it reassembles the record's chunks with `capture` and acks it, as
+    //! `host-collector serve` does after committing).
+    use super::*;
+    use capture::chunk::{Push, Reassembler, ReassemblerConfig};
+    use capture::sender::{SendState, Sender, SenderConfig};
+    use capture::wire::{AckRepr, AckStatus, Repr};
+    use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+    use smoltcp::phy::Device;
+    use smoltcp::socket::udp;
+    use smoltcp::time::Instant;
+    use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
+    use vmbus::synthvid::{console, Rect};
+    use vmbus::UnloadOutcome;
+    use vmbus_sim::netvsc::{NetvscHost, NetvscHostConfig};
+    use vmbus_sim::netvsc_bridge::{HostPort, QueueEndpoint};
+    use vmbus_sim::synthvid::{SynthvidHost, SynthvidHostConfig};
+    use vmbus_sim::synthvid_link::CoreHost;
+    use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig, SimOffer};
+
+    const GUEST: [u8; 4] = [10, 0, 0, 2];
+    const COLLECTOR: [u8; 4] = [10, 0, 0, 1];
+    const PORT: u16 = 7777;
+    const NIC_RELID: u32 = 2;
+    const FB_RELID: u32 = 1;
+
+    fn sim(arch: SimArch) -> Sim {
+        let mut cfg = SimConfig::new(
+            arch,
+            Personality::HyperV {
+                max_version: vmbus::Version::WIN10_V5_3,
+            },
+        );
+        cfg.offers = vec![
+            SimOffer {
+                if_type: vmbus::guid::SYNTHVID,
+                if_instance: Guid([1; 16]),
+                relid: FB_RELID,
+                dedicated_interrupt: false,
+                mmio_megabytes: 8,
+            },
+            SimOffer {
+                if_type: vmbus::guid::NET,
+                if_instance: Guid([2; 16]),
+                relid: NIC_RELID,
+                dedicated_interrupt: true,
+                mmio_megabytes: 0,
+            },
+        ];
+        Sim::new(cfg)
+    }
+
+    fn region(s: &Sim, pages: usize) -> PhysRegion {
+        let p = s.mem.alloc_pages(pages).unwrap();
+        // SAFETY: freshly allocated sim guest pages, used only through this region.
+        unsafe { PhysRegion::new(p.va(), p.len(), p.gpa()) }
+    }
+
+    fn bufs(s: &Sim) -> Buffers<PhysRegion> {
+        Buffers {
+            recv: region(s, 16),
+            send: None,
+            tx: region(s, 2),
+        }
+    }
+
+    struct NoPpis;
+    impl vmbus::InterruptControl for NoPpis {
+        fn disable_ppi(&mut self, _intid: u32) {}
+    }
+
+    /// The collector's side of the wire.
+    struct Collector {
+        iface: Interface,
+        sockets: SocketSet<'static>,
+        h: SocketHandle,
+        port: HostPort,
+        reasm: Reassembler<u8>,
+        records: Vec<Vec<u8>>,
+    }
+
+    impl Collector {
+        fn new(ep: &QueueEndpoint) -> Self {
+            let mut port = ep.port();
+            let mut iface = Interface::new(
+                Config::new(EthernetAddress([2, 0, 0, 0, 0, 1]).into()),
+                &mut port,
+                Instant::ZERO,
+            );
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(
+                    IpAddress::Ipv4(Ipv4Address::from(COLLECTOR)),
+                    24,
+                ))
+                .unwrap()
+            });
+            let mut sockets = SocketSet::new(vec![]);
+            let h = sockets.add(udp::Socket::new(
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 65536]),
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
+            ));
+            sockets.get_mut::<udp::Socket>(h).bind(PORT).unwrap();
+            Collector {
+                iface,
+                sockets,
+                h,
+                port,
+                reasm: Reassembler::new(ReassemblerConfig::default()),
+                records: vec![],
+            }
+        }
+
+        fn poll(&mut self, t: Instant) {
+            self.iface.poll(t, &mut self.port, &mut self.sockets);
+            let s = self.sockets.get_mut::<udp::Socket>(self.h);
+            while let Ok((d, meta)) = s.recv() {
+                let d = d.to_vec();
+                let Ok(Repr::Chunk(c)) = capture::wire::parse(&d, None) else {
+                    continue;
+                };
+                let Push::Complete(done) = self.reasm.push(0, &c, t.total_millis() as u64) else {
+                    continue;
+                };
+                let ack = Repr::Ack(AckRepr {
+                    boot_id: done.id.boot_id,
+                    seq: done.id.seq,
+                    record_crc: done.id.record_crc,
+                    status: AckStatus::Stored,
+                });
+                let mut f = [0u8; 128];
+                let n = capture::wire::emit(&ack, None, &mut f).unwrap();
+                s.send_slice(&f[..n], meta.endpoint).unwrap();
+                self.records.push(done.record);
+            }
+        }
+    }
+
+    /// Ships `rec` over `nic` with the capture sender as the panic path's ship step does
+    /// (smoltcp with the pre-configured address, poll until acked or the deadline), in
+    /// simulated milliseconds so the outcome does not depend on the test machine's speed.
+    fn ship<D: Device>(
+        nic: &mut D,
+        mac: [u8; 6],
+        rec: &capture::record::CrashRecord,
+        col: &mut Collector,
+        pump: &mut dyn FnMut(),
+    ) -> (SendState, u32) {
+        let mut iface =
+            Interface::new(Config::new(EthernetAddress(mac).into()), nic, Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(GUEST)), 24))
+                .unwrap()
+        });
+        let mut sockets = SocketSet::new(vec![]);
+        let h = sockets.add(udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 24576]),
+        ));
+        sockets.get_mut::<udp::Socket>(h).bind(40_000).unwrap();
+        let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+        let bytes = rec.encode(&mut buf).unwrap().to_vec();
+        let cfg = SenderConfig {
+            initial_rto_ms: 20,
+            max_rto_ms: 400,
+            deadline_ms: 5_000,
+        };
+        let mut sender = Sender::new(cfg, rec.boot_id, rec.seq, &bytes, None, 0).unwrap();
+        let to = (IpAddress::Ipv4(Ipv4Address::from(COLLECTOR)), PORT);
+        for ms in 0..=cfg.deadline_ms + 1 {
+            let t = Instant::from_millis(ms as i64);
+            let st = {
+                let s = sockets.get_mut::<udp::Socket>(h);
+                sender.poll(ms, &mut |d| {
+                    let _ = s.send_slice(d, to);
+                })
+            };
+            if !matches!(st, SendState::Waiting { .. }) {
+                return (st, sender.stats().datagrams_sent);
+            }
+            iface.poll(t, nic, &mut sockets);
+            pump();
+            col.poll(t);
+            pump();
+            iface.poll(t, nic, &mut sockets);
+            let s = sockets.get_mut::<udp::Socket>(h);
+            while let Ok((d, _)) = s.recv() {
+                sender.handle(d);
+            }
+        }
+        (SendState::TimedOut, sender.stats().datagrams_sent)
+    }
+
+    #[test]
+    fn after_unload_and_reconnect_only_the_nic_is_reopened_and_the_record_is_acked() {
+        for arch in [SimArch::X86_64, SimArch::Aarch64] {
+            let s = sim(arch);
+            let g = Guest::boot(&s, SynicMode::Polling);
+            let hv = g.hv(0);
+            let far = s.now() + 50_000_000;
+            let ep = QueueEndpoint::new();
+            let end = CoreHost::new(&s, NIC_RELID);
+
+            // Boot: both NIC driver objects are built before anything is opened.
+            let slot1 = ChannelSlot::new();
+            let slot2 = ChannelSlot::new();
+            let mut nic1 = Box::new(new_nic(&slot1, hv, bufs(&s)));
+            let mut nic2 = Box::new(new_nic(&slot2, hv, bufs(&s)));
+            assert_eq!(
+                nic2.poll(),
+                Err(NetvscError::Channel(ChannelError::Closed)),
+                "a driver whose slot is empty reports the channel closed"
+            );
+
+            let mut conn1 =
+                Connection::connect(hv, &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
+                    .unwrap();
+            conn1.request_offers(hv, &g.clock).unwrap();
+            let host1 = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
+            let mut hdev1 = host1.clone();
+            let mut n = 0;
+            let relid = start_nic(
+                &mut conn1,
+                hv,
+                &g.clock,
+                &s.mem,
+                &slot1,
+                &mut nic1,
+                &mut || {
+                    end.pump(&mut hdev1);
+                    n += 1;
+                    n > 10_000
+                },
+            )
+            .unwrap();
+            assert_eq!(relid, NIC_RELID);
+            assert_eq!(nic1.mode(), OpMode::Polling);
+            assert!(host1.state().recv_buf.is_some(), "{arch:?}");
+
+            // Panic: UNLOAD once, clean up, reconnect in polling mode, reopen only the NIC.
+            let u = conn1.unload(hv, &g.clock, far);
+            assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
+            let r = vmbus::cleanup::cleanup_cpu(
+                hv,
+                &g.synic,
+                &mut NoPpis,
+                &vmbus::cleanup::CleanupConfig::default(),
+            );
+            assert!(r.synic.is_none() && r.stimer.is_none(), "{r:?}");
+            let mut conn2 = reconnect(hv, &g.clock, &s.mem, &g.synic, 50_000_000).unwrap();
+            assert!(conn2.find_offer(&vmbus::guid::SYNTHVID).is_some());
+            let host2 = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
+            let mut hdev2 = host2.clone();
+            let mut n = 0;
+            start_nic(
+                &mut conn2,
+                hv,
+                &g.clock,
+                &s.mem,
+                &slot2,
+                &mut nic2,
+                &mut || {
+                    end.pump(&mut hdev2);
+                    n += 1;
+                    n > 10_000
+                },
+            )
+            .unwrap();
+            // Only the NIC, on each connection: two OPENCHANNELs in all (CHANNELMSG_OPENCHANNEL
+            // = 5, Linux include/linux/hyperv.h), both for the NIC's relid (offset 8 of the
+            // message: header, then child_relid).
+            let opens = s.guest_messages_of(5);
+            assert_eq!(opens.len(), 2, "{arch:?}");
+            for m in &opens {
+                assert_eq!(m[8..12], NIC_RELID.to_le_bytes(), "{arch:?}");
+            }
+
+            // Ship with the capture sender until the collector acks.
+            let mut col = Collector::new(&ep);
+            let mut rec = capture::testutil::sample_record(3);
+            rec.set_message("devices.rs: record over the reopened netvsc");
+            let mac = nic2.mac();
+            let (st, sent) = ship(&mut *nic2, mac, &rec, &mut col, &mut || {
+                end.pump(&mut hdev2);
+            });
+            assert_eq!(st, SendState::Acked, "{arch:?} {:?}", host2.state());
+            assert!(sent >= 1);
+            let mut want = vec![0u8; capture::record::MAX_ENCODED_LEN];
+            assert_eq!(col.records, vec![rec.encode(&mut want).unwrap().to_vec()]);
+            assert!(host2.state().frames_via_gpa > 0);
+            // Every receive-buffer packet the host sent is completed once the ring is drained.
+            for _ in 0..3 {
+                nic2.poll().unwrap();
+                end.pump(&mut hdev2);
+            }
+            assert_eq!(host2.state().outstanding(), 0);
+
+            // Then the second connection is unloaded too: two UNLOADs in all.
+            let u = conn2.unload(hv, &g.clock, far);
+            assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
+            assert_eq!(s.guest_messages_of(16).len(), 2, "{arch:?}: two UNLOADs");
+        }
+    }
+
+    #[test]
+    fn a_nic_slot_is_filled_once() {
+        let s = sim(SimArch::X86_64);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut conn =
+            Connection::connect(hv, &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
+                .unwrap();
+        conn.request_offers(hv, &g.clock).unwrap();
+        let slot = ChannelSlot::new();
+        let net = vmbus::guid::NET;
+        assert!(open_into(&mut conn, hv, &g.clock, &s.mem, &net, 2, &slot).is_ok());
+        assert_eq!(
+            open_into(&mut conn, hv, &g.clock, &s.mem, &net, 2, &slot),
+            Err(DeviceError::SlotUsed)
+        );
+        let nothing = Guid([9; 16]);
+        assert_eq!(
+            open_into(
+                &mut conn,
+                hv,
+                &g.clock,
+                &s.mem,
+                &nothing,
+                2,
+                &ChannelSlot::new()
+            ),
+            Err(DeviceError::NotOffered)
+        );
+    }
+
+    #[test]
+    fn synthvid_on_the_gop_framebuffer_flushes_the_panic_screen_or_skips_when_busy() {
+        let s = sim(SimArch::X86_64);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut conn =
+            Connection::connect(hv, &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
+                .unwrap();
+        conn.request_offers(hv, &g.clock).unwrap();
+        // A "GOP framebuffer" of 640x480 in the sim's guest memory.
+        let mode = Mode::new(640, 480);
+        let vram = region(&s, mode.bytes().div_ceil(4096));
+        let gop = GopFramebuffer {
+            base: vram.gpa(),
+            size: vram.len(),
+            width: 640,
+            height: 480,
+        };
+        let slot = ChannelSlot::new();
+        let host = SynthvidHost::without_memory(SynthvidHostConfig::default());
+        let mut hdev = host.clone();
+        let end = CoreHost::new(&s, FB_RELID);
+        let mut n = 0;
+        let fb = start_fb(&mut conn, hv, &g.clock, &s.mem, &slot, &gop, &mut || {
+            end.pump(&mut hdev);
+            n += 1;
+            n > 1000
+        })
+        .unwrap();
+        end.pump(&mut hdev);
+        fb.poll().unwrap();
+        assert!(fb.dirt_needed());
+        assert_eq!(host.state().vram_gpa, Some(gop.base));
+        assert_eq!(fb.mode(), mode);
+
+        console::draw_panic_screen(&vram, fb.mode(), "panic").unwrap();
+        assert_eq!(flush_outcome(fb.panic_flush()), Outcome::Done);
+        end.pump(&mut hdev);
+        assert_eq!(
+            host.state().dirt,
+            vec![Rect {
+                x1: 0,
+                y1: 0,
+                x2: 640,
+                y2: 480
+            }]
+        );
+        {
+            let _held = slot.get().unwrap().try_lock_outbound().unwrap();
+            assert_eq!(flush_outcome(fb.panic_flush()), Outcome::SkippedBusy);
+        }
+        end.pump(&mut hdev);
+        assert_eq!(host.state().dirt.len(), 1, "nothing sent while busy");
+    }
+
+    #[test]
+    fn flush_outcomes_map_onto_record_outcomes() {
+        assert_eq!(flush_outcome(FlushOutcome::Sent), Outcome::Done);
+        assert_eq!(
+            flush_outcome(FlushOutcome::SkippedBusy),
+            Outcome::SkippedBusy
+        );
+        assert_eq!(
+            flush_outcome(FlushOutcome::NotRequested),
+            Outcome::Skipped(SkipReason::NotNeeded)
+        );
+        assert_eq!(
+            flush_outcome(FlushOutcome::NotConnected),
+            Outcome::NotPresent
+        );
+        assert_eq!(
+            flush_outcome(FlushOutcome::Failed(ChannelError::Full)),
+            Outcome::Failed(0x302)
+        );
+    }
+
+    #[test]
+    fn the_mode_fits_the_framebuffer() {
+        let gop = |w, h, size| GopFramebuffer {
+            base: 0,
+            size,
+            width: w,
+            height: h,
+        };
+        assert_eq!(
+            mode_for(&gop(1024, 768, 8 << 20)),
+            Some(Mode::new(1024, 768))
+        );
+        // GOP reports a mode bigger than the buffer: the largest of Linux's modes that fits.
+        assert_eq!(
+            mode_for(&gop(4096, 4096, 4 << 20)),
+            Some(Mode::new(1152, 864))
+        );
+        assert_eq!(mode_for(&gop(0, 0, 2 << 20)), Some(Mode::new(800, 600)));
+        assert_eq!(mode_for(&gop(640, 480, 4096)), None);
+    }
+}
