@@ -13,6 +13,11 @@ mod aarch64_acpi;
 #[path = "arch/aarch64/fdt.rs"]
 mod aarch64_fdt;
 mod config;
+/// The Hyper-V device glue (netvsc/synthvid bring-up, the panic path's reconnect) is portable:
+/// its tests run on the host against `vmbus-sim`.
+#[cfg(all(test, not(kernel)))]
+#[path = "hyperv/devices.rs"]
+mod hyperv_devices;
 mod logring;
 mod sync;
 
