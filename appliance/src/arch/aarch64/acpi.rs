@@ -5,7 +5,7 @@
 //! Layouts: ACPI 6.5 section 5.2.5.3 (RSDP: "RSD PTR ", revision at 15, XsdtAddress at 24),
 //! 5.2.6 (table header: signature, length at 4, OEMID at 10..16), 5.2.8 (XSDT: 64-bit
 //! entries after the 36-byte header), 5.2.9 (FADT "FACP": ARM_BOOT_ARCH flags at 129, bit 0
-//! PSCI_COMPLIANT, bit 1 PSCI_USE_HVC); Microsoft "Serial Port Console Redirection Table"
+//! PSCI_COMPLIANT, bit 1 PSCI_USE_HVC; Hypervisor Vendor Identity, 8 bytes at 268, FADT 6.0+); Microsoft "Serial Port Console Redirection Table"
 //! (SPCR): interface type at 36, base address (Generic Address Structure, ACPI 5.2.3.2) at
 //! 40 with the address at 44; PCI Firmware Specification 3.2 section 4.1.2 (MCFG: 16-byte
 //! entries from 44: base address u64, segment u16, start bus u8, end bus u8).
@@ -29,6 +29,9 @@ pub struct AcpiFacts {
     pub psci_hvc: Option<bool>,
     /// MCFG: the ECAM base of segment 0 (starting at bus 0).
     pub ecam: Option<u64>,
+    /// FADT Hypervisor Vendor Identity ("MsHyperV" on Hyper-V: Linux's primary arm64
+    /// Hyper-V check, `arch/arm64/hyperv/mshyperv.c`), when the FADT is long enough.
+    pub hypervisor_id: Option<[u8; 8]>,
 }
 
 /// Reads a byte range of physical memory (identity-mapped by the firmware).
@@ -98,6 +101,7 @@ pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
                     f.psci_hvc = Some(flags & 2 != 0);
                 }
             }
+            f.hypervisor_id = fadt.get(268..276).and_then(|b| b.try_into().ok());
         }
         // SAFETY: as above.
         if let Some(mcfg) = unsafe { table(addr, b"MCFG") } {
@@ -184,6 +188,18 @@ mod tests {
         assert_eq!(&a.oem_id, b"BOCHS ");
         assert_eq!(a.console, Some((SPCR_PL011, 0x0900_0000)));
         assert_eq!(a.psci_hvc, Some(true));
+        assert_eq!(a.hypervisor_id, Some([0; 8]));
+    }
+
+    #[test]
+    fn reads_the_fadt_hypervisor_vendor_identity() {
+        let mut f = fadt(0b11);
+        f[268..276].copy_from_slice(b"MsHyperV");
+        let sum = f.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        f[9] = f[9].wrapping_sub(sum);
+        let x = xsdt(b"VRTUAL", &[&f]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(a.hypervisor_id, Some(*b"MsHyperV"));
     }
 
     #[test]

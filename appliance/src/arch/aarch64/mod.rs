@@ -121,7 +121,24 @@ fn uefi_discover() {
         RTC.store(VIRT_RTC, Ordering::Relaxed);
     }
     ACPI_ECAM.store(a.ecam.unwrap_or(0), Ordering::Relaxed);
+    if let Some(id) = a.hypervisor_id {
+        let _ = ACPI_HYPERVISOR_ID.set(id);
+    }
     let _ = ACPI_OEM.set(a.oem_id);
+}
+
+#[cfg(target_os = "uefi")]
+static ACPI_HYPERVISOR_ID: Once<[u8; 8]> = Once::new();
+
+/// The ACPI FADT's Hypervisor Vendor Identity (UEFI boots with ACPI: "MsHyperV" on Hyper-V
+/// arm64), for Hyper-V detection on hosts that predate the SMCCC vendor-hyp UID
+/// (`vmbus/API.md`). `None` on a direct boot or without the field.
+#[allow(dead_code)] // for crate::hyperv's arm64 path
+pub fn acpi_hypervisor_id() -> Option<[u8; 8]> {
+    #[cfg(target_os = "uefi")]
+    return ACPI_HYPERVISOR_ID.get().copied();
+    #[cfg(not(target_os = "uefi"))]
+    None
 }
 
 /// UEFI without a device tree: the ECAM of PCI segment 0 from ACPI MCFG (0: none).
@@ -408,6 +425,11 @@ pub fn hypervisor_info() -> capture::record::HypervisorInfo {
     let mut hi = capture::record::HypervisorInfo::default();
     if current_el() == 2 {
         return hi; // we are the most privileged software below firmware: no hypervisor
+    }
+    if acpi_hypervisor_id() == Some(*b"MsHyperV") {
+        hi.present = true;
+        let _ = hi.vendor.push_str("Microsoft Hv");
+        return hi;
     }
     let psci = smccc(PSCI_VERSION, 0)[0] as u32;
     if psci >> 16 < 1 {
