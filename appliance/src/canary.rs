@@ -18,6 +18,9 @@ impl TimerCheck {
         let Some(ref_s) = crate::arch::imp::reference_seconds() else {
             return Ok(()); // no reference clock: nothing to compare
         };
+        if !crate::arch::timer_calibrated() {
+            return Ok(()); // the counter frequency is a guess: nothing to hold it to
+        }
         match self.base {
             None => self.base = Some((now, ref_s)),
             Some((t0, r0)) => {

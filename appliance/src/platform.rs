@@ -54,6 +54,10 @@ pub fn kmain(bi: BootInfo) -> ! {
     if let Some(khz) = cfg.tsc_khz {
         arch::imp::timer::set_hz(khz * 1000);
     }
+    #[cfg(target_arch = "x86_64")]
+    if !arch::imp::timer_calibrated() {
+        log::warn!("timer: no PIT and no CPUID frequency: assuming 1 GHz, timer self-check off (give tsc_khz=)");
+    }
     log::info!(
         "timer: {} kHz counter",
         arch::imp::timer::counter_hz() / 1000

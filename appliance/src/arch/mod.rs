@@ -87,3 +87,16 @@ pub fn serial_write(b: &[u8]) {
 pub fn now_us() -> u64 {
     imp::timer::now_us()
 }
+
+/// Whether the counter frequency is known (x86_64 can fall back to a guess when it has
+/// neither a PIT nor a CPUID frequency; the arm64 generic timer states its own).
+pub fn timer_calibrated() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::timer_calibrated()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}

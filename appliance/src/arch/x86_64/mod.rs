@@ -299,6 +299,11 @@ pub fn hypervisor_info() -> capture::record::HypervisorInfo {
     hi
 }
 
+/// Whether the counter frequency is known (else the timer self-check has nothing to check).
+pub fn timer_calibrated() -> bool {
+    timer::calibrated()
+}
+
 /// Seconds from the CMOS RTC: the reference for the timer sanity check.
 pub fn reference_seconds() -> Option<u32> {
     rtc_seconds()

@@ -43,22 +43,58 @@ fn pit_measure(ticks: u16) -> Option<u64> {
     }
 }
 
+/// The TSC frequency from CPUID: leaf 0x15 (TSC/crystal ratio times the crystal clock) or
+/// leaf 0x16 (processor base frequency in MHz) (Intel SDM vol. 2A, CPUID).
+fn cpuid_hz() -> Option<u64> {
+    use core::arch::x86_64::__cpuid;
+    let max = __cpuid(0).eax;
+    if max >= 0x15 {
+        let l = __cpuid(0x15);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            return Some(l.ecx as u64 * l.ebx as u64 / l.eax as u64);
+        }
+    }
+    if max >= 0x16 {
+        let mhz = __cpuid(0x16).eax & 0xffff;
+        if mhz != 0 {
+            return Some(mhz as u64 * 1_000_000);
+        }
+    }
+    None
+}
+
 pub fn init() {
     TSC0.store(rdtsc(), Ordering::Relaxed);
     // Three 2 ms windows; the shortest is the one least stretched by the host descheduling
     // us (under TCG on a busy host a single window can overshoot by milliseconds).
     let ticks = 2386u16;
-    let hz = (0..3)
+    let plausible = |hz: &u64| (100_000_000..20_000_000_000).contains(hz);
+    let pit = (0..3)
         .filter_map(|_| pit_measure(ticks))
         .min()
         .map(|d| d * PIT_HZ / ticks as u64)
-        // A missing PIT reads back nonsense: accept 100 MHz..20 GHz only.
-        .filter(|&hz| (100_000_000..20_000_000_000).contains(&hz))
-        .unwrap_or(1_000_000_000);
-    set_hz(hz);
+        // A missing PIT (Hyper-V Gen2 has none) reads back nonsense.
+        .filter(plausible);
+    match pit.or_else(|| cpuid_hz().filter(plausible)) {
+        Some(hz) => set_hz(hz),
+        None => {
+            set_hz(1_000_000_000);
+            CALIBRATED.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
+/// Whether the frequency came from a measurement, CPUID or the configuration (and not a
+/// guess): the timer self-check compares against the reference clock only then.
+pub fn calibrated() -> bool {
+    CALIBRATED.load(Ordering::Relaxed)
+}
+
+static CALIBRATED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// Sets the counter frequency (calibration, `tsc_khz=`, or a hypervisor-reported frequency).
 pub fn set_hz(hz: u64) {
+    CALIBRATED.store(true, Ordering::Relaxed);
     HZ.store(hz, Ordering::Relaxed);
     MULT.store(
         ((1_000_000u128 << 32) / hz as u128) as u64,
