@@ -12,6 +12,8 @@ mod aarch64_acpi;
 #[cfg(all(test, not(kernel)))]
 #[path = "arch/aarch64/fdt.rs"]
 mod aarch64_fdt;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod acpi;
 mod config;
 /// The Hyper-V device glue (netvsc/synthvid bring-up, the panic path's reconnect) is portable:
 /// its tests run on the host against `vmbus-sim`.

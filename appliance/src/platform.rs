@@ -76,6 +76,8 @@ pub fn kmain(bi: BootInfo) -> ! {
         log::warn!("config: {}", cfg.warnings);
     }
     crate::heap::init();
+    #[cfg(target_arch = "x86_64")]
+    arch::imp::acpi::init(bi.rsdp);
     let a = mix(arch::imp::entropy());
     let b = mix(a ^ arch::imp::entropy() ^ arch::now_us());
     let mut boot_id = [0u8; 16];

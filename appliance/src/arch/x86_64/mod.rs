@@ -1,5 +1,6 @@
 //! x86_64: PVH / Linux-boot direct entry, 16550 serial, TSC timer, IDT, port-I/O PCI config.
 
+pub mod acpi;
 #[cfg(target_os = "none")]
 mod boot;
 mod cpu;
@@ -11,7 +12,7 @@ pub mod serial;
 pub mod timer;
 
 pub use exceptions::install as install_exceptions;
-use port::{inb, inl, outb, outl, outw};
+use port::{inb, inl, outb, outl};
 
 pub fn interrupts_off() {
     // SAFETY: cli only masks maskable interrupts.
@@ -42,10 +43,11 @@ pub fn qemu_exit(code: u8) {
     unsafe { outb(0xf4, code) };
 }
 
-/// Reset: the keyboard controller pulse (0x64 <- 0xfe), then the PCI reset control register
-/// 0xcf9 (full reset), then a triple fault.
+/// Reset: the FADT reset register, then the PCI reset control register 0xcf9 (full reset),
+/// the keyboard controller pulse (0x64 <- 0xfe), and a triple fault.
 pub fn reset() -> ! {
     interrupts_off();
+    acpi::reset();
     // SAFETY: documented reset mechanisms of PC-compatible machines.
     unsafe {
         outb(0xcf9, 0x06);
@@ -54,11 +56,10 @@ pub fn reset() -> ! {
     }
 }
 
-/// Power off: the ACPI PM1a control register of QEMU's PIIX4 (0x604) and ICH9 (0x604) with
-/// SLP_TYP 0 | SLP_EN (QEMU `hw/acpi/core.c`, S5 = 0 in QEMU's DSDT), then Hyper-V/others halt.
+/// Power off: ACPI S5 as the FADT and DSDT say; if that returns, halt.
 pub fn poweroff() -> ! {
-    // SAFETY: writes to the ACPI PM1a control port; on other machines this is a no-op.
-    unsafe { outw(0x604, 0x2000) };
+    interrupts_off();
+    acpi::poweroff();
     halt()
 }
 
