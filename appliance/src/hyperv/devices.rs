@@ -89,10 +89,6 @@ impl<'a> SlotChannel<'a> {
             .map(|ch| CoreChannel::new(ch, self.hv))
             .ok_or(ChannelError::Closed)
     }
-    /// The open channel, if the slot is filled.
-    pub fn channel(&self) -> Option<&Channel> {
-        self.slot.get()
-    }
 }
 
 impl DeviceChannel for SlotChannel<'_> {
@@ -169,7 +165,9 @@ pub fn open_into(
 /// Opens the NIC channel into `nic`'s slot and brings netvsc up (NVSP, receive buffer GPADL,
 /// RNDIS), bounded by `deadline` (checked once per poll round). The NIC is left in polling mode:
 /// the canary never takes interrupts, in normal running or on the panic path, and in polling
-/// mode every receive/transmit drains the ring. Returns the relid.
+/// mode every receive/transmit drains the ring. Returns the relid. Out of line: its buffers
+/// stay out of the panic path's frames.
+#[inline(never)]
 pub fn start_nic<M: DmaMemory>(
     conn: &mut Connection<'_>,
     hv: &dyn Hypervisor,
@@ -194,24 +192,30 @@ pub fn start_nic<M: DmaMemory>(
 }
 
 /// The panic path's reconnect (design step 5, after UNLOAD and cleanup): SynIC on again in
-/// polling mode on this CPU, INITIATE_CONTACT, REQUESTOFFERS. The caller opens what it needs
-/// (only the NIC) on the returned connection.
-pub fn reconnect<'s>(
+/// polling mode on this CPU, then INITIATE_CONTACT with that CPU as the target; the new
+/// connection goes into `out`. The caller requests offers and opens what it needs (only the
+/// NIC) on it, and unloads it in the end, whatever happened in between.
+///
+/// A `Connection` is several KiB: it is written into the caller's place, never returned by
+/// value through the panic path's frames (the boot stack is 64 KiB), and this function is
+/// kept out of line so its temporaries are not part of the caller's frame.
+#[inline(never)]
+pub fn reconnect_into<'s>(
+    out: &mut Option<Connection<'s>>,
     hv: &dyn Hypervisor,
     clock: &dyn Clock,
     alloc: &dyn PageAlloc,
     synic: &'s Synic,
     reply_timeout: u64,
-) -> Result<Connection<'s>, DeviceError> {
+) -> Result<(), DeviceError> {
     let vp = synic.enable_cpu(hv, alloc, SynicMode::Polling)?;
     let opts = ConnectOptions {
         versions: vmbus::version::SUPPORTED,
         target_vp: Some(vp),
         reply_timeout,
     };
-    let mut c = Connection::connect(hv, clock, alloc, synic, &opts)?;
-    c.request_offers(hv, clock)?;
-    Ok(c)
+    *out = Some(Connection::connect(hv, clock, alloc, synic, &opts)?);
+    Ok(())
 }
 
 /// Where synthvid's VRAM is: the UEFI GOP framebuffer (Gen2: the host points it at synthvid
@@ -568,7 +572,10 @@ mod tests {
                 &vmbus::cleanup::CleanupConfig::default(),
             );
             assert!(r.synic.is_none() && r.stimer.is_none(), "{r:?}");
-            let mut conn2 = reconnect(hv, &g.clock, &s.mem, &g.synic, 50_000_000).unwrap();
+            let mut slot = None;
+            reconnect_into(&mut slot, hv, &g.clock, &s.mem, &g.synic, 50_000_000).unwrap();
+            let mut conn2 = slot.unwrap();
+            conn2.request_offers(hv, &g.clock).unwrap();
             assert!(conn2.find_offer(&vmbus::guid::SYNTHVID).is_some());
             let host2 = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
             let mut hdev2 = host2.clone();

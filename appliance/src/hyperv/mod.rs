@@ -13,29 +13,44 @@
 //! `end:` lines): `appliance/tests/hyperv_nested.rs` checks them against a real host
 //! (docs/hyperv-real-host.md).
 //!
+//! VMBus devices (`devices`): when the host offers them, synthvid is brought up on the UEFI
+//! GOP framebuffer (the log on screen in normal running, the panic screen and one DIRT on a
+//! try-lock in step 2) and netvsc becomes the NIC (`take_boot_nic`, used by `crate::net`
+//! instead of virtio-net). The panic path's reconnect (step 5) reopens only the NIC, on a second
+//! driver object and fresh buffers built at boot, hands it to the network for the ship step,
+//! and `finish_ship` unloads that connection after the ship.
+//!
 //! x86_64 only for now: on aarch64 `init` returns `None` (the vmbus crate's arm64 path has
 //! been checked against its host model only, and no host here runs Hyper-V for arm64).
 // Until the arm64 path is wired up, everything below is reachable from x86_64 only.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
+use crate::sync::{Once, TryLock};
 use capture::panic::{Outcome, SkipReason};
 use capture::record::{CrashKind, CrashRecord};
 use core::fmt::Write as _;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, Ordering};
+use devices::{ChannelSlot, HvFb};
 use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
 use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
 use vmbus::regs::{StimerConfig, SynReg};
 use vmbus::stimer::{Stimer0, StimerMode};
 use vmbus::synic::{HVMSG_TIMER_EXPIRED, VMBUS_MESSAGE_SINT};
+use vmbus::synthvid::chan::PhysRegion;
+use vmbus::synthvid::{console, Rect};
 use vmbus::time::ReferenceTime;
 use vmbus::{
     Clock, ConnectOptions, Connection, Event, Guid, HvError, HvIdentity, Hypervisor,
     InterruptControl, Synic, SynicMode, UnloadOutcome, UnloadSkip, Version,
 };
 
+mod devices;
 #[cfg(target_arch = "x86_64")]
 mod lapic;
 mod pages;
+
+pub use devices::{GopFramebuffer, HvNic};
 
 use pages::PAGES;
 
@@ -45,6 +60,59 @@ static SYNIC: Synic = Synic::new();
 static CRASH: CrashReporter = CrashReporter::new();
 /// UNLOADs posted this boot, over all connections (for the console evidence).
 static UNLOADS_POSTED: AtomicU32 = AtomicU32::new(0);
+
+/// The NIC channel of the boot connection, the one the panic path reopens, and synthvid's.
+static NIC_SLOT: ChannelSlot = ChannelSlot::new();
+static SHIP_NIC_SLOT: ChannelSlot = ChannelSlot::new();
+static FB_SLOT: ChannelSlot = ChannelSlot::new();
+/// The GOP framebuffer, as the UEFI entry found it (synthvid's VRAM on Gen2).
+static GOP: Once<GopFramebuffer> = Once::new();
+/// The boot NIC, until the network takes it.
+static BOOT_NIC: TryLock<Option<&'static mut HvNic>> = TryLock::new(None);
+/// Storage of the two NIC driver objects (boot, reconnect): large, so never on the panic
+/// path's stack. Index `i` is written once, by `build_nic(i)`.
+static mut NIC_OBJECTS: [MaybeUninit<HvNic>; 2] = [const { MaybeUninit::uninit() }; 2];
+
+/// How long a device bring-up may take (100 ns units): 5 s.
+const DEVICE_TIMEOUT: u64 = 50_000_000;
+
+/// Called by the UEFI entry before ExitBootServices: where the GOP framebuffer is.
+#[cfg_attr(not(target_os = "uefi"), allow(dead_code))]
+pub fn record_gop(fb: GopFramebuffer) {
+    GOP.set(fb);
+}
+
+/// The netvsc NIC brought up at boot, once (the network uses it instead of virtio-net).
+pub fn take_boot_nic() -> Option<&'static mut HvNic> {
+    BOOT_NIC.try_lock()?.take()
+}
+
+/// NIC driver object `i` (0 boot, 1 reconnect) over `slot`, in static storage with its own
+/// buffers; `None` if it was built already.
+// The returned reference is to `NIC_OBJECTS`, not to `slot`.
+#[allow(clippy::mut_from_ref)]
+fn build_nic(
+    i: usize,
+    slot: &'static ChannelSlot,
+    hv: &'static dyn Hypervisor,
+) -> Option<&'static mut HvNic> {
+    let bufs = pages::nic_buffers(i)?;
+    let nic = devices::new_nic(slot, hv, bufs);
+    // SAFETY: `nic_buffers(i)` hands each index out once, so this slot is written once and
+    // the returned reference is the only one to it; `i` < 2 (nic_buffers checked it).
+    Some(unsafe { (*core::ptr::addr_of_mut!(NIC_OBJECTS[i])).write(nic) })
+}
+
+/// The MAC address as text.
+fn mac_text(m: [u8; 6]) -> heapless::String<18> {
+    let mut s = heapless::String::new();
+    let _ = write!(
+        s,
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    s
+}
 
 /// SINT2's vector. Linux uses `HYPERVISOR_CALLBACK_VECTOR` = 0xf3
 /// (`arch/x86/include/asm/irq_vectors.h`); the canary never takes it (interrupts stay off),
@@ -138,6 +206,16 @@ pub struct HyperV {
     /// The panic path's reconnection (design step 5).
     reconn: Option<Connection<'static>>,
     timer_messages: u32,
+    /// synthvid and its VRAM, when brought up.
+    fb: Option<(HvFb, PhysRegion)>,
+    /// Why synthvid is not up although offered (for the panic line).
+    fb_note: &'static str,
+    /// A hash of the log text last drawn on the screen.
+    drawn: u64,
+    /// The NIC driver the panic path brings up on the reconnect (built at boot).
+    spare_nic: Option<&'static mut HvNic>,
+    /// The record ships over the reconnect's netvsc: unload that connection after the ship.
+    ship_over_vmbus: bool,
 }
 
 /// A fixed-size line for the console (no heap on the panic path).
@@ -186,18 +264,27 @@ fn hv_code(e: HvError) -> u32 {
     }
 }
 
-/// Detects Hyper-V, sets up the hypercall page and SynIC, checks STIMER0, connects to VMBus.
-/// `None` when not running on Hyper-V (or when hypercalls could not be enabled).
-pub fn init(_cfg: &crate::config::Config) -> Option<HyperV> {
+/// Detects Hyper-V, sets up the hypercall page and SynIC, checks STIMER0, connects to VMBus,
+/// brings up the offered devices, and stores the state in `slot` (`None` when not running on
+/// Hyper-V, or when hypercalls could not be enabled).
+///
+/// Out of line, and storing instead of returning: `HyperV` holds two VMBus connections
+/// (several KiB each), and a by-value return would sit in the caller's frame, which is
+/// `kmain`'s and stays on the boot stack under the whole panic path.
+#[inline(never)]
+pub fn init(_cfg: &crate::config::Config, slot: &TryLock<Option<HyperV>>) {
     #[cfg(target_arch = "x86_64")]
-    {
-        init_x86_64()
-    }
+    let h = init_x86_64();
     #[cfg(not(target_arch = "x86_64"))]
-    {
+    let h: Option<HyperV> = {
         log::info!("hv: Hyper-V support is wired up for x86_64 only; not probing");
         None
+    };
+    match &h {
+        Some(h) => log::info!("hyper-v: vmbus {:?}", h.vmbus_version()),
+        None => log::info!("hyper-v: not present"),
     }
+    *slot.lock() = h;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -271,6 +358,11 @@ fn init_x86_64() -> Option<HyperV> {
         conn: None,
         reconn: None,
         timer_messages: 0,
+        fb: None,
+        fb_note: "",
+        drawn: 0,
+        spare_nic: None,
+        ship_over_vmbus: false,
     };
 
     // SynIC. SINT2 gets a vector when the local APIC can take it (KVM needs that for timer
@@ -335,6 +427,8 @@ fn init_x86_64() -> Option<HyperV> {
                 Err(e) => log::error!("vmbus: error: requesting offers failed: {e}"),
             }
             probe_dynamic_memory(hv, &h.clock, &mut c);
+            h.start_nic(&mut c);
+            h.start_fb(&mut c);
             h.timer_messages = c.timer_messages();
             h.conn = Some(c);
         }
@@ -344,6 +438,7 @@ fn init_x86_64() -> Option<HyperV> {
         "hv: ready ({} pages left in the Hyper-V pool)",
         pages::left()
     );
+    h.render_console();
     Some(h)
 }
 
@@ -389,6 +484,120 @@ impl HyperV {
             r(SynReg::StimerConfig(0)),
             r(SynReg::StimerCount(0)),
         );
+    }
+
+    /// netvsc at boot, when offered: both driver objects are built now (the panic path must
+    /// not build one), the first is brought up on the boot connection in polling mode and
+    /// handed to the network (`take_boot_nic`).
+    fn start_nic(&mut self, c: &mut Connection<'static>) {
+        if c.find_offer(&vmbus::guid::NET).is_none() {
+            return;
+        }
+        let (Some(nic), Some(spare)) = (
+            build_nic(0, &NIC_SLOT, self.hv),
+            build_nic(1, &SHIP_NIC_SLOT, self.hv),
+        ) else {
+            return;
+        };
+        let clock = &self.clock;
+        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
+        match devices::start_nic(c, self.hv, clock, &PAGES, &NIC_SLOT, nic, &mut || {
+            clock.now() > deadline
+        }) {
+            Ok(relid) => {
+                log::info!(
+                    "netvsc: relid {relid} up: NVSP {:#x}, mac {}, link {}, rings {}+{} pages, receive buffer {} KiB, polling mode",
+                    nic.nvsp_version(),
+                    mac_text(nic.mac()),
+                    if nic.link_up() { "up" } else { "down" },
+                    devices::NIC_RING_PAGES,
+                    devices::NIC_RING_PAGES,
+                    pages::NIC_RECV_BYTES / 1024
+                );
+                *BOOT_NIC.lock() = Some(nic);
+                self.spare_nic = Some(spare);
+            }
+            Err(e) => log::error!("netvsc: error: bring-up failed: {e}; no synthetic NIC"),
+        }
+    }
+
+    /// synthvid at boot, when offered and the UEFI entry recorded the GOP framebuffer (on
+    /// Gen2 that is synthvid's VRAM). Without it the device stays closed: finding VRAM in the
+    /// VMBus MMIO range needs the ACPI VMBus device's _CRS, which this kernel does not read.
+    fn start_fb(&mut self, c: &mut Connection<'static>) {
+        if c.find_offer(&vmbus::guid::SYNTHVID).is_none() {
+            return;
+        }
+        let Some(gop) = GOP.get().copied() else {
+            self.fb_note = "no UEFI GOP framebuffer to use as VRAM";
+            log::warn!("synthvid: offered, but not opened: {}", self.fb_note);
+            return;
+        };
+        let clock = &self.clock;
+        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
+        let fb = devices::start_fb(c, self.hv, clock, &PAGES, &FB_SLOT, &gop, &mut || {
+            clock.now() > deadline
+        });
+        match fb {
+            Ok(fb) => {
+                let m = fb.mode();
+                log::info!(
+                    "synthvid: version {:#x}, {}x{} on the GOP framebuffer at {:#x} ({} KiB), dirt {}",
+                    fb.version().unwrap_or(0),
+                    m.width,
+                    m.height,
+                    gop.base,
+                    gop.size / 1024,
+                    if fb.dirt_needed() { "requested" } else { "not requested" }
+                );
+                // SAFETY: the GOP framebuffer is MMIO-backed VRAM that the firmware reported and
+                // identity-maps (va == pa); nothing else in the kernel uses it as memory.
+                let vram = unsafe { PhysRegion::new(gop.base as *mut u8, gop.size, gop.base) };
+                self.fb = Some((fb, vram));
+            }
+            Err(e) => {
+                self.fb_note = "bring-up failed";
+                log::error!("synthvid: error: bring-up failed: {e}");
+            }
+        }
+    }
+
+    /// Normal running: the newest log lines on the synthvid screen, redrawn when the log
+    /// changed, then one full-screen DIRT if the host asked for DIRT.
+    fn render_console(&mut self) {
+        let Some((fb, vram)) = self.fb.as_ref() else {
+            return;
+        };
+        let _ = fb.poll();
+        let mut text: heapless::String<4096> = heapless::String::new();
+        crate::klog::tail_into(&mut text);
+        // FNV-1a over the text: redraw only when it changed.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        if hash == self.drawn {
+            return;
+        }
+        self.drawn = hash;
+        let mut con = console::Console::new(vram, fb.mode());
+        if con.clear().is_err() {
+            return;
+        }
+        let (rows, cols) = (con.rows(), con.cols());
+        let lines = text.lines().count();
+        for (row, line) in text.lines().skip(lines.saturating_sub(rows)).enumerate() {
+            for (col, ch) in line.chars().take(cols).enumerate() {
+                let _ = con.draw_char(col, row, ch);
+            }
+        }
+        let full = Rect {
+            x1: 0,
+            y1: 0,
+            x2: i32::MAX,
+            y2: i32::MAX,
+        };
+        // NotRequested or an error: the host reads VRAM on its own schedule.
+        let _ = fb.update(full);
     }
 
     fn vp(&self) -> u32 {
@@ -491,22 +700,46 @@ impl HyperV {
         if !c.is_connected() {
             return Err("vmbus: the connection is no longer up");
         }
+        self.render_console();
         Ok(())
     }
 
-    /// Panic step 2: the synthvid DIRT, on try-lock. This build does not open synthvid.
-    pub fn flush_screen(&mut self) -> Outcome {
-        let offered = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.find_offer(&vmbus::guid::SYNTHVID).is_some());
-        if offered {
-            log::info!("panic-hv: screen-flush: synthvid offered but not opened by this build");
-            Outcome::Skipped(SkipReason::Disabled)
-        } else {
-            log::info!("panic-hv: screen-flush: no synthvid offer");
-            Outcome::NotPresent
+    /// Panic step 2: the panic screen into VRAM, then one full-screen DIRT if the synthvid
+    /// outbound-ring lock is free right now (a compare-and-swap try-lock; busy: skipped, never
+    /// waited for).
+    pub fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
+        let Some((fb, vram)) = self.fb.as_ref() else {
+            let offered = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.find_offer(&vmbus::guid::SYNTHVID).is_some());
+            return if offered {
+                log::info!(
+                    "panic-hv: screen-flush: synthvid offered but not open ({})",
+                    self.fb_note
+                );
+                Outcome::Skipped(SkipReason::Disabled)
+            } else {
+                log::info!("panic-hv: screen-flush: no synthvid offer");
+                Outcome::NotPresent
+            };
+        };
+        let mut text: heapless::String<600> = heapless::String::new();
+        let _ = write!(text, "{}", rec.message);
+        if let Some(l) = &rec.location {
+            let _ = write!(text, "\nat {}:{}:{}", l.file, l.line, l.column);
         }
+        let _ = write!(
+            text,
+            "\n\nshipping the crash record, then reporting to the hypervisor"
+        );
+        let drawn = console::draw_panic_screen(vram, fb.mode(), &text);
+        let o = devices::flush_outcome(fb.panic_flush());
+        match drawn {
+            Ok(_) => log::info!("panic-hv: screen-flush: panic screen drawn; DIRT {o}"),
+            Err(e) => log::warn!("panic-hv: screen-flush: drawing failed ({e}); DIRT {o}"),
+        }
+        o
     }
 
     fn report_unload(which: u32, o: UnloadOutcome) -> Outcome {
@@ -582,58 +815,129 @@ impl HyperV {
         self.cleanup("cleanup")
     }
 
-    /// Panic step 5 (first half): reconnect from scratch in polling mode (design step 5). No
-    /// NIC of this build runs over VMBus yet, so the new connection is unloaded and cleaned up
-    /// again right away, leaving the hypervisor state clean for what follows.
+    /// Panic step 5 (first half): reconnect from scratch in polling mode (design step 5). When
+    /// the network runs on netvsc, only the NIC channel is opened on the new connection, the
+    /// NIC built at boot for this is brought up on it and handed to the network, and the
+    /// connection stays up for the ship step ([`Self::finish_ship`] unloads it). Otherwise
+    /// (no NIC offered, virtio-net, or the NIC did not come up) the new connection is
+    /// unloaded and cleaned up again right away, leaving the hypervisor state clean.
     pub fn reconnect_for_ship(&mut self) -> Outcome {
-        let vp = match SYNIC.enable_cpu(self.hv, &PAGES, SynicMode::Polling) {
-            Ok(vp) => vp,
-            Err(e) => {
+        self.reconn = None;
+        let r = devices::reconnect_into(
+            &mut self.reconn,
+            self.hv,
+            &self.clock,
+            &PAGES,
+            &SYNIC,
+            REPLY_TIMEOUT,
+        );
+        match r {
+            Ok(()) => {}
+            Err(devices::DeviceError::Synic(e)) => {
                 log::error!("reconnect: enabling SynIC failed: {e}");
                 return Outcome::Failed(hv_code(e));
             }
-        };
-        let opts = ConnectOptions {
-            versions: vmbus::version::SUPPORTED,
-            target_vp: Some(vp),
-            reply_timeout: REPLY_TIMEOUT,
-        };
-        let mut c = match Connection::connect(self.hv, &self.clock, &PAGES, &SYNIC, &opts) {
-            Ok(c) => c,
             Err(e) => {
                 log::error!("reconnect: error: {e}");
                 let _ = self.cleanup("cleanup-after-reconnect");
                 return Outcome::Failed(0x200);
             }
+        }
+        if self.ship_nic_up() {
+            self.ship_over_vmbus = true;
+            return Outcome::Done;
+        }
+        let deadline = self.ref_deadline(
+            crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
+        );
+        let o = match self.reconn.as_ref() {
+            Some(c) => Self::report_unload(2, c.unload(self.hv, &self.clock, deadline)),
+            None => Outcome::NotPresent,
+        };
+        let cl = self.cleanup("cleanup-after-reconnect");
+        match (o, cl) {
+            (Outcome::Done, Outcome::Done) => Outcome::Done,
+            (Outcome::Done, other) => other,
+            (other, _) => other,
+        }
+    }
+
+    /// On the reconnect: offers, then (when the network runs on netvsc and the host offers
+    /// the NIC again) only the NIC channel, with the NIC built at boot for this, handed to the
+    /// network. True when the record can ship over it.
+    #[inline(never)]
+    fn ship_nic_up(&mut self) -> bool {
+        let (hv, clock) = (self.hv, &self.clock);
+        let Some(c) = self.reconn.as_mut() else {
+            return false;
         };
         log::info!(
             "reconnect: version {} (refused {})",
             c.version(),
             versions_newer_than(c.version())
         );
-        match c.request_offers(self.hv, &self.clock) {
+        let nic_offered = match c.request_offers(hv, clock) {
             Ok(offers) => {
                 let nic = offers.iter().any(|o| o.if_type == vmbus::guid::NET);
                 log::info!(
                     "reconnect: offers {}; netvsc {}",
                     offers.len(),
-                    if nic {
-                        "offered, but this build does not ship over netvsc yet"
-                    } else {
-                        "not offered"
+                    match (nic, self.spare_nic.is_some()) {
+                        (true, true) => "offered: reopening it for the ship step",
+                        (true, false) => "offered, but the network does not run on netvsc",
+                        (false, _) => "not offered",
                     }
                 );
+                nic
             }
-            Err(e) => log::error!("reconnect: error: requesting offers failed: {e}"),
+            Err(e) => {
+                log::error!("reconnect: error: requesting offers failed: {e}");
+                false
+            }
+        };
+        if !nic_offered {
+            return false;
+        }
+        let Some(nic) = self.spare_nic.take() else {
+            return false;
+        };
+        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
+        let up = devices::start_nic(c, hv, clock, &PAGES, &SHIP_NIC_SLOT, nic, &mut || {
+            clock.now() > deadline
+        });
+        match up {
+            Ok(relid) => {
+                log::info!(
+                    "reconnect: netvsc relid {relid} up (NVSP {:#x}, mac {}), polling mode; the record ships over it",
+                    nic.nvsp_version(),
+                    mac_text(nic.mac())
+                );
+                crate::net::panic_use_netvsc(nic);
+                true
+            }
+            Err(e) => {
+                log::error!("reconnect: error: netvsc bring-up failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Panic step 5 (second half), after the ship: when the record went over the
+    /// reconnect's netvsc, UNLOAD that connection too and clean up again (design step 5).
+    /// `Skipped(NotNeeded)` when the reconnect was already unloaded.
+    pub fn finish_ship(&mut self) -> Outcome {
+        if !core::mem::take(&mut self.ship_over_vmbus) {
+            return Outcome::Skipped(SkipReason::NotNeeded);
         }
         let deadline = self.ref_deadline(
             crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
         );
-        let o = Self::report_unload(2, c.unload(self.hv, &self.clock, deadline));
-        self.reconn = Some(c);
+        let o = match self.reconn.as_ref() {
+            Some(c) => Self::report_unload(2, c.unload(self.hv, &self.clock, deadline)),
+            None => Outcome::NotPresent,
+        };
         let cl = self.cleanup("cleanup-after-reconnect");
         match (o, cl) {
-            (Outcome::Done, Outcome::Done) => Outcome::Done,
             (Outcome::Done, other) => other,
             (other, _) => other,
         }

@@ -1,13 +1,16 @@
 //! Pages for the Hyper-V code: a static, page-aligned pool handed out once and never reused
 //! (the SynIC table reuses its own pages on a reconnect). The kernel is identity-mapped, so a
 //! page's guest-physical address is its address.
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use vmbus::{PageAlloc, PhysPages, PAGE_SIZE};
 
 /// SynIC (3) + hypercall page + reference TSC page + 3 per VMBus connection (interrupt page
-/// and two monitor pages; two connections: boot and panic-time reconnect) + one channel with
-/// 4 + 4 ring pages, and room to spare.
-const POOL_PAGES: usize = 40;
+/// and two monitor pages; two connections: boot and panic-time reconnect) + the Dynamic
+/// Memory probe's 2 + 2 ring pages + synthvid's rings (`devices::FB_RING_PAGES` each way) +
+/// two NIC channels' rings (`devices::NIC_RING_PAGES` each way: boot and reconnect), and room
+/// to spare.
+const POOL_PAGES: usize =
+    40 + 2 * super::devices::FB_RING_PAGES + 4 * super::devices::NIC_RING_PAGES;
 
 #[repr(C, align(4096))]
 struct Pool([u8; POOL_PAGES * PAGE_SIZE]);
@@ -43,4 +46,53 @@ unsafe impl PageAlloc for StaticPages {
 /// Pages left, for the log.
 pub fn left() -> usize {
     POOL_PAGES.saturating_sub(NEXT.load(Ordering::Acquire))
+}
+
+/// Receive buffer of one NIC (GPADL'd to the host). Linux uses 16 MiB (`NETVSC_RECEIVE_BUFFER_SIZE`,
+/// `drivers/net/hyperv/hyperv_net.h`); the canary receives acks and drill requests only.
+pub const NIC_RECV_BYTES: usize = 128 * PAGE_SIZE;
+/// GPA-direct transmit area of one NIC: slot 0 holds RNDIS control messages, the rest frames
+/// (`vmbus::netvsc::TX_SLOT` bytes each; no send buffer).
+pub const NIC_TX_BYTES: usize = 8 * PAGE_SIZE;
+
+/// One NIC's shared memory, page aligned.
+#[repr(C, align(4096))]
+pub struct NicMemory {
+    recv: [u8; NIC_RECV_BYTES],
+    tx: [u8; NIC_TX_BYTES],
+}
+
+impl NicMemory {
+    pub const fn new() -> Self {
+        NicMemory {
+            recv: [0; NIC_RECV_BYTES],
+            tx: [0; NIC_TX_BYTES],
+        }
+    }
+}
+
+/// The two NICs' memory: the one opened at boot and the one the panic path reopens after
+/// UNLOAD (fresh memory: a host that never answered the UNLOAD may still write the old one).
+pub static mut NIC_MEMORY: [NicMemory; 2] = [NicMemory::new(), NicMemory::new()];
+
+static NIC_TAKEN: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// The netvsc buffers of NIC `i` (0 boot, 1 reconnect), once each; `None` afterwards.
+pub fn nic_buffers(i: usize) -> Option<vmbus::netvsc::Buffers<vmbus::synthvid::chan::PhysRegion>> {
+    use vmbus::synthvid::chan::PhysRegion;
+    if NIC_TAKEN.get(i)?.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: each index is handed out once (the swap above), so the memory is used only
+    // through these regions from now on; identity-mapped like the whole image, va == gpa.
+    Some(unsafe {
+        let m = core::ptr::addr_of_mut!(NIC_MEMORY[i]);
+        let recv = core::ptr::addr_of_mut!((*m).recv) as *mut u8;
+        let tx = core::ptr::addr_of_mut!((*m).tx) as *mut u8;
+        vmbus::netvsc::Buffers {
+            recv: PhysRegion::new(recv, NIC_RECV_BYTES, recv as u64),
+            send: None,
+            tx: PhysRegion::new(tx, NIC_TX_BYTES, tx as u64),
+        }
+    })
 }
