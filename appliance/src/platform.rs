@@ -89,12 +89,9 @@ pub fn kmain(bi: BootInfo) -> ! {
     });
     CONFIG.set(cfg);
     let cfg = config();
-    let hv = crate::hyperv::init(cfg);
-    match &hv {
-        Some(h) => log::info!("hyper-v: vmbus {:?}", h.vmbus_version()),
-        None => log::info!("hyper-v: not present"),
-    }
-    *HYPERV.lock() = hv;
+    // Straight into the static: the Hyper-V state (two VMBus connections) is too large to
+    // pass through kmain's frame, which stays on the boot stack under the panic path.
+    crate::hyperv::init(cfg, &HYPERV);
     Net::init(cfg, &NET);
     crate::canary::run(cfg)
 }
