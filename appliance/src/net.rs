@@ -1,6 +1,8 @@
-//! The network: a NIC (virtio-net here; netvsc via `crate::hyperv` later) as a smoltcp
-//! `phy::Device`, one interface, and two UDP sockets (collector traffic, drills). Every buffer
-//! is static and allocated at boot; the panic path polls the NIC with interrupts off.
+//! The network: a NIC (netvsc from `crate::hyperv` when Hyper-V offers one, else virtio-net)
+//! as a smoltcp `phy::Device`, one interface, and two UDP sockets (collector traffic, drills).
+//! Every buffer is static and allocated at boot; the panic path polls the NIC with interrupts
+//! off (on Hyper-V it switches to the netvsc reopened after the VMBus reconnect,
+//! `panic_use_netvsc`).
 use crate::config::{Config, NetConfig};
 use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -128,8 +130,94 @@ impl Device for VirtioPhy {
     }
 }
 
+/// The NIC under smoltcp. Lives inside `NET` (a static): no point boxing the larger variant.
+#[allow(clippy::large_enum_variant)]
+pub enum Phy {
+    Virtio(VirtioPhy),
+    Netvsc(&'static mut crate::hyperv::HvNic),
+}
+
+pub enum PhyRx<'a> {
+    Virtio(VRx<'a>),
+    Netvsc(vmbus::netvsc::phy::RxToken<'a>),
+}
+
+pub enum PhyTx<'a> {
+    Virtio(VTx<'a>),
+    Netvsc(<crate::hyperv::HvNic as Device>::TxToken<'a>),
+}
+
+impl RxToken for PhyRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        match self {
+            PhyRx::Virtio(t) => t.consume(f),
+            PhyRx::Netvsc(t) => t.consume(f),
+        }
+    }
+}
+
+impl TxToken for PhyTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        match self {
+            PhyTx::Virtio(t) => t.consume(len, f),
+            PhyTx::Netvsc(t) => t.consume(len, f),
+        }
+    }
+}
+
+impl Device for Phy {
+    type RxToken<'a> = PhyRx<'a>;
+    type TxToken<'a> = PhyTx<'a>;
+
+    fn receive(&mut self, t: Instant) -> Option<(PhyRx<'_>, PhyTx<'_>)> {
+        match self {
+            Phy::Virtio(p) => p
+                .receive(t)
+                .map(|(r, x)| (PhyRx::Virtio(r), PhyTx::Virtio(x))),
+            Phy::Netvsc(p) => p
+                .receive(t)
+                .map(|(r, x)| (PhyRx::Netvsc(r), PhyTx::Netvsc(x))),
+        }
+    }
+
+    fn transmit(&mut self, t: Instant) -> Option<PhyTx<'_>> {
+        match self {
+            Phy::Virtio(p) => p.transmit(t).map(PhyTx::Virtio),
+            Phy::Netvsc(p) => p.transmit(t).map(PhyTx::Netvsc),
+        }
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        match self {
+            Phy::Virtio(p) => p.capabilities(),
+            Phy::Netvsc(p) => p.capabilities(),
+        }
+    }
+}
+
+/// Panic path only (after freeze), on Hyper-V: the boot connection's netvsc went with the
+/// VMBus UNLOAD; the record ships over `nic`, reopened on the reconnect. The interface keeps
+/// its address, routes and sockets (same MAC: it is the same synthetic NIC).
+pub fn panic_use_netvsc(nic: &'static mut crate::hyperv::HvNic) {
+    let phy = Phy::Netvsc(nic);
+    match crate::platform::NET.try_lock() {
+        Some(mut g) => {
+            if let Some(net) = g.as_mut() {
+                net.phy = phy;
+            }
+        }
+        // SAFETY: after freeze nothing else runs; the holder was interrupted by the panic and
+        // never resumes, and the ship step takes the lock over the same way.
+        None => {
+            if let Some(net) = unsafe { crate::platform::NET.force_get() }.as_mut() {
+                net.phy = phy;
+            }
+        }
+    }
+}
+
 pub struct Net {
-    pub phy: VirtioPhy,
+    pub phy: Phy,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
     pub udp: SocketHandle,
@@ -144,25 +232,34 @@ pub fn now() -> Instant {
 }
 
 impl Net {
-    /// Brings up the first virtio-net NIC. `None` (logged) when there is none.
+    /// Brings up the NIC: the netvsc that Hyper-V offered (already up, from `crate::hyperv`),
+    /// else the first virtio-net device. `false` (logged) when there is none.
     pub fn init(cfg: &Config, slot: &'static crate::sync::TryLock<Option<Net>>) -> bool {
-        let Some(t) = crate::arch::imp::nic_transport() else {
-            log::warn!("no virtio-net device: running without network");
-            return false;
-        };
-        let phy = match VirtioPhy::new(t) {
-            Ok(p) => p,
-            Err(e) => {
-                log::warn!("virtio-net init failed: {e:?}");
-                return false;
+        let (mut phy, mac, kind) = match crate::hyperv::take_boot_nic() {
+            Some(nic) => {
+                let mac = nic.mac();
+                (Phy::Netvsc(nic), mac, "netvsc")
+            }
+            None => {
+                let Some(t) = crate::arch::imp::nic_transport() else {
+                    log::warn!("no virtio-net device: running without network");
+                    return false;
+                };
+                let mut phy = match VirtioPhy::new(t) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log::warn!("virtio-net init failed: {e:?}");
+                        return false;
+                    }
+                };
+                if let Err(e) = phy.post_rx() {
+                    log::warn!("virtio-net rx buffers: {e:?}");
+                    return false;
+                }
+                let mac = phy.dev.mac_address();
+                (Phy::Virtio(phy), mac, "virtio-net")
             }
         };
-        let mut phy = phy;
-        if let Err(e) = phy.post_rx() {
-            log::warn!("virtio-net rx buffers: {e:?}");
-            return false;
-        }
-        let mac = phy.dev.mac_address();
         let mut ic = IfConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         ic.random_seed = crate::arch::imp::entropy();
         let iface = Interface::new(ic, &mut phy, now());
@@ -219,11 +316,7 @@ impl Net {
                 net.dhcp = Some(net.sockets.add(dhcpv4::Socket::new()));
             }
         }
-        log::info!(
-            "net: virtio-net mac {}, {:?}",
-            EthernetAddress(mac),
-            cfg.net
-        );
+        log::info!("net: {kind} mac {}, {:?}", EthernetAddress(mac), cfg.net);
         true
     }
 
