@@ -324,6 +324,18 @@ impl Steps {
         f: impl FnOnce(&mut crate::hyperv::HyperV) -> R,
     ) -> R {
         match HYPERV.try_lock() {
+            // The first entry held the lock when it panicked or faulted (inside a Hyper-V
+            // step): the nested entry takes the state anyway.
+            None if self.entry == Entry::Nested => {
+                // SAFETY: after freeze nothing else runs: one CPU, interrupts off, and the
+                // first entry, which holds the guard, never resumes (a nested entry ends the
+                // panic path). The Hyper-V steps a nested entry runs (crash registers, end)
+                // are run-once or idempotent on that state.
+                match unsafe { HYPERV.force_get() }.as_mut() {
+                    None => absent,
+                    Some(h) => f(h),
+                }
+            }
             None => busy,
             Some(mut g) => match g.as_mut() {
                 None => absent,
@@ -353,9 +365,9 @@ impl PanicSteps for Steps {
         Outcome::Done
     }
 
-    fn flush_screen(&mut self, _rec: &CrashRecord) -> Outcome {
+    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
         self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
-            h.flush_screen()
+            h.flush_screen(rec)
         })
     }
 
@@ -381,6 +393,13 @@ impl PanicSteps for Steps {
         });
         let mut report: heapless::String<256> = heapless::String::new();
         let o = ship_record(rec, &mut report);
+        // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5).
+        self.with_hv((), (), |h| {
+            let f = h.finish_ship();
+            if f != Outcome::Skipped(SkipReason::NotNeeded) {
+                log::info!("panic: vmbus unload after ship: {f}");
+            }
+        });
         SHIP_OUTCOME.store(if o == Outcome::Done { 1 } else { 2 }, Ordering::Relaxed);
         flush_console();
         crate::klog::raw(&report);
@@ -388,10 +407,11 @@ impl PanicSteps for Steps {
     }
 
     fn crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
-        if CRASH_REGS_ENTERED.swap(true, Ordering::SeqCst) {
-            return Outcome::Skipped(SkipReason::AlreadyDone);
-        }
-        if platform::config().nested_panic && self.entry == Entry::First {
+        // A nested entry still writes them if the first entry did not get to it: the crash
+        // registers are write-once per boot (`HyperV::write_crash_registers` says
+        // "already reported" on a second call), so no guard here.
+        let first_time = !CRASH_REGS_ENTERED.swap(true, Ordering::SeqCst);
+        if first_time && platform::config().nested_panic && self.entry == Entry::First {
             panic!("nested_panic=1: panic inside the panic path (crash registers step)");
         }
         self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
