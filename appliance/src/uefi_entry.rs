@@ -52,6 +52,30 @@ fn config_file(out: &mut [u8]) -> usize {
     f.read(out).unwrap_or(0)
 }
 
+/// The GOP framebuffer, if there is one with a linear framebuffer: on Hyper-V Gen2 it is
+/// synthvid's VRAM (`crate::hyperv::record_gop`; used only when synthvid is offered).
+fn record_gop() {
+    use uefi::proto::console::gop::{GraphicsOutput, PixelFormat};
+    let Ok(handle) = boot::get_handle_for_protocol::<GraphicsOutput>() else {
+        return;
+    };
+    let Ok(mut gop) = boot::open_protocol_exclusive::<GraphicsOutput>(handle) else {
+        return;
+    };
+    let info = gop.current_mode_info();
+    if info.pixel_format() == PixelFormat::BltOnly {
+        return;
+    }
+    let (width, height) = info.resolution();
+    let mut fb = gop.frame_buffer();
+    crate::hyperv::record_gop(crate::hyperv::GopFramebuffer {
+        base: fb.as_mut_ptr() as u64,
+        size: fb.size(),
+        width: width as u32,
+        height: height as u32,
+    });
+}
+
 #[uefi::entry]
 fn efi_main() -> Status {
     crate::arch::imp::serial::init();
@@ -88,6 +112,7 @@ fn efi_main() -> Status {
     {
         bi.dtb = crate::arch::imp::uefi_device_tree();
     }
+    record_gop();
     // SAFETY: after this no boot services are used; the memory map is ours.
     let mm = unsafe { boot::exit_boot_services(None) };
     for d in mm.entries() {
