@@ -461,59 +461,81 @@ mod tests {
         }
     }
 
-    /// Ships `rec` over `nic` with the capture sender as the panic path's ship step does
-    /// (smoltcp with the pre-configured address, poll until acked or the deadline), in
-    /// simulated milliseconds so the outcome does not depend on the test machine's speed.
-    fn ship<D: Device>(
-        nic: &mut D,
-        mac: [u8; 6],
-        rec: &capture::record::CrashRecord,
-        col: &mut Collector,
-        pump: &mut dyn FnMut(),
-    ) -> (SendState, u32) {
-        let mut iface =
-            Interface::new(Config::new(EthernetAddress(mac).into()), nic, Instant::ZERO);
-        iface.update_ip_addrs(|a| {
-            a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(GUEST)), 24))
-                .unwrap()
-        });
-        let mut sockets = SocketSet::new(vec![]);
-        let h = sockets.add(udp::Socket::new(
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 24576]),
-        ));
-        sockets.get_mut::<udp::Socket>(h).bind(40_000).unwrap();
-        let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
-        let bytes = rec.encode(&mut buf).unwrap().to_vec();
-        let cfg = SenderConfig {
-            initial_rto_ms: 20,
-            max_rto_ms: 400,
-            deadline_ms: 5_000,
-        };
-        let mut sender = Sender::new(cfg, rec.boot_id, rec.seq, &bytes, None, 0).unwrap();
-        let to = (IpAddress::Ipv4(Ipv4Address::from(COLLECTOR)), PORT);
-        for ms in 0..=cfg.deadline_ms + 1 {
-            let t = Instant::from_millis(ms as i64);
-            let st = {
-                let s = sockets.get_mut::<udp::Socket>(h);
-                sender.poll(ms, &mut |d| {
-                    let _ = s.send_slice(d, to);
-                })
-            };
-            if !matches!(st, SendState::Waiting { .. }) {
-                return (st, sender.stats().datagrams_sent);
-            }
-            iface.poll(t, nic, &mut sockets);
-            pump();
-            col.poll(t);
-            pump();
-            iface.poll(t, nic, &mut sockets);
-            let s = sockets.get_mut::<udp::Socket>(h);
-            while let Ok((d, _)) = s.recv() {
-                sender.handle(d);
+    /// The guest's network as `crate::net` keeps it: one interface with the pre-configured
+    /// address and one UDP socket, kept across the NIC switch of the panic path.
+    struct Stack {
+        iface: Interface,
+        sockets: SocketSet<'static>,
+        h: SocketHandle,
+        now_ms: u64,
+    }
+
+    impl Stack {
+        fn new<D: Device>(nic: &mut D, mac: [u8; 6]) -> Self {
+            let mut iface =
+                Interface::new(Config::new(EthernetAddress(mac).into()), nic, Instant::ZERO);
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(GUEST)), 24))
+                    .unwrap()
+            });
+            let mut sockets = SocketSet::new(vec![]);
+            let h = sockets.add(udp::Socket::new(
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 24576]),
+            ));
+            sockets.get_mut::<udp::Socket>(h).bind(40_000).unwrap();
+            Stack {
+                iface,
+                sockets,
+                h,
+                now_ms: 0,
             }
         }
-        (SendState::TimedOut, sender.stats().datagrams_sent)
+
+        /// Ships `rec` over `nic` with the capture sender as the panic path's ship step does
+        /// (poll until acked or the deadline), in simulated milliseconds so the outcome does
+        /// not depend on the test machine's speed.
+        fn ship<D: Device>(
+            &mut self,
+            nic: &mut D,
+            rec: &capture::record::CrashRecord,
+            col: &mut Collector,
+            pump: &mut dyn FnMut(),
+        ) -> (SendState, u32) {
+            let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+            let bytes = rec.encode(&mut buf).unwrap().to_vec();
+            let cfg = SenderConfig {
+                initial_rto_ms: 20,
+                max_rto_ms: 400,
+                deadline_ms: 5_000,
+            };
+            let t0 = self.now_ms;
+            let mut sender = Sender::new(cfg, rec.boot_id, rec.seq, &bytes, None, t0).unwrap();
+            let to = (IpAddress::Ipv4(Ipv4Address::from(COLLECTOR)), PORT);
+            for ms in t0..=t0 + cfg.deadline_ms + 1 {
+                self.now_ms = ms;
+                let t = Instant::from_millis(ms as i64);
+                let st = {
+                    let s = self.sockets.get_mut::<udp::Socket>(self.h);
+                    sender.poll(ms, &mut |d| {
+                        let _ = s.send_slice(d, to);
+                    })
+                };
+                if !matches!(st, SendState::Waiting { .. }) {
+                    return (st, sender.stats().datagrams_sent);
+                }
+                self.iface.poll(t, nic, &mut self.sockets);
+                pump();
+                col.poll(t);
+                pump();
+                self.iface.poll(t, nic, &mut self.sockets);
+                let s = self.sockets.get_mut::<udp::Socket>(self.h);
+                while let Ok((d, _)) = s.recv() {
+                    sender.handle(d);
+                }
+            }
+            (SendState::TimedOut, sender.stats().datagrams_sent)
+        }
     }
 
     #[test]
@@ -562,6 +584,19 @@ mod tests {
             assert_eq!(nic1.mode(), OpMode::Polling);
             assert!(host1.state().recv_buf.is_some(), "{arch:?}");
 
+            // Normal running: the network runs on the boot NIC.
+            let mut col = Collector::new(&ep);
+            let mac = nic1.mac();
+            let mut stack = Stack::new(&mut *nic1, mac);
+            let mut rec1 = capture::testutil::sample_record(1);
+            rec1.set_message("devices.rs: over the boot netvsc");
+            let (st, _) = stack.ship(&mut *nic1, &rec1, &mut col, &mut || {
+                end.pump(&mut hdev1);
+            });
+            assert_eq!(st, SendState::Acked, "{arch:?} {:?}", host1.state());
+            let tx_boot = host1.state().frames_via_gpa;
+            assert!(tx_boot > 0, "{arch:?}");
+
             // Panic: UNLOAD once, clean up, reconnect in polling mode, reopen only the NIC.
             let u = conn1.unload(hv, &g.clock, far);
             assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
@@ -603,19 +638,31 @@ mod tests {
                 assert_eq!(m[8..12], NIC_RELID.to_le_bytes(), "{arch:?}");
             }
 
-            // Ship with the capture sender until the collector acks.
-            let mut col = Collector::new(&ep);
+            // Ship with the capture sender until the collector acks, on the same interface
+            // and sockets with the reopened NIC underneath (what `net::panic_use_netvsc` does).
+            assert_eq!(nic2.mac(), nic1.mac(), "the same synthetic NIC");
             let mut rec = capture::testutil::sample_record(3);
             rec.set_message("devices.rs: record over the reopened netvsc");
-            let mac = nic2.mac();
-            let (st, sent) = ship(&mut *nic2, mac, &rec, &mut col, &mut || {
+            let (st, sent) = stack.ship(&mut *nic2, &rec, &mut col, &mut || {
                 end.pump(&mut hdev2);
             });
             assert_eq!(st, SendState::Acked, "{arch:?} {:?}", host2.state());
             assert!(sent >= 1);
             let mut want = vec![0u8; capture::record::MAX_ENCODED_LEN];
-            assert_eq!(col.records, vec![rec.encode(&mut want).unwrap().to_vec()]);
+            let mut want1 = vec![0u8; capture::record::MAX_ENCODED_LEN];
+            assert_eq!(
+                col.records,
+                vec![
+                    rec1.encode(&mut want1).unwrap().to_vec(),
+                    rec.encode(&mut want).unwrap().to_vec()
+                ]
+            );
             assert!(host2.state().frames_via_gpa > 0);
+            assert_eq!(
+                host1.state().frames_via_gpa,
+                tx_boot,
+                "nothing more went through the boot NIC's (unloaded) channel"
+            );
             // Every receive-buffer packet the host sent is completed once the ring is drained.
             for _ in 0..3 {
                 nic2.poll().unwrap();
