@@ -421,3 +421,53 @@ fn aarch64_uefi_ships_through_virtio_net_pci_found_through_mcfg() {
     let rec = c.show_latest();
     assert_complete_record(&rec, "aarch64", "uefi", "panic", serial);
 }
+
+/// The GIC found from the device tree (v2: `virt`'s default; v3: `gic-version=3`, with the
+/// redistributor of this CPU looked up by affinity, or the distributor while affinity
+/// routing is off) can disable a PPI, as the Hyper-V cleanup needs: the boot check enables
+/// PPI 27, disables it, and reads both states back.
+#[test]
+fn aarch64_gic_ppi_disable_works_on_gicv2_and_gicv3() {
+    for (machine, want) in [
+        (
+            "virt",
+            "gic: V2 { gicd: 8000000 }, PPI disable checked through the Distributor",
+        ),
+        (
+            "virt,gic-version=3",
+            "PPI disable checked through the Redistributor(80a0000)",
+        ),
+    ] {
+        let c = Collector::start();
+        let mut args = os(&["-semihosting-config", "enable=on,target=native", "-kernel"]);
+        args.push(image("direct").into());
+        args.push("-append".into());
+        args.push(format!("collector=10.0.2.2:{} qemu_exit=1 panic_after=0", c.port).into());
+        let run = qemu_direct(machine, &args, 60);
+        let serial = &run.serial;
+        assert_eq!(run.status, Some(EXIT_ACKED), "{machine}: serial:\n{serial}");
+        assert!(serial.contains(want), "{machine}: {serial}");
+        assert!(
+            serial.contains("PPI disable checked"),
+            "{machine}: {serial}"
+        );
+    }
+}
+
+/// Under UEFI with ACPI the GIC comes from the MADT (GICv3, the redistributor from the GICR
+/// structure), and the firmware has affinity routing on: the redistributor path is taken.
+#[test]
+fn aarch64_uefi_gicv3_from_the_madt_disables_a_ppi() {
+    let c = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("collector=10.0.2.2:{} qemu_exit=1 panic_after=0", c.port);
+    let args = uefi_args(dir.path(), &cfg);
+    let run = qemu_direct("virt,gic-version=3", &args, 120);
+    let serial = &run.serial;
+    assert_eq!(run.status, Some(EXIT_ACKED), "serial:\n{serial}");
+    assert!(serial.contains("gic: V3"), "{serial}");
+    assert!(
+        serial.contains("PPI disable checked through the Redistributor(80a0000)"),
+        "{serial}"
+    );
+}

@@ -19,6 +19,16 @@ pub const SPCR_SBSA: u8 = 0x0e;
 const MAX_TABLE: u32 = 64 * 1024;
 const HEADER_LEN: u32 = 36;
 
+/// The GIC as the MADT describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MadtGic {
+    /// GICD structure's GIC version (0: not specified).
+    pub version: u8,
+    pub gicd: u64,
+    /// Redistributor discovery range (base, length; length 0 = walk until GICR_TYPER.Last).
+    pub gicr: Option<(u64, u64)>,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AcpiFacts {
     /// XSDT OEM ID ("BOCHS " on QEMU, "VRTUAL" on Hyper-V).
@@ -29,6 +39,9 @@ pub struct AcpiFacts {
     pub psci_hvc: Option<bool>,
     /// MCFG: the ECAM base of segment 0 (starting at bus 0).
     pub ecam: Option<u64>,
+    /// MADT: GIC version (from the GICD structure; 0 = "detect"), GICD base, and the first
+    /// GICR discovery range (or, without one, the GICR base of the first GICC).
+    pub gic: Option<MadtGic>,
     /// FADT Hypervisor Vendor Identity ("MsHyperV" on Hyper-V: Linux's primary arm64
     /// Hyper-V check, `arch/arm64/hyperv/mshyperv.c`), when the FADT is long enough.
     pub hypervisor_id: Option<[u8; 8]>,
@@ -73,6 +86,33 @@ unsafe fn table<'a>(addr: u64, sig: &[u8; 4]) -> Option<&'a [u8]> {
     (t.iter().fold(0u8, |a, &b| a.wrapping_add(b)) == 0).then_some(t)
 }
 
+/// The GIC from the MADT's interrupt controller structures (ACPI 6.5 5.2.12: 2-byte
+/// type/length headers from offset 44; GICC 0x0B with the GICR base at 60; GICD 0x0C with
+/// the base at 8 and the version at 20; GICR 0x0E with the base at 4 and the length at 12).
+fn madt_gic(madt: &[u8]) -> Option<MadtGic> {
+    let (mut gicd, mut gicr, mut gicc_rd) = (None, None, None);
+    let mut off = 44;
+    while let (Some(&ty), Some(&len)) = (madt.get(off), madt.get(off + 1)) {
+        let e = madt.get(off..off + len as usize)?;
+        match ty {
+            0x0b if gicc_rd.is_none() => gicc_rd = le64(e, 60).filter(|&a| a != 0),
+            0x0c if gicd.is_none() => gicd = Some((*e.get(20)?, le64(e, 8)?)),
+            0x0e if gicr.is_none() => gicr = Some((le64(e, 4)?, u64::from(le32(e, 12)?))),
+            _ => {}
+        }
+        if len < 2 {
+            return None;
+        }
+        off += len as usize;
+    }
+    let (version, gicd) = gicd?;
+    Some(MadtGic {
+        version,
+        gicd,
+        gicr: gicr.or(gicc_rd.map(|a| (a, 0))),
+    })
+}
+
 /// Walks RSDP -> XSDT -> SPCR.
 ///
 /// # Safety
@@ -102,6 +142,10 @@ pub unsafe fn read(rsdp: u64) -> Option<AcpiFacts> {
                 }
             }
             f.hypervisor_id = fadt.get(268..276).and_then(|b| b.try_into().ok());
+        }
+        // SAFETY: as above.
+        if let Some(madt) = unsafe { table(addr, b"APIC") } {
+            f.gic = madt_gic(madt);
         }
         // SAFETY: as above.
         if let Some(mcfg) = unsafe { table(addr, b"MCFG") } {
@@ -214,6 +258,47 @@ mod tests {
         let x = xsdt(b"BOCHS ", &[&m]);
         let a = read_at(&rsdp(&x)).unwrap();
         assert_eq!(a.ecam, Some(0x40_1000_0000));
+    }
+
+    #[test]
+    fn finds_the_gic_in_the_madt() {
+        let mut body = vec![0u8; 8]; // local interrupt controller address, flags
+        let mut gicc = vec![0u8; 80];
+        gicc[0] = 0x0b;
+        gicc[1] = 80;
+        gicc[60..68].copy_from_slice(&0x080a_0000u64.to_le_bytes());
+        body.extend_from_slice(&gicc);
+        let mut gicd = vec![0u8; 24];
+        gicd[0] = 0x0c;
+        gicd[1] = 24;
+        gicd[8..16].copy_from_slice(&0x0800_0000u64.to_le_bytes());
+        gicd[20] = 3;
+        body.extend_from_slice(&gicd);
+        let m = table_bytes(b"APIC", b"BOCHS ", &body);
+        let x = xsdt(b"BOCHS ", &[&m]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        let want = |gicr| MadtGic {
+            version: 3,
+            gicd: 0x0800_0000,
+            gicr: Some(gicr),
+        };
+        assert_eq!(a.gic, Some(want((0x080a_0000, 0))));
+        // With a GICR structure, its discovery range wins over the GICC's base.
+        let mut gicr = vec![0u8; 16];
+        gicr[0] = 0x0e;
+        gicr[1] = 16;
+        gicr[4..12].copy_from_slice(&0x080a_0000u64.to_le_bytes());
+        gicr[12..16].copy_from_slice(&0xf6_0000u32.to_le_bytes());
+        body.extend_from_slice(&gicr);
+        let m = table_bytes(b"APIC", b"BOCHS ", &body);
+        let x = xsdt(b"BOCHS ", &[&m]);
+        let a = read_at(&rsdp(&x)).unwrap();
+        assert_eq!(a.gic, Some(want((0x080a_0000, 0xf6_0000))));
+        // A zero-length structure stops the walk instead of looping.
+        body.extend_from_slice(&[0x0c, 0]);
+        let m = table_bytes(b"APIC", b"BOCHS ", &body);
+        let x = xsdt(b"BOCHS ", &[&m]);
+        assert_eq!(read_at(&rsdp(&x)).unwrap().gic, None);
     }
 
     #[test]

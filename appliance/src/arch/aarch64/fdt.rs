@@ -78,6 +78,9 @@ pub struct Facts<'a> {
     pub ecam: Option<Reg>,
     /// The generic ECAM host bridge's 32-bit memory window (for BARs firmware left unset).
     pub pci_mem32: Option<PciWindow>,
+    /// The interrupt controller: GIC version (2 or 3), distributor, and for GICv3 the
+    /// redistributor region (`arm,gic-v3`; `arm,cortex-a15-gic` / `arm,gic-400` are v2).
+    pub gic: Option<(u8, Reg, Option<Reg>)>,
     /// `reg` entries that did not fit the lists above.
     pub dropped: usize,
 }
@@ -327,6 +330,14 @@ impl<'a> Fdt<'a> {
                 }
             }
         }
+        if f.gic.is_none() {
+            if compatible_has(c, "arm,gic-v3") {
+                let mut r = regs();
+                f.gic = r.next().map(|d| (3, d, r.next()));
+            } else if compatible_has(c, "arm,cortex-a15-gic") || compatible_has(c, "arm,gic-400") {
+                f.gic = regs().next().map(|d| (2, d, None));
+            }
+        }
         if compatible_has(c, "pci-host-ecam-generic") && f.ecam.is_none() {
             f.ecam = regs().next();
             f.pci_mem32 = Self::pci_mem32(n);
@@ -406,6 +417,37 @@ mod tests {
             })
         );
         assert_eq!(f.dropped, 0);
+        // hw/arm/virt.c VIRT_GIC_DIST; the default GIC is v2.
+        assert_eq!(f.gic.map(|(v, d, _)| (v, d.base)), Some((2, 0x0800_0000)));
+    }
+
+    #[test]
+    fn reads_the_gicv3_distributor_and_redistributor_region() {
+        let dir = std::env::temp_dir().join(format!("canary-fdt-v3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("virt-gicv3.dtb");
+        let st = std::process::Command::new("timeout")
+            .args(["20", "qemu-system-aarch64", "-machine"])
+            .arg(format!("virt,gic-version=3,dumpdtb={}", file.display()))
+            .args([
+                "-cpu",
+                "cortex-a57",
+                "-m",
+                "128M",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
+            .status()
+            .expect("run qemu-system-aarch64");
+        assert!(st.success());
+        let b = std::fs::read(&file).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let f = Fdt::new(&b).unwrap().facts().unwrap();
+        // hw/arm/virt.c VIRT_GIC_DIST 0x0800_0000, VIRT_GIC_REDIST 0x080a_0000.
+        let (v, d, r) = f.gic.unwrap();
+        assert_eq!((v, d.base), (3, 0x0800_0000));
+        assert_eq!(r.map(|r| r.base), Some(0x080a_0000));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod boot;
 mod direct;
 pub mod exceptions;
 pub mod fdt;
+pub mod gic;
 #[cfg(target_os = "none")]
 pub mod mmu;
 mod pci;
@@ -67,6 +68,16 @@ pub unsafe fn use_device_tree(addr: usize) -> Option<&'static Facts<'static>> {
     QEMU_VIRT.store(false, Ordering::Relaxed);
     RTC.store(f.pl031.map_or(0, |r| r.base as usize), Ordering::Relaxed);
     PSCI_SMC.store(f.psci == Some(PsciMethod::Smc), Ordering::Relaxed);
+    if let Some((v, d, r)) = f.gic {
+        gic::set(match (v, r) {
+            (3, Some(r)) => gic::Gic::V3 {
+                gicd: d.base,
+                gicr: r.base,
+                gicr_len: r.len,
+            },
+            _ => gic::Gic::V2 { gicd: d.base },
+        });
+    }
     DT_ADDR.store(addr, Ordering::Relaxed);
     FACTS.set(f);
     FACTS.get()
@@ -121,6 +132,32 @@ fn uefi_discover() {
         RTC.store(VIRT_RTC, Ordering::Relaxed);
     }
     ACPI_ECAM.store(a.ecam.unwrap_or(0), Ordering::Relaxed);
+    if let Some(acpi::MadtGic {
+        version,
+        gicd,
+        gicr,
+    }) = a.gic
+    {
+        // Version 0: "not specified", ask the distributor (GICD_PIDR2.ArchRev, bits 7:4 at
+        // 0xFFE8; GIC architecture specification 12.9.30).
+        let version = match version {
+            0 => {
+                // SAFETY: the distributor the MADT names, identity-mapped by the firmware.
+                let pidr2 =
+                    unsafe { core::ptr::read_volatile((gicd + 0xffe8) as usize as *const u32) };
+                ((pidr2 >> 4) & 0xf) as u8
+            }
+            v => v,
+        };
+        gic::set(match (version, gicr) {
+            (3 | 4, Some((gicr, gicr_len))) => gic::Gic::V3 {
+                gicd,
+                gicr,
+                gicr_len,
+            },
+            _ => gic::Gic::V2 { gicd },
+        });
+    }
     if let Some(id) = a.hypervisor_id {
         let _ = ACPI_HYPERVISOR_ID.set(id);
     }
@@ -154,12 +191,24 @@ pub fn uefi_device_tree() -> Option<usize> {
     Some(DT_ADDR.load(Ordering::Relaxed)).filter(|&a| a != 0)
 }
 
-/// Logs what the device tree gave (once the logger is up).
+/// Logs what the firmware described (once the logger is up), and checks the GIC's PPI
+/// disable path that the Hyper-V cleanup uses.
 fn log_device_tree() {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     if LOGGED.swap(true, Ordering::Relaxed) {
         return;
     }
+    log_platform();
+    match gic::get() {
+        None => log::info!("gic: none described"),
+        Some(g) => match gic::self_check() {
+            Ok(via) => log::info!("gic: {g:x?}, PPI disable checked through the {via:x?}"),
+            Err(e) => log::warn!("gic: {g:x?}: {e}"),
+        },
+    }
+}
+
+fn log_platform() {
     match FACTS.get() {
         Some(f) => log::info!(
             "device tree at {:#x}: {} memory ranges, {} virtio-mmio slots, PL011 {:#x}, PL031 {:#x}, PSCI {:?}, ECAM {:#x}",
