@@ -1,7 +1,8 @@
 //! arm64: direct boot on QEMU `virt` (`boot.rs`, `direct.rs`) and UEFI (through
 //! `crate::uefi_entry`, with [`uefi_device_tree`]), PL011 console, generic-timer clock, PL031
 //! reference clock, exception vectors (EL1; EL2 when UEFI firmware leaves us there), PSCI,
-//! virtio-mmio NIC discovery. The machine is learnt from the device tree; under UEFI without
+//! the virtio-net transport (virtio-mmio, else virtio-pci behind the generic ECAM bridge),
+//! GIC PPI disable for the Hyper-V cleanup (`gic.rs`). The machine is learnt from the device tree; under UEFI without
 //! one, from ACPI (SPCR console, FADT PSCI conduit, OEM ID); QEMU `virt`'s fixed addresses
 //! are assumed only for QEMU without a device tree.
 //!
