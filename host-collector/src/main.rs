@@ -634,19 +634,19 @@ fn read_key(path: Option<&PathBuf>) -> Result<Option<capture::Key>> {
     .transpose()
 }
 
-async fn shutdown_signal() {
+/// Registers SIGINT and SIGTERM at once (so one arriving while the database opens is not
+/// lost) and returns a future that resolves on the first of them.
+fn shutdown_signal(rt: &tokio::runtime::Runtime) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            return std::future::pending().await;
+    let _guard = rt.enter();
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT"),
+            _ = term.recv() => tracing::info!("SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-        _ = term.recv() => tracing::info!("SIGTERM"),
-    }
+    })
 }
 
 fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
@@ -680,6 +680,10 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             .with_context(|| format!("{TEST_COMMIT_DELAY_ENV}={ms:?} is not a number"))?;
         cfg.commit_delay = Some(Duration::from_millis(ms));
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let shutdown = shutdown_signal(&rt)?;
     let collector = Collector::bind(cfg.clone())?;
     let addr = collector.local_addr()?;
     eprintln!(
@@ -691,10 +695,7 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             ""
         }
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(collector.run(shutdown_signal()))?;
+    rt.block_on(collector.run(shutdown))?;
     eprintln!("host-collector: stopped");
     Ok(())
 }

@@ -106,6 +106,21 @@ pub const MIGRATIONS: &[&str] = &[
         raw            BLOB    NOT NULL,
         UNIQUE (boot_id, seq, record_crc)
     );",
+    // 3: the dedupe keys of `records` in a small append-only table, so `serve` loads them at
+    //    start without reading every record. The writer inserts a record's key in the same
+    //    transaction (an insert trigger would make SQLite keep a statement journal, writing
+    //    three extra pages per record); deletions follow by trigger.
+    "CREATE TABLE record_keys (
+        id         INTEGER PRIMARY KEY,
+        boot_id    BLOB    NOT NULL,
+        seq        INTEGER NOT NULL,
+        record_crc INTEGER NOT NULL
+    );
+    INSERT INTO record_keys (id, boot_id, seq, record_crc)
+        SELECT id, boot_id, seq, record_crc FROM records;
+    CREATE TRIGGER records_keys_delete AFTER DELETE ON records BEGIN
+        DELETE FROM record_keys WHERE id = old.id;
+    END;",
 ];
 
 /// The schema version this build writes.
@@ -534,7 +549,7 @@ impl Store {
     fn load_keys(&self) -> Result<HashSet<RecordKey>> {
         let mut st = self
             .conn
-            .prepare("SELECT boot_id, seq, record_crc FROM records")?;
+            .prepare("SELECT boot_id, seq, record_crc FROM record_keys")?;
         let mut rows = st.query([])?;
         let mut keys = HashSet::new();
         while let Some(r) = rows.next()? {
@@ -632,6 +647,9 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             )?;
+            let mut keys_ins = tx.prepare_cached(
+                "INSERT INTO record_keys (id, boot_id, seq, record_crc) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for r in records {
                 if !known.insert(r.key) {
                     out.push(InsertOutcome::Duplicate);
@@ -667,6 +685,12 @@ impl Store {
                     r.raw,
                 ])?;
                 debug_assert_eq!(n, 1);
+                keys_ins.execute(params![
+                    tx.last_insert_rowid(),
+                    &r.key.boot_id[..],
+                    r.key.seq,
+                    r.key.record_crc
+                ])?;
                 out.push(InsertOutcome::Stored);
             }
             if !rejections.is_empty() {
@@ -822,8 +846,8 @@ impl Store {
             }
             RecordRef::BootSeq(boot, seq) => {
                 st = self.conn.prepare(&format!(
-                    "SELECT {FULL_COLUMNS} FROM records WHERE boot_id = ?1 AND seq = ?2
-                     ORDER BY id DESC LIMIT 1"
+                    "SELECT {FULL_COLUMNS} FROM records WHERE id = (SELECT max(id)
+                     FROM record_keys WHERE boot_id = ?1 AND seq = ?2)"
                 ))?;
                 st.query(params![&boot[..], seq])?
             }

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 
 use capture::sender::SendState;
 use common::*;
-use host_collector::store::{Store, Sync, MIGRATIONS, SCHEMA_VERSION};
+use host_collector::store::{
+    InsertOutcome, NewRecord, RecordKey, RowText, Store, Sync, MIGRATIONS, SCHEMA_VERSION,
+};
 
 /// A database holding `n` sample records (boot [1;16], seq 1..=n) stored by a real collector.
 fn filled_db(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
@@ -168,6 +170,11 @@ fn prune_deletes_old_records_and_keeps_the_newest() {
         .map(|r| r["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, vec![4, 5]);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let keys: i64 = c
+        .query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 2, "the dedupe keys follow the records");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let o = run_db(&db, &["prune", "--older-than", "1s"]);
     assert_eq!(stdout(&o).trim(), "Deleted 2 crash records.");
@@ -304,10 +311,34 @@ fn a_version_1_database_is_migrated_keeping_its_records() {
         )
         .unwrap();
     }
-    let s = Store::open(&p, Sync::Normal).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    let mut s = Store::open(&p, Sync::Normal).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(s.stats().unwrap().records, 1);
     assert!(s.canaries().unwrap().is_empty(), "version 2 tables exist");
+    // Version 3 copied the old record's key: the same key is a duplicate now.
+    let keys: i64 = s
+        .connection()
+        .query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 1);
+    let dup = NewRecord {
+        key: RecordKey {
+            boot_id: [0; 16],
+            seq: 1,
+            record_crc: 2,
+        },
+        received_at_us: 5,
+        schema_major: 1,
+        schema_minor: 0,
+        uptime_us: 0,
+        line_col: (0, 0),
+        text: RowText::default(),
+        raw: vec![0],
+    };
+    assert_eq!(
+        s.commit_batch(&[dup], &[], &[], &[]).unwrap(),
+        vec![InsertOutcome::Duplicate]
+    );
     let o = run_db(&p, &["list", "--json"]);
     assert_eq!(json(&o)[0]["message"], "old");
 }
