@@ -214,8 +214,15 @@ pub fn reconnect_into<'s>(
         target_vp: Some(vp),
         reply_timeout,
     };
-    *out = Some(Connection::connect(hv, clock, alloc, synic, &opts)?);
-    Ok(())
+    // Dropped first, then written in place: one `Connection` in this frame, not two.
+    *out = None;
+    match Connection::connect(hv, clock, alloc, synic, &opts) {
+        Ok(c) => {
+            *out = Some(c);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where synthvid's VRAM is: the UEFI GOP framebuffer (Gen2: the host points it at synthvid
