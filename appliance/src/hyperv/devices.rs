@@ -36,6 +36,14 @@ pub const NIC_RING_PAGES: usize = 16;
 /// canary sends DIRT one rectangle at a time, so 4 pages do.
 pub const FB_RING_PAGES: usize = 4;
 
+/// Receive buffer of one NIC (GPADL'd to the host). Linux uses 16 MiB
+/// (`NETVSC_RECEIVE_BUFFER_SIZE`, `drivers/net/hyperv/hyperv_net.h`) and lets it shrink to
+/// `NETVSC_MIN_RX_SECTIONS` sections; the canary receives acks and drill requests only.
+pub const NIC_RECV_BYTES: usize = 128 * vmbus::PAGE_SIZE;
+/// GPA-direct transmit area of one NIC: slot 0 holds RNDIS control messages, the rest frames
+/// (`vmbus::netvsc::TX_SLOT` bytes each, so 15 frames in flight; no send buffer).
+pub const NIC_TX_BYTES: usize = 8 * vmbus::PAGE_SIZE;
+
 /// The NIC driver as the appliance uses it: netvsc over a [`SlotChannel`], buffers in static,
 /// identity-mapped memory.
 pub type HvNic = Netvsc<SlotChannel<'static>, PhysRegion>;
@@ -389,11 +397,13 @@ mod tests {
         unsafe { PhysRegion::new(p.va(), p.len(), p.gpa()) }
     }
 
+    /// The kernel's sizes (`pages::nic_buffers`): a 128-page receive buffer takes a GPADL
+    /// header and body messages.
     fn bufs(s: &Sim) -> Buffers<PhysRegion> {
         Buffers {
-            recv: region(s, 16),
+            recv: region(s, NIC_RECV_BYTES / vmbus::PAGE_SIZE),
             send: None,
-            tx: region(s, 2),
+            tx: region(s, NIC_TX_BYTES / vmbus::PAGE_SIZE),
         }
     }
 

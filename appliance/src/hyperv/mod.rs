@@ -512,7 +512,7 @@ impl HyperV {
                     if nic.link_up() { "up" } else { "down" },
                     devices::NIC_RING_PAGES,
                     devices::NIC_RING_PAGES,
-                    pages::NIC_RECV_BYTES / 1024
+                    devices::NIC_RECV_BYTES / 1024
                 );
                 *BOOT_NIC.lock() = Some(nic);
                 self.spare_nic = Some(spare);

@@ -1,6 +1,7 @@
 //! Pages for the Hyper-V code: a static, page-aligned pool handed out once and never reused
 //! (the SynIC table reuses its own pages on a reconnect). The kernel is identity-mapped, so a
 //! page's guest-physical address is its address.
+use super::devices::{NIC_RECV_BYTES, NIC_TX_BYTES};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use vmbus::{PageAlloc, PhysPages, PAGE_SIZE};
 
@@ -47,13 +48,6 @@ unsafe impl PageAlloc for StaticPages {
 pub fn left() -> usize {
     POOL_PAGES.saturating_sub(NEXT.load(Ordering::Acquire))
 }
-
-/// Receive buffer of one NIC (GPADL'd to the host). Linux uses 16 MiB (`NETVSC_RECEIVE_BUFFER_SIZE`,
-/// `drivers/net/hyperv/hyperv_net.h`); the canary receives acks and drill requests only.
-pub const NIC_RECV_BYTES: usize = 128 * PAGE_SIZE;
-/// GPA-direct transmit area of one NIC: slot 0 holds RNDIS control messages, the rest frames
-/// (`vmbus::netvsc::TX_SLOT` bytes each; no send buffer).
-pub const NIC_TX_BYTES: usize = 8 * PAGE_SIZE;
 
 /// One NIC's shared memory, page aligned.
 #[repr(C, align(4096))]
