@@ -233,6 +233,50 @@ pub fn reconnect_into<'s>(
     }
 }
 
+/// What the reconnect did about the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReopenNic {
+    /// The host offers no NIC on the new connection.
+    NotOffered,
+    /// Offered, but the network does not run on netvsc (no spare NIC object).
+    NotUsed,
+    /// Up on this relid, in polling mode: the record can ship over it.
+    Up(u32),
+    /// Offered and tried, but it did not come up (the connection must still be unloaded).
+    Failed(DeviceError),
+}
+
+/// On the panic path's new connection (design step 5): REQUESTOFFERS, then, only when the
+/// host offers the NIC again and the network runs on netvsc (`spare` is the NIC object built
+/// at boot for this), open only the NIC channel into `slot` and bring it up. Returns how many
+/// offers there were and what happened to the NIC; `Err` when the offers could not be had.
+/// Whatever it returns, the caller unloads `conn` in the end.
+#[allow(clippy::too_many_arguments)]
+pub fn reopen_nic<M: DmaMemory>(
+    conn: &mut Connection<'_>,
+    hv: &dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    slot: &ChannelSlot,
+    spare: Option<&mut Netvsc<SlotChannel<'_>, M>>,
+    deadline: &mut dyn Deadline,
+) -> Result<(usize, ReopenNic), DeviceError> {
+    let offers = conn.request_offers(hv, clock)?;
+    let count = offers.len();
+    if !offers.iter().any(|o| o.if_type == vmbus::guid::NET) {
+        return Ok((count, ReopenNic::NotOffered));
+    }
+    let Some(nic) = spare else {
+        return Ok((count, ReopenNic::NotUsed));
+    };
+    Ok(
+        match start_nic(conn, hv, clock, alloc, slot, nic, deadline) {
+            Ok(relid) => (count, ReopenNic::Up(relid)),
+            Err(e) => (count, ReopenNic::Failed(e)),
+        },
+    )
+}
+
 /// Where synthvid's VRAM is: the UEFI GOP framebuffer (Gen2: the host points it at synthvid
 /// VRAM; Linux `hyperv_fb.c` uses `screen_info.lfb_base` the same way), if the UEFI entry
 /// recorded one.
@@ -627,18 +671,16 @@ mod tests {
             let mut slot = None;
             reconnect_into(&mut slot, hv, &g.clock, &s.mem, &g.synic, 50_000_000).unwrap();
             let mut conn2 = slot.unwrap();
-            conn2.request_offers(hv, &g.clock).unwrap();
-            assert!(conn2.find_offer(&vmbus::guid::SYNTHVID).is_some());
             let host2 = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
             let mut hdev2 = host2.clone();
             let mut n = 0;
-            start_nic(
+            let r = reopen_nic(
                 &mut conn2,
                 hv,
                 &g.clock,
                 &s.mem,
                 &slot2,
-                &mut nic2,
+                Some(&mut *nic2),
                 &mut || {
                     end.pump(&mut hdev2);
                     n += 1;
@@ -646,6 +688,8 @@ mod tests {
                 },
             )
             .unwrap();
+            assert_eq!(r, (2, ReopenNic::Up(NIC_RELID)), "{arch:?}");
+            assert_eq!(nic2.mode(), OpMode::Polling);
             // Only the NIC, on each connection: two OPENCHANNELs in all (CHANNELMSG_OPENCHANNEL
             // = 5, Linux include/linux/hyperv.h), both for the NIC's relid (offset 8 of the
             // message: header, then child_relid).
@@ -692,6 +736,101 @@ mod tests {
             assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
             assert_eq!(s.guest_messages_of(16).len(), 2, "{arch:?}: two UNLOADs");
         }
+    }
+
+    /// UNLOAD + cleanup + reconnect on a fresh sim with `offers`; returns the new connection.
+    fn reconnected<'s>(s: &Sim, g: &'s Guest<'s>) -> Connection<'s> {
+        let hv = g.hv(0);
+        let c1 = Connection::connect(hv, &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
+            .unwrap();
+        let u = c1.unload(hv, &g.clock, s.now() + 50_000_000);
+        assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
+        let _ = vmbus::cleanup::cleanup_cpu(
+            hv,
+            &g.synic,
+            &mut NoPpis,
+            &vmbus::cleanup::CleanupConfig::default(),
+        );
+        let mut out = None;
+        reconnect_into(&mut out, hv, &g.clock, &s.mem, &g.synic, 50_000_000).unwrap();
+        out.unwrap()
+    }
+
+    #[test]
+    fn a_nic_that_does_not_come_up_on_the_reconnect_leaves_a_connection_that_still_unloads() {
+        let s = sim(SimArch::X86_64);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut c = reconnected(&s, &g);
+        let slot = ChannelSlot::new();
+        let mut nic = Box::new(new_nic(&slot, hv, bufs(&s)));
+        // Nobody answers on the host side: the bring-up gives up at its deadline.
+        let mut budget = vmbus::netvsc::SpinBudget(2_000);
+        let r = reopen_nic(
+            &mut c,
+            hv,
+            &g.clock,
+            &s.mem,
+            &slot,
+            Some(&mut *nic),
+            &mut budget,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                r,
+                (
+                    2,
+                    ReopenNic::Failed(DeviceError::Netvsc(NetvscError::Timeout(_)))
+                )
+            ),
+            "{r:?}"
+        );
+        let u = c.unload(hv, &g.clock, s.now() + 50_000_000);
+        assert!(matches!(u, UnloadOutcome::Done { .. }), "{u:?}");
+        assert_eq!(s.guest_messages_of(16).len(), 2, "two UNLOADs");
+    }
+
+    #[test]
+    fn without_a_netvsc_network_or_a_nic_offer_the_reconnect_opens_nothing() {
+        // The network runs on virtio-net: no spare NIC object, nothing opened.
+        let s = sim(SimArch::X86_64);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut c = reconnected(&s, &g);
+        let slot = ChannelSlot::new();
+        let r = reopen_nic::<PhysRegion>(
+            &mut c,
+            hv,
+            &g.clock,
+            &s.mem,
+            &slot,
+            None,
+            &mut vmbus::netvsc::SpinBudget(10),
+        );
+        assert_eq!(r, Ok((2, ReopenNic::NotUsed)));
+        assert!(slot.get().is_none());
+        assert!(s.guest_messages_of(5).is_empty(), "no OPENCHANNEL");
+
+        // QEMU's VMBus: no NIC offered at all.
+        let mut cfg = SimConfig::new(SimArch::X86_64, Personality::Qemu);
+        cfg.offers.clear();
+        let s = Sim::new(cfg);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut c = reconnected(&s, &g);
+        let mut nic = Box::new(new_nic(&slot, hv, bufs(&s)));
+        let r = reopen_nic(
+            &mut c,
+            hv,
+            &g.clock,
+            &s.mem,
+            &slot,
+            Some(&mut *nic),
+            &mut vmbus::netvsc::SpinBudget(10),
+        );
+        assert_eq!(r, Ok((0, ReopenNic::NotOffered)));
+        assert!(slot.get().is_none());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use capture::record::{CrashKind, CrashRecord};
 use core::fmt::Write as _;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, Ordering};
-use devices::{ChannelSlot, HvFb};
+use devices::{ChannelSlot, HvFb, ReopenNic};
 use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
 use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
 use vmbus::regs::{StimerConfig, SynReg};
@@ -876,37 +876,37 @@ impl HyperV {
             c.version(),
             versions_newer_than(c.version())
         );
-        let nic_offered = match c.request_offers(hv, clock) {
-            Ok(offers) => {
-                let nic = offers.iter().any(|o| o.if_type == vmbus::guid::NET);
-                log::info!(
-                    "reconnect: offers {}; netvsc {}",
-                    offers.len(),
-                    match (nic, self.spare_nic.is_some()) {
-                        (true, true) => "offered: reopening it for the ship step",
-                        (true, false) => "offered, but the network does not run on netvsc",
-                        (false, _) => "not offered",
-                    }
-                );
-                nic
-            }
+        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
+        let r = devices::reopen_nic(
+            c,
+            hv,
+            clock,
+            &PAGES,
+            &SHIP_NIC_SLOT,
+            self.spare_nic.as_deref_mut(),
+            &mut || clock.now() > deadline,
+        );
+        let (offers, nic) = match r {
+            Ok(r) => r,
             Err(e) => {
                 log::error!("reconnect: error: requesting offers failed: {e}");
-                false
+                return false;
             }
         };
-        if !nic_offered {
-            return false;
-        }
-        let Some(nic) = self.spare_nic.take() else {
-            return false;
-        };
-        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
-        let up = devices::start_nic(c, hv, clock, &PAGES, &SHIP_NIC_SLOT, nic, &mut || {
-            clock.now() > deadline
-        });
-        match up {
-            Ok(relid) => {
+        log::info!(
+            "reconnect: offers {offers}; netvsc {}",
+            match nic {
+                ReopenNic::NotOffered => "not offered",
+                ReopenNic::NotUsed => "offered, but the network does not run on netvsc",
+                ReopenNic::Up(_) => "offered and reopened (the only channel opened)",
+                ReopenNic::Failed(_) => "offered, but it did not come up",
+            }
+        );
+        match nic {
+            ReopenNic::Up(relid) => {
+                let Some(nic) = self.spare_nic.take() else {
+                    return false;
+                };
                 log::info!(
                     "reconnect: netvsc relid {relid} up (NVSP {:#x}, mac {}), polling mode; the record ships over it",
                     nic.nvsp_version(),
@@ -915,10 +915,11 @@ impl HyperV {
                 crate::net::panic_use_netvsc(nic);
                 true
             }
-            Err(e) => {
+            ReopenNic::Failed(e) => {
                 log::error!("reconnect: error: netvsc bring-up failed: {e}");
                 false
             }
+            ReopenNic::NotOffered | ReopenNic::NotUsed => false,
         }
     }
 
