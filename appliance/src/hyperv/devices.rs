@@ -277,6 +277,76 @@ pub fn reopen_nic<M: DmaMemory>(
     )
 }
 
+/// VRAM as the console draws into it: like [`PhysRegion`], but written with aligned 8-byte
+/// volatile stores where it can (byte stores only at the unaligned edges). The panic screen
+/// rewrites every pixel (3 MiB at 1024x768), and the framebuffer may be mapped uncached, where
+/// each store costs a bus round trip.
+#[derive(Debug)]
+pub struct Vram {
+    base: *mut u8,
+    len: usize,
+    gpa: u64,
+}
+
+// SAFETY: as for `PhysRegion`: plain memory shared with the host, accessed only by
+// bounds-checked volatile copies that never hand out references into it.
+unsafe impl Send for Vram {}
+// SAFETY: as above.
+unsafe impl Sync for Vram {}
+
+impl Vram {
+    /// Wraps `len` bytes at virtual address `base` whose guest physical address is `gpa`.
+    ///
+    /// # Safety
+    /// `base..base+len` must be mapped, writable, not used as Rust memory by anything else,
+    /// and stay so for the life of the value; `gpa` must be its physical address.
+    pub const unsafe fn new(base: *mut u8, len: usize, gpa: u64) -> Self {
+        Vram { base, len, gpa }
+    }
+}
+
+impl DmaMemory for Vram {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn gpa(&self) -> u64 {
+        self.gpa
+    }
+    fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChannelError> {
+        vmbus::synthvid::chan::check_bounds(self.len, offset, out.len())?;
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked above) of the region the constructor vouched for.
+            *b = unsafe { core::ptr::read_volatile(self.base.add(offset + i)) };
+        }
+        Ok(())
+    }
+    fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChannelError> {
+        vmbus::synthvid::chan::check_bounds(self.len, offset, data.len())?;
+        // SAFETY: in bounds (checked above) of the region the constructor vouched for.
+        let dst = unsafe { self.base.add(offset) };
+        let mut i = 0;
+        while i < data.len() && !(dst as usize + i).is_multiple_of(8) {
+            // SAFETY: `i < data.len()`, so `dst + i` is in bounds.
+            unsafe { core::ptr::write_volatile(dst.add(i), data[i]) };
+            i += 1;
+        }
+        while data.len() - i >= 8 {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&data[i..i + 8]);
+            // SAFETY: `dst + i` is 8-byte aligned (the loop above) and `dst + i + 8` is in
+            // bounds (at least 8 bytes of `data` are left).
+            unsafe { core::ptr::write_volatile(dst.add(i) as *mut u64, u64::from_ne_bytes(w)) };
+            i += 8;
+        }
+        while i < data.len() {
+            // SAFETY: `i < data.len()`, so `dst + i` is in bounds.
+            unsafe { core::ptr::write_volatile(dst.add(i), data[i]) };
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
 /// Where synthvid's VRAM is: the UEFI GOP framebuffer (Gen2: the host points it at synthvid
 /// VRAM; Linux `hyperv_fb.c` uses `screen_info.lfb_base` the same way), if the UEFI entry
 /// recorded one.
@@ -834,6 +904,42 @@ mod tests {
     }
 
     #[test]
+    fn vram_writes_land_byte_exact_at_any_alignment_and_stay_in_bounds() {
+        let mut backing = vec![0u64; 64]; // 512 bytes, 8-byte aligned
+        let base = backing.as_mut_ptr() as *mut u8;
+        // SAFETY: `backing` outlives `vram` and is used only through it until the end.
+        let vram = unsafe { Vram::new(base, 512, 0x1000) };
+        let mut want = vec![0u8; 512];
+        let mut k = 0u8;
+        for offset in [0usize, 1, 3, 7, 8, 13, 100, 255] {
+            for len in [0usize, 1, 5, 8, 9, 16, 23, 64, 129] {
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        k = k.wrapping_mul(31).wrapping_add(7);
+                        k
+                    })
+                    .collect();
+                vram.write(offset, &data).unwrap();
+                want[offset..offset + len].copy_from_slice(&data);
+                let mut got = vec![0u8; 512];
+                vram.read(0, &mut got).unwrap();
+                assert_eq!(got, want, "offset {offset} len {len}");
+            }
+        }
+        assert_eq!(
+            vram.write(510, &[1, 2, 3]),
+            Err(ChannelError::OutOfBounds {
+                offset: 510,
+                len: 3
+            })
+        );
+        assert_eq!(vram.len(), 512);
+        assert_eq!(vram.gpa(), 0x1000);
+        // `backing` is dropped only after the last use of `vram`.
+        drop(backing);
+    }
+
+    #[test]
     fn a_nic_slot_is_filled_once() {
         let s = sim(SimArch::X86_64);
         let g = Guest::boot(&s, SynicMode::Polling);
@@ -875,7 +981,9 @@ mod tests {
         conn.request_offers(hv, &g.clock).unwrap();
         // A "GOP framebuffer" of 640x480 in the sim's guest memory.
         let mode = Mode::new(640, 480);
-        let vram = region(&s, mode.bytes().div_ceil(4096));
+        let p = s.mem.alloc_pages(mode.bytes().div_ceil(4096)).unwrap();
+        // SAFETY: freshly allocated sim guest pages, used only through this region.
+        let vram = unsafe { Vram::new(p.va(), p.len(), p.gpa()) };
         let gop = GopFramebuffer {
             base: vram.gpa(),
             size: vram.len(),
@@ -917,6 +1025,17 @@ mod tests {
         }
         end.pump(&mut hdev);
         assert_eq!(host.state().dirt.len(), 1, "nothing sent while busy");
+        // The host sees the panic screen in guest memory: red background, white text.
+        let (w, h, rgb) = host
+            .screen_rgb_with(&|gpa, buf| s.mem.read(gpa, buf))
+            .unwrap();
+        assert_eq!((w, h), (640, 480));
+        assert_eq!(&rgb[..3], &[0x80, 0, 0], "panic background");
+        let fg = rgb
+            .chunks_exact(3)
+            .filter(|p| p == &[0xff, 0xff, 0xff])
+            .count();
+        assert!(fg > 100, "text pixels: {fg}");
     }
 
     #[test]

@@ -31,13 +31,12 @@ use capture::record::{CrashKind, CrashRecord};
 use core::fmt::Write as _;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, Ordering};
-use devices::{ChannelSlot, HvFb, ReopenNic};
+use devices::{ChannelSlot, HvFb, ReopenNic, Vram};
 use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
 use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
 use vmbus::regs::{StimerConfig, SynReg};
 use vmbus::stimer::{Stimer0, StimerMode};
 use vmbus::synic::{HVMSG_TIMER_EXPIRED, VMBUS_MESSAGE_SINT};
-use vmbus::synthvid::chan::PhysRegion;
 use vmbus::synthvid::{console, Rect};
 use vmbus::time::ReferenceTime;
 use vmbus::{
@@ -207,7 +206,7 @@ pub struct HyperV {
     reconn: Option<Connection<'static>>,
     timer_messages: u32,
     /// synthvid and its VRAM, when brought up.
-    fb: Option<(HvFb, PhysRegion)>,
+    fb: Option<(HvFb, Vram)>,
     /// Why synthvid is not up although offered (for the panic line).
     fb_note: &'static str,
     /// A hash of the log text last drawn on the screen.
@@ -552,7 +551,7 @@ impl HyperV {
                 );
                 // SAFETY: the GOP framebuffer is MMIO-backed VRAM that the firmware reported and
                 // identity-maps (va == pa); nothing else in the kernel uses it as memory.
-                let vram = unsafe { PhysRegion::new(gop.base as *mut u8, gop.size, gop.base) };
+                let vram = unsafe { Vram::new(gop.base as *mut u8, gop.size, gop.base) };
                 self.fb = Some((fb, vram));
             }
             Err(e) => {
