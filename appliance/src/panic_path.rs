@@ -68,6 +68,7 @@ impl<const N: usize> Write for Msg<'_, N> {
 
 /// Walks the frame-pointer chain: both ABIs keep `[fp] = caller's fp`, `[fp + 8] = return
 /// address`. Stops at a null, misaligned, non-increasing or far-jumping frame pointer.
+#[cfg_attr(all(target_arch = "x86_64", target_os = "uefi"), allow(dead_code))]
 pub fn walk_frames(
     mut fp: usize,
     out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
@@ -89,6 +90,26 @@ pub fn walk_frames(
             break;
         }
         fp = next;
+    }
+}
+
+/// The backtrace from frame pointer `fp` (stack pointer `sp`): the frame walk, except on the
+/// x86_64 UEFI target, whose (Microsoft x64) frame pointers do not form that chain: there the
+/// stack is scanned for return addresses.
+fn backtrace_from(
+    fp: usize,
+    sp: u64,
+    out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
+) {
+    #[cfg(all(target_arch = "x86_64", target_os = "uefi"))]
+    {
+        let _ = fp;
+        crate::arch::imp::uefi_stack::scan_backtrace(sp, out);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "uefi")))]
+    {
+        let _ = sp;
+        walk_frames(fp, out);
     }
 }
 
@@ -137,7 +158,7 @@ pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     rec.backtrace.clear();
-    walk_frames(crate::arch::frame_pointer(), &mut rec.backtrace);
+    backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
     fill_regs(rec, &regs);
     announce(entry, rec);
     go(entry, rec)
@@ -165,7 +186,7 @@ pub fn on_fault(f: FaultInfo) -> ! {
     };
     rec.backtrace.clear();
     let _ = rec.backtrace.push(f.regs.pc);
-    walk_frames(f.regs.fp as usize, &mut rec.backtrace);
+    backtrace_from(f.regs.fp as usize, f.regs.sp, &mut rec.backtrace);
     fill_regs(rec, &f.regs);
     announce(entry, rec);
     go(entry, rec)
@@ -249,7 +270,7 @@ pub fn warm_up() {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     fill_regs(&mut rec, &regs);
-    walk_frames(crate::arch::frame_pointer(), &mut rec.backtrace);
+    backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
     let _ = panic_line(Entry::First, &rec);
     crate::klog::tail_into(&mut rec.log_tail);
     // The orchestrator itself, with steps that do nothing.

@@ -131,5 +131,9 @@ fn efi_main() -> Status {
             usable,
         });
     }
+    // x86_64: onto our own stack with a guard page (the firmware's has none).
+    #[cfg(target_arch = "x86_64")]
+    crate::arch::imp::uefi_stack::enter(bi);
+    #[cfg(not(target_arch = "x86_64"))]
     crate::kmain(bi)
 }

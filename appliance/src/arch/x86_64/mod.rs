@@ -9,6 +9,8 @@ mod direct;
 pub mod exceptions;
 mod port;
 pub mod serial;
+#[cfg(target_os = "uefi")]
+pub mod uefi_stack;
 pub mod timer;
 
 pub use exceptions::install as install_exceptions;
