@@ -1,5 +1,6 @@
-//! The appliance's Hyper-V interface: detection, hypercall page, SynIC, synthetic timer,
-//! VMBus connection, and the Hyper-V steps of the panic path, on top of the `vmbus` crate.
+//! The appliance's Hyper-V interface: detection, hypercalls, SynIC, synthetic timer, VMBus
+//! connection, and the Hyper-V steps of the panic path, on top of the `vmbus` crate, on x86_64
+//! and arm64.
 //!
 //! Contract with the rest of the appliance:
 //! - `init` runs once at boot, after the console, timers and exceptions are up and before the
@@ -13,6 +14,11 @@
 //! `end:` lines): `appliance/tests/hyperv_nested.rs` checks them against a real host
 //! (docs/hyperv-real-host.md).
 //!
+//! Layout: `session` is the arch-neutral half (the connections, UNLOAD, cleanup, reconnect,
+//! crash registers, arm64 detection and PPI choice), portable and tested on the host against
+//! `vmbus-sim` in both register ABIs; `devices` the VMBus devices, equally portable; this file
+//! the kernel glue (statics, the native hypervisor handle, the console, the network hand-off).
+//!
 //! VMBus devices (`devices`): when the host offers them, synthvid is brought up on the UEFI
 //! GOP framebuffer (the log on screen in normal running, the panic screen and one DIRT on a
 //! try-lock in step 2) and netvsc becomes the NIC (`take_boot_nic`, used by `crate::net`
@@ -20,34 +26,36 @@
 //! driver object and fresh buffers built at boot, hands it to the network for the ship step,
 //! and `finish_ship` unloads that connection after the ship.
 //!
-//! x86_64 only for now: on aarch64 `init` returns `None` (the vmbus crate's arm64 path has
-//! been checked against its host model only, and no host here runs Hyper-V for arm64).
-// Until the arm64 path is wired up, everything below is reachable from x86_64 only.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+//! arm64 (ref §1.4, §2.5, §3.1, §3.3, §3.5): detected only when it is safe to ask
+//! (`session::detect_arm64`: ACPI FADT "MsHyperV", or the kernel's PSCI/SMCCC probe found a
+//! vendor call; plain QEMU virt is never sent a non-PSCI HVC); no hypercall page (`hvc #0`,
+//! SMCCC function 0x46000001); every synthetic register through HvSetVpRegisters /
+//! HvGetVpRegisters; SynIC in polling mode (the VMBus PPI is never taken); no STIMER0 check
+//! (x86 needs it for KVM; arm64 runs no synthetic timer); the cleanup also disables the
+//! VMBus and STIMER0 PPIs at the GIC (`session::arm64_cleanup_ppis`). Checked against the
+//! `vmbus-sim` model only: no host here runs Hyper-V for arm64.
 
 use crate::sync::{Once, TryLock};
 use capture::panic::{Outcome, SkipReason};
-use capture::record::{CrashKind, CrashRecord};
+use capture::record::CrashRecord;
 use core::fmt::Write as _;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering};
 use devices::{ChannelSlot, HvFb, ReopenNic, Vram};
-use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
-use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
+use session::{hv_code, versions_newer_than, Session, REPLY_TIMEOUT};
+use vmbus::cleanup::CleanupConfig;
+use vmbus::crash::CrashReporter;
 use vmbus::regs::{StimerConfig, SynReg};
 use vmbus::stimer::{Stimer0, StimerMode};
 use vmbus::synic::{HVMSG_TIMER_EXPIRED, VMBUS_MESSAGE_SINT};
 use vmbus::synthvid::{console, Rect};
 use vmbus::time::ReferenceTime;
-use vmbus::{
-    Clock, ConnectOptions, Connection, Event, Guid, HvError, HvIdentity, Hypervisor,
-    InterruptControl, Synic, SynicMode, UnloadOutcome, UnloadSkip, Version,
-};
+use vmbus::{Clock, Connection, Event, Guid, HvIdentity, Hypervisor, Synic, SynicMode};
 
 mod devices;
 #[cfg(target_arch = "x86_64")]
 mod lapic;
 mod pages;
+mod session;
 
 pub use devices::{GopFramebuffer, HvNic};
 
@@ -57,8 +65,6 @@ use pages::PAGES;
 static SYNIC: Synic = Synic::new();
 /// Crash registers are written once per boot (the host accepts one notification).
 static CRASH: CrashReporter = CrashReporter::new();
-/// UNLOADs posted this boot, over all connections (for the console evidence).
-static UNLOADS_POSTED: AtomicU32 = AtomicU32::new(0);
 
 /// The NIC channel of the boot connection, the one the panic path reopens, and synthvid's.
 static NIC_SLOT: ChannelSlot = ChannelSlot::new();
@@ -116,6 +122,7 @@ fn mac_text(m: [u8; 6]) -> heapless::String<18> {
 /// SINT2's vector. Linux uses `HYPERVISOR_CALLBACK_VECTOR` = 0xf3
 /// (`arch/x86/include/asm/irq_vectors.h`); the canary never takes it (interrupts stay off),
 /// but KVM only delivers timer messages to an unmasked SINT with a vector (see `lapic`).
+#[cfg(target_arch = "x86_64")]
 const SINT2_VECTOR: u8 = 0xf3;
 
 /// STIMER0 rate check at boot: periodic, 10 ms, up to 20 intervals or 0.5 s (100 ns units).
@@ -124,9 +131,6 @@ const STIMER_CHECK_INTERVALS: u32 = 20;
 const STIMER_CHECK_LIMIT: u64 = 5_000_000;
 /// Afterwards STIMER0 keeps running, as Linux's clockevent does, every 100 ms.
 const STIMER_RUN_PERIOD: u64 = 1_000_000;
-
-/// How long to wait for each VMBus reply (100 ns units): 5 s.
-const REPLY_TIMEOUT: u64 = 50_000_000;
 
 /// Dynamic Memory (hv_balloon), `525074dc-8985-46e2-8057-a307dc18a502`: Linux
 /// `include/linux/hyperv.h` `HV_DM_GUID`; QEMU `hw/hyperv/hv-balloon.c`.
@@ -185,25 +189,21 @@ impl TimerTally {
     }
 }
 
-/// P0 of canary's crash-register report: "CNRY" in the high half, the crash kind below.
-const CRASH_P0_MAGIC: u64 = 0x434e_5259 << 32;
-
-/// x86 has no per-CPU interrupts to disable at cleanup (arm64 would disable GIC PPIs here).
-struct NoPpis;
-impl InterruptControl for NoPpis {
-    fn disable_ppi(&mut self, _intid: u32) {}
+/// The per-CPU interrupts of the cleanup step: on arm64 disabled at the GIC
+/// (`arch::aarch64::gic::disable_ppi`), on x86_64 none (`cleanup_cpu` asks for none there).
+#[cfg(target_arch = "aarch64")]
+fn cleanup_irq() -> impl vmbus::InterruptControl {
+    session::PpiDisabler::new(crate::arch::imp::gic::disable_ppi)
+}
+#[cfg(not(target_arch = "aarch64"))]
+fn cleanup_irq() -> impl vmbus::InterruptControl {
+    session::NoPpis
 }
 
 /// The Hyper-V guest state of this partition.
 pub struct HyperV {
-    hv: &'static dyn Hypervisor,
-    id: HvIdentity,
-    clock: ReferenceTime<'static>,
-    os_id: u64,
-    /// The connection made at boot.
-    conn: Option<Connection<'static>>,
-    /// The panic path's reconnection (design step 5).
-    reconn: Option<Connection<'static>>,
+    /// The arch-neutral state: hypervisor handle, identity, clock, both connections.
+    s: Session<'static, ReferenceTime<'static>>,
     timer_messages: u32,
     /// synthvid and its VRAM, when brought up.
     fb: Option<(HvFb, Vram)>,
@@ -217,20 +217,6 @@ pub struct HyperV {
     ship_over_vmbus: bool,
 }
 
-/// A fixed-size line for the console (no heap on the panic path).
-type Line = heapless::String<256>;
-
-fn versions_newer_than(v: Version) -> Line {
-    let mut s = Line::new();
-    for n in vmbus::version::SUPPORTED.iter().filter(|n| **n > v) {
-        let _ = write!(s, "{}{n}", if s.is_empty() { "" } else { " " });
-    }
-    if s.is_empty() {
-        let _ = s.push_str("none");
-    }
-    s
-}
-
 fn class_name(g: &Guid) -> &'static str {
     match *g {
         vmbus::guid::NET => "netvsc",
@@ -242,28 +228,7 @@ fn class_name(g: &Guid) -> &'static str {
     }
 }
 
-/// A small number for `Outcome::Failed`: the hypervisor status where there is one.
-fn hv_code(e: HvError) -> u32 {
-    match e {
-        HvError::InvalidHypercallCode => 2,
-        HvError::InvalidHypercallInput => 3,
-        HvError::InvalidAlignment => 4,
-        HvError::InvalidParameter => 5,
-        HvError::AccessDenied => 6,
-        HvError::InsufficientMemory => 0xb,
-        HvError::InvalidPortId => 0x11,
-        HvError::InvalidConnectionId => 0x12,
-        HvError::InsufficientBuffers => 0x13,
-        HvError::Other(s) => s as u32,
-        HvError::HypercallsDisabled => 0x101,
-        HvError::NoSuchRegister => 0x102,
-        HvError::OutOfPages => 0x103,
-        HvError::VpIndexTooLarge(_) => 0x104,
-        HvError::SmcccNotSupported(_) => 0x105,
-    }
-}
-
-/// Detects Hyper-V, sets up the hypercall page and SynIC, checks STIMER0, connects to VMBus,
+/// Detects Hyper-V, enables hypercalls and SynIC, checks STIMER0 (x86_64), connects to VMBus,
 /// brings up the offered devices, and stores the state in `slot` (`None` when not running on
 /// Hyper-V, or when hypercalls could not be enabled).
 ///
@@ -272,13 +237,7 @@ fn hv_code(e: HvError) -> u32 {
 /// `kmain`'s and stays on the boot stack under the whole panic path.
 #[inline(never)]
 pub fn init(_cfg: &crate::config::Config, slot: &TryLock<Option<HyperV>>) {
-    #[cfg(target_arch = "x86_64")]
-    let h = init_x86_64();
-    #[cfg(not(target_arch = "x86_64"))]
-    let h: Option<HyperV> = {
-        log::info!("hv: Hyper-V support is wired up for x86_64 only; not probing");
-        None
-    };
+    let h = detect_native().and_then(|(hv, id)| init_on(hv, id));
     match &h {
         Some(h) => log::info!("hyper-v: vmbus {:?}", h.vmbus_version()),
         None => log::info!("hyper-v: not present"),
@@ -286,43 +245,64 @@ pub fn init(_cfg: &crate::config::Config, slot: &TryLock<Option<HyperV>>) {
     *slot.lock() = h;
 }
 
+/// x86_64: the CPUID leaves.
 #[cfg(target_arch = "x86_64")]
-fn init_x86_64() -> Option<HyperV> {
-    let native = vmbus::arch::x86_64::native();
-    let hv: &'static dyn Hypervisor = native;
+fn detect_native() -> Option<(&'static dyn Hypervisor, HvIdentity)> {
+    let hv: &'static dyn Hypervisor = vmbus::arch::x86_64::native();
     let Some(id) = vmbus::detect(hv) else {
         log::info!("hv: not detected (no \"Microsoft Hv\" hypervisor CPUID leaves)");
         return None;
     };
-    log::info!(
-        "hv: detected vendor=\"{}\" build={} version={}.{} privileges={:#x} features={:#x} hints={:#x} crash_msrs={} stimer_direct={}",
-        core::str::from_utf8(&id.vendor).unwrap_or("?"),
-        id.build,
-        id.version_major(),
-        id.version_minor(),
-        id.privileges.0,
-        id.features,
-        id.recommendations,
-        if id.crash_msrs() { "yes" } else { "no" },
-        if id.stimer_direct_mode() { "yes" } else { "no" },
-    );
+    Some((hv, id))
+}
 
-    // Guest OS id first, then the hypercall page (ref §3.2); the vmbus crate does both.
-    let os_id = vmbus::GuestOsId::canary(
-        env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0),
-        env!("CARGO_PKG_VERSION_MINOR").parse().unwrap_or(0),
-        env!("CARGO_PKG_VERSION_PATCH").parse().unwrap_or(0),
-    );
-    if let Err(e) = hv.enable_hypercalls(&PAGES, os_id) {
-        log::error!("hv: enabling hypercalls failed: {e}");
-        return None;
+/// arm64: ask only when it is safe (`session::detect_arm64`). The kernel's own probe
+/// (`hypervisor_info`) goes through the firmware's PSCI conduit and asks for the vendor-hyp
+/// UID only after PSCI >= 1.0 said SMCCC_VERSION exists and it said >= 1.1; at EL2 it asks
+/// nothing. Only when it found a vendor call does `vmbus` send its own HVCs.
+#[cfg(target_arch = "aarch64")]
+fn detect_native() -> Option<(&'static dyn Hypervisor, HvIdentity)> {
+    use session::{detect_arm64, Arm64Found, Arm64NotFound};
+    let info = crate::arch::imp::hypervisor_info();
+    let acpi_id = crate::arch::imp::acpi_hypervisor_id();
+    let vendor_call = info.present;
+    let native = vmbus::arch::aarch64::native();
+    match detect_arm64(native.conduit(), acpi_id, vendor_call) {
+        Ok((id, how)) => {
+            log::info!(
+                "hv: arm64 Hyper-V found through {}",
+                match how {
+                    Arm64Found::AcpiFadt => "the ACPI FADT hypervisor id \"MsHyperV\"",
+                    Arm64Found::SmcccUid => "the SMCCC vendor-hyp UID (SMCCC >= 1.1 per PSCI)",
+                }
+            );
+            Some((native, id))
+        }
+        Err(e) => {
+            log::info!(
+                "hv: not detected ({})",
+                match e {
+                    Arm64NotFound::NotAsked =>
+                        "no ACPI \"MsHyperV\" and no SMCCC >= 1.1 vendor call: nothing asked",
+                    Arm64NotFound::NotHyperV => "the SMCCC vendor-hyp UID is not Hyper-V's",
+                    Arm64NotFound::IdentityFailed =>
+                        "ACPI says \"MsHyperV\" but HvGetVpRegisters failed",
+                }
+            );
+            None
+        }
     }
-    log::info!(
-        "hv: guest os id {:#x} written, readback={:#x}",
-        os_id.0,
-        hv.read_reg(SynReg::GuestOsId).unwrap_or(0)
-    );
-    let page = native.hypercall_page();
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn detect_native() -> Option<(&'static dyn Hypervisor, HvIdentity)> {
+    None
+}
+
+/// x86_64: the hypercall page the hypervisor filled in, for the console.
+#[cfg(target_arch = "x86_64")]
+fn log_hypercall_page(hv: &dyn Hypervisor) {
+    let page = vmbus::arch::x86_64::native().hypercall_page();
     let mut code = [0u8; 4];
     for (i, b) in code.iter_mut().enumerate() {
         // SAFETY: `page` is the enabled hypercall page: one of our pages (identity-mapped) that
@@ -338,35 +318,19 @@ fn init_x86_64() -> Option<HyperV> {
         code[2],
         code[3]
     );
+}
 
-    let clock = ReferenceTime::new(hv, &PAGES, &id);
-    log::info!(
-        "hv: reference time from {}",
-        if clock.uses_tsc_page() {
-            "the TSC page"
-        } else {
-            "TIME_REF_COUNT"
-        }
-    );
+#[cfg(not(target_arch = "x86_64"))]
+fn log_hypercall_page(_hv: &dyn Hypervisor) {
+    log::info!("hv: no hypercall page on arm64: hypercalls are HVC #0, SMCCC function 0x46000001");
+}
 
-    let mut h = HyperV {
-        hv,
-        id,
-        clock,
-        os_id: os_id.0,
-        conn: None,
-        reconn: None,
-        timer_messages: 0,
-        fb: None,
-        fb_note: "",
-        drawn: 0,
-        spare_nic: None,
-        ship_over_vmbus: false,
-    };
-
-    // SynIC. SINT2 gets a vector when the local APIC can take it (KVM needs that for timer
-    // messages, see `lapic`); interrupts stay off either way and everything is polled.
-    let mode = match lapic::software_enable(native.instructions()) {
+/// x86_64: SINT2 gets a vector when the local APIC can take it (KVM needs that for timer
+/// messages, see `lapic`); interrupts stay off either way and everything is polled. No PPIs.
+#[cfg(target_arch = "x86_64")]
+fn synic_mode(_hv: &dyn Hypervisor) -> (SynicMode, CleanupConfig) {
+    let insn = vmbus::arch::x86_64::native().instructions();
+    let mode = match lapic::software_enable(insn) {
         Some(a) => {
             log::info!(
                 "hv: local APIC ({}) SVR {:#x} -> {:#x}; SINT2 vector {:#x}, never taken (interrupts stay off)",
@@ -381,27 +345,93 @@ fn init_x86_64() -> Option<HyperV> {
         }
         None => SynicMode::Polling,
     };
-    let vp = match SYNIC.enable_cpu(hv, &PAGES, mode) {
+    (mode, CleanupConfig::default())
+}
+
+/// arm64: polling (the VMBus PPI is never taken, and the kernel never unmasks interrupts);
+/// the cleanup's PPIs from SINT2 as the firmware left it and the STIMER0 PPI
+/// (`session::arm64_cleanup_ppis`, which says what is unverified).
+#[cfg(not(target_arch = "x86_64"))]
+fn synic_mode(hv: &dyn Hypervisor) -> (SynicMode, CleanupConfig) {
+    let before = hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT)).ok();
+    let ppis = session::arm64_cleanup_ppis(before);
+    log::info!(
+        "hv: SynIC in polling mode; SINT2 before enable {:#x}; cleanup PPIs: vmbus {:?} (SINT2's vector as the firmware left it; the ACPI _CRS is not read), stimer0 {:?} (unverified)",
+        before.unwrap_or(u64::MAX),
+        ppis.vmbus_ppi,
+        ppis.stimer_ppi
+    );
+    (SynicMode::Polling, ppis)
+}
+
+fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
+    log::info!(
+        "hv: detected vendor=\"{}\" build={} version={}.{} privileges={:#x} features={:#x} hints={:#x} crash_msrs={} stimer_direct={}",
+        core::str::from_utf8(&id.vendor).unwrap_or("?"),
+        id.build,
+        id.version_major(),
+        id.version_minor(),
+        id.privileges.0,
+        id.features,
+        id.recommendations,
+        if id.crash_msrs() { "yes" } else { "no" },
+        if id.stimer_direct_mode() { "yes" } else { "no" },
+    );
+
+    // Guest OS id first, then the hypercall page (ref §3.2); the vmbus crate does both (arm64:
+    // the guest OS id only, through HvSetVpRegisters).
+    let os_id = vmbus::GuestOsId::canary(
+        env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0),
+        env!("CARGO_PKG_VERSION_MINOR").parse().unwrap_or(0),
+        env!("CARGO_PKG_VERSION_PATCH").parse().unwrap_or(0),
+    );
+    if let Err(e) = hv.enable_hypercalls(&PAGES, os_id) {
+        log::error!("hv: enabling hypercalls failed: {e}");
+        return None;
+    }
+    log::info!(
+        "hv: guest os id {:#x} written, readback={:#x}",
+        os_id.0,
+        hv.read_reg(SynReg::GuestOsId).unwrap_or(0)
+    );
+    log_hypercall_page(hv);
+
+    let clock = ReferenceTime::new(hv, &PAGES, &id);
+    log::info!(
+        "hv: reference time from {}",
+        if clock.uses_tsc_page() {
+            "the TSC page"
+        } else {
+            "TIME_REF_COUNT"
+        }
+    );
+
+    let (mode, ppis) = synic_mode(hv);
+    let mut h = HyperV {
+        s: Session::new(hv, id, clock, os_id.0, &PAGES, &SYNIC, &CRASH, ppis),
+        timer_messages: 0,
+        fb: None,
+        fb_note: "",
+        drawn: 0,
+        spare_nic: None,
+        ship_over_vmbus: false,
+    };
+
+    let vp = match h.s.enable_synic(mode) {
         Ok(vp) => vp,
         Err(e) => {
             log::error!("synic: enabling failed: {e}; no VMBus");
             return Some(h);
         }
     };
-    h.log_registers("synic: enabled", vp);
 
     if matches!(mode, SynicMode::Interrupt { .. })
-        && h.id.privileges.has(vmbus::Privileges::SYNTIMER)
+        && h.s.id.privileges.has(vmbus::Privileges::SYNTIMER)
     {
         h.check_stimer0(vp);
     }
 
-    let opts = ConnectOptions {
-        versions: vmbus::version::SUPPORTED,
-        target_vp: None,
-        reply_timeout: REPLY_TIMEOUT,
-    };
-    match Connection::connect(hv, &h.clock, &PAGES, &SYNIC, &opts) {
+    match h.s.connect() {
         Ok(mut c) => {
             log::info!(
                 "vmbus: version {} (refused {}); message connection id {}",
@@ -409,7 +439,7 @@ fn init_x86_64() -> Option<HyperV> {
                 versions_newer_than(c.version()),
                 c.message_connection_id()
             );
-            match c.request_offers(hv, &h.clock) {
+            match c.request_offers(hv, &h.s.clock) {
                 Ok(offers) => {
                     log::info!("vmbus: offers {}", offers.len());
                     for o in offers {
@@ -425,11 +455,11 @@ fn init_x86_64() -> Option<HyperV> {
                 }
                 Err(e) => log::error!("vmbus: error: requesting offers failed: {e}"),
             }
-            probe_dynamic_memory(hv, &h.clock, &mut c);
+            probe_dynamic_memory(hv, &h.s.clock, &mut c);
             h.start_nic(&mut c);
             h.start_fb(&mut c);
             h.timer_messages = c.timer_messages();
-            h.conn = Some(c);
+            h.s.conn = Some(c);
         }
         Err(e) => log::error!("vmbus: error: connecting failed: {e}"),
     }
@@ -471,20 +501,6 @@ fn probe_dynamic_memory(hv: &dyn Hypervisor, clock: &dyn Clock, c: &mut Connecti
 }
 
 impl HyperV {
-    /// SynIC and STIMER0 registers of the calling CPU, read back from the hypervisor.
-    fn log_registers(&self, what: &str, vp: u32) {
-        let r = |reg| self.hv.read_reg(reg).unwrap_or(u64::MAX);
-        log::info!(
-            "{what} vp={vp} SCONTROL={:#x} SIMP={:#x} SIEFP={:#x} SINT2={:#x} STIMER0_CONFIG={:#x} STIMER0_COUNT={:#x}",
-            r(SynReg::Scontrol),
-            r(SynReg::Simp),
-            r(SynReg::Siefp),
-            r(SynReg::Sint(VMBUS_MESSAGE_SINT)),
-            r(SynReg::StimerConfig(0)),
-            r(SynReg::StimerCount(0)),
-        );
-    }
-
     /// netvsc at boot, when offered: both driver objects are built now (the panic path must
     /// not build one), the first is brought up on the boot connection in polling mode and
     /// handed to the network (`take_boot_nic`).
@@ -493,14 +509,14 @@ impl HyperV {
             return;
         }
         let (Some(nic), Some(spare)) = (
-            build_nic(0, &NIC_SLOT, self.hv),
-            build_nic(1, &SHIP_NIC_SLOT, self.hv),
+            build_nic(0, &NIC_SLOT, self.s.hv),
+            build_nic(1, &SHIP_NIC_SLOT, self.s.hv),
         ) else {
             return;
         };
-        let clock = &self.clock;
+        let clock = &self.s.clock;
         let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
-        match devices::start_nic(c, self.hv, clock, &PAGES, &NIC_SLOT, nic, &mut || {
+        match devices::start_nic(c, self.s.hv, clock, &PAGES, &NIC_SLOT, nic, &mut || {
             clock.now() > deadline
         }) {
             Ok(relid) => {
@@ -532,9 +548,9 @@ impl HyperV {
             log::warn!("synthvid: offered, but not opened: {}", self.fb_note);
             return;
         };
-        let clock = &self.clock;
+        let clock = &self.s.clock;
         let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
-        let fb = devices::start_fb(c, self.hv, clock, &PAGES, &FB_SLOT, &gop, &mut || {
+        let fb = devices::start_fb(c, self.s.hv, clock, &PAGES, &FB_SLOT, &gop, &mut || {
             clock.now() > deadline
         });
         match fb {
@@ -599,10 +615,6 @@ impl HyperV {
         let _ = fb.update(full);
     }
 
-    fn vp(&self) -> u32 {
-        self.hv.read_reg(SynReg::VpIndex).unwrap_or(0) as u32
-    }
-
     /// Runs STIMER0 periodically in message mode on SINT2 and counts the expiry messages
     /// against the reference clock, then leaves it running at a slower period.
     fn check_stimer0(&mut self, vp: u32) {
@@ -613,33 +625,34 @@ impl HyperV {
         // CONFIG first, then COUNT: with auto_enable the COUNT write starts it (ref §3.4);
         // in periodic mode COUNT is the period.
         let armed = self
+            .s
             .hv
             .write_reg(SynReg::StimerConfig(0), config.0)
-            .and_then(|_| Stimer0::arm(self.hv, STIMER_CHECK_PERIOD));
+            .and_then(|_| Stimer0::arm(self.s.hv, STIMER_CHECK_PERIOD));
         if let Err(e) = armed {
             log::error!("stimer0: error: arming failed: {e}");
             return;
         }
-        let start = self.clock.now();
+        let start = self.s.clock.now();
         let mut t = TimerTally::default();
         while t.messages <= STIMER_CHECK_INTERVALS
-            && self.clock.now().saturating_sub(start) < STIMER_CHECK_LIMIT
+            && self.s.clock.now().saturating_sub(start) < STIMER_CHECK_LIMIT
         {
             let Some(m) = SYNIC.read_message(vp, VMBUS_MESSAGE_SINT) else {
-                self.clock.relax();
+                self.s.clock.relax();
                 continue;
             };
             let ty = m.header.message_type;
             if ty == HVMSG_TIMER_EXPIRED {
                 t.add(
-                    self.clock.now(),
+                    self.s.clock.now(),
                     timer_expiration(&m.payload),
                     STIMER_CHECK_PERIOD,
                 );
             } else {
                 t.other += 1;
             }
-            let _ = SYNIC.eom(self.hv, vp, VMBUS_MESSAGE_SINT, ty);
+            let _ = SYNIC.eom(self.s.hv, vp, VMBUS_MESSAGE_SINT, ty);
         }
         log::info!(
             "stimer0: ticks={} period_us={} elapsed_us={} expiry_span_us={} missed={} off_grid={} max_latency_us={} mode=message sint={} other_messages={}",
@@ -653,7 +666,7 @@ impl HyperV {
             VMBUS_MESSAGE_SINT,
             t.other
         );
-        match Stimer0::arm(self.hv, STIMER_RUN_PERIOD) {
+        match Stimer0::arm(self.s.hv, STIMER_RUN_PERIOD) {
             Ok(()) => log::info!(
                 "stimer0: left running every {} ms (the panic path stops it)",
                 STIMER_RUN_PERIOD / 10_000
@@ -664,7 +677,8 @@ impl HyperV {
 
     /// The negotiated VMBus protocol version, if connected.
     pub fn vmbus_version(&self) -> Option<(u16, u16)> {
-        self.conn
+        self.s
+            .conn
             .as_ref()
             .map(|c| (c.version().major(), c.version().minor()))
     }
@@ -676,19 +690,19 @@ impl HyperV {
         h.vendor.clear();
         let _ = h
             .vendor
-            .push_str(core::str::from_utf8(&self.id.vendor).unwrap_or("?"));
-        h.version = [self.id.build, self.id.version, 0, 0];
-        h.privileges = self.id.privileges.0;
+            .push_str(core::str::from_utf8(&self.s.id.vendor).unwrap_or("?"));
+        h.version = [self.s.id.build, self.s.id.version, 0, 0];
+        h.privileges = self.s.id.privileges.0;
     }
 
     /// Periodic health check: drain VMBus messages (timer expiries, rescinds) and make sure
     /// the connection is still up. `Err` says what failed.
     pub fn self_check(&mut self) -> Result<(), &'static str> {
-        let Some(c) = self.conn.as_mut() else {
+        let Some(c) = self.s.conn.as_mut() else {
             return Ok(());
         };
         for _ in 0..16 {
-            match c.poll(self.hv, &self.clock) {
+            match c.poll(self.s.hv, &self.s.clock) {
                 None => break,
                 Some(Event::Rescinded(relid)) => log::warn!("vmbus: relid {relid} rescinded"),
                 Some(Event::Malformed(e)) => log::warn!("vmbus: malformed host message: {e}"),
@@ -709,6 +723,7 @@ impl HyperV {
     pub fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
         let Some((fb, vram)) = self.fb.as_ref() else {
             let offered = self
+                .s
                 .conn
                 .as_ref()
                 .is_some_and(|c| c.find_offer(&vmbus::guid::SYNTHVID).is_some());
@@ -741,75 +756,28 @@ impl HyperV {
         o
     }
 
-    fn report_unload(which: u32, o: UnloadOutcome) -> Outcome {
-        match o {
-            UnloadOutcome::Done {
-                responder_vp,
-                waited,
-            } => {
-                let n = UNLOADS_POSTED.fetch_add(1, Ordering::Relaxed) + 1;
-                log::info!("unload: posted (connection {which}; {n} this boot)");
-                log::info!(
-                    "unload: response after {} us in vp {responder_vp}'s slot; slots cleared",
-                    waited / 10
-                );
-                Outcome::Done
-            }
-            UnloadOutcome::TimedOut { waited } => {
-                let n = UNLOADS_POSTED.fetch_add(1, Ordering::Relaxed) + 1;
-                log::info!("unload: posted (connection {which}; {n} this boot)");
-                log::warn!(
-                    "unload: no response after {} us; slots cleared anyway",
-                    waited / 10
-                );
-                Outcome::TimedOut
-            }
-            UnloadOutcome::Skipped(UnloadSkip::AlreadyUnloaded) => {
-                log::info!("unload: skipped: connection {which} was already unloaded");
-                Outcome::Skipped(SkipReason::AlreadyDone)
-            }
-            UnloadOutcome::Skipped(UnloadSkip::VersionTooOld(v)) => {
-                log::info!("unload: skipped: VMBus {v} is older than 3.0");
-                Outcome::Skipped(SkipReason::VersionTooOld)
-            }
-            UnloadOutcome::Failed(e) => {
-                log::error!("unload: posting UNLOAD failed: {e}");
-                Outcome::Failed(hv_code(e))
-            }
-        }
-    }
-
     /// `deadline_us` (the appliance's microsecond clock) as a reference-time deadline.
     fn ref_deadline(&self, deadline_us: u64) -> u64 {
         let left_us = deadline_us.saturating_sub(crate::arch::now_us());
-        self.clock.now().saturating_add(left_us.saturating_mul(10))
+        self.s
+            .clock
+            .now()
+            .saturating_add(left_us.saturating_mul(10))
     }
 
     /// Panic step 3: UNLOAD once per connection, bounded by `deadline_us`.
     pub fn unload_once(&mut self, deadline_us: u64) -> Outcome {
         let deadline = self.ref_deadline(deadline_us);
-        match self.conn.as_ref() {
-            None => Outcome::NotPresent,
-            Some(c) => Self::report_unload(1, c.unload(self.hv, &self.clock, deadline)),
-        }
+        self.s.unload_once(deadline)
     }
 
     fn cleanup(&mut self, what: &str) -> Outcome {
-        let r = cleanup_cpu(self.hv, &SYNIC, &mut NoPpis, &CleanupConfig::default());
-        let vp = self.vp();
-        let mut label = Line::new();
-        let _ = write!(label, "{what}: readback");
-        self.log_registers(&label, vp);
-        match (r.stimer, r.synic) {
-            (None, None) => Outcome::Done,
-            (Some(e), _) | (None, Some(e)) => {
-                log::error!("{what}: failed: {e}");
-                Outcome::Failed(hv_code(e))
-            }
-        }
+        self.s.cleanup(what, &mut cleanup_irq())
     }
 
-    /// Panic step 4: STIMER0 stopped, SINT2 masked, SIMP/SIEFP off, SCONTROL = 0.
+    /// Panic step 4: STIMER0 stopped, SINT2 masked, SIMP/SIEFP off, SCONTROL = 0 (arm64: the
+    /// same registers through HvSetVpRegisters, then the STIMER0 and VMBus PPIs disabled at
+    /// the GIC).
     pub fn arch_cleanup(&mut self) -> Outcome {
         self.cleanup("cleanup")
     }
@@ -821,16 +789,7 @@ impl HyperV {
     /// (no NIC offered, virtio-net, or the NIC did not come up) the new connection is
     /// unloaded and cleaned up again right away, leaving the hypervisor state clean.
     pub fn reconnect_for_ship(&mut self) -> Outcome {
-        self.reconn = None;
-        let r = devices::reconnect_into(
-            &mut self.reconn,
-            self.hv,
-            &self.clock,
-            &PAGES,
-            &SYNIC,
-            REPLY_TIMEOUT,
-        );
-        match r {
+        match self.s.reconnect() {
             Ok(()) => {}
             Err(devices::DeviceError::Synic(e)) => {
                 log::error!("reconnect: enabling SynIC failed: {e}");
@@ -849,10 +808,7 @@ impl HyperV {
         let deadline = self.ref_deadline(
             crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
         );
-        let o = match self.reconn.as_ref() {
-            Some(c) => Self::report_unload(2, c.unload(self.hv, &self.clock, deadline)),
-            None => Outcome::NotPresent,
-        };
+        let o = self.s.unload_reconnect(deadline);
         let cl = self.cleanup("cleanup-after-reconnect");
         match (o, cl) {
             (Outcome::Done, Outcome::Done) => Outcome::Done,
@@ -866,8 +822,8 @@ impl HyperV {
     /// network. True when the record can ship over it.
     #[inline(never)]
     fn ship_nic_up(&mut self) -> bool {
-        let (hv, clock) = (self.hv, &self.clock);
-        let Some(c) = self.reconn.as_mut() else {
+        let (hv, clock) = (self.s.hv, &self.s.clock);
+        let Some(c) = self.s.reconn.as_mut() else {
             return false;
         };
         log::info!(
@@ -932,10 +888,7 @@ impl HyperV {
         let deadline = self.ref_deadline(
             crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
         );
-        let o = match self.reconn.as_ref() {
-            Some(c) => Self::report_unload(2, c.unload(self.hv, &self.clock, deadline)),
-            None => Outcome::NotPresent,
-        };
+        let o = self.s.unload_reconnect(deadline);
         let cl = self.cleanup("cleanup-after-reconnect");
         match (o, cl) {
             (Outcome::Done, other) => other,
@@ -943,75 +896,21 @@ impl HyperV {
         }
     }
 
-    /// Panic step 6: crash registers P0-P4 then CRASH_CTL, once per boot.
-    ///
-    /// P0 = "CNRY" << 32 | kind (1 panic, 2 | vector << 8 fault, 3 self-check, 4 drill,
-    /// 0x80 | code other), P1 = guest OS id (as Linux), P2 = pc, P3 = the boot id's first 8
-    /// bytes (little-endian; ties the host's event to the collector's record), P4 = uptime in
-    /// microseconds.
+    /// Panic step 6: crash registers P0-P4 then CRASH_CTL, once per boot
+    /// (`session::crash_words` says what each holds).
     pub fn write_crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
-        if !self.id.crash_msrs() {
-            log::info!("crash: the hypervisor offers no crash MSRs (CPUID 0x40000003 EDX bit 10)");
-            return Outcome::NotPresent;
-        }
-        let kind = match rec.kind {
-            CrashKind::Panic => 1,
-            CrashKind::Fault { vector, .. } => 2 | (vector & 0xff) << 8,
-            CrashKind::SelfCheck => 3,
-            CrashKind::Drill => 4,
-            CrashKind::Other { code, .. } => 0x80 | (code as u64 & 0x7f),
-        };
-        let mut boot = [0u8; 8];
-        boot.copy_from_slice(&rec.boot_id[..8]);
-        let p = [
-            CRASH_P0_MAGIC | kind,
-            self.os_id,
-            rec.registers.pc,
-            u64::from_le_bytes(boot),
-            rec.uptime_us,
-        ];
-        log::info!(
-            "crash: P0..P4 P0={:#x} P1={:#x} P2={:#x} P3={:#x} P4={:#x}; then CRASH_CTL",
-            p[0],
-            p[1],
-            p[2],
-            p[3],
-            p[4]
-        );
-        match CRASH.report(self.hv, CrashReport::Registers(p)) {
-            CrashOutcome::Reported { ctl, .. } => {
-                log::info!("crash: CRASH_CTL={ctl:#x} written; the host has the report");
-                Outcome::Done
-            }
-            CrashOutcome::AlreadyReported => {
-                log::info!("crash: already reported this boot");
-                Outcome::Skipped(SkipReason::AlreadyDone)
-            }
-            CrashOutcome::Failed(e) => {
-                log::error!("crash: writing the crash registers failed: {e}");
-                Outcome::Failed(hv_code(e))
-            }
-        }
+        self.s.write_crash_registers(rec)
     }
 
     /// Panic step 7: any connection still up is unloaded and cleaned up, then the TSC page and
     /// the hypercall page are turned off and the guest OS id cleared (Linux `hyperv_cleanup`).
     pub fn end(&mut self) {
-        if self.reconn.as_ref().is_some_and(|c| c.is_connected()) {
-            let deadline = self.clock.now().saturating_add(REPLY_TIMEOUT);
-            if let Some(c) = self.reconn.as_ref() {
-                let _ = Self::report_unload(2, c.unload(self.hv, &self.clock, deadline));
-            }
+        if self.s.reconn.as_ref().is_some_and(|c| c.is_connected()) {
+            let deadline = self.s.clock.now().saturating_add(REPLY_TIMEOUT);
+            let _ = self.s.unload_reconnect(deadline);
             let _ = self.cleanup("cleanup-at-end");
         }
-        self.clock.disable();
-        if let Err(e) = self.hv.disable_hypercalls() {
-            log::error!("end: disabling hypercalls failed: {e}");
-        }
-        log::info!(
-            "end: readback HYPERCALL={:#x} GUEST_OS_ID={:#x}",
-            self.hv.read_reg(SynReg::Hypercall).unwrap_or(u64::MAX),
-            self.hv.read_reg(SynReg::GuestOsId).unwrap_or(u64::MAX)
-        );
+        self.s.clock.disable();
+        self.s.disable_hypercalls();
     }
 }
