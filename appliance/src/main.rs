@@ -15,11 +15,14 @@ mod aarch64_fdt;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod acpi;
 mod config;
-/// The Hyper-V device glue (netvsc/synthvid bring-up, the panic path's reconnect) is portable:
-/// its tests run on the host against `vmbus-sim`.
+/// The portable halves of the Hyper-V code (the device glue, and the arch-neutral session:
+/// UNLOAD, cleanup, reconnect, crash registers, arm64 detection): their tests run on the host
+/// against `vmbus-sim`. Same module paths as in the kernel (`crate::hyperv::{devices, session}`).
 #[cfg(all(test, not(kernel)))]
-#[path = "hyperv/devices.rs"]
-mod hyperv_devices;
+mod hyperv {
+    pub mod devices;
+    pub mod session;
+}
 mod logring;
 mod sync;
 
