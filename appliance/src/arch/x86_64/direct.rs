@@ -48,6 +48,8 @@ unsafe fn cstr(p: usize, max: usize) -> &'static str {
 /// # Safety
 /// `p` must point to a hvm_start_info in identity-mapped memory.
 unsafe fn parse_pvh(p: usize, bi: &mut BootInfo) {
+    // SAFETY (the readers below): `p` points to the loader's hvm_start_info (caller's
+    // contract); offsets stay inside the structure's documented size.
     let rd32 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u32) };
     let rd64 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u64) };
     if p == 0 || rd32(0) != 0x336e_c578 {
@@ -88,6 +90,8 @@ unsafe fn parse_boot_params(p: usize, bi: &mut BootInfo) {
     if p == 0 {
         return;
     }
+    // SAFETY (the readers below): `p` points to the loader's 4 KiB boot_params (caller's
+    // contract); every offset used is inside it.
     let rd8 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u8) };
     let rd32 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u32) };
     let rd64 = |o: usize| unsafe { core::ptr::read_unaligned((p + o) as *const u64) };
