@@ -263,6 +263,12 @@ fn detect_native() -> Option<(&'static dyn Hypervisor, HvIdentity)> {
 #[cfg(target_arch = "aarch64")]
 fn detect_native() -> Option<(&'static dyn Hypervisor, HvIdentity)> {
     use session::{detect_arm64, Arm64Found, Arm64NotFound};
+    if crate::arch::imp::current_el() == 2 {
+        // We are the hypervisor level ourselves (UEFI left us at EL2): an HVC would trap to
+        // our own vectors, and nothing runs under us.
+        log::info!("hv: not detected (running at EL2: no hypervisor below us)");
+        return None;
+    }
     let info = crate::arch::imp::hypervisor_info();
     let acpi_id = crate::arch::imp::acpi_hypervisor_id();
     let vendor_call = info.present;

@@ -43,7 +43,8 @@ pub const CRASH_P0_MAGIC: u64 = 0x434e_5259 << 32;
 pub const ARM64_STIMER0_PPI: u32 = 31;
 
 /// The FADT Hypervisor Vendor Identity of Hyper-V arm64 (ref §3.1; Linux
-/// `arch/arm64/hyperv/mshyperv.c` `hyperv_detect_via_acpi` compares it with "MsHyperV").
+/// `arch/arm64/hyperv/mshyperv.c` compares `acpi_gbl_FADT.hypervisor_id` with "MsHyperV"
+/// before any hypercall).
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // the aarch64 kernel and the tests
 pub const ACPI_HYPERV_ID: [u8; 8] = *b"MsHyperV";
 
@@ -447,11 +448,14 @@ impl<'a, C: Clock> Session<'a, C> {
         if let Err(e) = self.hv.disable_hypercalls() {
             log::error!("end: disabling hypercalls failed: {e}");
         }
-        log::info!(
-            "end: readback HYPERCALL={:#x} GUEST_OS_ID={:#x}",
-            self.hv.read_reg(SynReg::Hypercall).unwrap_or(u64::MAX),
-            self.hv.read_reg(SynReg::GuestOsId).unwrap_or(u64::MAX)
-        );
+        let guest_os_id = self.hv.read_reg(SynReg::GuestOsId).unwrap_or(u64::MAX);
+        match self.hv.read_reg(SynReg::Hypercall) {
+            Ok(hc) => log::info!("end: readback HYPERCALL={hc:#x} GUEST_OS_ID={guest_os_id:#x}"),
+            // arm64 has no hypercall page register (ref §3.3).
+            Err(_) => {
+                log::info!("end: readback GUEST_OS_ID={guest_os_id:#x} (no HYPERCALL register)")
+            }
+        }
     }
 }
 
