@@ -565,13 +565,22 @@ fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
     };
     let mut after = store.max_id()?.unwrap_or(0);
     if a.lines > 0 {
-        emit(
+        // The id just before the last N records (ids have gaps after `prune`).
+        let last_n = store.list(&Filter {
+            limit: Some(a.lines),
+            reverse: true,
+            ..Filter::default()
+        })?;
+        let from = last_n.last().map(|r| r.id - 1).unwrap_or(after);
+        if let (_, Some(last)) = emit(
             &store,
             &Filter {
-                after_id: Some(after.saturating_sub(a.lines as i64)),
+                after_id: Some(from),
                 ..Filter::default()
             },
-        )?;
+        )? {
+            after = after.max(last);
+        }
     }
     let mut seen = 0u64;
     loop {

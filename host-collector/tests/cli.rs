@@ -175,6 +175,21 @@ fn prune_deletes_old_records_and_keeps_the_newest() {
         .query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(keys, 2, "the dedupe keys follow the records");
+    // tail -n counts records, not ids (ids 1-3 are gone).
+    let tail_seqs = |n: &str| -> Vec<u64> {
+        let o = run_db(&db, &["tail", "--json", "-n", n, "--count", "0"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(tail_seqs("1"), vec![5]);
+    assert_eq!(tail_seqs("5"), vec![4, 5]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let o = run_db(&db, &["prune", "--older-than", "1s"]);
     assert_eq!(stdout(&o).trim(), "Deleted 2 crash records.");
