@@ -479,3 +479,65 @@ fn load_exits_4_when_records_are_never_acked() {
         (Some(0), Some(2))
     );
 }
+
+#[test]
+fn serve_reads_its_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-config.db");
+    let (key_path, key) = write_key(dir.path(), "fleet.key", 0x44);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndb = {:?}\nkey_file = {:?}\nsync = \"full\"\nbatch_max = 8\n",
+            db.to_str().unwrap(),
+            key_path.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("fleet key required"), "{line}");
+    let addr: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rec = sample_bytes([8; 16], 1);
+    assert_eq!(
+        send_record(addr, [8; 16], 1, &rec, Some(&key), None),
+        SendState::Acked
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(count_rows(&db), (1, 1), "stored in the configured database");
+
+    // Mistakes in the file are named.
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nbatchmax = 8\n").unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "serve"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("batchmax"), "{}", stderr(&o));
+    let o = run_db(
+        &db,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            "/nonexistent/key",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("/nonexistent/key"), "{}", stderr(&o));
+}
