@@ -383,3 +383,67 @@ fn stack_overflow_under_uefi_hits_the_guard_page_of_the_canarys_own_stack() {
     // and finds return addresses by scanning (the Microsoft x64 ABI has no frame chain).
     stack_overflow("uefi", "uefi");
 }
+
+#[test]
+fn uefi_load_options_configure_the_canary() {
+    // Hyper-V boot entries (and the UEFI shell) pass options as the image's load options;
+    // `\canary.cfg` is only the fallback. Boot through OVMF's shell with a startup.nsh that
+    // starts the canary with options, and no canary.cfg at all. No NIC: with one, OVMF tries
+    // network boot (minutes) before its shell.
+    build_image("x86_64", "uefi");
+    let out = std::process::Command::new(workspace().join("scripts/qemu-run"))
+        .args(["--boot", "uefi", "--no-build", "--no-net", "--dry-run"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cmd = String::from_utf8(out.stdout).unwrap();
+    // printf %q quoting: only `\,` escapes appear (paths are mktemp names).
+    let argv: Vec<String> = cmd
+        .split_whitespace()
+        .map(|w| w.replace("\\,", ","))
+        .collect();
+    let esp = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("format=raw,file=fat:rw:"))
+        .expect("the ESP directory in the QEMU command line")
+        .to_string();
+    let esp = std::path::Path::new(&esp);
+    std::fs::remove_file(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
+    std::fs::remove_file(esp.join("canary.cfg")).unwrap();
+    std::fs::copy(
+        workspace().join("target/x86_64-unknown-uefi/release/appliance.efi"),
+        esp.join("canary.efi"),
+    )
+    .unwrap();
+    let opts = "collector=10.0.2.2:9 qemu_exit=1 panic_after=0.1 drill_port=7411";
+    std::fs::write(
+        esp.join("startup.nsh"),
+        format!("fs0:\r\ncanary.efi {opts}\r\n"),
+    )
+    .unwrap();
+    let _slot = qemu_slot();
+    let run = std::process::Command::new("timeout")
+        .args(["-k", "2", "120"])
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(esp.parent().unwrap());
+    let serial = String::from_utf8_lossy(&run.stdout).to_string();
+    // The options took effect: the shell's command line (image name first) reached the
+    // canary, and its ready line names the collector and drill port from them.
+    assert!(
+        serial.contains(&format!("cmdline: canary.efi {opts}")),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("canary: ready (network absent), collector 10.0.2.2:9, drill port 7411"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("*** canary PANIC: panic_after=0.100s"),
+        "{serial}"
+    );
+    assert_eq!(run.status.code(), Some(EXIT_NOT_ACKED), "serial:\n{serial}");
+}
