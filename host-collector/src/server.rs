@@ -256,6 +256,7 @@ impl Collector {
             tx,
             evicted_seen: 0,
             expired_seen: 0,
+            writer_gone: false,
         };
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,6 +287,10 @@ impl Collector {
                                 break;
                             }
                         }
+                    }
+                    if rx.writer_gone {
+                        error!("the writer thread stopped; shutting down");
+                        break;
                     }
                 }
             }
@@ -381,6 +386,7 @@ struct Receiver {
     tx: SyncSender<Msg>,
     evicted_seen: u64,
     expired_seen: u64,
+    writer_gone: bool,
 }
 
 impl Receiver {
@@ -508,15 +514,15 @@ impl Receiver {
         self.send(msg);
     }
 
-    fn send(&self, msg: Msg) {
+    fn send(&mut self, msg: Msg) {
         match self.tx.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 Counters::add(&self.counters.queue_full_drops, 1);
             }
             Err(TrySendError::Disconnected(_)) => {
-                // The writer died; `run` reports why when it joins it.
-                Counters::add(&self.counters.queue_full_drops, 1);
+                // The writer died: `run` stops and reports why when it joins it.
+                self.writer_gone = true;
             }
         }
     }
