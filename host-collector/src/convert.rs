@@ -102,6 +102,11 @@ pub fn fields(r: &CrashRecord) -> RecordFields {
 /// Appends `v` as a JSON string literal.
 fn push_json_str(s: &mut String, v: &str) {
     s.push('"');
+    if !v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        s.push_str(v);
+        s.push('"');
+        return;
+    }
     for ch in v.chars() {
         match ch {
             '"' => s.push_str("\\\""),
