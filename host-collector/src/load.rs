@@ -205,7 +205,9 @@ pub async fn run(
     let sockets = (cfg.canaries as u64)
         .min(fd_limit.saturating_sub(64).max(1))
         .min(u64::from(cfg.max_sockets.unwrap_or(u32::MAX).max(1))) as u32;
-    if sockets < cfg.canaries {
+    if u64::from(sockets) < u64::from(cfg.canaries).min(fd_limit.saturating_sub(64).max(1)) {
+        tracing::info!(sockets, "canaries share sockets (--max-sockets)");
+    } else if sockets < cfg.canaries {
         tracing::warn!(
             fd_limit,
             sockets,

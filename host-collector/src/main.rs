@@ -782,7 +782,10 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         print(&(serde_json::to_string(&r)? + "\n"))?;
     } else {
         let shared = if r.sockets < r.canaries {
-            format!(" (sharing {} sockets: fd limit {})", r.sockets, r.fd_limit)
+            format!(
+                " (sharing {} sockets; descriptor limit {})",
+                r.sockets, r.fd_limit
+            )
         } else {
             String::new()
         };

@@ -188,7 +188,24 @@ pub fn record_view(r: &RecordView) -> String {
     if let Some(l) = &f.location {
         kv("Location", &format!("{}:{}:{}", l.file, l.line, l.column));
     }
-    let _ = writeln!(o, "{:>13}: {}", "Registers", value_inline(&f.registers));
+    let reg = |k: &str| f.registers[k].as_str().unwrap_or("?").to_string();
+    let _ = writeln!(
+        o,
+        "{:>13}: pc={} sp={} fp={}",
+        "Registers",
+        reg("pc"),
+        reg("sp"),
+        reg("fp")
+    );
+    if let Some(gpr) = f.registers["gpr"].as_array() {
+        for (row, regs) in gpr.chunks(4).enumerate() {
+            let vals: Vec<String> = regs
+                .iter()
+                .map(|v| format!("{:>18}", v.as_str().unwrap_or("?")))
+                .collect();
+            let _ = writeln!(o, "{pad}gpr[{:>2}] {}", row * 4, vals.join(" "));
+        }
+    }
     if f.backtrace.is_empty() {
         let _ = writeln!(o, "{:>13}: (empty)", "Backtrace");
     } else {
