@@ -541,3 +541,41 @@ fn serve_reads_its_settings_from_the_config_file() {
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("/nonexistent/key"), "{}", stderr(&o));
 }
+
+#[test]
+fn load_scales_to_10000_canaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let srv = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let out = run(&[
+        "load",
+        "--target",
+        &srv.addr.to_string(),
+        "--canaries",
+        "10000",
+        "--records",
+        "10000",
+        "--rto-ms",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = json(&out);
+    assert_eq!(r["acked"], 10000, "{r:#}");
+    // One socket per canary where the descriptor limit (raised to the hard limit) allows it,
+    // shared sockets otherwise.
+    let fd_limit = r["fd_limit"].as_u64().unwrap();
+    assert_eq!(
+        r["sockets"].as_u64().unwrap(),
+        10000.min(fd_limit.saturating_sub(64)),
+        "{r:#}"
+    );
+    assert_eq!(srv.stop("TERM"), 0);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let boots: i64 = c
+        .query_row("SELECT count(DISTINCT boot_id) FROM records", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(boots, 10000);
+}
