@@ -24,7 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  nothing found: `list`, `show` or `tail --count` found no (or too few) crash records
+  1  nothing found: `list` (also --json, --canaries, --rejected) or `show` matched nothing;
+     `tail --count N --timeout D` saw fewer than N new records
   2  bad usage: unknown flag, missing or malformed argument
   3  failure: database, network, configuration or I/O error (the message says which)
   4  `load` finished with records that were never acked";
@@ -433,7 +434,12 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     if a.canaries {
         let rows = store.canaries()?;
         if a.json {
-            return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+            print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+            return if rows.is_empty() {
+                Err(Exit(1).into())
+            } else {
+                Ok(())
+            };
         }
         if rows.is_empty() {
             eprintln!("No canaries seen.");
@@ -444,7 +450,12 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     if a.rejected {
         let rows = store.rejections()?;
         if a.json {
-            return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+            print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+            return if rows.is_empty() {
+                Err(Exit(1).into())
+            } else {
+                Ok(())
+            };
         }
         if rows.is_empty() {
             eprintln!("No rejected records found.");
