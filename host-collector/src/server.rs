@@ -1,19 +1,21 @@
-//! `serve`: the UDP receiver (tokio) and the batching SQLite writer (a dedicated thread).
+//! `serve`: the UDP receiver thread, the batching SQLite writer thread and the acker thread.
 //!
 //! ```text
-//!  UDP ──► receiver task ──(bounded queue)──► writer thread ──► SQLite (one txn per batch)
-//!          check CRC/auth,                    commit, then ack every record of the batch
-//!          reassemble, decode
+//!  UDP ──► receiver thread ──(bounded queue)──► writer thread ──► SQLite (one txn per batch)
+//!          recvmmsg; check CRC/auth,            commit, then hand the batch's acks over
+//!          reassemble, decode                   ──► acker thread: sendmmsg
 //! ```
 //! A record is acked only after the transaction holding it has committed. Duplicates are
 //! detected by the database's unique key `(boot_id, seq, record_crc)`, so they are idempotent
 //! across restarts too.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use capture::chunk::{Push, Reassembler, ReassemblerConfig};
@@ -23,6 +25,7 @@ use capture::{Key, RecordId};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use crate::mmsg;
 use crate::store::{
     HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError, Sync,
 };
@@ -231,85 +234,217 @@ impl Collector {
             store,
             counters,
         } = self;
-        let (tx, rx) = mpsc::sync_channel::<Msg>(cfg.queue_capacity.max(1));
-        // Acks flow back from the writer (after each commit) to this task, which sends them:
-        // the writer thread is the busier one.
-        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Ack>>();
+        // The receiver thread blocks in recvmmsg; it looks at `stop` at least this often.
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let queue = Arc::new(Queue::new(cfg.queue_capacity.max(1)));
+        // Acks flow from the writer (after each commit) to the acker thread, which sends them
+        // with sendmmsg: the writer thread is the busier one.
+        let (ack_tx, ack_rx) = mpsc::channel::<Vec<Ack>>();
+        let acker = {
+            let acker = Acker {
+                key: cfg.key.clone(),
+                counters: counters.clone(),
+                sock: socket.try_clone()?,
+            };
+            std::thread::Builder::new()
+                .name("collector-acker".into())
+                .spawn(move || acker.run(ack_rx))?
+        };
         let writer = {
             let counters = counters.clone();
+            let queue = queue.clone();
             let batch_max = cfg.batch_max.max(1);
             let delay = cfg.commit_delay;
             std::thread::Builder::new()
                 .name("collector-writer".into())
-                .spawn(move || writer_loop(store, rx, ack_tx, counters, batch_max, delay))?
+                .spawn(move || {
+                    let _gone = WriterGone(queue.clone());
+                    writer_loop(store, &queue, ack_tx, counters, batch_max, delay)
+                })?
         };
-        let sock = tokio::net::UdpSocket::from_std(socket)?;
-        let mut rx = Receiver {
-            reasm: Reassembler::new(ReassemblerConfig {
-                max_pending_per_source: cfg.max_pending_per_source.max(1),
-                max_pending_total: cfg.max_pending_total.max(1),
-                ..ReassemblerConfig::default()
-            }),
-            started: Instant::now(),
-            key: cfg.key.clone(),
-            counters: counters.clone(),
-            tx,
-            evicted_seen: 0,
-            expired_seen: 0,
-            writer_gone: false,
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let receiver = {
+            let rx = Receiver {
+                reasm: Reassembler::new(ReassemblerConfig {
+                    max_pending_per_source: cfg.max_pending_per_source.max(1),
+                    max_pending_total: cfg.max_pending_total.max(1),
+                    ..ReassemblerConfig::default()
+                }),
+                started: Instant::now(),
+                key: cfg.key.clone(),
+                counters: counters.clone(),
+                queue: queue.clone(),
+                out: Vec::with_capacity(mmsg::BATCH),
+                evicted_seen: 0,
+                expired_seen: 0,
+                writer_gone: false,
+            };
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("collector-recv".into())
+                .spawn(move || {
+                    let r = receive_loop(rx, &socket, &stop);
+                    let _ = done_tx.send(());
+                    r
+                })?
         };
-        let mut expiry = tokio::time::interval(Duration::from_secs(1));
-        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut acker = Acker {
-            key: cfg.key.clone(),
-            buf: [0u8; wire::MAX_DATAGRAM],
-            counters: counters.clone(),
-        };
-        let mut buf = vec![0u8; 65536];
         tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                Some(acks) = ack_rx.recv() => acker.send_all(&sock, &acks).await,
-                _ = expiry.tick() => rx.expire(),
-                r = sock.readable() => {
-                    r?;
-                    // Drain what is there, but return to the select now and then so acks
-                    // and a signal are seen promptly under sustained load.
-                    for _ in 0..1024 {
-                        match sock.try_recv_from(&mut buf) {
-                            Ok((n, peer)) => rx.handle(&buf[..n], peer),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                // ICMP errors surface here on Linux; they are not fatal.
-                                debug!("recv: {e}");
-                                break;
-                            }
-                        }
-                    }
-                    if rx.writer_gone {
-                        error!("the writer thread stopped; shutting down");
-                        break;
-                    }
-                }
-            }
+        tokio::select! {
+            _ = &mut shutdown => {}
+            // The receiver stopped by itself: the writer died (or the socket failed).
+            _ = done_rx => {}
         }
+        stop.store(true, Ordering::Relaxed);
         info!("stopping: committing queued records");
-        drop(rx); // closes the queue: the writer drains it, commits, acks and exits
-        while let Some(acks) = ack_rx.recv().await {
-            acker.send_all(&sock, &acks).await;
-        }
-        let mut store = writer
+        let recv_result = receiver
             .join()
-            .map_err(|_| ServeError::Writer("panicked".into()))?
-            .map_err(|e| ServeError::Writer(e.to_string()))?;
+            .map_err(|_| ServeError::Writer("the receiver thread panicked".into()))?;
+        // The receiver is gone: the queue is closed, the writer drains it, commits, hands the
+        // acks over and exits; then the acker sends them and exits.
+        queue.close();
+        let store = writer
+            .join()
+            .map_err(|_| ServeError::Writer("panicked".into()))?;
+        let _ = acker.join();
+        let mut store = store.map_err(|e| ServeError::Writer(e.to_string()))?;
         // The last acks_sent (and anything counted since the writer's last commit).
         store
             .commit_batch(&[], &[], &[], &counters.take())
             .map_err(|e| ServeError::Writer(e.to_string()))?;
+        recv_result?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The receiver thread: recvmmsg, check and decode each datagram, queue the batch's records.
+fn receive_loop(
+    mut rx: Receiver,
+    sock: &StdUdpSocket,
+    stop: &AtomicBool,
+) -> Result<(), ServeError> {
+    let mut batch = mmsg::RecvBatch::new();
+    let mut last_expiry = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match batch.recv(sock) {
+            Ok(n) => {
+                for i in 0..n {
+                    if let Some((d, peer)) = batch.get(i) {
+                        rx.handle(d, peer);
+                    }
+                }
+                rx.flush();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            // ICMP errors surface here on Linux; they are not fatal.
+            Err(e) => debug!("recv: {e}"),
+        }
+        if last_expiry.elapsed() >= Duration::from_secs(1) {
+            last_expiry = Instant::now();
+            rx.expire();
+        }
+        if rx.writer_gone {
+            error!("the writer thread stopped; shutting down");
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The bounded queue from the receiver to the writer: at most `cap` messages. The receiver
+/// adds a whole recvmmsg batch under one lock; the writer takes up to a batch at once.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    msgs: VecDeque<Msg>,
+    /// No more messages will come (the receiver stopped).
+    closed: bool,
+    /// The writer is gone: nothing will take messages any more.
+    writer_gone: bool,
+    /// The writer waits for messages.
+    waiting: bool,
+}
+
+impl Queue {
+    fn new(cap: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves what fits of `msgs` into the queue. Returns how many did not fit (dropped), or
+    /// `None` if the writer is gone.
+    fn push_all(&self, msgs: &mut Vec<Msg>) -> Option<u64> {
+        let mut st = self.lock();
+        if st.writer_gone {
+            msgs.clear();
+            return None;
+        }
+        let room = self.cap.saturating_sub(st.msgs.len());
+        let dropped = msgs.len().saturating_sub(room) as u64;
+        msgs.truncate(room);
+        st.msgs.extend(msgs.drain(..));
+        let wake = st.waiting && !st.msgs.is_empty();
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        Some(dropped)
+    }
+
+    /// Waits up to `timeout` for messages and moves up to `max` of them into `b`. Returns
+    /// false once the queue is closed and empty.
+    fn take(&self, b: &mut Batch, max: usize, timeout: Duration) -> bool {
+        let mut st = self.lock();
+        if st.msgs.is_empty() && !st.closed {
+            st.waiting = true;
+            st = self
+                .ready
+                .wait_timeout_while(st, timeout, |s| s.msgs.is_empty() && !s.closed)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            st.waiting = false;
+        }
+        let n = st.msgs.len().min(max.saturating_sub(b.len()));
+        for m in st.msgs.drain(..n) {
+            b.push(m);
+        }
+        !(st.closed && st.msgs.is_empty())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Marks the queue's writer gone when the writer thread ends (returns, fails or panics).
+struct WriterGone(Arc<Queue>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.writer_gone = true;
+        st.msgs.clear();
     }
 }
 
@@ -323,42 +458,51 @@ struct Ack {
 
 struct Acker {
     key: Option<Key>,
-    buf: [u8; wire::MAX_DATAGRAM],
     counters: Arc<Counters>,
+    sock: StdUdpSocket,
 }
 
 impl Acker {
-    async fn send_all(&mut self, sock: &tokio::net::UdpSocket, acks: &[Ack]) {
-        let mut sent = 0;
-        for a in acks {
-            let id = RecordId {
-                boot_id: a.key.boot_id,
-                seq: a.key.seq,
-                record_crc: a.key.record_crc,
-            };
-            let n = match Repr::Ack(AckRepr::for_record(&id, a.status))
-                .emit(self.key.as_ref(), &mut self.buf)
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    error!("cannot build ack: {e}");
-                    continue;
-                }
-            };
-            let d = &self.buf[..n];
-            let r = match sock.try_send_to(d, a.peer) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    sock.send_to(d, a.peer).await
-                }
-                r => r,
-            };
-            match r {
-                Ok(_) => sent += 1,
-                // A lost ack only costs the sender a retransmit.
-                Err(e) => debug!(peer = %a.peer, "ack not sent: {e}"),
+    /// Sends every batch of acks the writer hands over, until the writer is gone.
+    fn run(self, rx: mpsc::Receiver<Vec<Ack>>) {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut lens: Vec<(usize, SocketAddr)> = Vec::new();
+        let mut frame = [0u8; wire::MAX_DATAGRAM];
+        while let Ok(mut acks) = rx.recv() {
+            // Whatever else is already waiting goes out in the same sendmmsg calls.
+            while let Ok(more) = rx.try_recv() {
+                acks.extend(more);
             }
+            buf.clear();
+            lens.clear();
+            for a in &acks {
+                let id = RecordId {
+                    boot_id: a.key.boot_id,
+                    seq: a.key.seq,
+                    record_crc: a.key.record_crc,
+                };
+                match Repr::Ack(AckRepr::for_record(&id, a.status))
+                    .emit(self.key.as_ref(), &mut frame)
+                {
+                    Ok(n) => {
+                        buf.extend_from_slice(&frame[..n]);
+                        lens.push((n, a.peer));
+                    }
+                    Err(e) => error!("cannot build ack: {e}"),
+                }
+            }
+            let mut off = 0;
+            let msgs: Vec<(&[u8], SocketAddr)> = lens
+                .iter()
+                .map(|&(n, peer)| {
+                    let d = &buf[off..off + n];
+                    off += n;
+                    (d, peer)
+                })
+                .collect();
+            let sent = mmsg::send_all(&self.sock, &msgs);
+            Counters::add(&self.counters.acks_sent, sent as u64);
         }
-        Counters::add(&self.counters.acks_sent, sent);
     }
 }
 
@@ -383,7 +527,9 @@ struct Receiver {
     started: Instant,
     key: Option<Key>,
     counters: Arc<Counters>,
-    tx: SyncSender<Msg>,
+    queue: Arc<Queue>,
+    /// Messages of the current recvmmsg batch, queued together by [`Receiver::flush`].
+    out: Vec<Msg>,
     evicted_seen: u64,
     expired_seen: u64,
     writer_gone: bool,
@@ -515,15 +661,20 @@ impl Receiver {
     }
 
     fn send(&mut self, msg: Msg) {
-        match self.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                Counters::add(&self.counters.queue_full_drops, 1);
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                // The writer died: `run` stops and reports why when it joins it.
-                self.writer_gone = true;
-            }
+        self.out.push(msg);
+    }
+
+    /// Queues the messages of the batch for the writer; what does not fit is dropped unacked
+    /// and counted (`queue_full_drops`): its sender retransmits.
+    fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        match self.queue.push_all(&mut self.out) {
+            Some(0) => {}
+            Some(dropped) => Counters::add(&self.counters.queue_full_drops, dropped),
+            // The writer died: `run` stops and reports why when it joins it.
+            None => self.writer_gone = true,
         }
     }
 }
@@ -565,8 +716,8 @@ impl Batch {
 
 fn writer_loop(
     mut store: Store,
-    rx: mpsc::Receiver<Msg>,
-    acks_out: tokio::sync::mpsc::UnboundedSender<Vec<Ack>>,
+    queue: &Queue,
+    acks_out: mpsc::Sender<Vec<Ack>>,
     counters: Arc<Counters>,
     batch_max: usize,
     delay: Option<Duration>,
@@ -576,24 +727,8 @@ fn writer_loop(
     let mut last_commit = Instant::now();
     let tick = Duration::from_millis(200);
     while !closed {
-        match rx.recv_timeout(tick) {
-            Ok(m) => {
-                b.push(m);
-                // Group commit: take whatever else is already queued, up to batch_max.
-                while b.len() < batch_max {
-                    match rx.try_recv() {
-                        Ok(m) => b.push(m),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => closed = true,
-        }
+        // Group commit: take whatever is queued, up to batch_max.
+        closed = !queue.take(&mut b, batch_max, tick);
         if b.len() == 0 && !closed && last_commit.elapsed() < tick {
             continue;
         }
