@@ -137,6 +137,11 @@ pub fn run(cfg: &'static Config) -> ! {
     let fault_at = cfg.fault_after_ms.map(|ms| t_ready + ms * 1000);
     let overflow_at = cfg.stack_overflow_after_ms.map(|ms| t_ready + ms * 1000);
     let mut drill_at: Option<(u64, u64)> = None;
+    // Halt between polls unless Hyper-V owns the interrupt controller (SynIC, stimers).
+    let halts = HYPERV.try_lock().is_some_and(|g| g.is_none()) && crate::arch::idle_init();
+    if !halts {
+        log::info!("idle: spinning between polls");
+    }
     loop {
         let now = crate::arch::now_us();
         if let Some(d) = poll_net() {
@@ -191,7 +196,25 @@ pub fn run(cfg: &'static Config) -> ! {
             heartbeat(hb_seq);
             hb_seq = hb_seq.wrapping_add(1);
         }
-        core::hint::spin_loop();
+        // Sleep until the next thing to do, at most 1 ms (the NIC is polled, so that bounds
+        // how late a drill or an ack is seen).
+        let mut next = now + IDLE_MAX_US;
+        for t in [
+            Some(next_check),
+            panic_at,
+            fault_at,
+            overflow_at,
+            drill_at.map(|d| d.0),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(t);
+        }
+        if cfg.heartbeat_ms > 0 {
+            next = next.min(next_hb);
+        }
+        crate::arch::idle(next.saturating_sub(crate::arch::now_us()));
     }
 }
 
@@ -204,6 +227,9 @@ fn recurse(n: u64) -> u64 {
     }
     recurse(n + 1).wrapping_add(frame[63])
 }
+
+/// The longest halt between two polls of the NIC.
+const IDLE_MAX_US: u64 = 1000;
 
 /// An address no boot path maps (above every identity map we or the firmware build).
 const BAD_ADDRESS: usize = 0x7fff_ffff_f000;

@@ -447,3 +447,38 @@ fn uefi_load_options_configure_the_canary() {
     );
     assert_eq!(run.status.code(), Some(EXIT_NOT_ACKED), "serial:\n{serial}");
 }
+
+#[test]
+fn idle_canary_halts_between_polls_instead_of_spinning() {
+    // 2 s of idle running: a spinning vCPU costs QEMU about 2 s of CPU time; halting on the
+    // local-APIC timer between polls costs a small fraction. Measured as the CPU time of the
+    // children (bash `times`), which host load does not inflate.
+    build_image("x86_64", "direct");
+    let _slot = qemu_slot();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            "scripts/qemu-run --no-build --no-net --panic-after 2 --timeout 60 >/tmp/canary-idle-$$.log; \
+             s=$?; grep -h 'idle:' /tmp/canary-idle-$$.log; rm -f /tmp/canary-idle-$$.log; times; exit $s",
+        )
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(EXIT_NOT_ACKED), "{text}");
+    assert!(text.contains("idle: local APIC timer"), "{text}");
+    // `times` prints the shell's, then the children's "XmY.YYYs XmY.YYYs" (user, system).
+    let children = text.lines().last().unwrap_or("");
+    let secs = |t: &str| -> f64 {
+        let (m, s) = t
+            .trim_end_matches('s')
+            .split_once('m')
+            .unwrap_or(("0", "0"));
+        m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0)
+    };
+    let cpu: f64 = children.split_whitespace().map(secs).sum();
+    assert!(
+        cpu < 1.0,
+        "QEMU used {cpu:.2} s of CPU over 2 s of idle running:\n{text}"
+    );
+}

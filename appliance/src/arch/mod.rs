@@ -100,3 +100,26 @@ pub fn timer_calibrated() -> bool {
         true
     }
 }
+
+/// Sets up halting between polls (x86_64: the local APIC timer). False: idling spins.
+pub fn idle_init() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::idle::init()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Waits about `us` microseconds (halted if `idle_init` succeeded, else one spin).
+pub fn idle(us: u64) {
+    #[cfg(target_arch = "x86_64")]
+    imp::idle::idle(us);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = us;
+        core::hint::spin_loop();
+    }
+}

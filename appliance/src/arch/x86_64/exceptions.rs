@@ -46,6 +46,49 @@ global_asm!(
     options(att_syntax)
 );
 
+// Every vector from 32 up (the idle loop's APIC timer, anything spurious): EOI and return.
+// Only reachable inside `idle::idle`'s `sti; hlt; cli`. Caller-saved registers are kept; the
+// CPU aligned RSP to 16 before its 5-word frame, so 9 pushes leave it aligned for the call.
+global_asm!(
+    r#"
+    .text
+    .balign 16
+    .global canary_wake_isr
+    canary_wake_isr:
+        push %rax
+        push %rcx
+        push %rdx
+        push %rsi
+        push %rdi
+        push %r8
+        push %r9
+        push %r10
+        push %r11
+        call {eoi}
+        pop %r11
+        pop %r10
+        pop %r9
+        pop %r8
+        pop %rdi
+        pop %rsi
+        pop %rdx
+        pop %rcx
+        pop %rax
+        iretq
+"#,
+    eoi = sym super::idle::eoi,
+    options(att_syntax)
+);
+
+fn wake_isr() -> u64 {
+    let a: u64;
+    // SAFETY: computes the address of a code label.
+    unsafe {
+        core::arch::asm!("lea {}, [rip + canary_wake_isr]", out(reg) a, options(nomem, nostack, preserves_flags))
+    };
+    a
+}
+
 fn isr_base() -> u64 {
     let base: u64;
     // SAFETY: computes the address of a code label.
@@ -148,9 +191,9 @@ extern "sysv64" fn trap(f: &TrapFrame) -> ! {
 }
 
 #[repr(C, align(16))]
-struct Idt([u64; 64]);
+struct Idt([u64; 512]);
 
-static mut IDT: Idt = Idt([0; 64]);
+static mut IDT: Idt = Idt([0; 512]);
 
 pub fn install() {
     super::cpu::install_gdt_tss();
@@ -162,8 +205,9 @@ pub fn install() {
     unsafe {
         let idt = &mut *core::ptr::addr_of_mut!(IDT);
         let base = isr_base();
-        for v in 0..32usize {
-            let h = base + 16 * v as u64;
+        let wake = wake_isr();
+        for v in 0..256usize {
+            let h = if v < 32 { base + 16 * v as u64 } else { wake };
             // #DF and #PF on IST1 (the fault stack): a stack overflow still gets a handler.
             let ist: u64 = if v == 8 || v == 14 { 1 } else { 0 };
             let lo = (h & 0xffff)
@@ -175,7 +219,7 @@ pub fn install() {
             idt.0[v * 2 + 1] = h >> 32;
         }
         let ptr = DescPtr {
-            limit: (32 * 16 - 1) as u16,
+            limit: (256 * 16 - 1) as u16,
             base: idt.0.as_ptr() as u64,
         };
         core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));

@@ -7,11 +7,12 @@ mod cpu;
 #[cfg(target_os = "none")]
 mod direct;
 pub mod exceptions;
+pub mod idle;
 mod port;
 pub mod serial;
+pub mod timer;
 #[cfg(target_os = "uefi")]
 pub mod uefi_stack;
-pub mod timer;
 
 pub use exceptions::install as install_exceptions;
 use port::{inb, inl, outb, outl};
