@@ -27,7 +27,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::mmsg;
 use crate::store::{
-    HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError, Sync,
+    Checkpointer, HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError,
+    Sync,
 };
 use crate::util::now_us;
 
@@ -251,6 +252,10 @@ impl Collector {
                 .name("collector-acker".into())
                 .spawn(move || acker.run(ack_rx))?
         };
+        // WAL checkpoints run on their own thread (below), not in the writer's commits.
+        if let Err(e) = store.set_autocheckpoint(0) {
+            warn!("cannot turn off automatic checkpoints: {e}");
+        }
         let writer = {
             let counters = counters.clone();
             let queue = queue.clone();
@@ -262,6 +267,22 @@ impl Collector {
                     let _gone = WriterGone(queue.clone());
                     writer_loop(store, &queue, ack_tx, counters, batch_max, delay)
                 })?
+        };
+        let ckpt_stop = Arc::new(AtomicBool::new(false));
+        let checkpointer = match Checkpointer::open(&cfg.db, cfg.sync) {
+            Ok(c) => {
+                let stop = ckpt_stop.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("collector-ckpt".into())
+                        .spawn(move || checkpoint_loop(c, &stop))?,
+                )
+            }
+            Err(e) => {
+                // The writer's own automatic checkpoints stay on.
+                warn!("cannot open a checkpoint connection: {e}");
+                None
+            }
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -308,6 +329,10 @@ impl Collector {
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?;
         let _ = acker.join();
+        ckpt_stop.store(true, Ordering::Relaxed);
+        if let Some(c) = checkpointer {
+            let _ = c.join();
+        }
         let mut store = store.map_err(|e| ServeError::Writer(e.to_string()))?;
         // The last acks_sent (and anything counted since the writer's last commit).
         store
@@ -316,6 +341,38 @@ impl Collector {
         recv_result?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// WAL size (pages) past which the checkpointer makes the writer wait for a `RESTART`
+/// checkpoint, so the WAL starts over (under sustained load the passive checkpoints never
+/// catch up with the writer, and the WAL would grow without bound). The passive rounds before
+/// it have copied nearly everything, so the writer waits only for the rest. 16 KiB pages:
+/// 256 MiB, the size the writer's own automatic checkpoints used to keep.
+const WAL_RESTART_PAGES: i64 = 16384;
+
+/// The checkpoint thread: copies the WAL into the database file every 200 ms without
+/// blocking the writer, catching up in a few quick rounds so that the WAL can start over.
+fn checkpoint_loop(c: Checkpointer, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut r = c.passive();
+        for _ in 0..8 {
+            match r {
+                Ok((log, done)) if done < log => r = c.passive(),
+                _ => break,
+            }
+        }
+        match r {
+            Ok((log, _)) if log > WAL_RESTART_PAGES => {
+                debug!(pages = log, "WAL too long: restart checkpoint");
+                if let Err(e) = c.restart() {
+                    warn!("checkpoint: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("checkpoint: {e}"),
+        }
     }
 }
 

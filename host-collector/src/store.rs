@@ -508,6 +508,13 @@ impl Store {
         Ok(store)
     }
 
+    /// Sets after how many WAL pages a commit on this connection checkpoints by itself (0:
+    /// never; `serve` checkpoints from a [`Checkpointer`] thread instead).
+    pub fn set_autocheckpoint(&self, pages: u32) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
     /// Makes this the only process that writes records to the database at `path` (an
     /// exclusive lock on `PATH.lock`, released when the process ends, even by SIGKILL). The
     /// dedupe set of [`Store::commit_batch`] relies on it.
@@ -967,6 +974,51 @@ impl Store {
     }
 }
 
+/// A second connection to a database that only copies the WAL back into the database file
+/// (`PRAGMA wal_checkpoint`), so the writer does not have to.
+pub struct Checkpointer {
+    conn: Connection,
+}
+
+impl Checkpointer {
+    /// Opens `path` (already created by [`Store::open`]) with the same `synchronous` level: a
+    /// checkpoint syncs the WAL before and the database after copying (`normal` and `full`).
+    pub fn open(path: &Path, sync: Sync) -> Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Sync::Normal => "NORMAL",
+                Sync::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(Checkpointer { conn })
+    }
+
+    /// Copies what it can without waiting for the writer (`PASSIVE`). Returns the WAL's size
+    /// and how much of it is now in the database file, in pages.
+    pub fn passive(&self) -> Result<(i64, i64)> {
+        self.run("PASSIVE")
+    }
+
+    /// Waits for the writer's current transaction, copies the whole WAL and makes the next
+    /// commit start the WAL from its beginning again (`RESTART`): bounds the WAL's size.
+    pub fn restart(&self) -> Result<(i64, i64)> {
+        self.run("RESTART")
+    }
+
+    fn run(&self, mode: &str) -> Result<(i64, i64)> {
+        Ok(self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })?)
+    }
+}
+
 const FULL_COLUMNS: &str = "id, boot_id, seq, record_crc, received_at_us, source, schema_major,
     schema_minor, build_id, arch, boot_mode, hypervisor, vmbus_version, uptime_us, kind,
     kind_detail, message, file, line, col, registers, backtrace, log_tail, steps, raw";
@@ -1141,6 +1193,28 @@ mod tests {
         assert_eq!(left, vec![3, 4]);
         assert_eq!(s.prune_before(400).unwrap(), 1);
         assert_eq!(s.stats().unwrap().records, 1);
+    }
+
+    #[test]
+    fn checkpointer_copies_the_writers_wal_and_restart_starts_it_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut s = Store::open(&path, Sync::Normal).unwrap();
+        s.set_autocheckpoint(0).unwrap();
+        let recs: Vec<_> = (0..50).map(|i| sample(i, i as i64)).collect();
+        s.commit_batch(&recs, &[], &[], &[]).unwrap();
+        let c = Checkpointer::open(&path, Sync::Normal).unwrap();
+        let (log, done) = c.passive().unwrap();
+        assert!(log > 0, "the writer's commit is in the WAL");
+        assert_eq!(done, log, "an idle writer's WAL is copied completely");
+        c.restart().unwrap();
+        s.commit_batch(&[sample(100, 1)], &[], &[], &[]).unwrap();
+        let (log2, _) = c.passive().unwrap();
+        assert!(
+            log2 < log,
+            "after RESTART the WAL starts over ({log2} >= {log} pages)"
+        );
+        assert_eq!(s.stats().unwrap().records, 51);
     }
 
     #[test]
