@@ -138,7 +138,8 @@ pub fn run(cfg: &'static Config) -> ! {
     let overflow_at = cfg.stack_overflow_after_ms.map(|ms| t_ready + ms * 1000);
     let mut drill_at: Option<(u64, u64)> = None;
     // Halt between polls unless Hyper-V owns the interrupt controller (SynIC, stimers).
-    let halts = HYPERV.try_lock().is_some_and(|g| g.is_none()) && crate::arch::idle_init();
+    let halts =
+        cfg.idle_halt && HYPERV.try_lock().is_some_and(|g| g.is_none()) && crate::arch::idle_init();
     if !halts {
         log::info!("idle: spinning between polls");
     }

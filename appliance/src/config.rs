@@ -55,6 +55,8 @@ pub struct Config {
     /// x86_64: the TSC frequency in kHz, instead of calibrating it against the PIT (for
     /// machines without a PIT, or to test the timer self-check).
     pub tsc_khz: Option<u64>,
+    /// Halt between polls (x86_64 local-APIC timer) instead of spinning.
+    pub idle_halt: bool,
     /// Allowed drift between the counter and the reference clock, in percent.
     pub timer_tolerance_pct: u32,
     pub log_level: log::LevelFilter,
@@ -86,6 +88,7 @@ impl Default for Config {
             nested_panic: false,
             qemu_exit: false,
             tsc_khz: None,
+            idle_halt: true,
             timer_tolerance_pct: 50,
             log_level: log::LevelFilter::Info,
             key: None,
@@ -195,6 +198,13 @@ impl Config {
                 "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
+                "idle" => match v {
+                    "halt" => Some(true),
+                    "spin" => Some(false),
+                    _ => None,
+                }
+                .map(|b| c.idle_halt = b)
+                .is_some(),
                 "tsc_khz" => match v.parse::<u64>() {
                     Ok(k) if k >= 1000 => {
                         c.tsc_khz = Some(k);
@@ -260,7 +270,7 @@ mod tests {
              drill_port=9001 panic_action=poweroff selfcheck_ms=250 heartbeat_ms=0 \
              deadline_ms=1500 unload_deadline_ms=5000 panic_after=0.25 fault_after=3 \
              stack_overflow_after=4 \
-             nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug tsc_khz=2500000",
+             nested_panic=1 qemu_exit=yes timer_tolerance_pct=20 log=debug tsc_khz=2500000 idle=spin",
         );
         assert_eq!(c.collector, ([192, 168, 1, 5], 9000));
         assert_eq!(
@@ -281,6 +291,7 @@ mod tests {
         assert!(c.nested_panic && c.qemu_exit);
         assert_eq!(c.timer_tolerance_pct, 20);
         assert_eq!(c.tsc_khz, Some(2_500_000));
+        assert!(!c.idle_halt);
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert!(c.warnings.is_empty(), "{}", c.warnings);
     }
