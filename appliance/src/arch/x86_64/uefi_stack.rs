@@ -137,22 +137,41 @@ pub fn stack_range() -> (u64, u64) {
     (base, base + STACK as u64)
 }
 
-/// The loaded image (`__ImageBase`, and SizeOfImage from its PE optional header: PE/COFF
-/// spec, e_lfanew at 0x3c, SizeOfImage at optional header offset 56).
-fn image_range() -> (u64, u64) {
+/// The executable part of our loaded image: `__ImageBase` plus the span of the sections
+/// marked IMAGE_SCN_MEM_EXECUTE (PE/COFF spec: e_lfanew at 0x3c; NumberOfSections at +6 and
+/// SizeOfOptionalHeader at +20 of the COFF header; 40-byte section headers after the
+/// optional header with VirtualSize at 8, VirtualAddress at 12, Characteristics at 36).
+/// Only code: the image's data and .bss (which hold this very stack and its guard page) are
+/// not, so a stack word pointing there is never dereferenced.
+fn text_range() -> (u64, u64) {
     unsafe extern "C" {
         static __ImageBase: u8;
     }
     let base = core::ptr::addr_of!(__ImageBase) as u64;
-    // SAFETY: the PE headers of our own image are mapped.
-    let size = unsafe {
-        let lfanew = core::ptr::read_unaligned((base + 0x3c) as *const u32) as u64;
-        core::ptr::read_unaligned((base + lfanew + 24 + 56) as *const u32) as u64
-    };
-    (base, base + size)
+    // SAFETY: the PE headers of our own image are mapped and were checked by the firmware.
+    unsafe {
+        let rd16 = |a: u64| core::ptr::read_unaligned(a as *const u16) as u64;
+        let rd32 = |a: u64| core::ptr::read_unaligned(a as *const u32) as u64;
+        let coff = base + rd32(base + 0x3c) + 4;
+        let sections = rd16(coff + 2);
+        let table = coff + 20 + rd16(coff + 16);
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        for k in 0..sections.min(96) {
+            let h = table + k * 40;
+            if rd32(h + 36) & 0x2000_0000 != 0 {
+                lo = lo.min(base + rd32(h + 12));
+                hi = hi.max(base + rd32(h + 12) + rd32(h + 8));
+            }
+        }
+        if lo < hi {
+            (lo, hi)
+        } else {
+            (0, 0)
+        }
+    }
 }
 
-/// Whether the bytes before `ret` end in a call instruction (E8 rel32; FF /2 with a
+/// Whether `ret` is in our code and the bytes before it end in a call instruction (E8 rel32; FF /2 with a
 /// register, [reg], disp8, disp32 or RIP-relative operand, with or without REX).
 fn after_call(ret: u64, image: (u64, u64)) -> bool {
     if ret < image.0 + 7 || ret >= image.1 {
@@ -179,7 +198,7 @@ pub fn scan_backtrace(sp: u64, out: &mut heapless::Vec<u64, { capture::record::B
     if sp < lo || sp >= hi {
         return;
     }
-    let image = image_range();
+    let image = text_range();
     let mut a = sp & !7;
     while a + 8 <= hi && !out.is_full() {
         // SAFETY: `a` is inside our stack, which is mapped (the guard page is below `lo`).
