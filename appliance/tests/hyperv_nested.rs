@@ -347,6 +347,24 @@ fn detects_hyper_v_with_synic_stimer_and_crash_msrs() {
 }
 
 #[test]
+fn tsc_measured_against_reference_time_agrees_with_the_pit_calibration() {
+    // A Gen2 VM has no PIT, so on Hyper-V the canary measures the TSC against the
+    // hypervisor's reference time (TIME_REF_COUNT / TSC page, 100 ns units). Here L2 also has
+    // a PIT, so the two calibrations can be compared: they must agree (loosely: TCG timing
+    // under load), which catches a wrong unit or scale in either.
+    let r = qemu72_panic();
+    let l = r.line("hv: tsc calibration");
+    let tsc = hex_field(l, "tsc_khz");
+    let arch = hex_field(l, "arch_khz");
+    assert!(tsc > 0 && arch > 0, "{l}\n{}", r.diag());
+    assert!(
+        tsc.abs_diff(arch) * 4 <= arch,
+        "reference-time TSC {tsc} kHz vs PIT {arch} kHz differ by more than 25%: {l}"
+    );
+    assert!(l.ends_with("kept"), "PIT calibration present, so kept: {l}");
+}
+
+#[test]
 fn hypercall_page_is_installed_after_the_guest_os_id() {
     let r = qemu72_panic();
     let os = r.line("hv: guest os id");

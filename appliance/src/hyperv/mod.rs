@@ -370,6 +370,44 @@ fn synic_mode(hv: &dyn Hypervisor) -> (SynicMode, CleanupConfig) {
     (SynicMode::Polling, ppis)
 }
 
+/// The TSC frequency measured against the hypervisor's reference time (100 ns units, ref
+/// §3.4). A Gen2 VM has no PIT to calibrate against and CPUID may not state the frequency, in
+/// which case the arch timer runs on a guess; the reference clock is the authority on Hyper-V.
+/// Always measured and logged (the nested tests compare it with the PIT calibration); adopted
+/// only when the arch timer is not calibrated otherwise.
+#[cfg(target_arch = "x86_64")]
+fn calibrate_tsc(clock: &ReferenceTime<'_>) {
+    use crate::arch::imp::timer;
+    use vmbus::Clock;
+    const WINDOW_100NS: u64 = 100_000; // 10 ms
+    let r0 = clock.now();
+    let t0 = timer::rdtsc();
+    // Bounded: a reference clock that does not move (a broken host) ends the wait.
+    let mut r1 = r0;
+    let mut spins = 0u32;
+    while r1.wrapping_sub(r0) < WINDOW_100NS && spins < 50_000_000 {
+        r1 = clock.now();
+        spins += 1;
+    }
+    let t1 = timer::rdtsc();
+    let dr = r1.wrapping_sub(r0);
+    if dr < WINDOW_100NS || t1 <= t0 {
+        log::warn!("hv: tsc calibration: reference time did not advance ({dr} x 100 ns)");
+        return;
+    }
+    let hz = ((t1 - t0) as u128 * 10_000_000 / dr as u128) as u64;
+    let had = timer::calibrated();
+    log::info!(
+        "hv: tsc calibration tsc_khz={} arch_khz={} {}",
+        hz / 1000,
+        timer::counter_hz() / 1000,
+        if had { "kept" } else { "adopted" }
+    );
+    if !had && hz > 0 {
+        timer::set_hz(hz);
+    }
+}
+
 fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
     log::info!(
         "hv: detected vendor=\"{}\" build={} version={}.{} privileges={:#x} features={:#x} hints={:#x} crash_msrs={} stimer_direct={}",
@@ -411,6 +449,9 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
             "TIME_REF_COUNT"
         }
     );
+
+    #[cfg(target_arch = "x86_64")]
+    calibrate_tsc(&clock);
 
     let (mode, ppis) = synic_mode(hv);
     let mut h = HyperV {
