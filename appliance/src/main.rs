@@ -24,6 +24,8 @@ mod hyperv {
     pub mod session;
 }
 mod logring;
+/// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
+mod pci;
 mod sync;
 
 #[cfg(kernel)]

@@ -6,10 +6,7 @@
 //! bridge's 32-bit memory window from the device tree, which on `virt` is identity-mapped
 //! (PCI address = CPU address, inside the device-mapped first GiB).
 use super::fdt::PciWindow;
-use core::sync::atomic::{AtomicU64, Ordering};
-use virtio_drivers::transport::pci::bus::{
-    BarInfo, Cam, Command, DeviceFunction, MemoryBarType, MmioCam, PciRoot,
-};
+use virtio_drivers::transport::pci::bus::{Cam, Command, DeviceFunction, MmioCam, PciRoot};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, SomeTransport};
 
@@ -17,56 +14,14 @@ use virtio_drivers::transport::{DeviceType, SomeTransport};
 const ECAM_BUS: u64 = 1 << 20;
 
 /// Gives unassigned memory BARs of `df` an address in `window` (identity windows only),
-/// after every BAR already in the window.
+/// after every BAR already in the window; 32-bit BARs only below 4 GiB.
 fn assign_bars(root: &mut PciRoot<MmioCam<'static>>, df: DeviceFunction, window: PciWindow) {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     if window.pci != window.cpu {
         log::warn!("PCI {df}: memory window is not identity-mapped; BARs left unassigned");
         return;
     }
-    let end = window.pci + window.size;
-    if NEXT.load(Ordering::Relaxed) == 0 {
-        let mut top = window.pci;
-        for (other, _) in root.enumerate_bus(0) {
-            let Ok(bars) = root.bars(other) else { continue };
-            for (addr, size) in bars
-                .iter()
-                .flatten()
-                .filter_map(|b| b.memory_address_size())
-            {
-                if (window.pci..end).contains(&addr) {
-                    top = top.max(addr + size);
-                }
-            }
-        }
-        NEXT.store(top, Ordering::Relaxed);
-    }
-    let Ok(bars) = root.bars(df) else { return };
-    for (i, bar) in bars.iter().enumerate() {
-        let Some(BarInfo::Memory {
-            address_type,
-            address: 0,
-            size,
-            ..
-        }) = bar
-        else {
-            continue;
-        };
-        if *size == 0 {
-            continue;
-        }
-        let base = NEXT.load(Ordering::Relaxed).next_multiple_of(*size);
-        if base + size > end || (*address_type != MemoryBarType::Width64 && base + size > 1 << 32) {
-            log::warn!("PCI {df}: no room for BAR{i} ({size:#x} bytes)");
-            continue;
-        }
-        NEXT.store(base + size, Ordering::Relaxed);
-        match address_type {
-            MemoryBarType::Width64 => root.set_bar_64(df, i as u8, base),
-            _ => root.set_bar_32(df, i as u8, base as u32),
-        }
-        log::info!("PCI {df}: BAR{i} assigned at {base:#x} ({size:#x} bytes)");
-    }
+    let end = window.pci.saturating_add(window.size);
+    crate::pci::assign_bars(root, df, window.pci..end);
 }
 
 /// The first virtio-net function on bus 0 of the ECAM at `ecam` (`len` bytes, mapped as

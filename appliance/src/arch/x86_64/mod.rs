@@ -197,63 +197,12 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
 /// contract: the arch's PCI view of the machine is ports, nothing to map.
 pub fn map_mmio(_base: u64, _len: u64) {}
 
-/// Gives unassigned memory BARs an address. Minimal firmware (qboot) and some VMMs leave
-/// 64-bit BARs unassigned. The window 0xc000_0000..0xfec0_0000 is inside the 32-bit PCI hole
-/// of QEMU's pc and q35 machines with up to 3 GiB of RAM (q35 puts MMCONFIG at 0xb000_0000;
-/// the IOAPIC starts at 0xfec0_0000), identity-mapped by the boot page tables.
-fn assign_bars(
-    root: &mut virtio_drivers::transport::pci::bus::PciRoot<PortCam>,
-    df: virtio_drivers::transport::pci::bus::DeviceFunction,
-) {
-    use core::sync::atomic::{AtomicU64, Ordering};
-    use virtio_drivers::transport::pci::bus::{BarInfo, MemoryBarType};
-    const START: u64 = 0xc000_0000;
-    const END: u64 = 0xfec0_0000;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    if NEXT.load(Ordering::Relaxed) == 0 {
-        // Start above every BAR the firmware already placed in the window.
-        let mut top = START;
-        for (other, _) in root.enumerate_bus(0) {
-            let Ok(bars) = root.bars(other) else { continue };
-            for (addr, size) in bars
-                .iter()
-                .flatten()
-                .filter_map(|b| b.memory_address_size())
-            {
-                if (START..END).contains(&addr) {
-                    top = top.max(addr + size);
-                }
-            }
-        }
-        NEXT.store(top, Ordering::Relaxed);
-    }
-    let Ok(bars) = root.bars(df) else { return };
-    for (i, bar) in bars.iter().enumerate() {
-        let Some(BarInfo::Memory {
-            address_type,
-            address: 0,
-            size,
-            ..
-        }) = bar
-        else {
-            continue;
-        };
-        if *size == 0 {
-            continue;
-        }
-        let base = NEXT.load(Ordering::Relaxed).next_multiple_of(*size);
-        if base + size > END {
-            log::warn!("PCI {df}: no room for BAR{i} ({size:#x} bytes)");
-            continue;
-        }
-        NEXT.store(base + size, Ordering::Relaxed);
-        match address_type {
-            MemoryBarType::Width64 => root.set_bar_64(df, i as u8, base),
-            _ => root.set_bar_32(df, i as u8, base as u32),
-        }
-        log::info!("PCI {df}: BAR{i} assigned at {base:#x} ({size:#x} bytes)");
-    }
-}
+/// Where unassigned memory BARs go. Minimal firmware (qboot) and some VMMs leave 64-bit
+/// BARs unassigned. The window 0xc000_0000..0xfec0_0000 is inside the 32-bit PCI hole of
+/// QEMU's pc and q35 machines with up to 3 GiB of RAM (q35 puts MMCONFIG at 0xb000_0000; the
+/// IOAPIC starts at 0xfec0_0000), identity-mapped by the boot page tables, and below 4 GiB
+/// (room for 32-bit BARs too).
+const BAR_WINDOW: core::ops::Range<u64> = 0xc000_0000..0xfec0_0000;
 
 /// The first virtio-net device on PCI bus 0 (QEMU `virtio-net-pci`).
 pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'static>> {
@@ -266,7 +215,7 @@ pub fn nic_transport() -> Option<virtio_drivers::transport::SomeTransport<'stati
                 continue;
             }
             log::info!("virtio-net at PCI {df}");
-            assign_bars(&mut root, df);
+            crate::pci::assign_bars(&mut root, df, BAR_WINDOW);
             // Memory + I/O decoding and bus mastering (firmware may have turned DMA off
             // again at ExitBootServices).
             use virtio_drivers::transport::pci::bus::Command;
