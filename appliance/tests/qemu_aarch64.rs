@@ -22,23 +22,9 @@ fn assert_arm64_registers(rec: &Value) {
     }
 }
 
-/// The built image of `boot` (`scripts/qemu-run --print-image`).
+/// The built image of `boot`.
 fn image(boot: &str) -> std::path::PathBuf {
-    build_image("aarch64", boot);
-    let out = std::process::Command::new(workspace().join("scripts/qemu-run"))
-        .args([
-            "--arch",
-            "aarch64",
-            "--boot",
-            boot,
-            "--no-build",
-            "--print-image",
-        ])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    workspace().join(String::from_utf8(out.stdout).unwrap().trim())
+    build_image("aarch64", boot)
 }
 
 /// A QEMU run this file starts itself (for machine options `scripts/qemu-run` does not
@@ -62,7 +48,6 @@ fn qemu_with_nic(
     boot_args: &[std::ffi::OsString],
     timeout_s: u32,
 ) -> QemuRun {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let _slot = qemu_slot();
     let t0 = std::time::Instant::now();
@@ -91,18 +76,12 @@ fn qemu_with_nic(
         .stdout(Stdio::piped())
         .spawn()
         .expect("start qemu-system-aarch64");
-    let mut serial = String::new();
     let mut ready_after = None;
-    for line in BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
+    let serial = console(&mut child, |line| {
         if ready_after.is_none() && line.contains("canary: ready") {
             ready_after = Some(t0.elapsed());
         }
-        serial.push_str(&line);
-        serial.push('\n');
-    }
+    });
     QemuRun {
         status: child.wait().unwrap().code(),
         serial,
@@ -115,28 +94,7 @@ fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
 }
 
 fn panic_on_purpose(boot: &str, boot_mode: &str) {
-    let c = Collector::start();
-    let run = run_canary(
-        "aarch64",
-        boot,
-        c.port,
-        &["--panic-after", "0.2"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
-    assert!(
-        run.serial.contains("canary: ready (network up)"),
-        "{}",
-        run.serial
-    );
-    let recs = c.records(1, Duration::from_secs(5));
-    assert_eq!(recs.len(), 1, "{recs:?}");
-    let rec = c.show_latest();
-    assert_complete_record(&rec, "aarch64", boot_mode, "panic", &run.serial);
-    assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
-    assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
-    assert!(rec["location"]["line"].as_u64().unwrap() > 0);
+    let (rec, _run) = common::panic_on_purpose("aarch64", boot, boot_mode);
     assert_arm64_registers(&rec);
     // A frame-pointer backtrace, not just the pc: the panic handler's callers up to kmain.
     let bt = rec["backtrace"].as_array().unwrap();
@@ -154,22 +112,10 @@ fn aarch64_uefi_boot_panic_record_is_stored_by_the_collector() {
 }
 
 fn bad_memory_access(boot: &str, boot_mode: &str) {
-    let c = Collector::start();
-    let run = run_canary(
-        "aarch64",
-        boot,
-        c.port,
-        &["--fault-after", "0.1"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
-    let rec = c.show_latest();
-    assert_complete_record(&rec, "aarch64", boot_mode, "fault", &run.serial);
     // The address canary.rs reads lies above the identity map (ours: 1 TiB; AAVMF's: the
     // CPU's 44-bit PA range): a data abort taken at the same EL (ESR_EL1.EC = 0x25) with a
     // translation fault (DFSC 0b0001xx), FAR = the address.
-    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    let rec = common::bad_memory_access("aarch64", boot, boot_mode);
     let esr = hex(&rec["kind_detail"]["vector"]);
     assert_eq!(esr >> 26, 0x25, "ESR {esr:#x}: {rec:#}");
     assert_eq!(
@@ -206,21 +152,7 @@ fn aarch64_uefi_bad_memory_access_is_caught_by_the_vectors_and_shipped() {
 
 #[test]
 fn aarch64_panic_inside_the_panic_path_ends_through_the_nested_path() {
-    let c = Collector::start();
-    let run = run_canary(
-        "aarch64",
-        "direct",
-        c.port,
-        &["--panic-after", "0.1", "--nested-panic"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_NESTED, "serial:\n{}", run.serial);
-    assert!(
-        run.serial.contains("NESTED PANIC: nested_panic=1"),
-        "{}",
-        run.serial
-    );
+    let (c, run) = nested_panic("aarch64");
     let rec = c.show_latest();
     assert_complete_record(&rec, "aarch64", "direct-aarch64", "panic", &run.serial);
 }

@@ -4,28 +4,7 @@ use common::*;
 use std::time::Duration;
 
 fn panic_on_purpose(boot: &str, boot_mode: &str) {
-    let c = Collector::start();
-    let run = run_canary(
-        "x86_64",
-        boot,
-        c.port,
-        &["--panic-after", "0.2"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
-    assert!(
-        run.serial.contains("canary: ready (network up)"),
-        "{}",
-        run.serial
-    );
-    let recs = c.records(1, Duration::from_secs(5));
-    assert_eq!(recs.len(), 1, "{recs:?}");
-    let rec = c.show_latest();
-    assert_complete_record(&rec, "x86_64", boot_mode, "panic", &run.serial);
-    assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
-    assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
-    assert!(rec["location"]["line"].as_u64().unwrap() > 0);
+    common::panic_on_purpose("x86_64", boot, boot_mode);
 }
 
 #[test]
@@ -36,16 +15,11 @@ fn pvh_direct_boot_panic_record_is_stored_by_the_collector() {
 #[test]
 fn pvh_boot_through_seabios_panic_record_is_stored_by_the_collector() {
     // QEMU's default firmware (SeaBIOS and its PVH option ROM) assigns the PCI BARs itself.
-    let c = Collector::start();
-    let run = run_canary(
+    let (c, run) = run_acked(
         "x86_64",
         "direct",
-        c.port,
         &["--firmware", "seabios", "--panic-after", "0.2"],
-        120,
-        || {},
     );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
     assert!(
         !run.serial.contains("assigned at"),
         "SeaBIOS left a BAR empty:\n{}",
@@ -66,20 +40,8 @@ fn linux_boot_protocol_64bit_entry_panic_record_is_stored_by_the_collector() {
 }
 
 fn bad_memory_access(boot: &str, boot_mode: &str) {
-    let c = Collector::start();
-    let run = run_canary(
-        "x86_64",
-        boot,
-        c.port,
-        &["--fault-after", "0.1"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
-    let rec = c.show_latest();
-    assert_complete_record(&rec, "x86_64", boot_mode, "fault", &run.serial);
     // Page fault (vector 14) at the address canary.rs reads.
-    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    let rec = common::bad_memory_access("x86_64", boot, boot_mode);
     assert_eq!(
         u64::from_str_radix(
             rec["kind_detail"]["vector"]
@@ -110,21 +72,7 @@ fn bad_memory_access_under_uefi_is_caught_and_shipped() {
 
 #[test]
 fn panic_inside_the_panic_path_ends_through_the_nested_path() {
-    let c = Collector::start();
-    let run = run_canary(
-        "x86_64",
-        "direct",
-        c.port,
-        &["--panic-after", "0.1", "--nested-panic"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_NESTED, "serial:\n{}", run.serial);
-    assert!(
-        run.serial.contains("NESTED PANIC: nested_panic=1"),
-        "{}",
-        run.serial
-    );
+    let (c, run) = nested_panic("x86_64");
     // The nested entry runs crash registers and end only. The first entry panicked inside
     // crash registers before writing them, so the nested one tries (write-once per boot):
     // no Hyper-V under QEMU, so "not present".
@@ -147,16 +95,11 @@ fn panic_inside_the_panic_path_ends_through_the_nested_path() {
 
 #[test]
 fn heartbeats_reach_the_collector_with_the_boot_id_of_the_record() {
-    let c = Collector::start();
-    let run = run_canary(
+    let (c, _run) = run_acked(
         "x86_64",
         "direct",
-        c.port,
         &["--append", "heartbeat_ms=100", "--panic-after", "0.6"],
-        120,
-        || {},
     );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
     let rec = c.show_latest();
     let canaries = c.canaries();
     let me = canaries
@@ -232,16 +175,11 @@ fn with_a_fleet_key_records_are_authenticated_and_unkeyed_drills_are_refused() {
 
 #[test]
 fn dhcp_configured_canary_ships_its_record() {
-    let c = Collector::start();
-    let run = run_canary(
+    let (c, run) = run_acked(
         "x86_64",
         "direct",
-        c.port,
         &["--append", "ip=dhcp", "--panic-after", "0.2"],
-        120,
-        || {},
     );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
     // QEMU user networking's DHCP server hands out 10.0.2.15 with 10.0.2.2 as the router.
     assert!(
         run.serial.contains("dhcp: 10.0.2.15/24 via Some(10.0.2.2)"),
@@ -254,18 +192,13 @@ fn dhcp_configured_canary_ships_its_record() {
 
 #[test]
 fn timer_self_check_failure_panics_with_kind_self_check_and_says_what_failed() {
-    let c = Collector::start();
     // A TSC frequency far below any real one makes the counter run many times too fast; the
     // self-check compares it with the CMOS RTC over >= 4 s of RTC time and must catch it.
-    let run = run_canary(
+    let (c, run) = run_acked(
         "x86_64",
         "direct",
-        c.port,
         &["--append", "tsc_khz=100000 selfcheck_ms=200 heartbeat_ms=0"],
-        120,
-        || {},
     );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
     let rec = c.show_latest();
     assert_complete_record(&rec, "x86_64", "pvh", "self-check", &run.serial);
     assert_eq!(
@@ -341,16 +274,7 @@ fn panic_action_poweroff_and_reset_end_the_vm() {
 }
 
 fn stack_overflow(boot: &str, boot_mode: &str) {
-    let c = Collector::start();
-    let run = run_canary(
-        "x86_64",
-        boot,
-        c.port,
-        &["--append", "stack_overflow_after=0.1"],
-        120,
-        || {},
-    );
-    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    let (c, run) = run_acked("x86_64", boot, &["--append", "stack_overflow_after=0.1"]);
     let rec = c.show_latest();
     assert_complete_record(&rec, "x86_64", boot_mode, "fault", &run.serial);
     assert!(

@@ -29,12 +29,13 @@ pub fn qemu_slot() -> std::sync::MutexGuard<'static, ()> {
     SLOT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Builds an image with scripts/qemu-run (once per arch/boot per test binary).
-pub fn build_image(arch: &str, boot: &str) {
-    static BUILT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Builds an image with scripts/qemu-run (once per arch/boot per test binary) and returns its
+/// path (`--print-image`).
+pub fn build_image(arch: &str, boot: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.iter().any(|(a, b)| a == arch && b == boot) {
-        return;
+    if let Some((_, _, image)) = built.iter().find(|(a, b, _)| a == arch && b == boot) {
+        return image.clone();
     }
     let out = Command::new(workspace().join("scripts/qemu-run"))
         .args(["--arch", arch, "--boot", boot, "--print-image"])
@@ -46,7 +47,9 @@ pub fn build_image(arch: &str, boot: &str) {
         "building the {arch}/{boot} image failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    built.push((arch.into(), boot.into()));
+    let image = workspace().join(String::from_utf8_lossy(&out.stdout).trim());
+    built.push((arch.into(), boot.into(), image.clone()));
+    image
 }
 
 /// The host-collector binary: the workspace's debug build (built here if missing).
@@ -239,24 +242,94 @@ pub fn run_canary(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start scripts/qemu-run");
-    let stdout = child.stdout.take().unwrap();
-    let mut serial = String::new();
     let mut on_ready = Some(on_ready);
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        serial.push_str(&line);
-        serial.push('\n');
+    let serial = console(&mut child, |line| {
         if line.contains("canary: ready") {
             if let Some(f) = on_ready.take() {
                 f();
             }
         }
-    }
+    });
     let status = child.wait().unwrap();
     Run {
         status,
         serial,
         elapsed: t0.elapsed(),
     }
+}
+
+/// The console of `child` (its stdout, piped) until it closes, line by line; `on_line` sees
+/// each line as it arrives.
+pub fn console(child: &mut Child, mut on_line: impl FnMut(&str)) -> String {
+    let mut serial = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        on_line(&line);
+        serial.push_str(&line);
+        serial.push('\n');
+    }
+    serial
+}
+
+/// A collector, and a canary run (`extra` options of scripts/qemu-run, 120 s timeout) that
+/// shipped its record to it and had it acknowledged.
+pub fn run_acked(arch: &str, boot: &str, extra: &[&str]) -> (Collector, Run) {
+    let c = Collector::start();
+    let run = run_canary(arch, boot, c.port, extra, 120, || {});
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    (c, run)
+}
+
+/// `--panic-after 0.2`: the record of the panic on purpose, stored once and complete, with
+/// its message and location. Returns it with the run.
+pub fn panic_on_purpose(arch: &str, boot: &str, boot_mode: &str) -> (Value, Run) {
+    let (c, run) = run_acked(arch, boot, &["--panic-after", "0.2"]);
+    assert!(
+        run.serial.contains("canary: ready (network up)"),
+        "{}",
+        run.serial
+    );
+    let recs = c.records(1, Duration::from_secs(5));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = c.show_latest();
+    assert_complete_record(&rec, arch, boot_mode, "panic", &run.serial);
+    assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
+    assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
+    assert!(rec["location"]["line"].as_u64().unwrap() > 0);
+    (rec, run)
+}
+
+/// `--fault-after 0.1`: the complete fault record of the read of the unmapped address
+/// canary.rs makes (0x7ffffffff000). Returns it for the arch's own checks.
+pub fn bad_memory_access(arch: &str, boot: &str, boot_mode: &str) -> Value {
+    let (c, run) = run_acked(arch, boot, &["--fault-after", "0.1"]);
+    let rec = c.show_latest();
+    assert_complete_record(&rec, arch, boot_mode, "fault", &run.serial);
+    assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
+    rec
+}
+
+/// `--panic-after 0.1 --nested-panic` (direct boot): QEMU ended through the nested path.
+/// Returns the collector (holding the first entry's record) and the run.
+pub fn nested_panic(arch: &str) -> (Collector, Run) {
+    let c = Collector::start();
+    let run = run_canary(
+        arch,
+        "direct",
+        c.port,
+        &["--panic-after", "0.1", "--nested-panic"],
+        120,
+        || {},
+    );
+    assert_eq!(run.code(), EXIT_NESTED, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("NESTED PANIC: nested_panic=1"),
+        "{}",
+        run.serial
+    );
+    (c, run)
 }
 
 /// Asserts what every shipped record must carry.
