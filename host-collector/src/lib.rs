@@ -1,8 +1,7 @@
 //! canary's host collector: receives crash records over UDP, stores them in SQLite, shows
 //! them, and drives load tests. The binary (`main.rs`) is the CLI; everything here is
 //! library-style and returns `thiserror` errors.
-// `unsafe` is denied everywhere but in `mmsg` (batched socket system calls).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod convert;

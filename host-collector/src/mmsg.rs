@@ -1,13 +1,16 @@
 //! Batched UDP I/O: `recvmmsg(2)` and `sendmmsg(2)` (Linux), one system call for up to
-//! [`BATCH`] datagrams. The only `unsafe` of the crate lives here: the raw `msghdr`/`mmsghdr`
-//! arrays these calls take.
+//! [`BATCH`] datagrams, through safe wrappers: `nix` for `recvmmsg`, `rustix` for `sendmmsg`
+//! (nix's `sendmmsg` reports how many messages went out only through an iterator that reads
+//! the never-written receive addresses of its `MultiHeaders`; rustix returns the count).
 
-#![allow(unsafe_code)]
-
-use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    recvmmsg, AddressFamily, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike,
+};
+use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 
 /// Datagrams per `recvmmsg` call.
 pub const BATCH: usize = 64;
@@ -19,13 +22,25 @@ pub const SLOT: usize = 2048;
 /// Upper bound of messages per `sendmmsg` call (`UIO_MAXIOV`, linux/include/uapi/linux/uio.h).
 const SEND_MAX: usize = 1024;
 
-/// Reusable buffers for [`RecvBatch::recv`].
+/// `recvmmsg` headers with room for the sender address of the socket's family. A typed
+/// address, not `SockaddrStorage`: nix reads a received `SockaddrStorage` past the bytes the
+/// kernel wrote (its Unix-address length check), while a typed one the kernel fills whole:
+/// IPv4 UDP writes a whole `sockaddr_in`, IPv6 UDP a whole `sockaddr_in6`
+/// (`udp_recvmsg`/`udpv6_recvmsg`, linux/net/ipv4/udp.c, linux/net/ipv6/udp.c). nix does not restore `msg_namelen` between
+/// calls; the kernel writes back the full size of these fixed-size addresses, so it stays
+/// right.
+enum Headers {
+    V4(MultiHeaders<SockaddrIn>),
+    V6(MultiHeaders<SockaddrIn6>),
+}
+
+/// Reusable buffers for [`RecvBatch::recv`]. One `RecvBatch` serves sockets of one address
+/// family (the family of the first socket it receives from).
 pub struct RecvBatch {
     bufs: Vec<u8>,
-    addrs: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    n: usize,
+    hdrs: Option<Headers>,
+    /// Length and sender of each datagram of the last receive (`None`: unexpected family).
+    got: Vec<(usize, Option<SocketAddr>)>,
 }
 
 impl Default for RecvBatch {
@@ -38,98 +53,58 @@ impl RecvBatch {
     pub fn new() -> RecvBatch {
         RecvBatch {
             bufs: vec![0u8; BATCH * SLOT],
-            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-            addrs: vec![unsafe { zeroed() }; BATCH],
-            iovs: Vec::with_capacity(BATCH),
-            hdrs: Vec::with_capacity(BATCH),
-            n: 0,
+            hdrs: None,
+            got: Vec::with_capacity(BATCH),
         }
     }
 
     /// Receives at least one and up to [`BATCH`] datagrams (blocking for the first one as the
     /// socket does: `SO_RCVTIMEO` gives `WouldBlock`/`TimedOut`). Returns how many arrived.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        self.n = 0;
-        self.iovs.clear();
-        self.hdrs.clear();
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..BATCH {
-            self.iovs.push(libc::iovec {
-                // SAFETY: i * SLOT + SLOT <= bufs.len(): stays inside the allocation.
-                iov_base: unsafe { base.add(i * SLOT) }.cast(),
-                iov_len: SLOT,
-            });
-        }
-        for i in 0..BATCH {
-            // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            });
-        }
-        // SAFETY: `hdrs` holds BATCH valid headers whose name/iov pointers point into
-        // `addrs`/`iovs`/`bufs`, all alive and not otherwise borrowed during the call; the
-        // kernel writes at most msg_namelen / iov_len bytes through them.
-        let r = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+        self.got.clear();
+        let hdrs = match &mut self.hdrs {
+            Some(h) => h,
+            None => self.hdrs.insert(match sock.local_addr()? {
+                SocketAddr::V4(_) => Headers::V4(MultiHeaders::preallocate(BATCH, None)),
+                SocketAddr::V6(_) => Headers::V6(MultiHeaders::preallocate(BATCH, None)),
+            }),
         };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+            .bufs
+            .chunks_exact_mut(SLOT)
+            .map(|b| [IoSliceMut::new(b)])
+            .collect();
+        let fd = sock.as_raw_fd();
+        let flags = MsgFlags::MSG_WAITFORONE;
+        match hdrs {
+            Headers::V4(h) => {
+                for m in recvmmsg(fd, h, iovs.iter_mut(), flags, None)? {
+                    let peer = m
+                        .address
+                        .filter(|a| a.family() == Some(AddressFamily::Inet))
+                        .map(SocketAddr::from);
+                    self.got.push((m.bytes.min(SLOT), peer));
+                }
+            }
+            Headers::V6(h) => {
+                for m in recvmmsg(fd, h, iovs.iter_mut(), flags, None)? {
+                    let peer = m
+                        .address
+                        .filter(|a| a.family() == Some(AddressFamily::Inet6))
+                        .map(SocketAddr::from);
+                    self.got.push((m.bytes.min(SLOT), peer));
+                }
+            }
         }
-        self.n = r as usize;
-        Ok(self.n)
+        Ok(self.got.len())
     }
 
     /// Datagram `i` of the last [`RecvBatch::recv`] and its sender (`None` for an address
-    /// family other than IPv4/IPv6, which a UDP/IP socket does not produce).
+    /// family other than the socket's, which a UDP/IP socket does not produce).
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        if i >= self.n {
-            return None;
-        }
-        let h = &self.hdrs[i];
-        let len = (h.msg_len as usize).min(SLOT);
-        let data = &self.bufs[i * SLOT..i * SLOT + len];
-        let peer = from_storage(&self.addrs[i], h.msg_hdr.msg_namelen)?;
-        Some((data, peer))
-    }
-}
-
-fn from_storage(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match s.ss_family as libc::c_int {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in (which fits in and is
-            // less aligned than sockaddr_storage), and the kernel wrote `len` bytes of it.
-            let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
-            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
+        let &(len, peer) = self.got.get(i)?;
+        let data = self.bufs.get(i * SLOT..i * SLOT + len)?;
+        Some((data, peer?))
     }
 }
 
@@ -139,54 +114,32 @@ fn from_storage(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Sock
 pub fn send_all(sock: &UdpSocket, msgs: &[(&[u8], SocketAddr)]) -> usize {
     let mut sent = 0;
     for chunk in msgs.chunks(SEND_MAX) {
-        let addrs: Vec<socket2::SockAddr> = chunk
+        let addrs: Vec<SocketAddrAny> = chunk.iter().map(|&(_, a)| a.into()).collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(d, _)| [IoSlice::new(d)]).collect();
+        let mut no_cmsgs: Vec<SendAncillaryBuffer<'_, '_, '_>> = chunk
             .iter()
-            .map(|(_, a)| socket2::SockAddr::from(*a))
+            .map(|_| SendAncillaryBuffer::default())
             .collect();
-        let mut iovs: Vec<libc::iovec> = chunk
+        let mut hdrs: Vec<MMsgHdr<'_>> = addrs
             .iter()
-            .map(|(d, _)| libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            })
+            .zip(&iovs)
+            .zip(&mut no_cmsgs)
+            .map(|((a, iov), c)| MMsgHdr::new_with_addr(a, iov, c))
             .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(chunk.len());
-        for i in 0..chunk.len() {
-            // SAFETY: msghdr is plain old data; all-zero is valid.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
-            h.msg_namelen = addrs[i].len();
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            hdrs.push(libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            });
-        }
         let mut at = 0;
         while at < hdrs.len() {
-            // SAFETY: hdrs[at..] are valid headers pointing at `addrs`, `iovs` and the
-            // caller's datagrams, all alive for the call; the kernel only reads through them
-            // (and writes msg_len).
-            let r = unsafe {
-                libc::sendmmsg(
-                    sock.as_raw_fd(),
-                    hdrs.as_mut_ptr().add(at),
-                    (hdrs.len() - at) as libc::c_uint,
-                    0,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match sendmmsg(sock, &mut hdrs[at..], SendFlags::empty()) {
+                Err(e) if e == rustix::io::Errno::INTR => continue,
+                Err(e) => {
+                    // The first remaining message failed: skip it.
+                    let e = io::Error::from(e);
+                    tracing::debug!(peer = %chunk[at].1, "ack not sent: {e}");
+                    at += 1;
                 }
-                // The first remaining message failed: skip it.
-                tracing::debug!(peer = %chunk[at].1, "ack not sent: {e}");
-                at += 1;
-            } else {
-                sent += r as usize;
-                at += (r as usize).max(1);
+                Ok(r) => {
+                    sent += r;
+                    at += r.max(1);
+                }
             }
         }
     }
@@ -222,6 +175,62 @@ mod tests {
         assert_eq!(got[0], (b"one".to_vec(), a.local_addr().unwrap()));
         assert_eq!(got[1], (big, a.local_addr().unwrap()));
         assert_eq!(got[2], (b"three".to_vec(), b.local_addr().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_datagrams_arrive_with_their_senders_across_reused_batches() {
+        // A host without IPv6 loopback cannot run this; everything else here is IPv4.
+        let rx = match UdpSocket::bind("[::1]:0") {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipped: no IPv6 loopback ({e})");
+                return;
+            }
+        };
+        let to = rx.local_addr().unwrap();
+        let a = UdpSocket::bind("[::1]:0").unwrap();
+        let b = UdpSocket::bind("[::1]:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut batch = RecvBatch::new();
+        // The same batch (and its headers, whose address lengths the kernel rewrites) serves
+        // every round.
+        for round in 0..3u8 {
+            assert_eq!(send_all(&a, &[(&[round, 1], to)]), 1);
+            assert_eq!(send_all(&b, &[(&[round, 2, 2], to)]), 1);
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let n = batch.recv(&rx).unwrap();
+                for i in 0..n {
+                    let (d, p) = batch.get(i).unwrap();
+                    got.push((d.to_vec(), p));
+                }
+            }
+            assert_eq!(got[0], (vec![round, 1], a.local_addr().unwrap()));
+            assert_eq!(got[1], (vec![round, 2, 2], b.local_addr().unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_datagram_the_kernel_refuses_is_skipped_and_the_rest_are_sent() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // An IPv6 destination on an IPv4 socket: EAFNOSUPPORT for that message alone.
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let msgs: [(&[u8], SocketAddr); 4] = [(b"a", to), (b"b", v6), (b"c", to), (b"d", v6)];
+        assert_eq!(send_all(&tx, &msgs), 2);
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = batch.recv(&rx).unwrap();
+            for i in 0..n {
+                got.push(batch.get(i).unwrap().0.to_vec());
+            }
+        }
+        assert_eq!(got, [b"a".to_vec(), b"c".to_vec()]);
     }
 
     #[test]
