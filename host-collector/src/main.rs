@@ -429,57 +429,43 @@ fn print(s: &str) -> Result<()> {
     }
 }
 
+/// `list`'s output for any kind of row: JSON (an empty array still prints) or a table; no rows
+/// means exit 1, with `empty` on stderr for the table (coredumpctl's habit).
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    empty: &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> Result<()> {
+    if json {
+        print(&(serde_json::to_string_pretty(rows)? + "\n"))?;
+    } else if rows.is_empty() {
+        eprintln!("{empty}");
+    } else {
+        return print(&table(rows));
+    }
+    if rows.is_empty() {
+        Err(Exit(1).into())
+    } else {
+        Ok(())
+    }
+}
+
 fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     let store = ctx.open_existing()?;
+    let legend = !a.no_legend;
     if a.canaries {
-        let rows = store.canaries()?;
-        if a.json {
-            print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
-            return if rows.is_empty() {
-                Err(Exit(1).into())
-            } else {
-                Ok(())
-            };
-        }
-        if rows.is_empty() {
-            eprintln!("No canaries seen.");
-            return Err(Exit(1).into());
-        }
-        return print(&output::canaries_table(&rows, !a.no_legend));
+        return print_rows(&store.canaries()?, a.json, "No canaries seen.", |r| {
+            output::canaries_table(r, legend)
+        });
     }
     if a.rejected {
-        let rows = store.rejections()?;
-        if a.json {
-            print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
-            return if rows.is_empty() {
-                Err(Exit(1).into())
-            } else {
-                Ok(())
-            };
-        }
-        if rows.is_empty() {
-            eprintln!("No rejected records found.");
-            return Err(Exit(1).into());
-        }
-        let body: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r.id.to_string(),
-                    r.received_at.clone(),
-                    r.boot_id.chars().take(12).collect(),
-                    r.seq.to_string(),
-                    r.schema.clone(),
-                    r.source.clone(),
-                    r.reason.clone(),
-                ]
-            })
-            .collect();
-        return print(&output::table(
-            &["ID", "TIME", "BOOT", "SEQ", "SCHEMA", "SOURCE", "REASON"],
-            &body,
-            !a.no_legend,
-        ));
+        return print_rows(
+            &store.rejections()?,
+            a.json,
+            "No rejected records found.",
+            |r| output::rejections_table(r, legend),
+        );
     }
     let mut filter = a.time.filter()?;
     filter.limit = a.lines;
@@ -489,18 +475,9 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     if a.lines.is_some() && !a.reverse {
         rows.reverse();
     }
-    if a.json {
-        print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
-        if rows.is_empty() {
-            return Err(Exit(1).into());
-        }
-        return Ok(());
-    }
-    if rows.is_empty() {
-        eprintln!("No crash records found.");
-        return Err(Exit(1).into());
-    }
-    print(&output::records_table(&rows, !a.no_legend))
+    print_rows(&rows, a.json, "No crash records found.", |r| {
+        output::records_table(r, legend)
+    })
 }
 
 fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::store::{CanaryView, RecordSummary, RecordView, Stats};
+use crate::store::{CanaryView, RecordSummary, RecordView, RejectionView, Stats};
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>], legend: bool) -> String {
@@ -46,6 +46,29 @@ fn ellipsize(s: &str, max: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// The `list --rejected` table.
+pub fn rejections_table(rows: &[RejectionView], legend: bool) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.received_at.clone(),
+                r.boot_id.chars().take(12).collect(),
+                r.seq.to_string(),
+                r.schema.clone(),
+                r.source.clone(),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "TIME", "BOOT", "SEQ", "SCHEMA", "SOURCE", "REASON"],
+        &body,
+        legend,
+    )
 }
 
 /// The `list` table.
