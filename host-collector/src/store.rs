@@ -138,6 +138,16 @@ pub enum Sync {
     Full,
 }
 
+impl Sync {
+    /// The value of SQLite's `synchronous` pragma for this level.
+    fn pragma(self) -> &'static str {
+        match self {
+            Sync::Normal => "NORMAL",
+            Sync::Full => "FULL",
+        }
+    }
+}
+
 /// The dedupe key of a record: `(boot id, sequence, record CRC)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordKey {
@@ -487,14 +497,7 @@ impl Store {
         // page of its own. Only takes effect on a new (empty) database.
         conn.pragma_update(None, "page_size", 16384)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                Sync::Normal => "NORMAL",
-                Sync::Full => "FULL",
-            },
-        )?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         // Bigger WAL between checkpoints: the WAL is rewritten from its start after each
         // checkpoint, and rewriting pages the kernel is still writing back stalls the writer.
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
@@ -986,14 +989,7 @@ impl Checkpointer {
     pub fn open(path: &Path, sync: Sync) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                Sync::Normal => "NORMAL",
-                Sync::Full => "FULL",
-            },
-        )?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Checkpointer { conn })
     }
