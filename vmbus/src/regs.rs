@@ -100,33 +100,35 @@ impl SynReg {
         })
     }
 
-    /// The register for an x86 MSR number (the inverse of [`SynReg::x86_msr`]).
+    /// Every register with every index in range (SINT0..15, STIMER0..3, CRASH_P0..4).
+    pub fn all() -> impl Iterator<Item = SynReg> {
+        use SynReg::*;
+        [
+            GuestOsId,
+            Hypercall,
+            VpIndex,
+            TimeRefCount,
+            ReferenceTsc,
+            Scontrol,
+            Sversion,
+            Siefp,
+            Simp,
+            Eom,
+            CrashCtl,
+            HypervisorVersion,
+            PrivilegesAndFeatures,
+            FeaturesInfo,
+        ]
+        .into_iter()
+        .chain((0..16).map(Sint))
+        .chain((0..4).flat_map(|n| [StimerConfig(n), StimerCount(n)]))
+        .chain((0..5).map(CrashP))
+    }
+
+    /// The register for an x86 MSR number: the inverse of [`SynReg::x86_msr`], derived from it
+    /// so the two cannot drift apart (used by the host model; a linear search over 43 names).
     pub fn from_x86_msr(m: u32) -> Option<Self> {
-        use msr::*;
-        Some(match m {
-            GUEST_OS_ID => Self::GuestOsId,
-            HYPERCALL => Self::Hypercall,
-            VP_INDEX => Self::VpIndex,
-            TIME_REF_COUNT => Self::TimeRefCount,
-            REFERENCE_TSC => Self::ReferenceTsc,
-            SCONTROL => Self::Scontrol,
-            SVERSION => Self::Sversion,
-            SIEFP => Self::Siefp,
-            SIMP => Self::Simp,
-            EOM => Self::Eom,
-            m if (SINT0..SINT0 + 16).contains(&m) => Self::Sint((m - SINT0) as u8),
-            m if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&m) => {
-                let n = ((m - STIMER0_CONFIG) / 2) as u8;
-                if (m - STIMER0_CONFIG).is_multiple_of(2) {
-                    Self::StimerConfig(n)
-                } else {
-                    Self::StimerCount(n)
-                }
-            }
-            m if (CRASH_P0..CRASH_P0 + 5).contains(&m) => Self::CrashP((m - CRASH_P0) as u8),
-            CRASH_CTL => Self::CrashCtl,
-            _ => return None,
-        })
+        Self::all().find(|r| r.x86_msr() == Some(m))
     }
 
     /// The arm64 register id, or `None` for a register arm64 does not have.
@@ -155,35 +157,10 @@ impl SynReg {
         })
     }
 
-    /// The register for an arm64 register id (the inverse of [`SynReg::arm64_id`]).
+    /// The register for an arm64 register id: the inverse of [`SynReg::arm64_id`], derived from
+    /// it like [`SynReg::from_x86_msr`].
     pub fn from_arm64_id(id: u32) -> Option<Self> {
-        use arm64_reg::*;
-        Some(match id {
-            GUEST_OS_ID => Self::GuestOsId,
-            VP_INDEX => Self::VpIndex,
-            TIME_REF_COUNT => Self::TimeRefCount,
-            REFERENCE_TSC => Self::ReferenceTsc,
-            SCONTROL => Self::Scontrol,
-            SVERSION => Self::Sversion,
-            SIEFP => Self::Siefp,
-            SIMP => Self::Simp,
-            EOM => Self::Eom,
-            HYPERVISOR_VERSION => Self::HypervisorVersion,
-            PRIVILEGES_AND_FEATURES_INFO => Self::PrivilegesAndFeatures,
-            FEATURES_INFO => Self::FeaturesInfo,
-            CRASH_CTL => Self::CrashCtl,
-            i if (SINT0..SINT0 + 16).contains(&i) => Self::Sint((i - SINT0) as u8),
-            i if (STIMER0_CONFIG..STIMER0_CONFIG + 8).contains(&i) => {
-                let n = ((i - STIMER0_CONFIG) / 2) as u8;
-                if (i - STIMER0_CONFIG).is_multiple_of(2) {
-                    Self::StimerConfig(n)
-                } else {
-                    Self::StimerCount(n)
-                }
-            }
-            i if (CRASH_P0..CRASH_P0 + 5).contains(&i) => Self::CrashP((i - CRASH_P0) as u8),
-            _ => return None,
-        })
+        Self::all().find(|r| r.arm64_id() == Some(id))
     }
 }
 
@@ -323,6 +300,18 @@ mod tests {
             assert_eq!(SynReg::from_x86_msr(r.x86_msr().unwrap()), Some(r));
             assert_eq!(SynReg::from_arm64_id(r.arm64_id().unwrap()), Some(r));
         }
+        // Every name round-trips through each ABI that has it, and no two share an address.
+        assert_eq!(SynReg::all().count(), 43);
+        for r in SynReg::all() {
+            if let Some(m) = r.x86_msr() {
+                assert_eq!(SynReg::from_x86_msr(m), Some(r), "{r:?}");
+            }
+            if let Some(id) = r.arm64_id() {
+                assert_eq!(SynReg::from_arm64_id(id), Some(r), "{r:?}");
+            }
+        }
+        assert_eq!(SynReg::from_x86_msr(0x4000_0106), None);
+        assert_eq!(SynReg::from_arm64_id(0x000B_0008), None);
         // Values from ref §3.2 / §3.3.
         assert_eq!(SynReg::Sint(2).x86_msr(), Some(0x4000_0092));
         assert_eq!(SynReg::StimerCount(0).x86_msr(), Some(0x4000_00B1));
