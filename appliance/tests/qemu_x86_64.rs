@@ -35,8 +35,15 @@ fn uefi_boot_panic_record_is_stored_by_the_collector() {
 }
 
 #[test]
-fn linux_boot_protocol_64bit_entry_panic_record_is_stored_by_the_collector() {
-    panic_on_purpose("linux64", "linux-boot");
+fn linux_boot_protocol_64bit_entry_with_rsp_zero_panic_record_is_stored_by_the_collector() {
+    // The shim enters `_start64` with RSP = 0, as OpenVMM does (the 64-bit boot protocol
+    // sets no stack): the entry must set its own stack before its first push.
+    let (_, run) = common::panic_on_purpose("x86_64", "linux64", "linux-boot");
+    assert!(
+        run.serial.contains("with RSI = boot_params, RSP = 0"),
+        "{}",
+        run.serial
+    );
 }
 
 fn bad_memory_access(boot: &str, boot_mode: &str) {

@@ -194,9 +194,13 @@ mod shim {
             wr::<u8>(ZERO_PAGE + 0x1e8, count as u8);
             out(b"linux64-shim: entering the kernel at ");
             hex(entry);
-            out(b" with RSI = boot_params\n");
+            // RSP = 0 on purpose: the 64-bit boot protocol sets no stack
+            // (Documentation/arch/x86/boot.rst, "64-bit BOOT PROTOCOL"), and OpenVMM enters
+            // with RSP = 0; the kernel must set its own before its first push.
+            out(b" with RSI = boot_params, RSP = 0\n");
             core::arch::asm!(
                 "cli",
+                "xor esp, esp",
                 "jmp {entry}",
                 entry = in(reg) entry,
                 in("rsi") ZERO_PAGE as u64,

@@ -115,6 +115,10 @@ _pvh_long:
 _start64:
     cli
     cld
+    /* The 64-bit boot protocol gives no stack (OpenVMM enters with RSP = 0): set ours before
+       the first push (the far return below). It lives in .bss, which _common64 zeroes once
+       nothing on it is needed any more. */
+    lea boot_stack_top(%rip), %rsp
     mov $2, %edx                /* boot kind: Linux boot_params */
     /* identity map as above, built with 64-bit code (the VMM's tables map us) */
     lea boot_pml4(%rip), %rdi
