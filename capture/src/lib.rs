@@ -7,6 +7,7 @@
 //! - [`chunk`]: splitting an encoded record into chunk frames (and, with `std`, reassembly);
 //! - [`sender`]: the sans-IO sender (retransmit with backoff until acked or the deadline);
 //! - [`auth`]: HMAC-SHA256 frame tags;
+//! - [`drill`]: which drill frames the appliance acts on (keyed challenge-response);
 //! - [`panic`](mod@panic): the panic-path orchestrator (ordered steps, first entry wins, outcomes).
 //!
 //! Everything except the `std` feature's additions works without an allocator.
@@ -42,6 +43,7 @@
 
 pub mod auth;
 pub mod chunk;
+pub mod drill;
 pub mod panic;
 pub mod record;
 pub mod sender;

@@ -6,12 +6,18 @@
 //! (acks are per record); the retransmission timeout doubles each round from
 //! `initial_rto_ms` up to `max_rto_ms`, until the collector acks or `deadline_ms` passes
 //! (FreeBSD netdump's retry-until-acked, `reference/hyperv-guest.md` §10.2).
+//!
+//! An ack counts only if it is for the record in flight (boot id, sequence and record CRC),
+//! carries a valid tag when a key is set, and, when the receiver knows where a datagram came
+//! from ([`Sender::handle_from`]), came from the configured collector's exact endpoint: the
+//! ack's fields travel in clear in every chunk, so anyone who sees one can forge the rest.
 
 use crate::auth::Key;
 use crate::chunk::{chunk_count, chunk_repr, RecordId, MAX_RECORD_LEN};
 use crate::record::{SCHEMA_MAJOR, SCHEMA_MINOR};
 use crate::wire::{self, AckStatus, Repr, MAX_DATAGRAM};
 use crate::Error;
+use core::net::SocketAddr;
 
 /// Sender timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,14 @@ pub struct SenderStats {
     pub datagrams_sent: u32,
     /// Rounds after the first.
     pub retransmit_rounds: u32,
+    /// Datagrams ignored because they did not come from the collector's endpoint.
+    pub acks_ignored: u32,
+}
+
+/// Whether a datagram from `from` may count as the collector's: the same IP address (an
+/// IPv4-mapped IPv6 address is its IPv4 address) and the same port.
+pub fn from_collector(from: SocketAddr, collector: SocketAddr) -> bool {
+    from.port() == collector.port() && from.ip().to_canonical() == collector.ip().to_canonical()
 }
 
 /// Sends one encoded record until acked or the deadline. Borrows the record; no allocation.
@@ -68,6 +82,7 @@ pub struct Sender<'r> {
     schema: (u16, u16),
     record: &'r [u8],
     key: Option<&'r Key>,
+    collector: Option<SocketAddr>,
     chunks: u16,
     deadline_at: u64,
     next_round_at: u64,
@@ -100,6 +115,7 @@ impl<'r> Sender<'r> {
             schema: (SCHEMA_MAJOR, SCHEMA_MINOR),
             record,
             key,
+            collector: None,
             // At most MAX_RECORD_LEN / MAX_CHUNK_PAYLOAD + 1 = 50 chunks.
             chunks: chunk_count(record.len()) as u16,
             deadline_at: now_ms.saturating_add(cfg.deadline_ms),
@@ -114,6 +130,13 @@ impl<'r> Sender<'r> {
     /// Sends the record as schema `major.minor` instead (for test tools).
     pub fn with_schema(mut self, major: u16, minor: u16) -> Self {
         self.schema = (major, minor);
+        self
+    }
+
+    /// Only datagrams from `collector` (see [`from_collector`]) count in
+    /// [`Sender::handle_from`].
+    pub fn with_collector(mut self, collector: SocketAddr) -> Self {
+        self.collector = Some(collector);
         self
     }
 
@@ -157,8 +180,22 @@ impl<'r> Sender<'r> {
         }
     }
 
-    /// Feeds a received datagram. Returns true if it was an ack for this record (checked
-    /// with the key, if any); anything else is ignored.
+    /// Feeds a datagram that arrived from `from`: ignored (and counted in
+    /// [`SenderStats::acks_ignored`]) unless it came from the collector set with
+    /// [`Sender::with_collector`]; otherwise as [`Sender::handle`].
+    pub fn handle_from(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+        if let Some(c) = self.collector {
+            if !from_collector(from, c) {
+                self.stats.acks_ignored = self.stats.acks_ignored.saturating_add(1);
+                return false;
+            }
+        }
+        self.handle(datagram)
+    }
+
+    /// Feeds a received datagram whose source the caller has already checked (see
+    /// [`Sender::handle_from`]). Returns true if it was an ack for this record (checked with
+    /// the key, if any: with a key an untagged ack is ignored); anything else is ignored.
     pub fn handle(&mut self, datagram: &[u8]) -> bool {
         match wire::parse(datagram, self.key) {
             Ok(Repr::Ack(a)) if a.id() == self.id => {

@@ -4,7 +4,8 @@
 //! off len field
 //! 0   4   magic  b"CNRY"
 //! 4   1   version (1)
-//! 5   1   kind   1=Chunk 2=Ack 3=Heartbeat 4=Drill (open: unknown kinds are an error value)
+//! 5   1   kind   1=Chunk 2=Ack 3=Heartbeat 4=Drill 5=Challenge (open: unknown kinds are an
+//!                error value)
 //! 6   1   flags  bit0 = AUTH (a 16-byte HMAC-SHA256 tag precedes the CRC)
 //! 7   1   kind-header length H (parsers skip an unknown header tail)
 //! 8   H   kind header
@@ -44,8 +45,13 @@ pub const CHUNK_HEADER_LEN: usize = 40;
 pub const ACK_HEADER_LEN: usize = 28;
 /// See [`CHUNK_HEADER_LEN`].
 pub const HEARTBEAT_HEADER_LEN: usize = 32;
+/// See [`CHUNK_HEADER_LEN`]. A Drill header of at least [`DRILL_V1_HEADER_LEN`] bytes is
+/// accepted: one shorter than this carries no challenge.
+pub const DRILL_HEADER_LEN: usize = 40;
+/// The Drill header before the challenge was added (nonce, delay, reserved).
+pub const DRILL_V1_HEADER_LEN: usize = 16;
 /// See [`CHUNK_HEADER_LEN`].
-pub const DRILL_HEADER_LEN: usize = 16;
+pub const CHALLENGE_HEADER_LEN: usize = 32;
 
 /// Largest chunk payload: the datagram minus prefix, chunk header, tag and CRC (always
 /// budgeted for the tag so the chunk count does not depend on the key).
@@ -132,6 +138,21 @@ pub mod drill_field {
     pub const DELAY_MS: Range<usize> = 8..12;
     /// Reserved, zero.
     pub const RESERVED: Range<usize> = 12..16;
+    /// Challenge being answered: the canary's boot id (zero: none).
+    pub const BOOT_ID: Range<usize> = 16..32;
+    /// Challenge being answered: its counter (0: no challenge).
+    pub const COUNTER: Range<usize> = 32..40;
+}
+
+/// Byte offsets inside the Challenge header.
+pub mod challenge_field {
+    use core::ops::Range;
+    /// Nonce of the drill request this answers.
+    pub const NONCE: Range<usize> = 0..8;
+    /// The canary's boot id.
+    pub const BOOT_ID: Range<usize> = 8..24;
+    /// The challenge counter (from 1, strictly increasing within a boot).
+    pub const COUNTER: Range<usize> = 24..32;
 }
 
 /// Frame kind (open enum).
@@ -145,6 +166,8 @@ pub enum Kind {
     Heartbeat,
     /// The collector asks the appliance to panic (4).
     Drill,
+    /// The appliance answers a keyed drill request with a one-time challenge (5).
+    Challenge,
     /// A kind this version does not know.
     Unknown(u8),
 }
@@ -156,6 +179,7 @@ impl From<u8> for Kind {
             2 => Kind::Ack,
             3 => Kind::Heartbeat,
             4 => Kind::Drill,
+            5 => Kind::Challenge,
             o => Kind::Unknown(o),
         }
     }
@@ -168,20 +192,31 @@ impl From<Kind> for u8 {
             Kind::Ack => 2,
             Kind::Heartbeat => 3,
             Kind::Drill => 4,
+            Kind::Challenge => 5,
             Kind::Unknown(o) => o,
         }
     }
 }
 
 impl Kind {
-    /// The kind-header length this version writes and needs at least, `None` if unknown.
+    /// The kind-header length this version writes, `None` if unknown.
     pub const fn header_len(self) -> Option<usize> {
         match self {
             Kind::Chunk => Some(CHUNK_HEADER_LEN),
             Kind::Ack => Some(ACK_HEADER_LEN),
             Kind::Heartbeat => Some(HEARTBEAT_HEADER_LEN),
             Kind::Drill => Some(DRILL_HEADER_LEN),
+            Kind::Challenge => Some(CHALLENGE_HEADER_LEN),
             Kind::Unknown(_) => None,
+        }
+    }
+
+    /// The kind-header length this version needs at least, `None` if unknown (a Drill from
+    /// an older collector has the 16-byte header of [`DRILL_V1_HEADER_LEN`]).
+    pub const fn min_header_len(self) -> Option<usize> {
+        match self {
+            Kind::Drill => Some(DRILL_V1_HEADER_LEN),
+            k => k.header_len(),
         }
     }
 }
@@ -624,6 +659,16 @@ pub struct HeartbeatRepr {
     pub arch: Arch,
 }
 
+/// A one-time drill challenge: the canary's boot id and a counter it never reuses in that
+/// boot (see `capture/API.md`, "Drills").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Challenge {
+    /// The canary's boot id (random per boot).
+    pub boot_id: [u8; 16],
+    /// From 1, strictly increasing within a boot; 0 on the wire means "no challenge".
+    pub counter: u64,
+}
+
 /// A drill request from the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrillRepr {
@@ -631,6 +676,17 @@ pub struct DrillRepr {
     pub nonce: u64,
     /// Delay before panicking.
     pub delay_ms: u32,
+    /// The canary's challenge this drill answers (keyed drills need one; `None` asks for one).
+    pub challenge: Option<Challenge>,
+}
+
+/// The appliance's answer to a keyed drill without a (current) challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChallengeRepr {
+    /// Nonce of the drill request it answers.
+    pub nonce: u64,
+    /// The challenge the drill must carry.
+    pub challenge: Challenge,
 }
 
 /// A parsed frame.
@@ -644,13 +700,15 @@ pub enum Repr<'a> {
     Heartbeat(HeartbeatRepr),
     /// A drill request.
     Drill(DrillRepr),
+    /// A drill challenge.
+    Challenge(ChallengeRepr),
 }
 
 impl<'a> Repr<'a> {
     /// Parses the kind header and payload of a checked frame (auth is not looked at here).
     pub fn parse(frame: &Frame<&'a [u8]>) -> Result<Repr<'a>, WireError> {
         let kind = frame.kind();
-        let need = match kind.header_len() {
+        let need = match kind.min_header_len() {
             Some(n) => n,
             None => return Err(WireError::UnknownKind(kind.into())),
         };
@@ -711,9 +769,28 @@ impl<'a> Repr<'a> {
             }
             Kind::Drill => {
                 use drill_field as f;
+                // A header that ends before the challenge (an older collector's), or counter
+                // 0, carries none.
+                let challenge = (h.len() >= DRILL_HEADER_LEN)
+                    .then(|| Challenge {
+                        boot_id: id16(h, f::BOOT_ID),
+                        counter: le64(h, f::COUNTER),
+                    })
+                    .filter(|c| c.counter != 0);
                 Repr::Drill(DrillRepr {
                     nonce: le64(h, f::NONCE),
                     delay_ms: le32(h, f::DELAY_MS),
+                    challenge,
+                })
+            }
+            Kind::Challenge => {
+                use challenge_field as f;
+                Repr::Challenge(ChallengeRepr {
+                    nonce: le64(h, f::NONCE),
+                    challenge: Challenge {
+                        boot_id: id16(h, f::BOOT_ID),
+                        counter: le64(h, f::COUNTER),
+                    },
                 })
             }
             Kind::Unknown(k) => return Err(WireError::UnknownKind(k)),
@@ -727,6 +804,7 @@ impl<'a> Repr<'a> {
             Repr::Ack(_) => Kind::Ack,
             Repr::Heartbeat(_) => Kind::Heartbeat,
             Repr::Drill(_) => Kind::Drill,
+            Repr::Challenge(_) => Kind::Challenge,
         }
     }
 
@@ -776,6 +854,16 @@ impl<'a> Repr<'a> {
                 use drill_field as f;
                 h[f::NONCE].copy_from_slice(&d.nonce.to_le_bytes());
                 h[f::DELAY_MS].copy_from_slice(&d.delay_ms.to_le_bytes());
+                if let Some(c) = d.challenge {
+                    h[f::BOOT_ID].copy_from_slice(&c.boot_id);
+                    h[f::COUNTER].copy_from_slice(&c.counter.to_le_bytes());
+                }
+            }
+            Repr::Challenge(c) => {
+                use challenge_field as f;
+                h[f::NONCE].copy_from_slice(&c.nonce.to_le_bytes());
+                h[f::BOOT_ID].copy_from_slice(&c.challenge.boot_id);
+                h[f::COUNTER].copy_from_slice(&c.challenge.counter.to_le_bytes());
             }
         }
     }

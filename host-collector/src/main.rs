@@ -708,6 +708,7 @@ fn drill(_ctx: &Ctx, a: DrillArgs) -> Result<()> {
     let n = Repr::Drill(DrillRepr {
         nonce,
         delay_ms: a.delay_ms,
+        challenge: None,
     })
     .emit(key.as_ref(), &mut buf)
     .context("building the drill frame")?;

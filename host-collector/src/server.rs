@@ -656,7 +656,7 @@ impl Receiver {
                 };
                 self.send(Msg::Heartbeat(hb));
             }
-            Repr::Ack(_) | Repr::Drill(_) => {
+            Repr::Ack(_) | Repr::Drill(_) | Repr::Challenge(_) => {
                 debug!(%peer, "unexpected {:?} frame", repr.kind());
                 Counters::add(&c.unexpected_kind, 1);
             }

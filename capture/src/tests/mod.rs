@@ -2,6 +2,7 @@
 
 #[cfg(feature = "std")]
 mod end_to_end;
+mod drill;
 mod panic;
 #[cfg(feature = "std")]
 mod reassembler;

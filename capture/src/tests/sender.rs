@@ -177,6 +177,57 @@ fn with_a_key_frames_are_tagged_and_only_tagged_acks_count() {
 }
 
 #[test]
+fn an_ack_from_another_endpoint_is_ignored_and_retransmission_goes_on() {
+    // The boot id, sequence and CRC travel in clear: anyone who sees a chunk can forge the
+    // ack. Only the configured collector's endpoint (address and port) counts.
+    let rec = record_bytes();
+    let collector: std::net::SocketAddr = "10.0.2.2:7373".parse().unwrap();
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 0)
+        .unwrap()
+        .with_collector(collector);
+    let (_, first) = poll(&mut s, 0);
+    let good = ack(&s.id(), AckStatus::Stored, None);
+    for from in ["10.0.2.2:7374", "10.0.2.3:7373", "192.0.2.1:7373", "[::1]:7373"] {
+        assert!(
+            !s.handle_from(from.parse().unwrap(), &good),
+            "ack from {from} counted"
+        );
+    }
+    assert_eq!(s.ack_status(), None);
+    // Retransmission goes on as if nothing had arrived.
+    let (st, again) = poll(&mut s, 100);
+    assert_eq!(st, SendState::Waiting { next_ms: 300 });
+    assert_eq!(again.len(), first.len());
+    assert_eq!(s.stats().acks_ignored, 4);
+    // The same ack from the collector (an IPv4-mapped form of its address too) counts.
+    let mapped: std::net::SocketAddr = "[::ffff:10.0.2.2]:7373".parse().unwrap();
+    assert!(s.handle_from(mapped, &good));
+    assert_eq!(poll(&mut s, 101).0, SendState::Acked);
+}
+
+#[test]
+fn the_collector_endpoint_rule_is_exact_address_and_port() {
+    let c: std::net::SocketAddr = "10.0.2.2:7373".parse().unwrap();
+    assert!(from_collector(c, c));
+    assert!(!from_collector("10.0.2.2:7372".parse().unwrap(), c));
+    assert!(!from_collector("10.0.2.22:7373".parse().unwrap(), c));
+    assert!(from_collector("[::ffff:10.0.2.2]:7373".parse().unwrap(), c));
+    // A keyed sender that checks the endpoint still needs the tag.
+    let rec = record_bytes();
+    let key = Key::new([5; 32]);
+    let mut s = Sender::new(CFG, BOOT, 1, &rec, Some(&key), 0)
+        .unwrap()
+        .with_collector(c);
+    let id = s.id();
+    assert!(!s.handle_from(c, &ack(&id, AckStatus::Stored, None)));
+    assert!(!s.handle_from(c, &ack(&id, AckStatus::Stored, Some(&Key::new([6; 32])))));
+    // An authenticated ack for another record of the same boot is not ours either.
+    let other = RecordId { seq: 2, ..id };
+    assert!(!s.handle_from(c, &ack(&other, AckStatus::Stored, Some(&key))));
+    assert!(s.handle_from(c, &ack(&id, AckStatus::Stored, Some(&key))));
+}
+
+#[test]
 fn empty_and_oversized_records_are_refused() {
     assert_eq!(
         Sender::new(CFG, BOOT, 1, &[], None, 0).unwrap_err(),

@@ -22,14 +22,28 @@ const GOLDEN_HEARTBEAT: [u8; 44] = [
     0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x09, 0x00, 0x00, 0x00, 0x08, 0x07, 0x06, 0x05,
     0x04, 0x03, 0x02, 0x01, 0x02, 0x00, 0x00, 0x00, 0x74, 0xf4, 0xe8, 0x40,
 ];
-const GOLDEN_DRILL: [u8; 28] = [
+const GOLDEN_DRILL: [u8; 52] = [
+    0x43, 0x4e, 0x52, 0x59, 0x01, 0x04, 0x00, 0x28, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+    0xf4, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x2d, 0x18, 0xfa, 0x72,
+];
+const GOLDEN_DRILL_AUTH: [u8; 68] = [
+    0x43, 0x4e, 0x52, 0x59, 0x01, 0x04, 0x01, 0x28, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+    0xf4, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33,
+    0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+    0x7e, 0x96, 0x26, 0xd7, 0x66, 0xb6, 0x2a, 0x69, 0xf1, 0x28, 0xd2, 0x20, 0x74, 0x7c, 0x8f, 0xb2,
+    0x3d, 0xf5, 0x07, 0x48,
+];
+const GOLDEN_CHALLENGE_AUTH: [u8; 60] = [
+    0x43, 0x4e, 0x52, 0x59, 0x01, 0x05, 0x01, 0x20, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+    0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33,
+    0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0xc6, 0x9b, 0x38, 0x13, 0xbc, 0x32, 0xf2, 0x0c,
+    0xae, 0xcf, 0x48, 0x83, 0x57, 0x08, 0x89, 0xac, 0xc9, 0x3e, 0x78, 0x93,
+];
+const GOLDEN_DRILL_V1: [u8; 28] = [
     0x43, 0x4e, 0x52, 0x59, 0x01, 0x04, 0x00, 0x10, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
     0xf4, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x42, 0xb9, 0x81, 0x9b,
-];
-const GOLDEN_DRILL_AUTH: [u8; 44] = [
-    0x43, 0x4e, 0x52, 0x59, 0x01, 0x04, 0x01, 0x10, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
-    0xf4, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3e, 0x3a, 0x27, 0xb4, 0xf6, 0x60, 0x94, 0x6a,
-    0x63, 0x81, 0x86, 0xf4, 0x77, 0x06, 0xd1, 0xd2, 0x2e, 0xb8, 0xf6, 0x30,
 ];
 
 fn golden_key() -> Key {
@@ -70,6 +84,25 @@ fn drill_repr() -> DrillRepr {
     DrillRepr {
         nonce: 0x1122_3344_5566_7788,
         delay_ms: 500,
+        challenge: None,
+    }
+}
+fn challenge() -> Challenge {
+    Challenge {
+        boot_id: [0x33; 16],
+        counter: 0x0102_0304_0506_0708,
+    }
+}
+fn drill_answer_repr() -> DrillRepr {
+    DrillRepr {
+        challenge: Some(challenge()),
+        ..drill_repr()
+    }
+}
+fn challenge_repr() -> ChallengeRepr {
+    ChallengeRepr {
+        nonce: 0x1122_3344_5566_7788,
+        challenge: challenge(),
     }
 }
 
@@ -83,12 +116,13 @@ fn emit_vec(repr: &Repr<'_>, key: Option<&Key>) -> std::vec::Vec<u8> {
 #[test]
 fn every_kind_emits_its_golden_bytes_and_parses_back() {
     let key = golden_key();
-    let cases: [(Repr<'static>, Option<&Key>, &[u8]); 5] = [
+    let cases: [(Repr<'static>, Option<&Key>, &[u8]); 6] = [
         (Repr::Chunk(chunk_repr()), None, &GOLDEN_CHUNK),
         (Repr::Ack(ack_repr()), None, &GOLDEN_ACK),
         (Repr::Heartbeat(heartbeat_repr()), None, &GOLDEN_HEARTBEAT),
         (Repr::Drill(drill_repr()), None, &GOLDEN_DRILL),
-        (Repr::Drill(drill_repr()), Some(&key), &GOLDEN_DRILL_AUTH),
+        (Repr::Drill(drill_answer_repr()), Some(&key), &GOLDEN_DRILL_AUTH),
+        (Repr::Challenge(challenge_repr()), Some(&key), &GOLDEN_CHALLENGE_AUTH),
     ];
     for (repr, key, golden) in cases {
         assert_eq!(emit_vec(&repr, key), golden, "{repr:?}");
@@ -106,8 +140,12 @@ fn frame_view_exposes_fields_at_the_documented_offsets() {
     assert_eq!(f.crc(), 0xf7d9_7c0c);
     let a = Frame::new_checked(&GOLDEN_DRILL_AUTH[..]).unwrap();
     assert!(a.has_auth());
-    assert_eq!(a.tag().unwrap(), &GOLDEN_DRILL_AUTH[24..40]);
-    assert_eq!(a.authenticated_bytes(), &GOLDEN_DRILL_AUTH[..24]);
+    assert_eq!(a.header_len(), DRILL_HEADER_LEN);
+    assert_eq!(a.tag().unwrap(), &GOLDEN_DRILL_AUTH[48..64]);
+    assert_eq!(a.authenticated_bytes(), &GOLDEN_DRILL_AUTH[..48]);
+    let c = Frame::new_checked(&GOLDEN_CHALLENGE_AUTH[..]).unwrap();
+    assert_eq!(c.kind(), Kind::Challenge);
+    assert_eq!(c.header_len(), CHALLENGE_HEADER_LEN);
 }
 
 /// Rewrites the CRC so a crafted change reaches the checks after the CRC.
@@ -129,7 +167,7 @@ fn each_wire_error_comes_from_its_crafted_input() {
     recrc(&mut b);
     assert_eq!(
         parse(&b, None),
-        Err(WireError::Truncated { len: 28, need: 212 })
+        Err(WireError::Truncated { len: 52, need: 212 })
     );
     // Oversized.
     let big = [0u8; MAX_DATAGRAM + 1];
@@ -241,12 +279,44 @@ fn each_wire_error_comes_from_its_crafted_input() {
 #[test]
 fn longer_kind_headers_are_skipped_for_forward_compat() {
     // A future sender appends 4 header bytes to a Drill: this version still parses it.
-    let mut b = std::vec::Vec::from(&GOLDEN_DRILL[..24]);
-    b[field::HEADER_LEN] = 20;
+    let mut b = std::vec::Vec::from(&GOLDEN_DRILL[..8 + DRILL_HEADER_LEN]);
+    b[field::HEADER_LEN] = (DRILL_HEADER_LEN + 4) as u8;
     b.extend_from_slice(&[9, 9, 9, 9]);
     b.extend_from_slice(&[0; 4]);
     recrc(&mut b);
     assert_eq!(parse(&b, None), Ok(Repr::Drill(drill_repr())));
+}
+
+#[test]
+fn a_version_1_drill_without_a_challenge_still_parses() {
+    // Collectors before the challenge wrote a 16-byte Drill header (nonce, delay, reserved):
+    // it parses as a drill without a challenge (which a keyed canary answers with one).
+    assert_eq!(parse(&GOLDEN_DRILL_V1, None), Ok(Repr::Drill(drill_repr())));
+    // A header that stops inside the challenge carries none.
+    let mut b = std::vec::Vec::from(&GOLDEN_DRILL_AUTH[..8 + 30]);
+    b[field::FLAGS] = 0;
+    b[field::HEADER_LEN] = 30;
+    b.extend_from_slice(&[0; 4]);
+    recrc(&mut b);
+    assert_eq!(parse(&b, None), Ok(Repr::Drill(drill_repr())));
+    // Counter 0 means "no challenge", whatever the boot id says.
+    let mut b = GOLDEN_DRILL;
+    b[8 + 16..8 + 32].fill(0x33);
+    recrc(&mut b);
+    assert_eq!(parse(&b, None), Ok(Repr::Drill(drill_repr())));
+    // Shorter than the version-1 header: refused.
+    let mut b = std::vec::Vec::from(&GOLDEN_DRILL_V1[..8 + 12]);
+    b[field::HEADER_LEN] = 12;
+    b.extend_from_slice(&[0; 4]);
+    recrc(&mut b);
+    assert_eq!(
+        parse(&b, None),
+        Err(WireError::BadHeader {
+            kind: 4,
+            len: 12,
+            need: 16
+        })
+    );
 }
 
 #[test]
