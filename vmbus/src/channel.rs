@@ -1,7 +1,7 @@
 //! An open VMBus channel: two rings in one GPADL, a real try-lock on the outbound side, and
 //! HvSignalEvent signalling (ref §2.3, §4.5, §5).
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
 use crate::connection::GpadlId;
 use crate::hypercall;
@@ -11,6 +11,53 @@ use crate::status::HvError;
 
 pub use crate::ring::OutgoingPacket;
 
+/// Why a channel direction was poisoned: the ring's framing could not be trusted, so the
+/// reader (or writer) cannot step over the bad bytes and stays off that ring for good
+/// (OpenVMM `vmbus_ring` treats a corrupt ring the same way; Linux clamps the lengths instead,
+/// `hv_pkt_iter_first`). A bad packet whose framing was valid is consumed and reported, not
+/// poisonous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poison {
+    /// A ring index out of range or misaligned ([`RingError::BadIndex`]).
+    BadIndex,
+    /// A packet descriptor with impossible offsets or lengths
+    /// ([`RingError::BadDescriptor`]).
+    BadDescriptor,
+}
+
+impl Poison {
+    /// The poison a ring error causes, if any.
+    pub fn of(e: &RingError) -> Option<Poison> {
+        match e {
+            RingError::BadIndex { .. } => Some(Poison::BadIndex),
+            RingError::BadDescriptor { .. } => Some(Poison::BadDescriptor),
+            _ => None,
+        }
+    }
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Poison::BadIndex => 1,
+            Poison::BadDescriptor => 2,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Poison> {
+        match c {
+            1 => Some(Poison::BadIndex),
+            2 => Some(Poison::BadDescriptor),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for Poison {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Poison::BadIndex => "corrupt ring index",
+            Poison::BadDescriptor => "corrupt packet descriptor",
+        })
+    }
+}
+
 /// Errors from channel I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
@@ -18,6 +65,9 @@ pub enum ChannelError {
     Ring(#[from] RingError),
     #[error("signalling the host failed: {0}")]
     Signal(#[from] HvError),
+    /// The ring in that direction was found corrupt earlier; it is no longer touched.
+    #[error("channel poisoned ({0}): no longer read or written")]
+    Poisoned(Poison),
 }
 
 /// What a send did.
@@ -38,6 +88,10 @@ pub struct Channel {
     outbound: Ring,
     inbound: Ring,
     lock: AtomicBool,
+    /// [`Poison::code`] of the inbound ring, 0 while healthy.
+    poison_rx: AtomicU8,
+    /// [`Poison::code`] of the outbound ring, 0 while healthy.
+    poison_tx: AtomicU8,
     /// Send half of the connection's interrupt page (pre-5.0 event bits), or null.
     int_page_send: AtomicPtr<u8>,
 }
@@ -88,6 +142,8 @@ impl Channel {
             outbound,
             inbound,
             lock: AtomicBool::new(false),
+            poison_rx: AtomicU8::new(0),
+            poison_tx: AtomicU8::new(0),
             int_page_send: AtomicPtr::new(int_page_send),
         })
     }
@@ -117,6 +173,19 @@ impl Channel {
     /// The inbound (host→guest) ring.
     pub fn inbound(&self) -> &Ring {
         &self.inbound
+    }
+
+    /// Why the inbound ring was poisoned, if it was: [`Channel::try_recv`] no longer reads it.
+    pub fn rx_poisoned(&self) -> Option<Poison> {
+        Poison::from_code(self.poison_rx.load(Ordering::Acquire))
+    }
+    /// Why the outbound ring was poisoned, if it was: sends no longer write it.
+    pub fn tx_poisoned(&self) -> Option<Poison> {
+        Poison::from_code(self.poison_tx.load(Ordering::Acquire))
+    }
+    /// Why either ring was poisoned (inbound first), if one was.
+    pub fn poisoned(&self) -> Option<Poison> {
+        self.rx_poisoned().or_else(|| self.tx_poisoned())
     }
 
     /// Take the outbound-ring lock with one compare-and-swap; `None` if someone holds it.
@@ -162,8 +231,20 @@ impl Channel {
         hv: &dyn Hypervisor,
         buf: &'b mut [u8],
     ) -> Result<Option<Packet<'b>>, ChannelError> {
-        let Some(out) = self.inbound.read(buf)? else {
-            return Ok(None);
+        if let Some(p) = self.rx_poisoned() {
+            return Err(ChannelError::Poisoned(p));
+        }
+        let out = match self.inbound.read(buf) {
+            Ok(Some(out)) => out,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // A corrupt index or descriptor cannot be stepped over: stop reading this
+                // ring for good, so no caller can spin on it.
+                if let Some(p) = Poison::of(&e) {
+                    self.poison_rx.store(p.code(), Ordering::Release);
+                }
+                return Err(e.into());
+            }
         };
         if out.signal {
             self.signal(hv)?;
@@ -185,7 +266,14 @@ impl OutboundGuard<'_> {
         hv: &dyn Hypervisor,
         packet: &OutgoingPacket<'_>,
     ) -> Result<SendOutcome, ChannelError> {
-        let out = packet.write_to(&self.channel.outbound)?;
+        if let Some(p) = self.channel.tx_poisoned() {
+            return Err(ChannelError::Poisoned(p));
+        }
+        let out = packet.write_to(&self.channel.outbound).inspect_err(|e| {
+            if let Some(p) = Poison::of(e) {
+                self.channel.poison_tx.store(p.code(), Ordering::Release);
+            }
+        })?;
         if out.signal {
             self.channel.signal(hv)?;
         }

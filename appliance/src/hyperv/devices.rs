@@ -437,6 +437,7 @@ pub fn channel_code(e: ChannelError) -> u32 {
         ChannelError::Malformed => 0x305,
         ChannelError::Gpadl(_) => 0x306,
         ChannelError::OutOfBounds { .. } => 0x307,
+        ChannelError::Poisoned(_) => 0x308,
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Faults {
     /// Raw (message type, payload size field, bytes) SynIC messages delivered before
     /// ALLOFFERS_DELIVERED.
     pub inject_before_all_offers: Vec<(u32, u8, Vec<u8>)>,
+    /// Every EOM on SINT2 brings this (message type, payload size field, bytes) again: an
+    /// endless flood.
+    pub flood_on_eom: Option<(u32, u8, Vec<u8>)>,
     /// The TSC page is published with sequence 0 (invalid: fall back to TIME_REF_COUNT).
     pub invalid_tsc_page: bool,
 }
@@ -427,6 +430,9 @@ impl Sim {
             }
             SynReg::Eom => {
                 st.vps[vp as usize].eoms += 1;
+                if let Some((t, size, bytes)) = st.faults.flood_on_eom.clone() {
+                    self.deliver(&mut st, vp, VMBUS_MESSAGE_SINT, t, size, &bytes);
+                }
                 for s in 0..16 {
                     self.try_deliver(&mut st, vp, s);
                 }

@@ -41,6 +41,14 @@ impl Default for SynthvidHostConfig {
     }
 }
 
+impl SynthvidHostConfig {
+    /// The defaults of the host `p` models.
+    pub fn for_personality(p: crate::Personality) -> Self {
+        let _ = p;
+        Self::default()
+    }
+}
+
 /// What the host has seen.
 #[derive(Debug, Clone, Default)]
 pub struct SynthvidState {

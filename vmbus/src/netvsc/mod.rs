@@ -35,7 +35,9 @@
 pub mod nvsp;
 pub mod phy;
 pub mod rndis;
+mod rx;
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use crate::synthvid::chan::{
@@ -66,6 +68,9 @@ pub const RNDIS_MAX: usize = 2048;
 const PENDING_COMPLETIONS: usize = 64;
 /// Outbound-lock attempts per send in polling mode before giving up with `Busy`.
 const POLLING_LOCK_TRIES: u32 = 100_000;
+/// Inbound packets one drain handles at most (a host that keeps the ring full cannot hold
+/// the caller: smoltcp's receive/transmit and the panic path's ship step call it).
+pub const DRAIN_LIMIT: usize = 256;
 /// Send-buffer sections tracked.
 const MAX_SECTIONS: usize = 256;
 
@@ -229,6 +234,8 @@ struct Core<C, M> {
     irq: AtomicBool,
     ext_irq: Option<&'static AtomicBool>,
     stats: Stats,
+    /// Set when the channel reported its ring corrupt: nothing reads it again.
+    poisoned: Cell<Option<ChannelError>>,
 }
 
 /// The netvsc driver. Large (the receive queue is inline): keep it in a static or a box.
@@ -265,6 +272,7 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
                 irq: AtomicBool::new(false),
                 ext_irq: None,
                 stats: Stats::default(),
+                poisoned: Cell::new(None),
             },
             rxq: RxQueue::new(),
         }
@@ -324,6 +332,11 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
                 .sum::<usize>()
     }
 
+    /// Why the channel was poisoned, if it was: the driver no longer reads or writes it.
+    pub fn poisoned(&self) -> Option<ChannelError> {
+        self.core.poisoned.get()
+    }
+
     /// Switches between interrupt and polling operation (the panic path uses polling).
     pub fn set_mode(&mut self, mode: OpMode) {
         self.core.mode = mode;
@@ -349,8 +362,9 @@ impl<C: DeviceChannel, M: DmaMemory> Netvsc<C, M> {
         self.core.irq.store(true, Ordering::Release);
     }
 
-    /// Drains the inbound ring now: completions, control replies and frames. Returns the
-    /// number of packets handled.
+    /// Drains the inbound ring now: completions, control replies and frames, at most
+    /// [`DRAIN_LIMIT`] packets. Returns the number of packets read (malformed ones included).
+    /// A poisoned channel ([`Self::poisoned`]) gives its error at once, without reading.
     pub fn poll(&mut self) -> Result<usize, NetvscError> {
         self.core.drain(&mut self.rxq)
     }
@@ -393,6 +407,14 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     /// tried, a bounded number of times: if the panic interrupted a send on this channel the
     /// lock never frees, and waiting for it would hang the panic path (§2.3).
     fn out(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+        let r = self.out_inner(pkt);
+        if let Err(e @ ChannelError::Poisoned(_)) = r {
+            self.poisoned.set(Some(e));
+        }
+        r
+    }
+
+    fn out_inner(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
         match self.mode {
             OpMode::Interrupt => self.chan.send(pkt),
             OpMode::Polling => {
@@ -427,6 +449,9 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         deadline: &mut dyn Deadline,
         what: &'static str,
     ) -> Result<Nvsp, NetvscError> {
+        // The deadline is checked on every round, not only when the ring is empty: a host
+        // that keeps the ring busy cannot hold bring-up.
+        let mut waited = false;
         loop {
             if let Some((t, m)) = self.nvsp_reply {
                 if t == tid {
@@ -434,9 +459,11 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     return Ok(m);
                 }
             }
-            if self.drain(rxq)? == 0 && deadline.expired() {
+            if waited && deadline.expired() {
                 return Err(NetvscError::Timeout(what));
             }
+            self.drain(rxq)?;
+            waited = true;
         }
     }
 
@@ -698,7 +725,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             _ => 0,
         };
         while self.ctrl_busy {
-            if self.drain(rxq)? == 0 && deadline.expired() {
+            self.drain(rxq)?;
+            if self.ctrl_busy && deadline.expired() {
                 return Err(NetvscError::Timeout("RNDIS control slot"));
             }
         }
@@ -729,6 +757,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             self.ctrl_busy = false;
             return Err(e.into());
         }
+        let mut waited = false;
         loop {
             if let Some((id, r)) = self.ctrl_reply {
                 if id == request_id {
@@ -736,240 +765,12 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     return Ok(r);
                 }
             }
-            if self.drain(rxq)? == 0 && deadline.expired() {
+            if waited && deadline.expired() {
                 return Err(NetvscError::Timeout("RNDIS completion"));
             }
+            self.drain(rxq)?;
+            waited = true;
         }
-    }
-
-    fn maybe_drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
-        match self.mode {
-            OpMode::Polling => self.drain(rxq),
-            OpMode::Interrupt => {
-                let ext = self
-                    .ext_irq
-                    .is_some_and(|f| f.swap(false, Ordering::AcqRel));
-                if self.irq.swap(false, Ordering::AcqRel) | ext {
-                    self.drain(rxq)
-                } else {
-                    self.flush_pending()?;
-                    Ok(0)
-                }
-            }
-        }
-    }
-
-    /// Sends completions that earlier found the ring full.
-    fn flush_pending(&mut self) -> Result<(), NetvscError> {
-        while self.pending_len > 0 {
-            let tid = self.pending[0];
-            let status = (tid >> 63) as u32; // top bit marks a failed packet
-            let tid = tid & !(1 << 63);
-            match self.complete_rx(tid, status == 0) {
-                Ok(()) => {
-                    self.pending.copy_within(1..self.pending_len, 0);
-                    self.pending_len -= 1;
-                }
-                Err(ChannelError::Full) | Err(ChannelError::Busy) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    fn complete_rx(&mut self, tid: u64, ok: bool) -> Result<(), ChannelError> {
-        // netvsc.c netvsc_send_recv_completion: NVSP SEND_RNDIS_PKT_COMPLETE in a VM_PKT_COMP
-        // with the transfer-page packet's transaction id; header + status = 8 bytes.
-        let mut b = [0u8; 8];
-        b[..4].copy_from_slice(&nvsp::msg_type::SEND_RNDIS_PKT_COMPLETE.to_le_bytes());
-        let st = if ok {
-            nvsp::STATUS_SUCCESS
-        } else {
-            nvsp::STATUS_FAIL
-        };
-        b[4..].copy_from_slice(&st.to_le_bytes());
-        self.out(&OutPacket::Completion {
-            payload: &b,
-            trans_id: tid,
-        })?;
-        self.stats.xfer_completed += 1;
-        Ok(())
-    }
-
-    /// Reads every inbound packet. Returns how many were handled.
-    fn drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
-        self.flush_pending()?;
-        // Large enough for a transfer-page packet with hundreds of ranges (a host may batch
-        // up to NVSP_MAX_PACKETS_PER_RECEIVE = 375, OpenVMM protocol.rs).
-        let mut buf = [0u8; 4096];
-        let mut n = 0;
-        loop {
-            let pkt = match self.chan.recv(&mut buf) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(ChannelError::Malformed) => {
-                    self.stats.malformed += 1;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            n += 1;
-            let (kind, tid, flags) = (pkt.kind, pkt.trans_id, pkt.flags);
-            match kind {
-                PKT_COMP => self.on_completion(tid, pkt.payload),
-                PKT_DATA_USING_XFER_PAGES => {
-                    let ok = self.on_xfer_pages(rxq, pkt.ext, pkt.payload);
-                    if !ok {
-                        self.stats.malformed += 1;
-                    }
-                    self.stats.xfer_packets += 1;
-                    match self.complete_rx(tid, ok) {
-                        Ok(()) => {}
-                        Err(ChannelError::Full) | Err(ChannelError::Busy) => {
-                            if self.pending_len < PENDING_COMPLETIONS {
-                                self.pending[self.pending_len] = tid | if ok { 0 } else { 1 << 63 };
-                                self.pending_len += 1;
-                            } else {
-                                log::error!("netvsc: completion queue full, host may stall");
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                PKT_DATA_INBAND => {
-                    // NVSP messages the host sends unsolicited (VF association, indirection
-                    // table): nothing to do for a single-queue synthetic-only guest.
-                    match Nvsp::parse(pkt.payload) {
-                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
-                        Err(_) => self.stats.malformed += 1,
-                    }
-                    if flags & crate::synthvid::chan::FLAG_COMPLETION_REQUESTED != 0 {
-                        let _ = self.out(&OutPacket::Completion {
-                            payload: &[],
-                            trans_id: tid,
-                        });
-                    }
-                }
-                other => {
-                    log::warn!("netvsc: ignoring packet type {other}");
-                    self.stats.malformed += 1;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    fn on_completion(&mut self, tid: u64, payload: &[u8]) {
-        let msg = match Nvsp::parse(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("netvsc: bad completion: {e}");
-                self.stats.malformed += 1;
-                return;
-            }
-        };
-        match tid & TID_CLASS {
-            TID_REQUEST => self.nvsp_reply = Some((tid, msg)),
-            TID_SENDBUF => {
-                let i = (tid & 0xFFFF_FFFF) as usize;
-                if i < self.send_sections && self.send_used[i / 64] & (1 << (i % 64)) != 0 {
-                    self.send_used[i / 64] &= !(1 << (i % 64));
-                    self.stats.tx_completed += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
-            }
-            TID_GPA => {
-                let i = (tid & 0xFFFF_FFFF) as usize;
-                if i < 64 && self.tx_used & (1 << i) != 0 {
-                    self.tx_used &= !(1 << i);
-                    self.stats.tx_completed += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
-            }
-            TID_CONTROL => self.ctrl_busy = false,
-            _ => self.stats.malformed += 1,
-        }
-    }
-
-    /// Handles one transfer-page packet; returns whether it was well formed.
-    fn on_xfer_pages(&mut self, rxq: &mut RxQueue, ext: &[u8], payload: &[u8]) -> bool {
-        match Nvsp::parse(payload) {
-            Ok(Nvsp::RndisPacket { .. }) => {}
-            _ => return false,
-        }
-        let xp = match nvsp::XferPages::parse(ext) {
-            Ok(x) => x,
-            Err(_) => return false,
-        };
-        // netvsc.c netvsc_receive: the page set must be our receive buffer.
-        if xp.pageset_id != nvsp::RECV_BUFFER_ID {
-            return false;
-        }
-        let mut all_ok = true;
-        let mut msg = [0u8; RNDIS_MAX];
-        for i in 0..xp.len() {
-            let Some((off, len)) = xp.range(i) else {
-                return false;
-            };
-            let (off, len) = (off as usize, len as usize);
-            if len > RNDIS_MAX {
-                self.stats.rx_dropped += 1;
-                all_ok = false;
-                continue;
-            }
-            if self.bufs.recv.read(off, &mut msg[..len]).is_err() {
-                all_ok = false;
-                continue;
-            }
-            match Rndis::parse(&msg[..len]) {
-                Ok(Rndis::Packet { data, ppi }) => {
-                    if rndis::PpiIter::new(ppi).any(|p| p.is_err()) {
-                        self.stats.rx_dropped += 1;
-                        all_ok = false;
-                    } else if rxq.push(data) {
-                        self.stats.rx_frames += 1;
-                    } else {
-                        self.stats.rx_dropped += 1;
-                    }
-                }
-                Ok(Rndis::InitComplete {
-                    request_id, status, ..
-                }) => self.ctrl_reply = Some((request_id, CtrlReply::Init { status })),
-                Ok(Rndis::QueryComplete {
-                    request_id,
-                    status,
-                    info,
-                }) => {
-                    let mut b = [0u8; 16];
-                    let n = info.len().min(16);
-                    b[..n].copy_from_slice(&info[..n]);
-                    self.ctrl_reply = Some((
-                        request_id,
-                        CtrlReply::Query {
-                            status,
-                            info: b,
-                            len: info.len(),
-                        },
-                    ));
-                }
-                Ok(Rndis::SetComplete { request_id, status }) => {
-                    self.ctrl_reply = Some((request_id, CtrlReply::Set { status }))
-                }
-                Ok(Rndis::Indicate { status, .. }) => match status {
-                    rndis::STATUS_MEDIA_CONNECT => self.link_up = true,
-                    rndis::STATUS_MEDIA_DISCONNECT => self.link_up = false,
-                    _ => log::debug!("netvsc: RNDIS indication {status:#x}"),
-                },
-                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:#x}", other.ty()),
-                Err(e) => {
-                    log::warn!("netvsc: bad RNDIS message: {e}");
-                    all_ok = false;
-                }
-            }
-        }
-        all_ok
     }
 
     fn tx_available(&self) -> bool {

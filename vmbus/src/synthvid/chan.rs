@@ -41,9 +41,13 @@ pub enum ChannelError {
     /// The channel is closed or was never opened.
     #[error("channel closed")]
     Closed,
-    /// An inbound packet had an inconsistent descriptor.
-    #[error("malformed packet descriptor")]
+    /// An inbound packet was malformed; it was consumed, so the next read gets the next one.
+    #[error("malformed packet (dropped)")]
     Malformed,
+    /// The channel's ring was found corrupt (an index or a descriptor that cannot be stepped
+    /// over): it is no longer read (or written). Every later call fails the same way.
+    #[error("channel poisoned: {0}")]
+    Poisoned(crate::channel::Poison),
     /// GPADL creation failed (status from the host).
     #[error("GPADL creation failed (status {0:#x})")]
     Gpadl(u32),

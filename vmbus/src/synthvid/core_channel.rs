@@ -8,9 +8,12 @@
 
 pub use super::chan::GpadlMaker;
 use super::chan::{ChannelError, DeviceChannel, InPacket, OutPacket, PAGE_SIZE};
-use crate::channel::ChannelError as CoreError;
+use crate::channel::{ChannelError as CoreError, Poison};
 use crate::ring::{GpaRange, OutgoingPacket, Pfns, RingError};
 use crate::{Channel, Clock, Connection, Hypervisor};
+
+/// Lock attempts a waiting [`DeviceChannel::send`] makes before it reports `Busy`.
+pub const SEND_LOCK_SPINS: u32 = 1 << 24;
 
 /// [`GpadlMaker`] over a [`Connection`] for one channel (`relid`).
 pub struct ConnectionGpadls<'c, 's> {
@@ -77,10 +80,16 @@ impl<'a> CoreChannel<'a> {
     }
 
     fn send_with(&self, pkt: &OutPacket<'_>, wait: bool) -> Result<(), ChannelError> {
+        let mut spins = 0u32;
         let mut guard = loop {
             match self.ch.try_lock_outbound() {
                 Some(g) => break g,
-                None if wait => core::hint::spin_loop(),
+                // Bounded: a holder that never returns (a CPU frozen inside a send) must not
+                // hang this one.
+                None if wait && spins < SEND_LOCK_SPINS => {
+                    spins += 1;
+                    core::hint::spin_loop()
+                }
                 None => return Err(ChannelError::Busy),
             }
         };
@@ -141,8 +150,14 @@ fn map_err(e: CoreError) -> ChannelError {
         CoreError::Ring(RingError::Full { .. }) => ChannelError::Full,
         CoreError::Ring(RingError::TooLarge(n)) => ChannelError::TooLarge(n),
         CoreError::Ring(RingError::PacketDropped { needed, .. }) => ChannelError::TooLarge(needed),
-        CoreError::Ring(_) => ChannelError::Malformed,
+        CoreError::Ring(e) => match Poison::of(&e) {
+            // The core channel poisoned itself: say so from the first error on.
+            Some(p) => ChannelError::Poisoned(p),
+            // Consumed: the next read gets the next packet.
+            None => ChannelError::Malformed,
+        },
         CoreError::Signal(_) => ChannelError::Closed,
+        CoreError::Poisoned(p) => ChannelError::Poisoned(p),
     }
 }
 

@@ -35,7 +35,9 @@ pub mod console;
 pub mod core_channel;
 pub mod wire;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use crate::channel::Poison;
 
 use chan::{ChannelError, Deadline, DeviceChannel, OutPacket, PKT_DATA_INBAND};
 use thiserror::Error;
@@ -61,6 +63,8 @@ pub const DEFAULT_HEIGHT: u32 = 864;
 pub const DEPTH_WIN8: u8 = 32;
 /// Receive buffer: a full RESOLUTION_RESPONSE (16 + 16 + 387 bytes) with room to spare.
 const RECV_BUF: usize = 1024;
+/// Inbound messages one [`Synthvid::poll`] handles at most.
+pub const POLL_LIMIT: usize = 64;
 /// `CURSOR_COMPLETE` (-1 as u8) (hyperv_fb.c).
 pub const CURSOR_COMPLETE: u8 = 0xFF;
 
@@ -226,6 +230,8 @@ pub struct Synthvid<C: DeviceChannel> {
     connected: AtomicBool,
     dirt_needed: AtomicBool,
     request_id: AtomicU64,
+    /// `Poison::code` once the channel reported its ring corrupt (0: healthy).
+    poison: AtomicU8,
 }
 
 impl<C: DeviceChannel> Synthvid<C> {
@@ -239,6 +245,7 @@ impl<C: DeviceChannel> Synthvid<C> {
             connected: AtomicBool::new(false),
             dirt_needed: AtomicBool::new(false),
             request_id: AtomicU64::new(0),
+            poison: AtomicU8::new(0),
         }
     }
 
@@ -253,6 +260,24 @@ impl<C: DeviceChannel> Synthvid<C> {
     /// The current mode.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+    /// Why the channel was poisoned, if it was: [`Self::poll`] no longer reads it.
+    pub fn poisoned(&self) -> Option<ChannelError> {
+        Poison::from_code(self.poison.load(Ordering::Acquire)).map(ChannelError::Poisoned)
+    }
+
+    /// One receive: a poisoned channel fails at once without reading; a poisoning error is
+    /// remembered.
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<chan::InPacket<'b>>, ChannelError> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
+        self.chan.recv(buf).inspect_err(|e| {
+            if let ChannelError::Poisoned(p) = e {
+                log::error!("synthvid: {e}: the channel is no longer read");
+                self.poison.store(p.code(), Ordering::Release);
+            }
+        })
     }
     /// Whether the host asked for DIRT rectangles.
     pub fn dirt_needed(&self) -> bool {
@@ -280,23 +305,36 @@ impl<C: DeviceChannel> Synthvid<C> {
     ) -> Result<T, SynthvidError> {
         let mut buf = [0u8; RECV_BUF];
         loop {
-            match self.chan.recv(&mut buf)? {
+            // Checked on every message too: a host that floods the ring cannot hold us.
+            let got = match self.recv(&mut buf) {
+                Ok(p) => p,
+                Err(ChannelError::Malformed | ChannelError::TooLarge(_)) => {
+                    log::warn!("synthvid: dropped a malformed packet");
+                    if deadline.expired() {
+                        return Err(SynthvidError::Timeout(what));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match got {
                 Some(pkt) => {
                     if pkt.kind != PKT_DATA_INBAND {
                         log::debug!("synthvid: ignoring packet type {}", pkt.kind);
-                        continue;
-                    }
-                    let msg = match Message::parse(pkt.payload) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            log::warn!("synthvid: dropping bad message: {e}");
-                            continue;
+                    } else {
+                        match Message::parse(pkt.payload) {
+                            Ok(msg) => {
+                                if let Some(v) = want(&msg) {
+                                    return Ok(v);
+                                }
+                                self.handle(&msg)?;
+                            }
+                            Err(e) => log::warn!("synthvid: dropping bad message: {e}"),
                         }
-                    };
-                    if let Some(v) = want(&msg) {
-                        return Ok(v);
                     }
-                    self.handle(&msg)?;
+                    if deadline.expired() {
+                        return Err(SynthvidError::Timeout(what));
+                    }
                 }
                 None => {
                     if deadline.expired() {
@@ -466,12 +504,22 @@ impl<C: DeviceChannel> Synthvid<C> {
         Ok(())
     }
 
-    /// Handles every queued inbound message (call from the channel interrupt or a poll loop).
-    /// Returns how many were handled.
+    /// Handles queued inbound messages, at most [`POLL_LIMIT`] per call (call from the
+    /// channel interrupt or a poll loop; call again if it returned the limit). Returns how
+    /// many were read. A poisoned channel ([`Self::poisoned`]) fails at once, without reading.
     pub fn poll(&self) -> Result<usize, SynthvidError> {
         let mut buf = [0u8; RECV_BUF];
         let mut n = 0;
-        while let Some(pkt) = self.chan.recv(&mut buf)? {
+        while n < POLL_LIMIT {
+            let pkt = match self.recv(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(ChannelError::Malformed | ChannelError::TooLarge(_)) => {
+                    n += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             n += 1;
             if pkt.kind != PKT_DATA_INBAND {
                 continue;

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod bounded;
+
 use vmbus::guid::{Guid, HEARTBEAT_IC, NET, SYNTHVID};
 use vmbus_sim::{Personality, Sim, SimArch, SimConfig, SimOffer};
 
@@ -39,6 +41,20 @@ pub fn config(arch: SimArch, personality: Personality) -> SimConfig {
 
 pub fn sim(arch: SimArch, personality: Personality) -> Sim {
     Sim::new(config(arch, personality))
+}
+
+/// Every host personality: each device and panic-path test runs against all of them.
+pub const PERSONALITIES: [Personality; 3] = [
+    Personality::HyperV {
+        max_version: vmbus::Version::WIN10_V5_3,
+    },
+    Personality::Qemu,
+    Personality::OpenVmm,
+];
+
+/// A sim for `p` with the test offer set.
+pub fn sim_with(arch: SimArch, personality: Personality) -> Sim {
+    sim(arch, personality)
 }
 
 pub fn hyperv() -> Personality {

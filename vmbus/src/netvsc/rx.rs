@@ -1,0 +1,260 @@
+//! netvsc's receive path: the bounded drain of the inbound ring, completions, transfer-page
+//! packets (frames and RNDIS control replies) and the completions the host waits for
+//! (Linux `drivers/net/hyperv/netvsc.c` `netvsc_receive`, `netvsc_send_recv_completion`).
+
+use core::sync::atomic::Ordering;
+
+use super::nvsp::{self, Nvsp};
+use super::rndis::{self, Rndis};
+use super::{
+    ChannelError, Core, CtrlReply, DeviceChannel, DmaMemory, NetvscError, OpMode, OutPacket,
+    RxQueue, DRAIN_LIMIT, PENDING_COMPLETIONS, PKT_COMP, PKT_DATA_INBAND,
+    PKT_DATA_USING_XFER_PAGES, RNDIS_MAX, TID_CLASS, TID_CONTROL, TID_GPA, TID_REQUEST,
+    TID_SENDBUF,
+};
+
+impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
+    pub(super) fn maybe_drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
+        match self.mode {
+            OpMode::Polling => self.drain(rxq),
+            OpMode::Interrupt => {
+                let ext = self
+                    .ext_irq
+                    .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+                if self.irq.swap(false, Ordering::AcqRel) | ext {
+                    self.drain(rxq)
+                } else {
+                    self.flush_pending()?;
+                    Ok(0)
+                }
+            }
+        }
+    }
+
+    /// Sends completions that earlier found the ring full.
+    pub(super) fn flush_pending(&mut self) -> Result<(), NetvscError> {
+        while self.pending_len > 0 {
+            let tid = self.pending[0];
+            let status = (tid >> 63) as u32; // top bit marks a failed packet
+            let tid = tid & !(1 << 63);
+            match self.complete_rx(tid, status == 0) {
+                Ok(()) => {
+                    self.pending.copy_within(1..self.pending_len, 0);
+                    self.pending_len -= 1;
+                }
+                Err(ChannelError::Full) | Err(ChannelError::Busy) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn complete_rx(&mut self, tid: u64, ok: bool) -> Result<(), ChannelError> {
+        // netvsc.c netvsc_send_recv_completion: NVSP SEND_RNDIS_PKT_COMPLETE in a VM_PKT_COMP
+        // with the transfer-page packet's transaction id; header + status = 8 bytes.
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&nvsp::msg_type::SEND_RNDIS_PKT_COMPLETE.to_le_bytes());
+        let st = if ok {
+            nvsp::STATUS_SUCCESS
+        } else {
+            nvsp::STATUS_FAIL
+        };
+        b[4..].copy_from_slice(&st.to_le_bytes());
+        self.out(&OutPacket::Completion {
+            payload: &b,
+            trans_id: tid,
+        })?;
+        self.stats.xfer_completed += 1;
+        Ok(())
+    }
+
+    /// Reads inbound packets until the ring is empty or [`DRAIN_LIMIT`] were read. Returns
+    /// how many were read. A poisoned channel fails at once and is never read again.
+    pub(super) fn drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
+        if let Some(e) = self.poisoned.get() {
+            return Err(e.into());
+        }
+        self.flush_pending()?;
+        // Large enough for a transfer-page packet with hundreds of ranges (a host may batch
+        // up to NVSP_MAX_PACKETS_PER_RECEIVE = 375, OpenVMM protocol.rs).
+        let mut buf = [0u8; 4096];
+        let mut n = 0;
+        while n < DRAIN_LIMIT {
+            let pkt = match self.chan.recv(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(n),
+                // Consumed by the channel: count it and read on (bounded by the limit).
+                Err(ChannelError::Malformed) | Err(ChannelError::TooLarge(_)) => {
+                    self.stats.malformed += 1;
+                    n += 1;
+                    continue;
+                }
+                Err(e @ ChannelError::Poisoned(_)) => {
+                    log::error!("netvsc: {e}: the channel is no longer read");
+                    self.poisoned.set(Some(e));
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            n += 1;
+            let (kind, tid, flags) = (pkt.kind, pkt.trans_id, pkt.flags);
+            match kind {
+                PKT_COMP => self.on_completion(tid, pkt.payload),
+                PKT_DATA_USING_XFER_PAGES => {
+                    let ok = self.on_xfer_pages(rxq, pkt.ext, pkt.payload);
+                    if !ok {
+                        self.stats.malformed += 1;
+                    }
+                    self.stats.xfer_packets += 1;
+                    match self.complete_rx(tid, ok) {
+                        Ok(()) => {}
+                        Err(ChannelError::Full) | Err(ChannelError::Busy) => {
+                            if self.pending_len < PENDING_COMPLETIONS {
+                                self.pending[self.pending_len] = tid | if ok { 0 } else { 1 << 63 };
+                                self.pending_len += 1;
+                            } else {
+                                log::error!("netvsc: completion queue full, host may stall");
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                PKT_DATA_INBAND => {
+                    // NVSP messages the host sends unsolicited (VF association, indirection
+                    // table): nothing to do for a single-queue synthetic-only guest.
+                    match Nvsp::parse(pkt.payload) {
+                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
+                        Err(_) => self.stats.malformed += 1,
+                    }
+                    if flags & crate::synthvid::chan::FLAG_COMPLETION_REQUESTED != 0 {
+                        let _ = self.out(&OutPacket::Completion {
+                            payload: &[],
+                            trans_id: tid,
+                        });
+                    }
+                }
+                other => {
+                    log::warn!("netvsc: ignoring packet type {other}");
+                    self.stats.malformed += 1;
+                }
+            }
+        }
+        // The limit was reached: more may be waiting, and in interrupt mode the host does not
+        // interrupt again until the ring drains (§5.2), so look again on the next receive.
+        self.irq.store(true, Ordering::Release);
+        Ok(n)
+    }
+
+    pub(super) fn on_completion(&mut self, tid: u64, payload: &[u8]) {
+        let msg = match Nvsp::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("netvsc: bad completion: {e}");
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        match tid & TID_CLASS {
+            TID_REQUEST => self.nvsp_reply = Some((tid, msg)),
+            TID_SENDBUF => {
+                let i = (tid & 0xFFFF_FFFF) as usize;
+                if i < self.send_sections && self.send_used[i / 64] & (1 << (i % 64)) != 0 {
+                    self.send_used[i / 64] &= !(1 << (i % 64));
+                    self.stats.tx_completed += 1;
+                } else {
+                    self.stats.malformed += 1;
+                }
+            }
+            TID_GPA => {
+                let i = (tid & 0xFFFF_FFFF) as usize;
+                if i < 64 && self.tx_used & (1 << i) != 0 {
+                    self.tx_used &= !(1 << i);
+                    self.stats.tx_completed += 1;
+                } else {
+                    self.stats.malformed += 1;
+                }
+            }
+            TID_CONTROL => self.ctrl_busy = false,
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    /// Handles one transfer-page packet; returns whether it was well formed.
+    pub(super) fn on_xfer_pages(&mut self, rxq: &mut RxQueue, ext: &[u8], payload: &[u8]) -> bool {
+        match Nvsp::parse(payload) {
+            Ok(Nvsp::RndisPacket { .. }) => {}
+            _ => return false,
+        }
+        let xp = match nvsp::XferPages::parse(ext) {
+            Ok(x) => x,
+            Err(_) => return false,
+        };
+        // netvsc.c netvsc_receive: the page set must be our receive buffer.
+        if xp.pageset_id != nvsp::RECV_BUFFER_ID {
+            return false;
+        }
+        let mut all_ok = true;
+        let mut msg = [0u8; RNDIS_MAX];
+        for i in 0..xp.len() {
+            let Some((off, len)) = xp.range(i) else {
+                return false;
+            };
+            let (off, len) = (off as usize, len as usize);
+            if len > RNDIS_MAX {
+                self.stats.rx_dropped += 1;
+                all_ok = false;
+                continue;
+            }
+            if self.bufs.recv.read(off, &mut msg[..len]).is_err() {
+                all_ok = false;
+                continue;
+            }
+            match Rndis::parse(&msg[..len]) {
+                Ok(Rndis::Packet { data, ppi }) => {
+                    if rndis::PpiIter::new(ppi).any(|p| p.is_err()) {
+                        self.stats.rx_dropped += 1;
+                        all_ok = false;
+                    } else if rxq.push(data) {
+                        self.stats.rx_frames += 1;
+                    } else {
+                        self.stats.rx_dropped += 1;
+                    }
+                }
+                Ok(Rndis::InitComplete {
+                    request_id, status, ..
+                }) => self.ctrl_reply = Some((request_id, CtrlReply::Init { status })),
+                Ok(Rndis::QueryComplete {
+                    request_id,
+                    status,
+                    info,
+                }) => {
+                    let mut b = [0u8; 16];
+                    let n = info.len().min(16);
+                    b[..n].copy_from_slice(&info[..n]);
+                    self.ctrl_reply = Some((
+                        request_id,
+                        CtrlReply::Query {
+                            status,
+                            info: b,
+                            len: info.len(),
+                        },
+                    ));
+                }
+                Ok(Rndis::SetComplete { request_id, status }) => {
+                    self.ctrl_reply = Some((request_id, CtrlReply::Set { status }))
+                }
+                Ok(Rndis::Indicate { status, .. }) => match status {
+                    rndis::STATUS_MEDIA_CONNECT => self.link_up = true,
+                    rndis::STATUS_MEDIA_DISCONNECT => self.link_up = false,
+                    _ => log::debug!("netvsc: RNDIS indication {status:#x}"),
+                },
+                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:#x}", other.ty()),
+                Err(e) => {
+                    log::warn!("netvsc: bad RNDIS message: {e}");
+                    all_ok = false;
+                }
+            }
+        }
+        all_ok
+    }
+}
