@@ -3,7 +3,8 @@
 use crate::config::Config;
 use crate::panic_path::{HINT_DRILL, HINT_SELFCHECK, KIND_HINT};
 use crate::platform::{HYPERV, NET};
-use capture::wire::{DrillRepr, HeartbeatRepr, Repr};
+use capture::drill::{DrillGuard, Refusal, Verdict};
+use capture::wire::{HeartbeatRepr, Repr};
 use core::sync::atomic::Ordering;
 
 /// Timer sanity: the counter against an independent reference clock (x86_64: CMOS RTC;
@@ -70,18 +71,41 @@ fn heartbeat(seq: u32) {
     }
 }
 
-/// Polls the network; returns a drill request if one arrived.
-fn poll_net() -> Option<DrillRepr> {
+/// Polls the network; returns a drill (nonce, delay in ms) if one was accepted. Drill
+/// requests are answered with a challenge (keyed mode, `capture::drill`).
+fn poll_net(drills: &mut DrillGuard<'_>) -> Option<(u64, u32)> {
     let mut g = NET.try_lock()?;
     let net = g.as_mut()?;
     net.poll();
     let mut buf = [0u8; 256];
     let mut drill = None;
-    while let Some(d) = net.recv_drill(&mut buf) {
-        match capture::wire::parse(d, crate::platform::config().key.as_ref()) {
-            Ok(Repr::Drill(r)) => drill = Some(r),
-            Ok(_) => log::warn!("drill port: unexpected frame kind"),
-            Err(e) => log::warn!("drill port: bad frame: {e}"),
+    while let Some((from, d)) = net.recv_drill(&mut buf) {
+        match drills.handle(d, crate::arch::now_us() / 1000) {
+            Verdict::Drill { nonce, delay_ms } => drill = Some((nonce, delay_ms)),
+            Verdict::Challenge(c) => {
+                let mut out = [0u8; 128];
+                let key = crate::platform::config().key.as_ref();
+                let sent = capture::wire::emit(&Repr::Challenge(c), key, &mut out)
+                    .is_ok_and(|n| net.send_drill_reply(&out[..n], from));
+                log::info!(
+                    "drill request {:#x} from {from}: challenge {} {}",
+                    c.nonce,
+                    c.challenge.counter,
+                    if sent {
+                        "sent"
+                    } else {
+                        "not sent (buffer full)"
+                    }
+                );
+            }
+            Verdict::Refused(Refusal::Frame(e)) => {
+                log::warn!("drill port: bad frame from {from}: {e}")
+            }
+            Verdict::Refused(Refusal::Disabled) => log::warn!(
+                "drill port: drill from {from} refused: drills are off (no key and not \
+                 drill=insecure, or drill=off)"
+            ),
+            Verdict::Refused(r) => log::warn!("drill port: drill from {from} refused: {r:?}"),
         }
     }
     // Acks for heartbeats are not expected; drop stray datagrams on the collector socket.
@@ -137,6 +161,20 @@ pub fn run(cfg: &'static Config) -> ! {
     let fault_at = cfg.fault_after_ms.map(|ms| t_ready + ms * 1000);
     let overflow_at = cfg.stack_overflow_after_ms.map(|ms| t_ready + ms * 1000);
     let mut drill_at: Option<(u64, u64)> = None;
+    let boot_id = crate::platform::BOOT
+        .get()
+        .map(|b| b.boot_id)
+        .unwrap_or_default();
+    let mut drills = DrillGuard::new(boot_id, cfg.key.as_ref(), cfg.drill);
+    log::info!(
+        "drills: {}",
+        match (drills.enabled(), cfg.key.is_some()) {
+            (false, _) => "off",
+            (true, true) => "authenticated, challenge-response",
+            (true, false) =>
+                "UNAUTHENTICATED (drill=insecure): anyone on the network can crash this canary",
+        }
+    );
     // Halt between polls unless Hyper-V owns the interrupt controller (SynIC, stimers).
     let halts =
         cfg.idle_halt && HYPERV.try_lock().is_some_and(|g| g.is_none()) && crate::arch::idle_init();
@@ -145,13 +183,9 @@ pub fn run(cfg: &'static Config) -> ! {
     }
     loop {
         let now = crate::arch::now_us();
-        if let Some(d) = poll_net() {
-            log::warn!(
-                "drill {:#x} received: panicking in {} ms",
-                d.nonce,
-                d.delay_ms
-            );
-            drill_at = Some((now + d.delay_ms as u64 * 1000, d.nonce));
+        if let Some((nonce, delay_ms)) = poll_net(&mut drills) {
+            log::warn!("drill {nonce:#x} received: panicking in {delay_ms} ms");
+            drill_at = Some((now + delay_ms as u64 * 1000, nonce));
         }
         if let Some((at, nonce)) = drill_at {
             if now >= at {

@@ -63,6 +63,9 @@ pub struct Config {
     /// Fleet key: when set, every frame the canary sends carries an HMAC-SHA256 tag and drills
     /// without a valid tag are refused (capture `API.md`, wire flags AUTH).
     pub key: Option<capture::Key>,
+    /// `drill=off|keyed|insecure`: with a key, drills are authenticated challenge-responses
+    /// (capture `API.md`, "Drills"); without one they are off unless `insecure`.
+    pub drill: capture::drill::DrillPolicy,
     /// Problems found while parsing, printed once the log is up.
     pub warnings: heapless::String<256>,
 }
@@ -92,6 +95,7 @@ impl Default for Config {
             timer_tolerance_pct: 50,
             log_level: log::LevelFilter::Info,
             key: None,
+            drill: capture::drill::DrillPolicy::Keyed,
             warnings: heapless::String::new(),
         }
     }
@@ -213,6 +217,14 @@ impl Config {
                     _ => false,
                 },
                 "log" => v.parse().map(|l| c.log_level = l).is_ok(),
+                "drill" => match v {
+                    "off" => Some(capture::drill::DrillPolicy::Off),
+                    "keyed" => Some(capture::drill::DrillPolicy::Keyed),
+                    "insecure" => Some(capture::drill::DrillPolicy::Insecure),
+                    _ => None,
+                }
+                .map(|d| c.drill = d)
+                .is_some(),
                 "key" => match capture::Key::from_hex(v) {
                     Ok(k) => {
                         c.key = Some(k);
@@ -322,6 +334,17 @@ mod tests {
         assert!(c.key.is_none());
         assert!(c.warnings.contains("bad key"), "{}", c.warnings);
         assert!(!c.warnings.contains("secretsecret"), "{}", c.warnings);
+    }
+
+    #[test]
+    fn drill_policy_is_keyed_by_default_and_insecure_or_off_on_request() {
+        use capture::drill::DrillPolicy;
+        assert_eq!(Config::parse("").drill, DrillPolicy::Keyed);
+        assert_eq!(Config::parse("drill=insecure").drill, DrillPolicy::Insecure);
+        assert_eq!(Config::parse("drill=off").drill, DrillPolicy::Off);
+        let c = Config::parse("drill=yes");
+        assert_eq!(c.drill, DrillPolicy::Keyed);
+        assert!(c.warnings.contains("bad drill=yes"), "{}", c.warnings);
     }
 
     #[test]

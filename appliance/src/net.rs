@@ -17,11 +17,19 @@ use virtio_drivers::transport::SomeTransport;
 const QUEUE: usize = 16;
 const BUF: usize = 2048;
 
+/// A static buffer for the device or smoltcp, `Some(&'static mut)` the first time this
+/// expansion runs and `None` ever after (each expansion has its own static and flag).
 macro_rules! static_buf {
     ($t:ty, $init:expr) => {{
+        static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
         static mut B: $t = $init;
-        // SAFETY: each expansion is its own static, taken exactly once (Net::init runs once).
-        unsafe { &mut *core::ptr::addr_of_mut!(B) }
+        if TAKEN.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            None
+        } else {
+            // SAFETY: `B` is private to this expansion and only reached here; the swap above
+            // lets exactly one caller (ever) past, so this is the only reference to it.
+            Some(unsafe { &mut *core::ptr::addr_of_mut!(B) })
+        }
     }};
 }
 
@@ -36,13 +44,21 @@ pub struct VirtioPhy {
 
 impl VirtioPhy {
     fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
+        // A second NIC would need buffers of its own: these are taken once.
+        let (Some(rx_bufs), Some(rx_pkt), Some(tx_buf)) = (
+            static_buf!([[u8; BUF]; QUEUE], [[0; BUF]; QUEUE]),
+            static_buf!([u8; BUF], [0; BUF]),
+            static_buf!([u8; BUF], [0; BUF]),
+        ) else {
+            return Err(virtio_drivers::Error::AlreadyUsed);
+        };
         let dev = VirtIONetRaw::new(transport)?;
         let mut p = VirtioPhy {
             dev,
-            rx_bufs: static_buf!([[u8; BUF]; QUEUE], [[0; BUF]; QUEUE]),
+            rx_bufs,
             slot: [0; QUEUE],
-            rx_pkt: static_buf!([u8; BUF], [0; BUF]),
-            tx_buf: static_buf!([u8; BUF], [0; BUF]),
+            rx_pkt,
+            tx_buf,
         };
         p.dev.disable_interrupts();
         Ok(p)
@@ -216,6 +232,36 @@ pub fn panic_use_netvsc(nic: &'static mut crate::hyperv::HvNic) {
     }
 }
 
+/// The sockets' static buffers (taken once, at [`Net::init`]).
+struct SocketBufs {
+    sockets: &'static mut [SocketStorage<'static>; 4],
+    rx_meta: &'static mut [udp::PacketMetadata; 8],
+    rx: &'static mut [u8; 8192],
+    tx_meta: &'static mut [udp::PacketMetadata; 16],
+    tx: &'static mut [u8; 24576],
+    drill_rx_meta: &'static mut [udp::PacketMetadata; 4],
+    drill_rx: &'static mut [u8; 2048],
+    /// Room for two Challenge frames (60 bytes each).
+    drill_tx_meta: &'static mut [udp::PacketMetadata; 2],
+    drill_tx: &'static mut [u8; 128],
+}
+
+impl SocketBufs {
+    fn take() -> Option<SocketBufs> {
+        Some(SocketBufs {
+            sockets: static_buf!([SocketStorage<'static>; 4], [SocketStorage::EMPTY; 4])?,
+            rx_meta: static_buf!([udp::PacketMetadata; 8], [udp::PacketMetadata::EMPTY; 8])?,
+            rx: static_buf!([u8; 8192], [0; 8192])?,
+            tx_meta: static_buf!([udp::PacketMetadata; 16], [udp::PacketMetadata::EMPTY; 16])?,
+            tx: static_buf!([u8; 24576], [0; 24576])?,
+            drill_rx_meta: static_buf!([udp::PacketMetadata; 4], [udp::PacketMetadata::EMPTY; 4])?,
+            drill_rx: static_buf!([u8; 2048], [0; 2048])?,
+            drill_tx_meta: static_buf!([udp::PacketMetadata; 2], [udp::PacketMetadata::EMPTY; 2])?,
+            drill_tx: static_buf!([u8; 128], [0; 128])?,
+        })
+    }
+}
+
 pub struct Net {
     pub phy: Phy,
     pub iface: Interface,
@@ -225,6 +271,15 @@ pub struct Net {
     pub dhcp: Option<SocketHandle>,
     pub collector: IpEndpoint,
     pub configured: bool,
+    /// Datagrams dropped by `recv_collector` because of their source.
+    foreign: u32,
+}
+
+/// How many datagrams from other sources `recv_collector` logs.
+const FOREIGN_LOGGED: u32 = 8;
+
+fn socket_addr(ep: IpEndpoint) -> core::net::SocketAddr {
+    core::net::SocketAddr::new(ep.addr.into(), ep.port)
 }
 
 pub fn now() -> Instant {
@@ -260,6 +315,10 @@ impl Net {
                 (Phy::Virtio(phy), mac, "virtio-net")
             }
         };
+        let Some(bufs) = SocketBufs::take() else {
+            log::error!("net: init ran twice; the socket buffers are taken");
+            return false;
+        };
         let mut ic = IfConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         ic.random_seed = crate::arch::imp::entropy();
         let iface = Interface::new(ic, &mut phy, now());
@@ -267,9 +326,7 @@ impl Net {
         let net = g.insert(Net {
             phy,
             iface,
-            sockets: SocketSet::new(
-                &mut static_buf!([SocketStorage<'static>; 4], [SocketStorage::EMPTY; 4])[..],
-            ),
+            sockets: SocketSet::new(&mut bufs.sockets[..]),
             udp: SocketHandle::default(),
             drill: SocketHandle::default(),
             dhcp: None,
@@ -278,26 +335,15 @@ impl Net {
                 cfg.collector.1,
             ),
             configured: false,
+            foreign: 0,
         });
-        let rx = udp::PacketBuffer::new(
-            &mut static_buf!([udp::PacketMetadata; 8], [udp::PacketMetadata::EMPTY; 8])[..],
-            &mut static_buf!([u8; 8192], [0; 8192])[..],
-        );
-        let tx = udp::PacketBuffer::new(
-            &mut static_buf!([udp::PacketMetadata; 16], [udp::PacketMetadata::EMPTY; 16])[..],
-            &mut static_buf!([u8; 24576], [0; 24576])[..],
-        );
+        let rx = udp::PacketBuffer::new(&mut bufs.rx_meta[..], &mut bufs.rx[..]);
+        let tx = udp::PacketBuffer::new(&mut bufs.tx_meta[..], &mut bufs.tx[..]);
         let mut s = udp::Socket::new(rx, tx);
         let _ = s.bind(cfg.drill_port.wrapping_add(1).max(1024));
         net.udp = net.sockets.add(s);
-        let drx = udp::PacketBuffer::new(
-            &mut static_buf!([udp::PacketMetadata; 4], [udp::PacketMetadata::EMPTY; 4])[..],
-            &mut static_buf!([u8; 2048], [0; 2048])[..],
-        );
-        let dtx = udp::PacketBuffer::new(
-            &mut static_buf!([udp::PacketMetadata; 1], [udp::PacketMetadata::EMPTY; 1])[..],
-            &mut static_buf!([u8; 64], [0; 64])[..],
-        );
+        let drx = udp::PacketBuffer::new(&mut bufs.drill_rx_meta[..], &mut bufs.drill_rx[..]);
+        let dtx = udp::PacketBuffer::new(&mut bufs.drill_tx_meta[..], &mut bufs.drill_tx[..]);
         let mut d = udp::Socket::new(drx, dtx);
         let _ = d.bind(cfg.drill_port);
         net.drill = net.sockets.add(d);
@@ -366,17 +412,45 @@ impl Net {
             .is_ok()
     }
 
-    /// Takes one datagram from the collector socket into `buf`.
+    /// Takes the next datagram that came from the collector's endpoint (address and port,
+    /// `capture::sender::from_collector`) into `buf`; datagrams from anywhere else are
+    /// dropped (the first few logged): acks travel in clear and can be forged by anyone who
+    /// sees a chunk, so only the configured collector may end a send.
     pub fn recv_collector<'b>(&mut self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let collector = socket_addr(self.collector);
         let s = self.sockets.get_mut::<udp::Socket>(self.udp);
-        let (n, _) = s.recv_slice(buf).ok()?;
-        Some(&buf[..n])
+        loop {
+            let (n, meta) = s.recv_slice(buf).ok()?;
+            if capture::sender::from_collector(socket_addr(meta.endpoint), collector) {
+                return Some(&buf[..n]);
+            }
+            self.foreign = self.foreign.saturating_add(1);
+            if self.foreign <= FOREIGN_LOGGED {
+                log::warn!(
+                    "net: dropped a datagram from {} on the collector socket (not the collector{})",
+                    meta.endpoint,
+                    if self.foreign == FOREIGN_LOGGED {
+                        "; not logging more"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
     }
 
-    /// Takes one datagram from the drill socket into `buf`.
-    pub fn recv_drill<'b>(&mut self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    /// Takes one datagram from the drill socket into `buf`, with where it came from.
+    pub fn recv_drill<'b>(&mut self, buf: &'b mut [u8]) -> Option<(IpEndpoint, &'b [u8])> {
         let s = self.sockets.get_mut::<udp::Socket>(self.drill);
-        let (n, _) = s.recv_slice(buf).ok()?;
-        Some(&buf[..n])
+        let (n, meta) = s.recv_slice(buf).ok()?;
+        Some((meta.endpoint, &buf[..n]))
+    }
+
+    /// Queues a reply (a drill challenge) from the drill port to `to`.
+    pub fn send_drill_reply(&mut self, d: &[u8], to: IpEndpoint) -> bool {
+        self.sockets
+            .get_mut::<udp::Socket>(self.drill)
+            .send_slice(d, to)
+            .is_ok()
     }
 }

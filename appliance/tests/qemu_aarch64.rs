@@ -183,6 +183,16 @@ fn ends_through_psci(action: &str, end_line: &str) {
 }
 
 #[test]
+fn aarch64_a_forged_ack_from_another_endpoint_does_not_stop_retransmission() {
+    common::peers::forged_ack_from_another_endpoint("aarch64");
+}
+
+#[test]
+fn aarch64_with_a_key_unauthenticated_and_unchallenged_drills_do_nothing() {
+    common::peers::unauthenticated_drills_do_nothing_with_a_key("aarch64");
+}
+
+#[test]
 fn aarch64_poweroff_after_the_panic_uses_psci_system_off() {
     ends_through_psci("poweroff", "canary: end: power off");
 }

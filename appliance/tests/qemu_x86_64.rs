@@ -123,11 +123,17 @@ fn drill_from_the_collector_panics_with_kind_drill() {
     let c = Collector::start();
     let dport = free_udp_port();
     let drill_addr = format!("127.0.0.1:{dport}");
+    // No key: drills are off unless drill=insecure.
     let run = run_canary(
         "x86_64",
         "direct",
         c.port,
-        &["--drill-port", &dport.to_string()],
+        &[
+            "--drill-port",
+            &dport.to_string(),
+            "--append",
+            "drill=insecure",
+        ],
         120,
         || c.drill(&drill_addr),
     );
@@ -178,6 +184,40 @@ fn with_a_fleet_key_records_are_authenticated_and_unkeyed_drills_are_refused() {
     );
     let rec = c.show_latest();
     assert_complete_record(&rec, "x86_64", "pvh", "drill", &run.serial);
+}
+
+#[test]
+fn without_a_key_a_drill_does_nothing_unless_drill_is_insecure() {
+    let c = Collector::start();
+    let dport = free_udp_port();
+    let drill_addr = format!("127.0.0.1:{dport}");
+    let run = run_canary(
+        "x86_64",
+        "direct",
+        c.port,
+        &["--drill-port", &dport.to_string(), "--panic-after", "2"],
+        120,
+        || c.drill(&drill_addr),
+    );
+    assert_eq!(run.code(), EXIT_ACKED, "serial:\n{}", run.serial);
+    assert!(run.serial.contains("drills: off"), "{}", run.serial);
+    assert!(
+        run.serial.contains("refused: drills are off"),
+        "the drill did not reach the canary:\n{}",
+        run.serial
+    );
+    let rec = c.show_latest();
+    assert_complete_record(&rec, "x86_64", "pvh", "panic", &run.serial);
+}
+
+#[test]
+fn a_forged_ack_from_another_endpoint_does_not_stop_retransmission() {
+    common::peers::forged_ack_from_another_endpoint("x86_64");
+}
+
+#[test]
+fn with_a_key_unauthenticated_and_unchallenged_drills_do_nothing() {
+    common::peers::unauthenticated_drills_do_nothing_with_a_key("x86_64");
 }
 
 #[test]

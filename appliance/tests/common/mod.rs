@@ -3,6 +3,8 @@
 //! `scripts/qemu-run`, and reads the stored record back with `host-collector show --json`.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
