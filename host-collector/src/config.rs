@@ -49,6 +49,30 @@ pub struct FileConfig {
     pub queue_capacity: Option<usize>,
     /// SO_RCVBUF for the UDP socket, in bytes.
     pub recv_buffer_bytes: Option<usize>,
+    /// Bytes of the queued records (default 64 MiB); beyond it records are dropped unacked
+    /// and counted as `queue_full_drops` (their senders retransmit).
+    pub queue_max_bytes: Option<u64>,
+    /// Bytes set aside for partial records in all (default 32 MiB).
+    pub reassembly_max_bytes: Option<u64>,
+    /// Bytes set aside for one source's partial records (default: an eighth of
+    /// `reassembly_max_bytes`).
+    pub reassembly_max_bytes_per_source: Option<u64>,
+    /// Bytes of rejected records kept in the `rejections` table (default 16 MiB); further
+    /// ones are acked as rejected and counted (`rejected_not_kept`) only.
+    pub rejected_max_bytes: Option<u64>,
+    /// The WAL is checkpointed and cut back once it exceeds this many bytes (default
+    /// 64 MiB); also SQLite's `journal_size_limit`.
+    pub wal_max_bytes: Option<u64>,
+    /// Retention: delete records received longer ago than this (e.g. "90d").
+    pub max_age: Option<String>,
+    /// Retention: keep at most the newest N records.
+    pub max_records: Option<u64>,
+    /// Retention: delete the oldest records while the pages in use exceed this many bytes.
+    pub max_bytes: Option<u64>,
+    /// How often `serve` applies the retention limits (default "1min").
+    pub retention_interval: Option<String>,
+    /// Check with `PRAGMA integrity_check` instead of `quick_check` before serving.
+    pub integrity_check: Option<bool>,
 }
 
 impl FileConfig {

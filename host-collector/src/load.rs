@@ -44,6 +44,7 @@ pub struct LoadConfig {
     pub reorder: f64,
     pub seed: u64,
     pub key: Option<Key>,
+    /// One deadline for the whole run: records not acked by then count as lost.
     pub deadline: Duration,
     pub initial_rto_ms: u32,
     pub max_rto_ms: u32,
@@ -181,13 +182,60 @@ pub fn raise_fd_limit(want: u64) -> u64 {
     soft
 }
 
-/// Runs the load. `progress` is called about ten times a second with the acked count.
-pub async fn run(
-    cfg: LoadConfig,
-    progress: Option<Box<dyn Fn(u64) + Send>>,
-) -> Result<LoadReport, LoadError> {
+/// Memory one simulated canary takes (its task, buffers and record), roughly, in bytes.
+pub const CANARY_COST: u64 = 24 << 10;
+/// Memory one record of the run takes (its latency sample), in bytes.
+pub const RECORD_COST: u64 = 4;
+/// Most canaries in one run, whatever the memory: each needs a task and (ideally) a socket.
+pub const MAX_CANARIES: u32 = 1_000_000;
+
+/// Bytes of memory available to this process (`MemAvailable`), if known.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Checks the parameters against what this machine can do (memory, sequence numbers, the
+/// clock), before anything is allocated.
+pub fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
+    let bad = |m: String| Err(LoadError::Invalid(m));
+    // Use at most half of the available memory (1 GiB if unknown).
+    let budget = mem_available().unwrap_or(2 << 30) / 2;
+    let max_canaries = (budget / CANARY_COST).min(u64::from(MAX_CANARIES)).max(1);
     if cfg.canaries == 0 {
-        return Err(LoadError::Invalid("--canaries must be at least 1".into()));
+        return bad("--canaries must be at least 1".into());
+    }
+    if u64::from(cfg.canaries) > max_canaries {
+        return bad(format!(
+            "--canaries {} is more than this machine can run: at most {max_canaries} (about \
+             {} KiB of memory each, half of the available memory)",
+            cfg.canaries,
+            CANARY_COST >> 10
+        ));
+    }
+    // Sequence numbers are 32-bit: one canary sends at most u32::MAX records.
+    let max_by_seq = u64::from(cfg.canaries).saturating_mul(u64::from(u32::MAX));
+    let max_by_mem = budget.saturating_sub(u64::from(cfg.canaries) * CANARY_COST) / RECORD_COST;
+    let max_records = max_by_seq.min(max_by_mem);
+    if cfg.records > max_records {
+        return bad(format!(
+            "--records {} is more than this machine can run with {} canaries: at most \
+             {max_records} ({})",
+            cfg.records,
+            cfg.canaries,
+            if max_by_seq <= max_by_mem {
+                "each canary numbers its records with 32 bits"
+            } else {
+                "memory for the latency of each record"
+            }
+        ));
     }
     for (name, p) in [
         ("loss", cfg.loss),
@@ -195,11 +243,21 @@ pub async fn run(
         ("reorder", cfg.reorder),
     ] {
         if !(0.0..1.0).contains(&p) {
-            return Err(LoadError::Invalid(format!(
-                "--{name} {p} is not a probability in [0, 1)"
-            )));
+            return bad(format!("--{name} {p} is not a probability in [0, 1)"));
         }
     }
+    if cfg.deadline.is_zero() || Instant::now().checked_add(cfg.deadline).is_none() {
+        return bad(format!("--deadline {:?} is out of range", cfg.deadline));
+    }
+    Ok(())
+}
+
+/// Runs the load. `progress` is called about ten times a second with the acked count.
+pub async fn run(
+    cfg: LoadConfig,
+    progress: Option<Box<dyn Fn(u64) + Send>>,
+) -> Result<LoadReport, LoadError> {
+    validate(&cfg)?;
     // Keep 64 descriptors for everything else.
     let fd_limit = raise_fd_limit(u64::from(cfg.canaries) + 64);
     let sockets = (cfg.canaries as u64)
@@ -363,11 +421,8 @@ async fn canary(
         latencies_us: Vec::with_capacity(records as usize),
         ..CanaryResult::default()
     };
-    let scfg = SenderConfig {
-        initial_rto_ms: cfg.initial_rto_ms,
-        max_rto_ms: cfg.max_rto_ms,
-        deadline_ms: cfg.deadline.as_millis() as u64,
-    };
+    // One deadline for the whole run (checked in `validate`).
+    let end = start + cfg.deadline;
     let mut encbuf = vec![0u8; capture::record::MAX_ENCODED_LEN];
     let mut out: Vec<u8> = Vec::with_capacity(4 * wire::MAX_DATAGRAM);
     let mut out_lens: Vec<usize> = Vec::with_capacity(8);
@@ -376,9 +431,21 @@ async fn canary(
     let mut rec: CrashRecord = capture::testutil::sample_record(0);
     rec.boot_id = boot_id;
     let now_ms = || start.elapsed().as_millis() as u64;
-    for seq in 1..=records as u32 {
+    // `validate` bounds a canary's share to u32::MAX.
+    let records = u32::try_from(records).unwrap_or(u32::MAX);
+    for seq in 1..=records {
         // The simulated panic: build and encode the record.
         let t0 = Instant::now();
+        let Some(left) = end.checked_duration_since(t0).filter(|d| !d.is_zero()) else {
+            // The run's deadline passed: this record and the rest are lost.
+            res.lost += u64::from(records - seq + 1);
+            break;
+        };
+        let scfg = SenderConfig {
+            initial_rto_ms: cfg.initial_rto_ms,
+            max_rto_ms: cfg.max_rto_ms,
+            deadline_ms: left.as_millis().try_into().unwrap_or(u64::MAX).max(1),
+        };
         rec.seq = seq;
         rec.message.clear();
         let _ = write!(

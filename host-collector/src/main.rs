@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod cli_util;
+
+use cli_util::{describe, usage, Exit, Usage};
 use host_collector::config::{FileConfig, DEFAULT_LISTEN};
 use host_collector::output;
 use host_collector::store::{Filter, RecordRef, Store, Sync};
@@ -26,7 +29,9 @@ Exit codes:
   0  success
   1  nothing found: `list` (also --json, --canaries, --rejected) or `show` matched nothing;
      `tail --count N --timeout D` saw fewer than N new records
-  2  bad usage: unknown flag, missing or malformed argument
+  2  bad usage: unknown flag, missing or malformed argument, a value out of range (a time,
+     a duration, a count beyond what this machine can do), `serve --db :memory:`, `prune`
+     that would delete every record without --all
   3  failure: database, network, configuration or I/O error (the message says which)
   4  `load` finished with records that were never acked";
 
@@ -145,6 +150,21 @@ struct ServeArgs {
     /// Most records per commit [default: 4096].
     #[arg(long, value_name = "N")]
     batch_max: Option<usize>,
+    /// Retention: delete records received longer ago than this (e.g. 90d), checked at start
+    /// and every `retention_interval` (default 1 min).
+    #[arg(long, value_name = "DURATION")]
+    max_age: Option<String>,
+    /// Retention: keep at most the newest N records.
+    #[arg(long, value_name = "N")]
+    max_records: Option<u64>,
+    /// Retention: delete the oldest records while the database's pages in use exceed this
+    /// many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// Check the database with `PRAGMA integrity_check` (thorough, slow on big databases)
+    /// instead of `quick_check` before serving.
+    #[arg(long)]
+    integrity_check: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -166,12 +186,14 @@ impl TimeFilter {
                 .since
                 .as_deref()
                 .map(|s| parse_time_arg(s, now))
-                .transpose()?,
+                .transpose()
+                .map_err(usage)?,
             until_us: self
                 .until
                 .as_deref()
                 .map(|s| parse_time_arg(s, now))
-                .transpose()?,
+                .transpose()
+                .map_err(usage)?,
             ..Filter::default()
         })
     }
@@ -263,14 +285,20 @@ struct StatsArgs {
 }
 
 #[derive(Args, Debug)]
-#[group(required = true, multiple = false)]
+#[group(id = "what", required = true, multiple = true)]
 struct PruneArgs {
     /// Delete records received longer ago than this (e.g. 30d, 12h).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", group = "what", conflicts_with = "keep")]
     older_than: Option<String>,
     /// Keep only the newest N records.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", group = "what")]
     keep: Option<u64>,
+    /// Allow deleting every record (alone: delete every record).
+    #[arg(long, group = "what")]
+    all: bool,
+    /// Say what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -311,8 +339,9 @@ struct LoadArgs {
     /// Fleet key file: frames are authenticated with it.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
-    /// Give up on a record after this long without an ack (e.g. 30s).
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    /// One deadline for the whole run (e.g. 60s): records not acked by then count as lost,
+    /// and `load` ends (exit 4).
+    #[arg(long, value_name = "DURATION", default_value = "5min")]
     deadline: String,
     /// First retransmit timeout in milliseconds; it doubles each round up to 16x (at most 2 s).
     #[arg(long, value_name = "MS", default_value_t = 50)]
@@ -342,17 +371,6 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// A failure that maps to an exit code other than 3.
-#[derive(Debug)]
-struct Exit(u8);
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}", self.0)
-    }
-}
-impl std::error::Error for Exit {}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -362,8 +380,12 @@ fn main() -> ExitCode {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
             }
-            eprintln!("host-collector: error: {e:#}");
-            ExitCode::from(3)
+            eprintln!("host-collector: error: {}", describe(&e));
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(3)
+            }
         }
     }
 }
@@ -388,20 +410,10 @@ impl Ctx {
         Ok(Ctx { file, db })
     }
 
-    /// Opens the database for reading commands; a missing file is an error, not a new db.
+    /// Opens the database read-only for reading commands: a missing or empty file is an
+    /// error, never a new database, and read access is enough.
     fn open_existing(&self) -> Result<Store> {
-        if !self.db.exists() {
-            bail!(
-                "database {} does not exist: give --db PATH (the one `serve` writes)",
-                self.db.display()
-            );
-        }
-        self.open()
-    }
-
-    fn open(&self) -> Result<Store> {
-        Store::open(&self.db, self.file.sync.unwrap_or_default())
-            .with_context(|| format!("opening database {}", self.db.display()))
+        Ok(Store::open_read(&self.db)?)
     }
 }
 
@@ -483,7 +495,7 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
 fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let store = ctx.open_existing()?;
     let r = match &a.id {
-        Some(s) => s.parse::<RecordRef>()?,
+        Some(s) => s.parse::<RecordRef>().map_err(usage)?,
         None => match store.max_id()? {
             Some(id) => RecordRef::Id(id),
             None => {
@@ -527,13 +539,14 @@ fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
 }
 
 fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
-    let store = ctx.open_existing()?;
-    let interval = parse_duration(&a.interval)?;
+    let mut store = ctx.open_existing()?;
+    let interval = parse_duration(&a.interval).map_err(usage)?;
     let deadline = a
         .timeout
         .as_deref()
         .map(parse_duration)
-        .transpose()?
+        .transpose()
+        .map_err(usage)?
         .map(|d| std::time::Instant::now() + d);
     // Prints the records matching `filter`; returns how many and the last id.
     let emit = |store: &Store, filter: &Filter| -> Result<(u64, Option<i64>)> {
@@ -577,6 +590,10 @@ fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
             limit: a.count.map(|c| c - seen),
             ..Filter::default()
         };
+        if store.is_snapshot() {
+            // Read-only access and no WAL index: open again to see what was committed since.
+            store = ctx.open_existing()?;
+        }
         let (n, last) = emit(&store, &filter)?;
         seen += n;
         if let Some(last) = last {
@@ -604,18 +621,50 @@ fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
 }
 
 fn prune(ctx: &Ctx, a: PruneArgs) -> Result<()> {
-    let mut store = ctx.open_existing()?;
-    let n = if let Some(d) = &a.older_than {
-        let d = parse_duration(d)?;
-        store.prune_before(now_us() - d.as_micros() as i64)?
-    } else if let Some(k) = a.keep {
-        store.prune_keep(k)?
-    } else {
-        unreachable!("clap requires one of --older-than and --keep")
+    use host_collector::util::{before_us, format_time_us};
+    // Count first (read-only), so that a refused or dry run changes nothing.
+    let store = ctx.open_existing()?;
+    let total = store.count()?;
+    let cutoff = match &a.older_than {
+        Some(d) => {
+            let dur = parse_duration(d).map_err(usage)?;
+            let c = before_us(now_us(), dur)
+                .ok_or_else(|| usage(host_collector::util::TimeArgError::TooLong(d.clone())))?;
+            Some(c)
+        }
+        None => None,
+    };
+    let n = match (cutoff, a.keep) {
+        (Some(c), _) => store.count_before(c)?,
+        (None, Some(k)) => total.saturating_sub(k),
+        (None, None) => total,
+    };
+    let what = match (cutoff, a.keep) {
+        (Some(c), _) => format!("received before {}", format_time_us(c)),
+        (None, Some(k)) => format!("all but the newest {k}"),
+        (None, None) => "all of them".to_string(),
+    };
+    let s = if total == 1 { "" } else { "s" };
+    if n == total && n > 0 && !a.all && !a.dry_run {
+        return Err(usage(format!(
+            "prune would delete every record ({n} of {total}, {what}); add --all if that is \
+             what you want"
+        )));
+    }
+    if a.dry_run {
+        return print(&format!(
+            "Would delete {n} of {total} crash record{s} ({what}).\n"
+        ));
+    }
+    drop(store);
+    let mut store = Store::open_existing(&ctx.db, ctx.file.sync.unwrap_or_default())?;
+    let deleted = match (cutoff, a.keep) {
+        (Some(c), _) => store.prune_before(c)?,
+        (None, Some(k)) => store.prune_keep(k)?,
+        (None, None) => store.prune_keep(0)?,
     };
     print(&format!(
-        "Deleted {n} crash record{}.\n",
-        if n == 1 { "" } else { "s" }
+        "Deleted {deleted} of {total} crash record{s} ({what}).\n"
     ))
 }
 
@@ -671,6 +720,39 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     if let Some(v) = f.recv_buffer_bytes {
         cfg.recv_buffer_bytes = v;
     }
+    host_collector::store::check_durable_name(&cfg.db).map_err(usage)?;
+    let dur = |flag: &str, v: &str| parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")));
+    if let Some(v) = f.queue_max_bytes {
+        cfg.queue_max_bytes = v;
+    }
+    if let Some(v) = f.reassembly_max_bytes {
+        cfg.reassembly_max_bytes = v;
+        cfg.reassembly_max_bytes_per_source = v / 8;
+    }
+    if let Some(v) = f.reassembly_max_bytes_per_source {
+        cfg.reassembly_max_bytes_per_source = v;
+    }
+    if let Some(v) = f.rejected_max_bytes {
+        cfg.rejected_max_bytes = v;
+    }
+    if let Some(v) = f.wal_max_bytes {
+        cfg.wal_max_bytes = v;
+    }
+    if let Some(v) = a.max_age.as_ref().or(f.max_age.as_ref()) {
+        let d = dur("max_age", v)?;
+        if host_collector::util::duration_us(d).is_none() {
+            return Err(usage(host_collector::util::TimeArgError::TooLong(
+                v.clone(),
+            )));
+        }
+        cfg.retention.max_age = Some(d);
+    }
+    cfg.retention.max_records = a.max_records.or(f.max_records);
+    cfg.retention.max_bytes = a.max_bytes.or(f.max_bytes);
+    if let Some(v) = &f.retention_interval {
+        cfg.retention_interval = dur("retention_interval", v)?.max(Duration::from_millis(100));
+    }
+    cfg.integrity_check = a.integrity_check || f.integrity_check.unwrap_or(false);
     if let Ok(ms) = std::env::var(TEST_COMMIT_DELAY_ENV) {
         let ms: u64 = ms
             .parse()
@@ -728,9 +810,9 @@ fn drill(_ctx: &Ctx, a: DrillArgs) -> Result<()> {
 }
 
 fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
-    use host_collector::load::{run, LoadConfig};
+    use host_collector::load::{run, validate, LoadConfig};
     let key = read_key(a.key_file.as_ref())?;
-    let deadline = parse_duration(&a.deadline)?;
+    let deadline = parse_duration(&a.deadline).map_err(usage)?;
     let cfg = LoadConfig {
         target: a.target,
         canaries: a.canaries,
@@ -746,6 +828,7 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         schema: None,
         max_sockets: a.max_sockets,
     };
+    validate(&cfg).map_err(usage)?;
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
         let pb = indicatif::ProgressBar::new(a.records);
         pb.set_style(

@@ -1,13 +1,49 @@
 //! Human output: tables (`list`, `list --canaries`, `stats`) and the record view (`show`).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::store::{CanaryView, RecordSummary, RecordView, RejectionView, Stats};
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// `s` made safe for a terminal: every control character (C0 but `\n` where `newlines`, DEL,
+/// C1) and every bidirectional override is written as a visible escape (`\x1b`, `\u{9b}`),
+/// so record text from a sender cannot move the cursor, retitle the window or reorder what is
+/// shown. A backslash stays as it is. JSON output does not go through this: it is exact.
+pub fn esc_text(s: &str, newlines: bool) -> Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && !(newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return Cow::Borrowed(s);
+    }
+    let mut o = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !bad(c) {
+            o.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(o, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(o, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(o)
+}
+
+/// [`esc_text`] for one line.
+pub fn esc(s: &str) -> Cow<'_, str> {
+    esc_text(s, false)
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded. Every cell is
+/// escaped ([`esc`]).
 pub fn table(header: &[&str], rows: &[Vec<String>], legend: bool) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| esc(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -31,8 +67,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>], legend: bool) -> String {
     if legend {
         line(&mut header.iter().copied());
     }
-    for r in rows {
-        line(&mut r.iter().map(String::as_str));
+    for r in &rows {
+        line(&mut r.iter().map(|c| c.as_ref()));
     }
     out
 }
@@ -174,7 +210,7 @@ pub fn record_view(r: &RecordView) -> String {
     let mut o = String::new();
     let pad = "               ";
     let mut kv = |k: &str, v: &str| {
-        let _ = writeln!(o, "{k:>13}: {v}");
+        let _ = writeln!(o, "{k:>13}: {}", esc(v));
     };
     kv("ID", &r.id.to_string());
     kv("Boot ID", &r.boot_id);
@@ -211,7 +247,7 @@ pub fn record_view(r: &RecordView) -> String {
     if let Some(l) = &f.location {
         kv("Location", &format!("{}:{}:{}", l.file, l.line, l.column));
     }
-    let reg = |k: &str| f.registers[k].as_str().unwrap_or("?").to_string();
+    let reg = |k: &str| esc(f.registers[k].as_str().unwrap_or("?")).into_owned();
     let _ = writeln!(
         o,
         "{:>13}: pc={} sp={} fp={}",
@@ -224,7 +260,7 @@ pub fn record_view(r: &RecordView) -> String {
         for (row, regs) in gpr.chunks(4).enumerate() {
             let vals: Vec<String> = regs
                 .iter()
-                .map(|v| format!("{:>18}", v.as_str().unwrap_or("?")))
+                .map(|v| format!("{:>18}", esc(v.as_str().unwrap_or("?"))))
                 .collect();
             let _ = writeln!(o, "{pad}gpr[{:>2}] {}", row * 4, vals.join(" "));
         }
@@ -233,6 +269,7 @@ pub fn record_view(r: &RecordView) -> String {
         let _ = writeln!(o, "{:>13}: (empty)", "Backtrace");
     } else {
         for (i, a) in f.backtrace.iter().enumerate() {
+            let a = esc(a);
             if i == 0 {
                 let _ = writeln!(o, "{:>13}: #{i:<2} {a}", "Backtrace");
             } else {
@@ -247,6 +284,7 @@ pub fn record_view(r: &RecordView) -> String {
         let wo = f.steps.iter().map(|s| s.outcome.len()).max().unwrap_or(0);
         for (i, s) in f.steps.iter().enumerate() {
             let line = format!("{:<w$}  {:<wo$}  {} us", s.step, s.outcome, s.elapsed_us);
+            let line = esc(&line);
             if i == 0 {
                 let _ = writeln!(o, "{:>13}: {line}", "Panic path");
             } else {
@@ -259,7 +297,7 @@ pub fn record_view(r: &RecordView) -> String {
     } else {
         let _ = writeln!(o, "{:>13}:", "Log tail");
         for l in f.log_tail.lines() {
-            let _ = writeln!(o, "{pad}{l}");
+            let _ = writeln!(o, "{pad}{}", esc(l));
         }
     }
     o
@@ -271,7 +309,7 @@ pub fn stats_view(s: &Stats) -> String {
     let _ = writeln!(o, "{:>18}: {}", "records", s.records);
     let _ = writeln!(o, "{:>18}: {}", "canaries", s.canaries);
     for (k, v) in &s.counters {
-        let _ = writeln!(o, "{k:>18}: {v}");
+        let _ = writeln!(o, "{:>18}: {v}", esc(k));
     }
     let _ = writeln!(o, "{:>18}: {}", "schema_version", s.schema_version);
     o
@@ -291,6 +329,20 @@ mod tests {
         assert_eq!(t, "ID   NAME  M\n1    abc   x\n100  d     y\n");
         let t = table(&["ID", "NAME", "M"], &rows, false);
         assert_eq!(t, "1    abc   x\n100  d     y\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_visibly() {
+        assert_eq!(esc("plain ✓"), "plain ✓");
+        assert_eq!(esc("a\x1b[2Jb\x07"), "a\\x1b[2Jb\\x07");
+        assert_eq!(esc("\u{9b}31m \u{202e}x"), "\\u{9b}31m \\u{202e}x");
+        assert_eq!(esc_text("a\nb\r", true), "a\nb\\x0d");
+        let t = table(
+            &["A", "B"],
+            &[vec!["\x1b]0;t\x07".into(), "x".into()]],
+            false,
+        );
+        assert_eq!(t, "\\x1b]0;t\\x07  x\n");
     }
 
     #[test]

@@ -13,24 +13,29 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use capture::chunk::{Push, Reassembler, ReassemblerConfig};
 use capture::record::CrashRecord;
-use capture::wire::{self, AckRepr, AckStatus, Repr, WireError};
+use capture::wire::{self, AckRepr, AckStatus, Repr};
 use capture::{Key, RecordId};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::mmsg;
+
+mod counters;
+mod maint;
 use crate::store::{
-    Checkpointer, HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Store, StoreError,
-    Sync,
+    Checkpointer, HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Retention, Store,
+    StoreError, Sync,
 };
 use crate::util::now_us;
+pub use counters::Counters;
+use maint::{checkpoint_loop, RateLimit};
 
 /// Hidden test hook: the writer sleeps this many milliseconds before each commit, so a test
 /// can kill the collector between receiving a record and committing it.
@@ -43,8 +48,11 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("opening database {path}: {source}")]
-    Open { path: PathBuf, source: StoreError },
+    #[error("{}", open_text(path, err))]
+    Open { path: PathBuf, err: StoreError },
+    /// The database is not a file on disk (see [`crate::store::check_durable_name`]).
+    #[error("{0}")]
+    NotDurable(String),
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the writer thread failed: {0}")]
@@ -64,6 +72,30 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     pub recv_buffer_bytes: usize,
     pub commit_delay: Option<Duration>,
+    /// Bytes of records waiting for the writer.
+    pub queue_max_bytes: u64,
+    /// Bytes set aside for partial records, in all and per source address.
+    pub reassembly_max_bytes: u64,
+    pub reassembly_max_bytes_per_source: u64,
+    /// Bytes of rejected records kept.
+    pub rejected_max_bytes: u64,
+    /// WAL size past which it is checkpointed and cut back (and `journal_size_limit`).
+    pub wal_max_bytes: u64,
+    /// Retention limits, applied at start and every `retention_interval`.
+    pub retention: Retention,
+    pub retention_interval: Duration,
+    /// `PRAGMA integrity_check` instead of `quick_check` before serving.
+    pub integrity_check: bool,
+}
+
+/// "database X: cause", or just the cause when it names the database already.
+fn open_text(path: &std::path::Path, e: &StoreError) -> String {
+    let t = e.to_string();
+    if t.contains(&path.display().to_string()) {
+        t
+    } else {
+        format!("database {}: {t}", path.display())
+    }
 }
 
 impl ServeConfig {
@@ -79,102 +111,15 @@ impl ServeConfig {
             queue_capacity: 16384,
             recv_buffer_bytes: 4 << 20,
             commit_delay: None,
+            queue_max_bytes: 64 << 20,
+            reassembly_max_bytes: 32 << 20,
+            reassembly_max_bytes_per_source: 4 << 20,
+            rejected_max_bytes: 16 << 20,
+            wal_max_bytes: 64 << 20,
+            retention: Retention::default(),
+            retention_interval: Duration::from_secs(60),
+            integrity_check: false,
         }
-    }
-}
-
-/// Counters shared by the receiver and the writer; the writer moves them into the database
-/// with each commit (so `stats` from another process sees them).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub datagrams: AtomicU64,
-    pub bad_crc: AtomicU64,
-    pub bad_frames: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub evictions: AtomicU64,
-    pub expired: AtomicU64,
-    pub queue_full_drops: AtomicU64,
-    pub acks_sent: AtomicU64,
-    pub truncated: AtomicU64,
-    pub oversized: AtomicU64,
-    pub bad_magic: AtomicU64,
-    pub bad_version: AtomicU64,
-    pub bad_header: AtomicU64,
-    pub unknown_kind: AtomicU64,
-    pub unexpected_kind: AtomicU64,
-    pub reassembly_errors: AtomicU64,
-}
-
-impl Counters {
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Takes (and zeroes) every counter.
-    fn take(&self) -> Vec<(&'static str, u64)> {
-        let t = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
-        vec![
-            ("datagrams", t(&self.datagrams)),
-            ("bad_crc", t(&self.bad_crc)),
-            ("bad_frames", t(&self.bad_frames)),
-            ("auth_failures", t(&self.auth_failures)),
-            ("evictions", t(&self.evictions)),
-            ("expired", t(&self.expired)),
-            ("queue_full_drops", t(&self.queue_full_drops)),
-            ("acks_sent", t(&self.acks_sent)),
-            ("truncated", t(&self.truncated)),
-            ("oversized", t(&self.oversized)),
-            ("bad_magic", t(&self.bad_magic)),
-            ("bad_version", t(&self.bad_version)),
-            ("bad_header", t(&self.bad_header)),
-            ("unknown_kind", t(&self.unknown_kind)),
-            ("unexpected_kind", t(&self.unexpected_kind)),
-            ("reassembly_errors", t(&self.reassembly_errors)),
-        ]
-    }
-
-    /// Puts counters back after a failed commit.
-    fn restore(&self, taken: &[(&'static str, u64)]) {
-        for (name, v) in taken {
-            let c = match *name {
-                "datagrams" => &self.datagrams,
-                "bad_crc" => &self.bad_crc,
-                "bad_frames" => &self.bad_frames,
-                "auth_failures" => &self.auth_failures,
-                "evictions" => &self.evictions,
-                "expired" => &self.expired,
-                "queue_full_drops" => &self.queue_full_drops,
-                "acks_sent" => &self.acks_sent,
-                "truncated" => &self.truncated,
-                "oversized" => &self.oversized,
-                "bad_magic" => &self.bad_magic,
-                "bad_version" => &self.bad_version,
-                "bad_header" => &self.bad_header,
-                "unknown_kind" => &self.unknown_kind,
-                "unexpected_kind" => &self.unexpected_kind,
-                _ => &self.reassembly_errors,
-            };
-            Self::add(c, *v);
-        }
-    }
-
-    /// Counts a datagram that failed to parse. Every failure is a `bad_frames`, `bad_crc` or
-    /// `auth_failures`, plus a finer-grained counter for bad frames.
-    fn count_wire_error(&self, e: &WireError) {
-        let fine = match e {
-            WireError::BadCrc { .. } => return Self::add(&self.bad_crc, 1),
-            WireError::AuthRequired | WireError::BadAuth | WireError::UnexpectedAuth => {
-                return Self::add(&self.auth_failures, 1)
-            }
-            WireError::Truncated { .. } => &self.truncated,
-            WireError::Oversized(_) => &self.oversized,
-            WireError::BadMagic(_) => &self.bad_magic,
-            WireError::BadVersion(_) => &self.bad_version,
-            WireError::UnknownKind(_) => &self.unknown_kind,
-            _ => &self.bad_header,
-        };
-        Self::add(fine, 1);
-        Self::add(&self.bad_frames, 1);
     }
 }
 
@@ -182,6 +127,18 @@ enum Msg {
     Record(Box<NewRecord>, SocketAddr),
     Reject(Box<Rejection>, SocketAddr),
     Heartbeat(HeartbeatSeen),
+}
+
+impl Msg {
+    /// Bytes the message holds (for the queue's byte budget), roughly: its buffers plus a
+    /// fixed overhead.
+    fn cost(&self) -> usize {
+        match self {
+            Msg::Record(r, _) => r.raw.len() + r.text.text_len() + 512,
+            Msg::Reject(r, _) => r.raw.len() + r.reason.len() + r.source.len() + 256,
+            Msg::Heartbeat(h) => h.source.len() + 128,
+        }
+    }
 }
 
 /// A bound, ready collector. [`Collector::run`] serves until `shutdown` resolves.
@@ -195,15 +152,20 @@ pub struct Collector {
 impl Collector {
     /// Opens the database (migrating it) and binds the socket.
     pub fn bind(cfg: ServeConfig) -> Result<Collector, ServeError> {
+        crate::store::check_durable_name(&cfg.db).map_err(ServeError::NotDurable)?;
         let open = || -> Result<Store, StoreError> {
             let mut store = Store::open(&cfg.db, cfg.sync)?;
             store.lock_writer(&cfg.db)?;
+            // Nothing is acked into a database that is not sound.
+            store.check_integrity(&cfg.db, cfg.integrity_check)?;
+            store.set_rejected_budget(cfg.rejected_max_bytes);
+            store.set_journal_size_limit(cfg.wal_max_bytes)?;
             store.load_dedupe_keys()?;
             Ok(store)
         };
-        let store = open().map_err(|source| ServeError::Open {
+        let store = open().map_err(|e| ServeError::Open {
             path: cfg.db.clone(),
-            source,
+            err: e.at(&cfg.db),
         })?;
         let socket =
             bind_udp(cfg.listen, cfg.recv_buffer_bytes).map_err(|source| ServeError::Bind {
@@ -238,7 +200,10 @@ impl Collector {
         // The receiver thread blocks in recvmmsg; it looks at `stop` at least this often.
         socket.set_nonblocking(false)?;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let queue = Arc::new(Queue::new(cfg.queue_capacity.max(1)));
+        let queue = Arc::new(Queue::new(
+            cfg.queue_capacity.max(1),
+            cfg.queue_max_bytes.try_into().unwrap_or(usize::MAX),
+        ));
         // Acks flow from the writer (after each commit) to the acker thread, which sends them
         // with sendmmsg: the writer thread is the busier one.
         let (ack_tx, ack_rx) = mpsc::channel::<Vec<Ack>>();
@@ -259,23 +224,31 @@ impl Collector {
         let writer = {
             let counters = counters.clone();
             let queue = queue.clone();
-            let batch_max = cfg.batch_max.max(1);
-            let delay = cfg.commit_delay;
+            let wcfg = WriterCfg {
+                batch_max: cfg.batch_max.max(1),
+                delay: cfg.commit_delay,
+                retention: cfg.retention,
+                retention_interval: cfg.retention_interval,
+            };
             std::thread::Builder::new()
                 .name("collector-writer".into())
                 .spawn(move || {
                     let _gone = WriterGone(queue.clone());
-                    writer_loop(store, &queue, ack_tx, counters, batch_max, delay)
+                    writer_loop(store, &queue, ack_tx, counters, wcfg)
                 })?
         };
         let ckpt_stop = Arc::new(AtomicBool::new(false));
         let checkpointer = match Checkpointer::open(&cfg.db, cfg.sync) {
             Ok(c) => {
                 let stop = ckpt_stop.clone();
+                if let Err(e) = c.set_journal_size_limit(cfg.wal_max_bytes) {
+                    warn!("cannot set journal_size_limit: {e}");
+                }
+                let wal_max = cfg.wal_max_bytes;
                 Some(
                     std::thread::Builder::new()
                         .name("collector-ckpt".into())
-                        .spawn(move || checkpoint_loop(c, &stop))?,
+                        .spawn(move || checkpoint_loop(c, &stop, wal_max))?,
                 )
             }
             Err(e) => {
@@ -292,7 +265,15 @@ impl Collector {
                     max_pending_per_source: cfg.max_pending_per_source.max(1),
                     max_pending_total: cfg.max_pending_total.max(1),
                     ..ReassemblerConfig::default()
-                }),
+                })
+                .with_byte_budget(
+                    cfg.reassembly_max_bytes.try_into().unwrap_or(usize::MAX),
+                    cfg.reassembly_max_bytes_per_source
+                        .try_into()
+                        .unwrap_or(usize::MAX),
+                ),
+                reject_warn: RateLimit::new(Duration::from_secs(10)),
+                evicted_bytes_seen: 0,
                 started: Instant::now(),
                 key: cfg.key.clone(),
                 counters: counters.clone(),
@@ -344,38 +325,6 @@ impl Collector {
     }
 }
 
-/// WAL size (pages) past which the checkpointer makes the writer wait for a `RESTART`
-/// checkpoint, so the WAL starts over (under sustained load the passive checkpoints never
-/// catch up with the writer, and the WAL would grow without bound). The passive rounds before
-/// it have copied nearly everything, so the writer waits only for the rest. 16 KiB pages:
-/// 256 MiB, the size the writer's own automatic checkpoints used to keep.
-const WAL_RESTART_PAGES: i64 = 16384;
-
-/// The checkpoint thread: copies the WAL into the database file every 200 ms without
-/// blocking the writer, catching up in a few quick rounds so that the WAL can start over.
-fn checkpoint_loop(c: Checkpointer, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        let mut r = c.passive();
-        for _ in 0..8 {
-            match r {
-                Ok((log, done)) if done < log => r = c.passive(),
-                _ => break,
-            }
-        }
-        match r {
-            Ok((log, _)) if log > WAL_RESTART_PAGES => {
-                debug!(pages = log, "WAL too long: restart checkpoint");
-                if let Err(e) = c.restart() {
-                    warn!("checkpoint: {e}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!("checkpoint: {e}"),
-        }
-    }
-}
-
 /// The receiver thread: recvmmsg, check and decode each datagram, queue the batch's records.
 fn receive_loop(
     mut rx: Receiver,
@@ -422,6 +371,8 @@ struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
     cap: usize,
+    /// Byte budget of the queued messages plus the batch the writer holds.
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -433,14 +384,18 @@ struct QueueState {
     writer_gone: bool,
     /// The writer waits for messages.
     waiting: bool,
+    /// Bytes of the queued messages and of the batch the writer holds (released by
+    /// [`Queue::release`] once the batch is done).
+    bytes: usize,
 }
 
 impl Queue {
-    fn new(cap: usize) -> Queue {
+    fn new(cap: usize, max_bytes: usize) -> Queue {
         Queue {
             state: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
             cap,
+            max_bytes,
         }
     }
 
@@ -456,10 +411,20 @@ impl Queue {
             msgs.clear();
             return None;
         }
-        let room = self.cap.saturating_sub(st.msgs.len());
-        let dropped = msgs.len().saturating_sub(room) as u64;
-        msgs.truncate(room);
-        st.msgs.extend(msgs.drain(..));
+        let mut dropped = 0;
+        for m in msgs.drain(..) {
+            let cost = m.cost();
+            // Within both budgets; a message bigger than the byte budget still goes into an
+            // empty queue, so nothing is refused for good.
+            let fits = st.msgs.len() < self.cap
+                && (st.bytes.saturating_add(cost) <= self.max_bytes || st.bytes == 0);
+            if fits {
+                st.bytes += cost;
+                st.msgs.push_back(m);
+            } else {
+                dropped += 1;
+            }
+        }
         let wake = st.waiting && !st.msgs.is_empty();
         drop(st);
         if wake {
@@ -486,6 +451,14 @@ impl Queue {
             b.push(m);
         }
         !(st.closed && st.msgs.is_empty())
+    }
+
+    /// The writer is done with a batch of `bytes`: they leave the byte budget.
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            let mut st = self.lock();
+            st.bytes = st.bytes.saturating_sub(bytes);
+        }
     }
 
     fn close(&self) {
@@ -589,7 +562,10 @@ struct Receiver {
     out: Vec<Msg>,
     evicted_seen: u64,
     expired_seen: u64,
+    evicted_bytes_seen: u64,
     writer_gone: bool,
+    /// "rejected record" warnings: any sender can cause them.
+    reject_warn: RateLimit,
 }
 
 impl Receiver {
@@ -608,6 +584,10 @@ impl Receiver {
         if st.expired > self.expired_seen {
             Counters::add(&c.expired, st.expired - self.expired_seen);
             self.expired_seen = st.expired;
+        }
+        if st.evicted_bytes > self.evicted_bytes_seen {
+            Counters::add(&c.evicted_bytes, st.evicted_bytes - self.evicted_bytes_seen);
+            self.evicted_bytes_seen = st.evicted_bytes;
         }
     }
 
@@ -688,7 +668,9 @@ impl Receiver {
                     crate::util::hex(&id.boot_id),
                     id.seq
                 ));
-                warn!(%peer, "rejected record: {}", r.reason);
+                if let Some(n) = self.reject_warn.check() {
+                    warn!(%peer, "rejected record: {}{}", r.reason, maint::suppressed(n));
+                }
                 Msg::Reject(Box::new(r), peer)
             }
             Ok(rec) => Msg::Record(
@@ -710,7 +692,9 @@ impl Receiver {
             ),
             Err(e) => {
                 let r = reject(e.to_string());
-                warn!(%peer, seq = id.seq, "rejected record: {e}");
+                if let Some(n) = self.reject_warn.check() {
+                    warn!(%peer, seq = id.seq, "rejected record: {e}{}", maint::suppressed(n));
+                }
                 Msg::Reject(Box::new(r), peer)
             }
         };
@@ -743,10 +727,13 @@ struct Batch {
     rejections: Vec<Rejection>,
     reject_peers: Vec<SocketAddr>,
     heartbeats: Vec<HeartbeatSeen>,
+    /// Bytes of the messages taken (see [`Msg::cost`]); released to the queue when done.
+    bytes: usize,
 }
 
 impl Batch {
     fn push(&mut self, m: Msg) {
+        self.bytes += m.cost();
         match m {
             Msg::Record(r, p) => {
                 self.records.push(*r);
@@ -771,26 +758,56 @@ impl Batch {
     }
 }
 
+/// The writer thread's settings.
+struct WriterCfg {
+    batch_max: usize,
+    delay: Option<Duration>,
+    retention: Retention,
+    retention_interval: Duration,
+}
+
 fn writer_loop(
     mut store: Store,
     queue: &Queue,
     acks_out: mpsc::Sender<Vec<Ack>>,
     counters: Arc<Counters>,
-    batch_max: usize,
-    delay: Option<Duration>,
+    wcfg: WriterCfg,
 ) -> Result<Store, StoreError> {
+    let WriterCfg {
+        batch_max,
+        delay,
+        retention,
+        retention_interval,
+    } = wcfg;
     let mut b = Batch::default();
     let mut closed = false;
     let mut last_commit = Instant::now();
     let tick = Duration::from_millis(200);
+    let mut commit_warn = RateLimit::new(Duration::from_secs(10));
+    let mut retention_warn = RateLimit::new(Duration::from_secs(60));
+    // Retention runs on the writer's connection (the one writer), at start and then
+    // periodically, between batches.
+    let mut next_retention = Instant::now();
     while !closed {
+        if !retention.is_none() && Instant::now() >= next_retention {
+            next_retention = Instant::now() + retention_interval;
+            match store.apply_retention(&retention, now_us()) {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "retention: deleted the oldest records"),
+                Err(e) => {
+                    if let Some(n) = retention_warn.check() {
+                        warn!("retention: {e}{}", maint::suppressed(n));
+                    }
+                }
+            }
+        }
         // Group commit: take whatever is queued, up to batch_max.
         closed = !queue.take(&mut b, batch_max, tick);
         if b.len() == 0 && !closed && last_commit.elapsed() < tick {
             continue;
         }
         if let Some(d) = delay {
-            if !b.records.is_empty() {
+            if !b.records.is_empty() || !b.rejections.is_empty() {
                 debug!(
                     records = b.records.len(),
                     "test hook: delaying commit by {d:?}"
@@ -807,9 +824,16 @@ fn writer_loop(
             Ok(o) => o,
             Err(e) => {
                 // Nothing is acked: the senders retransmit, and the next batch tries again.
-                error!("commit of {} records failed: {e}", b.records.len());
+                if let Some(n) = commit_warn.check() {
+                    error!(
+                        "commit of {} records failed: {e}{}",
+                        b.records.len(),
+                        maint::suppressed(n)
+                    );
+                }
                 counters.restore(&taken);
                 b.clear();
+                queue.release(std::mem::take(&mut b.bytes));
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -839,6 +863,7 @@ fn writer_loop(
             let _ = acks_out.send(acks);
         }
         b.clear();
+        queue.release(std::mem::take(&mut b.bytes));
     }
     Ok(store)
 }

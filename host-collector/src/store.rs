@@ -7,17 +7,42 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::util::{hex, parse_hex16};
+mod read;
+#[cfg(test)]
+mod tests;
+mod types;
+pub use types::*;
 
 /// Errors from the store. Every variant says what was wrong and, where it helps, what to do.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// An SQLite failure; its text is the cause (said once: no source chain below it).
+    #[error("sqlite: {}", sqlite_text(.0))]
+    Sqlite(rusqlite::Error),
+    #[error("cannot open database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("database {0} does not exist: give --db PATH (the one `serve` writes)")]
+    Missing(PathBuf),
+    #[error("database {0} is an empty file, not a canary database: give --db PATH (the one `serve` writes)")]
+    Empty(PathBuf),
+    #[error("{0} is not a SQLite database (or it is encrypted): give --db PATH (the one `serve` writes)")]
+    NotADatabase(PathBuf),
+    #[error("{0} is a SQLite database of another program, not a canary database")]
+    Foreign(PathBuf),
+    #[error(
+        "database {path} is corrupt ({detail}); keep a copy, then recover it (`sqlite3 {path} \
+         .recover`) or start a new database"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "database {0} has schema version {1}, older than this collector's, and cannot be \
+         migrated read-only: run `host-collector serve` on it once"
+    )]
+    TooOld(PathBuf, u32),
     #[error(
         "database schema version {found} is newer than this collector supports ({supported}); \
          use a newer host-collector"
@@ -30,8 +55,8 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error(
-        "another `host-collector serve` is writing {0} (it holds {0}.lock); stop it or use \
-         another --db"
+        "another `host-collector serve` is writing {0} (it holds a lock on that file, under \
+         whatever name it was given); stop it or use another --db"
     )]
     Locked(PathBuf),
     #[error("cannot lock {path}: {source}")]
@@ -41,6 +66,97 @@ pub enum StoreError {
     },
     #[error("invalid record reference {0:?}: use a numeric ID or BOOTID:SEQ (boot id in hex)")]
     BadRef(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// The text of an SQLite error, once: rusqlite's message (which already names the cause),
+/// without the error-code text it would add again as a source.
+fn sqlite_text(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg)) if !msg.is_empty() => {
+            let _ = f;
+            msg.clone()
+        }
+        rusqlite::Error::SqliteFailure(f, _) => sqlite_code_text(f),
+        other => other.to_string(),
+    }
+}
+
+/// "Unable to open the database file" from "Error code 14: Unable to open the database file".
+fn sqlite_code_text(f: &rusqlite::ffi::Error) -> String {
+    let t = f.to_string();
+    match t.split_once(": ") {
+        Some((_, rest)) => rest.to_string(),
+        None => t,
+    }
+}
+
+impl StoreError {
+    /// Names the database in errors whose SQLite text does not: corruption, a file that is
+    /// not a database, a failed open.
+    pub fn at(self, path: &Path) -> StoreError {
+        use rusqlite::ErrorCode as C;
+        let StoreError::Sqlite(e) = self else {
+            return self;
+        };
+        match e.sqlite_error_code() {
+            Some(C::NotADatabase) => StoreError::NotADatabase(path.into()),
+            Some(C::DatabaseCorrupt) => StoreError::Corrupt {
+                path: path.into(),
+                detail: sqlite_text(&e),
+            },
+            Some(C::CannotOpen) => StoreError::Open {
+                path: path.into(),
+                reason: match &e {
+                    rusqlite::Error::SqliteFailure(f, _) => sqlite_code_text(f),
+                    o => o.to_string(),
+                },
+            },
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// `PATH-wal`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// `path` for an SQLite URI: absolute, with `%`, `?` and `#` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut o = String::new();
+    for c in abs.to_string_lossy().chars() {
+        match c {
+            '%' => o.push_str("%25"),
+            '?' => o.push_str("%3f"),
+            '#' => o.push_str("%23"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Refuses database names that are not a file on disk: `:memory:`, the empty name (a
+/// temporary database) and URIs (`file:...`, which may name an in-memory database). `serve`
+/// acks a record only once it is durable, so it must write to a real file.
+pub fn check_durable_name(path: &Path) -> Result<(), String> {
+    let s = path.to_string_lossy();
+    if s.is_empty() || s == ":memory:" || s.starts_with("file:") {
+        return Err(format!(
+            "--db {s:?} is not a database file on disk (in-memory, temporary and URI \
+             databases are not durable, and serve acks only what it has stored durably): \
+             give a file path"
+        ));
+    }
+    Ok(())
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -121,6 +237,20 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER records_keys_delete AFTER DELETE ON records BEGIN
         DELETE FROM record_keys WHERE id = old.id;
     END;",
+    // 4: tombstones: the dedupe key of every deleted (pruned) record, so a record replayed
+    //    after `prune` and a restart is answered as a duplicate, not stored again. Loaded
+    //    with `record_keys` into the dedupe set; never deleted (about 30 bytes a record).
+    "CREATE TABLE pruned_keys (
+        boot_id    BLOB    NOT NULL,
+        seq        INTEGER NOT NULL,
+        record_crc INTEGER NOT NULL
+    );
+    DROP TRIGGER records_keys_delete;
+    CREATE TRIGGER records_keys_delete AFTER DELETE ON records BEGIN
+        INSERT INTO pruned_keys (boot_id, seq, record_crc)
+            VALUES (old.boot_id, old.seq, old.record_crc);
+        DELETE FROM record_keys WHERE id = old.id;
+    END;",
 ];
 
 /// The schema version this build writes.
@@ -138,6 +268,22 @@ pub enum Sync {
     Full,
 }
 
+/// How long and how much `serve` keeps (`max_age`, `max_records`, `max_bytes` in the
+/// configuration); `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_records: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// No limit is set.
+    pub fn is_none(&self) -> bool {
+        self.max_age.is_none() && self.max_records.is_none() && self.max_bytes.is_none()
+    }
+}
+
 impl Sync {
     /// The value of SQLite's `synchronous` pragma for this level.
     fn pragma(self) -> &'static str {
@@ -148,367 +294,196 @@ impl Sync {
     }
 }
 
-/// The dedupe key of a record: `(boot id, sequence, record CRC)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RecordKey {
-    pub boot_id: [u8; 16],
-    pub seq: u32,
-    pub record_crc: u32,
-}
-
-/// A source location in a record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocationView {
-    pub file: String,
-    pub line: u32,
-    pub column: u32,
-}
-
-/// The outcome of one panic-path step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepView {
-    pub step: String,
-    pub outcome: String,
-    pub elapsed_us: u32,
-}
-
-/// The decoded fields of a crash record, in the form they are stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct RecordFields {
-    pub build_id: String,
-    pub arch: String,
-    pub boot_mode: String,
-    pub hypervisor: serde_json::Value,
-    pub vmbus_version: Option<String>,
-    pub uptime_us: u64,
-    pub kind: String,
-    pub kind_detail: Option<serde_json::Value>,
-    pub message: String,
-    pub location: Option<LocationView>,
-    pub registers: serde_json::Value,
-    /// Return addresses, `0x`-prefixed hex.
-    pub backtrace: Vec<String>,
-    pub log_tail: String,
-    pub steps: Vec<StepView>,
-}
-
-/// The text columns of a record to store, rendered into one buffer (one allocation per
-/// record on the hot path). JSON columns hold the JSON form of the [`RecordFields`] member of
-/// the same name.
-#[derive(Debug, Clone, Default)]
-pub struct RowText {
-    text: String,
-    ends: [u32; Col::COUNT],
-    present: u32,
-}
-
-/// The text columns of [`RowText`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Col {
-    Source,
-    BuildId,
-    Arch,
-    BootMode,
-    Hypervisor,
-    VmbusVersion,
-    Kind,
-    KindDetail,
-    Message,
-    File,
-    Registers,
-    Backtrace,
-    LogTail,
-    Steps,
-}
-
-impl Col {
-    const COUNT: usize = 14;
-}
-
-impl RowText {
-    pub fn with_capacity(n: usize) -> RowText {
-        RowText {
-            text: String::with_capacity(n),
-            ..RowText::default()
-        }
-    }
-
-    /// Sets column `c` (columns must be set in declaration order; skipped ones are NULL).
-    pub fn set(&mut self, c: Col, f: impl FnOnce(&mut String)) {
-        debug_assert!(self.present >> (c as usize) == 0, "columns set in order");
-        let start = self.text.len() as u32;
-        let from = self.last_set();
-        for e in &mut self.ends[from..c as usize] {
-            *e = start;
-        }
-        f(&mut self.text);
-        self.ends[c as usize] = self.text.len() as u32;
-        self.present |= 1 << (c as usize);
-    }
-
-    fn last_set(&self) -> usize {
-        (u32::BITS - self.present.leading_zeros()) as usize
-    }
-
-    /// Column `c`, or `None` if it was not set.
-    pub fn get(&self, c: Col) -> Option<&str> {
-        let i = c as usize;
-        if self.present & (1 << i) == 0 {
-            return None;
-        }
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        Some(&self.text[start..self.ends[i] as usize])
-    }
-
-    fn req(&self, c: Col) -> &str {
-        self.get(c).unwrap_or("")
-    }
-
-    /// Renders `f` (used by tests and tools; the collector renders straight from the decoded
-    /// record in `convert`).
-    pub fn from_fields(source: &str, f: &RecordFields) -> RowText {
-        let json = |v: &dyn erased::Ser| v.to_json();
-        let mut t = RowText::with_capacity(2048);
-        t.set(Col::Source, |s| s.push_str(source));
-        t.set(Col::BuildId, |s| s.push_str(&f.build_id));
-        t.set(Col::Arch, |s| s.push_str(&f.arch));
-        t.set(Col::BootMode, |s| s.push_str(&f.boot_mode));
-        t.set(Col::Hypervisor, |s| s.push_str(&json(&f.hypervisor)));
-        if let Some(v) = &f.vmbus_version {
-            t.set(Col::VmbusVersion, |s| s.push_str(v));
-        }
-        t.set(Col::Kind, |s| s.push_str(&f.kind));
-        if let Some(d) = &f.kind_detail {
-            t.set(Col::KindDetail, |s| s.push_str(&json(d)));
-        }
-        t.set(Col::Message, |s| s.push_str(&f.message));
-        if let Some(l) = &f.location {
-            t.set(Col::File, |s| s.push_str(&l.file));
-        }
-        t.set(Col::Registers, |s| s.push_str(&json(&f.registers)));
-        t.set(Col::Backtrace, |s| s.push_str(&json(&f.backtrace)));
-        t.set(Col::LogTail, |s| s.push_str(&f.log_tail));
-        t.set(Col::Steps, |s| s.push_str(&json(&f.steps)));
-        t
-    }
-}
-
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
-}
-
-/// A record ready to be stored.
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    pub key: RecordKey,
-    pub received_at_us: i64,
-    pub schema_major: u16,
-    pub schema_minor: u16,
-    pub uptime_us: u64,
-    /// Source line and column (stored only when the `File` column is set).
-    pub line_col: (u32, u32),
-    pub text: RowText,
-    /// The encoded (postcard) record exactly as received.
-    pub raw: Vec<u8>,
-}
-
-/// A record that was complete and CRC-correct but could not be accepted.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub key: RecordKey,
-    pub source: String,
-    pub received_at_us: i64,
-    pub schema_major: u16,
-    pub schema_minor: u16,
-    pub reason: String,
-    pub raw: Vec<u8>,
-}
-
-/// A heartbeat as seen by the collector.
-#[derive(Debug, Clone)]
-pub struct HeartbeatSeen {
-    pub boot_id: [u8; 16],
-    pub source: String,
-    pub arch: u8,
-    pub seen_at_us: i64,
-    pub uptime_ms: u64,
-    pub seq: u32,
-}
-
-/// What happened to a record in [`Store::commit_batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InsertOutcome {
-    Stored,
-    Duplicate,
-}
-
-/// One row of `list`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordSummary {
-    pub id: i64,
-    pub received_at_us: i64,
-    pub received_at: String,
-    pub boot_id: String,
-    pub seq: u32,
-    pub source: String,
-    pub arch: String,
-    pub kind: String,
-    pub message: String,
-    pub location: Option<String>,
-}
-
-/// A whole record as shown by `show` and `export`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordView {
-    pub id: i64,
-    pub boot_id: String,
-    pub seq: u32,
-    pub record_crc: String,
-    pub received_at_us: i64,
-    pub received_at: String,
-    pub source: String,
-    pub schema: String,
-    #[serde(flatten)]
-    pub fields: RecordFields,
-    pub raw_len: usize,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub raw_hex: Option<String>,
-}
-
-/// A canary's last heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CanaryView {
-    pub boot_id: String,
-    pub source: String,
-    pub arch: String,
-    pub first_seen: String,
-    pub last_seen: String,
-    pub last_seen_us: i64,
-    pub uptime_ms: u64,
-    pub heartbeat_seq: u32,
-    pub heartbeats: u64,
-}
-
-/// A stored rejection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RejectionView {
-    pub id: i64,
-    pub boot_id: String,
-    pub seq: u32,
-    pub received_at: String,
-    pub source: String,
-    pub schema: String,
-    pub reason: String,
-}
-
-/// Which records `list`, `export` and `tail` look at.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub since_us: Option<i64>,
-    pub until_us: Option<i64>,
-    pub after_id: Option<i64>,
-    pub limit: Option<u64>,
-    /// Newest first.
-    pub reverse: bool,
-}
-
-/// How to name one record on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordRef {
-    Id(i64),
-    BootSeq([u8; 16], u32),
-}
-
-impl std::str::FromStr for RecordRef {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        if let Ok(id) = s.parse::<i64>() {
-            return Ok(RecordRef::Id(id));
-        }
-        let (boot, seq) = s
-            .split_once(':')
-            .ok_or_else(|| StoreError::BadRef(s.into()))?;
-        let boot = parse_hex16(boot).ok_or_else(|| StoreError::BadRef(s.into()))?;
-        let seq = seq.parse().map_err(|_| StoreError::BadRef(s.into()))?;
-        Ok(RecordRef::BootSeq(boot, seq))
-    }
-}
-
-/// The counters kept in the `counters` table. Names are part of the `stats --json` output.
-pub const COUNTER_NAMES: &[&str] = &[
-    "datagrams",
-    "records_stored",
-    "duplicates",
-    "rejected",
-    "bad_crc",
-    "bad_frames",
-    "auth_failures",
-    "evictions",
-    "expired",
-    "heartbeats",
-    "queue_full_drops",
-    "acks_sent",
-    "truncated",
-    "oversized",
-    "bad_magic",
-    "bad_version",
-    "bad_header",
-    "unknown_kind",
-    "unexpected_kind",
-    "reassembly_errors",
-];
-
-/// Collector statistics, from the database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Records currently stored.
-    pub records: u64,
-    /// Canaries that sent a heartbeat.
-    pub canaries: u64,
-    pub schema_version: u32,
-    /// Every persisted counter, by name (see `COUNTER_NAMES`).
-    #[serde(flatten)]
-    pub counters: std::collections::BTreeMap<String, u64>,
-}
-
 /// The collector's database.
 pub struct Store {
     conn: Connection,
     /// Every stored record key, loaded on the first commit: the dedupe set.
     keys: Option<HashSet<RecordKey>>,
-    /// Held by the one process that writes records (`serve`).
+    /// Held by the one process that writes records (`serve`). Declared after `conn`, so
+    /// the connection closes first (see [`Store::lock_writer`]).
     writer_lock: Option<std::fs::File>,
+    /// Bytes of rejected records to keep (`raw`); beyond it they are only counted.
+    rejected_budget: u64,
+    /// Bytes of rejected records kept, loaded on the first commit.
+    rejected_bytes: Option<u64>,
+    /// Opened `immutable=1` (see [`Store::open_read`]): sees no later commits.
+    immutable: bool,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, sets WAL mode and applies migrations.
+    /// The name is a file name, never a URI.
     pub fn open(path: &Path, sync: Sync) -> Result<Store> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        // A stored record is about 2.5 KiB: with the default 4 KiB pages each one would take a
-        // page of its own. Only takes effect on a new (empty) database.
-        conn.pragma_update(None, "page_size", 16384)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", sync.pragma())?;
-        // Bigger WAL between checkpoints: the WAL is rewritten from its start after each
-        // checkpoint, and rewriting pages the kernel is still writing back stalls the writer.
-        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
-        conn.pragma_update(None, "cache_size", -65536)?;
-        let mut store = Store {
+        Self::open_rw(path, sync, true)
+    }
+
+    /// Opens an existing database for writing (`prune`): a missing or empty file is an error,
+    /// never turned into a new database.
+    pub fn open_existing(path: &Path, sync: Sync) -> Result<Store> {
+        Self::check_exists(path)?;
+        Self::open_rw(path, sync, false)
+    }
+
+    fn check_exists(path: &Path) -> Result<()> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::Missing(path.into()))
+            }
+            Err(e) => Err(StoreError::Open {
+                path: path.into(),
+                reason: e.to_string(),
+            }),
+            Ok(m) if m.is_file() && m.len() == 0 => Err(StoreError::Empty(path.into())),
+            Ok(m) if !m.is_file() => Err(StoreError::Open {
+                path: path.into(),
+                reason: "not a regular file".into(),
+            }),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn open_rw(path: &Path, sync: Sync, create: bool) -> Result<Store> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| StoreError::from(e).at(path))?;
+        let setup = || -> Result<Store> {
+            conn.busy_timeout(Duration::from_secs(10))?;
+            // A stored record is about 2.5 KiB: with the default 4 KiB pages each one would
+            // take a page of its own. Only takes effect on a new (empty) database.
+            conn.pragma_update(None, "page_size", 16384)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", sync.pragma())?;
+            // Bigger WAL between checkpoints: the WAL is rewritten from its start after each
+            // checkpoint, and rewriting pages the kernel is still writing back stalls the
+            // writer.
+            conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+            conn.pragma_update(None, "cache_size", -65536)?;
+            Ok(Store {
+                conn,
+                keys: None,
+                writer_lock: None,
+                rejected_budget: u64::MAX,
+                rejected_bytes: None,
+                immutable: false,
+            })
+        };
+        let mut store = setup().map_err(|e| e.at(path))?;
+        store.check_ours(path)?;
+        store.migrate().map_err(|e| e.at(path))?;
+        Ok(store)
+    }
+
+    /// Opens an existing database read-only (the reading commands): never creates or
+    /// changes a file, works with read access only. An older schema is migrated first if the
+    /// file may be written.
+    pub fn open_read(path: &Path) -> Result<Store> {
+        Self::check_exists(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| StoreError::from(e).at(path))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| StoreError::from(e).at(path))?;
+        // A WAL database whose WAL index (`-shm`) does not exist and may not be created (a
+        // directory the reader cannot write) cannot be read this way. With no WAL either,
+        // nothing is being written: read the file as it is (`immutable=1`).
+        let mut immutable = false;
+        let conn = match conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)
+                    && !wal_path(path).exists() =>
+            {
+                drop(conn);
+                immutable = true;
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(|e| StoreError::from(e).at(path))?
+            }
+            _ => conn,
+        };
+        let store = Store {
             conn,
             keys: None,
             writer_lock: None,
+            rejected_budget: u64::MAX,
+            rejected_bytes: None,
+            immutable,
         };
-        store.migrate()?;
+        store.check_ours(path)?;
+        let found = store.schema_version().map_err(|e| e.at(path))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            drop(store);
+            Self::open_existing(path, Sync::Normal)
+                .map_err(|_| StoreError::TooOld(path.into(), found))?;
+            return Self::open_read(path);
+        }
         Ok(store)
+    }
+
+    /// Whether this read-only store reads the file as it was when opened (no WAL index could
+    /// be made): a reader that polls must open it again to see new records.
+    pub fn is_snapshot(&self) -> bool {
+        self.immutable
+    }
+
+    /// Refuses a SQLite database written by another program: schema version 0 (no canary
+    /// migration ran) and tables that are not ours.
+    fn check_ours(&self, path: &Path) -> Result<()> {
+        let version = self.schema_version().map_err(|e| e.at(path))?;
+        if version > 0 {
+            return Ok(());
+        }
+        let tables: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::from(e).at(path))?;
+        if tables > 0 {
+            return Err(StoreError::Foreign(path.into()));
+        }
+        if self
+            .conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            // A reader on a database no collector ever wrote.
+            return Err(StoreError::Empty(path.into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the database before `serve` acks anything into it: `PRAGMA quick_check`
+    /// (seconds per GB), or with `full` `PRAGMA integrity_check` (also every index entry).
+    pub fn check_integrity(&self, path: &Path, full: bool) -> Result<()> {
+        let pragma = if full {
+            "PRAGMA integrity_check(5)"
+        } else {
+            "PRAGMA quick_check(5)"
+        };
+        let run = || -> Result<Vec<String>> {
+            let mut st = self.conn.prepare(pragma)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        };
+        let lines = run().map_err(|e| e.at(path))?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            path: path.into(),
+            detail: lines.join("; "),
+        })
     }
 
     /// Sets after how many WAL pages a commit on this connection checkpoints by itself (0:
@@ -518,33 +493,118 @@ impl Store {
         Ok(())
     }
 
-    /// Makes this the only process that writes records to the database at `path` (an
-    /// exclusive lock on `PATH.lock`, released when the process ends, even by SIGKILL). The
-    /// dedupe set of [`Store::commit_batch`] relies on it.
+    /// Makes this the only process that writes records to the database at `path`: an
+    /// exclusive `flock` on the database file itself, so every name that reaches the file
+    /// (symlinks, hard links, relative paths) meets the same lock; released when the process
+    /// ends, even by SIGKILL. The dedupe set of [`Store::commit_batch`] relies on it.
+    ///
+    /// `flock` locks are independent of the POSIX byte-range locks SQLite takes on the same
+    /// file (on local file systems). The descriptor stays open for as long as the store:
+    /// closing a descriptor of a file drops the process's POSIX locks on it, so it is closed
+    /// only after the connection (field order).
     pub fn lock_writer(&mut self, path: &Path) -> Result<()> {
-        let mut lp = path.as_os_str().to_owned();
-        lp.push(".lock");
-        let lp = PathBuf::from(lp);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lp)
-            .map_err(|source| StoreError::Lock {
-                path: lp.clone(),
-                source,
-            })?;
+        let f = std::fs::File::open(path).map_err(|source| StoreError::Lock {
+            path: path.into(),
+            source,
+        })?;
         match f.try_lock() {
             Ok(()) => {
                 self.writer_lock = Some(f);
                 Ok(())
             }
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path.into())),
-            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path: lp, source }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock {
+                path: path.into(),
+                source,
+            }),
         }
     }
 
-    /// Loads the key of every stored record into memory (done by the first
+    /// Keeps at most `bytes` of rejected records (their raw bytes); further rejections are
+    /// acked and counted (`rejected_not_kept`) but not stored.
+    pub fn set_rejected_budget(&mut self, bytes: u64) {
+        self.rejected_budget = bytes;
+    }
+
+    /// Caps the WAL file left after a checkpoint resets it (`PRAGMA journal_size_limit`).
+    pub fn set_journal_size_limit(&self, bytes: u64) -> Result<()> {
+        self.conn.pragma_update(
+            None,
+            "journal_size_limit",
+            bytes.min(i64::MAX as u64) as i64,
+        )?;
+        Ok(())
+    }
+
+    /// Records stored.
+    pub fn count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM records", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Records received before `cutoff_us`.
+    pub fn count_before(&self, cutoff_us: i64) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM records WHERE received_at_us < ?1",
+            params![cutoff_us],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Applies the retention limits (oldest first): records received longer than `max_age`
+    /// ago, records beyond the newest `max_records`, and the oldest records while the pages
+    /// in use exceed `max_bytes`. Returns how many were deleted (also counted as
+    /// `retention_deleted`).
+    pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
+        let mut deleted = 0;
+        if let Some(age) = r.max_age {
+            let cutoff = i64::try_from(age.as_micros())
+                .ok()
+                .and_then(|a| now_us.checked_sub(a));
+            if let Some(cutoff) = cutoff {
+                deleted += self.prune_before(cutoff)?;
+            }
+        }
+        if let Some(n) = r.max_records {
+            deleted += self.prune_keep(n)?;
+        }
+        if let Some(max) = r.max_bytes {
+            for _ in 0..32 {
+                let used = self.used_bytes()?;
+                let n = self.count()?;
+                if used <= max || n == 0 {
+                    break;
+                }
+                let per = (used / n).max(1);
+                let k = (used - max).div_ceil(per).clamp(1, n);
+                deleted += self.conn.execute(
+                    "DELETE FROM records WHERE id IN
+                        (SELECT id FROM records ORDER BY id ASC LIMIT ?1)",
+                    params![k as i64],
+                )? as u64;
+            }
+        }
+        if deleted > 0 {
+            self.conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('retention_deleted', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                params![deleted as i64],
+            )?;
+        }
+        Ok(deleted)
+    }
+
+    /// Bytes of the database's pages in use (not free), committed state.
+    pub fn used_bytes(&self) -> Result<u64> {
+        let q =
+            |p: &str| -> Result<i64> { Ok(self.conn.pragma_query_value(None, p, |r| r.get(0))?) };
+        let pages = q("page_count")? - q("freelist_count")?;
+        Ok((pages.max(0) as u64) * q("page_size")? as u64)
+    }
+
+    /// Loads the key of every stored (and every pruned) record into memory (done by the first
     /// [`Store::commit_batch`] otherwise). About 40 bytes per stored record.
     pub fn load_dedupe_keys(&mut self) -> Result<()> {
         if self.keys.is_none() {
@@ -557,9 +617,10 @@ impl Store {
     }
 
     fn load_keys(&self) -> Result<HashSet<RecordKey>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT boot_id, seq, record_crc FROM record_keys")?;
+        let mut st = self.conn.prepare(
+            "SELECT boot_id, seq, record_crc FROM record_keys
+                 UNION ALL SELECT boot_id, seq, record_crc FROM pruned_keys",
+        )?;
         let mut rows = st.query([])?;
         let mut keys = HashSet::new();
         while let Some(r) = rows.next()? {
@@ -616,6 +677,36 @@ impl Store {
         counters: &[(&str, u64)],
     ) -> Result<Vec<InsertOutcome>> {
         self.load_dedupe_keys()?;
+        // Rejected records are kept up to the byte budget, in arrival order; the rest are
+        // only counted (as `rejected` and `rejected_not_kept`).
+        let mut kept_bytes = match self.rejected_bytes {
+            Some(b) => b,
+            None if rejections.is_empty() => 0,
+            None => self.conn.query_row(
+                "SELECT coalesce(sum(length(raw)), 0) FROM rejections",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64,
+        };
+        let before = kept_bytes;
+        let mut keep = 0;
+        for r in rejections {
+            let after = kept_bytes.saturating_add(r.raw.len() as u64);
+            if after > self.rejected_budget {
+                break;
+            }
+            kept_bytes = after;
+            keep += 1;
+        }
+        let not_kept = (rejections.len() - keep) as u64;
+        let extra = [("rejected", not_kept), ("rejected_not_kept", not_kept)];
+        let all_counters: Vec<(&str, u64)>;
+        let counters = if not_kept > 0 {
+            all_counters = counters.iter().copied().chain(extra).collect();
+            &all_counters[..]
+        } else {
+            counters
+        };
         let Store { conn, keys, .. } = self;
         let known = keys.as_mut().expect("loaded above");
         let mut new_keys: Vec<RecordKey> = Vec::with_capacity(records.len());
@@ -624,11 +715,14 @@ impl Store {
             known,
             &mut new_keys,
             records,
-            rejections,
+            &rejections[..keep],
             heartbeats,
             counters,
         );
-        if res.is_err() {
+        if !rejections.is_empty() {
+            self.rejected_bytes = Some(if res.is_ok() { kept_bytes } else { before });
+        }
+        if let (Err(_), Some(known)) = (&res, self.keys.as_mut()) {
             // Not committed: forget the keys this batch claimed.
             for k in &new_keys {
                 known.remove(k);
@@ -724,6 +818,8 @@ impl Store {
                 }
             }
             if !heartbeats.is_empty() {
+                // Only a sequence above the last one seen for the boot counts: a replayed (or
+                // duplicated) heartbeat must not make a dead canary look alive.
                 let mut hb = tx.prepare_cached(
                     "INSERT INTO canaries (boot_id, source, arch, first_seen_us, last_seen_us,
                         uptime_ms, heartbeat_seq, heartbeats)
@@ -731,7 +827,8 @@ impl Store {
                      ON CONFLICT (boot_id) DO UPDATE SET source = excluded.source,
                         arch = excluded.arch, last_seen_us = excluded.last_seen_us,
                         uptime_ms = excluded.uptime_ms, heartbeat_seq = excluded.heartbeat_seq,
-                        heartbeats = heartbeats + 1",
+                        heartbeats = heartbeats + 1
+                     WHERE excluded.heartbeat_seq > canaries.heartbeat_seq",
                 )?;
                 for h in heartbeats {
                     hb.execute(params![
@@ -763,181 +860,7 @@ impl Store {
         Ok(out)
     }
 
-    fn where_clause(filter: &Filter) -> (String, Vec<i64>) {
-        let mut conds = Vec::new();
-        let mut args = Vec::new();
-        if let Some(s) = filter.since_us {
-            args.push(s);
-            conds.push(format!("received_at_us >= ?{}", args.len()));
-        }
-        if let Some(u) = filter.until_us {
-            args.push(u);
-            conds.push(format!("received_at_us <= ?{}", args.len()));
-        }
-        if let Some(a) = filter.after_id {
-            args.push(a);
-            conds.push(format!("id > ?{}", args.len()));
-        }
-        let mut sql = String::new();
-        if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(" AND "));
-        }
-        (sql, args)
-    }
-
-    /// Record summaries, oldest first (or newest first with `reverse`).
-    pub fn list(&self, filter: &Filter) -> Result<Vec<RecordSummary>> {
-        let (wh, args) = Self::where_clause(filter);
-        let order = if filter.reverse { "DESC" } else { "ASC" };
-        let mut sql = format!(
-            "SELECT id, received_at_us, boot_id, seq, source, arch, kind, message, file, line, col
-             FROM records{wh} ORDER BY id {order}"
-        );
-        if let Some(l) = filter.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-        }
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-            let boot: Vec<u8> = r.get(2)?;
-            let file: Option<String> = r.get(8)?;
-            let line: Option<u32> = r.get(9)?;
-            let col: Option<u32> = r.get(10)?;
-            let at: i64 = r.get(1)?;
-            Ok(RecordSummary {
-                id: r.get(0)?,
-                received_at_us: at,
-                received_at: crate::util::format_time_us(at),
-                boot_id: hex(&boot),
-                seq: r.get(3)?,
-                source: r.get(4)?,
-                arch: r.get(5)?,
-                kind: r.get(6)?,
-                message: r.get(7)?,
-                location: file.map(|f| format!("{f}:{}:{}", line.unwrap_or(0), col.unwrap_or(0))),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// The id of the newest record, if any.
-    pub fn max_id(&self) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .query_row("SELECT max(id) FROM records", [], |r| r.get(0))?)
-    }
-
-    /// Full records matching `filter` (for `export`).
-    pub fn records(&self, filter: &Filter, with_raw: bool) -> Result<Vec<RecordView>> {
-        let (wh, args) = Self::where_clause(filter);
-        let order = if filter.reverse { "DESC" } else { "ASC" };
-        let mut sql = format!("SELECT {FULL_COLUMNS} FROM records{wh} ORDER BY id {order}");
-        if let Some(l) = filter.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-        }
-        let mut st = self.conn.prepare(&sql)?;
-        let mut rows = st.query(rusqlite::params_from_iter(args))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(row_to_view(r, with_raw)?);
-        }
-        Ok(out)
-    }
-
-    /// One full record.
-    pub fn get(&self, r: &RecordRef, with_raw: bool) -> Result<Option<RecordView>> {
-        let mut st;
-        let mut rows = match r {
-            RecordRef::Id(id) => {
-                st = self
-                    .conn
-                    .prepare(&format!("SELECT {FULL_COLUMNS} FROM records WHERE id = ?1"))?;
-                st.query(params![id])?
-            }
-            RecordRef::BootSeq(boot, seq) => {
-                st = self.conn.prepare(&format!(
-                    "SELECT {FULL_COLUMNS} FROM records WHERE id = (SELECT max(id)
-                     FROM record_keys WHERE boot_id = ?1 AND seq = ?2)"
-                ))?;
-                st.query(params![&boot[..], seq])?
-            }
-        };
-        match rows.next()? {
-            Some(row) => Ok(Some(row_to_view(row, with_raw)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Collector statistics.
-    pub fn stats(&self) -> Result<Stats> {
-        let records: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
-        let canaries: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM canaries", [], |r| r.get(0))?;
-        let mut counters: std::collections::BTreeMap<String, u64> =
-            COUNTER_NAMES.iter().map(|n| (n.to_string(), 0)).collect();
-        let mut st = self.conn.prepare("SELECT name, value FROM counters")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (n, v) = row?;
-            counters.insert(n, v as u64);
-        }
-        Ok(Stats {
-            records: records as u64,
-            canaries: canaries as u64,
-            schema_version: self.schema_version()?,
-            counters,
-        })
-    }
-
-    /// Canaries that sent heartbeats, most recently seen first.
-    pub fn canaries(&self) -> Result<Vec<CanaryView>> {
-        let mut st = self.conn.prepare(
-            "SELECT boot_id, source, arch, first_seen_us, last_seen_us, uptime_ms, heartbeat_seq,
-                heartbeats FROM canaries ORDER BY last_seen_us DESC",
-        )?;
-        let rows = st.query_map([], |r| {
-            let boot: Vec<u8> = r.get(0)?;
-            let arch: u8 = r.get(2)?;
-            let first: i64 = r.get(3)?;
-            let last: i64 = r.get(4)?;
-            Ok(CanaryView {
-                boot_id: hex(&boot),
-                source: r.get(1)?,
-                arch: crate::convert::arch_code_name(arch),
-                first_seen: crate::util::format_time_us(first),
-                last_seen: crate::util::format_time_us(last),
-                last_seen_us: last,
-                uptime_ms: r.get::<_, i64>(5)? as u64,
-                heartbeat_seq: r.get(6)?,
-                heartbeats: r.get::<_, i64>(7)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// Rejected records, newest first.
-    pub fn rejections(&self) -> Result<Vec<RejectionView>> {
-        let mut st = self.conn.prepare(
-            "SELECT id, boot_id, seq, received_at_us, source, schema_major, schema_minor, reason
-             FROM rejections ORDER BY id DESC",
-        )?;
-        let rows = st.query_map([], |r| {
-            let boot: Vec<u8> = r.get(1)?;
-            Ok(RejectionView {
-                id: r.get(0)?,
-                boot_id: hex(&boot),
-                seq: r.get(2)?,
-                received_at: crate::util::format_time_us(r.get(3)?),
-                source: r.get(4)?,
-                schema: format!("{}.{}", r.get::<_, u16>(5)?, r.get::<_, u16>(6)?),
-                reason: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
+    // (reading queries: store/read.rs)
 
     /// Deletes records received before `cutoff_us`. Returns how many were deleted.
     pub fn prune_before(&mut self, cutoff_us: i64) -> Result<u64> {
@@ -953,7 +876,7 @@ impl Store {
         let n = self.conn.execute(
             "DELETE FROM records WHERE id NOT IN
                 (SELECT id FROM records ORDER BY id DESC LIMIT ?1)",
-            params![keep as i64],
+            params![keep.min(i64::MAX as u64) as i64],
         )?;
         Ok(n as u64)
     }
@@ -1006,223 +929,33 @@ impl Checkpointer {
         self.run("RESTART")
     }
 
+    /// [`Checkpointer::restart`], then empties the WAL file (`TRUNCATE`).
+    pub fn truncate(&self) -> Result<(i64, i64)> {
+        self.run("TRUNCATE")
+    }
+
+    /// The database's page size in bytes.
+    pub fn page_size(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Caps the WAL file left after the WAL is reset (`PRAGMA journal_size_limit`).
+    pub fn set_journal_size_limit(&self, bytes: u64) -> Result<()> {
+        self.conn.pragma_update(
+            None,
+            "journal_size_limit",
+            bytes.min(i64::MAX as u64) as i64,
+        )?;
+        Ok(())
+    }
+
     fn run(&self, mode: &str) -> Result<(i64, i64)> {
         Ok(self
             .conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                 Ok((r.get(1)?, r.get(2)?))
             })?)
-    }
-}
-
-const FULL_COLUMNS: &str = "id, boot_id, seq, record_crc, received_at_us, source, schema_major,
-    schema_minor, build_id, arch, boot_mode, hypervisor, vmbus_version, uptime_us, kind,
-    kind_detail, message, file, line, col, registers, backtrace, log_tail, steps, raw";
-
-fn json_col<T: serde::de::DeserializeOwned>(
-    row: &rusqlite::Row<'_>,
-    idx: usize,
-    column: &'static str,
-    id: i64,
-) -> Result<T> {
-    let s: String = row.get(idx)?;
-    serde_json::from_str(&s).map_err(|source| StoreError::BadJson { column, id, source })
-}
-
-fn row_to_view(r: &rusqlite::Row<'_>, with_raw: bool) -> Result<RecordView> {
-    let id: i64 = r.get(0)?;
-    let boot: Vec<u8> = r.get(1)?;
-    let at: i64 = r.get(4)?;
-    let raw: Vec<u8> = r.get(24)?;
-    let file: Option<String> = r.get(17)?;
-    let kind_detail: Option<String> = r.get(15)?;
-    let kind_detail = match kind_detail {
-        Some(s) => Some(
-            serde_json::from_str(&s).map_err(|source| StoreError::BadJson {
-                column: "kind_detail",
-                id,
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    Ok(RecordView {
-        id,
-        boot_id: hex(&boot),
-        seq: r.get(2)?,
-        record_crc: format!("{:08x}", r.get::<_, u32>(3)?),
-        received_at_us: at,
-        received_at: crate::util::format_time_us(at),
-        source: r.get(5)?,
-        schema: format!("{}.{}", r.get::<_, u16>(6)?, r.get::<_, u16>(7)?),
-        fields: RecordFields {
-            build_id: r.get(8)?,
-            arch: r.get(9)?,
-            boot_mode: r.get(10)?,
-            hypervisor: json_col(r, 11, "hypervisor", id)?,
-            vmbus_version: r.get(12)?,
-            uptime_us: r.get::<_, i64>(13)? as u64,
-            kind: r.get(14)?,
-            kind_detail,
-            message: r.get(16)?,
-            location: file.map(|file| LocationView {
-                file,
-                line: r.get(18).unwrap_or(0),
-                column: r.get(19).unwrap_or(0),
-            }),
-            registers: json_col(r, 20, "registers", id)?,
-            backtrace: json_col(r, 21, "backtrace", id)?,
-            log_tail: r.get(22)?,
-            steps: json_col(r, 23, "steps", id)?,
-        },
-        raw_len: raw.len(),
-        raw_hex: with_raw.then(|| hex(&raw)),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn sample(seq: u32, at: i64) -> NewRecord {
-        NewRecord {
-            key: RecordKey {
-                boot_id: [7; 16],
-                seq,
-                record_crc: 0xdead_beef,
-            },
-            received_at_us: at,
-            schema_major: 1,
-            schema_minor: 0,
-            uptime_us: 5,
-            line_col: (1, 2),
-            text: RowText::from_fields("127.0.0.1:9", &sample_fields(seq)),
-            raw: vec![1, 2, 3],
-        }
-    }
-
-    pub(crate) fn sample_fields(seq: u32) -> RecordFields {
-        RecordFields {
-            build_id: "b".into(),
-            arch: "x86_64".into(),
-            boot_mode: "Pvh".into(),
-            hypervisor: serde_json::json!({"vendor": "none"}),
-            vmbus_version: None,
-            uptime_us: 5,
-            kind: "Panic".into(),
-            kind_detail: None,
-            message: format!("boom {seq}"),
-            location: Some(LocationView {
-                file: "src/main.rs".into(),
-                line: 1,
-                column: 2,
-            }),
-            registers: serde_json::json!({}),
-            backtrace: vec!["0x1".into()],
-            log_tail: "log".into(),
-            steps: vec![StepView {
-                step: "Freeze".into(),
-                outcome: "Done".into(),
-                elapsed_us: 3,
-            }],
-        }
-    }
-
-    #[test]
-    fn duplicate_keys_are_ignored_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-        let a = sample(1, 10);
-        let out = s
-            .commit_batch(&[a.clone(), a.clone()], &[], &[], &[])
-            .unwrap();
-        assert_eq!(out, vec![InsertOutcome::Stored, InsertOutcome::Duplicate]);
-        let out = s.commit_batch(&[a], &[], &[], &[]).unwrap();
-        assert_eq!(out, vec![InsertOutcome::Duplicate]);
-        let st = s.stats().unwrap();
-        assert_eq!(st.records, 1);
-        assert_eq!(st.counters["records_stored"], 1);
-        assert_eq!(st.counters["duplicates"], 2);
-    }
-
-    #[test]
-    fn stored_record_reads_back_identically() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-        let a = sample(4, 10);
-        s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
-            .unwrap();
-        let v = s
-            .get(&RecordRef::BootSeq([7; 16], 4), true)
-            .unwrap()
-            .unwrap();
-        assert_eq!(v.fields, sample_fields(4));
-        assert_eq!(v.raw_hex.as_deref(), Some("010203"));
-        assert!(s.get(&RecordRef::Id(99), false).unwrap().is_none());
-    }
-
-    #[test]
-    fn counters_accumulate_across_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-        s.commit_batch(&[], &[], &[], &[("bad_crc", 2), ("evictions", 0)])
-            .unwrap();
-        s.commit_batch(&[], &[], &[], &[("bad_crc", 3)]).unwrap();
-        let st = s.stats().unwrap();
-        assert_eq!(st.counters["bad_crc"], 5);
-        assert_eq!(st.counters["evictions"], 0);
-    }
-
-    #[test]
-    fn prune_keep_keeps_newest() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-        let recs: Vec<_> = (0..5).map(|i| sample(i, i as i64 * 100)).collect();
-        s.commit_batch(&recs, &[], &[], &[]).unwrap();
-        assert_eq!(s.prune_keep(2).unwrap(), 3);
-        let left: Vec<u32> = s
-            .list(&Filter::default())
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(left, vec![3, 4]);
-        assert_eq!(s.prune_before(400).unwrap(), 1);
-        assert_eq!(s.stats().unwrap().records, 1);
-    }
-
-    #[test]
-    fn checkpointer_copies_the_writers_wal_and_restart_starts_it_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut s = Store::open(&path, Sync::Normal).unwrap();
-        s.set_autocheckpoint(0).unwrap();
-        let recs: Vec<_> = (0..50).map(|i| sample(i, i as i64)).collect();
-        s.commit_batch(&recs, &[], &[], &[]).unwrap();
-        let c = Checkpointer::open(&path, Sync::Normal).unwrap();
-        let (log, done) = c.passive().unwrap();
-        assert!(log > 0, "the writer's commit is in the WAL");
-        assert_eq!(done, log, "an idle writer's WAL is copied completely");
-        c.restart().unwrap();
-        s.commit_batch(&[sample(100, 1)], &[], &[], &[]).unwrap();
-        let (log2, _) = c.passive().unwrap();
-        assert!(
-            log2 < log,
-            "after RESTART the WAL starts over ({log2} >= {log} pages)"
-        );
-        assert_eq!(s.stats().unwrap().records, 51);
-    }
-
-    #[test]
-    fn record_ref_parses_id_and_boot_seq() {
-        assert_eq!("12".parse::<RecordRef>().unwrap(), RecordRef::Id(12));
-        let r: RecordRef = "000102030405060708090a0b0c0d0e0f:7".parse().unwrap();
-        let mut b = [0u8; 16];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = i as u8;
-        }
-        assert_eq!(r, RecordRef::BootSeq(b, 7));
-        assert!("zz:1".parse::<RecordRef>().is_err());
-        assert!("00:1".parse::<RecordRef>().is_err());
     }
 }

@@ -58,6 +58,20 @@ pub enum TimeArgError {
     BadTime(String),
     #[error("cannot read duration {0:?}: use e.g. 30s, 15min, 12h, 7d, 2weeks")]
     BadDuration(String),
+    #[error("duration {0:?} is too long: give at most 290000years")]
+    TooLong(String),
+    #[error("time {0:?} is out of range")]
+    OutOfRange(String),
+}
+
+/// `d` in microseconds, if that fits an `i64` (about 292,000 years).
+pub fn duration_us(d: Duration) -> Option<i64> {
+    i64::try_from(d.as_micros()).ok()
+}
+
+/// `now_us - d`, checked: `None` if `d` does not fit or the result would wrap.
+pub fn before_us(now_us: i64, d: Duration) -> Option<i64> {
+    now_us.checked_sub(duration_us(d)?)
 }
 
 /// Parses a duration like `7d` or `12h 30min`.
@@ -70,15 +84,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, TimeArgError> {
 pub fn parse_time_arg(s: &str, now_us: i64) -> Result<i64, TimeArgError> {
     let t = s.trim();
     if let Ok(ts) = humantime::parse_rfc3339_weak(t) {
-        return ts
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .map_err(|_| TimeArgError::BadTime(s.into()));
+        return match ts.duration_since(UNIX_EPOCH) {
+            Ok(d) => duration_us(d).ok_or_else(|| TimeArgError::OutOfRange(s.into())),
+            Err(e) => duration_us(e.duration())
+                .map(|d| -d)
+                .ok_or_else(|| TimeArgError::OutOfRange(s.into())),
+        };
     }
     let d = t.strip_prefix('-').unwrap_or(t);
     let d = d.strip_suffix("ago").unwrap_or(d).trim();
     match humantime::parse_duration(d) {
-        Ok(d) => Ok(now_us - d.as_micros() as i64),
+        Ok(d) => before_us(now_us, d).ok_or_else(|| TimeArgError::TooLong(s.into())),
         Err(_) => Err(TimeArgError::BadTime(s.into())),
     }
 }
@@ -107,6 +123,13 @@ mod tests {
             10_000_000
         );
         assert!(parse_time_arg("yesterday-ish", now).is_err());
+        // Too long to count in microseconds: refused, never wrapped into the future.
+        assert_eq!(
+            parse_time_arg("300000years", now),
+            Err(TimeArgError::TooLong("300000years".into()))
+        );
+        assert!(parse_time_arg("200000years", now).unwrap() < 0);
+        assert_eq!(before_us(now, Duration::from_secs(u64::MAX)), None);
         assert_eq!(format_time_us(10_000_000), "1970-01-01T00:00:10Z");
     }
 }

@@ -75,7 +75,7 @@ fn list_shows_a_table_json_and_no_legend() {
     let o = run_db(&db, &["list", "--since", "1h", "--no-legend"]);
     assert_eq!(stdout(&o).lines().count(), 3);
     let o = run_db(&db, &["list", "--since", "yesterday-ish"]);
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(2), "a bad time is bad usage");
     assert!(stderr(&o).contains("RFC 3339"), "{}", stderr(&o));
 }
 
@@ -124,7 +124,7 @@ fn show_prints_every_part_of_a_record() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("No crash records found"));
     let o = run_db(&db, &["show", "not-an-id"]);
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(2), "a bad reference is bad usage");
     assert!(stderr(&o).contains("BOOTID:SEQ"), "{}", stderr(&o));
 }
 
@@ -159,10 +159,17 @@ fn prune_deletes_old_records_and_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let db = filled_db(dir.path(), 5);
     let o = run_db(&db, &["prune", "--older-than", "1h"]);
-    assert_eq!(stdout(&o).trim(), "Deleted 0 crash records.");
+    assert!(
+        stdout(&o).starts_with("Deleted 0 of 5 crash records (received before "),
+        "{}",
+        stdout(&o)
+    );
     let o = run_db(&db, &["prune", "--keep", "2"]);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(stdout(&o).trim(), "Deleted 3 crash records.");
+    assert_eq!(
+        stdout(&o).trim(),
+        "Deleted 3 of 5 crash records (all but the newest 2)."
+    );
     let seqs: Vec<u64> = json(&run_db(&db, &["list", "--json"]))
         .as_array()
         .unwrap()
@@ -191,8 +198,15 @@ fn prune_deletes_old_records_and_keeps_the_newest() {
     assert_eq!(tail_seqs("1"), vec![5]);
     assert_eq!(tail_seqs("5"), vec![4, 5]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Deleting every record takes --all.
     let o = run_db(&db, &["prune", "--older-than", "1s"]);
-    assert_eq!(stdout(&o).trim(), "Deleted 2 crash records.");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run_db(&db, &["prune", "--older-than", "1s", "--all"]);
+    assert!(
+        stdout(&o).starts_with("Deleted 2 of 2 crash records"),
+        "{}",
+        stdout(&o)
+    );
     let o = run_db(&db, &["list"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o).trim(), "No crash records found.");

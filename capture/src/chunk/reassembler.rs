@@ -69,6 +69,8 @@ pub struct ReassemblerStats {
     pub evicted: u64,
     /// Partials dropped by [`Reassembler::expire`].
     pub expired: u64,
+    /// Bytes set aside for the partials that were evicted (see [`Reassembler::with_byte_budget`]).
+    pub evicted_bytes: u64,
     /// Complete records whose CRC did not match.
     pub crc_mismatches: u64,
     /// Chunks contradicting their record's earlier chunks.
@@ -101,8 +103,21 @@ pub struct Reassembler<S: Clone + Eq + Hash> {
     order: BTreeMap<u64, (S, RecordId)>,
     /// Per source: creation serial -> id, oldest first.
     per_source: HashMap<S, BTreeMap<u64, RecordId>>,
+    /// Per source: bytes set aside for its partials.
+    source_bytes: HashMap<S, usize>,
+    /// Bytes set aside for all partials.
+    total_bytes: usize,
+    /// Byte budget for all partials, and for one source's.
+    max_bytes: usize,
+    max_bytes_per_source: usize,
     next_serial: u64,
     stats: ReassemblerStats,
+}
+
+/// What a partial record of `record_len` bytes in `count` chunks costs: its buffer, its
+/// chunk bitmap and a fixed overhead for the map entries.
+fn partial_cost(record_len: usize, count: usize) -> usize {
+    record_len + count + 160
 }
 
 impl<S: Clone + Eq + Hash> Reassembler<S> {
@@ -117,9 +132,28 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
             pending: HashMap::new(),
             order: BTreeMap::new(),
             per_source: HashMap::new(),
+            source_bytes: HashMap::new(),
+            total_bytes: 0,
+            max_bytes: usize::MAX,
+            max_bytes_per_source: usize::MAX,
             next_serial: 0,
             stats: ReassemblerStats::default(),
         }
+    }
+
+    /// Also caps the bytes set aside for partial records: `total` for all of them and
+    /// `per_source` for one source's (each partial costs its `record_len` plus a little).
+    /// A new partial that would exceed a budget evicts the oldest partials (of its source,
+    /// then overall) until it fits; evictions are counted in `evicted` and `evicted_bytes`.
+    pub fn with_byte_budget(mut self, total: usize, per_source: usize) -> Self {
+        self.max_bytes = total;
+        self.max_bytes_per_source = per_source;
+        self
+    }
+
+    /// Bytes set aside for the partial records held.
+    pub fn pending_bytes(&self) -> usize {
+        self.total_bytes
     }
 
     /// Partial records held.
@@ -168,7 +202,10 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
         }
         let key = (source, id);
         if !self.pending.contains_key(&key) {
-            self.make_room(&key.0);
+            let cost = partial_cost(record_len, count);
+            self.make_room(&key.0, cost);
+            self.total_bytes += cost;
+            *self.source_bytes.entry(key.0.clone()).or_default() += cost;
             let serial = self.next_serial;
             self.next_serial += 1;
             self.order.insert(serial, key.clone());
@@ -233,6 +270,14 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
     fn remove(&mut self, key: &(S, RecordId)) -> Option<Partial> {
         let p = self.pending.remove(key)?;
         self.order.remove(&p.serial);
+        let cost = partial_cost(p.record_len, p.have.len());
+        self.total_bytes -= cost;
+        if let Some(b) = self.source_bytes.get_mut(&key.0) {
+            *b -= cost;
+            if *b == 0 {
+                self.source_bytes.remove(&key.0);
+            }
+        }
         if let Some(m) = self.per_source.get_mut(&key.0) {
             m.remove(&p.serial);
             if m.is_empty() {
@@ -242,13 +287,18 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
         Some(p)
     }
 
-    /// Evicts until a new partial from `source` fits both caps.
-    fn make_room(&mut self, source: &S) {
-        while self
-            .per_source
-            .get(source)
-            .is_some_and(|m| m.len() >= self.cfg.max_pending_per_source)
-        {
+    /// Evicts (oldest first) until a new partial from `source` costing `cost` bytes fits the
+    /// count caps and the byte budgets.
+    fn make_room(&mut self, source: &S, cost: usize) {
+        loop {
+            let n = self.per_source.get(source).map_or(0, BTreeMap::len);
+            let bytes = self.source_bytes.get(source).copied().unwrap_or(0);
+            if n == 0
+                || (n < self.cfg.max_pending_per_source
+                    && bytes.saturating_add(cost) <= self.max_bytes_per_source)
+            {
+                break;
+            }
             let Some((_, id)) = self
                 .per_source
                 .get(source)
@@ -257,16 +307,24 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
                 break;
             };
             let key = (source.clone(), *id);
-            self.remove(&key);
-            self.stats.evicted += 1;
+            self.evict(&key);
         }
-        while self.pending.len() >= self.cfg.max_pending_total {
+        while !self.pending.is_empty()
+            && (self.pending.len() >= self.cfg.max_pending_total
+                || self.total_bytes.saturating_add(cost) > self.max_bytes)
+        {
             let Some((_, key)) = self.order.first_key_value() else {
                 break;
             };
             let key = key.clone();
-            self.remove(&key);
+            self.evict(&key);
+        }
+    }
+
+    fn evict(&mut self, key: &(S, RecordId)) {
+        if let Some(p) = self.remove(key) {
             self.stats.evicted += 1;
+            self.stats.evicted_bytes += partial_cost(p.record_len, p.have.len()) as u64;
         }
     }
 
@@ -283,5 +341,52 @@ impl<S: Clone + Eq + Hash> Reassembler<S> {
         }
         self.stats.expired += stale.len() as u64;
         stale.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{chunk_count, chunk_repr};
+
+    fn first_chunks(r: &mut Reassembler<u8>, source: u8, seqs: core::ops::Range<u32>) -> Vec<u8> {
+        let body = std::vec![7u8; MAX_RECORD_LEN];
+        for seq in seqs {
+            let id = RecordId::of([source; 16], seq, &body);
+            let c = chunk_repr(&id, &body, 0, (1, 0)).unwrap();
+            assert_eq!(r.push(source, &c, 0), Push::Incomplete);
+        }
+        body
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_oldest_first_and_counts_what_it_evicts() {
+        let cfg = ReassemblerConfig {
+            max_pending_per_source: 64,
+            max_pending_total: 4096,
+            max_record_len: MAX_RECORD_LEN,
+        };
+        let mut r = Reassembler::new(cfg).with_byte_budget(1 << 20, 256 << 10);
+        let body = first_chunks(&mut r, 0, 0..10);
+        // Three 64 KiB partials fit one source's 256 KiB share; the seven oldest went.
+        assert_eq!(r.pending(), 3);
+        assert!(r.pending_bytes() <= 256 << 10);
+        assert_eq!(r.stats().evicted, 7);
+        assert!(r.stats().evicted_bytes >= 7 * MAX_RECORD_LEN as u64);
+        for s in 1..40 {
+            first_chunks(&mut r, s, 0..3);
+            assert!(r.pending_bytes() <= 1 << 20, "{}", r.pending_bytes());
+        }
+        assert_eq!(r.pending(), 15, "1 MiB holds 15 partials of 64 KiB");
+        // The newest partial is still whole: its remaining chunks complete it.
+        let id = RecordId::of([39; 16], 2, &body);
+        let mut last = Push::Incomplete;
+        for i in 1..chunk_count(body.len()) as u16 {
+            last = r.push(39, &chunk_repr(&id, &body, i, (1, 0)).unwrap(), 1);
+        }
+        assert!(matches!(last, Push::Complete(_)), "{last:?}");
+        // Expiry returns every byte.
+        r.expire(100_000, 1);
+        assert_eq!((r.pending(), r.pending_bytes()), (0, 0));
     }
 }

@@ -242,3 +242,110 @@ pub fn count_rows(db: &Path) -> (i64, i64) {
         .unwrap();
     (n, d)
 }
+
+/// A database at `path` holding one record per `(seq, received_at_us, message)` (boot id
+/// [9;16]), written through the library as `serve` would.
+pub fn db_with(path: &Path, recs: &[(u32, i64, &str)]) {
+    use host_collector::store::{NewRecord, RecordFields, RecordKey, RowText, Store, Sync};
+    let mut s = Store::open(path, Sync::Normal).unwrap();
+    let rows: Vec<NewRecord> = recs
+        .iter()
+        .map(|&(seq, at, msg)| {
+            let f = RecordFields {
+                build_id: "b".into(),
+                arch: "x86_64".into(),
+                boot_mode: "pvh".into(),
+                hypervisor: serde_json::json!({"vendor": "none"}),
+                kind: "panic".into(),
+                message: msg.into(),
+                registers: serde_json::json!({}),
+                log_tail: format!("log of {msg}"),
+                ..RecordFields::default()
+            };
+            NewRecord {
+                key: RecordKey {
+                    boot_id: [9; 16],
+                    seq,
+                    record_crc: seq,
+                },
+                received_at_us: at,
+                schema_major: 1,
+                schema_minor: 0,
+                uptime_us: 1,
+                line_col: (0, 0),
+                text: RowText::from_fields("127.0.0.1:9", &f),
+                raw: vec![1, 2, 3],
+            }
+        })
+        .collect();
+    s.commit_batch(&rows, &[], &[], &[]).unwrap();
+}
+
+/// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM`).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Size of a file in bytes (0 if missing).
+pub fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `PATH-wal` next to a database.
+pub fn wal_of(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Runs `host-collector ARGS` with `cwd` as working directory.
+pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run host-collector")
+}
+
+/// Starts `serve` and returns its exit status and stderr if it exits within `timeout`, or
+/// `None` (after killing it) if it is still running then.
+pub fn serve_exits(
+    db: &str,
+    cwd: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Option<(i32, String)> {
+    let mut child = Command::new(BIN)
+        .args(["--db", db, "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            return Some((st.code().unwrap_or(-1), err));
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
