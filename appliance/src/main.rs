@@ -14,6 +14,9 @@ mod aarch64_acpi;
 mod aarch64_fdt;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod acpi;
+/// Which counter frequency the deadlines run on (portable rules; unit-tested on the host).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod clock;
 mod config;
 /// The portable halves of the Hyper-V code (the device glue, and the arch-neutral session:
 /// UNLOAD, cleanup, reconnect, crash registers, arm64 detection): their tests run on the host

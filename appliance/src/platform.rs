@@ -52,12 +52,22 @@ pub fn kmain(bi: BootInfo) -> ! {
     log::info!("cmdline: {}", bi.cmdline);
     #[cfg(target_arch = "x86_64")]
     if let Some(khz) = cfg.tsc_khz {
-        arch::imp::timer::set_hz(khz * 1000);
+        arch::imp::timer::set(crate::clock::Choice {
+            hz: khz.saturating_mul(1000),
+            source: crate::clock::Source::Configured,
+        });
     }
     #[cfg(target_arch = "x86_64")]
     if !arch::imp::timer_calibrated() {
         log::warn!("timer: no PIT and no CPUID frequency: assuming 1 GHz, timer self-check off (give tsc_khz=)");
     }
+    #[cfg(target_arch = "x86_64")]
+    log::info!(
+        "timer: {} kHz counter (from {})",
+        arch::imp::timer::counter_hz() / 1000,
+        arch::imp::timer::source().name()
+    );
+    #[cfg(not(target_arch = "x86_64"))]
     log::info!(
         "timer: {} kHz counter",
         arch::imp::timer::counter_hz() / 1000

@@ -371,40 +371,55 @@ fn synic_mode(hv: &dyn Hypervisor) -> (SynicMode, CleanupConfig) {
 }
 
 /// The TSC frequency measured against the hypervisor's reference time (100 ns units, ref
-/// §3.4). A Gen2 VM has no PIT to calibrate against and CPUID may not state the frequency, in
-/// which case the arch timer runs on a guess; the reference clock is the authority on Hyper-V.
-/// Always measured and logged (the nested tests compare it with the PIT calibration); adopted
-/// only when the arch timer is not calibrated otherwise.
+/// §3.4), which then decides (`crate::clock::arbitrate`): a boot-time frequency that is a
+/// guess or disagrees with it by more than the tolerance loses; only `tsc_khz=` outranks it.
+/// A Gen2 VM (and OpenVMM's Hyper-V chipset) has no PIT, and CPUID may not state the TSC
+/// frequency: on Hyper-V the reference clock is the authority (design.md).
 #[cfg(target_arch = "x86_64")]
 fn calibrate_tsc(clock: &ReferenceTime<'_>) {
     use crate::arch::imp::timer;
+    use crate::clock::{arbitrate, Verdict, TOLERANCE_PPM};
     use vmbus::Clock;
     const WINDOW_100NS: u64 = 100_000; // 10 ms
-    let r0 = clock.now();
-    let t0 = timer::rdtsc();
-    // Bounded: a reference clock that does not move (a broken host) ends the wait.
-    let mut r1 = r0;
-    let mut spins = 0u32;
-    while r1.wrapping_sub(r0) < WINDOW_100NS && spins < 50_000_000 {
-        r1 = clock.now();
-        spins += 1;
+    // Three windows, the median wins: being descheduled between a reference read and its
+    // TSC read skews one window either way.
+    let mut hz3 = [0u64; 3];
+    for slot in hz3.iter_mut() {
+        let r0 = clock.now();
+        let t0 = timer::rdtsc();
+        // Bounded: a reference clock that does not move (a broken host) ends the wait.
+        let mut r1 = r0;
+        let mut spins = 0u32;
+        while r1.wrapping_sub(r0) < WINDOW_100NS && spins < 50_000_000 {
+            r1 = clock.now();
+            spins += 1;
+        }
+        let t1 = timer::rdtsc();
+        let dr = r1.wrapping_sub(r0);
+        if dr < WINDOW_100NS || t1 <= t0 {
+            log::warn!("hv: tsc calibration: reference time did not advance ({dr} x 100 ns)");
+            return;
+        }
+        *slot = ((t1 - t0) as u128 * 10_000_000 / dr as u128).min(u64::MAX as u128) as u64;
     }
-    let t1 = timer::rdtsc();
-    let dr = r1.wrapping_sub(r0);
-    if dr < WINDOW_100NS || t1 <= t0 {
-        log::warn!("hv: tsc calibration: reference time did not advance ({dr} x 100 ns)");
-        return;
-    }
-    let hz = ((t1 - t0) as u128 * 10_000_000 / dr as u128) as u64;
-    let had = timer::calibrated();
+    hz3.sort_unstable();
+    let hz = hz3[1];
+    let current = timer::choice();
+    let verdict = arbitrate(current, hz, TOLERANCE_PPM);
     log::info!(
-        "hv: tsc calibration tsc_khz={} arch_khz={} {}",
+        "hv: tsc calibration tsc_khz={} arch_khz={} (from {}) {}",
         hz / 1000,
-        timer::counter_hz() / 1000,
-        if had { "kept" } else { "adopted" }
+        current.hz / 1000,
+        current.source.name(),
+        match verdict {
+            Verdict::Keep => "kept",
+            Verdict::Adopt(_) => "adopted",
+            Verdict::KeepConfigured => "kept (tsc_khz= given; the reference disagrees)",
+            Verdict::Ignore => "ignored (implausible)",
+        }
     );
-    if !had && hz > 0 {
-        timer::set_hz(hz);
+    if let Verdict::Adopt(c) = verdict {
+        timer::set(c);
     }
 }
 

@@ -1,7 +1,10 @@
 //! Time: the TSC, calibrated at boot against PIT channel 2 (1.193182 MHz, Intel 8254 data
-//! sheet; the gate/OUT bits of port 0x61 as on every PC since the AT).
+//! sheet; the gate/OUT bits of port 0x61 as on every PC since the AT) when there is a PIT,
+//! else CPUID; on Hyper-V the reference time then decides (`crate::clock::arbitrate`, called
+//! from `crate::hyperv`).
 use super::port::{inb, outb};
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::clock::{Choice, Source};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 static TSC0: AtomicU64 = AtomicU64::new(0);
 /// microseconds per TSC tick, as a 32.32 fixed-point number.
@@ -20,20 +23,31 @@ pub fn rdtsc() -> u64 {
     (hi as u64) << 32 | lo as u64
 }
 
-/// Measures the TSC over `ticks` PIT ticks; None if the PIT never fires.
+/// Measures the TSC over `ticks` PIT ticks; None if there is no PIT (port 0x61 reads all
+/// ones, or OUT2 is already high right after the count is loaded: `clock::pit_present`) or
+/// it never fires.
 fn pit_measure(ticks: u16) -> Option<u64> {
-    // SAFETY: PIT channel 2 with the speaker output disabled; standard programming.
+    // SAFETY: PIT channel 2 with the speaker output disabled; standard programming. On a
+    // machine without a PIT these ports are unclaimed: reads give 0xff, writes go nowhere.
     unsafe {
         let p61 = inb(0x61);
+        if p61 == 0xff {
+            return None;
+        }
         outb(0x61, (p61 & !0x02) | 0x01); // gate on, speaker off
         outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
         outb(0x42, ticks as u8);
         outb(0x42, (ticks >> 8) as u8);
         let start = rdtsc();
+        if !crate::clock::pit_present(p61, inb(0x61) & 0x20 != 0) {
+            outb(0x61, p61);
+            return None;
+        }
         let mut spins = 0u64;
         while inb(0x61) & 0x20 == 0 {
             spins += 1;
             if spins > 50_000_000 {
+                outb(0x61, p61);
                 return None;
             }
         }
@@ -68,36 +82,62 @@ pub fn init() {
     // Three 2 ms windows; the shortest is the one least stretched by the host descheduling
     // us (under TCG on a busy host a single window can overshoot by milliseconds).
     let ticks = 2386u16;
-    let plausible = |hz: &u64| (100_000_000..20_000_000_000).contains(hz);
-    let pit = (0..3)
-        .filter_map(|_| pit_measure(ticks))
-        .min()
-        .map(|d| d * PIT_HZ / ticks as u64)
-        // A missing PIT (Hyper-V Gen2 has none) reads back nonsense.
-        .filter(plausible);
-    match pit.or_else(|| cpuid_hz().filter(plausible)) {
-        Some(hz) => set_hz(hz),
-        None => {
-            set_hz(1_000_000_000);
-            CALIBRATED.store(false, Ordering::Relaxed);
+    let mut pit = None;
+    for _ in 0..3 {
+        match pit_measure(ticks) {
+            // The first window says whether there is a PIT at all.
+            None => break,
+            Some(d) => pit = Some(pit.map_or(d, |p: u64| p.min(d))),
         }
     }
+    let pit_hz = pit.map(|d| d * PIT_HZ / ticks as u64);
+    set(crate::clock::at_boot(pit_hz, cpuid_hz()));
 }
 
 /// Whether the frequency came from a measurement, CPUID or the configuration (and not a
 /// guess): the timer self-check compares against the reference clock only then.
 pub fn calibrated() -> bool {
-    CALIBRATED.load(Ordering::Relaxed)
+    source() != Source::Guess
 }
 
-static CALIBRATED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+static SOURCE: AtomicU8 = AtomicU8::new(0);
+const SOURCES: [Source; 5] = [
+    Source::Guess,
+    Source::Cpuid,
+    Source::Pit,
+    Source::HvReference,
+    Source::Configured,
+];
 
-/// Sets the counter frequency (calibration, `tsc_khz=`, or a hypervisor-reported frequency).
-pub fn set_hz(hz: u64) {
-    CALIBRATED.store(true, Ordering::Relaxed);
-    HZ.store(hz, Ordering::Relaxed);
+/// Where the frequency in use came from.
+pub fn source() -> Source {
+    SOURCES[SOURCE.load(Ordering::Relaxed) as usize % SOURCES.len()]
+}
+
+/// The frequency in use and its source.
+pub fn choice() -> Choice {
+    Choice {
+        hz: counter_hz(),
+        source: source(),
+    }
+}
+
+/// Sets the counter frequency (calibration, `tsc_khz=`, or the hypervisor's reference time).
+/// `now_us` stays continuous across the change: time already elapsed is kept.
+pub fn set(c: Choice) {
+    let t = rdtsc();
+    let elapsed = now_us_at(t);
+    let hz = c.hz.max(1);
     MULT.store(
         ((1_000_000u128 << 32) / hz as u128) as u64,
+        Ordering::Relaxed,
+    );
+    HZ.store(hz, Ordering::Relaxed);
+    // Rebase so that now_us(t) == elapsed with the new rate.
+    let ticks_for_elapsed = (elapsed as u128 * hz as u128 / 1_000_000) as u64;
+    TSC0.store(t.wrapping_sub(ticks_for_elapsed), Ordering::Relaxed);
+    SOURCE.store(
+        SOURCES.iter().position(|s| *s == c.source).unwrap_or(0) as u8,
         Ordering::Relaxed,
     );
 }
@@ -108,6 +148,10 @@ pub fn counter_hz() -> u64 {
 
 /// Microseconds since `init`.
 pub fn now_us() -> u64 {
-    let d = rdtsc().wrapping_sub(TSC0.load(Ordering::Relaxed));
+    now_us_at(rdtsc())
+}
+
+fn now_us_at(tsc: u64) -> u64 {
+    let d = tsc.wrapping_sub(TSC0.load(Ordering::Relaxed));
     ((d as u128 * MULT.load(Ordering::Relaxed) as u128) >> 32) as u64
 }

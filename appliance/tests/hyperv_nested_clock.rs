@@ -1,0 +1,96 @@
+//! The clock on a Hyper-V host without a PIT (Hyper-V Gen2 has none, nor has OpenVMM's
+//! Hyper-V chipset): the canary boots nested (`scripts/hyperv-nested`, KVM's Hyper-V) in an
+//! L2 with `-machine pit=off`, so port 0x61 reads 0xff, and the hypervisor's reference time
+//! must decide the TSC frequency. Issue 17: on OpenVMM a "calibration" against the missing
+//! PIT came out 10x low, the reference measurement was discarded, and every deadline ran 10x
+//! short.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"));
+    line[at + key.len() + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
+#[test]
+fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
+    let img = Command::new(workspace().join("scripts/qemu-run"))
+        .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/qemu-run");
+    assert!(img.status.success(), "{}", String::from_utf8_lossy(&img.stderr));
+    let elf = workspace().join(String::from_utf8_lossy(&img.stdout).trim());
+    let setup = Command::new(workspace().join("scripts/hyperv-nested"))
+        .arg("setup")
+        .output()
+        .expect("run scripts/hyperv-nested setup");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let out = Command::new(workspace().join("scripts/hyperv-nested"))
+        .args(["run", "--timeout", "240", "--serial"])
+        .arg(&serial)
+        .arg("--")
+        .arg(&elf)
+        .args([
+            "-append",
+            "panic_after=1 qemu_exit=1",
+            "-action",
+            "panic=none",
+            "-machine",
+            "pit=off",
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/hyperv-nested run");
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let diag = format!(
+        "status {:?}\nserial:\n{log}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |pat: &str| {
+        log.lines()
+            .find(|l| l.contains(pat))
+            .unwrap_or_else(|| panic!("no '{pat}' line\n{diag}"))
+    };
+    // No PIT: the boot-time frequency is not a PIT measurement.
+    let boot = line("timer: ");
+    assert!(!boot.contains("(from pit)"), "{boot}\n{diag}");
+    // The reference decides: adopted (or kept only if CPUID agreed with it).
+    let cal = line("hv: tsc calibration");
+    assert!(
+        cal.ends_with("adopted") || (cal.contains("(from cpuid)") && cal.ends_with("kept")),
+        "{cal}"
+    );
+    let tsc_khz = field(cal, "tsc_khz");
+    assert!((100_000..20_000_000).contains(&tsc_khz), "{cal}");
+    // The clock is now real time: STIMER0's expiries (set in reference time by the host)
+    // span as much time as the TSC says elapsed between the first and the last (loosely:
+    // TCG timing under load). A 10x wrong clock would make elapsed_us a tenth of the span.
+    let st = line("stimer0: ticks=");
+    let elapsed = field(st, "elapsed_us");
+    let span = field(st, "expiry_span_us");
+    assert!(span > 0, "{st}");
+    assert!(
+        elapsed.abs_diff(span) * 2 <= span,
+        "TSC time {elapsed} us vs reference-time span {span} us: {st}\n{diag}"
+    );
+    // And the panic path ran to its end on that clock.
+    assert!(log.contains("canary: panic path (first entry) steps:"), "{diag}");
+}
