@@ -52,9 +52,20 @@ impl TimerCheck {
     }
 }
 
-fn heartbeat(seq: u32) {
-    let Some(mut g) = NET.try_lock() else { return };
-    let Some(net) = g.as_mut() else { return };
+/// Sends heartbeat `seq` if the canary has an address (with DHCP: a lease); false if it was
+/// not sent, so the caller tries again instead of losing it.
+fn heartbeat(seq: u32) -> bool {
+    let Some(mut g) = NET.try_lock() else {
+        return false;
+    };
+    let Some(net) = g.as_mut() else { return false };
+    heartbeat_on(net, seq)
+}
+
+fn heartbeat_on(net: &mut crate::net::Net, seq: u32) -> bool {
+    if !net.configured {
+        return false; // smoltcp would drop it: no source address yet
+    }
     let boot = crate::platform::BOOT.get();
     let hb = Repr::Heartbeat(HeartbeatRepr {
         boot_id: boot.map(|b| b.boot_id).unwrap_or_default(),
@@ -64,10 +75,13 @@ fn heartbeat(seq: u32) {
     });
     let mut buf = [0u8; 160];
     let key = crate::platform::config().key.as_ref();
-    if let Ok(n) = capture::wire::emit(&hb, key, &mut buf) {
-        if !net.send_to_collector(&buf[..n]) {
+    match capture::wire::emit(&hb, key, &mut buf) {
+        Ok(n) if net.send_to_collector(&buf[..n]) => true,
+        Ok(_) => {
             log::warn!("heartbeat {seq}: socket buffer full");
+            false
         }
+        Err(_) => false,
     }
 }
 
@@ -114,38 +128,66 @@ fn poll_net(drills: &mut DrillGuard<'_>) -> Option<(u64, u32)> {
     drill
 }
 
-/// Waits (polling) until the collector is reachable at the link layer, so that "ready" means
-/// the network is up and a crash record would leave at once. Bounded.
-fn wait_network(limit_us: u64) -> bool {
+/// Why the network is not up yet, after `wait_network`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NetState {
+    Up,
+    NoAddress,
+    Unreachable,
+}
+
+/// Waits (polling, bounded) until the canary has an address (the static one, or a DHCP
+/// lease), then sends the boot heartbeat and waits until it has left (smoltcp holds it until
+/// the next hop's link-layer address is known): "ready (network up)" means a crash record
+/// would leave at once.
+fn wait_network(limit_us: u64) -> NetState {
     let t0 = crate::arch::now_us();
-    heartbeat(0);
+    let mut sent = false;
     loop {
         {
             let Some(mut g) = NET.try_lock() else {
-                return false;
+                return NetState::Unreachable;
             };
-            let Some(net) = g.as_mut() else { return false };
+            let Some(net) = g.as_mut() else {
+                return NetState::Unreachable;
+            };
             net.poll();
-            if net.collector_queue_empty() {
-                return true;
+            if !sent {
+                sent = heartbeat_on(net, 0);
+            }
+            if sent && net.collector_queue_empty() {
+                return NetState::Up;
             }
         }
         if crate::arch::now_us() - t0 > limit_us {
-            return false;
+            return if sent {
+                NetState::Unreachable
+            } else {
+                NetState::NoAddress
+            };
         }
     }
 }
 
 pub fn run(cfg: &'static Config) -> ! {
     let has_net = NET.try_lock().is_some_and(|g| g.is_some());
-    if has_net && !wait_network(3_000_000) {
-        log::warn!("network: collector not reachable yet");
-    }
+    let state = if has_net {
+        wait_network(3_000_000)
+    } else {
+        NetState::Unreachable
+    };
+    // The boot heartbeat (0) is owed until it has been handed to the network.
+    let mut boot_hb_owed = has_net && state == NetState::NoAddress;
     crate::panic_path::warm_up();
     let t_ready = crate::arch::now_us();
     log::info!(
         "canary: ready (network {}), collector {}.{}.{}.{}:{}, drill port {}",
-        if has_net { "up" } else { "absent" },
+        match (has_net, state) {
+            (false, _) => "absent",
+            (true, NetState::Up) => "up",
+            (true, NetState::NoAddress) => "not up yet: no address",
+            (true, NetState::Unreachable) => "not up yet: collector not reachable",
+        },
         cfg.collector.0[0],
         cfg.collector.0[1],
         cfg.collector.0[2],
@@ -226,10 +268,16 @@ pub fn run(cfg: &'static Config) -> ! {
                 panic!("self-check failed: {what}");
             }
         }
+        if boot_hb_owed && heartbeat(0) {
+            boot_hb_owed = false;
+            log::info!("network: up (boot heartbeat sent)");
+        }
         if cfg.heartbeat_ms > 0 && now >= next_hb {
             next_hb = now + cfg.heartbeat_ms * 1000;
-            heartbeat(hb_seq);
-            hb_seq = hb_seq.wrapping_add(1);
+            // A heartbeat that cannot be sent (no address yet) is skipped, not numbered.
+            if heartbeat(hb_seq) {
+                hb_seq = hb_seq.wrapping_add(1);
+            }
         }
         // Sleep until the next thing to do, at most 1 ms (the NIC is polled, so that bounds
         // how late a drill or an ack is seen).

@@ -222,6 +222,30 @@ fn with_a_key_unauthenticated_and_unchallenged_drills_do_nothing() {
 }
 
 #[test]
+fn with_dhcp_the_boot_heartbeat_leaves_after_the_lease_and_ready_means_it_can_send() {
+    // Issue 17: the boot heartbeat was queued before the lease and silently dropped, and
+    // "ready (network up)" was printed before the canary could send.
+    let (c, run) = run_acked(
+        "x86_64",
+        "direct",
+        &["--append", "ip=dhcp heartbeat_ms=0", "--panic-after", "0.3"],
+    );
+    let rec = c.show_latest();
+    let lease = run.serial.find("dhcp: 10.0.2.15/24").expect("no lease line");
+    let ready = run
+        .serial
+        .find("canary: ready (network up)")
+        .unwrap_or_else(|| panic!("not ready with the network up:\n{}", run.serial));
+    assert!(lease < ready, "ready before the lease:\n{}", run.serial);
+    let canaries = c.canaries();
+    let me = canaries
+        .iter()
+        .find(|k| k["boot_id"] == rec["boot_id"])
+        .unwrap_or_else(|| panic!("boot heartbeat lost: {canaries:#?}\n{}", run.serial));
+    assert_eq!(me["heartbeats"].as_u64(), Some(1), "{me:#}");
+}
+
+#[test]
 fn dhcp_configured_canary_ships_its_record() {
     let (c, run) = run_acked(
         "x86_64",
