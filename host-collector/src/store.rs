@@ -11,7 +11,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod checkpoint;
 mod read;
+mod retention;
+pub use checkpoint::Checkpointer;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -536,74 +539,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records stored.
-    pub fn count(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM records", [], |r| r.get::<_, i64>(0))?
-            as u64)
-    }
-
-    /// Records received before `cutoff_us`.
-    pub fn count_before(&self, cutoff_us: i64) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM records WHERE received_at_us < ?1",
-            params![cutoff_us],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
-    }
-
-    /// Applies the retention limits (oldest first): records received longer than `max_age`
-    /// ago, records beyond the newest `max_records`, and the oldest records while the pages
-    /// in use exceed `max_bytes`. Returns how many were deleted (also counted as
-    /// `retention_deleted`).
-    pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
-        let mut deleted = 0;
-        if let Some(age) = r.max_age {
-            let cutoff = i64::try_from(age.as_micros())
-                .ok()
-                .and_then(|a| now_us.checked_sub(a));
-            if let Some(cutoff) = cutoff {
-                deleted += self.prune_before(cutoff)?;
-            }
-        }
-        if let Some(n) = r.max_records {
-            deleted += self.prune_keep(n)?;
-        }
-        if let Some(max) = r.max_bytes {
-            for _ in 0..32 {
-                let used = self.used_bytes()?;
-                let n = self.count()?;
-                if used <= max || n == 0 {
-                    break;
-                }
-                let per = (used / n).max(1);
-                let k = (used - max).div_ceil(per).clamp(1, n);
-                deleted += self.conn.execute(
-                    "DELETE FROM records WHERE id IN
-                        (SELECT id FROM records ORDER BY id ASC LIMIT ?1)",
-                    params![k as i64],
-                )? as u64;
-            }
-        }
-        if deleted > 0 {
-            self.conn.execute(
-                "INSERT INTO counters (name, value) VALUES ('retention_deleted', ?1)
-                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                params![deleted as i64],
-            )?;
-        }
-        Ok(deleted)
-    }
-
-    /// Bytes of the database's pages in use (not free), committed state.
-    pub fn used_bytes(&self) -> Result<u64> {
-        let q =
-            |p: &str| -> Result<i64> { Ok(self.conn.pragma_query_value(None, p, |r| r.get(0))?) };
-        let pages = q("page_count")? - q("freelist_count")?;
-        Ok((pages.max(0) as u64) * q("page_size")? as u64)
-    }
-
     /// Loads the key of every stored (and every pruned) record into memory (done by the first
     /// [`Store::commit_batch`] otherwise). About 40 bytes per stored record.
     pub fn load_dedupe_keys(&mut self) -> Result<()> {
@@ -862,25 +797,6 @@ impl Store {
 
     // (reading queries: store/read.rs)
 
-    /// Deletes records received before `cutoff_us`. Returns how many were deleted.
-    pub fn prune_before(&mut self, cutoff_us: i64) -> Result<u64> {
-        let n = self.conn.execute(
-            "DELETE FROM records WHERE received_at_us < ?1",
-            params![cutoff_us],
-        )?;
-        Ok(n as u64)
-    }
-
-    /// Keeps only the newest `keep` records. Returns how many were deleted.
-    pub fn prune_keep(&mut self, keep: u64) -> Result<u64> {
-        let n = self.conn.execute(
-            "DELETE FROM records WHERE id NOT IN
-                (SELECT id FROM records ORDER BY id DESC LIMIT ?1)",
-            params![keep.min(i64::MAX as u64) as i64],
-        )?;
-        Ok(n as u64)
-    }
-
     /// Direct access for tests and maintenance.
     pub fn connection(&self) -> &Connection {
         &self.conn
@@ -897,65 +813,5 @@ impl Store {
             )
             .optional()?
             .is_some())
-    }
-}
-
-/// A second connection to a database that only copies the WAL back into the database file
-/// (`PRAGMA wal_checkpoint`), so the writer does not have to.
-pub struct Checkpointer {
-    conn: Connection,
-}
-
-impl Checkpointer {
-    /// Opens `path` (already created by [`Store::open`]) with the same `synchronous` level: a
-    /// checkpoint syncs the WAL before and the database after copying (`normal` and `full`).
-    pub fn open(path: &Path, sync: Sync) -> Result<Checkpointer> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "synchronous", sync.pragma())?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        Ok(Checkpointer { conn })
-    }
-
-    /// Copies what it can without waiting for the writer (`PASSIVE`). Returns the WAL's size
-    /// and how much of it is now in the database file, in pages.
-    pub fn passive(&self) -> Result<(i64, i64)> {
-        self.run("PASSIVE")
-    }
-
-    /// Waits for the writer's current transaction, copies the whole WAL and makes the next
-    /// commit start the WAL from its beginning again (`RESTART`): bounds the WAL's size.
-    pub fn restart(&self) -> Result<(i64, i64)> {
-        self.run("RESTART")
-    }
-
-    /// [`Checkpointer::restart`], then empties the WAL file (`TRUNCATE`).
-    pub fn truncate(&self) -> Result<(i64, i64)> {
-        self.run("TRUNCATE")
-    }
-
-    /// The database's page size in bytes.
-    pub fn page_size(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))? as u64)
-    }
-
-    /// Caps the WAL file left after the WAL is reset (`PRAGMA journal_size_limit`).
-    pub fn set_journal_size_limit(&self, bytes: u64) -> Result<()> {
-        self.conn.pragma_update(
-            None,
-            "journal_size_limit",
-            bytes.min(i64::MAX as u64) as i64,
-        )?;
-        Ok(())
-    }
-
-    fn run(&self, mode: &str) -> Result<(i64, i64)> {
-        Ok(self
-            .conn
-            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })?)
     }
 }
