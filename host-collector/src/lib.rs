@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod drill;
 pub mod load;
 pub mod mmsg;
 pub mod output;

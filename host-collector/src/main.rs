@@ -306,12 +306,15 @@ struct PruneArgs {
 struct DrillArgs {
     /// The canary's drill address (IP:PORT).
     addr: SocketAddr,
-    /// Fleet key file: the drill frame is authenticated with it.
+    /// Fleet key file: the drill is authenticated with it and answers the canary's challenge.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// Ask the canary to wait this many milliseconds before panicking.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay_ms: u32,
+    /// With a key: how long to wait for the canary's challenge.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    wait_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -661,33 +664,39 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
 }
 
 fn drill(_ctx: &Ctx, a: DrillArgs) -> Result<()> {
-    use capture::wire::{DrillRepr, Repr};
+    use host_collector::drill::{send, DrillOutcome};
     let key = read_key(a.key_file.as_ref())?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut buf = [0u8; capture::wire::MAX_DATAGRAM];
-    let n = Repr::Drill(DrillRepr {
-        nonce,
-        delay_ms: a.delay_ms,
-        challenge: None,
-    })
-    .emit(key.as_ref(), &mut buf)
-    .context("building the drill frame")?;
-    let bind = if a.addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let sock = std::net::UdpSocket::bind(bind)?;
-    sock.send_to(&buf[..n], a.addr)
+    let wait = std::time::Duration::from_millis(a.wait_ms);
+    let outcome = send(a.addr, key.as_ref(), nonce, a.delay_ms, wait)
         .with_context(|| format!("sending the drill to {}", a.addr))?;
-    print(&format!(
-        "Sent drill (nonce {nonce:#018x}) to {}. The canary panics and ships a crash record \
-         of kind \"drill\" to its collector.\n",
-        a.addr
-    ))
+    let then = "The canary panics and ships a crash record of kind \"drill\" to its collector.";
+    print(&match outcome {
+        DrillOutcome::Sent => format!(
+            "Sent drill (nonce {nonce:#018x}) to {}. {then} (Without a key the canary acts on it \
+             only with drill=insecure.)\n",
+            a.addr
+        ),
+        DrillOutcome::Answered(c) => format!(
+            "Sent drill (nonce {nonce:#018x}) to {}, answering its challenge {} of boot {}. \
+             {then}\n",
+            a.addr,
+            c.counter,
+            c.boot_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        DrillOutcome::NoChallenge => format!(
+            "Sent drill (nonce {nonce:#018x}) to {}, but no challenge came back within {} ms: \
+             a canary of this version was not reached, has another key, or has drills off (an \
+             older canary acts on the first frame).\n",
+            a.addr, a.wait_ms
+        ),
+    })
 }
 
 fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
