@@ -382,8 +382,12 @@ impl<'s> Connection<'s> {
                 return Err(VmbusError::ConnectionFailed { version: v, state });
             }
             self.version = v;
+            // From 5.0 the host names the id (Linux takes it as is; OpenVMM sends 1, QEMU
+            // never gets here). Absent (12-byte form) or 0 (no valid id): the id we used.
             self.msg_conn_id = if v.uses_message_connection_id_4() {
-                msg_conn_id.unwrap_or(connection_id::MESSAGE_4)
+                msg_conn_id
+                    .filter(|&id| id != 0)
+                    .unwrap_or(connection_id::MESSAGE_4)
             } else {
                 connection_id::MESSAGE
             };
@@ -623,12 +627,13 @@ impl<'s> Connection<'s> {
         self.offer_index(relid).is_some_and(|i| self.rescinded[i])
     }
 
-    /// The first live offer of a device class.
+    /// The first live primary offer of a device class (sub-channel offers, with a non-zero
+    /// `sub_channel_index`, belong to their primary: Linux `vmbus_process_offer`).
     pub fn find_offer(&self, class: &Guid) -> Option<&Offer> {
         self.offers()
             .iter()
             .enumerate()
-            .find(|(i, o)| o.if_type == *class && !self.rescinded[*i])
+            .find(|(i, o)| o.if_type == *class && o.sub_channel_index == 0 && !self.rescinded[*i])
             .map(|(_, o)| o)
     }
 

@@ -2,7 +2,7 @@
 //! `drivers/video/fbdev/hyperv_fb.c` (pipe_msg_hdr, synthvid_msg_hdr, synthvid_*), with
 //! sizes set as `synthvid_send()` does (vid_hdr.size = 8 + body, pipe_hdr.size = vid_hdr.size).
 
-use vmbus::synthvid::wire::{self, Message, Rect, Situation, WireError};
+use vmbus::synthvid::wire::{self, msg_type, Message, Rect, Situation, SizeForm, WireError};
 
 fn emit(m: Message) -> Vec<u8> {
     let mut b = [0u8; wire::MAX_MESSAGE];
@@ -201,17 +201,30 @@ fn malformed_messages_are_rejected_with_a_reason() {
     let mut b = good.clone();
     b[0] = 2;
     assert_eq!(Message::parse(&b), Err(WireError::BadPipeType(2)));
-    // Pipe size larger than the packet.
+    // A pipe size larger than the packet cannot be trusted: the packet's own length bounds
+    // the message (Linux reads neither size), so a complete body still parses ...
     let mut b = good.clone();
     b[4] = 0xff;
-    assert!(matches!(
+    assert_eq!(
         Message::parse(&b),
+        Ok(Message::VersionRequest { version: 1 })
+    );
+    // ... and an incomplete one is still truncated.
+    assert!(matches!(
+        Message::parse(&b[..18]),
         Err(WireError::Truncated { .. })
     ));
-    // synthvid size smaller than its own header.
-    let mut b = good.clone();
-    b[12] = 4;
-    assert!(matches!(Message::parse(&b), Err(WireError::BadSize { .. })));
+    // The synthvid header's size is not checked (Linux hyperv_fb.c never reads it; OpenVMM
+    // counts the payload only, Linux writes header + payload).
+    for size in [0u8, 4, 8, 12, 0xff] {
+        let mut b = good.clone();
+        b[12] = size;
+        assert_eq!(
+            Message::parse(&b),
+            Ok(Message::VersionRequest { version: 1 }),
+            "size {size}"
+        );
+    }
     // A DIRT whose declared size cuts the rectangle.
     let mut b = emit(Message::Dirt {
         video_output: 0,
@@ -301,4 +314,93 @@ fn version_gating_comes_from_the_message_table() {
         !wire::allowed(99, wire::VERSION_WIN10),
         "unknown types are never sent"
     );
+}
+
+/// OpenVMM `vm/devices/uidevices/src/video/mod.rs` `send_packet`: the pipe header (vmbus_async
+/// `pipe.rs`, message mode) is `{type 1, len = synthvid header + body}`, and the synthvid
+/// header's `size` is `size_of_val(body)`: the payload only. Bytes built by hand here, not by
+/// our emitter.
+fn openvmm_message(ty: u32, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(1u32.to_le_bytes());
+    b.extend((8 + body.len() as u32).to_le_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend((body.len() as u32).to_le_bytes());
+    b.extend(body);
+    // VMBus packets are padded to 8 bytes.
+    b.resize(b.len().next_multiple_of(8), 0);
+    b
+}
+
+/// Linux `hyperv_fb.c` `synthvid_send`: `vid_hdr.size = sizeof(hdr) + sizeof(body)`,
+/// `pipe_hdr.size = vid_hdr.size`.
+fn linux_message(ty: u32, body: &[u8]) -> Vec<u8> {
+    let mut b = openvmm_message(ty, body);
+    b[12..16].copy_from_slice(&(8 + body.len() as u32).to_le_bytes());
+    b
+}
+
+#[test]
+fn host_messages_parse_with_either_synthvid_size_form() {
+    // VERSION_RESPONSE {u32 version; u8 is_accepted; u8 max_video_outputs}: OpenVMM answers
+    // 3.5 with is_accepted = 2 (ACCEPTED_WITH_VERSION_EXCHANGE): pipe size 14, header size 6,
+    // the message issue 17 saw refused.
+    let version_response = [0x03, 0x00, 0x05, 0x00, 2, 1];
+    let ack = 0x1122_3344_5566_7788u64.to_le_bytes();
+    let feature = [1u8, 0, 0, 1];
+    let mut resolutions = vec![0u8; 128];
+    resolutions.extend([2, 1, 0]); // count 2, default index 1, is_standard 0
+    resolutions.extend([0x00, 0x04, 0x00, 0x03, 0x80, 0x04, 0x60, 0x03]); // 1024x768, 1152x864
+    for form in [openvmm_message, linux_message] {
+        assert_eq!(
+            Message::parse(&form(msg_type::VERSION_RESPONSE, &version_response)),
+            Ok(Message::VersionResponse {
+                version: wire::VERSION_WIN10,
+                accepted: true,
+                max_video_outputs: 1
+            })
+        );
+        assert_eq!(
+            Message::parse(&form(msg_type::VRAM_LOCATION_ACK, &ack)),
+            Ok(Message::VramLocationAck {
+                user_ctx: 0x1122_3344_5566_7788
+            })
+        );
+        assert_eq!(
+            Message::parse(&form(msg_type::FEATURE_CHANGE, &feature)),
+            Ok(Message::FeatureChange {
+                dirt_needed: true,
+                ptr_pos_needed: false,
+                ptr_shape_needed: false,
+                situ_needed: true
+            })
+        );
+        let Ok(Message::ResolutionResponse(r)) =
+            Message::parse(&form(msg_type::RESOLUTION_RESPONSE, &resolutions))
+        else {
+            panic!("resolution response refused");
+        };
+        assert_eq!(r.as_slice(), &[(1024, 768), (1152, 864)]);
+        assert_eq!(r.preferred(), Some((1152, 864)));
+    }
+}
+
+#[test]
+fn emit_writes_either_size_form_on_request() {
+    let m = Message::VersionResponse {
+        version: wire::VERSION_WIN10,
+        accepted: true,
+        max_video_outputs: 1,
+    };
+    let mut b = [0u8; 64];
+    let n = m.emit_with(&mut b, SizeForm::PayloadOnly).unwrap();
+    let mut want = openvmm_message(msg_type::VERSION_RESPONSE, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
+    want.truncate(n);
+    assert_eq!(&b[..n], &want[..]);
+    let n = m.emit_with(&mut b, SizeForm::HeaderAndPayload).unwrap();
+    let mut want = linux_message(msg_type::VERSION_RESPONSE, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
+    want.truncate(n);
+    assert_eq!(&b[..n], &want[..]);
+    // The guest's own messages keep Linux's form.
+    assert_eq!(emit(m), b[..n].to_vec());
 }

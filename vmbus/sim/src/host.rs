@@ -16,21 +16,167 @@ use vmbus::{HvStatus, Version, PAGE_SIZE};
 use crate::memory::GuestMemory;
 
 /// Which host the model behaves like where real hosts differ (design.md, hvhost README).
+/// Every behaviour is written from the host's own sources (cited per variant), not from the
+/// guest's reading of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Personality {
     /// Hyper-V: accepts the known versions up to `max_version`, listens on connection ids 1
-    /// and 4, sends UNLOAD_RESPONSE to the connect CPU (`target_vcpu`) only (ref §2.4).
+    /// and 4, answers VERSION_RESPONSE with message connection id 4 from 5.0 (unverified on
+    /// Windows; Linux uses whatever the host sends), offers connection id 0x2000 | relid (the
+    /// layout OpenVMM's `ConnectionId` reproduces), crash registers with NOTIFY_MSG, the
+    /// reference TSC page, and sends UNLOAD_RESPONSE to the connect CPU (`target_vcpu`) only
+    /// (ref §2.4).
     HyperV { max_version: Version },
-    /// QEMU's VMBus (hw/hyperv/vmbus.c, hvhost README "Limits"): accepts 0 < version ≤ 4.0,
-    /// listens on connection id 1 only (5.x INITIATE_CONTACT on id 4 fails with
-    /// HV_STATUS_INVALID_CONNECTION_ID), resets the bus on every INITIATE_CONTACT, answers
-    /// VERSION_RESPONSE with 12 bytes, gives offers connection id 16 + relid, and answers
-    /// only single-range page-aligned GPADLs (others get no reply).
+    /// QEMU's VMBus (hw/hyperv/vmbus.c `vmbus_initialized`, hvhost README "Limits"): accepts
+    /// 0 < version ≤ 4.0, listens on connection id 1 only (5.x INITIATE_CONTACT on id 4 fails
+    /// with HV_STATUS_INVALID_CONNECTION_ID), resets the bus on every INITIATE_CONTACT,
+    /// answers VERSION_RESPONSE with 12 bytes, gives offers connection id 16 + relid, and
+    /// answers only single-range page-aligned GPADLs (others get no reply). KVM provides the
+    /// registers (the hvhost self-test's CPUID values, crash MSRs included).
     Qemu,
-    /// OpenVMM: exact version match against its table up to 6.0, connection id 0x2000 |
-    /// relid, drops UNLOAD when not connected.
+    /// OpenVMM (`vm/devices/vmbus/vmbus_server`): exact version match against its table up to
+    /// 6.0 (`check_version_supported`), VERSION_RESPONSE carries the message connection id 1
+    /// from 5.0 and the version itself below (`send_version_response_with_target`; VTL0
+    /// `child_connection_id` = `MESSAGE_CONNECTION_ID`), 20 bytes from 6.0; offers sorted by
+    /// interface id with connection id `relid | VMBUS_SINT << 12` and `is_dedicated = 1`;
+    /// UNLOAD dropped when not connected (`Message::parse` needs a version); privileges
+    /// 0x87f without PostMessage/SignalEvent or the reference TSC page, and no crash
+    /// registers (issue 17's run).
     OpenVmm,
 }
+
+impl Personality {
+    /// Whether HvPostMessage to `conn_id` reaches the VMBus server.
+    fn listens(self, conn_id: u32) -> bool {
+        match self {
+            Personality::Qemu => conn_id == 1,
+            _ => conn_id == 1 || conn_id == 4,
+        }
+    }
+
+    /// Whether INITIATE_CONTACT for `v` is accepted.
+    fn accepts(self, v: Version) -> bool {
+        match self {
+            Personality::Qemu => v.0 > 0 && v <= Version::WIN10,
+            Personality::OpenVmm => KNOWN_VERSIONS.contains(&v),
+            Personality::HyperV { max_version } => KNOWN_VERSIONS.contains(&v) && v <= max_version,
+        }
+    }
+
+    /// The VERSION_RESPONSE for `v` (accepted or not).
+    fn version_response(self, v: Version, accepted: bool) -> Vec<u8> {
+        let mut r = vec![15, 0, 0, 0, 0, 0, 0, 0, accepted as u8, 0, 0, 0];
+        let id: u32 = match self {
+            Personality::Qemu => return r,
+            Personality::HyperV { .. } if v >= Version::WIN10_V5 => 4,
+            Personality::HyperV { .. } => 1,
+            Personality::OpenVmm if !accepted => 0,
+            Personality::OpenVmm if v >= Version::WIN10_V5 => 1,
+            Personality::OpenVmm => v.0,
+        };
+        r.extend_from_slice(&id.to_le_bytes());
+        if self == Personality::OpenVmm && accepted && v >= Version::COPPER {
+            // VersionResponse2: supported_features (none).
+            r.extend_from_slice(&0u32.to_le_bytes());
+        }
+        r
+    }
+
+    /// The connection id an offer carries for `relid`.
+    pub fn offer_connection_id(self, relid: u32) -> u32 {
+        match self {
+            Personality::Qemu => 16 + relid,
+            _ => 0x2000 | relid,
+        }
+    }
+
+    /// The devices this host offers by default, in its order.
+    ///
+    /// OpenVMM: shutdown, time sync, KVP, SCSI, mouse, synthvid, netvsc, keyboard (sorted by
+    /// interface id in `handle_request_offers`; GUIDs from `hyperv_ic_protocol`,
+    /// `storvsp_protocol`, `uidevices`), relids from 1, synthvid with `mmio_megabytes: 8`
+    /// (`uidevices/src/video/mod.rs`). Hyper-V and the QEMU-like host: synthvid (relid 1),
+    /// netvsc (2) and heartbeat (3), the test set (QEMU itself offers none of these; the
+    /// model keeps them to run the devices under QEMU's VMBus rules).
+    pub fn default_offers(self) -> Vec<SimOffer> {
+        let offer = |if_type: Guid, relid: u32, dedicated: bool, mmio: u16| SimOffer {
+            if_type,
+            if_instance: Guid([relid as u8; 16]),
+            relid,
+            dedicated_interrupt: dedicated,
+            mmio_megabytes: mmio,
+        };
+        match self {
+            Personality::OpenVmm => OPENVMM_OFFERS
+                .iter()
+                .enumerate()
+                .map(|(i, &(g, mmio))| offer(g, i as u32 + 1, true, mmio))
+                .collect(),
+            _ => vec![
+                offer(vmbus::guid::SYNTHVID, 1, false, 8),
+                offer(vmbus::guid::NET, 2, true, 0),
+                offer(vmbus::guid::HEARTBEAT_IC, 3, false, 0),
+            ],
+        }
+    }
+}
+
+/// OpenVMM's default device set in offer order, with `mmio_megabytes`.
+const OPENVMM_OFFERS: [(Guid, u16); 8] = [
+    (vmbus::guid::SHUTDOWN_IC, 0),
+    // 9527e630-d0ae-497b-adce-e80ab0175caf, hyperv_ic_protocol/src/timesync.rs
+    (
+        Guid::from_fields(
+            0x9527_e630,
+            0xd0ae,
+            0x497b,
+            [0xad, 0xce, 0xe8, 0x0a, 0xb0, 0x17, 0x5c, 0xaf],
+        ),
+        0,
+    ),
+    // a9a0f4e7-5a45-4d96-b827-8a841e8c03e6, hyperv_ic_protocol/src/kvp.rs
+    (
+        Guid::from_fields(
+            0xa9a0_f4e7,
+            0x5a45,
+            0x4d96,
+            [0xb8, 0x27, 0x8a, 0x84, 0x1e, 0x8c, 0x03, 0xe6],
+        ),
+        0,
+    ),
+    // ba6163d9-04a1-4d29-b605-72e2ffb1dc7f, storvsp_protocol SCSI_INTERFACE_ID
+    (
+        Guid::from_fields(
+            0xba61_63d9,
+            0x04a1,
+            0x4d29,
+            [0xb6, 0x05, 0x72, 0xe2, 0xff, 0xb1, 0xdc, 0x7f],
+        ),
+        0,
+    ),
+    // cfa8b69e-5b4a-4cc0-b98b-8ba1a1f3f95a, uidevices/src/mouse/protocol.rs
+    (
+        Guid::from_fields(
+            0xcfa8_b69e,
+            0x5b4a,
+            0x4cc0,
+            [0xb9, 0x8b, 0x8b, 0xa1, 0xa1, 0xf3, 0xf9, 0x5a],
+        ),
+        0,
+    ),
+    (vmbus::guid::SYNTHVID, 8),
+    (vmbus::guid::NET, 0),
+    // f912ad6d-2b17-48ea-bd65-f927a61c7684, uidevices/src/keyboard/protocol.rs
+    (
+        Guid::from_fields(
+            0xf912_ad6d,
+            0x2b17,
+            0x48ea,
+            [0xbd, 0x65, 0xf9, 0x27, 0xa6, 0x1c, 0x76, 0x84],
+        ),
+        0,
+    ),
+];
 
 /// The register ABI the guest uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +215,8 @@ pub struct Faults {
     /// Every EOM on SINT2 brings this (message type, payload size field, bytes) again: an
     /// endless flood.
     pub flood_on_eom: Option<(u32, u8, Vec<u8>)>,
+    /// VERSION_RESPONSE carries this message connection id instead of the personality's.
+    pub version_response_conn_id: Option<u32>,
     /// The TSC page is published with sequence 0 (invalid: fall back to TIME_REF_COUNT).
     pub invalid_tsc_page: bool,
 }
@@ -95,6 +243,8 @@ pub struct SimConfig {
     pub features: u32,
     /// CRASH_CTL capabilities as read by the guest.
     pub crash_caps: u64,
+    /// Whether the crash registers exist at all (reads and writes fail otherwise).
+    pub crash_registers: bool,
     /// Fake-clock ticks (100 ns) added by every `Clock::now` call.
     pub clock_step: u64,
     /// arm64: the HVC conduit implements SMCCC 1.2 (PSCI_FEATURES / SMCCC_VERSION).
@@ -102,18 +252,39 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// `new` plus the offers the personality's host makes ([`Personality::default_offers`]).
+    pub fn with_default_offers(arch: SimArch, personality: Personality) -> Self {
+        Self {
+            offers: personality.default_offers(),
+            ..Self::new(arch, personality)
+        }
+    }
+
+    /// The personality's identity (privileges, features, crash registers), no offers.
     pub fn new(arch: SimArch, personality: Personality) -> Self {
+        let openvmm = personality == Personality::OpenVmm;
         Self {
             arch,
             personality,
             cpus: 2,
             memory_pages: 1024,
             offers: Vec::new(),
-            // hvhost self-test: EAX 0x27f; EBX bits 4,5 (post messages, signal events).
-            privileges: 0x27f | (0x30 << 32),
-            // hvhost self-test: EDX 0x408 (crash MSRs + bit 3).
-            features: 0x408,
-            crash_caps: CrashCtl(0).with_notify(true).with_notify_msg(true).0,
+            privileges: if openvmm {
+                // issue 17: OpenVMM's EAX 0x87f (no reference TSC page), EBX 0 (no
+                // PostMessage/SignalEvent bits, yet both hypercalls work).
+                0x87f
+            } else {
+                // hvhost self-test: EAX 0x27f; EBX bits 4,5 (post messages, signal events).
+                0x27f | (0x30 << 32)
+            },
+            // hvhost self-test: EDX 0x408 (crash MSRs + bit 3); OpenVMM: no crash MSRs.
+            features: if openvmm { 0x008 } else { 0x408 },
+            crash_caps: if openvmm {
+                0
+            } else {
+                CrashCtl(0).with_notify(true).with_notify_msg(true).0
+            },
+            crash_registers: !openvmm,
             clock_step: 1_000,
             smccc: true,
         }
@@ -346,7 +517,8 @@ impl Sim {
 
     // ---- registers ----------------------------------------------------------------------
 
-    pub(crate) fn read_reg(&self, vp: u32, reg: SynReg) -> Result<u64, HvStatus> {
+    /// A register as the guest would read it (`Err`: the register does not exist, #GP on x86).
+    pub fn read_reg(&self, vp: u32, reg: SynReg) -> Result<u64, HvStatus> {
         self.pump();
         let now = self.now();
         let st = self.lock();
@@ -366,8 +538,8 @@ impl Sim {
             SynReg::Sint(n) => v.sint[n as usize & 15],
             SynReg::StimerConfig(n) => v.stimer_config[n as usize & 3],
             SynReg::StimerCount(n) => v.stimer_count[n as usize & 3],
-            SynReg::CrashP(n) => st.crash_p[(n as usize).min(4)],
-            SynReg::CrashCtl => self.cfg.crash_caps,
+            SynReg::CrashP(n) if self.cfg.crash_registers => st.crash_p[(n as usize).min(4)],
+            SynReg::CrashCtl if self.cfg.crash_registers => self.cfg.crash_caps,
             SynReg::HypervisorVersion if arm => 0x000A_0000_0000_3839,
             SynReg::PrivilegesAndFeatures if arm => {
                 // Low 64 bits: privileges; bits 95:64 (returned in the high word): features.
@@ -386,7 +558,8 @@ impl Sim {
         }
     }
 
-    pub(crate) fn write_reg(&self, vp: u32, reg: SynReg, value: u64) -> Result<(), HvStatus> {
+    /// A register write as the guest would do it (`Err`: the register does not exist).
+    pub fn write_reg(&self, vp: u32, reg: SynReg, value: u64) -> Result<(), HvStatus> {
         self.pump();
         let now = self.now();
         let mut st = self.lock();
@@ -458,8 +631,10 @@ impl Sim {
                     }
                 }
             }
-            SynReg::CrashP(n) if n < 5 => st.crash_p[n as usize] = value,
-            SynReg::CrashCtl => {
+            SynReg::CrashP(n) if n < 5 && self.cfg.crash_registers => {
+                st.crash_p[n as usize] = value
+            }
+            SynReg::CrashCtl if self.cfg.crash_registers => {
                 let ctl = CrashCtl(value);
                 if ctl.notify() {
                     let p = st.crash_p;
@@ -524,11 +699,7 @@ impl Sim {
             st.faults.post_failures -= 1;
             return HvStatus(st.faults.post_failure_status);
         }
-        let listens = match self.cfg.personality {
-            Personality::Qemu => conn_id == 1,
-            _ => conn_id == 1 || conn_id == 4,
-        };
-        if !listens {
+        if !self.cfg.personality.listens(conn_id) {
             return HvStatus::INVALID_CONNECTION_ID;
         }
         let payload = input[16..16 + size].to_vec();
@@ -549,13 +720,6 @@ impl Sim {
         st.bus.connected = false;
     }
 
-    fn offer_conn_id(&self, relid: u32) -> u32 {
-        match self.cfg.personality {
-            Personality::Qemu => 16 + relid,
-            _ => 0x2000 | relid,
-        }
-    }
-
     fn vmbus_message(&self, st: &mut State, _vp: u32, conn_id: u32, m: &[u8]) {
         let ty = u32_at(m, 0);
         st.guest_messages.push((ty, m.to_vec()));
@@ -563,21 +727,16 @@ impl Sim {
             14 if m.len() >= 40 => {
                 let version = Version(u32_at(m, 8));
                 let target = u32_at(m, 12);
-                let accepted = match self.cfg.personality {
-                    Personality::Qemu => {
-                        Self::reset_bus_state(st);
-                        version.0 > 0 && version <= Version::WIN10
-                    }
-                    Personality::OpenVmm => KNOWN_VERSIONS.contains(&version),
-                    Personality::HyperV { max_version } => {
-                        KNOWN_VERSIONS.contains(&version) && version <= max_version
-                    }
-                };
+                let p = self.cfg.personality;
+                if p == Personality::Qemu {
+                    Self::reset_bus_state(st);
+                }
+                let accepted = p.accepts(version);
                 let _ = conn_id;
-                let mut r = vec![15, 0, 0, 0, 0, 0, 0, 0, accepted as u8, 0, 0, 0];
-                if self.cfg.personality != Personality::Qemu {
-                    let id: u32 = if version >= Version::WIN10_V5 { 4 } else { 1 };
-                    r.extend_from_slice(&id.to_le_bytes());
+                let mut r = p.version_response(version, accepted);
+                if let Some(id) = st.faults.version_response_conn_id {
+                    r.resize(16, 0);
+                    r[12..16].copy_from_slice(&id.to_le_bytes());
                 }
                 if accepted {
                     st.bus.connected = true;
@@ -599,7 +758,13 @@ impl Sim {
                     b[58..60].copy_from_slice(&o.mmio_megabytes.to_le_bytes());
                     b[184..188].copy_from_slice(&o.relid.to_le_bytes());
                     b[190] = o.dedicated_interrupt as u8;
-                    b[192..196].copy_from_slice(&self.offer_conn_id(o.relid).to_le_bytes());
+                    b[192..196].copy_from_slice(
+                        &self
+                            .cfg
+                            .personality
+                            .offer_connection_id(o.relid)
+                            .to_le_bytes(),
+                    );
                     self.reply(st, target, &b);
                 }
                 for (t, size, bytes) in std::mem::take(&mut st.faults.inject_before_all_offers) {

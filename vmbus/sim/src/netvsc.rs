@@ -42,6 +42,20 @@ pub struct NetvscHostConfig {
     pub send_section_size: u32,
     /// Link state reported.
     pub link_up: bool,
+    /// `num_sections` in SEND_RECV_BUF_COMPLETE (1 everywhere known; FreeBSD ignores it).
+    pub recv_sections: u32,
+    /// Status of an INIT_COMPLETE refusing a version (Linux hosts: FAIL = 2; OpenVMM netvsp:
+    /// `Status::NONE` = 0).
+    pub init_refusal_status: u32,
+    /// Complete SEND_NDIS_VERSION with an empty payload even though the guest asked for no
+    /// completion (OpenVMM netvsp: "The UEFI client expects a completion packet").
+    pub ndis_version_completion: bool,
+    /// Status of SEND_SEND_BUF_COMPLETE (FAIL: the guest must go on without a send buffer).
+    pub send_buf_status: u32,
+    /// Answer SET OID_GEN_CURRENT_PACKET_FILTER with NOT_SUPPORTED.
+    pub refuse_packet_filter: bool,
+    /// Per-packet info appended to every frame sent to the guest (raw bytes, may be bad).
+    pub frame_ppi: Vec<u8>,
 }
 
 impl Default for NetvscHostConfig {
@@ -53,6 +67,28 @@ impl Default for NetvscHostConfig {
             sub_alloc_size: 1728,
             send_section_size: 6144,
             link_up: true,
+            recv_sections: 1,
+            init_refusal_status: nvsp::STATUS_FAIL,
+            ndis_version_completion: false,
+            send_buf_status: nvsp::STATUS_SUCCESS,
+            refuse_packet_filter: false,
+            frame_ppi: Vec::new(),
+        }
+    }
+}
+
+impl NetvscHostConfig {
+    /// The defaults of the host `p` models: OpenVMM netvsp (`vm/devices/net/netvsp/src/
+    /// lib.rs`) refuses a version with `Status::NONE` and completes SEND_NDIS_VERSION with an
+    /// empty packet; the others answer like the host Linux netvsc.c is written against.
+    pub fn for_personality(p: crate::Personality) -> Self {
+        match p {
+            crate::Personality::OpenVmm => NetvscHostConfig {
+                init_refusal_status: 0,
+                ndis_version_completion: true,
+                ..Self::default()
+            },
+            _ => Self::default(),
         }
     }
 }
@@ -167,9 +203,10 @@ fn nvsp_bytes(m: &Nvsp) -> Vec<u8> {
 impl Inner {
     fn queue_frame(&mut self, frame: &[u8]) {
         let mut b = vec![0u8; frame.len() + 64];
+        b.resize(frame.len() + 64 + self.cfg.frame_ppi.len(), 0);
         let n = Rndis::Packet {
             data: frame,
-            ppi: &[],
+            ppi: &self.cfg.frame_ppi,
         }
         .emit(&mut b)
         .unwrap();
@@ -306,7 +343,9 @@ impl Inner {
                 oid,
                 info,
             } => {
-                let ok = oid == rndis::OID_GEN_CURRENT_PACKET_FILTER && info.len() == 4;
+                let ok = oid == rndis::OID_GEN_CURRENT_PACKET_FILTER
+                    && info.len() == 4
+                    && !self.cfg.refuse_packet_filter;
                 if ok {
                     self.st.packet_filter = Some(u32::from_le_bytes(info.try_into().unwrap()));
                 }
@@ -359,6 +398,7 @@ impl Inner {
             Nvsp::Init { min, max } => {
                 self.st.init_requests.push(max);
                 let ok = min <= max && max <= self.cfg.max_version && max >= self.cfg.min_version;
+                let refusal = self.cfg.init_refusal_status;
                 if ok {
                     self.st.version = Some(max);
                 }
@@ -368,16 +408,17 @@ impl Inner {
                     &Nvsp::InitComplete {
                         negotiated: if ok { max } else { 0 },
                         max_mdl_chain_len: 34,
-                        status: if ok {
-                            nvsp::STATUS_SUCCESS
-                        } else {
-                            nvsp::STATUS_FAIL
-                        },
+                        status: if ok { nvsp::STATUS_SUCCESS } else { refusal },
                     },
                 );
             }
             Nvsp::NdisConfig { mtu, .. } => self.st.ndis_mtu = Some(mtu),
-            Nvsp::NdisVersion { major, minor } => self.st.ndis_version = Some((major, minor)),
+            Nvsp::NdisVersion { major, minor } => {
+                self.st.ndis_version = Some((major, minor));
+                if self.cfg.ndis_version_completion {
+                    let _ = io.send_completion(pkt.trans_id, &[]);
+                }
+            }
             Nvsp::SendRecvBuf { gpadl, id } => {
                 let buf = io.gpadl(gpadl).filter(|_| id == nvsp::RECV_BUFFER_ID);
                 let sub = self.cfg.sub_alloc_size;
@@ -388,7 +429,7 @@ impl Inner {
                         self.slots_used = vec![false; n];
                         Nvsp::SendRecvBufComplete {
                             status: nvsp::STATUS_SUCCESS,
-                            num_sections: 1,
+                            num_sections: self.cfg.recv_sections,
                             section: Section {
                                 offset: 0,
                                 sub_alloc_size: sub,
@@ -412,13 +453,17 @@ impl Inner {
             }
             Nvsp::SendSendBuf { gpadl, .. } => {
                 let reply = match io.gpadl(gpadl) {
-                    Some((gpa, len)) => {
+                    Some((gpa, len)) if self.cfg.send_buf_status == nvsp::STATUS_SUCCESS => {
                         self.st.send_buf = Some((gpa, len));
                         Nvsp::SendSendBufComplete {
                             status: nvsp::STATUS_SUCCESS,
                             section_size: self.cfg.send_section_size,
                         }
                     }
+                    Some(_) => Nvsp::SendSendBufComplete {
+                        status: self.cfg.send_buf_status,
+                        section_size: 0,
+                    },
                     None => Nvsp::SendSendBufComplete {
                         status: nvsp::STATUS_FAIL,
                         section_size: 0,

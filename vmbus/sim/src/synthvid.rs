@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use vmbus::synthvid::chan::PKT_DATA_INBAND;
-use vmbus::synthvid::wire::{Message, Rect, Situation};
+use vmbus::synthvid::wire::{Message, Rect, Situation, SizeForm};
 
 use crate::synthvid_link::{HostDevice, HostIo, HostPacket, SimMemory};
 
@@ -25,6 +25,16 @@ pub struct SynthvidHostConfig {
     pub resolutions: Vec<(u16, u16)>,
     /// `default_resolution_index` sent.
     pub default_resolution: u8,
+    /// How the host fills the synthvid header's `size` (OpenVMM: payload only).
+    pub size_form: SizeForm,
+    /// Accept every version with major 3 (OpenVMM `video/mod.rs`: `version.major ==
+    /// server_version.major`) instead of only `accept_versions`.
+    pub accept_any_minor: bool,
+    /// `is_accepted` value of an accepting VERSION_RESPONSE (OpenVMM: 2,
+    /// `ACCEPTED_WITH_VERSION_EXCHANGE`; Linux only tests it for non-zero).
+    pub accepted_value: u8,
+    /// Answer each SITUATION_UPDATE with a SITUATION_UPDATE_ACK (OpenVMM does).
+    pub situation_ack: bool,
 }
 
 impl Default for SynthvidHostConfig {
@@ -37,15 +47,38 @@ impl Default for SynthvidHostConfig {
             dirt_needed: Some(true),
             resolutions: vec![(1024, 768), (1152, 864), (1280, 1024), (1920, 1080)],
             default_resolution: 1,
+            size_form: SizeForm::HeaderAndPayload,
+            accept_any_minor: false,
+            accepted_value: 1,
+            situation_ack: false,
         }
     }
 }
 
 impl SynthvidHostConfig {
     /// The defaults of the host `p` models.
+    ///
+    /// OpenVMM (`vm/devices/uidevices/src/video/mod.rs`): payload-only header sizes, any 3.x
+    /// version accepted with `is_accepted = 2`, a SITUATION_UPDATE_ACK per update, no
+    /// FEATURE_CHANGE ever (it reads VRAM itself, so the guest never sends DIRT), and two
+    /// resolutions (1024x768, 1280x1024, default index 0). Hyper-V and the QEMU-like host
+    /// (QEMU has no synthvid device; the model stands in for one) behave like the host Linux
+    /// `hyperv_fb.c` is written against: header + payload sizes, FEATURE_CHANGE with
+    /// `is_dirt_needed` after the situation update.
     pub fn for_personality(p: crate::Personality) -> Self {
-        let _ = p;
-        Self::default()
+        match p {
+            crate::Personality::OpenVmm => SynthvidHostConfig {
+                dirt_needed: None,
+                resolutions: vec![(1024, 768), (1280, 1024)],
+                default_resolution: 0,
+                size_form: SizeForm::PayloadOnly,
+                accept_any_minor: true,
+                accepted_value: 2,
+                situation_ack: true,
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
     }
 }
 
@@ -162,9 +195,18 @@ impl SynthvidHost {
         Self::encode_png(w, h, &rgb)
     }
 
-    fn reply(io: &mut HostIo<'_>, m: Message) {
+    fn reply(&self, io: &mut HostIo<'_>, m: Message) {
         let mut b = [0u8; vmbus::synthvid::wire::MAX_MESSAGE];
-        let n = m.emit(&mut b).expect("host message fits");
+        let n = m
+            .emit_with(&mut b, self.cfg.size_form)
+            .expect("host message fits");
+        if self.cfg.accepted_value > 1 {
+            if let Message::VersionResponse { accepted: true, .. } = m {
+                // is_accepted is the byte after the 4-byte version (hyperv_fb.c
+                // synthvid_version_resp).
+                b[16 + 4] = self.cfg.accepted_value;
+            }
+        }
         io.send_inband(&b[..n]).expect("ring space for host reply");
     }
 }
@@ -187,12 +229,16 @@ impl HostDevice for SynthvidHost {
         match msg {
             Message::VersionRequest { version } => {
                 st.version_requests.push(version);
-                let accepted = self.cfg.accept_versions.contains(&version);
+                let accepted = if self.cfg.accept_any_minor {
+                    version & 0xFFFF == 3
+                } else {
+                    self.cfg.accept_versions.contains(&version)
+                };
                 if accepted {
                     st.version = Some(version);
                 }
                 drop(st);
-                Self::reply(
+                self.reply(
                     io,
                     Message::VersionResponse {
                         version,
@@ -204,11 +250,16 @@ impl HostDevice for SynthvidHost {
             Message::VramLocation { user_ctx, vram_gpa } => {
                 st.vram_gpa = vram_gpa;
                 drop(st);
-                Self::reply(io, Message::VramLocationAck { user_ctx });
+                self.reply(io, Message::VramLocationAck { user_ctx });
             }
-            Message::SituationUpdate { output, .. } => {
+            Message::SituationUpdate {
+                output, user_ctx, ..
+            } => {
                 st.situation = Some(output);
                 drop(st);
+                if self.cfg.situation_ack {
+                    self.reply(io, Message::SituationUpdateAck { user_ctx });
+                }
                 if let Some(d) = self.cfg.dirt_needed {
                     Self::send_feature_change(io, d, false);
                 }
@@ -224,7 +275,7 @@ impl HostDevice for SynthvidHost {
                     .min(usize::from(max_count))
                     .min(list.len());
                 list[..n].copy_from_slice(&self.cfg.resolutions[..n]);
-                Self::reply(
+                self.reply(
                     io,
                     Message::ResolutionResponse(vmbus::synthvid::Resolutions {
                         count: n as u8,

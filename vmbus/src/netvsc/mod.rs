@@ -71,6 +71,8 @@ const POLLING_LOCK_TRIES: u32 = 100_000;
 /// Inbound packets one drain handles at most (a host that keeps the ring full cannot hold
 /// the caller: smoltcp's receive/transmit and the panic path's ship step call it).
 pub const DRAIN_LIMIT: usize = 256;
+/// Smallest usable send-buffer section (Linux netvsc.c: `NETVSC_MTU_MIN` = `ETH_MIN_MTU`).
+const MIN_SECTION_SIZE: u32 = 68;
 /// Send-buffer sections tracked.
 const MAX_SECTIONS: usize = 256;
 
@@ -549,11 +551,13 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                         status,
                     });
                 }
-                // netvsc.c: "Receive sections info" must be exactly one section.
+                // Linux netvsc.c wants exactly one section; FreeBSD hn_nvs_conn_rxbuf reads
+                // only the status. The section layout is never used here (each transfer range
+                // is checked against the buffer), so any count is accepted (API.md).
                 if num_sections != 1 {
-                    return Err(NetvscError::BadSections(num_sections));
+                    log::info!("netvsc: receive buffer in {num_sections} sections");
                 }
-                self.recv_section = Some(section);
+                self.recv_section = (num_sections >= 1).then_some(section);
             }
             other => {
                 return Err(NetvscError::Refused {
@@ -574,26 +578,27 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 },
                 true,
             )?;
+            // Without a usable send buffer frames go GPA-direct (Linux netvsc_send falls back to
+            // page buffers whenever a frame does not fit a section), so a refusal is not fatal.
             match self.wait_nvsp(rxq, tid, deadline, "SEND_SEND_BUF_COMPLETE")? {
                 Nvsp::SendSendBufComplete {
                     status,
                     section_size,
-                } if status == nvsp::STATUS_SUCCESS && section_size as usize >= FRAME_MAX + 64 => {
+                } if status == nvsp::STATUS_SUCCESS && section_size >= MIN_SECTION_SIZE => {
                     self.send_section_size = section_size as usize;
                     self.send_sections = (len / section_size as usize).min(MAX_SECTIONS);
                 }
-                Nvsp::SendSendBufComplete { status, .. } => {
-                    return Err(NetvscError::Refused {
-                        what: "send buffer",
-                        status,
-                    })
-                }
-                other => {
-                    return Err(NetvscError::Refused {
-                        what: "send buffer (unexpected reply)",
-                        status: other.ty(),
-                    })
-                }
+                Nvsp::SendSendBufComplete {
+                    status,
+                    section_size,
+                } => log::warn!(
+                    "netvsc: send buffer unusable (status {status:#x}, sections of \
+                     {section_size} bytes): frames go GPA-direct"
+                ),
+                other => log::warn!(
+                    "netvsc: unexpected reply {} to SEND_SEND_BUF: frames go GPA-direct",
+                    other.ty()
+                ),
             }
         }
         // GPA-direct frame slots: the tx region minus slot 0 (control), at most 64.
@@ -635,7 +640,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             deadline,
         )? {
             CtrlReply::Query { status, info, len }
-                if status == rndis::STATUS_SUCCESS && len == 6 =>
+                if status == rndis::STATUS_SUCCESS && len >= 6 =>
             {
                 self.mac.copy_from_slice(&info[..6]);
             }
@@ -681,15 +686,13 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             deadline,
         )? {
             CtrlReply::Set { status } if status == rndis::STATUS_SUCCESS => {}
+            // Linux rndis_filter_set_packet_filter does not act on the status either: the
+            // host may deliver anyway.
             CtrlReply::Set { status }
             | CtrlReply::Init { status }
-            | CtrlReply::Query { status, .. } => {
-                self.up = false;
-                return Err(NetvscError::Refused {
-                    what: "SET OID_GEN_CURRENT_PACKET_FILTER",
-                    status,
-                });
-            }
+            | CtrlReply::Query { status, .. } => log::warn!(
+                "netvsc: host refused the packet filter (status {status:#x}); continuing"
+            ),
         }
         self.mode = OpMode::Interrupt;
         self.chan.set_interrupt_mask(false);
@@ -774,11 +777,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     }
 
     fn tx_available(&self) -> bool {
-        if self.send_sections > 0 {
-            (0..self.send_sections).any(|i| self.send_used[i / 64] & (1 << (i % 64)) == 0)
-        } else {
-            (1..self.tx_slots).any(|i| self.tx_used & (1 << i) == 0)
-        }
+        (0..self.send_sections).any(|i| self.send_used[i / 64] & (1 << (i % 64)) == 0)
+            || (1..self.tx_slots).any(|i| self.tx_used & (1 << i) == 0)
     }
 
     /// Sends one frame as an RNDIS PACKET: into a free send-buffer section if there is a send
@@ -794,10 +794,13 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         }
         .emit(&mut buf)?;
         let mut nv = [0u8; nvsp::PACKET_SIZE_V61];
-        if self.send_sections > 0 {
-            let i = (0..self.send_sections)
-                .find(|&i| self.send_used[i / 64] & (1 << (i % 64)) == 0)
-                .ok_or(NetvscError::Channel(ChannelError::Full))?;
+        // A free send-buffer section the message fits in, else a GPA-direct slot.
+        let section = (n <= self.send_section_size)
+            .then(|| {
+                (0..self.send_sections).find(|&i| self.send_used[i / 64] & (1 << (i % 64)) == 0)
+            })
+            .flatten();
+        if let Some(i) = section {
             let send = self.bufs.send.as_ref().ok_or(NetvscError::NotUp)?;
             send.write(i * self.send_section_size, &buf[..n])?;
             let nl = Nvsp::RndisPacket {

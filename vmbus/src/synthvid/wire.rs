@@ -96,7 +96,8 @@ pub struct PipeHeader {
     pub size: U32,
 }
 
-/// `struct synthvid_msg_hdr {u32 type; u32 size;}` (hyperv_fb.c); `size` = header + payload.
+/// `struct synthvid_msg_hdr {u32 type; u32 size;}` (hyperv_fb.c). `size` = header + payload
+/// as Linux writes it, the payload only as OpenVMM writes it ([`SizeForm`]); never checked.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct MsgHeader {
@@ -279,6 +280,18 @@ pub const RESOLUTION_RESP_FIXED: usize = EDID_BLOCK_SIZE + 3;
 pub const MAX_BODY: usize = RESOLUTION_RESP_FIXED + 4 * MAX_RESOLUTION_COUNT;
 /// Largest message this driver emits or parses into a [`Message`].
 pub const MAX_MESSAGE: usize = HEADERS_LEN + MAX_BODY;
+
+/// How a sender fills `synthvid_msg_hdr.size`. Receivers must accept both (see
+/// [`Message::parse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeForm {
+    /// Header plus payload: Linux `hyperv_fb.c` / `hyperv_drm` `synthvid_send`, and what the
+    /// guest sends.
+    HeaderAndPayload,
+    /// Payload only: OpenVMM `vm/devices/uidevices/src/video/mod.rs` `send_packet`
+    /// (`size: size_of_val(packet)`).
+    PayloadOnly,
+}
 
 /// A rectangle, x2/y2 exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,14 +482,6 @@ pub enum WireError {
     /// The pipe header's type is not `PIPE_MSG_DATA`.
     #[error("pipe message type {0} is not PIPE_MSG_DATA")]
     BadPipeType(u32),
-    /// The synthvid header's size is smaller than the header or larger than the pipe size.
-    #[error("synthvid header size {size} inconsistent with pipe size {pipe}")]
-    BadSize {
-        /// Header's size.
-        size: u32,
-        /// Pipe header's size.
-        pipe: u32,
-    },
     /// The output buffer is too small for the message.
     #[error("buffer too small for synthvid message")]
     BufferTooSmall,
@@ -514,9 +519,16 @@ impl Message {
         }
     }
 
-    /// Parses one in-band packet payload (pipe header first). Checks the pipe type, that the
-    /// declared sizes are consistent and present, and that the body is long enough for its
-    /// type. Unknown types parse as [`Message::Other`].
+    /// Parses one in-band packet payload (pipe header first). Liberal in what it accepts
+    /// (decisions and sources in `vmbus/API.md`):
+    /// - the pipe type must be `PIPE_MSG_DATA` (Linux `synthvid_receive` skips others);
+    /// - the pipe size bounds the message when it fits the packet; a pipe size larger than
+    ///   the packet, or too small for the synthvid header, is ignored and the packet's own
+    ///   length is used (Linux reads neither size);
+    /// - the synthvid header's `size` is not checked: Linux writes header + payload and never
+    ///   reads it, OpenVMM writes the payload only ([`SizeForm`]);
+    /// - the body must be long enough for its type. Unknown types parse as
+    ///   [`Message::Other`].
     pub fn parse(buf: &[u8]) -> Result<Message, WireError> {
         let (pipe, rest) = PipeHeader::read_from_prefix(buf).map_err(|_| WireError::Truncated {
             have: buf.len(),
@@ -525,25 +537,17 @@ impl Message {
         if pipe.ty.get() != PIPE_MSG_DATA {
             return Err(WireError::BadPipeType(pipe.ty.get()));
         }
-        let pipe_size = pipe.size.get();
-        if rest.len() < pipe_size as usize {
-            return Err(WireError::Truncated {
-                have: buf.len(),
-                need: 8 + pipe_size as usize,
-            });
-        }
         let (hdr, _) = MsgHeader::read_from_prefix(rest).map_err(|_| WireError::Truncated {
             have: buf.len(),
             need: HEADERS_LEN,
         })?;
-        let size = hdr.size.get();
-        if size < 8 || size > pipe_size {
-            return Err(WireError::BadSize {
-                size,
-                pipe: pipe_size,
-            });
-        }
-        let b = &rest[8..size as usize];
+        let pipe_size = pipe.size.get() as usize;
+        let end = if (8..=rest.len()).contains(&pipe_size) {
+            pipe_size
+        } else {
+            rest.len()
+        };
+        let b = &rest[8..end];
         Ok(match hdr.ty.get() {
             msg_type::VERSION_REQUEST => {
                 let v: VersionReq = body(b)?;
@@ -687,6 +691,13 @@ impl Message {
     /// Sizes follow `synthvid_send()` in hyperv_fb.c: `vid_hdr.size = sizeof(hdr) +
     /// sizeof(body)`, `pipe_hdr.size = vid_hdr.size`.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
+        self.emit_with(out, SizeForm::HeaderAndPayload)
+    }
+
+    /// Emits the message with the synthvid header's `size` in the given form (the pipe
+    /// header's size is header + payload in both: Linux `pipe_hdr.size = vid_hdr.size`,
+    /// OpenVMM's message pipe `len` = the whole message).
+    pub fn emit_with(&self, out: &mut [u8], form: SizeForm) -> Result<usize, WireError> {
         let mut body_buf = [0u8; MAX_BODY];
         let body_len = match *self {
             Message::VersionRequest { version } => put(
@@ -829,10 +840,13 @@ impl Message {
         if out.len() < total {
             return Err(WireError::BufferTooSmall);
         }
-        let vid_size = (8 + body_len) as u32;
+        let vid_size = match form {
+            SizeForm::HeaderAndPayload => (8 + body_len) as u32,
+            SizeForm::PayloadOnly => body_len as u32,
+        };
         let pipe = PipeHeader {
             ty: PIPE_MSG_DATA.into(),
-            size: vid_size.into(),
+            size: ((8 + body_len) as u32).into(),
         };
         let hdr = MsgHeader {
             ty: self.ty().into(),
