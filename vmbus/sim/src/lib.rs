@@ -13,6 +13,7 @@
 pub mod cpu;
 pub mod host;
 pub mod memory;
+pub mod personality;
 
 use vmbus::arch::aarch64::Arm64Hv;
 use vmbus::arch::x86_64::X86Hv;

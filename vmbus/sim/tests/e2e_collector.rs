@@ -7,10 +7,14 @@
 //! `Connection`/`Channel`/rings on the core sim) after an UNLOAD and a reconnect — design.md
 //! step 5, "order B".
 
+mod common;
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
+
+use common::PERSONALITIES;
 
 use capture::sender::{SendState, Sender, SenderConfig};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -18,7 +22,7 @@ use smoltcp::phy::Device;
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
-use vmbus::guid::{Guid, NET};
+use vmbus::guid::NET;
 use vmbus::netvsc::{Buffers, Netvsc, OpMode};
 use vmbus::synthvid::chan::PhysRegion;
 use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
@@ -27,7 +31,7 @@ use vmbus_sim::netvsc::{NetvscHost, NetvscHostConfig};
 use vmbus_sim::netvsc_bridge::{BridgeStats, UdpBridge};
 use vmbus_sim::netvsc_testbed::{Sizes, Testbed};
 use vmbus_sim::synthvid_link::CoreHost;
-use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig, SimOffer};
+use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig};
 
 const GUEST_IP: [u8; 4] = [10, 0, 0, 2];
 const HOST_IP: [u8; 4] = [10, 0, 0, 1];
@@ -234,20 +238,15 @@ fn crash_record_over_netvsc_reaches_a_real_collector_and_is_stored() {
 #[test]
 fn after_unload_and_reconnect_netvsc_on_the_core_ships_a_record_to_the_collector() {
     let col = Collector::start("core");
-    let mut cfg = SimConfig::new(
-        SimArch::X86_64,
-        Personality::HyperV {
-            max_version: vmbus::Version::WIN10_V5_3,
-        },
-    );
-    cfg.offers = vec![SimOffer {
-        if_type: NET,
-        if_instance: Guid([2; 16]),
-        relid: 2,
-        dedicated_interrupt: true,
-        mmio_megabytes: 0,
-    }];
-    let s = Sim::new(cfg);
+    for p in PERSONALITIES {
+        ship_after_reconnect(&col, p);
+    }
+}
+
+/// One host personality: netvsc up on the first connection, UNLOAD, reconnect, reopen the
+/// NIC alone and ship a record to `col`.
+fn ship_after_reconnect(col: &Collector, p: Personality) {
+    let s = Sim::new(SimConfig::with_default_offers(SimArch::X86_64, p));
     let g = Guest::boot(&s, SynicMode::Polling);
     let hv = g.hv(0);
     let region = |pages: usize| {
@@ -284,7 +283,7 @@ fn after_unload_and_reconnect_netvsc_on_the_core_ships_a_record_to_the_collector
             },
         ));
         let mut host = NetvscHost::new(
-            NetvscHostConfig::default(),
+            NetvscHostConfig::for_personality(p),
             Box::new(UdpBridge::new(HOST_MAC, HOST_IP).unwrap()),
         );
         let end = CoreHost::new(&s, relid);
@@ -316,7 +315,7 @@ fn after_unload_and_reconnect_netvsc_on_the_core_ships_a_record_to_the_collector
     ));
     let bridge = UdpBridge::new(HOST_MAC, HOST_IP).unwrap();
     let bstats = bridge.stats_handle();
-    let host = NetvscHost::new(NetvscHostConfig::default(), Box::new(bridge));
+    let host = NetvscHost::new(NetvscHostConfig::for_personality(p), Box::new(bridge));
     let mut hdev = host.clone();
     let end = CoreHost::new(&s, relid);
     let mut n = 0;
@@ -330,7 +329,10 @@ fn after_unload_and_reconnect_netvsc_on_the_core_ships_a_record_to_the_collector
     )
     .unwrap();
     nic.set_mode(OpMode::Polling);
-    let msg = "e2e: after UNLOAD + reconnect, netvsc on the VMBus core to a real collector";
+    let msg = format!(
+        "e2e: after UNLOAD + reconnect, netvsc on the VMBus core ({p:?}) to a real collector"
+    );
+    let msg = msg.as_str();
     let mac = nic.mac();
     let state = ship(&mut *nic, mac, col.port, msg, &mut || {
         end.pump(&mut hdev);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{config, hyperv, sim, FakeGic, ARCHES};
+use common::{config, hyperv, sim, FakeGic, ARCHES, PERSONALITIES};
 use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
 use vmbus::crash::{CrashOutcome, CrashReport, CrashReporter};
 use vmbus::regs::{arm64_reg, msr, SintReg};
@@ -116,9 +116,12 @@ fn synic_enable_programs_simp_siefp_sint2_and_scontrol() {
 }
 
 #[test]
-fn cleanup_writes_exactly_the_listed_registers_per_arch() {
-    for arch in ARCHES {
-        let s = sim(arch, hyperv());
+fn cleanup_writes_exactly_the_listed_registers_per_arch_on_every_host() {
+    for (arch, p) in ARCHES
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let s = sim(arch, p);
         let g = Guest::boot(&s, SynicMode::Interrupt { vector: 0x30 });
         let c = Connection::connect(
             g.hv(0),
@@ -139,7 +142,7 @@ fn cleanup_writes_exactly_the_listed_registers_per_arch() {
             stimer_ppi: Some(19),
         };
         let r = cleanup_cpu(g.hv(0), &g.synic, &mut gic, &cfg);
-        assert!(r.ok(), "{r:?}");
+        assert!(r.ok(), "{p:?} {r:?}");
         let masked_sint = SintReg(0x30).with_masked(true).0;
         let w = s.raw_writes(0);
         match arch {

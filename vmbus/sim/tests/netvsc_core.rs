@@ -1,12 +1,17 @@
 //! netvsc over the VMBus core: real `Connection` GPADLs for the receive/send buffers, real
 //! `Channel` rings (via `CoreChannel`), buffers in the sim's guest memory, the netvsc host
-//! model on the host end of the rings, and smoltcp UDP through it all.
+//! model on the host end of the rings, and smoltcp UDP through it all. Both register ABIs,
+//! every host personality (OpenVMM's netvsp refusals and empty completions included).
+
+mod common;
+
+use common::PERSONALITIES;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
-use vmbus::guid::{Guid, NET};
+use vmbus::guid::NET;
 use vmbus::netvsc::nvsp;
 use vmbus::netvsc::{Buffers, Netvsc, OpMode};
 use vmbus::synthvid::chan::PhysRegion;
@@ -15,7 +20,7 @@ use vmbus::{ConnectOptions, Connection, OpenOptions, PageAlloc, SynicMode};
 use vmbus_sim::netvsc::{NetvscHost, NetvscHostConfig};
 use vmbus_sim::netvsc_bridge::QueueEndpoint;
 use vmbus_sim::synthvid_link::CoreHost;
-use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig, SimOffer};
+use vmbus_sim::{Guest, Sim, SimArch, SimConfig};
 
 fn ip(a: [u8; 4]) -> IpAddress {
     IpAddress::Ipv4(Ipv4Address::from(a))
@@ -23,21 +28,11 @@ fn ip(a: [u8; 4]) -> IpAddress {
 
 #[test]
 fn netvsc_brings_up_and_carries_udp_over_the_core_channel() {
-    for arch in [SimArch::X86_64, SimArch::Aarch64] {
-        let mut cfg = SimConfig::new(
-            arch,
-            Personality::HyperV {
-                max_version: vmbus::Version::WIN10_V5_3,
-            },
-        );
-        cfg.offers = vec![SimOffer {
-            if_type: NET,
-            if_instance: Guid([2; 16]),
-            relid: 2,
-            dedicated_interrupt: true,
-            mmio_megabytes: 0,
-        }];
-        let s = Sim::new(cfg);
+    for (arch, p) in [SimArch::X86_64, SimArch::Aarch64]
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let s = Sim::new(SimConfig::with_default_offers(arch, p));
         let g = Guest::boot(&s, SynicMode::Polling);
         let hv = g.hv(0);
         let mut conn =
@@ -65,7 +60,7 @@ fn netvsc_brings_up_and_carries_udp_over_the_core_channel() {
         };
         let mut nic = Box::new(Netvsc::new(CoreChannel::new(&ch, hv), bufs));
         let ep = QueueEndpoint::new();
-        let host = NetvscHost::new(NetvscHostConfig::default(), Box::new(ep.clone()));
+        let host = NetvscHost::new(NetvscHostConfig::for_personality(p), Box::new(ep.clone()));
         let end = CoreHost::new(&s, relid);
         let mut hdev = host.clone();
         let mut polls = 0;
@@ -77,7 +72,7 @@ fn netvsc_brings_up_and_carries_udp_over_the_core_channel() {
         })
         .unwrap();
         let st = host.state();
-        assert_eq!(st.version, Some(nvsp::VERSION_61), "{arch:?}");
+        assert_eq!(st.version, Some(nvsp::VERSION_61), "{arch:?} {p:?}");
         assert!(st.recv_buf.is_some() && st.send_buf.is_some());
         assert_eq!(nic.mac(), NetvscHostConfig::default().mac);
 
@@ -135,7 +130,8 @@ fn netvsc_brings_up_and_carries_udp_over_the_core_channel() {
                 break;
             }
         }
-        assert_eq!(echoed, 20, "{arch:?}");
+        assert_eq!(echoed, 20, "{arch:?} {p:?}");
+        assert_eq!(nic.stats().malformed, 0, "{p:?}: {:?}", nic.stats());
         for t in 0..5 {
             gi.poll(Instant::from_millis(4000 + t), &mut *nic, &mut gs);
             end.pump(&mut hdev);

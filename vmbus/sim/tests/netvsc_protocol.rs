@@ -1,6 +1,10 @@
 //! netvsc guest driver against the netvsc host model over the ring-backed channel double:
 //! bring-up, smoltcp UDP and TCP through the model, completions, polling mode, bad input.
+//! Bring-up runs against every host personality's netvsp (`NetvscHostConfig::for_personality`).
 
+mod common;
+
+use common::PERSONALITIES;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
@@ -26,7 +30,13 @@ fn testbed(cfg: NetvscHostConfig, sizes: Sizes) -> (Testbed, QueueEndpoint) {
 
 #[test]
 fn full_bring_up_negotiates_nvsp_61_and_reads_the_mac() {
-    let (mut tb, _) = testbed(NetvscHostConfig::default(), Sizes::default());
+    for p in PERSONALITIES {
+        full_bring_up_on(NetvscHostConfig::for_personality(p));
+    }
+}
+
+fn full_bring_up_on(cfg: NetvscHostConfig) {
+    let (mut tb, _) = testbed(cfg, Sizes::default());
     tb.bring_up().unwrap();
     let st = tb.host.state();
     assert_eq!(st.init_requests, vec![nvsp::VERSION_61]);
@@ -58,41 +68,45 @@ fn full_bring_up_negotiates_nvsp_61_and_reads_the_mac() {
     // Interrupt mode afterwards.
     assert_eq!(tb.nic.mode(), OpMode::Interrupt);
     assert!(!tb.link.guest_masked());
+    assert_eq!(tb.nic.stats().malformed, 0);
 }
 
 #[test]
 fn bring_up_steps_down_to_the_hosts_nvsp_version() {
-    for (max, tried, ndis) in [
-        (
-            nvsp::VERSION_5,
-            vec![nvsp::VERSION_61, nvsp::VERSION_6, nvsp::VERSION_5],
-            (6, 30),
-        ),
-        (
-            nvsp::VERSION_4,
-            vec![
-                nvsp::VERSION_61,
-                nvsp::VERSION_6,
+    for (p, (max, tried, ndis)) in PERSONALITIES.into_iter().flat_map(|p| {
+        [
+            (
                 nvsp::VERSION_5,
+                vec![nvsp::VERSION_61, nvsp::VERSION_6, nvsp::VERSION_5],
+                (6, 30),
+            ),
+            (
                 nvsp::VERSION_4,
-            ],
-            (6, 1),
-        ),
-        (
-            nvsp::VERSION_2,
-            vec![
-                nvsp::VERSION_61,
-                nvsp::VERSION_6,
-                nvsp::VERSION_5,
-                nvsp::VERSION_4,
+                vec![
+                    nvsp::VERSION_61,
+                    nvsp::VERSION_6,
+                    nvsp::VERSION_5,
+                    nvsp::VERSION_4,
+                ],
+                (6, 1),
+            ),
+            (
                 nvsp::VERSION_2,
-            ],
-            (6, 1),
-        ),
-    ] {
+                vec![
+                    nvsp::VERSION_61,
+                    nvsp::VERSION_6,
+                    nvsp::VERSION_5,
+                    nvsp::VERSION_4,
+                    nvsp::VERSION_2,
+                ],
+                (6, 1),
+            ),
+        ]
+        .map(|c| (p, c))
+    }) {
         let cfg = NetvscHostConfig {
             max_version: max,
-            ..Default::default()
+            ..NetvscHostConfig::for_personality(p)
         };
         let (mut tb, _) = testbed(cfg, Sizes::default());
         tb.bring_up().unwrap();

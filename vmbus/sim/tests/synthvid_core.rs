@@ -1,9 +1,13 @@
 //! synthvid over the VMBus core: the real `Connection` (offers, GPADL, OPENCHANNEL), the real
 //! `Channel` rings and try-lock (through `synthvid::core_channel::CoreChannel`), VRAM in the
 //! sim's guest memory at its GPA, and the synthvid host model reading the host end of the
-//! rings (`CoreHost`). Both register ABIs.
+//! rings (`CoreHost`). Both register ABIs, every host personality (OpenVMM's synthvid never
+//! asks for DIRT and writes payload-only header sizes).
 
-use vmbus::guid::{Guid, NET, SYNTHVID};
+mod common;
+
+use common::PERSONALITIES;
+use vmbus::guid::SYNTHVID;
 use vmbus::synthvid::chan::{DmaMemory, PhysRegion};
 use vmbus::synthvid::console;
 use vmbus::synthvid::core_channel::CoreChannel;
@@ -12,38 +16,15 @@ use vmbus::synthvid::{FlushOutcome, Mode, Rect, Synthvid, VramSource};
 use vmbus::{ConnectOptions, Connection, OpenOptions, PageAlloc, SynicMode};
 use vmbus_sim::synthvid::{SynthvidHost, SynthvidHostConfig};
 use vmbus_sim::synthvid_link::CoreHost;
-use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig, SimOffer};
-
-fn sim(arch: SimArch) -> Sim {
-    let mut cfg = SimConfig::new(
-        arch,
-        Personality::HyperV {
-            max_version: vmbus::Version::WIN10_V5_3,
-        },
-    );
-    cfg.offers = vec![
-        SimOffer {
-            if_type: SYNTHVID,
-            if_instance: Guid([1; 16]),
-            relid: 1,
-            dedicated_interrupt: false,
-            mmio_megabytes: 8,
-        },
-        SimOffer {
-            if_type: NET,
-            if_instance: Guid([2; 16]),
-            relid: 2,
-            dedicated_interrupt: true,
-            mmio_megabytes: 0,
-        },
-    ];
-    Sim::new(cfg)
-}
+use vmbus_sim::{Guest, Sim, SimArch, SimConfig};
 
 #[test]
-fn synthvid_runs_over_the_core_channel_on_both_arches() {
-    for arch in [SimArch::X86_64, SimArch::Aarch64] {
-        let s = sim(arch);
+fn synthvid_runs_over_the_core_channel_on_both_arches_and_every_host() {
+    for (arch, p) in [SimArch::X86_64, SimArch::Aarch64]
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let s = Sim::new(SimConfig::with_default_offers(arch, p));
         let g = Guest::boot(&s, SynicMode::Polling);
         let hv = g.hv(0);
         let mut conn =
@@ -64,7 +45,9 @@ fn synthvid_runs_over_the_core_channel_on_both_arches() {
         let vram = unsafe { PhysRegion::new(pages.va(), pages.len(), pages.gpa()) };
 
         let mut dev = Synthvid::new(CoreChannel::new(&ch, hv));
-        let host = SynthvidHost::without_memory(SynthvidHostConfig::default());
+        let hcfg = SynthvidHostConfig::for_personality(p);
+        let asks_for_dirt = hcfg.dirt_needed == Some(true);
+        let host = SynthvidHost::without_memory(hcfg);
         let end = CoreHost::new(&s, relid);
         let mut hdev = host.clone();
         let mut polls = 0;
@@ -82,35 +65,39 @@ fn synthvid_runs_over_the_core_channel_on_both_arches() {
                 },
             )
             .unwrap();
-        assert_eq!(v, wire::VERSION_WIN10, "{arch:?}");
+        assert_eq!(v, wire::VERSION_WIN10, "{arch:?} {p:?}");
         end.pump(&mut hdev);
-        dev.poll().unwrap(); // the FEATURE_CHANGE
-        assert!(dev.dirt_needed());
+        dev.poll().unwrap(); // the FEATURE_CHANGE (or OpenVMM's SITUATION_UPDATE_ACK)
+        assert_eq!(dev.dirt_needed(), asks_for_dirt, "{p:?}");
         let st = host.state();
         assert_eq!(st.vram_gpa, Some(vram.gpa()));
         assert_eq!(st.situation.unwrap().width, 640);
 
-        // Panic flush with the outbound lock free: one DIRT through the real ring.
+        // Panic flush with the outbound lock free: one DIRT through the real ring, if the
+        // host asked for DIRT; OpenVMM reads VRAM itself and never asks.
         console::draw_panic_screen(&vram, mode, "core channel panic").unwrap();
-        assert_eq!(dev.panic_flush(), FlushOutcome::Sent);
-        end.pump(&mut hdev);
-        assert_eq!(
-            host.state().dirt,
-            vec![Rect {
-                x1: 0,
-                y1: 0,
-                x2: 640,
-                y2: 480
-            }]
-        );
-
-        // A send in progress on this CPU holds the lock: the flush skips without waiting.
-        {
-            let _held = ch.try_lock_outbound().expect("lock free");
-            assert_eq!(dev.panic_flush(), FlushOutcome::SkippedBusy);
+        let full = Rect {
+            x1: 0,
+            y1: 0,
+            x2: 640,
+            y2: 480,
+        };
+        if asks_for_dirt {
+            assert_eq!(dev.panic_flush(), FlushOutcome::Sent);
+            end.pump(&mut hdev);
+            assert_eq!(host.state().dirt, vec![full]);
+            // A send in progress on this CPU holds the lock: the flush skips, no waiting.
+            {
+                let _held = ch.try_lock_outbound().expect("lock free");
+                assert_eq!(dev.panic_flush(), FlushOutcome::SkippedBusy);
+            }
+            end.pump(&mut hdev);
+            assert_eq!(host.state().dirt.len(), 1, "nothing was written while busy");
+        } else {
+            assert_eq!(dev.panic_flush(), FlushOutcome::NotRequested, "{p:?}");
+            end.pump(&mut hdev);
+            assert!(host.state().dirt.is_empty());
         }
-        end.pump(&mut hdev);
-        assert_eq!(host.state().dirt.len(), 1, "nothing was written while busy");
 
         // The host sees the panic screen in guest memory.
         let (w, h, rgb) = host

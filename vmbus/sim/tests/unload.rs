@@ -1,9 +1,10 @@
-//! UNLOAD: run once under concurrent callers, reply on another CPU, bounded timeouts, host
-//! differences, and reconnect afterwards.
+//! UNLOAD (panic step 3): run once under concurrent callers, reply on another CPU, bounded
+//! timeouts, host differences, and reconnect afterwards; the core cases on every host
+//! personality.
 
 mod common;
 
-use common::{config, hyperv, sim, ARCHES};
+use common::{config, hyperv, sim, ARCHES, PERSONALITIES};
 use vmbus::{ConnectOptions, Connection, SynicMode, UnloadOutcome, UnloadSkip};
 use vmbus_sim::{Guest, Personality, Sim, SimArch};
 
@@ -19,8 +20,11 @@ fn connect<'g>(g: &'g Guest<'_>, vp: u32) -> Connection<'g> {
 
 #[test]
 fn unload_is_sent_once_under_concurrent_callers() {
-    for arch in ARCHES {
-        let mut cfg = config(arch, hyperv());
+    for (arch, p) in ARCHES
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let mut cfg = config(arch, p);
         cfg.cpus = 4;
         let s = Sim::new(cfg);
         let g = Guest::boot(&s, SynicMode::Polling);
@@ -43,7 +47,7 @@ fn unload_is_sent_once_under_concurrent_callers() {
             .iter()
             .filter(|o| **o == UnloadOutcome::Skipped(UnloadSkip::AlreadyUnloaded))
             .count();
-        assert_eq!((done, skipped), (1, 3), "{arch:?}: {outcomes:?}");
+        assert_eq!((done, skipped), (1, 3), "{arch:?} {p:?}: {outcomes:?}");
         assert_eq!(
             s.guest_messages_of(16).len(),
             1,
@@ -59,8 +63,11 @@ fn unload_is_sent_once_under_concurrent_callers() {
 
 #[test]
 fn unload_finds_the_reply_on_another_cpus_slot() {
-    for arch in ARCHES {
-        let s = sim(arch, hyperv());
+    for (arch, p) in ARCHES
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let s = sim(arch, p);
         let g = Guest::boot(&s, SynicMode::Polling);
         let c = connect(&g, 0);
         // The panicking CPU is 1; Hyper-V answers on the connect CPU (0) only.
@@ -73,10 +80,10 @@ fn unload_finds_the_reply_on_another_cpus_slot() {
                     ..
                 }
             ),
-            "{arch:?}: {o:?}"
+            "{arch:?} {p:?}: {o:?}"
         );
         // The reply can also land on a CPU that is neither (fault: another VP).
-        let mut cfg = config(arch, hyperv());
+        let mut cfg = config(arch, p);
         cfg.cpus = 3;
         let s = Sim::new(cfg);
         let g = Guest::boot(&s, SynicMode::Polling);
@@ -91,7 +98,7 @@ fn unload_finds_the_reply_on_another_cpus_slot() {
                     ..
                 }
             ),
-            "{arch:?}: {o:?}"
+            "{arch:?} {p:?}: {o:?}"
         );
         // Every slot is cleared afterwards.
         for vp in 0..3 {
@@ -102,8 +109,11 @@ fn unload_finds_the_reply_on_another_cpus_slot() {
 
 #[test]
 fn unload_timeout_is_bounded_by_the_deadline() {
-    for arch in ARCHES {
-        let mut cfg = config(arch, hyperv());
+    for (arch, p) in ARCHES
+        .into_iter()
+        .flat_map(|a| PERSONALITIES.map(|p| (a, p)))
+    {
+        let mut cfg = config(arch, p);
         cfg.clock_step = SECOND / 10;
         let s = Sim::new(cfg);
         let g = Guest::boot(&s, SynicMode::Polling);
@@ -113,7 +123,7 @@ fn unload_timeout_is_bounded_by_the_deadline() {
         let deadline = start + 100 * SECOND;
         let o = c.unload(g.hv(1), &g.clock, deadline);
         let UnloadOutcome::TimedOut { waited } = o else {
-            panic!("{arch:?}: {o:?}")
+            panic!("{arch:?} {p:?}: {o:?}")
         };
         assert!(s.now() >= deadline);
         assert!(
