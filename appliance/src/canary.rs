@@ -315,4 +315,4 @@ fn recurse(n: u64) -> u64 {
 const IDLE_MAX_US: u64 = 1000;
 
 /// An address no boot path maps (above every identity map we or the firmware build).
-const BAD_ADDRESS: usize = 0x7fff_ffff_f000;
+pub const BAD_ADDRESS: usize = 0x7fff_ffff_f000;

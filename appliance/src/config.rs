@@ -25,6 +25,27 @@ pub enum NetConfig {
     Dhcp,
 }
 
+/// Where `fault_in=` puts a fault (see [`Config::fault_in`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultIn {
+    /// In this step of the first entry.
+    Step(capture::panic::Step),
+    /// In the nested entry's end step (after a first-entry fault in crash-registers).
+    Nested,
+}
+
+impl FaultIn {
+    fn parse(v: &str) -> Option<FaultIn> {
+        if v == "nested" {
+            return Some(FaultIn::Nested);
+        }
+        capture::panic::Step::ALL
+            .into_iter()
+            .find(|s| s.name() == v)
+            .map(FaultIn::Step)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Collector address and UDP port.
@@ -49,6 +70,11 @@ pub struct Config {
     pub stack_overflow_after_ms: Option<u64>,
     /// Panic again inside the panic path (tests the nested path).
     pub nested_panic: bool,
+    /// Test option: fault (a read of an unmapped address) inside this panic step of the first
+    /// entry (`fault_in=STEP`, a step name as in the summary line), or inside the nested
+    /// entry (`fault_in=nested`: the first entry faults in crash-registers, the nested entry
+    /// faults again in its end step, which must end the machine with `panic_action`).
+    pub fault_in: Option<FaultIn>,
     /// Under QEMU: leave through isa-debug-exit (x86_64) or semihosting (arm64) so the exit
     /// status says how the canary ended.
     pub qemu_exit: bool,
@@ -89,6 +115,7 @@ impl Default for Config {
             fault_after_ms: None,
             stack_overflow_after_ms: None,
             nested_panic: false,
+            fault_in: None,
             qemu_exit: false,
             tsc_khz: None,
             idle_halt: true,
@@ -200,6 +227,7 @@ impl Config {
                     .map(|x| c.stack_overflow_after_ms = Some(x))
                     .is_some(),
                 "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
+                "fault_in" => FaultIn::parse(v).map(|f| c.fault_in = Some(f)).is_some(),
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
                 "idle" => match v {
@@ -301,6 +329,16 @@ mod tests {
         assert_eq!(c.fault_after_ms, Some(3000));
         assert_eq!(c.stack_overflow_after_ms, Some(4000));
         assert!(c.nested_panic && c.qemu_exit);
+        for (v, want) in [
+            ("ship", Some(FaultIn::Step(capture::panic::Step::Ship))),
+            ("freeze", Some(FaultIn::Step(capture::panic::Step::Freeze))),
+            ("end", Some(FaultIn::Step(capture::panic::Step::End))),
+            ("nested", Some(FaultIn::Nested)),
+            ("bogus", None),
+        ] {
+            let c = Config::parse(&format!("fault_in={v}"));
+            assert_eq!(c.fault_in, want, "{v}");
+        }
         assert_eq!(c.timer_tolerance_pct, 20);
         assert_eq!(c.tsc_khz, Some(2_500_000));
         assert!(!c.idle_halt);

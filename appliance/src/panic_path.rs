@@ -39,6 +39,8 @@ pub const HINT_DRILL: u8 = 3;
 pub const EXIT_ACKED: u8 = 0x10; // status 33
 pub const EXIT_NOT_ACKED: u8 = 0x11; // status 35
 pub const EXIT_NESTED: u8 = 0x12; // status 37
+/// A fault inside the nested entry: ended at once (status 39).
+pub const EXIT_TERMINAL: u8 = 0x13;
 
 static GUARD: PanicGuard = PanicGuard::new();
 static CRASH_REGS_ENTERED: AtomicBool = AtomicBool::new(false);
@@ -113,13 +115,53 @@ fn backtrace_from(
     }
 }
 
+/// The record of a first or nested entry (a terminal entry has none: it touches nothing).
 fn take_record(entry: Entry) -> &'static mut CrashRecord {
-    // SAFETY: see `Cell`: each record has one user, the panic guard decides which.
+    // SAFETY: see `Cell`: each record has one user, the panic guard decides which (it hands
+    // out First and Nested once each).
     unsafe {
         match entry {
             Entry::First => &mut *FIRST_REC.0.get(),
-            Entry::Nested => &mut *NESTED_REC.0.get(),
+            Entry::Nested | Entry::Terminal => &mut *NESTED_REC.0.get(),
         }
+    }
+}
+
+/// A panic or fault inside the nested entry: no step runs and no shared state (records,
+/// locks, log ring) is touched. One fixed line straight to the serial port, then the
+/// configured action (reading the configuration, written once at boot, is safe).
+fn terminal_end() -> ! {
+    crate::arch::serial_write(b"\ncanary: fault inside the nested panic path: ending now\n");
+    let cfg = platform::config();
+    if cfg.qemu_exit {
+        crate::arch::qemu_exit(EXIT_TERMINAL);
+    }
+    act(cfg.panic_action)
+}
+
+fn act(a: crate::config::PanicAction) -> ! {
+    match a {
+        crate::config::PanicAction::Halt => crate::arch::halt(),
+        crate::config::PanicAction::Reset => crate::arch::reset(),
+        crate::config::PanicAction::Poweroff => crate::arch::poweroff(),
+    }
+}
+
+/// `fault_in=` (a test option): a read of an unmapped address inside `step` of `entry`.
+fn maybe_fault(entry: Entry, step: Step) {
+    use crate::config::FaultIn;
+    let hit = match (platform::config().fault_in, entry) {
+        (Some(FaultIn::Step(s)), Entry::First) => s == step,
+        (Some(FaultIn::Nested), Entry::First) => step == Step::CrashRegisters,
+        (Some(FaultIn::Nested), Entry::Nested) => step == Step::End,
+        _ => false,
+    };
+    if hit {
+        crate::klog::raw("panic: fault_in: reading an unmapped address inside this step\n");
+        // SAFETY: deliberately not safe: a read from an unmapped address, to prove that a
+        // fault inside the panic path ends (fault_in= on the command line, tests only).
+        let v = unsafe { core::ptr::read_volatile(crate::canary::BAD_ADDRESS as *const u64) };
+        crate::klog::raw(if v == 0 { "fault_in: read 0\n" } else { "fault_in: read\n" });
     }
 }
 
@@ -131,7 +173,7 @@ fn common_fill(rec: &mut CrashRecord, entry: Entry) {
     }
     rec.seq = match entry {
         Entry::First => 1,
-        Entry::Nested => 2,
+        Entry::Nested | Entry::Terminal => 2,
     };
     rec.arch = capture::record::Arch::current();
     rec.uptime_us = crate::arch::now_us();
@@ -141,6 +183,9 @@ fn common_fill(rec: &mut CrashRecord, entry: Entry) {
 pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
     crate::arch::interrupts_off();
     let entry = GUARD.enter();
+    if entry == Entry::Terminal {
+        terminal_end();
+    }
     let rec = take_record(entry);
     common_fill(rec, entry);
     rec.message.clear();
@@ -168,6 +213,9 @@ pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
 pub fn on_fault(f: FaultInfo) -> ! {
     crate::arch::interrupts_off();
     let entry = GUARD.enter();
+    if entry == Entry::Terminal {
+        terminal_end();
+    }
     let rec = take_record(entry);
     common_fill(rec, entry);
     rec.message.clear();
@@ -210,7 +258,7 @@ static ON_CONSOLE: AtomicU8 = AtomicU8::new(0);
 fn line_slot(entry: Entry) -> (&'static Cell<heapless::String<512>>, u8) {
     match entry {
         Entry::First => (&FIRST_LINE, 1),
-        Entry::Nested => (&NESTED_LINE, 2),
+        Entry::Nested | Entry::Terminal => (&NESTED_LINE, 2),
     }
 }
 
@@ -338,31 +386,46 @@ struct Steps {
 }
 
 impl Steps {
-    fn with_hv<R>(
-        &mut self,
-        busy: R,
-        absent: R,
-        f: impl FnOnce(&mut crate::hyperv::HyperV) -> R,
-    ) -> R {
-        match HYPERV.try_lock() {
-            // The first entry held the lock when it panicked or faulted (inside a Hyper-V
-            // step): the nested entry takes the state anyway.
-            None if self.entry == Entry::Nested => {
+    /// Runs `f` on the Hyper-V state, whoever held its lock: the panic path owns the machine
+    /// after freeze (one CPU, interrupts off, the holder never resumes), so a lock the frozen
+    /// code held is taken over and that is recorded (`TAKEN_OVER`, the log and the record).
+    /// What a half-finished update could leave is checked where it is read: ring indices and
+    /// packet descriptors are validated on every access and a corrupt ring poisons its
+    /// channel (`vmbus::channel`), every wait has a deadline. A nested entry takes the state
+    /// over from the first entry the same way.
+    fn with_hv<R>(&mut self, absent: R, f: impl FnOnce(&mut crate::hyperv::HyperV) -> R) -> R {
+        let mut guard = HYPERV.try_lock();
+        let hv = match guard.as_mut() {
+            Some(g) => g.as_mut(),
+            None => {
+                note_takeover(TAKEOVER_HYPERV, "the Hyper-V state");
                 // SAFETY: after freeze nothing else runs: one CPU, interrupts off, and the
-                // first entry, which holds the guard, never resumes (a nested entry ends the
-                // panic path). The Hyper-V steps a nested entry runs (crash registers, end)
-                // are run-once or idempotent on that state.
-                match unsafe { HYPERV.force_get() }.as_mut() {
-                    None => absent,
-                    Some(h) => f(h),
-                }
+                // holder (the code the panic interrupted, or the first entry for a nested
+                // one) never resumes; this entry is its only user from here on.
+                unsafe { HYPERV.force_get() }.as_mut()
             }
-            None => busy,
-            Some(mut g) => match g.as_mut() {
-                None => absent,
-                Some(h) => f(h),
-            },
+        };
+        match hv {
+            None => absent,
+            Some(h) => f(h),
         }
+    }
+}
+
+/// Locks the panic path took over from frozen holders (bits: `TAKEOVER_*`); into the record
+/// (`CrashRecord::takeovers`) and the console.
+static TAKEN_OVER: AtomicU8 = AtomicU8::new(0);
+const TAKEOVER_HYPERV: u8 = 1;
+const TAKEOVER_NET: u8 = 2;
+
+fn note_takeover(bit: u8, what: &str) {
+    if TAKEN_OVER.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
+        let mut line: heapless::String<96> = heapless::String::new();
+        let _ = write!(
+            Msg(&mut line),
+            "panic: {what} was locked at the panic; taken over\n"
+        );
+        crate::klog::raw(&line);
     }
 }
 
@@ -374,48 +437,45 @@ impl PanicSteps for Steps {
     fn freeze(&mut self, rec: &mut CrashRecord) -> Outcome {
         crate::arch::interrupts_off();
         crate::heap::FROZEN.store(true, Ordering::SeqCst);
+        maybe_fault(self.entry, Step::Freeze);
         // One CPU: nothing else to stop.
         rec.hypervisor = crate::arch::imp::hypervisor_info();
-        if let Some(mut g) = HYPERV.try_lock() {
-            if let Some(h) = g.as_mut() {
-                h.describe(rec);
-                rec.vmbus_version = h.vmbus_version();
-            }
-        }
+        self.with_hv((), |h| {
+            h.describe(rec);
+            rec.vmbus_version = h.vmbus_version();
+        });
         crate::klog::tail_into(&mut rec.log_tail);
         Outcome::Done
     }
 
     fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
-            h.flush_screen(rec)
-        })
+        maybe_fault(self.entry, Step::ScreenFlush);
+        self.with_hv(Outcome::NotPresent, |h| h.flush_screen(rec))
     }
 
     fn unload_vmbus(&mut self) -> Outcome {
+        maybe_fault(self.entry, Step::VmbusUnload);
         let deadline = crate::arch::now_us() + platform::config().unload_deadline_ms * 1000;
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
-            h.unload_once(deadline)
-        })
+        self.with_hv(Outcome::NotPresent, |h| h.unload_once(deadline))
     }
 
     fn arch_cleanup(&mut self) -> Outcome {
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
-            h.arch_cleanup()
-        })
+        maybe_fault(self.entry, Step::ArchCleanup);
+        self.with_hv(Outcome::NotPresent, |h| h.arch_cleanup())
     }
 
     fn ship(&mut self, rec: &CrashRecord) -> Outcome {
         // On Hyper-V the NIC (netvsc) is a VMBus channel: reconnect first. With virtio-net the
         // reconnect is not needed.
-        self.with_hv((), (), |h| {
+        maybe_fault(self.entry, Step::Ship);
+        self.with_hv((), |h| {
             let o = h.reconnect_for_ship();
             log::info!("panic: vmbus reconnect for ship: {o}");
         });
         let mut report: heapless::String<256> = heapless::String::new();
         let o = ship_record(rec, &mut report);
         // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5).
-        self.with_hv((), (), |h| {
+        self.with_hv((), |h| {
             let f = h.finish_ship();
             if f != Outcome::Skipped(SkipReason::NotNeeded) {
                 log::info!("panic: vmbus unload after ship: {f}");
@@ -435,13 +495,13 @@ impl PanicSteps for Steps {
         if first_time && platform::config().nested_panic && self.entry == Entry::First {
             panic!("nested_panic=1: panic inside the panic path (crash registers step)");
         }
-        self.with_hv(Outcome::SkippedBusy, Outcome::NotPresent, |h| {
-            h.write_crash_registers(rec)
-        })
+        maybe_fault(self.entry, Step::CrashRegisters);
+        self.with_hv(Outcome::NotPresent, |h| h.write_crash_registers(rec))
     }
 
     fn end(&mut self, rec: &CrashRecord) {
-        self.with_hv((), (), |h| h.end());
+        maybe_fault(self.entry, Step::End);
+        self.with_hv((), |h| h.end());
         flush_console();
         let mut line: heapless::String<512> = heapless::String::new();
         let _ = write!(
@@ -475,7 +535,7 @@ fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<
     let net = match NET.try_lock() {
         Some(g) => g,
         None => {
-            crate::klog::raw("panic: network was in use at the panic; taking it over\n");
+            note_takeover(TAKEOVER_NET, "the network");
             // SAFETY: after freeze nothing else runs: the holder was interrupted by this panic
             // and never resumes. The force-release lets `try_lock` below succeed.
             unsafe { NET.force_unlock() };
@@ -555,7 +615,7 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
     capture::panic::run(&mut steps, rec, entry);
     let cfg = platform::config();
     let code = match (entry, SHIP_OUTCOME.load(Ordering::Relaxed)) {
-        (Entry::Nested, _) => EXIT_NESTED,
+        (Entry::Nested | Entry::Terminal, _) => EXIT_NESTED,
         (_, 1) => EXIT_ACKED,
         _ => EXIT_NOT_ACKED,
     };
@@ -567,11 +627,7 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
     if cfg.qemu_exit {
         crate::arch::qemu_exit(code);
     }
-    match cfg.panic_action {
-        crate::config::PanicAction::Halt => crate::arch::halt(),
-        crate::config::PanicAction::Reset => crate::arch::reset(),
-        crate::config::PanicAction::Poweroff => crate::arch::poweroff(),
-    }
+    act(cfg.panic_action)
 }
 
 #[panic_handler]

@@ -413,3 +413,10 @@ fn aarch64_uefi_gicv3_from_the_madt_disables_a_ppi() {
         "{serial}"
     );
 }
+
+#[test]
+fn a_fault_inside_each_panic_step_ends_with_the_configured_action() {
+    for (step, action) in common::fault_in::CASES {
+        common::fault_in::fault_in_step_ends_with_the_action("aarch64", step, action);
+    }
+}

@@ -478,3 +478,10 @@ fn idle_canary_halts_between_polls_instead_of_spinning() {
         "QEMU used {cpu:.2} s of CPU over 2 s of idle running:\n{text}"
     );
 }
+
+#[test]
+fn a_fault_inside_each_panic_step_ends_with_the_configured_action() {
+    for (step, action) in common::fault_in::CASES {
+        common::fault_in::fault_in_step_ends_with_the_action("x86_64", step, action);
+    }
+}

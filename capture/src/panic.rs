@@ -244,9 +244,15 @@ pub enum Entry {
     First,
     /// A panic or fault while the panic path already runs: crash registers and end only.
     Nested,
+    /// A panic or fault inside the nested entry (or later): no step runs and no shared state
+    /// is touched; the caller ends the machine at once with the configured action.
+    Terminal,
 }
 
-/// The panic path's run-once guard (put it in a `static`). The first `enter` wins.
+/// The panic path's guard (put it in a `static`), three states after "running": the first
+/// `enter` is [`Entry::First`], the second [`Entry::Nested`], every later one
+/// [`Entry::Terminal`]. The same rule on every architecture: the trap handlers keep no depth
+/// counters of their own.
 #[derive(Debug)]
 pub struct PanicGuard(AtomicU8);
 
@@ -262,12 +268,20 @@ impl PanicGuard {
         PanicGuard(AtomicU8::new(0))
     }
 
-    /// Enters the panic path: [`Entry::First`] exactly once, [`Entry::Nested`] after that
-    /// (from any CPU or from a nested panic on the same CPU).
+    /// Enters the panic path (from any CPU, or from a panic inside the panic path on the same
+    /// CPU): `First` exactly once, then `Nested` once, then `Terminal`. Saturates: never
+    /// wraps back to `First`.
     pub fn enter(&self) -> Entry {
-        match self.0.swap(1, Ordering::AcqRel) {
+        let prev = match self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some(s.saturating_add(1).min(2)))
+        {
+            Ok(p) | Err(p) => p,
+        };
+        match prev {
             0 => Entry::First,
-            _ => Entry::Nested,
+            1 => Entry::Nested,
+            _ => Entry::Terminal,
         }
     }
 
@@ -319,7 +333,11 @@ fn step<S: PanicSteps + ?Sized>(
 ///   step starts; a failed step never stops the next one.
 /// - [`Entry::Nested`]: step 6 (crash registers, write-once in the implementation) and step 7
 ///   only. VMBus is never unloaded a second time from here.
+/// - [`Entry::Terminal`]: nothing; the caller ends the machine.
 pub fn run(steps: &mut dyn PanicSteps, rec: &mut CrashRecord, entry: Entry) {
+    if entry == Entry::Terminal {
+        return;
+    }
     if entry == Entry::First {
         step(steps, rec, Step::Freeze, |s, r| s.freeze(r));
         step(steps, rec, Step::ScreenFlush, |s, r| s.flush_screen(r));

@@ -5,6 +5,7 @@
 
 pub mod peers;
 
+pub mod fault_in;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub const EXIT_ACKED: i32 = 33;
 pub const EXIT_NOT_ACKED: i32 = 35;
 pub const EXIT_NESTED: i32 = 37;
+pub const EXIT_TERMINAL: i32 = 39;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

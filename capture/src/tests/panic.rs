@@ -274,9 +274,13 @@ fn unload_is_sent_once_under_concurrent_panics() {
         let firsts: Vec<_> = results.iter().filter(|(e, _)| *e == Entry::First).collect();
         assert_eq!(firsts.len(), 1);
         assert_eq!(firsts[0].1, Step::ALL);
+        let nested = results.iter().filter(|(e, _)| *e == Entry::Nested).count();
+        assert_eq!(nested, 1, "exactly one nested entry; the rest are terminal");
         for (e, calls) in &results {
-            if *e == Entry::Nested {
-                assert_eq!(calls, &[Step::CrashRegisters, Step::End]);
+            match e {
+                Entry::Nested => assert_eq!(calls, &[Step::CrashRegisters, Step::End]),
+                Entry::Terminal => assert!(calls.is_empty(), "{calls:?}"),
+                Entry::First => {}
             }
         }
         assert_eq!(unloads.load(Ordering::SeqCst), 1);
@@ -316,4 +320,24 @@ fn elapsed_time_saturates_and_survives_a_clock_going_backwards() {
     run(&mut Clock(times.into_iter()), &mut rec, Entry::First);
     assert_eq!(rec.steps[0].elapsed_us, u32::MAX);
     assert_eq!(rec.steps[1].elapsed_us, 0);
+}
+
+#[test]
+fn a_fault_inside_the_nested_path_is_terminal_and_runs_no_step() {
+    // Issue 11: the guard had two states, so a fault inside the nested path re-entered it
+    // (x86_64 looped; arm64 stopped after 3 and halted whatever panic_action said).
+    let g = PanicGuard::new();
+    assert!(!g.entered());
+    assert_eq!(g.enter(), Entry::First);
+    assert_eq!(g.enter(), Entry::Nested);
+    for _ in 0..1000 {
+        assert_eq!(g.enter(), Entry::Terminal, "never wraps back to First or Nested");
+    }
+    let u = AtomicUsize::new(0);
+    let c = AtomicBool::new(false);
+    let mut s = Script::new(&u, &c);
+    let mut rec = CrashRecord::empty();
+    run(&mut s, &mut rec, Entry::Terminal);
+    assert!(s.calls.is_empty(), "{:?}", s.calls);
+    assert!(rec.steps.is_empty());
 }

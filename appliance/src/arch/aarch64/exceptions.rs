@@ -10,7 +10,6 @@
 //! inside the handler (EL1h) stays on SP_EL1 below the first frame.
 use crate::panic_path::{FaultInfo, RegSnapshot};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Bytes each vector pushes: x0-x30, ELR, SPSR, ESR, FAR, SP_EL0 (36 words, 16-aligned).
 const FRAME: usize = 288;
@@ -131,16 +130,9 @@ fn far_valid(ec: u64) -> bool {
     matches!(ec, 0x20 | 0x21 | 0x22 | 0x24 | 0x25 | 0x34 | 0x35)
 }
 
-/// Nesting depth of faults: the panic path handles one nested entry; a fault storm below
-/// that (e.g. the exit path itself faulting) must not recurse forever.
-static DEPTH: AtomicU32 = AtomicU32::new(0);
-const MAX_DEPTH: u32 = 3;
-
+// No depth counter here: the panic path's guard (`capture::panic::PanicGuard`) decides for
+// both arches: first entry, nested entry, then terminal (the configured panic action at once).
 extern "C" fn trap(f: &TrapFrame, kind: u64) -> ! {
-    if DEPTH.fetch_add(1, Ordering::SeqCst) >= MAX_DEPTH {
-        super::serial::write(b"\ncanary: fault inside the fault handler, halting\n");
-        super::halt();
-    }
     let ec = (f.esr >> 26) & 0x3f;
     let name = match kind & 3 {
         0 => ec_name(ec),
