@@ -236,6 +236,15 @@ pub fn run(cfg: &'static Config) -> ! {
             }
         }
         if panic_at.is_some_and(|t| now >= t) {
+            if cfg.panic_holding_locks {
+                let _hv = HYPERV.try_lock();
+                let _net = NET.try_lock();
+                panic!(
+                    "panic_after={}.{:03}s: panic on purpose, holding the Hyper-V and network locks",
+                    cfg.panic_after_ms.unwrap_or(0) / 1000,
+                    cfg.panic_after_ms.unwrap_or(0) % 1000
+                );
+            }
             panic!(
                 "panic_after={}.{:03}s: panic on purpose",
                 cfg.panic_after_ms.unwrap_or(0) / 1000,

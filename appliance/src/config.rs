@@ -75,6 +75,9 @@ pub struct Config {
     /// entry (`fault_in=nested`: the first entry faults in crash-registers, the nested entry
     /// faults again in its end step, which must end the machine with `panic_action`).
     pub fault_in: Option<FaultIn>,
+    /// Test option: `panic_after` panics while holding the Hyper-V state's and the network's
+    /// locks (`panic_holding=locks`), as a crash inside the Hyper-V or network code would.
+    pub panic_holding_locks: bool,
     /// Under QEMU: leave through isa-debug-exit (x86_64) or semihosting (arm64) so the exit
     /// status says how the canary ended.
     pub qemu_exit: bool,
@@ -116,6 +119,7 @@ impl Default for Config {
             stack_overflow_after_ms: None,
             nested_panic: false,
             fault_in: None,
+            panic_holding_locks: false,
             qemu_exit: false,
             tsc_khz: None,
             idle_halt: true,
@@ -228,6 +232,9 @@ impl Config {
                     .is_some(),
                 "nested_panic" => parse_bool(v).map(|b| c.nested_panic = b).is_some(),
                 "fault_in" => FaultIn::parse(v).map(|f| c.fault_in = Some(f)).is_some(),
+                "panic_holding" => (v == "locks")
+                    .then(|| c.panic_holding_locks = true)
+                    .is_some(),
                 "qemu_exit" => parse_bool(v).map(|b| c.qemu_exit = b).is_some(),
                 "timer_tolerance_pct" => v.parse().map(|x| c.timer_tolerance_pct = x).is_ok(),
                 "idle" => match v {

@@ -485,3 +485,30 @@ fn a_fault_inside_each_panic_step_ends_with_the_configured_action() {
         common::fault_in::fault_in_step_ends_with_the_action("x86_64", step, action);
     }
 }
+
+#[test]
+fn a_panic_while_the_hyperv_and_network_locks_are_held_takes_them_over() {
+    // Issue 11: with the HYPERV lock held at the panic, every Hyper-V step was skipped as
+    // busy (screen flush, UNLOAD, cleanup, crash registers). Under plain QEMU there is no
+    // Hyper-V: the steps must say "not present", never "busy", and the record still ships.
+    let (c, run) = run_acked(
+        "x86_64",
+        "direct",
+        &["--append", "panic_holding=locks", "--panic-after", "0.2"],
+    );
+    let s = &run.serial;
+    assert!(!s.contains("skipped (busy)"), "{s}");
+    assert!(
+        s.contains("panic: the Hyper-V state was locked at the panic; taken over"),
+        "{s}"
+    );
+    assert!(
+        s.contains("panic: the network was locked at the panic; taken over"),
+        "{s}"
+    );
+    let rec = c.show_latest();
+    assert!(
+        rec["message"].as_str().unwrap().contains("holding the Hyper-V and network locks"),
+        "{rec:#}"
+    );
+}
