@@ -1,6 +1,10 @@
 //! ACPI table parsing for power off and reset (ACPI 6.5: 5.2.5 RSDP, 5.2.7/5.2.8 RSDT/XSDT,
 //! 5.2.9 FADT, 7.4.2 \\_S5, 20.2 AML encoding). Pure functions over byte slices, so the host
 //! tests them; `arch::x86_64::acpi` finds the tables in memory and writes the registers.
+//! `crs` reads the VMBus device's MMIO ranges from the DSDT/SSDT AML (synthvid VRAM without a
+//! GOP framebuffer).
+
+pub mod crs;
 
 /// Sum of all bytes: 0 for a valid RSDP (first 20 bytes) or table.
 pub fn sum(b: &[u8]) -> u8 {
