@@ -94,7 +94,11 @@ fn poll_net(drills: &mut DrillGuard<'_>) -> Option<(u64, u32)> {
     let mut buf = [0u8; 256];
     let mut drill = None;
     while let Some((from, d)) = net.recv_drill(&mut buf) {
-        match drills.handle(d, crate::arch::now_us() / 1000) {
+        let verdict = drills.handle(d, crate::arch::now_us() / 1000);
+        // A flood of bad frames must not become a flood of console lines.
+        let n = drills.refused();
+        let log_refusal = n <= 16 || n.is_power_of_two();
+        match verdict {
             Verdict::Drill { nonce, delay_ms } => drill = Some((nonce, delay_ms)),
             Verdict::Challenge(c) => {
                 let mut out = [0u8; 128];
@@ -112,14 +116,17 @@ fn poll_net(drills: &mut DrillGuard<'_>) -> Option<(u64, u32)> {
                     }
                 );
             }
+            _ if !log_refusal => {}
             Verdict::Refused(Refusal::Frame(e)) => {
-                log::warn!("drill port: bad frame from {from}: {e}")
+                log::warn!("drill port: bad frame from {from}: {e} (refusal {n})")
             }
             Verdict::Refused(Refusal::Disabled) => log::warn!(
                 "drill port: drill from {from} refused: drills are off (no key and not \
-                 drill=insecure, or drill=off)"
+                 drill=insecure, or drill=off) (refusal {n})"
             ),
-            Verdict::Refused(r) => log::warn!("drill port: drill from {from} refused: {r:?}"),
+            Verdict::Refused(r) => {
+                log::warn!("drill port: drill from {from} refused: {r:?} (refusal {n})")
+            }
         }
     }
     // Acks for heartbeats are not expected; drop stray datagrams on the collector socket.

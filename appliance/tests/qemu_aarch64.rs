@@ -193,6 +193,11 @@ fn aarch64_with_a_key_unauthenticated_and_unchallenged_drills_do_nothing() {
 }
 
 #[test]
+fn aarch64_keyed_drill_answers_the_canarys_challenge() {
+    common::peers::keyed_drill_answers_the_challenge("aarch64");
+}
+
+#[test]
 fn aarch64_poweroff_after_the_panic_uses_psci_system_off() {
     ends_through_psci("poweroff", "canary: end: power off");
 }

@@ -176,6 +176,8 @@ fn with_a_fleet_key_records_are_authenticated_and_unkeyed_drills_are_refused() {
         "the unkeyed drill was not refused:\n{}",
         run.serial
     );
+    // The keyed drill was a challenge-response (capture API.md, "Drills").
+    assert!(run.serial.contains(": challenge 1 sent"), "{}", run.serial);
     assert_eq!(
         run.serial.matches("drill 0x").count(),
         2,

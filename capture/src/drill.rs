@@ -74,6 +74,8 @@ pub struct DrillGuard<'k> {
     issued: u64,
     /// The current challenge's counter and when it stops being valid.
     current: Option<(u64, u64)>,
+    /// Datagrams refused so far.
+    refused: u64,
 }
 
 impl<'k> DrillGuard<'k> {
@@ -85,6 +87,7 @@ impl<'k> DrillGuard<'k> {
             policy,
             issued: 0,
             current: None,
+            refused: 0,
         }
     }
 
@@ -97,8 +100,22 @@ impl<'k> DrillGuard<'k> {
         }
     }
 
+    /// How many datagrams were refused so far (for rate-limited logging: a flood of bad
+    /// frames must not turn into a flood of console lines).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Decides what a datagram on the drill port does at uptime `now_ms`.
     pub fn handle(&mut self, datagram: &[u8], now_ms: u64) -> Verdict {
+        let v = self.decide(datagram, now_ms);
+        if matches!(v, Verdict::Refused(_)) {
+            self.refused = self.refused.saturating_add(1);
+        }
+        v
+    }
+
+    fn decide(&mut self, datagram: &[u8], now_ms: u64) -> Verdict {
         if !self.enabled() {
             return Verdict::Refused(Refusal::Disabled);
         }

@@ -47,6 +47,7 @@ fn without_a_key_drills_are_off_unless_insecure() {
             delay_ms: 7
         }
     );
+    assert_eq!((off.refused(), insecure.refused()), (1, 0));
     // drill=off holds with a key too.
     let key = Key::new([3; 32]);
     let mut off = DrillGuard::new(BOOT, Some(&key), DrillPolicy::Off);
