@@ -479,6 +479,9 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
         ship_over_vmbus: false,
     };
 
+    if h.s.prepare_crash_page() {
+        log::info!("crash: CRASH_CTL advertises NOTIFY_MSG: the crash report will carry a text page");
+    }
     let vp = match h.s.enable_synic(mode) {
         Ok(vp) => vp,
         Err(e) => {

@@ -226,6 +226,38 @@ pub fn crash_words(rec: &CrashRecord, os_id: u64) -> [u64; 5] {
     ]
 }
 
+/// The crash message's text (NOTIFY_MSG form; the host logs it with the crash event): what
+/// an operator needs to find the record (boot id and sequence), what crashed and where, and
+/// the steps so far. Cut at the buffer's end.
+pub fn crash_summary<const N: usize>(rec: &CrashRecord, out: &mut heapless::String<N>) {
+    use core::fmt::Write;
+    struct Cut<'a, const N: usize>(&'a mut heapless::String<N>);
+    impl<const N: usize> Write for Cut<'_, N> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for c in s.chars() {
+                if self.0.push(c).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut w = Cut(out);
+    let _ = write!(w, "canary crash record: boot ");
+    for b in rec.boot_id {
+        let _ = write!(w, "{b:02x}");
+    }
+    let _ = write!(w, " seq {} ({:?}, {:?})\n{}", rec.seq, rec.kind, rec.arch, rec.message);
+    if let Some(l) = &rec.location {
+        let _ = write!(w, "\nat {}:{}:{}", l.file, l.line, l.column);
+    }
+    let _ = write!(w, "\npc {:#x}; steps:", rec.registers.pc);
+    for st in &rec.steps {
+        let _ = write!(w, " {}={}", st.step.name(), st.outcome);
+    }
+    let _ = w.0.push('\n');
+}
+
 /// The Hyper-V state both architectures share: the hypervisor handle of this CPU, its
 /// identity, the reference clock, the SynIC table, the crash-register guard, the PPIs the
 /// cleanup disables (arm64), and the two VMBus connections (boot, panic-time reconnect).
@@ -245,6 +277,9 @@ pub struct Session<'a, C: Clock> {
     pub reconn: Option<Connection<'a>>,
     /// UNLOADs posted, over both connections (for the console evidence).
     unloads_posted: u32,
+    /// The crash message page (NOTIFY_MSG form), allocated at boot by `prepare_crash_page`:
+    /// the panic path allocates nothing.
+    crash_page: Option<vmbus::PhysPages>,
 }
 
 /// How long to wait for each VMBus reply (100 ns units): 5 s.
@@ -274,7 +309,22 @@ impl<'a, C: Clock> Session<'a, C> {
             conn: None,
             reconn: None,
             unloads_posted: 0,
+            crash_page: None,
         }
+    }
+
+    /// Allocates the page the crash message goes into (Linux allocates its `hv_panic_page`
+    /// at boot too, `hv_common_init`), where CRASH_CTL advertises NOTIFY_MSG. Returns
+    /// whether the message form will be used.
+    pub fn prepare_crash_page(&mut self) -> bool {
+        if !self.id.crash_msrs() {
+            return false;
+        }
+        let caps = vmbus::regs::CrashCtl(self.hv.read_reg(SynReg::CrashCtl).unwrap_or(0));
+        if caps.notify_msg() && self.crash_page.is_none() {
+            self.crash_page = self.alloc.alloc_pages(1);
+        }
+        self.crash_page.is_some()
     }
 
     /// The calling CPU's VP index (0 if it cannot be read).
@@ -426,9 +476,31 @@ impl<'a, C: Clock> Session<'a, C> {
             p[3],
             p[4]
         );
-        match self.crash.report(self.hv, CrashReport::Registers(p)) {
-            CrashOutcome::Reported { ctl, .. } => {
-                log::info!("crash: CRASH_CTL={ctl:#x} written; the host has the report");
+        // The message form where CRASH_CTL advertises NOTIFY_MSG (a page prepared at boot):
+        // P0-P2 ours, P3 = the page, P4 = the text's length (ref §2.6; Linux hv_kmsg_dump);
+        // else (the vmbus crate decides from CRASH_CTL) the register form with our P3/P4.
+        let mut text: heapless::String<1024> = heapless::String::new();
+        let report = match self.crash_page {
+            Some(page) => {
+                crash_summary(rec, &mut text);
+                CrashReport::Message {
+                    p0_p2: [p[0], p[1], p[2]],
+                    page,
+                    text: text.as_bytes(),
+                    fallback: [p[3], p[4]],
+                }
+            }
+            None => CrashReport::Registers(p),
+        };
+        match self.crash.report(self.hv, report) {
+            CrashOutcome::Reported { ctl, message_len } => {
+                if message_len > 0 {
+                    log::info!(
+                        "crash: CRASH_CTL={ctl:#x} written (message form, {message_len} bytes of text); the host has the report"
+                    );
+                } else {
+                    log::info!("crash: CRASH_CTL={ctl:#x} written; the host has the report");
+                }
                 Outcome::Done
             }
             CrashOutcome::AlreadyReported => {
@@ -479,6 +551,10 @@ mod tests {
     const UNLOAD: u32 = 16;
 
     fn sim(arch: SimArch, smccc: bool) -> Sim {
+        sim_with(arch, smccc, true)
+    }
+
+    fn sim_with(arch: SimArch, smccc: bool, notify_msg: bool) -> Sim {
         let mut cfg = SimConfig::new(
             arch,
             Personality::HyperV {
@@ -486,6 +562,9 @@ mod tests {
             },
         );
         cfg.smccc = smccc;
+        if !notify_msg {
+            cfg.crash_caps = vmbus::regs::CrashCtl(0).with_notify(true).0;
+        }
         cfg.offers = vec![SimOffer {
             if_type: vmbus::guid::NET,
             if_instance: vmbus::Guid([2; 16]),
@@ -553,7 +632,12 @@ mod tests {
     /// reconnect, offers, UNLOAD of the reconnect, cleanup again, crash registers (twice),
     /// hypercalls off.
     fn run(arch: SimArch, firmware_sint2: Option<u64>) -> Evidence {
-        let s = sim(arch, true);
+        run_with(arch, firmware_sint2, true)
+    }
+
+    /// `notify_msg`: whether the host's CRASH_CTL advertises the message form.
+    fn run_with(arch: SimArch, firmware_sint2: Option<u64>, notify_msg: bool) -> Evidence {
+        let s = sim_with(arch, true, notify_msg);
         let hv: Box<dyn Hypervisor + '_> = match arch {
             SimArch::X86_64 => Box::new(X86Hv::new(s.cpu(0))),
             SimArch::Aarch64 => Box::new(Arm64Hv::new(s.cpu(0))),
@@ -579,6 +663,7 @@ mod tests {
         let synic = Box::new(Synic::new());
         let crash = CrashReporter::new();
         let mut ses = Session::new(hv, id, SimClock(&s), os_id.0, &s.mem, &synic, &crash, ppis);
+        assert_eq!(ses.prepare_crash_page(), notify_msg, "{arch:?}");
         let vp = ses.enable_synic(SynicMode::Polling).unwrap();
         assert_eq!(vp, 0);
         let sint2 = SintReg(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT)).unwrap());
@@ -715,8 +800,19 @@ mod tests {
             let n = &e.crash_notices[0];
             let mut rec = sample_record(7);
             rec.uptime_us = 123_456;
-            assert_eq!(n.p, crash_words(&rec, e.os_id), "{arch:?}");
+            let words = crash_words(&rec, e.os_id);
+            // The host advertises NOTIFY_MSG: the message form, P0-P2 ours, P3 the page, P4
+            // the text's length, and the page holds the summary.
+            assert_eq!(n.p[..3], words[..3], "{arch:?}");
             assert_eq!(n.p[0] >> 32, 0x434e_5259, "CNRY");
+            assert!(vmbus::regs::CrashCtl(n.ctl).notify_msg(), "{arch:?}");
+            let text = String::from_utf8(n.message.clone().expect("message form")).unwrap();
+            assert_eq!(n.p[4] as usize, text.len());
+            let mut want: heapless::String<1024> = heapless::String::new();
+            crash_summary(&rec, &mut want);
+            assert_eq!(text, want.as_str());
+            assert!(text.starts_with("canary crash record: boot "), "{text}");
+            assert!(text.contains(rec.message.as_str()), "{text}");
             assert_eq!(e.second_crash, Outcome::Skipped(SkipReason::AlreadyDone));
             // P0..P4, then CRASH_CTL last, each written once (the second report wrote none).
             let ids: Vec<u32> = e.crash_writes.iter().map(|w| w.0).collect();
@@ -726,6 +822,20 @@ mod tests {
                 .map(|r| id(arch, r))
                 .collect();
             assert_eq!(ids, want, "{arch:?}");
+        }
+    }
+
+    #[test]
+    fn without_notify_msg_the_crash_registers_carry_our_p0_p4() {
+        for arch in [SimArch::Aarch64, SimArch::X86_64] {
+            let e = run_with(arch, None, false);
+            assert_eq!(e.crash_notices.len(), 1, "{arch:?}");
+            let n = &e.crash_notices[0];
+            let mut rec = sample_record(7);
+            rec.uptime_us = 123_456;
+            assert_eq!(n.p, crash_words(&rec, e.os_id), "{arch:?}");
+            assert!(!vmbus::regs::CrashCtl(n.ctl).notify_msg(), "{arch:?}");
+            assert!(n.message.is_none());
         }
     }
 
