@@ -14,269 +14,18 @@
 //! - QMP events (`GUEST_PANICKED` carries the crash registers as the host saw them).
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
-use std::path::{Path, PathBuf};
+mod common;
+mod nested;
+
+use nested::*;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-/// Whole-run limit handed to the harness (L0 and L1 boot included). A run takes 5-15 s;
-/// this only has to catch a hang.
-const RUN_TIMEOUT_S: u32 = 150;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// One run of the direct-boot ELF in the nested host.
+fn start(name: &'static str, opts: &[&str], l2_args: &[&str]) -> Run {
+    Run::start(name, &image("direct"), RUN_TIMEOUT_S, opts, l2_args)
 }
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-}
-
-/// Builds the x86_64 direct-boot (PVH) ELF once per test binary, the way every QEMU test
-/// builds it (`scripts/qemu-run --print-image`: release, frame pointers), so the image is
-/// built once for all of them.
-fn kernel_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let out = Command::new(workspace().join("scripts/qemu-run"))
-            .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
-            .current_dir(workspace())
-            .output()
-            .expect("cannot run scripts/qemu-run");
-        assert!(
-            out.status.success(),
-            "building the x86_64 kernel failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let elf = workspace().join(path);
-        assert!(elf.is_file(), "no kernel at {}", elf.display());
-        elf
-    })
-}
-
-/// `scripts/hyperv-nested setup` once per test binary (about 1 s when the cache is complete;
-/// a cold cache downloads about 100 MB from Debian's mirror).
-fn harness_ready() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let out = Command::new(workspace().join("scripts/hyperv-nested"))
-            .arg("setup")
-            .output()
-            .expect("cannot run scripts/hyperv-nested");
-        assert!(
-            out.status.success(),
-            "scripts/hyperv-nested setup failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
-/// Nested runs never overlap: each keeps a core busy with TCG (the script also takes a lock on
-/// its cache, across processes).
-fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What one nested run left behind.
-#[derive(Debug)]
-struct Run {
-    name: &'static str,
-    /// `scripts/hyperv-nested run` exit status (see its --help).
-    status: i32,
-    serial: String,
-    trace: String,
-    /// QMP events, one JSON object each.
-    events: Vec<serde_json::Value>,
-    stderr: String,
-    secs: f64,
-}
-
-impl Run {
-    /// Runs KERNEL in the nested host. `opts` go to the harness, `l2_args` to L2's QEMU.
-    fn start(name: &'static str, opts: &[&str], l2_args: &[&str]) -> Run {
-        let elf = kernel_elf();
-        harness_ready();
-        let _guard = one_run_at_a_time();
-        let dir = target_dir().join("hyperv-nested").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let t0 = Instant::now();
-        let out = Command::new(workspace().join("scripts/hyperv-nested"))
-            .arg("run")
-            .arg("--timeout")
-            .arg(RUN_TIMEOUT_S.to_string())
-            .arg("--workdir")
-            .arg(dir.join("work"))
-            .arg("--trace")
-            .arg("--trace-file")
-            .arg(dir.join("trace.log"))
-            .arg("--qmp-log")
-            .arg(dir.join("qmp.jsonl"))
-            .arg("--serial")
-            .arg(dir.join("serial.log"))
-            .args(opts)
-            .arg("--")
-            .arg(elf)
-            .args(l2_args)
-            .output()
-            .expect("cannot run scripts/hyperv-nested");
-        let secs = t0.elapsed().as_secs_f64();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        let events = read("qmp.jsonl")
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let run = Run {
-            name,
-            status: out.status.code().unwrap_or(-1),
-            serial: read("serial.log"),
-            trace: read("trace.log"),
-            events,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            secs,
-        };
-        eprintln!(
-            "hyperv-nested run '{}': status {} in {:.1} s (logs in {})",
-            run.name,
-            run.status,
-            run.secs,
-            dir.display()
-        );
-        assert!(
-            ![124, 126, 2].contains(&run.status),
-            "the harness did not complete run '{}' (status {}):\n{}\n--- serial ---\n{}",
-            run.name,
-            run.status,
-            run.stderr,
-            run.serial
-        );
-        run
-    }
-
-    /// Everything a failed assertion should show.
-    fn diag(&self) -> String {
-        format!(
-            "run '{}' status {} ({:.1} s)\n--- serial ---\n{}\n--- trace ---\n{}\n--- qmp ---\n{:?}\n--- stderr ---\n{}",
-            self.name, self.status, self.secs, self.serial, self.trace, self.events, self.stderr
-        )
-    }
-
-    /// The first serial line that contains `needle`.
-    fn line(&self, needle: &str) -> &str {
-        self.serial
-            .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no serial line with {needle:?}\n{}", self.diag()))
-    }
-
-    /// Byte offset of the first serial line containing `needle` (for ordering checks).
-    fn at(&self, needle: &str) -> usize {
-        self.serial
-            .find(needle)
-            .unwrap_or_else(|| panic!("no serial line with {needle:?}\n{}", self.diag()))
-    }
-
-    fn count_serial(&self, needle: &str) -> usize {
-        self.serial.lines().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Trace lines of one event (`vmbus_recv_message` ...), in order.
-    fn trace_events(&self, event: &str) -> Vec<&str> {
-        self.trace
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == event))
-            .collect()
-    }
-
-    /// VMBus message types the host received from the guest, in order
-    /// (`vmbus_recv_message type N size M`, QEMU hw/hyperv/trace-events).
-    fn host_received(&self) -> Vec<u32> {
-        self.trace_events("vmbus_recv_message")
-            .iter()
-            .filter_map(|l| field_after(l, "type"))
-            .collect()
-    }
-
-    /// VMBus message types the host posted to the guest, in order (`vmbus_post_msg type N`).
-    fn host_posted(&self) -> Vec<u32> {
-        self.trace_events("vmbus_post_msg")
-            .iter()
-            .filter_map(|l| field_after(l, "type"))
-            .collect()
-    }
-
-    /// VMBus message types the host delivered into the guest's slot, in order: each
-    /// `vmbus_post_msg type N` paired with the `vmbus_msg_cb message status S` that follows
-    /// it, kept when S = 0 (QEMU hw/hyperv/vmbus.c `vmbus_msg_cb`; -11 = slot busy, posted
-    /// again after the guest's EOM).
-    fn host_delivered(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut pending = None;
-        for l in self.trace.lines() {
-            if l.contains("vmbus_post_msg") {
-                pending = field_after(l, "type");
-            } else if l.contains("vmbus_msg_cb") {
-                let ok = l.trim_end().ends_with("status 0");
-                if let (true, Some(t)) = (ok, pending.take()) {
-                    out.push(t);
-                }
-            }
-        }
-        out
-    }
-
-    fn guest_panicked(&self) -> Vec<&serde_json::Value> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "GUEST_PANICKED")
-            .collect()
-    }
-}
-
-/// `... type 16 size 8` -> 16.
-fn field_after(line: &str, key: &str) -> Option<u32> {
-    let mut w = line.split_whitespace();
-    w.by_ref().find(|x| *x == key)?;
-    w.next()?.parse().ok()
-}
-
-/// Parses `name=0x1f` (or decimal) out of a serial line.
-fn hex_field(line: &str, name: &str) -> u64 {
-    let pat = format!("{name}=");
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(pat.as_str()))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-    let v = v.trim_end_matches([',', ';', ')']);
-    match v.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => v.parse(),
-    }
-    .unwrap_or_else(|_| panic!("bad {name} value in {line:?}"))
-}
-
-// VMBus message types (Linux include/linux/hyperv.h, enum vmbus_channel_message_type;
-// QEMU include/hw/hyperv/vmbus-proto.h).
-const OFFERCHANNEL: u32 = 1;
-const REQUESTOFFERS: u32 = 3;
-const ALLOFFERS_DELIVERED: u32 = 4;
-const OPENCHANNEL: u32 = 5;
-const CLOSECHANNEL: u32 = 7;
-const OPENCHANNEL_RESULT: u32 = 6;
-const GPADL_HEADER: u32 = 8;
-const GPADL_CREATED: u32 = 10;
-const GPADL_TEARDOWN: u32 = 11;
-const GPADL_TORNDOWN: u32 = 12;
-const INITIATE_CONTACT: u32 = 14;
-const VERSION_RESPONSE: u32 = 15;
-const UNLOAD: u32 = 16;
-const UNLOAD_RESPONSE: u32 = 17;
 
 /// Kernel command line shared by the runs: panic soon after "ready", leave through
 /// isa-debug-exit, and keep the UNLOAD wait short (the host answers in milliseconds).
@@ -287,7 +36,7 @@ const PANIC_CMDLINE: &str = "panic_after=0.3 qemu_exit=1 unload_deadline=10 log=
 fn qemu72_panic() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        Run::start(
+        start(
             "qemu72-panic",
             &[],
             &["-append", PANIC_CMDLINE, "-action", "panic=none"],
@@ -301,7 +50,7 @@ fn qemu10_balloon_nested() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
         let cmdline = format!("{PANIC_CMDLINE} nested_panic=1");
-        Run::start(
+        start(
             "qemu10-balloon-nested",
             &["--balloon"],
             &["-append", &cmdline, "-action", "panic=none"],
@@ -314,7 +63,7 @@ fn qemu10_balloon_nested() -> &'static Run {
 fn qemu72_fault_poweroff() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        Run::start(
+        start(
             "qemu72-fault-poweroff",
             &[],
             &[
@@ -527,18 +276,6 @@ fn dynamic_memory_offer_is_received_and_its_channel_opened_and_closed() {
 
 // ---------------------------------------------------------------------------------------------
 // 4. The panic path
-
-/// The step names of the appliance's panic-path summary line, in the order they ran.
-fn summary_steps<'a>(r: &'a Run, entry: &str) -> Vec<&'a str> {
-    let l = r.line(&format!("canary: panic path ({entry}) steps:"));
-    l.split_once("steps:")
-        .unwrap()
-        .1
-        .split(';')
-        .filter_map(|s| s.trim().split_once('='))
-        .map(|(name, _)| name)
-        .collect()
-}
 
 #[test]
 fn panic_steps_run_in_design_order() {
@@ -820,7 +557,7 @@ fn harness_rejects_bad_usage_with_status_2() {
 
 #[test]
 fn harness_reports_a_guest_that_never_finishes_as_timeout_124() {
-    let elf = kernel_elf();
+    let elf = image("direct");
     harness_ready();
     let _g = one_run_at_a_time();
     let t0 = Instant::now();
@@ -842,4 +579,118 @@ fn harness_reports_a_guest_that_never_finishes_as_timeout_124() {
     // 3 s to write results back), plus at most the harness's 15 s backstop.
     assert!(secs < 8.0 + 15.0, "took {secs:.1} s");
     assert!(out.stdout.is_empty(), "a stopped guest printed something");
+}
+
+#[test]
+fn harness_refuses_uefi_and_net_options_out_of_place() {
+    for (args, want) in [
+        (&["run", "--cfg", "x=1", "k.elf"][..], "--cfg needs --uefi"),
+        (
+            &["run", "--drill-port", "7374", "k.elf"][..],
+            "--drill-port needs --net",
+        ),
+        (
+            &["run", "--net", "--drill-port", "0x1", "k.elf"][..],
+            "--drill-port wants a UDP port",
+        ),
+    ] {
+        let out = Command::new(workspace().join("scripts/hyperv-nested"))
+            .args(args)
+            .output()
+            .expect("cannot run scripts/hyperv-nested");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The README's main job: `scripts/demo` runs the canary on this nested host, and the record
+// reaches the collector on the machine (L0) through L2's, L1's and L0's networking.
+
+#[test]
+fn demo_on_the_nested_host_stores_a_record_whose_vmbus_unload_step_is_done() {
+    image("direct");
+    harness_ready();
+    let collector = common::collector_bin();
+    let _g = one_run_at_a_time();
+    let dir = target_dir().join("hyperv-nested").join("demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(workspace().join("scripts/demo"))
+        .args(["--no-build", "--keep", "--collector"])
+        .arg(&collector)
+        .env("TMPDIR", &dir)
+        .current_dir(workspace())
+        .output()
+        .expect("cannot run scripts/demo");
+    let secs = t0.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let diag = format!(
+        "{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "scripts/demo (nested Hyper-V host): status {:?} in {secs:.1} s",
+        out.status.code()
+    );
+    assert!(out.status.success(), "{diag}");
+    assert!(
+        stdout.contains("exit 33 = the canary panicked and the collector acknowledged"),
+        "{diag}"
+    );
+    // What the demo kept: the collector's database and the canary's console.
+    let work = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("collector.db").is_file())
+        .unwrap_or_else(|| panic!("no kept collector.db under {}\n{diag}", dir.display()));
+    let db = work.join("collector.db");
+    let console = std::fs::read_to_string(work.join("console.log")).unwrap_or_default();
+    // The collector stored exactly one record ...
+    let cli = |args: &[&str]| {
+        let o = Command::new(&collector)
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "host-collector {args:?}: {o:?}");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("JSON")
+    };
+    let list = cli(&["list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+    // ... made on the Hyper-V path: detected, VMBus negotiated with QEMU's host, UNLOAD done
+    // and the SynIC/timer cleanup done before the record was built.
+    let rec = cli(&["show", "--json"]);
+    assert_eq!(rec["kind"], "panic", "{rec:#}");
+    assert_eq!(rec["hypervisor"]["present"], true, "{rec:#}");
+    assert_eq!(rec["hypervisor"]["vendor"], "Microsoft Hv", "{rec:#}");
+    assert_eq!(rec["vmbus_version"], "4.0", "{rec:#}");
+    let step = |name: &str| {
+        rec["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["step"] == name))
+            .unwrap_or_else(|| panic!("no step {name}: {rec:#}"))
+            .clone()
+    };
+    assert_eq!(step("vmbus-unload")["outcome"], "done", "{rec:#}");
+    assert!(
+        step("vmbus-unload")["elapsed_us"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{rec:#}"
+    );
+    assert_eq!(step("arch-cleanup")["outcome"], "done", "{rec:#}");
+    // The console the demo showed: UNLOAD once on the first connection, answered, and the
+    // cleanup read back from the hypervisor.
+    assert_eq!(
+        console.matches("unload: posted (connection 1").count(),
+        1,
+        "{diag}"
+    );
+    assert!(console.contains("unload: response after"), "{diag}");
+    assert!(console.contains("cleanup: readback"), "{diag}");
 }
