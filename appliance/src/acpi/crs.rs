@@ -891,6 +891,7 @@ impl<'a> Walker<'a, '_, '_> {
     }
 }
 
+/// Host tests; `tests::aml` builds AML for other modules' tests too.
 #[cfg(test)]
 #[path = "crs_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -376,7 +376,54 @@ pub fn mode_for(fb: &GopFramebuffer) -> Option<Mode> {
         .find(|m| m.bytes() <= fb.size)
 }
 
-/// Opens synthvid into `slot` and brings it up on `fb` (version, VRAM location, pointer,
+/// Where synthvid's VRAM is: the GOP framebuffer (first choice under UEFI), or
+/// `mmio_megabytes` MiB the guest placed in the VMBus MMIO range from ACPI `_CRS`
+/// (`crate::acpi::crs::place_vram`, as Linux's `hyperv_drm` does without a GOP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FbVram {
+    Gop(GopFramebuffer),
+    /// Placed by the x86_64 kernel (the arm64 kernel does not read the VMBus `_CRS`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    VmbusMmio {
+        gpa: u64,
+        mmio_megabytes: u16,
+    },
+}
+
+impl FbVram {
+    /// The VRAM_LOCATION source.
+    pub fn source(&self) -> VramSource {
+        match *self {
+            FbVram::Gop(g) => VramSource::GopFramebuffer {
+                gpa: g.base,
+                size: g.size,
+            },
+            FbVram::VmbusMmio {
+                gpa,
+                mmio_megabytes,
+            } => VramSource::VmbusMmio {
+                gpa,
+                mmio_megabytes,
+            },
+        }
+    }
+
+    /// The mode to ask for: the GOP's own when it fits; in the MMIO range, Linux's default
+    /// 1152x864 or the largest of its fallbacks that fits ([`mode_for`]).
+    pub fn mode(&self) -> Option<Mode> {
+        match *self {
+            FbVram::Gop(g) => mode_for(&g),
+            FbVram::VmbusMmio { gpa, .. } => mode_for(&GopFramebuffer {
+                base: gpa,
+                size: self.source().size(),
+                width: 0,
+                height: 0,
+            }),
+        }
+    }
+}
+
+/// Opens synthvid into `slot` and brings it up on `vram` (version, VRAM location, pointer,
 /// situation), bounded by `deadline`.
 #[allow(clippy::too_many_arguments)]
 pub fn start_fb<'a>(
@@ -385,13 +432,15 @@ pub fn start_fb<'a>(
     clock: &dyn Clock,
     alloc: &dyn PageAlloc,
     slot: &'a ChannelSlot,
-    fb: &GopFramebuffer,
+    vram: &FbVram,
     deadline: &mut dyn Deadline,
 ) -> Result<Synthvid<SlotChannel<'a>>, DeviceError> {
-    let mode = mode_for(fb).ok_or(DeviceError::Synthvid(SynthvidError::VramTooSmall {
-        need: Mode::new(640, 480).bytes(),
-        have: fb.size,
-    }))?;
+    let mode = vram
+        .mode()
+        .ok_or(DeviceError::Synthvid(SynthvidError::VramTooSmall {
+            need: Mode::new(640, 480).bytes(),
+            have: vram.source().size(),
+        }))?;
     open_into(
         conn,
         hv,
@@ -402,14 +451,7 @@ pub fn start_fb<'a>(
         slot,
     )?;
     let mut dev = Synthvid::new(SlotChannel::new(slot, hv));
-    dev.connect(
-        VramSource::GopFramebuffer {
-            gpa: fb.base,
-            size: fb.size,
-        },
-        mode,
-        deadline,
-    )?;
+    dev.connect(vram.source(), mode, deadline)?;
     // The FEATURE_CHANGE (is_dirt_needed) follows the situation update; take what is there.
     let _ = dev.poll();
     Ok(dev)
@@ -481,6 +523,11 @@ mod tests {
     const FB_RELID: u32 = 1;
 
     fn sim(arch: SimArch) -> Sim {
+        Sim::new(sim_config(arch))
+    }
+
+    /// The configuration [`sim`] runs.
+    fn sim_config(arch: SimArch) -> SimConfig {
         let mut cfg = SimConfig::new(
             arch,
             Personality::HyperV {
@@ -503,7 +550,7 @@ mod tests {
                 mmio_megabytes: 0,
             },
         ];
-        Sim::new(cfg)
+        cfg
     }
 
     fn region(s: &Sim, pages: usize) -> PhysRegion {
@@ -996,11 +1043,19 @@ mod tests {
         let mut hdev = host.clone();
         let end = CoreHost::new(&s, FB_RELID);
         let mut n = 0;
-        let fb = start_fb(&mut conn, hv, &g.clock, &s.mem, &slot, &gop, &mut || {
-            end.pump(&mut hdev);
-            n += 1;
-            n > 1000
-        })
+        let fb = start_fb(
+            &mut conn,
+            hv,
+            &g.clock,
+            &s.mem,
+            &slot,
+            &FbVram::Gop(gop),
+            &mut || {
+                end.pump(&mut hdev);
+                n += 1;
+                n > 1000
+            },
+        )
         .unwrap();
         end.pump(&mut hdev);
         fb.poll().unwrap();
@@ -1031,6 +1086,106 @@ mod tests {
             .screen_rgb_with(&|gpa, buf| s.mem.read(gpa, buf))
             .unwrap();
         assert_eq!((w, h), (640, 480));
+        assert_eq!(&rgb[..3], &[0x80, 0, 0], "panic background");
+        let fg = rgb
+            .chunks_exact(3)
+            .filter(|p| p == &[0xff, 0xff, 0xff])
+            .count();
+        assert!(fg > 100, "text pixels: {fg}");
+    }
+
+    /// Direct boot on OpenVMM has no GOP: VRAM goes where the kernel places it in the VMBus
+    /// MMIO range that ACPI gives (`crate::acpi::crs`), sized by the offer's `mmio_megabytes`.
+    /// Here the sim's guest memory stands in for that range: a DSDT in OpenVMM's shape whose
+    /// `\_SB.VMOD._CRS` window covers pages of it.
+    #[test]
+    fn synthvid_without_a_gop_takes_vram_from_the_acpi_vmbus_range_and_flushes_the_panic_screen() {
+        use crate::acpi::crs;
+        use crate::acpi::crs::tests::aml::*;
+        const MIB: u64 = 1 << 20;
+        // 16 MiB of guest memory: room for 9 MiB beside the rings.
+        let mut cfg = sim_config(SimArch::X86_64);
+        cfg.memory_pages = 4096;
+        let s = Sim::new(cfg);
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut conn =
+            Connection::connect(hv, &g.clock, &s.mem, &g.synic, &ConnectOptions::default())
+                .unwrap();
+        conn.request_offers(hv, &g.clock).unwrap();
+        let mmio_mb = conn
+            .find_offer(&vmbus::guid::SYNTHVID)
+            .unwrap()
+            .mmio_megabytes;
+        assert_eq!(mmio_mb, 8);
+
+        // The "MMIO range": one MiB more than the offer asks for, so an aligned start fits.
+        let p = s.mem.alloc_pages((mmio_mb as usize + 1) * 256).unwrap();
+        let (lo, hi) = (p.gpa(), p.gpa() + p.len() as u64 - 1);
+        let dsdt = table(
+            b"DSDT",
+            &cat(&[
+                &device(
+                    "\\_SB.APIC",
+                    &crs(&[
+                        fixed_mem(0xfee0_0000, 0x1000),
+                        fixed_mem(0xfec0_0000, 0x1000),
+                    ]),
+                ),
+                &device(
+                    "\\_SB.VMOD",
+                    &cat(&[&name_str("_HID", "ACPI0004"), &crs(&[qword_mem(lo, hi)])]),
+                ),
+                &device("\\_SB.VMOD.VMBS", &name_str("_HID", "VMBus")),
+            ]),
+        );
+        let m = crs::vmbus_mmio(&[&dsdt]).unwrap();
+        // The sim's memory lies above 4 GiB; the kernel's limit is the identity map's.
+        assert!(crs::place_vram(&m, mmio_mb, 1 << 32).is_err());
+        let gpa = crs::place_vram(&m, mmio_mb, u64::MAX).unwrap();
+        assert_eq!(gpa, lo.next_multiple_of(MIB));
+        let size = mmio_mb as usize * MIB as usize;
+        // SAFETY: inside the pages allocated above (`gpa - lo` < 1 MiB, one MiB spare), used
+        // only through this region.
+        let vram = unsafe { Vram::new(p.va().add((gpa - lo) as usize), size, gpa) };
+
+        let slot = ChannelSlot::new();
+        let host = SynthvidHost::without_memory(SynthvidHostConfig::default());
+        let mut hdev = host.clone();
+        let end = CoreHost::new(&s, FB_RELID);
+        let mut n = 0;
+        let place = FbVram::VmbusMmio {
+            gpa,
+            mmio_megabytes: mmio_mb,
+        };
+        let fb = start_fb(&mut conn, hv, &g.clock, &s.mem, &slot, &place, &mut || {
+            end.pump(&mut hdev);
+            n += 1;
+            n > 1000
+        })
+        .unwrap();
+        end.pump(&mut hdev);
+        fb.poll().unwrap();
+        // VRAM_LOCATION told the host the placed GPA; Linux's default mode fits 8 MiB.
+        assert_eq!(host.state().vram_gpa, Some(gpa));
+        assert_eq!(fb.mode(), Mode::new(1152, 864));
+
+        console::draw_panic_screen(&vram, fb.mode(), "panic").unwrap();
+        assert_eq!(flush_outcome(fb.panic_flush()), Outcome::Done);
+        end.pump(&mut hdev);
+        assert_eq!(
+            host.state().dirt,
+            vec![Rect {
+                x1: 0,
+                y1: 0,
+                x2: 1152,
+                y2: 864
+            }]
+        );
+        let (w, h, rgb) = host
+            .screen_rgb_with(&|gpa, buf| s.mem.read(gpa, buf))
+            .unwrap();
+        assert_eq!((w, h), (1152, 864));
         assert_eq!(&rgb[..3], &[0x80, 0, 0], "panic background");
         let fg = rgb
             .chunks_exact(3)

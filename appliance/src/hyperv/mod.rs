@@ -536,6 +536,49 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
     Some(h)
 }
 
+/// Where synthvid's VRAM goes without a GOP: `mmio_megabytes` MiB at the lowest 1 MiB-aligned
+/// place in the VMBus device's MMIO windows that ACPI `_CRS` gives (read at boot by
+/// `arch::x86_64::acpi`), clear of other devices' claims and below the x86 fixed chipset
+/// block at 0xFEC00000 (IOAPIC, HPET, TPM, LAPIC; the direct-boot identity map ends at 4 GiB).
+/// Logs the choice and why, or why there is none.
+fn fb_vram_from_acpi(mmio_megabytes: u16) -> Option<devices::FbVram> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::acpi::crs;
+        const BELOW: u64 = 0xfec0_0000;
+        let m = match crate::arch::imp::acpi::vmbus_mmio() {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("synthvid: no GOP framebuffer, and no VMBus MMIO range from ACPI: {e}");
+                return None;
+            }
+        };
+        match crs::place_vram(m, mmio_megabytes, BELOW) {
+            Ok(gpa) => {
+                log::info!(
+                    "synthvid: VRAM at {gpa:#x} ({mmio_megabytes} MiB, the offer's mmio_megabytes) in the VMBus MMIO range from ACPI {}._CRS (no GOP)",
+                    m.source
+                );
+                Some(devices::FbVram::VmbusMmio {
+                    gpa,
+                    mmio_megabytes,
+                })
+            }
+            Err(e) => {
+                log::warn!("synthvid: no GOP framebuffer, and VRAM does not fit the VMBus MMIO range from {}._CRS: {e}", m.source);
+                None
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        log::warn!(
+            "synthvid: no GOP framebuffer, and the arm64 kernel does not read the VMBus _CRS ({mmio_megabytes} MiB asked)"
+        );
+        None
+    }
+}
+
 /// Opens the Dynamic Memory channel, if offered, and closes it again: GPADL_HEADER →
 /// GPADL_CREATED, OPENCHANNEL → OPENCHANNEL_RESULT, CLOSECHANNEL, GPADL_TEARDOWN →
 /// GPADL_TORNDOWN against the host (what a kdump-style reconnect needs for the NIC). The canary
@@ -601,38 +644,63 @@ impl HyperV {
         }
     }
 
-    /// synthvid at boot, when offered and the UEFI entry recorded the GOP framebuffer (on
-    /// Gen2 that is synthvid's VRAM). Without it the device stays closed: finding VRAM in the
-    /// VMBus MMIO range needs the ACPI VMBus device's _CRS, which this kernel does not read.
+    /// synthvid at boot, when offered. VRAM: the GOP framebuffer when the UEFI entry recorded
+    /// one (first choice: on Gen2 the host points it at synthvid's VRAM), else the offer's
+    /// `mmio_megabytes` MiB placed in the VMBus MMIO range from ACPI `_CRS` (`fb_vram_from_acpi`,
+    /// as Linux's hyperv_drm does; direct boot on OpenVMM). Neither: the device stays closed
+    /// and `fb_note` says why.
     fn start_fb(&mut self, c: &mut Connection<'static>) {
-        if c.find_offer(&vmbus::guid::SYNTHVID).is_none() {
+        let Some(mmio_mb) = c
+            .find_offer(&vmbus::guid::SYNTHVID)
+            .map(|o| o.mmio_megabytes)
+        else {
             return;
-        }
-        let Some(gop) = GOP.get().copied() else {
-            self.fb_note = "no UEFI GOP framebuffer to use as VRAM";
-            log::warn!("synthvid: offered, but not opened: {}", self.fb_note);
-            return;
+        };
+        let place = match GOP.get().copied() {
+            Some(gop) => devices::FbVram::Gop(gop),
+            None => match fb_vram_from_acpi(mmio_mb) {
+                Some(v) => v,
+                None => {
+                    self.fb_note =
+                        "no UEFI GOP framebuffer and no usable VMBus MMIO range in ACPI _CRS";
+                    log::warn!("synthvid: offered, but not opened: {}", self.fb_note);
+                    return;
+                }
+            },
         };
         let clock = &self.s.clock;
         let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
-        let fb = devices::start_fb(c, self.s.hv, clock, &PAGES, &FB_SLOT, &gop, &mut || {
+        let fb = devices::start_fb(c, self.s.hv, clock, &PAGES, &FB_SLOT, &place, &mut || {
             clock.now() > deadline
         });
         match fb {
             Ok(fb) => {
                 let m = fb.mode();
+                let src = place.source();
+                let (base, size) = (src.gpa(), src.size());
                 log::info!(
-                    "synthvid: version {:#x}, {}x{} on the GOP framebuffer at {:#x} ({} KiB), dirt {}",
+                    "synthvid: version {:#x}, {}x{} on the {} at {:#x} ({} KiB), dirt {}",
                     fb.version().unwrap_or(0),
                     m.width,
                     m.height,
-                    gop.base,
-                    gop.size / 1024,
-                    if fb.dirt_needed() { "requested" } else { "not requested" }
+                    match place {
+                        devices::FbVram::Gop(_) => "GOP framebuffer",
+                        devices::FbVram::VmbusMmio { .. } => "VRAM in the VMBus MMIO range",
+                    },
+                    base,
+                    size / 1024,
+                    if fb.dirt_needed() {
+                        "requested"
+                    } else {
+                        "not requested"
+                    }
                 );
-                // SAFETY: the GOP framebuffer is MMIO-backed VRAM that the firmware reported and
-                // identity-maps (va == pa); nothing else in the kernel uses it as memory.
-                let vram = unsafe { Vram::new(gop.base as *mut u8, gop.size, gop.base) };
+                // SAFETY: both sources are MMIO-backed VRAM below 4 GiB, identity-mapped
+                // (va == pa): the GOP framebuffer as the firmware reported it, or the range
+                // the host mapped at the GPA that VRAM_LOCATION (acked above) gave it, inside
+                // the VMBus MMIO window and clear of every other device's ACPI claim. Nothing
+                // else in the kernel uses it as memory.
+                let vram = unsafe { Vram::new(base as *mut u8, size, base) };
                 self.fb = Some((fb, vram));
             }
             Err(e) => {

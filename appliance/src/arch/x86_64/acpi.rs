@@ -1,8 +1,10 @@
 //! Power off and reset as the firmware's ACPI tables say (`crate::acpi` parses): QEMU
 //! (PIIX4/ICH9) and Hyper-V Gen2 differ in ports and sleep type, so nothing is hard-coded
 //! except the PC fallbacks. Tables are checked (signature, length, checksum) before use.
+use crate::acpi::crs::{self, CrsError, VmbusMmio};
 use crate::acpi::{parse_fadt, s5_slp_typ, sum, u32_at, u64_at};
 use crate::sync::Once;
+use core::fmt::Write as _;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Power {
@@ -13,6 +15,18 @@ struct Power {
 }
 
 static POWER: Once<Power> = Once::new();
+/// The VMBus device's MMIO windows from the DSDT/SSDTs (synthvid VRAM without a GOP), or why
+/// there are none; read once at boot.
+static VMBUS_MMIO: Once<Result<VmbusMmio, CrsError>> = Once::new();
+
+/// What [`init`] read about the VMBus device's MMIO (`Err(NoTables)` before it ran).
+pub fn vmbus_mmio() -> Result<&'static VmbusMmio, CrsError> {
+    match VMBUS_MMIO.get() {
+        Some(Ok(m)) => Ok(m),
+        Some(Err(e)) => Err(*e),
+        None => Err(CrsError::NoTables),
+    }
+}
 
 /// # Safety
 /// `addr..addr + len` must be readable (identity-mapped firmware memory).
@@ -103,9 +117,57 @@ pub fn init(rsdp_hint: Option<u64>) {
         }
         None => log::info!("acpi: no usable FADT: power off and reset use the PC fallbacks"),
     }
+    let mmio = read_vmbus_mmio(rsdp_hint);
+    match &mmio {
+        Ok(m) => {
+            let mut w: heapless::String<160> = heapless::String::new();
+            for (i, r) in m.windows.iter().enumerate() {
+                let _ = write!(w, "{}{r}", if i > 0 { ", " } else { "" });
+            }
+            log::info!(
+                "acpi: VMBus device {} has MMIO {w} (from {}._CRS{}), {} ranges claimed by other devices",
+                m.device,
+                m.source,
+                if m.windows_dropped > 0 { ", some dropped" } else { "" },
+                m.claims.len() + m.claims_dropped
+            );
+        }
+        // QEMU and other hosts without VMBus.
+        Err(CrsError::NoVmbusDevice { stop }) if stop.0.is_none() => {
+            log::info!("acpi: no VMBus device in the DSDT/SSDTs")
+        }
+        Err(e) => log::warn!("acpi: no VMBus MMIO: {e}"),
+    }
+    VMBUS_MMIO.set(mmio);
 }
 
-fn probe(hint: Option<u64>) -> Option<Power> {
+/// The DSDT and every SSDT (checked tables below 4 GiB), then the VMBus device's MMIO in them.
+fn read_vmbus_mmio(hint: Option<u64>) -> Result<VmbusMmio, CrsError> {
+    let mut tables: heapless::Vec<&'static [u8], 8> = heapless::Vec::new();
+    let sdt = root_table(hint).ok_or(CrsError::NoTables)?;
+    let dsdt = sdt_entries(&sdt)
+        // SAFETY: addresses from the validated RSDT/XSDT.
+        .filter_map(|a| unsafe { table(a) })
+        .find_map(parse_fadt)
+        // SAFETY: address from the validated FADT.
+        .and_then(|f| unsafe { table(f.dsdt) })
+        .filter(|t| t.starts_with(b"DSDT"));
+    tables.extend(dsdt);
+    for t in sdt_entries(&sdt)
+        // SAFETY: addresses from the validated RSDT/XSDT.
+        .filter_map(|a| unsafe { table(a) })
+        .filter(|t| t.starts_with(b"SSDT"))
+    {
+        if tables.push(t).is_err() {
+            log::warn!("acpi: more than 8 DSDT/SSDTs: the rest are not read for VMBus");
+            break;
+        }
+    }
+    crs::vmbus_mmio(&tables)
+}
+
+/// The RSDT or XSDT: (table, entry size).
+fn root_table(hint: Option<u64>) -> Option<(&'static [u8], usize)> {
     let rsdp = find_rsdp(hint)?;
     // SAFETY: validated RSDP (36 bytes for revision 2, of which 20 are checked).
     let r = unsafe { bytes(rsdp, 36) };
@@ -114,14 +176,23 @@ fn probe(hint: Option<u64>) -> Option<Power> {
         _ => (u32_at(r, 16)? as u64, 4usize),
     };
     // SAFETY: address from the validated RSDP.
-    let sdt = unsafe { table(list) }?;
-    let fadt = sdt
-        .get(36..)?
+    Some((unsafe { table(list) }?, entry))
+}
+
+/// The table addresses an RSDT (4-byte entries) or XSDT (8-byte entries) lists.
+fn sdt_entries(&(sdt, entry): &(&'static [u8], usize)) -> impl Iterator<Item = u64> {
+    sdt.get(36..)
+        .unwrap_or(&[])
         .chunks_exact(entry)
-        .filter_map(|c| match entry {
+        .filter_map(move |c| match entry {
             8 => u64_at(c, 0),
             _ => u32_at(c, 0).map(u64::from),
         })
+}
+
+fn probe(hint: Option<u64>) -> Option<Power> {
+    let sdt = root_table(hint)?;
+    let fadt = sdt_entries(&sdt)
         // SAFETY: addresses from the validated RSDT/XSDT.
         .filter_map(|a| unsafe { table(a) })
         .find_map(parse_fadt)?;
