@@ -29,6 +29,8 @@ mod hyperv {
 mod logring;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;
+/// `static_buf!` (each buffer handed out once); its tests run on the host.
+mod static_buf;
 mod sync;
 
 #[cfg(kernel)]

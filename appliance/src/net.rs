@@ -17,21 +17,7 @@ use virtio_drivers::transport::SomeTransport;
 const QUEUE: usize = 16;
 const BUF: usize = 2048;
 
-/// A static buffer for the device or smoltcp, `Some(&'static mut)` the first time this
-/// expansion runs and `None` ever after (each expansion has its own static and flag).
-macro_rules! static_buf {
-    ($t:ty, $init:expr) => {{
-        static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-        static mut B: $t = $init;
-        if TAKEN.swap(true, core::sync::atomic::Ordering::AcqRel) {
-            None
-        } else {
-            // SAFETY: `B` is private to this expansion and only reached here; the swap above
-            // lets exactly one caller (ever) past, so this is the only reference to it.
-            Some(unsafe { &mut *core::ptr::addr_of_mut!(B) })
-        }
-    }};
-}
+use crate::static_buf::static_buf;
 
 pub struct VirtioPhy {
     dev: VirtIONetRaw<crate::dma::Hal, SomeTransport<'static>, QUEUE>,
