@@ -180,6 +180,12 @@ pub(crate) struct State {
     pub signals: BTreeMap<u32, u32>,
     pub relids_released: Vec<u32>,
     pub dropped_deliveries: u32,
+    /// Chaos on VMBus control messages, and a message it holds back (reorder).
+    pub chaos_msgs: Option<crate::chaos::Chaos>,
+    pub held_msg: Option<(u32, Vec<u8>)>,
+    /// Chaos on device ring packets, and the packet it holds back per relid.
+    pub chaos_pkts: Option<crate::chaos::Chaos>,
+    pub held_pkts: BTreeMap<u32, Vec<u8>>,
 }
 
 /// The whole model.
@@ -222,6 +228,10 @@ impl Sim {
                 signals: BTreeMap::new(),
                 relids_released: Vec::new(),
                 dropped_deliveries: 0,
+                chaos_msgs: None,
+                held_msg: None,
+                chaos_pkts: None,
+                held_pkts: BTreeMap::new(),
             }),
             cfg,
         }
@@ -266,6 +276,10 @@ impl Sim {
                 bytes.len() as u8,
                 &bytes,
             );
+        }
+        // A message chaos held back arrives at the next tick at the latest.
+        if let Some((vp, b)) = st.held_msg.take() {
+            self.deliver(&mut st, vp, VMBUS_MESSAGE_SINT, 1, b.len() as u8, &b);
         }
     }
 
@@ -533,7 +547,11 @@ impl Sim {
     // ---- VMBus server ---------------------------------------------------------------------
 
     fn reply(&self, st: &mut State, vp: u32, bytes: &[u8]) {
-        self.deliver(st, vp, VMBUS_MESSAGE_SINT, 1, bytes.len() as u8, bytes);
+        if st.chaos_msgs.is_some() {
+            self.chaos_reply(st, vp, bytes);
+        } else {
+            self.deliver(st, vp, VMBUS_MESSAGE_SINT, 1, bytes.len() as u8, bytes);
+        }
     }
 
     fn reset_bus_state(st: &mut State) {

@@ -10,6 +10,7 @@
 //! - Time is a fake clock ([`SimClock`]) that advances on every read and delivers scheduled
 //!   host messages.
 
+pub mod chaos;
 pub mod cpu;
 pub mod host;
 pub mod memory;

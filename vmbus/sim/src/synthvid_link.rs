@@ -354,11 +354,15 @@ impl HostBackend for CoreHost<'_> {
             .sim
             .host_channel(self.relid)
             .ok_or(ChannelError::Closed)?;
-        match hc.to_guest.write(&[pkt]) {
-            Ok(_) => Ok(()),
-            Err(vmbus::ring::RingError::Full { .. }) => Err(ChannelError::Full),
-            Err(_) => Err(ChannelError::TooLarge(pkt.len())),
+        // Chaos (if on) may drop, duplicate, hold back or damage the packet.
+        for p in self.sim.chaos_packets(self.relid, pkt) {
+            match hc.to_guest.write(&[&p]) {
+                Ok(_) => {}
+                Err(vmbus::ring::RingError::Full { .. }) => return Err(ChannelError::Full),
+                Err(_) => return Err(ChannelError::TooLarge(p.len())),
+            }
         }
+        Ok(())
     }
 }
 
