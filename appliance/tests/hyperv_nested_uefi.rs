@@ -4,8 +4,9 @@
 //! Hyper-V emulation + QEMU's VMBus, in QEMU TCG; docs/hyperv-real-host.md). L2 has no PIT
 //! (`-machine pit=off`), as a Gen2 VM has none, and no NIC.
 //!
-//! One run (OVMF in the nested guest takes most of it: 35-80 s measured on the 2-core machine,
-//! see the printed times) and one `#[test]` per behaviour, from the same evidence as
+//! One run (OVMF in the nested guest takes most of it: the whole run took 42-134 s on the
+//! 2-core machine while other builds ran, load 5-12; see the printed times) and one `#[test]`
+//! per behaviour, from the same evidence as
 //! `hyperv_nested.rs`: the serial log, QEMU's `vmbus_*` trace and QMP events.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
