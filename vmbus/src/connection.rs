@@ -7,7 +7,7 @@ use zerocopy::IntoBytes;
 
 use crate::channel::Channel;
 use crate::guid::Guid;
-use crate::hypercall::{self, HV_MESSAGE_PAYLOAD_SIZE, VMBUS_MESSAGE_TYPE};
+use crate::hypercall::{HV_MESSAGE_PAYLOAD_SIZE, VMBUS_MESSAGE_TYPE};
 use crate::msg::{self, HostMessage, MessageError, MessageHeader, MessageType, Offer};
 use crate::platform::{Clock, Hypervisor, PageAlloc, PhysPages};
 use crate::regs::SynReg;
@@ -16,6 +16,7 @@ use crate::status::HvError;
 use crate::synic::{Synic, HVMSG_TIMER_EXPIRED, VMBUS_MESSAGE_SINT};
 use crate::version::{self, Version};
 
+pub use crate::hypercall::{post_with_retries, POST_RETRIES, SPIN_LIMIT};
 pub use crate::ring::{GpaRange, Pfns};
 
 /// Connection ids (ref §4.2, Linux `drivers/hv/hyperv_vmbus.h`).
@@ -32,9 +33,6 @@ pub const FIRST_GPADL_HANDLE: u32 = 0xE1E10;
 
 /// Offers the connection keeps (fixed table, no heap).
 pub const MAX_OFFERS: usize = 32;
-
-/// Linux `vmbus_post_msg`: up to 100 tries (ref §4.5).
-pub const POST_RETRIES: u32 = 100;
 
 const STATE_DISCONNECTED: u8 = 0;
 const STATE_CONNECTED: u8 = 1;
@@ -231,57 +229,6 @@ impl core::fmt::Debug for Connection<'_> {
             .field("offers", &self.offer_count)
             .finish()
     }
-}
-
-/// Default backstop for every polling loop ([`Connection::set_poll_limit`]): if the clock
-/// stops advancing (a broken time source), loops still end after this many iterations.
-pub const SPIN_LIMIT: u32 = 1 << 26;
-
-fn wait_ticks(clock: &dyn Clock, ticks: u64) {
-    let until = clock.now().saturating_add(ticks);
-    // A stuck clock ends each backoff wait after a bounded spin.
-    for _ in 0..ticks.min(SPIN_LIMIT as u64) {
-        if clock.now() >= until {
-            break;
-        }
-        clock.relax();
-    }
-}
-
-/// HvPostMessage with Linux's retry policy (ref §4.5): retry insufficient memory/buffers and
-/// invalid connection id up to 100 times with exponential backoff from 1 µs (doubling for
-/// the first 22 retries), busy-waiting; INITIATE_CONTACT returns an invalid connection id at
-/// once so the next older version can be tried. Retrying also stops at `deadline` (Linux's
-/// schedule can add up to minutes; the panic path has its own deadline).
-pub fn post_with_retries(
-    hv: &dyn Hypervisor,
-    clock: &dyn Clock,
-    page: PhysPages,
-    conn_id: u32,
-    bytes: &[u8],
-    deadline: u64,
-) -> Result<(), HvError> {
-    let initiate = bytes.len() >= 4 && bytes[..4] == MessageType::INITIATE_CONTACT.0.to_le_bytes();
-    let mut usec: u64 = 1;
-    let mut last = HvError::InsufficientBuffers;
-    for retry in 0..POST_RETRIES {
-        match hypercall::post_message(hv, page, conn_id, bytes) {
-            Ok(()) => return Ok(()),
-            Err(HvError::InvalidConnectionId) if initiate => {
-                return Err(HvError::InvalidConnectionId)
-            }
-            Err(e) if e.is_transient() => last = e,
-            Err(e) => return Err(e),
-        }
-        if clock.now() >= deadline {
-            break;
-        }
-        wait_ticks(clock, usec * 10);
-        if retry < 22 {
-            usec *= 2;
-        }
-    }
-    Err(last)
 }
 
 impl<'s> Connection<'s> {

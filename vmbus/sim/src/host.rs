@@ -163,6 +163,8 @@ pub(crate) struct Bus {
     pub partial: Option<(u32, u32, usize, u16, Vec<u64>)>,
     pub channels: BTreeMap<u32, HostChannelState>,
     pub rescinded: Vec<u32>,
+    /// REQUESTOFFERS answered on this connection.
+    pub offers_sent: bool,
 }
 
 pub(crate) struct State {
@@ -555,6 +557,7 @@ impl Sim {
     }
 
     fn reset_bus_state(st: &mut State) {
+        st.bus.offers_sent = false;
         st.bus.channels.clear();
         st.bus.gpadls.clear();
         st.bus.partial = None;
@@ -580,13 +583,18 @@ impl Sim {
                     r[12..16].copy_from_slice(&id.to_le_bytes());
                 }
                 if accepted {
+                    st.bus.offers_sent = false;
                     st.bus.connected = true;
                     st.bus.version = Some(version);
                     st.bus.target_vp = target;
                 }
                 self.reply(st, target, &r);
             }
-            3 if st.bus.connected => {
+            // OpenVMM answers REQUESTOFFERS once per connection (`OffersAlreadySent`).
+            3 if st.bus.connected
+                && !(st.bus.offers_sent && self.cfg.personality == Personality::OpenVmm) =>
+            {
+                st.bus.offers_sent = true;
                 let target = st.bus.target_vp;
                 for o in self.cfg.offers.clone() {
                     if st.bus.rescinded.contains(&o.relid) {

@@ -56,6 +56,9 @@ pub struct NetvscHostConfig {
     pub refuse_packet_filter: bool,
     /// Per-packet info appended to every frame sent to the guest (raw bytes, may be bad).
     pub frame_ppi: Vec<u8>,
+    /// From NVSP 2 on, SEND_RECV_BUF before NDIS_CONFIG stops the device (OpenVMM netvsp:
+    /// `PacketOrderError::SendReceiveBufferMissingMTU`); modelled as no reply.
+    pub require_ndis_config: bool,
 }
 
 impl Default for NetvscHostConfig {
@@ -73,6 +76,7 @@ impl Default for NetvscHostConfig {
             send_buf_status: nvsp::STATUS_SUCCESS,
             refuse_packet_filter: false,
             frame_ppi: Vec::new(),
+            require_ndis_config: false,
         }
     }
 }
@@ -86,6 +90,7 @@ impl NetvscHostConfig {
             crate::Personality::OpenVmm => NetvscHostConfig {
                 init_refusal_status: 0,
                 ndis_version_completion: true,
+                require_ndis_config: true,
                 ..Self::default()
             },
             _ => Self::default(),
@@ -418,6 +423,13 @@ impl Inner {
                 if self.cfg.ndis_version_completion {
                     let _ = io.send_completion(pkt.trans_id, &[]);
                 }
+            }
+            Nvsp::SendRecvBuf { .. }
+                if self.cfg.require_ndis_config
+                    && self.st.version.is_some_and(|v| v >= nvsp::VERSION_2)
+                    && self.st.ndis_mtu.is_none() =>
+            {
+                self.st.rejected += 1;
             }
             Nvsp::SendRecvBuf { gpadl, id } => {
                 let buf = io.gpadl(gpadl).filter(|_| id == nvsp::RECV_BUFFER_ID);

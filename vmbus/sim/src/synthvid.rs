@@ -35,6 +35,9 @@ pub struct SynthvidHostConfig {
     pub accepted_value: u8,
     /// Answer each SITUATION_UPDATE with a SITUATION_UPDATE_ACK (OpenVMM does).
     pub situation_ack: bool,
+    /// Send an empty resolution list unless the request asks for all 64 (OpenVMM:
+    /// `maximum_count < MAXIMUM_RESOLUTIONS_COUNT` gets `resolution_count: 0`).
+    pub resolutions_need_64: bool,
 }
 
 impl Default for SynthvidHostConfig {
@@ -51,6 +54,7 @@ impl Default for SynthvidHostConfig {
             accept_any_minor: false,
             accepted_value: 1,
             situation_ack: false,
+            resolutions_need_64: false,
         }
     }
 }
@@ -75,6 +79,7 @@ impl SynthvidHostConfig {
                 accept_any_minor: true,
                 accepted_value: 2,
                 situation_ack: true,
+                resolutions_need_64: true,
                 ..Self::default()
             },
             _ => Self::default(),
@@ -272,12 +277,17 @@ impl HostDevice for SynthvidHost {
             Message::ResolutionRequest { max_count } => {
                 drop(st);
                 let mut list = [(0u16, 0u16); vmbus::synthvid::wire::MAX_RESOLUTION_COUNT];
-                let n = self
-                    .cfg
-                    .resolutions
-                    .len()
-                    .min(usize::from(max_count))
-                    .min(list.len());
+                let n = if self.cfg.resolutions_need_64
+                    && usize::from(max_count) < vmbus::synthvid::wire::MAX_RESOLUTION_COUNT
+                {
+                    0
+                } else {
+                    self.cfg
+                        .resolutions
+                        .len()
+                        .min(usize::from(max_count))
+                        .min(list.len())
+                };
                 list[..n].copy_from_slice(&self.cfg.resolutions[..n]);
                 self.reply(
                     io,

@@ -226,3 +226,24 @@ fn the_personality_list_covers_every_host() {
         .iter()
         .any(|p| matches!(p, Personality::HyperV { .. })));
 }
+
+#[test]
+fn openvmm_answers_requestoffers_once_per_connection() {
+    // OpenVMM handle_request_offers: `OffersAlreadySent`. The guest asks once per connection;
+    // a second request gets no answer and times out, bounded.
+    let s = Sim::new(SimConfig::with_default_offers(
+        SimArch::X86_64,
+        Personality::OpenVmm,
+    ));
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let opts = ConnectOptions {
+        reply_timeout: 1_000_000,
+        ..ConnectOptions::default()
+    };
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    assert_eq!(c.request_offers(g.hv(0), &g.clock).unwrap().len(), 8);
+    assert!(c.request_offers(g.hv(0), &g.clock).is_err());
+    // A new connection may ask again.
+    let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
+    assert_eq!(c.request_offers(g.hv(0), &g.clock).unwrap().len(), 8);
+}
