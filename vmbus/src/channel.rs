@@ -246,8 +246,12 @@ impl Channel {
                 return Err(e.into());
             }
         };
+        // The packet is consumed: a failed signal must not lose it (the host notices free
+        // space on its next look at the ring anyway).
         if out.signal {
-            self.signal(hv)?;
+            if let Err(e) = self.signal(hv) {
+                log::warn!("channel {}: signalling freed space failed: {e}", self.relid);
+            }
         }
         Ok(Some(parse_packet(&buf[..out.len])?))
     }

@@ -53,6 +53,8 @@ pub struct Faults {
     /// Every EOM on SINT2 brings this (message type, payload size field, bytes) again: an
     /// endless flood.
     pub flood_on_eom: Option<(u32, u8, Vec<u8>)>,
+    /// The next N HvSignalEvent calls fail with HV_STATUS_INVALID_CONNECTION_ID.
+    pub signal_failures: u32,
     /// VERSION_RESPONSE carries this message connection id instead of the personality's.
     pub version_response_conn_id: Option<u32>,
     /// The TSC page is published with sequence 0 (invalid: fall back to TIME_REF_COUNT).
@@ -510,8 +512,13 @@ impl Sim {
             (vmbus::hypercall::code::POST_MESSAGE, false) => self.post_message(vp, in1),
             (vmbus::hypercall::code::SIGNAL_EVENT, true) => {
                 let mut st = self.lock();
-                *st.signals.entry(in1 as u32).or_default() += 1;
-                HvStatus::SUCCESS
+                if st.faults.signal_failures > 0 {
+                    st.faults.signal_failures -= 1;
+                    HvStatus::INVALID_CONNECTION_ID
+                } else {
+                    *st.signals.entry(in1 as u32).or_default() += 1;
+                    HvStatus::SUCCESS
+                }
             }
             _ => HvStatus::INVALID_HYPERCALL_CODE,
         };

@@ -496,3 +496,34 @@ fn qemu_resets_the_bus_on_initiate_contact() {
     let _c2 = connected(&g);
     assert!(s.host_channel(1).is_none());
 }
+
+#[test]
+fn a_failed_signal_after_a_read_does_not_lose_the_packet() {
+    for arch in ARCHES {
+        let s = sim(arch, hyperv());
+        let g = Guest::boot(&s, SynicMode::Polling);
+        let hv = g.hv(0);
+        let mut c = connected(&g);
+        let ch = c
+            .open_channel(hv, &g.clock, &s.mem, 1, &OpenOptions::default())
+            .unwrap();
+        let host = s.host_channel(1).unwrap();
+        let p = OutgoingPacket::InBand {
+            trans_id: 9,
+            completion_requested: false,
+            data: &[7; 24],
+        };
+        p.write_to(&host.to_guest).unwrap();
+        // The read crosses the host's pending_send_sz, so it signals, and the signal fails.
+        let free = host.to_guest.bytes_to_write().unwrap();
+        host.to_guest.set_pending_send_sz(free + 8);
+        s.faults(|f| f.signal_failures = 1);
+        let mut buf = [0u8; 256];
+        let got = ch.try_recv(hv, &mut buf);
+        assert!(
+            matches!(&got, Ok(Some(pkt)) if pkt.trans_id() == 9),
+            "{arch:?}: {got:?}"
+        );
+        assert_eq!(host.to_guest.bytes_to_read().unwrap(), 0, "consumed once");
+    }
+}
