@@ -286,7 +286,8 @@ struct StatsArgs {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "what", required = true, multiple = true)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
 struct PruneArgs {
     /// Delete records received longer ago than this (e.g. 30d, 12h).
     #[arg(long, value_name = "DURATION", group = "what", conflicts_with = "keep")]
