@@ -394,32 +394,28 @@ pub fn place_vram(m: &VmbusMmio, mmio_megabytes: u16, below: u64) -> Result<u64,
         return Err(PlaceError::TooManyClaims);
     }
     for w in &m.windows {
-        let Some(mut start) = w.start.checked_next_multiple_of(ALIGN) else {
-            continue;
-        };
-        loop {
+        let mut next = w.start.checked_next_multiple_of(ALIGN);
+        while let Some(start) = next {
             let Some(last) = start.checked_add(size - 1) else {
                 break;
             };
             if last > w.end || last >= below {
                 break;
             }
-            // The first claim in the way, if any: continue after it.
-            match m
+            // The claims in the way, if any: go on after the last of them.
+            let blocked = m
                 .claims
                 .iter()
                 .filter(|c| c.start <= last && c.end >= start)
                 .map(|c| c.end)
-                .max()
-            {
+                .max();
+            match blocked {
                 None => return Ok(start),
-                Some(end) => match end
-                    .checked_add(1)
-                    .and_then(|e| e.checked_next_multiple_of(ALIGN))
-                {
-                    Some(next) => start = next,
-                    None => break,
-                },
+                Some(end) => {
+                    next = end
+                        .checked_add(1)
+                        .and_then(|e| e.checked_next_multiple_of(ALIGN))
+                }
             }
         }
     }

@@ -546,13 +546,8 @@ fn fb_vram_from_acpi(mmio_megabytes: u16) -> Option<devices::FbVram> {
     {
         use crate::acpi::crs;
         const BELOW: u64 = 0xfec0_0000;
-        let m = match crate::arch::imp::acpi::vmbus_mmio() {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("synthvid: no GOP framebuffer, and no VMBus MMIO range from ACPI: {e}");
-                return None;
-            }
-        };
+        // Its error was logged ("acpi: no VMBus MMIO: ..") when it was read.
+        let m = crate::arch::imp::acpi::vmbus_mmio().ok()?;
         match crs::place_vram(m, mmio_megabytes, BELOW) {
             Ok(gpa) => {
                 log::info!(

@@ -15,12 +15,19 @@ struct Power {
 }
 
 static POWER: Once<Power> = Once::new();
+/// The RSDP [`init`] found.
+static RSDP: Once<u64> = Once::new();
 /// The VMBus device's MMIO windows from the DSDT/SSDTs (synthvid VRAM without a GOP), or why
-/// there are none; read once at boot.
+/// there are none; read once, on first use.
 static VMBUS_MMIO: Once<Result<VmbusMmio, CrsError>> = Once::new();
 
-/// What [`init`] read about the VMBus device's MMIO (`Err(NoTables)` before it ran).
+/// The VMBus device's MMIO from ACPI `_CRS`. Read and logged on the first call ([`init`]
+/// makes it when the AML names a VMBus device; walking the AML takes milliseconds under TCG,
+/// so a host without one does not pay it), kept for later calls.
 pub fn vmbus_mmio() -> Result<&'static VmbusMmio, CrsError> {
+    if VMBUS_MMIO.get().is_none() {
+        VMBUS_MMIO.set(read_vmbus_mmio());
+    }
     match VMBUS_MMIO.get() {
         Some(Ok(m)) => Ok(m),
         Some(Err(e)) => Err(*e),
@@ -95,7 +102,11 @@ fn find_rsdp(hint: Option<u64>) -> Option<u64> {
 
 /// Reads the FADT (and the DSDT's `_S5_`) once at boot; logs what it found.
 pub fn init(rsdp_hint: Option<u64>) {
-    match probe(rsdp_hint) {
+    let rsdp = find_rsdp(rsdp_hint);
+    if let Some(r) = rsdp {
+        RSDP.set(r);
+    }
+    match rsdp.and_then(probe) {
         Some(p) => {
             let (space, addr, value) = p.reset.unwrap_or((0xff, 0, 0));
             log::info!(
@@ -117,7 +128,20 @@ pub fn init(rsdp_hint: Option<u64>) {
         }
         None => log::info!("acpi: no usable FADT: power off and reset use the PC fallbacks"),
     }
-    let mmio = read_vmbus_mmio(rsdp_hint);
+    // Where the AML names a VMBus device, its MMIO is read (and logged) now; elsewhere (QEMU)
+    // a byte search is all it costs.
+    let named = |t: &&[u8]| t.windows(5).any(|w| w == b"VMBus" || w == b"VMBUS");
+    if aml_tables().is_some_and(|ts| ts.iter().any(named)) {
+        let _ = vmbus_mmio();
+    }
+}
+
+/// The VMBus device's MMIO in the DSDT and every SSDT (checked tables below 4 GiB); logs
+/// what it found.
+fn read_vmbus_mmio() -> Result<VmbusMmio, CrsError> {
+    let t0 = super::timer::now_us();
+    let mmio = vmbus_mmio_in_tables();
+    let us = super::timer::now_us().saturating_sub(t0);
     match &mmio {
         Ok(m) => {
             let mut w: heapless::String<160> = heapless::String::new();
@@ -125,26 +149,26 @@ pub fn init(rsdp_hint: Option<u64>) {
                 let _ = write!(w, "{}{r}", if i > 0 { ", " } else { "" });
             }
             log::info!(
-                "acpi: VMBus device {} has MMIO {w} (from {}._CRS{}), {} ranges claimed by other devices",
+                "acpi: VMBus device {} has MMIO {w} (from {}._CRS{}), {} ranges claimed by other devices; read in {us} us",
                 m.device,
                 m.source,
                 if m.windows_dropped > 0 { ", some dropped" } else { "" },
                 m.claims.len() + m.claims_dropped
             );
         }
-        // QEMU and other hosts without VMBus.
-        Err(CrsError::NoVmbusDevice { stop }) if stop.0.is_none() => {
-            log::info!("acpi: no VMBus device in the DSDT/SSDTs")
-        }
-        Err(e) => log::warn!("acpi: no VMBus MMIO: {e}"),
+        Err(e) => log::warn!("acpi: no VMBus MMIO: {e} (read in {us} us)"),
     }
-    VMBUS_MMIO.set(mmio);
+    mmio
 }
 
-/// The DSDT and every SSDT (checked tables below 4 GiB), then the VMBus device's MMIO in them.
-fn read_vmbus_mmio(hint: Option<u64>) -> Result<VmbusMmio, CrsError> {
-    let mut tables: heapless::Vec<&'static [u8], 8> = heapless::Vec::new();
-    let sdt = root_table(hint).ok_or(CrsError::NoTables)?;
+fn vmbus_mmio_in_tables() -> Result<VmbusMmio, CrsError> {
+    crs::vmbus_mmio(&aml_tables().ok_or(CrsError::NoTables)?)
+}
+
+/// The DSDT and the SSDTs (checked, below 4 GiB), at most 8.
+fn aml_tables() -> Option<heapless::Vec<&'static [u8], 8>> {
+    let mut tables = heapless::Vec::new();
+    let sdt = root_table(*RSDP.get()?)?;
     let dsdt = sdt_entries(&sdt)
         // SAFETY: addresses from the validated RSDT/XSDT.
         .filter_map(|a| unsafe { table(a) })
@@ -163,12 +187,11 @@ fn read_vmbus_mmio(hint: Option<u64>) -> Result<VmbusMmio, CrsError> {
             break;
         }
     }
-    crs::vmbus_mmio(&tables)
+    Some(tables)
 }
 
 /// The RSDT or XSDT: (table, entry size).
-fn root_table(hint: Option<u64>) -> Option<(&'static [u8], usize)> {
-    let rsdp = find_rsdp(hint)?;
+fn root_table(rsdp: u64) -> Option<(&'static [u8], usize)> {
     // SAFETY: validated RSDP (36 bytes for revision 2, of which 20 are checked).
     let r = unsafe { bytes(rsdp, 36) };
     let (list, entry) = match (r[15], u64_at(r, 24)) {
@@ -190,8 +213,8 @@ fn sdt_entries(&(sdt, entry): &(&'static [u8], usize)) -> impl Iterator<Item = u
         })
 }
 
-fn probe(hint: Option<u64>) -> Option<Power> {
-    let sdt = root_table(hint)?;
+fn probe(rsdp: u64) -> Option<Power> {
+    let sdt = root_table(rsdp)?;
     let fadt = sdt_entries(&sdt)
         // SAFETY: addresses from the validated RSDT/XSDT.
         .filter_map(|a| unsafe { table(a) })
