@@ -1,7 +1,7 @@
 //! Chaos property (issue 11): with the host model dropping, duplicating, reordering,
 //! corrupting and blowing up its VMBus messages and device packets at random points from a
 //! seed, every guest state machine — connect, offers, open, synthvid, netvsc, UNLOAD, cleanup,
-//! reconnect, UNLOAD again — reaches an end (success or a recorded error) within a bounded
+//! reconnect, netvsc reopened for the ship step, UNLOAD again — reaches an end (success or a recorded error) within a bounded
 //! number of steps, and nothing panics. A hang fails through the receive-call step bound of
 //! [`Bounded`] and the sim-time bound below.
 //!
@@ -111,6 +111,8 @@ fn run(arch: SimArch, p: Personality, seed: u64, per_mille: u32) -> Run {
         again.set_poll_limit(200_000);
         let offers = again.request_offers(hv, &g.clock).map(|o| o.len());
         r.record("offers again", &offers);
+        // The panic path reopens the NIC alone on the new connection to ship the record.
+        netvsc(&s, &g, &mut again, &mut r);
         let o = again.unload(hv, &g.clock, s.now() + UNLOAD_WAIT);
         r.record("unload again", &unload_result(o));
     }
