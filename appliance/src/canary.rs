@@ -202,6 +202,9 @@ pub fn run(cfg: &'static Config) -> ! {
         cfg.collector.1,
         cfg.drill_port
     );
+    let mut st: heapless::String<160> = heapless::String::new();
+    crate::stack::report("ready", &mut st);
+    crate::klog::raw(&st);
     let mut timer = TimerCheck { base: None };
     let mut next_check = t_ready;
     let mut next_hb = t_ready + cfg.heartbeat_ms * 1000;

@@ -31,6 +31,9 @@ mod logring;
 mod pci;
 /// `static_buf!` (each buffer handed out once); its tests run on the host.
 mod static_buf;
+/// Stack painting and high-water marks (portable; unit-tested on the host).
+#[cfg_attr(not(kernel), allow(dead_code))]
+mod stack;
 mod sync;
 
 #[cfg(kernel)]

@@ -4,7 +4,7 @@
 //! record lives in a static, the NIC and its buffers were set up at boot and are polled.
 use crate::platform::{self, HYPERV, NET};
 use capture::panic::{Entry, Outcome, PanicGuard, PanicSteps, SkipReason, Step};
-use capture::record::{CrashKind, CrashRecord, Location};
+use capture::record::{BacktraceEnd, CrashKind, CrashRecord, Location};
 use capture::sender::{SendState, Sender, SenderConfig};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
@@ -68,31 +68,23 @@ impl<const N: usize> Write for Msg<'_, N> {
     }
 }
 
-/// Walks the frame-pointer chain: both ABIs keep `[fp] = caller's fp`, `[fp + 8] = return
-/// address`. Stops at a null, misaligned, non-increasing or far-jumping frame pointer.
+/// Walks the frame-pointer chain from `fp`, inside the stack that holds it
+/// (`crate::stack::walk`): a frame pointer on no stack the canary owns is not read at all.
 #[cfg_attr(all(target_arch = "x86_64", target_os = "uefi"), allow(dead_code))]
 pub fn walk_frames(
-    mut fp: usize,
+    fp: usize,
     out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
-) {
-    while fp != 0 && fp.is_multiple_of(8) && !out.is_full() {
-        // SAFETY: fp passed the checks below on the previous round (or is the live frame
-        // pointer); memory is identity-mapped, so a stack address is readable.
-        let (next, ret) = unsafe {
-            (
-                core::ptr::read_volatile(fp as *const usize),
-                core::ptr::read_volatile((fp + 8) as *const usize),
-            )
-        };
-        if ret == 0 {
-            break;
-        }
-        let _ = out.push(ret as u64);
-        if next <= fp || next - fp > 1 << 20 {
-            break;
-        }
-        fp = next;
-    }
+) -> BacktraceEnd {
+    let stacks = crate::arch::stacks();
+    let Some(r) = crate::stack::holding(&stacks, fp) else {
+        return BacktraceEnd::NoStack;
+    };
+    let read = |a: usize| {
+        // SAFETY: `walk` reads only 8-aligned words inside `r`, a stack the canary owns:
+        // always mapped and readable.
+        unsafe { core::ptr::read_volatile(a as *const usize) }
+    };
+    crate::stack::walk(fp, r.lo, r.hi, read, out)
 }
 
 /// The backtrace from frame pointer `fp` (stack pointer `sp`): the frame walk, except on the
@@ -102,16 +94,17 @@ fn backtrace_from(
     fp: usize,
     sp: u64,
     out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
-) {
+) -> BacktraceEnd {
     #[cfg(all(target_arch = "x86_64", target_os = "uefi"))]
     {
         let _ = fp;
         crate::arch::imp::uefi_stack::scan_backtrace(sp, out);
+        BacktraceEnd::Scanned
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "uefi")))]
     {
         let _ = sp;
-        walk_frames(fp, out);
+        walk_frames(fp, out)
     }
 }
 
@@ -161,7 +154,11 @@ fn maybe_fault(entry: Entry, step: Step) {
         // SAFETY: deliberately not safe: a read from an unmapped address, to prove that a
         // fault inside the panic path ends (fault_in= on the command line, tests only).
         let v = unsafe { core::ptr::read_volatile(crate::canary::BAD_ADDRESS as *const u64) };
-        crate::klog::raw(if v == 0 { "fault_in: read 0\n" } else { "fault_in: read\n" });
+        crate::klog::raw(if v == 0 {
+            "fault_in: read 0\n"
+        } else {
+            "fault_in: read\n"
+        });
     }
 }
 
@@ -203,7 +200,8 @@ pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     rec.backtrace.clear();
-    backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
+    rec.ext.backtrace_end =
+        backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
     fill_regs(rec, &regs);
     announce(entry, rec);
     go(entry, rec)
@@ -234,7 +232,7 @@ pub fn on_fault(f: FaultInfo) -> ! {
     };
     rec.backtrace.clear();
     let _ = rec.backtrace.push(f.regs.pc);
-    backtrace_from(f.regs.fp as usize, f.regs.sp, &mut rec.backtrace);
+    rec.ext.backtrace_end = backtrace_from(f.regs.fp as usize, f.regs.sp, &mut rec.backtrace);
     fill_regs(rec, &f.regs);
     announce(entry, rec);
     go(entry, rec)
@@ -318,7 +316,7 @@ pub fn warm_up() {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     fill_regs(&mut rec, &regs);
-    backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
+    let _ = backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
     let _ = panic_line(Entry::First, &rec);
     crate::klog::tail_into(&mut rec.log_tail);
     // The orchestrator itself, with steps that do nothing.
@@ -415,15 +413,14 @@ impl Steps {
 /// Locks the panic path took over from frozen holders (bits: `TAKEOVER_*`); into the record
 /// (`CrashRecord::takeovers`) and the console.
 static TAKEN_OVER: AtomicU8 = AtomicU8::new(0);
-const TAKEOVER_HYPERV: u8 = 1;
-const TAKEOVER_NET: u8 = 2;
+use capture::record::{TAKEOVER_HYPERV, TAKEOVER_NET};
 
 fn note_takeover(bit: u8, what: &str) {
     if TAKEN_OVER.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
         let mut line: heapless::String<96> = heapless::String::new();
-        let _ = write!(
+        let _ = writeln!(
             Msg(&mut line),
-            "panic: {what} was locked at the panic; taken over\n"
+            "panic: {what} was locked at the panic; taken over"
         );
         crate::klog::raw(&line);
     }
@@ -444,7 +441,16 @@ impl PanicSteps for Steps {
             h.describe(rec);
             rec.vmbus_version = h.vmbus_version();
         });
+        // The network's lock too, now, so the record says so (the ship step uses it).
+        if NET.try_lock().is_none() {
+            note_takeover(TAKEOVER_NET, "the network");
+            // SAFETY: after freeze nothing else runs: the holder was interrupted by this
+            // panic and never resumes. Released so the ship step's `try_lock` succeeds.
+            unsafe { NET.force_unlock() };
+        }
         crate::klog::tail_into(&mut rec.log_tail);
+        rec.ext.stacks = crate::stack::usage();
+        rec.ext.takeovers = TAKEN_OVER.load(Ordering::SeqCst);
         Outcome::Done
     }
 
@@ -527,6 +533,9 @@ impl PanicSteps for Steps {
         }
         let _ = line.push('\n');
         crate::klog::raw(&line);
+        let mut st: heapless::String<160> = heapless::String::new();
+        crate::stack::report("panic path", &mut st);
+        crate::klog::raw(&st);
     }
 }
 

@@ -38,6 +38,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// The common kernel entry: every boot path (PVH, Linux boot, UEFI, arm64) ends here.
 pub fn kmain(bi: BootInfo) -> ! {
+    crate::stack::paint_all();
     arch::imp::serial::init();
     arch::imp::timer::init();
     arch::install_exceptions();

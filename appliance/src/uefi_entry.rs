@@ -131,9 +131,7 @@ fn efi_main() -> Status {
             usable,
         });
     }
-    // x86_64: onto our own stack with a guard page (the firmware's has none).
-    #[cfg(target_arch = "x86_64")]
-    crate::arch::imp::uefi_stack::enter(bi);
-    #[cfg(not(target_arch = "x86_64"))]
-    crate::kmain(bi)
+    // Onto our own stack (x86_64: with a guard page; the firmware's has none), whose size we
+    // know: its high-water mark is reported and the backtrace walk is bounded by it.
+    crate::arch::imp::uefi_stack::enter(bi)
 }

@@ -233,7 +233,10 @@ fn with_dhcp_the_boot_heartbeat_leaves_after_the_lease_and_ready_means_it_can_se
         &["--append", "ip=dhcp heartbeat_ms=0", "--panic-after", "0.3"],
     );
     let rec = c.show_latest();
-    let lease = run.serial.find("dhcp: 10.0.2.15/24").expect("no lease line");
+    let lease = run
+        .serial
+        .find("dhcp: 10.0.2.15/24")
+        .expect("no lease line");
     let ready = run
         .serial
         .find("canary: ready (network up)")
@@ -510,7 +513,19 @@ fn a_panic_while_the_hyperv_and_network_locks_are_held_takes_them_over() {
     );
     let rec = c.show_latest();
     assert!(
-        rec["message"].as_str().unwrap().contains("holding the Hyper-V and network locks"),
+        rec["message"]
+            .as_str()
+            .unwrap()
+            .contains("holding the Hyper-V and network locks"),
         "{rec:#}"
     );
+}
+
+#[test]
+fn the_stack_headroom_check_fails_below_half_free() {
+    let ok = "stack (ready): boot 40632/131072 B used (30%), fault 0/32768 B used (0%)\n";
+    assert_eq!(common::assert_stack_headroom(ok), 2);
+    let tight = "stack (panic path): boot 45568/65536 B used (69%), exc 0/65536 B used (0%)\n";
+    let r = std::panic::catch_unwind(|| common::assert_stack_headroom(tight));
+    assert!(r.is_err(), "69% used must fail the headroom check");
 }

@@ -274,8 +274,9 @@ impl PanicGuard {
     pub fn enter(&self) -> Entry {
         let prev = match self
             .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some(s.saturating_add(1).min(2)))
-        {
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(s.saturating_add(1).min(2))
+            }) {
             Ok(p) | Err(p) => p,
         };
         match prev {

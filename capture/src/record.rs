@@ -18,7 +18,8 @@ use crate::Error;
 /// Schema major: bumped only for incompatible changes (readers reject other majors).
 pub const SCHEMA_MAJOR: u16 = 1;
 /// Schema minor: bumped when fields are appended (older readers ignore them).
-pub const SCHEMA_MINOR: u16 = 0;
+/// 1.1 appends [`Ext1`] (stack high-water marks, why the backtrace stopped, lock takeovers).
+pub const SCHEMA_MINOR: u16 = 1;
 
 /// Capacity of [`CrashRecord::build_id`] in bytes.
 pub const BUILD_ID_CAP: usize = 32;
@@ -252,6 +253,127 @@ pub struct CrashRecord {
     pub log_tail: String<LOG_TAIL_CAP>,
     /// Outcome of every panic-path step so far (see [`crate::panic::run`]).
     pub steps: Vec<StepRecord, STEPS_CAP>,
+    /// Schema 1.1's fields: encoded after the 1.0 body as a second postcard value (postcard
+    /// has no field tags, so appended groups are separate values; see [`CrashRecord::decode`]).
+    #[serde(skip)]
+    pub ext: Ext1,
+}
+
+/// Capacity of [`Ext1::stacks`].
+pub const STACKS_CAP: usize = 4;
+/// Capacity of [`StackUse::name`] in bytes.
+pub const STACK_NAME_CAP: usize = 8;
+
+/// How much of one stack was ever used (its painted high-water mark).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StackUse {
+    /// Which stack ("boot", "uefi", "fault", "exc").
+    pub name: String<STACK_NAME_CAP>,
+    /// Its size in bytes.
+    pub size: u32,
+    /// Bytes used at the deepest point since boot.
+    pub used: u32,
+}
+
+/// Why the frame-pointer walk stopped (open enum, one byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+pub enum BacktraceEnd {
+    /// Not recorded (a 1.0 record, or no walk) (0).
+    #[default]
+    Unknown,
+    /// A null frame pointer or return address: the outermost frame (1).
+    Outermost,
+    /// The next frame pointer is outside the stack that holds the first one (2).
+    OutsideStack,
+    /// A misaligned frame pointer (3).
+    Misaligned,
+    /// The next frame is not above the current one (a loop or a corrupt chain) (4).
+    NotAscending,
+    /// [`BACKTRACE_CAP`] frames recorded (5).
+    Full,
+    /// The frame pointer is on no stack the canary knows: not read at all (6).
+    NoStack,
+    /// A scan for return addresses, not a walk (x86_64 UEFI) (7).
+    Scanned,
+    /// A code this build does not know.
+    Other(u8),
+}
+
+impl From<u8> for BacktraceEnd {
+    fn from(v: u8) -> Self {
+        match v {
+            0 => BacktraceEnd::Unknown,
+            1 => BacktraceEnd::Outermost,
+            2 => BacktraceEnd::OutsideStack,
+            3 => BacktraceEnd::Misaligned,
+            4 => BacktraceEnd::NotAscending,
+            5 => BacktraceEnd::Full,
+            6 => BacktraceEnd::NoStack,
+            7 => BacktraceEnd::Scanned,
+            o => BacktraceEnd::Other(o),
+        }
+    }
+}
+
+impl From<BacktraceEnd> for u8 {
+    fn from(b: BacktraceEnd) -> u8 {
+        match b {
+            BacktraceEnd::Unknown => 0,
+            BacktraceEnd::Outermost => 1,
+            BacktraceEnd::OutsideStack => 2,
+            BacktraceEnd::Misaligned => 3,
+            BacktraceEnd::NotAscending => 4,
+            BacktraceEnd::Full => 5,
+            BacktraceEnd::NoStack => 6,
+            BacktraceEnd::Scanned => 7,
+            BacktraceEnd::Other(o) => o,
+        }
+    }
+}
+
+impl BacktraceEnd {
+    /// Lowercase words for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            BacktraceEnd::Unknown => "not recorded",
+            BacktraceEnd::Outermost => "outermost frame reached",
+            BacktraceEnd::OutsideStack => "next frame outside the stack",
+            BacktraceEnd::Misaligned => "misaligned frame pointer",
+            BacktraceEnd::NotAscending => "frame chain not ascending",
+            BacktraceEnd::Full => "frame limit reached",
+            BacktraceEnd::NoStack => "frame pointer on no known stack",
+            BacktraceEnd::Scanned => "stack scanned for return addresses",
+            BacktraceEnd::Other(_) => "unknown reason",
+        }
+    }
+}
+
+/// Lock takeover bits of [`Ext1::takeovers`].
+pub const TAKEOVER_HYPERV: u8 = 1;
+/// See [`TAKEOVER_HYPERV`].
+pub const TAKEOVER_NET: u8 = 2;
+
+/// The fields schema 1.1 appends.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ext1 {
+    /// High-water marks of the canary's stacks at the panic.
+    pub stacks: Vec<StackUse, STACKS_CAP>,
+    /// Why the backtrace walk stopped.
+    pub backtrace_end: BacktraceEnd,
+    /// Locks the panic path took over from a frozen holder ([`TAKEOVER_HYPERV`] | ...).
+    pub takeovers: u8,
+}
+
+impl Ext1 {
+    /// An empty group (usable in a `static`).
+    pub const fn empty() -> Self {
+        Ext1 {
+            stacks: Vec::new(),
+            backtrace_end: BacktraceEnd::Unknown,
+            takeovers: 0,
+        }
+    }
 }
 
 impl Default for CrashRecord {
@@ -304,7 +426,11 @@ pub const MAX_ENCODED_LEN: usize = str_max(BUILD_ID_CAP)
     + REGISTERS_MAX_LEN
     + seq_max(BACKTRACE_CAP, U64_MAX_LEN)
     + str_max(LOG_TAIL_CAP)
-    + seq_max(STEPS_CAP, STEP_RECORD_MAX_LEN);
+    + seq_max(STEPS_CAP, STEP_RECORD_MAX_LEN)
+    + EXT1_MAX_LEN;
+
+/// Upper bound of the encoded [`Ext1`].
+const EXT1_MAX_LEN: usize = seq_max(STACKS_CAP, str_max(STACK_NAME_CAP) + 2 * U32_MAX_LEN) + 1 + 1;
 
 impl CrashRecord {
     /// An empty record (usable in a `static`).
@@ -335,6 +461,7 @@ impl CrashRecord {
             backtrace: Vec::new(),
             log_tail: String::new(),
             steps: Vec::new(),
+            ext: Ext1::empty(),
         }
     }
 
@@ -342,29 +469,35 @@ impl CrashRecord {
     /// [`MAX_ENCODED_LEN`] bytes always suffices.
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], Error> {
         let len = buf.len();
-        postcard::to_slice(self, buf).map_err(|_| Error::BufferTooSmall(len))
+        let base = postcard::to_slice(self, &mut *buf)
+            .map_err(|_| Error::BufferTooSmall(len))?
+            .len();
+        let ext = postcard::to_slice(&self.ext, &mut buf[base..])
+            .map_err(|_| Error::BufferTooSmall(len))?
+            .len();
+        Ok(&mut buf[..base + ext])
     }
 
     /// Decodes a record body written with schema `major.minor`.
     ///
     /// - `major != SCHEMA_MAJOR`: [`Error::UnsupportedSchema`] (the body is not looked at);
-    /// - `minor > SCHEMA_MINOR`: the known prefix is decoded, appended fields are ignored;
-    /// - `minor == SCHEMA_MINOR`: the body must be exactly one record ([`Error::TrailingBytes`]).
-    ///
-    /// At 1.0 there is no older minor. When 1.x appends fields, they go in a trailing group
-    /// decoded with a second `take_from_bytes` only when `minor >= x`, and take their
-    /// defaults for older writers (postcard has no field tags, so a plain appended struct
-    /// field would make 1.0 bodies fail to decode).
+    /// - the 1.0 body, then each appended group the writer's minor has (1.1: [`Ext1`]); a
+    ///   group the writer did not have takes its default;
+    /// - `minor > SCHEMA_MINOR`: the known groups are decoded, later ones are ignored;
+    /// - `minor <= SCHEMA_MINOR`: nothing may follow the groups ([`Error::TrailingBytes`]).
     pub fn decode(major: u16, minor: u16, bytes: &[u8]) -> Result<CrashRecord, Error> {
         if major != SCHEMA_MAJOR {
             return Err(Error::UnsupportedSchema { major, minor });
         }
-        let (rec, rest): (CrashRecord, &[u8]) =
+        let (mut rec, mut rest): (CrashRecord, &[u8]) =
             postcard::take_from_bytes(bytes).map_err(|_| Error::Decode { major, minor })?;
-        // `<=`: an older minor has no appended fields either.
-        #[allow(clippy::absurd_extreme_comparisons)]
-        let known_minor = minor <= SCHEMA_MINOR;
-        if known_minor && !rest.is_empty() {
+        if minor >= 1 {
+            let (ext, r): (Ext1, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| Error::Decode { major, minor })?;
+            rec.ext = ext;
+            rest = r;
+        }
+        if minor <= SCHEMA_MINOR && !rest.is_empty() {
             return Err(Error::TrailingBytes(rest.len()));
         }
         Ok(rec)

@@ -125,5 +125,17 @@ pub fn max_record() -> CrashRecord {
         })
         .is_ok()
     {}
+    while r
+        .ext
+        .stacks
+        .push(StackUse {
+            name: truncate_to(&"s".repeat(STACK_NAME_CAP)),
+            size: u32::MAX,
+            used: u32::MAX,
+        })
+        .is_ok()
+    {}
+    r.ext.backtrace_end = BacktraceEnd::Other(0xff);
+    r.ext.takeovers = 0xff;
     r
 }

@@ -15,7 +15,9 @@
 //! - `halt()`, `reset()`, `poweroff()`, `qemu_exit(code)`;
 //! - `nic_transport()`: the virtio transport of the first virtio-net device (PCI on x86_64,
 //!   MMIO on arm64);
-//! - `hypervisor_info()`: CPUID/SMCCC identity for the record when Hyper-V is not there.
+//! - `hypervisor_info()`: CPUID/SMCCC identity for the record when Hyper-V is not there;
+//! - `stacks()`: the stacks the canary owns (for painting, high-water marks and the bounds
+//!   of the backtrace walk), and `stack_pointer()`.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
@@ -29,7 +31,7 @@ pub use self::x86_64 as imp;
 
 pub use imp::{
     frame_pointer, halt, install_exceptions, interrupts_off, poweroff, qemu_exit, reset,
-    snapshot_registers,
+    snapshot_registers, stack_pointer, stacks,
 };
 
 use capture::record::BootMode;

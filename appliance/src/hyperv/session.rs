@@ -247,7 +247,11 @@ pub fn crash_summary<const N: usize>(rec: &CrashRecord, out: &mut heapless::Stri
     for b in rec.boot_id {
         let _ = write!(w, "{b:02x}");
     }
-    let _ = write!(w, " seq {} ({:?}, {:?})\n{}", rec.seq, rec.kind, rec.arch, rec.message);
+    let _ = write!(
+        w,
+        " seq {} ({:?}, {:?})\n{}",
+        rec.seq, rec.kind, rec.arch, rec.message
+    );
     if let Some(l) = &rec.location {
         let _ = write!(w, "\nat {}:{}:{}", l.file, l.line, l.column);
     }

@@ -55,6 +55,11 @@ pub fn fault_in_step_ends_with_the_action(arch: &str, step: &str, action: &str) 
         assert!(s.contains("NESTED PANIC"), "{step}: no nested entry\n{s}");
         assert!(s.contains("(nested entry) steps:"), "{step}\n{s}");
         assert!(s.contains(end_line), "{step}: not ended with {action}\n{s}");
+        // Ready, and the nested entry's end: half of every stack still free.
+        assert!(
+            assert_stack_headroom(s) >= 4,
+            "{step}: no stack reports\n{s}"
+        );
     }
     match action {
         // QEMU runs with -no-reboot: a reset and a power off both end it (status 0).

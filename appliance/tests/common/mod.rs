@@ -333,12 +333,86 @@ pub fn nested_panic(arch: &str) -> (Collector, Run) {
         "{}",
         run.serial
     );
+    // Ready, and the nested entry's end (the first never got there): half of every stack
+    // still free on the nested path too.
+    assert!(assert_stack_headroom(&run.serial) >= 4, "{}", run.serial);
     (c, run)
+}
+
+/// Every `stack (WHEN): NAME USED/SIZE B used (P%), ...` line on the console (at "ready" and
+/// at the end of the panic path): at least half of every stack stays free (issue 17: a
+/// 24.7 KiB frame overflowed the 64 KiB boot stack). Returns how many stacks were checked.
+pub fn assert_stack_headroom(serial: &str) -> usize {
+    assert_stack_headroom_except(serial, &[])
+}
+
+/// [`assert_stack_headroom`] for every stack but those named in `skip` (a deliberate stack
+/// overflow uses all of the main stack: that one must then show as wholly used).
+pub fn assert_stack_headroom_except(serial: &str, skip: &[&str]) -> usize {
+    let mut checked = 0;
+    for line in serial.lines().filter(|l| l.starts_with("stack (")) {
+        let body = line.split_once("):").map(|x| x.1).unwrap_or("");
+        for part in body.split(',') {
+            let mut w = part.split_whitespace();
+            let (Some(name), Some(frac)) = (w.next(), w.next()) else {
+                panic!("unreadable stack report: {line}");
+            };
+            let (used, size) = frac.split_once('/').expect("USED/SIZE");
+            let used: u64 = used.parse().expect("used bytes");
+            let size: u64 = size.parse().expect("size");
+            assert!(size > 0, "{line}");
+            if skip.contains(&name) {
+                continue;
+            }
+            assert!(
+                used * 2 <= size,
+                "stack {name}: {used} of {size} bytes used, less than half free: {line}"
+            );
+            checked += 1;
+        }
+    }
+    checked
 }
 
 /// Asserts what every shipped record must carry.
 pub fn assert_complete_record(rec: &Value, arch: &str, boot_mode: &str, kind: &str, serial: &str) {
     let ctx = || format!("record: {rec:#}\nserial:\n{serial}");
+    // stack_overflow_after= overflows the main stack on purpose: only the others keep
+    // their headroom, and the overflowed one shows as (at least 99 %) used.
+    let overflowed: &[&str] = if serial.contains("stack_overflow_after: recursing") {
+        let full = serial
+            .lines()
+            .filter(|l| l.starts_with("stack (panic path):"))
+            .any(|l| {
+                ["boot", "uefi"].iter().any(|m| {
+                    l.split([':', ',']).any(|p| {
+                        let mut w = p.split_whitespace();
+                        w.next() == Some(m)
+                            && w.next()
+                                .and_then(|f| f.split_once('/'))
+                                .is_some_and(|(u, s)| {
+                                    // The faulting frame may not have written its lowest words.
+                                    let (u, s): (u64, u64) =
+                                        (u.parse().unwrap(), s.parse().unwrap());
+                                    u * 100 >= s * 99
+                                })
+                    })
+                })
+            });
+        assert!(
+            full,
+            "the overflowed stack does not show as used up:\n{serial}"
+        );
+        &["boot", "uefi"]
+    } else {
+        &[]
+    };
+    // Two stacks per report, two reports (ready, end of the panic path).
+    let want = if overflowed.is_empty() { 4 } else { 2 };
+    assert!(
+        assert_stack_headroom_except(serial, overflowed) >= want,
+        "no stack reports at ready and at the end of the panic path:\n{serial}"
+    );
     assert_eq!(rec["arch"], arch, "{}", ctx());
     assert_eq!(rec["boot_mode"], boot_mode, "{}", ctx());
     assert_eq!(rec["kind"], kind, "{}", ctx());

@@ -331,7 +331,11 @@ fn a_fault_inside_the_nested_path_is_terminal_and_runs_no_step() {
     assert_eq!(g.enter(), Entry::First);
     assert_eq!(g.enter(), Entry::Nested);
     for _ in 0..1000 {
-        assert_eq!(g.enter(), Entry::Terminal, "never wraps back to First or Nested");
+        assert_eq!(
+            g.enter(),
+            Entry::Terminal,
+            "never wraps back to First or Nested"
+        );
     }
     let u = AtomicUsize::new(0);
     let c = AtomicBool::new(false);

@@ -17,7 +17,7 @@ fn maximal_record_encodes_to_exactly_max_encoded_len() {
     let r = max_record();
     assert_eq!(encode_vec(&r).len(), MAX_ENCODED_LEN);
     // The value API.md documents (three chunks at most).
-    assert_eq!(MAX_ENCODED_LEN, 2803);
+    assert_eq!(MAX_ENCODED_LEN, 2882);
     assert_eq!(crate::chunk::chunk_count(MAX_ENCODED_LEN), 3);
     // One byte less is not enough.
     let mut buf = [0u8; MAX_ENCODED_LEN - 1];
@@ -55,10 +55,11 @@ fn other_majors_are_rejected_without_reading_the_body() {
     }
 }
 
-/// What a 1.1 writer would send: the 1.0 record with one appended field.
+/// What a 1.2 writer would send: the 1.0 record, the 1.1 group, then its own group.
 #[derive(serde::Serialize)]
 struct NextMinor<'a> {
     base: &'a CrashRecord,
+    ext1: &'a Ext1,
     appended: (u64, &'a str),
 }
 
@@ -68,7 +69,8 @@ fn a_newer_minor_decodes_the_known_prefix_and_ignores_appended_fields() {
     let mut buf = [0u8; MAX_ENCODED_LEN + 64];
     let next = NextMinor {
         base: &r,
-        appended: (0xdead_beef, "a field from schema 1.1"),
+        ext1: &r.ext,
+        appended: (0xdead_beef, "a field from schema 1.2"),
     };
     let bytes = postcard::to_slice(&next, &mut buf).unwrap();
     assert_eq!(
@@ -88,8 +90,8 @@ fn truncated_or_garbage_bodies_are_decode_errors() {
     let bytes = encode_vec(&sample_record(5));
     for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
         assert_eq!(
-            CrashRecord::decode(1, 0, &bytes[..cut]),
-            Err(Error::Decode { major: 1, minor: 0 }),
+            CrashRecord::decode(1, 1, &bytes[..cut]),
+            Err(Error::Decode { major: 1, minor: 1 }),
             "cut at {cut}"
         );
     }
@@ -120,7 +122,7 @@ fn unknown_enum_codes_decode_as_other() {
         outcome: Outcome::Skipped(SkipReason::Other(200)),
         elapsed_us: 2,
     });
-    let back = CrashRecord::decode(1, 0, &encode_vec(&r)).unwrap();
+    let back = CrashRecord::decode(1, SCHEMA_MINOR, &encode_vec(&r)).unwrap();
     assert_eq!(back, r);
     // And the codes are the documented ones.
     assert_eq!(u8::from(Arch::X86_64), 1);
@@ -229,4 +231,41 @@ proptest! {
         let _ = CrashRecord::decode(1, 0, &bytes);
         let _ = CrashRecord::decode(1, 9, &bytes);
     }
+}
+
+#[test]
+fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() {
+    let mut r = sample_record(4);
+    r.ext.backtrace_end = BacktraceEnd::OutsideStack;
+    r.ext.takeovers = TAKEOVER_HYPERV | TAKEOVER_NET;
+    for (name, size, used) in [("boot", 65536u32, 20480u32), ("fault", 32768, 4096)] {
+        let mut n = heapless::String::new();
+        n.push_str(name).unwrap();
+        r.ext
+            .stacks
+            .push(StackUse {
+                name: n,
+                size,
+                used,
+            })
+            .unwrap();
+    }
+    let bytes = encode_vec(&r);
+    assert_eq!(CrashRecord::decode(SCHEMA_MAJOR, 1, &bytes).unwrap(), r);
+    // A 1.0 writer's body (no group): the group takes its default.
+    let mut old = r.clone();
+    old.ext = Ext1::default();
+    let mut buf = [0u8; MAX_ENCODED_LEN];
+    let body = postcard::to_slice(&old, &mut buf).unwrap();
+    let got = CrashRecord::decode(SCHEMA_MAJOR, 0, body).unwrap();
+    assert_eq!(got, old);
+    assert_eq!(got.ext.backtrace_end, BacktraceEnd::Unknown);
+    // The 1.1 bytes claiming 1.0: the group is trailing bytes.
+    assert!(matches!(
+        CrashRecord::decode(SCHEMA_MAJOR, 0, &bytes),
+        Err(Error::TrailingBytes(_))
+    ));
+    // Unknown backtrace-end codes survive.
+    assert_eq!(BacktraceEnd::from(200), BacktraceEnd::Other(200));
+    assert_eq!(u8::from(BacktraceEnd::Other(200)), 200);
 }

@@ -171,6 +171,12 @@ const EXC_STACK: usize = 64 * 1024;
 struct Stack([u8; EXC_STACK]);
 static mut EXC_STACK_MEM: Stack = Stack([0; EXC_STACK]);
 
+/// The handlers' stack (SP_EL1): `[lo, hi)`.
+pub fn exc_stack_range() -> (usize, usize) {
+    let lo = core::ptr::addr_of!(EXC_STACK_MEM) as usize;
+    (lo, lo + EXC_STACK)
+}
+
 /// Points VBAR_EL1 at the vectors and moves normal running onto SP_EL0, leaving SP_EL1 to
 /// the handlers.
 pub fn install() {

@@ -341,6 +341,96 @@ pub fn qemu_exit(code: u8) {
 /// The caller's frame pointer (x29). AAPCS64 frame records are `[x29] = caller's x29,
 /// [x29 + 8] = x30 (return address)`.
 #[inline(always)]
+pub fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads SP.
+    unsafe {
+        core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    sp
+}
+
+/// The stacks the canary owns: the main one (direct boot: `boot.rs`'s, above its guard page;
+/// UEFI: `uefi_stack`'s, which `uefi_entry` switches to) and the handlers' (SP_EL1).
+pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
+    let mut v = heapless::Vec::new();
+    #[cfg(target_os = "none")]
+    {
+        unsafe extern "C" {
+            static canary_stack_guard: u8;
+            static canary_boot_stack_top: u8;
+        }
+        let lo = core::ptr::addr_of!(canary_stack_guard) as usize + 4096;
+        let hi = core::ptr::addr_of!(canary_boot_stack_top) as usize;
+        let _ = v.push(crate::stack::Region {
+            name: "boot",
+            lo,
+            hi,
+        });
+    }
+    #[cfg(target_os = "uefi")]
+    {
+        let (lo, hi) = uefi_stack::range();
+        let _ = v.push(crate::stack::Region {
+            name: "uefi",
+            lo,
+            hi,
+        });
+    }
+    let (lo, hi) = exceptions::exc_stack_range();
+    let _ = v.push(crate::stack::Region {
+        name: "exc",
+        lo,
+        hi,
+    });
+    v
+}
+
+/// arm64 UEFI: the canary's own main stack (the firmware's is of unknown size; x86_64 has
+/// the same switch in `x86_64/uefi_stack.rs`, with a guard page this one does not have:
+/// AAVMF's page tables are not ours to split).
+#[cfg(target_os = "uefi")]
+pub mod uefi_stack {
+    const SIZE: usize = 128 * 1024;
+    #[repr(C, align(16))]
+    struct Stack([u8; SIZE]);
+    static mut STACK: Stack = Stack([0; SIZE]);
+    static mut BOOT_INFO: Option<crate::arch::BootInfo> = None;
+
+    pub fn range() -> (usize, usize) {
+        let lo = core::ptr::addr_of!(STACK) as usize;
+        (lo, lo + SIZE)
+    }
+
+    extern "C" fn on_new_stack() -> ! {
+        // SAFETY: written once by `enter` before the switch; only read here.
+        match unsafe { (*core::ptr::addr_of_mut!(BOOT_INFO)).take() } {
+            Some(bi) => crate::kmain(bi),
+            None => super::halt(),
+        }
+    }
+
+    /// After ExitBootServices: onto the static stack, then `kmain`.
+    pub fn enter(bi: crate::arch::BootInfo) -> ! {
+        // SAFETY: boot, one CPU, interrupts off; the static stack is used by nothing else;
+        // the switch never returns, so nothing on the old stack is needed again.
+        unsafe {
+            super::interrupts_off();
+            *core::ptr::addr_of_mut!(BOOT_INFO) = Some(bi);
+            let top = range().1;
+            core::arch::asm!(
+                "mov sp, {top}",
+                "mov x29, xzr",
+                "mov x30, xzr",
+                "b {f}",
+                top = in(reg) top,
+                f = sym on_new_stack,
+                options(noreturn)
+            );
+        }
+    }
+}
+
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads x29.

@@ -39,6 +39,12 @@ static mut TSS: Tss = Tss {
 struct Stack([u8; 32 * 1024]);
 static mut FAULT_STACK: Stack = Stack([0; 32 * 1024]);
 
+/// The fault stack (IST1): `[lo, hi)`.
+pub fn fault_stack_range() -> (usize, usize) {
+    let lo = core::ptr::addr_of!(FAULT_STACK) as usize;
+    (lo, lo + 32 * 1024)
+}
+
 #[repr(C, packed)]
 struct DescPtr {
     limit: u16,

@@ -145,6 +145,51 @@ pub fn pci_root() -> virtio_drivers::transport::pci::bus::PciRoot<PortCam> {
 
 /// The caller's frame pointer (RBP).
 #[inline(always)]
+pub fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads RSP.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    sp
+}
+
+/// The stacks the canary owns: the main one (direct boot: `boot.rs`'s, above its guard page;
+/// UEFI: `uefi_stack`'s) and IST1, the fault stack of #PF and #DF (`cpu.rs`).
+pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
+    let mut v = heapless::Vec::new();
+    #[cfg(target_os = "none")]
+    {
+        unsafe extern "C" {
+            static canary_stack_guard: u8;
+            static canary_boot_stack_top: u8;
+        }
+        let lo = core::ptr::addr_of!(canary_stack_guard) as usize + 4096;
+        let hi = core::ptr::addr_of!(canary_boot_stack_top) as usize;
+        let _ = v.push(crate::stack::Region {
+            name: "boot",
+            lo,
+            hi,
+        });
+    }
+    #[cfg(target_os = "uefi")]
+    {
+        let (lo, hi) = uefi_stack::stack_range();
+        let _ = v.push(crate::stack::Region {
+            name: "uefi",
+            lo: lo as usize,
+            hi: hi as usize,
+        });
+    }
+    let (lo, hi) = cpu::fault_stack_range();
+    let _ = v.push(crate::stack::Region {
+        name: "fault",
+        lo,
+        hi,
+    });
+    v
+}
+
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads RBP.
