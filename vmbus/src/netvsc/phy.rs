@@ -9,6 +9,18 @@ use smoltcp::time::Instant;
 
 use super::{Core, DeviceChannel, DmaMemory, Netvsc, RxQueue, ETH_FRAME_MTU, FRAME_MAX};
 
+/// Logs a receive-side error, except the poison error every poll repeats (it was logged once
+/// when the channel was poisoned; smoltcp polls in a tight loop on the panic path, and a
+/// slow console must not slow it).
+fn warn_once(e: &super::NetvscError, what: &str) {
+    if !matches!(
+        e,
+        super::NetvscError::Channel(super::ChannelError::Poisoned(_))
+    ) {
+        log::warn!("netvsc: {what}: {e}");
+    }
+}
+
 /// Receive token: the frame at the head of the driver's queue.
 pub struct RxToken<'a> {
     rxq: &'a mut RxQueue,
@@ -63,7 +75,7 @@ impl<C: DeviceChannel, M: DmaMemory> Device for Netvsc<C, M> {
         // not read (and dropped) faster than smoltcp takes them.
         if self.rxq.count == 0 {
             if let Err(e) = self.core.maybe_drain(&mut self.rxq) {
-                log::warn!("netvsc: receive: {e}");
+                warn_once(&e, "receive");
             }
         }
         if self.rxq.count == 0 {
@@ -92,7 +104,7 @@ impl<C: DeviceChannel, M: DmaMemory> Device for Netvsc<C, M> {
         if !self.core.tx_available() {
             // Reap completions by polling (works with interrupts off).
             if let Err(e) = self.core.drain(&mut self.rxq) {
-                log::warn!("netvsc: transmit reap: {e}");
+                warn_once(&e, "transmit reap");
             }
             if !self.core.tx_available() {
                 return None;
