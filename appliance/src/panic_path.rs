@@ -48,7 +48,9 @@ static CRASH_REGS_ENTERED: AtomicBool = AtomicBool::new(false);
 struct Cell<T>(UnsafeCell<T>);
 // SAFETY: the first-entry record is only touched by the first entry, the nested one only by
 // nested entries (one CPU, interrupts off: entries never run concurrently).
-unsafe impl<T> Sync for Cell<T> {}
+// `T: Send`: sharing the cell hands `&mut T` to whichever entry runs, possibly on another CPU
+// than the one that wrote it, which is a move of `T` across threads.
+unsafe impl<T: Send> Sync for Cell<T> {}
 
 static FIRST_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
 static NESTED_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
