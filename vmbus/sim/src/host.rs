@@ -14,7 +14,7 @@ use vmbus::synic::{HVMSG_TIMER_EXPIRED, MESSAGE_SIZE, MSG_FLAG_PENDING, VMBUS_ME
 use vmbus::{HvStatus, Version, PAGE_SIZE};
 
 use crate::memory::GuestMemory;
-pub use crate::personality::Personality;
+pub use crate::personality::{Behaviour, Personality};
 
 /// The register ABI the guest uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +74,8 @@ pub struct CrashNotice {
 pub struct SimConfig {
     pub arch: SimArch,
     pub personality: Personality,
+    /// The VMBus-server behaviours (from `personality`; each may be changed on its own).
+    pub behaviour: Behaviour,
     pub cpus: u32,
     pub memory_pages: usize,
     pub offers: Vec<SimOffer>,
@@ -106,6 +108,7 @@ impl SimConfig {
         Self {
             arch,
             personality,
+            behaviour: personality.behaviour(),
             cpus: 2,
             memory_pages: 1024,
             offers: Vec::new(),
@@ -545,7 +548,7 @@ impl Sim {
             st.faults.post_failures -= 1;
             return HvStatus(st.faults.post_failure_status);
         }
-        if !self.cfg.personality.listens(conn_id) {
+        if !self.cfg.behaviour.listens(conn_id) {
             return HvStatus::INVALID_CONNECTION_ID;
         }
         let payload = input[16..16 + size].to_vec();
@@ -578,8 +581,8 @@ impl Sim {
             14 if m.len() >= 40 => {
                 let version = Version(u32_at(m, 8));
                 let target = u32_at(m, 12);
-                let p = self.cfg.personality;
-                if p == Personality::Qemu {
+                let p = self.cfg.behaviour;
+                if p.reset_on_initiate_contact {
                     Self::reset_bus_state(st);
                 }
                 let accepted = p.accepts(version);
@@ -598,9 +601,7 @@ impl Sim {
                 self.reply(st, target, &r);
             }
             // OpenVMM answers REQUESTOFFERS once per connection (`OffersAlreadySent`).
-            3 if st.bus.connected
-                && !(st.bus.offers_sent && self.cfg.personality == Personality::OpenVmm) =>
-            {
+            3 if st.bus.connected && !(st.bus.offers_sent && self.cfg.behaviour.offers_once) => {
                 st.bus.offers_sent = true;
                 let target = st.bus.target_vp;
                 for o in self.cfg.offers.clone() {
@@ -617,7 +618,7 @@ impl Sim {
                     b[192..196].copy_from_slice(
                         &self
                             .cfg
-                            .personality
+                            .behaviour
                             .offer_connection_id(o.relid)
                             .to_le_bytes(),
                     );
@@ -684,7 +685,7 @@ impl Sim {
             }
             13 if m.len() >= 12 => st.relids_released.push(u32_at(m, 8)),
             16 => {
-                if !st.bus.connected && self.cfg.personality == Personality::OpenVmm {
+                if !st.bus.connected && self.cfg.behaviour.drop_unload_when_disconnected {
                     // OpenVMM drops UNLOAD when not connected.
                     return;
                 }
@@ -731,7 +732,7 @@ impl Sim {
             ranges.push((bytes, off, pfns.to_vec()));
             i += 1 + n;
         }
-        if self.cfg.personality == Personality::Qemu
+        if self.cfg.behaviour.single_range_gpadls_only
             && !(ranges.len() == 1
                 && ranges[0].1 == 0
                 && (ranges[0].0 as usize).is_multiple_of(PAGE_SIZE))

@@ -23,7 +23,7 @@ use vmbus::synic::VMBUS_MESSAGE_SINT;
 use vmbus::{Clock, GuestOsId, Hypervisor, Synic, SynicMode};
 
 pub use cpu::SimCpu;
-pub use host::{CrashNotice, Faults, Personality, Sim, SimArch, SimConfig, SimOffer};
+pub use host::{Behaviour, CrashNotice, Faults, Personality, Sim, SimArch, SimConfig, SimOffer};
 
 /// The fake clock: every `now()` advances time by the configured step and delivers due
 /// messages, so polling loops make progress and always end.

@@ -36,37 +36,84 @@ pub enum Personality {
     OpenVmm,
 }
 
-impl Personality {
+/// How the server accepts versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionRule {
+    /// Any version with `0 < v <= max` (QEMU `vmbus_initialized`).
+    AtMost(Version),
+    /// Only versions in the known table, up to `max` (OpenVMM `check_version_supported`,
+    /// Hyper-V).
+    Known(Version),
+}
+
+/// The VERSION_RESPONSE form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseForm {
+    /// 12 bytes, no `msg_conn_id` (QEMU).
+    Short,
+    /// 16 bytes; `msg_conn_id` 4 from 5.0, 1 below (the model's Hyper-V, unverified).
+    ConnectionId4,
+    /// 16 bytes; 1 from 5.0 (VTL0 `child_connection_id`), the version itself below, 0 when
+    /// refused; 20 bytes (VersionResponse2) at 6.0 (OpenVMM).
+    OpenVmm,
+}
+
+/// The connection id scheme of offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfferIds {
+    /// 16 + relid (QEMU).
+    Plus16,
+    /// `relid | VMBUS_SINT << 12 | vtl << 16` = 0x2000 | relid (OpenVMM `ConnectionId::new`,
+    /// the model's Hyper-V).
+    SintLayout,
+}
+
+/// Every VMBus-server behaviour where the hosts differ, each selectable on its own
+/// (`SimConfig::behaviour`); [`Personality::behaviour`] gives a host's set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Behaviour {
+    /// Also listen on message connection id 4 (id 1 always).
+    pub listens_on_4: bool,
+    pub versions: VersionRule,
+    pub version_response: ResponseForm,
+    pub offer_ids: OfferIds,
+    /// Every INITIATE_CONTACT resets the bus (QEMU).
+    pub reset_on_initiate_contact: bool,
+    /// UNLOAD while not connected is dropped without a response (OpenVMM).
+    pub drop_unload_when_disconnected: bool,
+    /// REQUESTOFFERS is answered once per connection (OpenVMM `OffersAlreadySent`).
+    pub offers_once: bool,
+    /// Only single-range, page-aligned GPADLs get a GPADL_CREATED (QEMU).
+    pub single_range_gpadls_only: bool,
+}
+
+impl Behaviour {
     /// Whether HvPostMessage to `conn_id` reaches the VMBus server.
-    pub(crate) fn listens(self, conn_id: u32) -> bool {
-        match self {
-            Personality::Qemu => conn_id == 1,
-            _ => conn_id == 1 || conn_id == 4,
-        }
+    pub(crate) fn listens(&self, conn_id: u32) -> bool {
+        conn_id == 1 || (self.listens_on_4 && conn_id == 4)
     }
 
     /// Whether INITIATE_CONTACT for `v` is accepted.
-    pub(crate) fn accepts(self, v: Version) -> bool {
-        match self {
-            Personality::Qemu => v.0 > 0 && v <= Version::WIN10,
-            Personality::OpenVmm => KNOWN_VERSIONS.contains(&v),
-            Personality::HyperV { max_version } => KNOWN_VERSIONS.contains(&v) && v <= max_version,
+    pub(crate) fn accepts(&self, v: Version) -> bool {
+        match self.versions {
+            VersionRule::AtMost(max) => v.0 > 0 && v <= max,
+            VersionRule::Known(max) => KNOWN_VERSIONS.contains(&v) && v <= max,
         }
     }
 
     /// The VERSION_RESPONSE for `v` (accepted or not).
-    pub(crate) fn version_response(self, v: Version, accepted: bool) -> Vec<u8> {
+    pub(crate) fn version_response(&self, v: Version, accepted: bool) -> Vec<u8> {
         let mut r = vec![15, 0, 0, 0, 0, 0, 0, 0, accepted as u8, 0, 0, 0];
-        let id: u32 = match self {
-            Personality::Qemu => return r,
-            Personality::HyperV { .. } if v >= Version::WIN10_V5 => 4,
-            Personality::HyperV { .. } => 1,
-            Personality::OpenVmm if !accepted => 0,
-            Personality::OpenVmm if v >= Version::WIN10_V5 => 1,
-            Personality::OpenVmm => v.0,
+        let id: u32 = match self.version_response {
+            ResponseForm::Short => return r,
+            ResponseForm::ConnectionId4 if v >= Version::WIN10_V5 => 4,
+            ResponseForm::ConnectionId4 => 1,
+            ResponseForm::OpenVmm if !accepted => 0,
+            ResponseForm::OpenVmm if v >= Version::WIN10_V5 => 1,
+            ResponseForm::OpenVmm => v.0,
         };
         r.extend_from_slice(&id.to_le_bytes());
-        if self == Personality::OpenVmm && accepted && v >= Version::COPPER {
+        if self.version_response == ResponseForm::OpenVmm && accepted && v >= Version::COPPER {
             // VersionResponse2: supported_features (none).
             r.extend_from_slice(&0u32.to_le_bytes());
         }
@@ -74,11 +121,54 @@ impl Personality {
     }
 
     /// The connection id an offer carries for `relid`.
-    pub fn offer_connection_id(self, relid: u32) -> u32 {
-        match self {
-            Personality::Qemu => 16 + relid,
-            _ => 0x2000 | relid,
+    pub fn offer_connection_id(&self, relid: u32) -> u32 {
+        match self.offer_ids {
+            OfferIds::Plus16 => 16 + relid,
+            OfferIds::SintLayout => 0x2000 | relid,
         }
+    }
+}
+
+impl Personality {
+    /// This host's VMBus-server behaviours.
+    pub fn behaviour(self) -> Behaviour {
+        match self {
+            Personality::HyperV { max_version } => Behaviour {
+                listens_on_4: true,
+                versions: VersionRule::Known(max_version),
+                version_response: ResponseForm::ConnectionId4,
+                offer_ids: OfferIds::SintLayout,
+                reset_on_initiate_contact: false,
+                drop_unload_when_disconnected: false,
+                offers_once: false,
+                single_range_gpadls_only: false,
+            },
+            Personality::Qemu => Behaviour {
+                listens_on_4: false,
+                versions: VersionRule::AtMost(Version::WIN10),
+                version_response: ResponseForm::Short,
+                offer_ids: OfferIds::Plus16,
+                reset_on_initiate_contact: true,
+                drop_unload_when_disconnected: false,
+                offers_once: false,
+                single_range_gpadls_only: true,
+            },
+            Personality::OpenVmm => Behaviour {
+                listens_on_4: true,
+                versions: VersionRule::Known(Version::COPPER),
+                version_response: ResponseForm::OpenVmm,
+                offer_ids: OfferIds::SintLayout,
+                reset_on_initiate_contact: false,
+                drop_unload_when_disconnected: true,
+                offers_once: true,
+                single_range_gpadls_only: false,
+            },
+        }
+    }
+
+    /// The connection id an offer carries for `relid`.
+    pub fn offer_connection_id(self, relid: u32) -> u32 {
+        self.behaviour().offer_connection_id(relid)
     }
 
     /// The devices this host offers by default, in its order.

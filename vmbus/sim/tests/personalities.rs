@@ -247,3 +247,47 @@ fn openvmm_answers_requestoffers_once_per_connection() {
     let mut c = Connection::connect(g.hv(0), &g.clock, &s.mem, &g.synic, &opts).unwrap();
     assert_eq!(c.request_offers(g.hv(0), &g.clock).unwrap().len(), 8);
 }
+
+#[test]
+fn behaviours_are_selectable_one_by_one() {
+    use vmbus_sim::personality::{OfferIds, ResponseForm};
+    // Hyper-V's versions with QEMU's 12-byte VERSION_RESPONSE and 16 + relid offer ids, and
+    // OpenVMM's UNLOAD rule: each behaviour is its own switch.
+    let mut cfg = SimConfig::with_default_offers(SimArch::Aarch64, common::hyperv());
+    cfg.behaviour.version_response = ResponseForm::Short;
+    cfg.behaviour.offer_ids = OfferIds::Plus16;
+    cfg.behaviour.drop_unload_when_disconnected = true;
+    let s = Sim::new(cfg);
+    let g = Guest::boot(&s, SynicMode::Polling);
+    let mut c = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(c.version(), Version::WIN10_V5_3);
+    assert_eq!(c.message_connection_id(), 4, "12-byte form: the id we used");
+    c.request_offers(g.hv(0), &g.clock).unwrap();
+    assert_eq!(c.find_offer(&guid::NET).unwrap().connection_id, 16 + 2);
+    assert!(matches!(
+        c.unload(g.hv(0), &g.clock, s.now() + 10_000_000),
+        vmbus::UnloadOutcome::Done { .. }
+    ));
+    // A second connection object unloading while the host is disconnected gets no answer.
+    s.reset_bus();
+    let c2 = Connection::connect(
+        g.hv(0),
+        &g.clock,
+        &s.mem,
+        &g.synic,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+    s.reset_bus();
+    assert!(matches!(
+        c2.unload(g.hv(0), &g.clock, s.now() + 1_000_000),
+        vmbus::UnloadOutcome::TimedOut { .. }
+    ));
+}
