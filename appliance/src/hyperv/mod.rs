@@ -658,7 +658,10 @@ impl HyperV {
                 None => {
                     self.fb_note =
                         "no UEFI GOP framebuffer and no usable VMBus MMIO range in ACPI _CRS";
-                    log::warn!("synthvid: offered, but not opened: {}", self.fb_note);
+                    log::warn!(
+                        "synthvid: offered, but not opened: {} (the line above says why)",
+                        self.fb_note
+                    );
                     return;
                 }
             },
