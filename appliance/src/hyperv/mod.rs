@@ -659,7 +659,7 @@ impl HyperV {
                     self.fb_note =
                         "no UEFI GOP framebuffer and no usable VMBus MMIO range in ACPI _CRS";
                     log::warn!(
-                        "synthvid: offered, but not opened: {} (the line above says why)",
+                        "synthvid: offered, but not opened: {} (why: the acpi: line, or the line just above)",
                         self.fb_note
                     );
                     return;
