@@ -18,7 +18,8 @@ use crate::Error;
 /// Schema major: bumped only for incompatible changes (readers reject other majors).
 pub const SCHEMA_MAJOR: u16 = 1;
 /// Schema minor: bumped when fields are appended (older readers ignore them).
-/// 1.1 appends [`Ext1`] (stack high-water marks, why the backtrace stopped, lock takeovers).
+/// 1.1 appends [`Ext1`] (stack high-water marks, why the backtrace stopped, lock takeovers,
+/// the image's id and load base).
 pub const SCHEMA_MINOR: u16 = 1;
 
 /// Capacity of [`CrashRecord::build_id`] in bytes.
@@ -354,6 +355,49 @@ pub const TAKEOVER_HYPERV: u8 = 1;
 /// See [`TAKEOVER_HYPERV`].
 pub const TAKEOVER_NET: u8 = 2;
 
+/// Capacity of [`Ext1::image_id`] in bytes (a SHA-1 GNU build id, or a PE CodeView GUID and
+/// age: 16 + 4).
+pub const IMAGE_ID_CAP: usize = 20;
+
+/// What [`Ext1::image_id`] holds (open enum, one byte): which debug file it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+pub enum ImageIdKind {
+    /// No id (a 1.0 record, or the image had none) (0).
+    #[default]
+    None,
+    /// The ELF `.note.gnu.build-id` descriptor bytes (direct-boot kernels); the debug file is
+    /// the ELF with the same note (1).
+    GnuBuildId,
+    /// The PE debug directory's CodeView (RSDS) record: the PDB's GUID (16 bytes as stored in
+    /// the image) then its age (u32 little endian); the debug file is that PDB (2).
+    PeCodeView,
+    /// A code this build does not know.
+    Other(u8),
+}
+
+impl From<u8> for ImageIdKind {
+    fn from(v: u8) -> Self {
+        match v {
+            0 => ImageIdKind::None,
+            1 => ImageIdKind::GnuBuildId,
+            2 => ImageIdKind::PeCodeView,
+            o => ImageIdKind::Other(o),
+        }
+    }
+}
+
+impl From<ImageIdKind> for u8 {
+    fn from(k: ImageIdKind) -> u8 {
+        match k {
+            ImageIdKind::None => 0,
+            ImageIdKind::GnuBuildId => 1,
+            ImageIdKind::PeCodeView => 2,
+            ImageIdKind::Other(o) => o,
+        }
+    }
+}
+
 /// The fields schema 1.1 appends.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ext1 {
@@ -363,6 +407,15 @@ pub struct Ext1 {
     pub backtrace_end: BacktraceEnd,
     /// Locks the panic path took over from a frozen holder ([`TAKEOVER_HYPERV`] | ...).
     pub takeovers: u8,
+    /// What [`Ext1::image_id`] is.
+    pub image_id_kind: ImageIdKind,
+    /// The running image's id: finds its debug file (see [`ImageIdKind`]).
+    pub image_id: Vec<u8, IMAGE_ID_CAP>,
+    /// Where the image was loaded at run time. ELF: the run-time address of the first byte
+    /// of the lowest loadable segment (equal to its link address: the kernels are not
+    /// relocated); PE: the run-time image base (UEFI relocates images), so an address minus
+    /// `load_base` is its RVA. 0 if unknown.
+    pub load_base: u64,
 }
 
 impl Ext1 {
@@ -372,6 +425,9 @@ impl Ext1 {
             stacks: Vec::new(),
             backtrace_end: BacktraceEnd::Unknown,
             takeovers: 0,
+            image_id_kind: ImageIdKind::None,
+            image_id: Vec::new(),
+            load_base: 0,
         }
     }
 }
@@ -430,7 +486,12 @@ pub const MAX_ENCODED_LEN: usize = str_max(BUILD_ID_CAP)
     + EXT1_MAX_LEN;
 
 /// Upper bound of the encoded [`Ext1`].
-const EXT1_MAX_LEN: usize = seq_max(STACKS_CAP, str_max(STACK_NAME_CAP) + 2 * U32_MAX_LEN) + 1 + 1;
+const EXT1_MAX_LEN: usize = seq_max(STACKS_CAP, str_max(STACK_NAME_CAP) + 2 * U32_MAX_LEN)
+    + 1
+    + 1
+    + 1
+    + seq_max(IMAGE_ID_CAP, 1)
+    + U64_MAX_LEN;
 
 impl CrashRecord {
     /// An empty record (usable in a `static`).

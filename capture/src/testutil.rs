@@ -137,5 +137,8 @@ pub fn max_record() -> CrashRecord {
     {}
     r.ext.backtrace_end = BacktraceEnd::Other(0xff);
     r.ext.takeovers = 0xff;
+    r.ext.image_id_kind = ImageIdKind::Other(0xff);
+    while r.ext.image_id.push(0xff).is_ok() {}
+    r.ext.load_base = u64::MAX;
     r
 }

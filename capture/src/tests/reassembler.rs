@@ -56,7 +56,7 @@ fn chunks_in_reverse_order_with_duplicates_complete_once() {
     assert_eq!(done.id, RecordId::of([1; 16], 4, &rec));
     assert_eq!(done.schema, (SCHEMA_MAJOR, SCHEMA_MINOR));
     assert_eq!(
-        CrashRecord::decode(1, 0, &done.record).unwrap(),
+        CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &done.record).unwrap(),
         max_record()
     );
     assert_eq!(r.pending(), 0);

@@ -17,7 +17,7 @@ fn maximal_record_encodes_to_exactly_max_encoded_len() {
     let r = max_record();
     assert_eq!(encode_vec(&r).len(), MAX_ENCODED_LEN);
     // The value API.md documents (three chunks at most).
-    assert_eq!(MAX_ENCODED_LEN, 2882);
+    assert_eq!(MAX_ENCODED_LEN, 2914);
     assert_eq!(crate::chunk::chunk_count(MAX_ENCODED_LEN), 3);
     // One byte less is not enough.
     let mut buf = [0u8; MAX_ENCODED_LEN - 1];
@@ -234,6 +234,20 @@ proptest! {
 }
 
 #[test]
+fn schema_1_1_carries_the_image_id_and_load_base() {
+    let mut r = sample_record(6);
+    r.ext.image_id_kind = ImageIdKind::PeCodeView;
+    r.ext.image_id.extend_from_slice(&[0xab; 20]).unwrap();
+    r.ext.load_base = 0x7e5f_0000;
+    let bytes = encode_vec(&r);
+    let got = CrashRecord::decode(SCHEMA_MAJOR, 1, &bytes).unwrap();
+    assert_eq!(got.ext.image_id_kind, ImageIdKind::PeCodeView);
+    assert_eq!(&got.ext.image_id[..], &[0xab; 20]);
+    assert_eq!(got.ext.load_base, 0x7e5f_0000);
+    assert_eq!(got, r);
+}
+
+#[test]
 fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() {
     let mut r = sample_record(4);
     r.ext.backtrace_end = BacktraceEnd::OutsideStack;
@@ -265,7 +279,9 @@ fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() 
         CrashRecord::decode(SCHEMA_MAJOR, 0, &bytes),
         Err(Error::TrailingBytes(_))
     ));
-    // Unknown backtrace-end codes survive.
+    // Unknown backtrace-end and image-id codes survive.
+    assert_eq!(ImageIdKind::from(9), ImageIdKind::Other(9));
+    assert_eq!(u8::from(ImageIdKind::Other(9)), 9);
     assert_eq!(BacktraceEnd::from(200), BacktraceEnd::Other(200));
     assert_eq!(u8::from(BacktraceEnd::Other(200)), 200);
 }
