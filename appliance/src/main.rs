@@ -24,8 +24,12 @@ mod config;
 #[cfg(all(test, not(kernel)))]
 mod hyperv {
     pub mod devices;
+    pub mod panic;
     pub mod session;
 }
+/// The seven steps of the panic path, generic over the machine (portable; run on the host
+/// against `vmbus-sim` by `hyperv::panic`'s tests).
+mod panic_steps;
 mod logring;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;

@@ -2,8 +2,9 @@
 //! it through the seven steps of the design (freeze → screen flush → VMBus unload → arch
 //! cleanup → ship → crash registers → end). No heap and no blocking lock after freeze: the
 //! record lives in a static, the NIC and its buffers were set up at boot and are polled.
+use crate::panic_steps::{Deadlines, HvSide, Machine, PanicContext};
 use crate::platform::{self, HYPERV, NET};
-use capture::panic::{Entry, Outcome, PanicGuard, PanicSteps, SkipReason, Step};
+use capture::panic::{Entry, Outcome, PanicGuard, PanicSteps, Step};
 use capture::record::{BacktraceEnd, CrashKind, CrashRecord, Location};
 use capture::sender::{SendState, Sender, SenderConfig};
 use core::cell::UnsafeCell;
@@ -381,39 +382,12 @@ pub fn warm_up() {
     }
 }
 
-struct Steps {
-    entry: Entry,
-}
-
-impl Steps {
-    /// Runs `f` on the Hyper-V state, whoever held its lock: the panic path owns the machine
-    /// after freeze (one CPU, interrupts off, the holder never resumes), so a lock the frozen
-    /// code held is taken over and that is recorded (`TAKEN_OVER`, the log and the record).
-    /// What a half-finished update could leave is checked where it is read: ring indices and
-    /// packet descriptors are validated on every access and a corrupt ring poisons its
-    /// channel (`vmbus::channel`), every wait has a deadline. A nested entry takes the state
-    /// over from the first entry the same way.
-    fn with_hv<R>(&mut self, absent: R, f: impl FnOnce(&mut crate::hyperv::HyperV) -> R) -> R {
-        let mut guard = HYPERV.try_lock();
-        let hv = match guard.as_mut() {
-            Some(g) => g.as_mut(),
-            None => {
-                note_takeover(TAKEOVER_HYPERV, "the Hyper-V state");
-                // SAFETY: after freeze nothing else runs: one CPU, interrupts off, and the
-                // holder (the code the panic interrupted, or the first entry for a nested
-                // one) never resumes; this entry is its only user from here on.
-                unsafe { HYPERV.force_get() }.as_mut()
-            }
-        };
-        match hv {
-            None => absent,
-            Some(h) => f(h),
-        }
-    }
-}
+/// The kernel's side of the panic path's steps (`crate::panic_steps`): the statics, the
+/// hardware, the console.
+struct KernelMachine;
 
 /// Locks the panic path took over from frozen holders (bits: `TAKEOVER_*`); into the record
-/// (`CrashRecord::takeovers`) and the console.
+/// (`CrashRecord::ext.takeovers`) and the console.
 static TAKEN_OVER: AtomicU8 = AtomicU8::new(0);
 use capture::record::{TAKEOVER_HYPERV, TAKEOVER_NET};
 
@@ -428,21 +402,42 @@ fn note_takeover(bit: u8, what: &str) {
     }
 }
 
-impl PanicSteps for Steps {
+impl Machine for KernelMachine {
+    type Nic = &'static mut crate::hyperv::HvNic;
+
     fn now_us(&mut self) -> u64 {
         crate::arch::now_us()
     }
 
-    fn freeze(&mut self, rec: &mut CrashRecord) -> Outcome {
+    /// Runs `f` on the Hyper-V state, whoever held its lock: the panic path owns the machine
+    /// after freeze (one CPU, interrupts off, the holder never resumes), so a lock the frozen
+    /// code held is taken over and that is recorded (`TAKEN_OVER`, the log and the record).
+    /// What a half-finished update could leave is checked where it is read: ring indices and
+    /// packet descriptors are validated on every access and a corrupt ring poisons its
+    /// channel (`vmbus::channel`), every wait has a deadline. A nested entry takes the state
+    /// over from the first entry the same way.
+    fn with_hv<R>(&mut self, f: impl FnOnce(&mut dyn HvSide<Nic = Self::Nic>) -> R) -> Option<R> {
+        let mut guard = HYPERV.try_lock();
+        let hv = match guard.as_mut() {
+            Some(g) => g.as_mut(),
+            None => {
+                note_takeover(TAKEOVER_HYPERV, "the Hyper-V state");
+                // SAFETY: after freeze nothing else runs: one CPU, interrupts off, and the
+                // holder (the code the panic interrupted, or the first entry for a nested
+                // one) never resumes; this entry is its only user from here on.
+                unsafe { HYPERV.force_get() }.as_mut()
+            }
+        };
+        hv.map(|h| f(&mut h.panic_hv()))
+    }
+
+    fn freeze(&mut self, rec: &mut CrashRecord, described: bool) {
         crate::arch::interrupts_off();
         crate::heap::FROZEN.store(true, Ordering::SeqCst);
-        maybe_fault(self.entry, Step::Freeze);
         // One CPU: nothing else to stop.
-        rec.hypervisor = crate::arch::imp::hypervisor_info();
-        self.with_hv((), |h| {
-            h.describe(rec);
-            rec.vmbus_version = h.vmbus_version();
-        });
+        if !described {
+            rec.hypervisor = crate::arch::imp::hypervisor_info();
+        }
         // The network's lock too, now, so the record says so (the ship step uses it).
         if NET.try_lock().is_none() {
             note_takeover(TAKEOVER_NET, "the network");
@@ -453,69 +448,27 @@ impl PanicSteps for Steps {
         crate::klog::tail_into(&mut rec.log_tail);
         rec.ext.stacks = crate::stack::usage();
         rec.ext.takeovers = TAKEN_OVER.load(Ordering::SeqCst);
-        Outcome::Done
     }
 
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
-        maybe_fault(self.entry, Step::ScreenFlush);
-        self.with_hv(Outcome::NotPresent, |h| h.flush_screen(rec))
-    }
-
-    fn unload_vmbus(&mut self) -> Outcome {
-        maybe_fault(self.entry, Step::VmbusUnload);
-        let deadline = crate::arch::now_us() + platform::config().unload_deadline_ms * 1000;
-        self.with_hv(Outcome::NotPresent, |h| h.unload_once(deadline))
-    }
-
-    fn arch_cleanup(&mut self) -> Outcome {
-        maybe_fault(self.entry, Step::ArchCleanup);
-        self.with_hv(Outcome::NotPresent, |h| h.arch_cleanup())
-    }
-
-    fn ship(&mut self, rec: &CrashRecord) -> Outcome {
-        // On Hyper-V the NIC (netvsc) is a VMBus channel: reconnect first. With virtio-net the
-        // reconnect is not needed.
-        maybe_fault(self.entry, Step::Ship);
-        self.with_hv((), |h| {
-            let o = h.reconnect_for_ship();
-            log::info!("panic: vmbus reconnect for ship: {o}");
-        });
+    fn ship(&mut self, rec: &CrashRecord, nic: Option<Self::Nic>, deadline_ms: u64) -> Outcome {
+        if let Some(nic) = nic {
+            crate::net::panic_use_netvsc(nic);
+        }
         let mut report: heapless::String<256> = heapless::String::new();
-        let o = ship_record(rec, &mut report);
-        // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5).
-        self.with_hv((), |h| {
-            let f = h.finish_ship();
-            if f != Outcome::Skipped(SkipReason::NotNeeded) {
-                log::info!("panic: vmbus unload after ship: {f}");
-            }
-        });
+        let o = ship_record(rec, deadline_ms, &mut report);
         SHIP_OUTCOME.store(if o == Outcome::Done { 1 } else { 2 }, Ordering::Relaxed);
         flush_console();
         crate::klog::raw(&report);
         o
     }
 
-    fn crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
-        // A nested entry still writes them if the first entry did not get to it: the crash
-        // registers are write-once per boot (`HyperV::write_crash_registers` says
-        // "already reported" on a second call), so no guard here.
-        let first_time = !CRASH_REGS_ENTERED.swap(true, Ordering::SeqCst);
-        if first_time && platform::config().nested_panic && self.entry == Entry::First {
-            panic!("nested_panic=1: panic inside the panic path (crash registers step)");
-        }
-        maybe_fault(self.entry, Step::CrashRegisters);
-        self.with_hv(Outcome::NotPresent, |h| h.write_crash_registers(rec))
-    }
-
-    fn end(&mut self, rec: &CrashRecord) {
-        maybe_fault(self.entry, Step::End);
-        self.with_hv((), |h| h.end());
+    fn summary(&mut self, entry: Entry, rec: &CrashRecord) {
         flush_console();
         let mut line: heapless::String<512> = heapless::String::new();
         let _ = write!(
             Msg(&mut line),
             "canary: panic path {} steps:",
-            if self.entry == Entry::First {
+            if entry == Entry::First {
                 "(first entry)"
             } else {
                 "(nested entry)"
@@ -539,9 +492,25 @@ impl PanicSteps for Steps {
         crate::stack::report("panic path", &mut st);
         crate::klog::raw(&st);
     }
+
+    fn step_hook(&mut self, entry: Entry, step: Step) {
+        // nested_panic=1: a panic inside the first entry's crash registers step, once.
+        if step == Step::CrashRegisters
+            && entry == Entry::First
+            && platform::config().nested_panic
+            && !CRASH_REGS_ENTERED.swap(true, Ordering::SeqCst)
+        {
+            panic!("nested_panic=1: panic inside the panic path (crash registers step)");
+        }
+        maybe_fault(entry, step);
+    }
 }
 
-fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<N>) -> Outcome {
+fn ship_record<const N: usize>(
+    rec: &CrashRecord,
+    deadline_ms: u64,
+    report: &mut heapless::String<N>,
+) -> Outcome {
     let cfg = platform::config();
     let net = match NET.try_lock() {
         Some(g) => g,
@@ -570,7 +539,7 @@ fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<
     let sc = SenderConfig {
         initial_rto_ms: 20,
         max_rto_ms: 400,
-        deadline_ms: cfg.deadline_ms,
+        deadline_ms,
     };
     let now_ms = || crate::arch::now_us() / 1000;
     let mut sender = match Sender::new(sc, boot_id, rec.seq, bytes, cfg.key.as_ref(), now_ms()) {
@@ -600,7 +569,7 @@ fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<
                 let _ = writeln!(
                     Msg(report),
                     "panic: no ack for the record within {} ms ({} datagrams sent)",
-                    cfg.deadline_ms,
+                    deadline_ms,
                     sender.stats().datagrams_sent
                 );
                 return Outcome::TimedOut;
@@ -622,9 +591,18 @@ fn ship_record<const N: usize>(rec: &CrashRecord, report: &mut heapless::String<
 }
 
 fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
-    let mut steps = Steps { entry };
-    capture::panic::run(&mut steps, rec, entry);
     let cfg = platform::config();
+    // The context is built once from the statics; the deadlines are its parameters.
+    let mut machine = KernelMachine;
+    let mut ctx = PanicContext {
+        entry,
+        m: &mut machine,
+        deadlines: Deadlines {
+            unload_us: cfg.unload_deadline_ms.saturating_mul(1000),
+            ship_ms: cfg.deadline_ms,
+        },
+    };
+    capture::panic::run(&mut ctx, rec, entry);
     let code = match (entry, SHIP_OUTCOME.load(Ordering::Relaxed)) {
         (Entry::Nested | Entry::Terminal, _) => EXIT_NESTED,
         (_, 1) => EXIT_ACKED,

@@ -50,6 +50,18 @@ pub type HvNic = Netvsc<SlotChannel<'static>, PhysRegion>;
 /// The framebuffer driver.
 pub type HvFb = Synthvid<SlotChannel<'static>>;
 
+/// The MAC address as text.
+pub fn mac_text(m: [u8; 6]) -> heapless::String<18> {
+    use core::fmt::Write as _;
+    let mut s = heapless::String::new();
+    let _ = write!(
+        s,
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    s
+}
+
 /// A place for one open channel, filled once (at boot, or on the panic path's reconnect).
 pub struct ChannelSlot(Once<Channel>);
 

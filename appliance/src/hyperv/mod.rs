@@ -36,12 +36,9 @@
 //! `vmbus-sim` model only: no host here runs Hyper-V for arm64.
 
 use crate::sync::{Once, TryLock};
-use capture::panic::{Outcome, SkipReason};
-use capture::record::CrashRecord;
-use core::fmt::Write as _;
 use core::mem::MaybeUninit;
-use devices::{ChannelSlot, HvFb, ReopenNic, Vram};
-use session::{hv_code, versions_newer_than, Session, REPLY_TIMEOUT};
+use devices::{ChannelSlot, HvFb, Vram};
+use session::{versions_newer_than, Session};
 use vmbus::cleanup::CleanupConfig;
 use vmbus::crash::CrashReporter;
 use vmbus::regs::{StimerConfig, SynReg};
@@ -55,6 +52,7 @@ mod devices;
 #[cfg(target_arch = "x86_64")]
 mod lapic;
 mod pages;
+pub mod panic;
 mod session;
 
 pub use devices::{GopFramebuffer, HvNic};
@@ -78,8 +76,7 @@ static BOOT_NIC: TryLock<Option<&'static mut HvNic>> = TryLock::new(None);
 /// path's stack. Index `i` is written once, by `build_nic(i)`.
 static mut NIC_OBJECTS: [MaybeUninit<HvNic>; 2] = [const { MaybeUninit::uninit() }; 2];
 
-/// How long a device bring-up may take (100 ns units): 5 s.
-const DEVICE_TIMEOUT: u64 = 50_000_000;
+use panic::DEVICE_TIMEOUT;
 
 /// Called by the UEFI entry before ExitBootServices: where the GOP framebuffer is.
 #[cfg_attr(not(target_os = "uefi"), allow(dead_code))]
@@ -108,16 +105,7 @@ fn build_nic(
     Some(unsafe { (*core::ptr::addr_of_mut!(NIC_OBJECTS[i])).write(nic) })
 }
 
-/// The MAC address as text.
-fn mac_text(m: [u8; 6]) -> heapless::String<18> {
-    let mut s = heapless::String::new();
-    let _ = write!(
-        s,
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    );
-    s
-}
+use devices::mac_text;
 
 /// SINT2's vector. Linux uses `HYPERVISOR_CALLBACK_VECTOR` = 0xf3
 /// (`arch/x86/include/asm/irq_vectors.h`); the canary never takes it (interrupts stay off),
@@ -381,8 +369,8 @@ fn calibrate_tsc(clock: &ReferenceTime<'_>) {
     use crate::clock::{arbitrate, Verdict, TOLERANCE_PPM};
     use vmbus::Clock;
     const WINDOW_100NS: u64 = 100_000; // 10 ms
-    // Three windows, the median wins: being descheduled between a reference read and its
-    // TSC read skews one window either way.
+                                       // Three windows, the median wins: being descheduled between a reference read and its
+                                       // TSC read skews one window either way.
     let mut hz3 = [0u64; 3];
     for slot in hz3.iter_mut() {
         let r0 = clock.now();
@@ -480,7 +468,9 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
     };
 
     if h.s.prepare_crash_page() {
-        log::info!("crash: CRASH_CTL advertises NOTIFY_MSG: the crash report will carry a text page");
+        log::info!(
+            "crash: CRASH_CTL advertises NOTIFY_MSG: the crash report will carry a text page"
+        );
     }
     let vp = match h.s.enable_synic(mode) {
         Ok(vp) => vp,
@@ -814,18 +804,6 @@ impl HyperV {
             .map(|c| (c.version().major(), c.version().minor()))
     }
 
-    /// Hypervisor identity into the record.
-    pub fn describe(&self, rec: &mut CrashRecord) {
-        let h = &mut rec.hypervisor;
-        h.present = true;
-        h.vendor.clear();
-        let _ = h
-            .vendor
-            .push_str(core::str::from_utf8(&self.s.id.vendor).unwrap_or("?"));
-        h.version = [self.s.id.build, self.s.id.version, 0, 0];
-        h.privileges = self.s.id.privileges.0;
-    }
-
     /// Periodic health check: drain VMBus messages (timer expiries, rescinds) and make sure
     /// the connection is still up. `Err` says what failed.
     pub fn self_check(&mut self) -> Result<(), &'static str> {
@@ -848,200 +826,26 @@ impl HyperV {
         Ok(())
     }
 
-    /// Panic step 2: the panic screen into VRAM, then one full-screen DIRT if the synthvid
-    /// outbound-ring lock is free right now (a compare-and-swap try-lock; busy: skipped, never
-    /// waited for).
-    pub fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
-        let Some((fb, vram)) = self.fb.as_ref() else {
-            let offered = self
-                .s
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.find_offer(&vmbus::guid::SYNTHVID).is_some());
-            return if offered {
-                log::info!(
-                    "panic-hv: screen-flush: synthvid offered but not open ({})",
-                    self.fb_note
-                );
-                Outcome::Skipped(SkipReason::Disabled)
-            } else {
-                log::info!("panic-hv: screen-flush: no synthvid offer");
-                Outcome::NotPresent
-            };
-        };
-        let mut text: heapless::String<600> = heapless::String::new();
-        let _ = write!(text, "{}", rec.message);
-        if let Some(l) = &rec.location {
-            let _ = write!(text, "\nat {}:{}:{}", l.file, l.line, l.column);
+    /// The Hyper-V state as the panic path's steps work on it (`panic::HvPanic`, portable:
+    /// the host tests run the same steps against `vmbus-sim`).
+    pub fn panic_hv(
+        &mut self,
+    ) -> panic::HvPanic<
+        '_,
+        'static,
+        ReferenceTime<'static>,
+        vmbus::synthvid::chan::PhysRegion,
+        impl vmbus::InterruptControl,
+    > {
+        panic::HvPanic {
+            s: &mut self.s,
+            fb: self.fb.as_ref(),
+            fb_note: self.fb_note,
+            spare_nic: &mut self.spare_nic,
+            ship_slot: &SHIP_NIC_SLOT,
+            pages: &PAGES,
+            ship_over_vmbus: &mut self.ship_over_vmbus,
+            irq: cleanup_irq(),
         }
-        let _ = write!(
-            text,
-            "\n\nshipping the crash record, then reporting to the hypervisor"
-        );
-        let drawn = console::draw_panic_screen(vram, fb.mode(), &text);
-        let o = devices::flush_outcome(fb.panic_flush());
-        match drawn {
-            Ok(_) => log::info!("panic-hv: screen-flush: panic screen drawn; DIRT {o}"),
-            Err(e) => log::warn!("panic-hv: screen-flush: drawing failed ({e}); DIRT {o}"),
-        }
-        o
-    }
-
-    /// `deadline_us` (the appliance's microsecond clock) as a reference-time deadline.
-    fn ref_deadline(&self, deadline_us: u64) -> u64 {
-        let left_us = deadline_us.saturating_sub(crate::arch::now_us());
-        self.s
-            .clock
-            .now()
-            .saturating_add(left_us.saturating_mul(10))
-    }
-
-    /// Panic step 3: UNLOAD once per connection, bounded by `deadline_us`.
-    pub fn unload_once(&mut self, deadline_us: u64) -> Outcome {
-        let deadline = self.ref_deadline(deadline_us);
-        self.s.unload_once(deadline)
-    }
-
-    fn cleanup(&mut self, what: &str) -> Outcome {
-        self.s.cleanup(what, &mut cleanup_irq())
-    }
-
-    /// Panic step 4: STIMER0 stopped, SINT2 masked, SIMP/SIEFP off, SCONTROL = 0 (arm64: the
-    /// same registers through HvSetVpRegisters, then the STIMER0 and VMBus PPIs disabled at
-    /// the GIC).
-    pub fn arch_cleanup(&mut self) -> Outcome {
-        self.cleanup("cleanup")
-    }
-
-    /// Panic step 5 (first half): reconnect from scratch in polling mode (design step 5). When
-    /// the network runs on netvsc, only the NIC channel is opened on the new connection, the
-    /// NIC built at boot for this is brought up on it and handed to the network, and the
-    /// connection stays up for the ship step ([`Self::finish_ship`] unloads it). Otherwise
-    /// (no NIC offered, virtio-net, or the NIC did not come up) the new connection is
-    /// unloaded and cleaned up again right away, leaving the hypervisor state clean.
-    pub fn reconnect_for_ship(&mut self) -> Outcome {
-        match self.s.reconnect() {
-            Ok(()) => {}
-            Err(devices::DeviceError::Synic(e)) => {
-                log::error!("reconnect: enabling SynIC failed: {e}");
-                return Outcome::Failed(hv_code(e));
-            }
-            Err(e) => {
-                log::error!("reconnect: error: {e}");
-                let _ = self.cleanup("cleanup-after-reconnect");
-                return Outcome::Failed(0x200);
-            }
-        }
-        if self.ship_nic_up() {
-            self.ship_over_vmbus = true;
-            return Outcome::Done;
-        }
-        let deadline = self.ref_deadline(
-            crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
-        );
-        let o = self.s.unload_reconnect(deadline);
-        let cl = self.cleanup("cleanup-after-reconnect");
-        match (o, cl) {
-            (Outcome::Done, Outcome::Done) => Outcome::Done,
-            (Outcome::Done, other) => other,
-            (other, _) => other,
-        }
-    }
-
-    /// On the reconnect: offers, then (when the network runs on netvsc and the host offers
-    /// the NIC again) only the NIC channel, with the NIC built at boot for this, handed to the
-    /// network. True when the record can ship over it.
-    #[inline(never)]
-    fn ship_nic_up(&mut self) -> bool {
-        let (hv, clock) = (self.s.hv, &self.s.clock);
-        let Some(c) = self.s.reconn.as_mut() else {
-            return false;
-        };
-        log::info!(
-            "reconnect: version {} (refused {})",
-            c.version(),
-            versions_newer_than(c.version())
-        );
-        let deadline = clock.now().saturating_add(DEVICE_TIMEOUT);
-        let r = devices::reopen_nic(
-            c,
-            hv,
-            clock,
-            &PAGES,
-            &SHIP_NIC_SLOT,
-            self.spare_nic.as_deref_mut(),
-            &mut || clock.now() > deadline,
-        );
-        let (offers, nic) = match r {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("reconnect: error: requesting offers failed: {e}");
-                return false;
-            }
-        };
-        log::info!(
-            "reconnect: offers {offers}; netvsc {}",
-            match nic {
-                ReopenNic::NotOffered => "not offered",
-                ReopenNic::NotUsed => "offered, but the network does not run on netvsc",
-                ReopenNic::Up(_) => "offered and reopened (the only channel opened)",
-                ReopenNic::Failed(_) => "offered, but it did not come up",
-            }
-        );
-        match nic {
-            ReopenNic::Up(relid) => {
-                let Some(nic) = self.spare_nic.take() else {
-                    return false;
-                };
-                log::info!(
-                    "reconnect: netvsc relid {relid} up (NVSP {:#x}, mac {}), polling mode; the record ships over it",
-                    nic.nvsp_version(),
-                    mac_text(nic.mac())
-                );
-                crate::net::panic_use_netvsc(nic);
-                true
-            }
-            ReopenNic::Failed(e) => {
-                log::error!("reconnect: error: netvsc bring-up failed: {e}");
-                false
-            }
-            ReopenNic::NotOffered | ReopenNic::NotUsed => false,
-        }
-    }
-
-    /// Panic step 5 (second half), after the ship: when the record went over the
-    /// reconnect's netvsc, UNLOAD that connection too and clean up again (design step 5).
-    /// `Skipped(NotNeeded)` when the reconnect was already unloaded.
-    pub fn finish_ship(&mut self) -> Outcome {
-        if !core::mem::take(&mut self.ship_over_vmbus) {
-            return Outcome::Skipped(SkipReason::NotNeeded);
-        }
-        let deadline = self.ref_deadline(
-            crate::arch::now_us() + crate::platform::config().unload_deadline_ms * 1000,
-        );
-        let o = self.s.unload_reconnect(deadline);
-        let cl = self.cleanup("cleanup-after-reconnect");
-        match (o, cl) {
-            (Outcome::Done, other) => other,
-            (other, _) => other,
-        }
-    }
-
-    /// Panic step 6: crash registers P0-P4 then CRASH_CTL, once per boot
-    /// (`session::crash_words` says what each holds).
-    pub fn write_crash_registers(&mut self, rec: &CrashRecord) -> Outcome {
-        self.s.write_crash_registers(rec)
-    }
-
-    /// Panic step 7: any connection still up is unloaded and cleaned up, then the TSC page and
-    /// the hypercall page are turned off and the guest OS id cleared (Linux `hyperv_cleanup`).
-    pub fn end(&mut self) {
-        if self.s.reconn.as_ref().is_some_and(|c| c.is_connected()) {
-            let deadline = self.s.clock.now().saturating_add(REPLY_TIMEOUT);
-            let _ = self.s.unload_reconnect(deadline);
-            let _ = self.cleanup("cleanup-at-end");
-        }
-        self.s.clock.disable();
-        self.s.disable_hypercalls();
     }
 }
