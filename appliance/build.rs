@@ -19,6 +19,9 @@ fn main() {
         // x86_64-unknown-none links a static PIE by default; the boot code is position
         // dependent (32-bit PVH entry), so link a plain static executable.
         println!("cargo:rustc-link-arg-bins=--no-pie");
+        // A GNU build id (SHA-1 of the output) in `.note.gnu.build-id`: the crash record
+        // carries it (src/image_id.rs) and `host-collector symbols` files debug info by it.
+        println!("cargo:rustc-link-arg-bin=appliance=--build-id=sha1");
         println!("cargo:rerun-if-changed=link/{s}");
     }
     if target == "x86_64-unknown-none" {

@@ -30,6 +30,9 @@ mod hyperv {
 /// The seven steps of the panic path, generic over the machine (portable; run on the host
 /// against `vmbus-sim` by `hyperv::panic`'s tests).
 mod panic_steps;
+/// The running image's build id and load base for the crash record (parsers host-tested).
+#[cfg_attr(not(kernel), allow(dead_code))]
+mod image_id;
 mod logring;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;

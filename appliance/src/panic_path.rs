@@ -177,6 +177,7 @@ fn common_fill(rec: &mut CrashRecord, entry: Entry) {
     };
     rec.arch = capture::record::Arch::current();
     rec.uptime_us = crate::arch::now_us();
+    crate::image_id::fill(&mut rec.ext);
 }
 
 /// Entry for Rust panics.
