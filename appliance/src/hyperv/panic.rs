@@ -114,10 +114,26 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
         let drawn = console::draw_panic_screen(vram, fb.mode(), &text);
         let o = devices::flush_outcome(fb.panic_flush());
         match drawn {
-            Ok(_) => log::info!("panic-hv: screen-flush: panic screen drawn; DIRT {o}"),
-            Err(e) => log::warn!("panic-hv: screen-flush: drawing failed ({e}); DIRT {o}"),
+            // A host that never asked for DIRT (no FEATURE_CHANGE: OpenVMM) shows VRAM as it
+            // is: the screen is flushed once it is drawn.
+            Ok(_) if o == Outcome::Skipped(SkipReason::NotNeeded) => {
+                log::info!(
+                    "panic-hv: screen-flush: panic screen drawn; the host asked for no DIRT (it shows VRAM as is)"
+                );
+                Outcome::Done
+            }
+            Ok(_) => {
+                log::info!("panic-hv: screen-flush: panic screen drawn; DIRT {o}");
+                o
+            }
+            Err(e) => {
+                log::warn!("panic-hv: screen-flush: drawing failed ({e}); DIRT {o}");
+                match o {
+                    Outcome::Done | Outcome::Skipped(_) => Outcome::Failed(0x400),
+                    other => other,
+                }
+            }
         }
-        o
     }
 
     /// Step 3: UNLOAD once per connection, within `budget_us`.

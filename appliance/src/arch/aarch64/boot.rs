@@ -53,7 +53,7 @@ canary_boot_pt_end:
     .balign 4096
     .global canary_stack_guard
 canary_stack_guard: .skip 4096
-canary_boot_stack: .skip 131072  /* 128 KiB: at least half stays free on every path (stack.rs) */
+canary_boot_stack: .skip 262144  /* 256 KiB: at least half stays free on every path (stack.rs) */
     .global canary_boot_stack_top
 canary_boot_stack_top:
 

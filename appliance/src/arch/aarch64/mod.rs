@@ -391,7 +391,7 @@ pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
 /// AAVMF's page tables are not ours to split).
 #[cfg(target_os = "uefi")]
 pub mod uefi_stack {
-    const SIZE: usize = 128 * 1024;
+    const SIZE: usize = 256 * 1024;
     #[repr(C, align(16))]
     struct Stack([u8; SIZE]);
     static mut STACK: Stack = Stack([0; SIZE]);

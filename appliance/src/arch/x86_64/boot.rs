@@ -35,7 +35,7 @@ boot_pd:   .skip 4096 * 4
     .balign 4096
     .global canary_stack_guard
 canary_stack_guard: .skip 4096  /* unmapped by cpu::guard_boot_stack: overflow faults */
-boot_stack: .skip 131072  /* 128 KiB: at least half stays free on every path (stack.rs) */
+boot_stack: .skip 262144  /* 256 KiB: at least half stays free on every path (stack.rs) */
     .global canary_boot_stack_top
 canary_boot_stack_top:
 boot_stack_top:

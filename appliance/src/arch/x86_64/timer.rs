@@ -23,23 +23,41 @@ pub fn rdtsc() -> u64 {
     (hi as u64) << 32 | lo as u64
 }
 
-/// Measures the TSC over `ticks` PIT ticks; None if there is no PIT (port 0x61 reads all
-/// ones, or OUT2 is already high right after the count is loaded: `clock::pit_present`) or
-/// it never fires.
-fn pit_measure(ticks: u16) -> Option<u64> {
+/// Whether a PIT is behind ports 0x42/0x43/0x61: port 0x61 does not read all ones, and OUT2
+/// is low right after channel 2 is loaded with the longest count (0xffff ticks, 55 ms: even
+/// nested under load, where each port access is a VM exit of 0.1 ms or more, that does not
+/// run out between the load and the read) (`clock::pit_present`).
+fn pit_probe() -> bool {
     // SAFETY: PIT channel 2 with the speaker output disabled; standard programming. On a
     // machine without a PIT these ports are unclaimed: reads give 0xff, writes go nowhere.
     unsafe {
         let p61 = inb(0x61);
         if p61 == 0xff {
-            return None;
+            return false;
         }
+        outb(0x61, (p61 & !0x02) | 0x01); // gate on, speaker off
+        outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
+        outb(0x42, 0xff);
+        outb(0x42, 0xff);
+        let out2 = inb(0x61) & 0x20 != 0;
+        outb(0x61, p61);
+        crate::clock::pit_present(p61, out2)
+    }
+}
+
+/// Measures the TSC over `ticks` PIT ticks; None if the window is unusable (OUT2 already high
+/// when first read: the window ran out before we looked, e.g. the vCPU was descheduled) or
+/// the PIT never fires.
+fn pit_measure(ticks: u16) -> Option<u64> {
+    // SAFETY: as in `pit_probe`.
+    unsafe {
+        let p61 = inb(0x61);
         outb(0x61, (p61 & !0x02) | 0x01); // gate on, speaker off
         outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
         outb(0x42, ticks as u8);
         outb(0x42, (ticks >> 8) as u8);
         let start = rdtsc();
-        if !crate::clock::pit_present(p61, inb(0x61) & 0x20 != 0) {
+        if inb(0x61) & 0x20 != 0 {
             outb(0x61, p61);
             return None;
         }
@@ -83,11 +101,11 @@ pub fn init() {
     // us (under TCG on a busy host a single window can overshoot by milliseconds).
     let ticks = 2386u16;
     let mut pit = None;
-    for _ in 0..3 {
-        match pit_measure(ticks) {
-            // The first window says whether there is a PIT at all.
-            None => break,
-            Some(d) => pit = Some(pit.map_or(d, |p: u64| p.min(d))),
+    if pit_probe() {
+        for _ in 0..3 {
+            if let Some(d) = pit_measure(ticks) {
+                pit = Some(pit.map_or(d, |p: u64| p.min(d)));
+            }
         }
     }
     let pit_hz = pit.map(|d| d * PIT_HZ / ticks as u64);

@@ -4,7 +4,7 @@
 //! formats: Intel SDM vol. 3A 4.5 (4-level paging: PS bit 7 in PDPTE/PDE, 4 KiB PTEs).
 use crate::arch::BootInfo;
 
-const STACK: usize = 128 * 1024;
+const STACK: usize = 256 * 1024;
 
 #[repr(C, align(4096))]
 struct GuardedStack([u8; 4096 + STACK]);
