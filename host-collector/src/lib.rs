@@ -11,6 +11,7 @@ pub mod machine;
 pub mod mmsg;
 pub mod output;
 pub mod server;
+pub mod show;
 pub mod store;
 pub mod symbols;
 pub mod util;

@@ -13,11 +13,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod cli_util;
 mod cmds;
+mod inspect;
 
 use cli_util::{describe, usage, Exit, Usage};
 use host_collector::config::{FileConfig, DEFAULT_LISTEN};
 use host_collector::output;
-use host_collector::store::{Filter, RecordRef, Store, Sync};
+use host_collector::store::{Filter, Store, Sync};
 use host_collector::util::{now_us, parse_duration, parse_time_arg};
 
 // The receiver allocates each record and the writer thread frees it; mimalloc handles that
@@ -100,7 +101,10 @@ Listens on 127.0.0.1:7373 unless --listen says otherwise.",
     List(ListArgs),
     /// Show one crash record in full: message, location, registers, backtrace, panic path, log.
     #[command(after_help = EXIT_CODES)]
-    Show(ShowArgs),
+    Show(inspect::ShowArgs),
+    /// Keep debug files by build id (`symbols add IMAGE…`, `symbols list`) for `show`.
+    #[command(after_help = EXIT_CODES)]
+    Symbols(inspect::SymbolsArgs),
     /// Export crash records as one JSON array or as newline-delimited JSON.
     #[command(after_help = EXIT_CODES)]
     Export(ExportArgs),
@@ -222,18 +226,6 @@ struct ListArgs {
     /// List records that were rejected (e.g. schema too new) instead of stored ones.
     #[arg(long, conflicts_with = "canaries")]
     rejected: bool,
-}
-
-#[derive(Args, Debug)]
-struct ShowArgs {
-    /// Record ID (from `list`) or BOOTID:SEQ (boot id in hex). Default: the newest record.
-    id: Option<String>,
-    /// Print JSON instead of the human view.
-    #[arg(long)]
-    json: bool,
-    /// Include the raw postcard bytes (hex) in --json output.
-    #[arg(long, requires = "json")]
-    raw: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -427,7 +419,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => serve(&ctx, a),
         Cmd::List(a) => list(&ctx, a),
-        Cmd::Show(a) => show(&ctx, a),
+        Cmd::Show(a) => inspect::show(&ctx, a),
+        Cmd::Symbols(a) => inspect::symbols(&ctx, a),
         Cmd::Export(a) => export(&ctx, a),
         Cmd::Tail(a) => cmds::tail(&ctx, a),
         Cmd::Stats(a) => stats(&ctx, a),
@@ -495,32 +488,6 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     print_rows(&rows, a.json, "No crash records found.", |r| {
         output::records_table(r, legend)
     })
-}
-
-fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
-    let store = ctx.open_existing()?;
-    let r = match &a.id {
-        Some(s) => s.parse::<RecordRef>().map_err(usage)?,
-        None => match store.max_id()? {
-            Some(id) => RecordRef::Id(id),
-            None => {
-                eprintln!("No crash records found.");
-                return Err(Exit(1).into());
-            }
-        },
-    };
-    let Some(rec) = store.get(&r, a.raw)? else {
-        eprintln!(
-            "No crash records found matching {}.",
-            a.id.as_deref().unwrap_or("")
-        );
-        return Err(Exit(1).into());
-    };
-    if a.json {
-        print(&(serde_json::to_string_pretty(&rec)? + "\n"))
-    } else {
-        print(&output::record_view(&rec))
-    }
 }
 
 fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {

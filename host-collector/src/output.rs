@@ -191,7 +191,8 @@ fn format_uptime_ms(ms: u64) -> String {
     }
 }
 
-fn value_inline(v: &serde_json::Value) -> String {
+/// A JSON value on one line (objects as `k=v` pairs).
+pub fn value_inline(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Object(m) => m
             .iter()
