@@ -166,7 +166,8 @@ extern "C" fn trap(f: &TrapFrame, kind: u64) -> ! {
     })
 }
 
-const EXC_STACK: usize = 64 * 1024;
+/// The handlers' stack: a fault's panic path runs on it to the end, ship step included.
+const EXC_STACK: usize = 128 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; EXC_STACK]);
 static mut EXC_STACK_MEM: Stack = Stack([0; EXC_STACK]);

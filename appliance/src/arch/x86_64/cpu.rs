@@ -36,13 +36,17 @@ static mut TSS: Tss = Tss {
 };
 
 #[repr(C, align(16))]
-struct Stack([u8; 32 * 1024]);
-static mut FAULT_STACK: Stack = Stack([0; 32 * 1024]);
+struct Stack([u8; FAULT_STACK_SIZE]);
+/// The fault stack (IST1, #PF and #DF): a page fault's panic path runs on it to the end,
+/// ship step included (netvsc on Hyper-V: 21.9 KiB of 32 KiB were used on OpenVMM), so it is
+/// as large as half of it must stay free on every path (stack.rs).
+const FAULT_STACK_SIZE: usize = 128 * 1024;
+static mut FAULT_STACK: Stack = Stack([0; FAULT_STACK_SIZE]);
 
 /// The fault stack (IST1): `[lo, hi)`.
 pub fn fault_stack_range() -> (usize, usize) {
     let lo = core::ptr::addr_of!(FAULT_STACK) as usize;
-    (lo, lo + 32 * 1024)
+    (lo, lo + FAULT_STACK_SIZE)
 }
 
 #[repr(C, packed)]
@@ -58,7 +62,7 @@ pub fn install_gdt_tss() {
     // forever; the far return reloads CS with a valid 64-bit code segment.
     unsafe {
         let tss = &mut *core::ptr::addr_of_mut!(TSS);
-        let top = core::ptr::addr_of_mut!(FAULT_STACK) as u64 + 32 * 1024;
+        let top = core::ptr::addr_of_mut!(FAULT_STACK) as u64 + FAULT_STACK_SIZE as u64;
         tss.ist[0] = top;
         let base = tss as *mut Tss as u64;
         let limit = 103u64;
