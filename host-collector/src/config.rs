@@ -73,6 +73,14 @@ pub struct FileConfig {
     pub retention_interval: Option<String>,
     /// Check with `PRAGMA integrity_check` instead of `quick_check` before serving.
     pub integrity_check: Option<bool>,
+    /// A canary is silent after this many heartbeat intervals without one.
+    pub silence: Option<u32>,
+    /// Command run per event (`sh -c`), the event as JSON on stdin.
+    pub on_event: Option<String>,
+    /// `http://` URL each event is POSTed to.
+    pub webhook: Option<String>,
+    /// Where to serve `/metrics` and `/healthz`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl FileConfig {

@@ -6,8 +6,11 @@
 pub mod config;
 pub mod convert;
 pub mod drill;
+pub mod events;
+pub mod liveness;
 pub mod load;
 pub mod machine;
+pub mod metrics;
 pub mod mmsg;
 pub mod output;
 pub mod server;

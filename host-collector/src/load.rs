@@ -53,6 +53,11 @@ pub struct LoadConfig {
     /// Use at most this many sockets (canaries share them beyond that), as if the
     /// descriptor limit were lower.
     pub max_sockets: Option<u32>,
+    /// Each canary sends a heartbeat this often (counter from 0, its uptime, x86_64) for
+    /// `heartbeat_for` before it sends its records (its "panic"), then no more: a canary that
+    /// lives a while, then crashes (or, with no records, goes silent).
+    pub heartbeat_every: Option<Duration>,
+    pub heartbeat_for: Duration,
 }
 
 /// The result of a run. `acked + lost + rejected == records`.
@@ -80,6 +85,8 @@ pub struct LoadReport {
     pub datagrams_dropped_out: u64,
     pub datagrams_dropped_in: u64,
     pub retransmit_rounds: u64,
+    /// Heartbeats sent (after injected drops).
+    pub heartbeats_sent: u64,
     /// UDP sockets used; less than `canaries` when they had to share.
     pub sockets: u32,
     pub fd_limit: u64,
@@ -124,6 +131,7 @@ struct CanaryResult {
     dropped_out: u64,
     dropped_in: u64,
     retransmit_rounds: u64,
+    heartbeats_sent: u64,
 }
 
 /// How a canary reaches the network.
@@ -246,6 +254,18 @@ pub fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
             return bad(format!("--{name} {p} is not a probability in [0, 1)"));
         }
     }
+    if cfg
+        .heartbeat_every
+        .is_some_and(|d| d < Duration::from_millis(1))
+    {
+        return bad("--heartbeats must be at least 1ms".into());
+    }
+    if Instant::now().checked_add(cfg.heartbeat_for).is_none() {
+        return bad(format!(
+            "--heartbeat-for {:?} is out of range",
+            cfg.heartbeat_for
+        ));
+    }
     if cfg.deadline.is_zero() || Instant::now().checked_add(cfg.deadline).is_none() {
         return bad(format!("--deadline {:?} is out of range", cfg.deadline));
     }
@@ -366,6 +386,7 @@ pub async fn run(
         total.dropped_out += r.dropped_out;
         total.dropped_in += r.dropped_in;
         total.retransmit_rounds += r.retransmit_rounds;
+        total.heartbeats_sent += r.heartbeats_sent;
     }
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(t) = ticker {
@@ -401,6 +422,7 @@ pub async fn run(
         datagrams_dropped_out: total.dropped_out,
         datagrams_dropped_in: total.dropped_in,
         retransmit_rounds: total.retransmit_rounds,
+        heartbeats_sent: total.heartbeats_sent,
         sockets,
         fd_limit,
         encoded_record_len,
@@ -431,6 +453,9 @@ async fn canary(
     let mut rec: CrashRecord = capture::testutil::sample_record(0);
     rec.boot_id = boot_id;
     let now_ms = || start.elapsed().as_millis() as u64;
+    if let Some(every) = cfg.heartbeat_every {
+        heartbeats(&cfg, boot_id, every, &io, &mut rng, &mut res, start, end).await;
+    }
     // `validate` bounds a canary's share to u32::MAX.
     let records = u32::try_from(records).unwrap_or(u32::MAX);
     for seq in 1..=records {
@@ -535,6 +560,44 @@ async fn canary(
         res.retransmit_rounds += u64::from(st.retransmit_rounds);
     }
     Ok(res)
+}
+
+/// Heartbeats every `every` for `cfg.heartbeat_for` (or until the run's deadline), with the
+/// run's outgoing loss applied.
+#[allow(clippy::too_many_arguments)]
+async fn heartbeats(
+    cfg: &LoadConfig,
+    boot_id: [u8; 16],
+    every: Duration,
+    io: &Io,
+    rng: &mut Rng,
+    res: &mut CanaryResult,
+    start: Instant,
+    end: Instant,
+) {
+    let stop = (Instant::now() + cfg.heartbeat_for).min(end);
+    let mut frame = [0u8; wire::MAX_DATAGRAM];
+    let mut seq = 0u32;
+    let mut next = tokio::time::Instant::now();
+    while Instant::now() < stop {
+        let hb = Repr::Heartbeat(wire::HeartbeatRepr {
+            boot_id,
+            seq,
+            uptime_ms: start.elapsed().as_millis() as u64,
+            arch: capture::record::Arch::X86_64,
+        });
+        if let Ok(n) = hb.emit(cfg.key.as_ref(), &mut frame) {
+            if rng.chance(cfg.loss) {
+                res.dropped_out += 1;
+            } else {
+                send(io.socket(), &frame[..n]).await;
+                res.heartbeats_sent += 1;
+            }
+        }
+        seq = seq.wrapping_add(1);
+        next += every;
+        tokio::time::sleep_until(next).await;
+    }
 }
 
 async fn send(s: &UdpSocket, d: &[u8]) {

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod cli_util;
 mod cmds;
+mod fleet;
 mod inspect;
 
 use cli_util::{describe, usage, Exit, Usage};
@@ -120,6 +121,9 @@ Listens on 127.0.0.1:7373 unless --listen says otherwise.",
     /// Make a canary panic on purpose by sending it a Drill frame.
     #[command(after_help = EXIT_CODES)]
     Drill(DrillArgs),
+    /// List canaries by liveness: alive, silent, crashed, recovered, drill-failed.
+    #[command(after_help = EXIT_CODES)]
+    Canaries(fleet::CanariesArgs),
     /// Load-test a running collector with simulated canaries.
     #[command(
         long_about = "Load-test a running collector with N simulated canaries. Each canary is a \
@@ -170,6 +174,8 @@ struct ServeArgs {
     /// instead of `quick_check` before serving.
     #[arg(long)]
     integrity_check: bool,
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -350,11 +356,20 @@ struct LoadArgs {
     /// too low for one socket per canary).
     #[arg(long, value_name = "N")]
     max_sockets: Option<u32>,
+    /// Each canary heartbeats this often (e.g. 5s) for --heartbeat-for before it sends its
+    /// records, then stops: alive, then crashed (or silent, with --records 0).
+    #[arg(long, value_name = "DURATION")]
+    heartbeats: Option<String>,
+    /// How long the canaries heartbeat before their records.
+    #[arg(long, value_name = "DURATION", default_value = "10s", requires = "heartbeats")]
+    heartbeat_for: String,
 }
 
 fn init_logging(verbose: u8) {
+    // Event lines (a stored record, a canary's state change) are INFO: `serve` logs them
+    // unless RUST_LOG says otherwise.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,host_collector::events=info",
         1 => "info,host_collector=info",
         2 => "debug",
         _ => "trace",
@@ -427,6 +442,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Prune(a) => cmds::prune(&ctx, a),
         Cmd::Drill(a) => drill(&ctx, a),
         Cmd::Load(a) => load(&ctx, a),
+        Cmd::Canaries(a) => fleet::canaries(&ctx, a),
     }
 }
 
@@ -605,6 +621,7 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         cfg.retention_interval = dur("retention_interval", v)?.max(Duration::from_millis(100));
     }
     cfg.integrity_check = a.integrity_check || f.integrity_check.unwrap_or(false);
+    a.fleet.apply(f, &mut cfg)?;
     if let Ok(ms) = std::env::var(TEST_COMMIT_DELAY_ENV) {
         let ms: u64 = ms
             .parse()
@@ -626,6 +643,9 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             ""
         }
     );
+    if let Some(m) = collector.metrics_addr() {
+        eprintln!("host-collector: metrics on http://{m}/metrics and http://{m}/healthz");
+    }
     rt.block_on(collector.run(shutdown))?;
     eprintln!("host-collector: stopped");
     Ok(())
@@ -685,6 +705,13 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         max_rto_ms: a.rto_ms.saturating_mul(16).min(2000).max(a.rto_ms),
         schema: None,
         max_sockets: a.max_sockets,
+        heartbeat_every: a
+            .heartbeats
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(usage)?,
+        heartbeat_for: parse_duration(&a.heartbeat_for).map_err(usage)?,
     };
     validate(&cfg).map_err(usage)?;
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {

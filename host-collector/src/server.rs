@@ -29,13 +29,16 @@ use crate::mmsg;
 
 mod counters;
 mod maint;
+mod observe;
+mod writer;
 use crate::store::{
-    Checkpointer, HeartbeatSeen, InsertOutcome, NewRecord, RecordKey, Rejection, Retention, Store,
-    StoreError, Sync,
+    Checkpointer, HeartbeatSeen, NewRecord, RecordKey, Rejection, Retention, Store, StoreError,
+    Sync,
 };
 use crate::util::now_us;
 pub use counters::Counters;
 use maint::{checkpoint_loop, RateLimit};
+use writer::{writer_loop, Batch, WriterCfg};
 
 /// Hidden test hook: the writer sleeps this many milliseconds before each commit, so a test
 /// can kill the collector between receiving a record and committing it.
@@ -57,6 +60,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the writer thread failed: {0}")]
     Writer(String),
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Everything `serve` needs.
@@ -86,6 +91,12 @@ pub struct ServeConfig {
     pub retention_interval: Duration,
     /// `PRAGMA integrity_check` instead of `quick_check` before serving.
     pub integrity_check: bool,
+    /// When a canary counts as silent.
+    pub liveness: crate::liveness::LivenessConfig,
+    /// Hooks and webhooks for events (the log lines are always written).
+    pub events: crate::events::EventConfig,
+    /// Where to serve `/metrics` and `/healthz` (off when `None`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// "database X: cause", or just the cause when it names the database already.
@@ -119,6 +130,9 @@ impl ServeConfig {
             retention: Retention::default(),
             retention_interval: Duration::from_secs(60),
             integrity_check: false,
+            liveness: crate::liveness::LivenessConfig::default(),
+            events: crate::events::EventConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -147,6 +161,8 @@ pub struct Collector {
     socket: StdUdpSocket,
     store: Store,
     counters: Arc<Counters>,
+    health: Arc<crate::metrics::Health>,
+    metrics: Option<(crate::metrics::MetricsServer, crate::metrics::Metrics)>,
 }
 
 impl Collector {
@@ -172,12 +188,35 @@ impl Collector {
                 addr: cfg.listen,
                 source,
             })?;
+        let health = Arc::new(crate::metrics::Health::default());
+        let metrics = match cfg.metrics {
+            Some(addr) => {
+                let (m, reg) = crate::metrics::Metrics::new();
+                let srv = crate::metrics::MetricsServer::start(
+                    addr,
+                    cfg.db.clone(),
+                    m.clone(),
+                    reg,
+                    health.clone(),
+                )
+                .map_err(ServeError::Metrics)?;
+                Some((srv, m))
+            }
+            None => None,
+        };
         Ok(Collector {
             cfg,
             socket,
             store,
             counters: Arc::new(Counters::default()),
+            health,
+            metrics,
         })
+    }
+
+    /// The address of `/metrics` and `/healthz`, when serving them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(s, _)| s.addr)
     }
 
     /// The address actually bound (useful with port 0).
@@ -196,7 +235,19 @@ impl Collector {
             socket,
             store,
             counters,
+            health,
+            metrics,
         } = self;
+        let (metrics_server, metrics) = match metrics {
+            Some((s, m)) => (Some(s), Some(m)),
+            None => (None, None),
+        };
+        let (sink, dispatcher) = crate::events::Dispatcher::start(
+            cfg.events.clone(),
+            counters.clone(),
+            metrics.clone(),
+        )?;
+        let observers = observe::Observers::new(cfg.liveness, Some(sink), metrics, health);
         // The receiver thread blocks in recvmmsg; it looks at `stop` at least this often.
         socket.set_nonblocking(false)?;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -229,6 +280,7 @@ impl Collector {
                 delay: cfg.commit_delay,
                 retention: cfg.retention,
                 retention_interval: cfg.retention_interval,
+                observers,
             };
             std::thread::Builder::new()
                 .name("collector-writer".into())
@@ -310,6 +362,12 @@ impl Collector {
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?;
         let _ = acker.join();
+        // The writer (and its event sink) is gone: let the hooks and webhooks finish, for a
+        // while, so that their counters below are final.
+        dispatcher.finish(Duration::from_secs(5));
+        if let Some(m) = metrics_server {
+            m.stop();
+        }
         ckpt_stop.store(true, Ordering::Relaxed);
         if let Some(c) = checkpointer {
             let _ = c.join();
@@ -459,6 +517,11 @@ impl Queue {
             let mut st = self.lock();
             st.bytes = st.bytes.saturating_sub(bytes);
         }
+    }
+
+    /// Bytes queued or held by the writer.
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn close(&self) {
@@ -718,152 +781,4 @@ impl Receiver {
             None => self.writer_gone = true,
         }
     }
-}
-
-#[derive(Default)]
-struct Batch {
-    records: Vec<NewRecord>,
-    record_peers: Vec<SocketAddr>,
-    rejections: Vec<Rejection>,
-    reject_peers: Vec<SocketAddr>,
-    heartbeats: Vec<HeartbeatSeen>,
-    /// Bytes of the messages taken (see [`Msg::cost`]); released to the queue when done.
-    bytes: usize,
-}
-
-impl Batch {
-    fn push(&mut self, m: Msg) {
-        self.bytes += m.cost();
-        match m {
-            Msg::Record(r, p) => {
-                self.records.push(*r);
-                self.record_peers.push(p);
-            }
-            Msg::Reject(r, p) => {
-                self.rejections.push(*r);
-                self.reject_peers.push(p);
-            }
-            Msg::Heartbeat(h) => self.heartbeats.push(h),
-        }
-    }
-    fn len(&self) -> usize {
-        self.records.len() + self.rejections.len() + self.heartbeats.len()
-    }
-    fn clear(&mut self) {
-        self.records.clear();
-        self.record_peers.clear();
-        self.rejections.clear();
-        self.reject_peers.clear();
-        self.heartbeats.clear();
-    }
-}
-
-/// The writer thread's settings.
-struct WriterCfg {
-    batch_max: usize,
-    delay: Option<Duration>,
-    retention: Retention,
-    retention_interval: Duration,
-}
-
-fn writer_loop(
-    mut store: Store,
-    queue: &Queue,
-    acks_out: mpsc::Sender<Vec<Ack>>,
-    counters: Arc<Counters>,
-    wcfg: WriterCfg,
-) -> Result<Store, StoreError> {
-    let WriterCfg {
-        batch_max,
-        delay,
-        retention,
-        retention_interval,
-    } = wcfg;
-    let mut b = Batch::default();
-    let mut closed = false;
-    let mut last_commit = Instant::now();
-    let tick = Duration::from_millis(200);
-    let mut commit_warn = RateLimit::new(Duration::from_secs(10));
-    let mut retention_warn = RateLimit::new(Duration::from_secs(60));
-    // Retention runs on the writer's connection (the one writer), at start and then
-    // periodically, between batches.
-    let mut next_retention = Instant::now();
-    while !closed {
-        if !retention.is_none() && Instant::now() >= next_retention {
-            next_retention = Instant::now() + retention_interval;
-            match store.apply_retention(&retention, now_us()) {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "retention: deleted the oldest records"),
-                Err(e) => {
-                    if let Some(n) = retention_warn.check() {
-                        warn!("retention: {e}{}", maint::suppressed(n));
-                    }
-                }
-            }
-        }
-        // Group commit: take whatever is queued, up to batch_max.
-        closed = !queue.take(&mut b, batch_max, tick);
-        if b.len() == 0 && !closed && last_commit.elapsed() < tick {
-            continue;
-        }
-        if let Some(d) = delay {
-            if !b.records.is_empty() || !b.rejections.is_empty() {
-                debug!(
-                    records = b.records.len(),
-                    "test hook: delaying commit by {d:?}"
-                );
-                std::thread::sleep(d);
-            }
-        }
-        let taken = counters.take();
-        if b.len() == 0 && taken.iter().all(|(_, v)| *v == 0) {
-            last_commit = Instant::now();
-            continue;
-        }
-        let outcomes = match store.commit_batch(&b.records, &b.rejections, &b.heartbeats, &taken) {
-            Ok(o) => o,
-            Err(e) => {
-                // Nothing is acked: the senders retransmit, and the next batch tries again.
-                if let Some(n) = commit_warn.check() {
-                    error!(
-                        "commit of {} records failed: {e}{}",
-                        b.records.len(),
-                        maint::suppressed(n)
-                    );
-                }
-                counters.restore(&taken);
-                b.clear();
-                queue.release(std::mem::take(&mut b.bytes));
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        last_commit = Instant::now();
-        let mut acks = Vec::with_capacity(b.records.len() + b.rejections.len());
-        for ((r, peer), outcome) in b.records.iter().zip(&b.record_peers).zip(&outcomes) {
-            let status = match outcome {
-                InsertOutcome::Stored => AckStatus::Stored,
-                InsertOutcome::Duplicate => AckStatus::Duplicate,
-            };
-            acks.push(Ack {
-                key: r.key,
-                status,
-                peer: *peer,
-            });
-        }
-        for (r, peer) in b.rejections.iter().zip(&b.reject_peers) {
-            acks.push(Ack {
-                key: r.key,
-                status: AckStatus::Rejected,
-                peer: *peer,
-            });
-        }
-        if !acks.is_empty() {
-            // Fails only when the receiver is gone, i.e. at exit.
-            let _ = acks_out.send(acks);
-        }
-        b.clear();
-        queue.release(std::mem::take(&mut b.bytes));
-    }
-    Ok(store)
 }

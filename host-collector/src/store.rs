@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod checkpoint;
+mod liveness;
 mod read;
 mod retention;
 pub use checkpoint::Checkpointer;
@@ -254,6 +255,62 @@ pub const MIGRATIONS: &[&str] = &[
             VALUES (old.boot_id, old.seq, old.record_crc);
         DELETE FROM record_keys WHERE id = old.id;
     END;",
+    // 5: liveness of each canary, told apart by source address (see `crate::liveness`):
+    //    its current boot, heartbeat interval and state. Written by `serve` when a state,
+    //    boot or interval changes (the per-heartbeat `last_seen_us` is in `canaries`).
+    "CREATE TABLE liveness (
+        address         TEXT    PRIMARY KEY,
+        boot_id         BLOB    NOT NULL,
+        arch            INTEGER NOT NULL,
+        first_seen_us   INTEGER NOT NULL,
+        last_seen_us    INTEGER NOT NULL,
+        heartbeat_seq   INTEGER,
+        uptime_ms       INTEGER NOT NULL,
+        interval_ms     INTEGER NOT NULL,
+        silent_after_ms INTEGER NOT NULL,
+        state           TEXT    NOT NULL,
+        state_since_us  INTEGER NOT NULL,
+        crashed_boot    BLOB,
+        last_record_id  INTEGER,
+        crashes         INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // Schema 1.1's fields as columns: the image id (`KIND:ID`, as `symbols` names it), its
+    //    load base, the rest of the 1.1 group as JSON (stacks, backtrace_end, takeovers), and
+    //    each panic-path step's time (the first entry's; NULL while pending), so `stats
+    //    --steps` can query them. Step times of older rows come from their `steps` JSON;
+    //    their 1.1 fields stay NULL (`show` decodes those from `raw`).
+    "ALTER TABLE records ADD COLUMN image_id TEXT;
+    ALTER TABLE records ADD COLUMN load_base INTEGER;
+    ALTER TABLE records ADD COLUMN ext TEXT;
+    ALTER TABLE records ADD COLUMN step_freeze_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_screen_flush_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_vmbus_unload_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_arch_cleanup_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_ship_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_crash_registers_us INTEGER;
+    ALTER TABLE records ADD COLUMN step_end_us INTEGER;
+    UPDATE records SET
+        step_freeze_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'freeze'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_screen_flush_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'screen-flush'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_vmbus_unload_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'vmbus-unload'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_arch_cleanup_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'arch-cleanup'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_ship_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'ship'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_crash_registers_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'crash-registers'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1),
+        step_end_us = (SELECT json_extract(value, '$.elapsed_us') FROM json_each(records.steps)
+            WHERE json_extract(value, '$.step') = 'end'
+              AND json_extract(value, '$.outcome') <> 'pending' LIMIT 1);",
 ];
 
 /// The schema version this build writes.
@@ -311,6 +368,8 @@ pub struct Store {
     rejected_bytes: Option<u64>,
     /// Opened `immutable=1` (see [`Store::open_read`]): sees no later commits.
     immutable: bool,
+    /// The ids of the records the last [`Store::commit_batch`] stored, in order.
+    last_ids: Vec<i64>,
 }
 
 impl Store {
@@ -371,6 +430,7 @@ impl Store {
                 rejected_budget: u64::MAX,
                 rejected_bytes: None,
                 immutable: false,
+                last_ids: Vec::new(),
             })
         };
         let mut store = setup().map_err(|e| e.at(path))?;
@@ -413,6 +473,7 @@ impl Store {
             rejected_budget: u64::MAX,
             rejected_bytes: None,
             immutable,
+            last_ids: Vec::new(),
         };
         store.check_ours(path)?;
         let found = store.schema_version().map_err(|e| e.at(path))?;
@@ -642,13 +703,20 @@ impl Store {
         } else {
             counters
         };
-        let Store { conn, keys, .. } = self;
+        let Store {
+            conn,
+            keys,
+            last_ids,
+            ..
+        } = self;
+        last_ids.clear();
         let known = keys.as_mut().expect("loaded above");
         let mut new_keys: Vec<RecordKey> = Vec::with_capacity(records.len());
         let res = Self::write_batch(
             conn,
             known,
             &mut new_keys,
+            last_ids,
             records,
             &rejections[..keep],
             heartbeats,
@@ -662,14 +730,17 @@ impl Store {
             for k in &new_keys {
                 known.remove(k);
             }
+            self.last_ids.clear();
         }
         res
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_batch(
         conn: &mut Connection,
         known: &mut HashSet<RecordKey>,
         new_keys: &mut Vec<RecordKey>,
+        ids: &mut Vec<i64>,
         records: &[NewRecord],
         rejections: &[Rejection],
         heartbeats: &[HeartbeatSeen],
@@ -682,9 +753,12 @@ impl Store {
                 "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
                     schema_major, schema_minor, build_id, arch, boot_mode, hypervisor,
                     vmbus_version, uptime_us, kind, kind_detail, message, file, line, col,
-                    registers, backtrace, log_tail, steps, raw)
+                    registers, backtrace, log_tail, steps, raw, image_id, load_base, ext,
+                    step_freeze_us, step_screen_flush_us, step_vmbus_unload_us,
+                    step_arch_cleanup_us, step_ship_us, step_crash_registers_us, step_end_us)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
+                    ?32, ?33, ?34)",
             )?;
             let mut keys_ins = tx.prepare_cached(
                 "INSERT INTO record_keys (id, boot_id, seq, record_crc) VALUES (?1, ?2, ?3, ?4)",
@@ -722,8 +796,19 @@ impl Store {
                     t.req(Col::LogTail),
                     t.req(Col::Steps),
                     r.raw,
+                    t.get(Col::ImageId),
+                    t.load_base.map(|b| b as i64),
+                    t.get(Col::Ext),
+                    t.step_us[0],
+                    t.step_us[1],
+                    t.step_us[2],
+                    t.step_us[3],
+                    t.step_us[4],
+                    t.step_us[5],
+                    t.step_us[6],
                 ])?;
                 debug_assert_eq!(n, 1);
+                ids.push(tx.last_insert_rowid());
                 keys_ins.execute(params![
                     tx.last_insert_rowid(),
                     &r.key.boot_id[..],
@@ -796,6 +881,12 @@ impl Store {
     }
 
     // (reading queries: store/read.rs)
+
+    /// The ids of the records the last [`Store::commit_batch`] stored (its `Stored`
+    /// outcomes, in order); empty if it failed.
+    pub fn last_stored_ids(&self) -> &[i64] {
+        &self.last_ids
+    }
 
     /// Direct access for tests and maintenance.
     pub fn connection(&self) -> &Connection {

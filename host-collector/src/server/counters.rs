@@ -26,6 +26,14 @@ pub struct Counters {
     pub reassembly_errors: AtomicU64,
     /// Bytes set aside for the partial records that were evicted.
     pub evicted_bytes: AtomicU64,
+    /// Events (see `crate::events`) dropped because the dispatcher's queue was full.
+    pub events_dropped: AtomicU64,
+    pub hook_runs: AtomicU64,
+    pub hook_failures: AtomicU64,
+    pub hook_dropped: AtomicU64,
+    pub webhook_sent: AtomicU64,
+    pub webhook_failures: AtomicU64,
+    pub webhook_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +62,13 @@ impl Counters {
             ("unexpected_kind", t(&self.unexpected_kind)),
             ("reassembly_errors", t(&self.reassembly_errors)),
             ("evicted_bytes", t(&self.evicted_bytes)),
+            ("events_dropped", t(&self.events_dropped)),
+            ("hook_runs", t(&self.hook_runs)),
+            ("hook_failures", t(&self.hook_failures)),
+            ("hook_dropped", t(&self.hook_dropped)),
+            ("webhook_sent", t(&self.webhook_sent)),
+            ("webhook_failures", t(&self.webhook_failures)),
+            ("webhook_dropped", t(&self.webhook_dropped)),
         ]
     }
 
@@ -77,6 +92,13 @@ impl Counters {
                 "unknown_kind" => &self.unknown_kind,
                 "unexpected_kind" => &self.unexpected_kind,
                 "evicted_bytes" => &self.evicted_bytes,
+                "events_dropped" => &self.events_dropped,
+                "hook_runs" => &self.hook_runs,
+                "hook_failures" => &self.hook_failures,
+                "hook_dropped" => &self.hook_dropped,
+                "webhook_sent" => &self.webhook_sent,
+                "webhook_failures" => &self.webhook_failures,
+                "webhook_dropped" => &self.webhook_dropped,
                 _ => &self.reassembly_errors,
             };
             Self::add(c, *v);

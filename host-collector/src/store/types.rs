@@ -57,6 +57,11 @@ pub struct RowText {
     text: String,
     ends: [u32; Col::COUNT],
     present: u32,
+    /// The image's run-time load base (schema 1.1), stored as the `load_base` column.
+    pub load_base: Option<u64>,
+    /// Microseconds each panic-path step took (steps 1..=7 of the first entry; `None` for a
+    /// step not recorded or still pending), stored as the `step_*_us` columns.
+    pub step_us: [Option<u32>; 7],
 }
 
 /// The text columns of [`RowText`].
@@ -77,10 +82,14 @@ pub enum Col {
     Backtrace,
     LogTail,
     Steps,
+    /// `KIND:ID` of the image (schema 1.1), e.g. `gnu-build-id:e3d7…`.
+    ImageId,
+    /// JSON of the rest of schema 1.1's group: stacks, backtrace_end, takeovers.
+    Ext,
 }
 
 impl Col {
-    const COUNT: usize = 14;
+    const COUNT: usize = 16;
 }
 
 impl RowText {
@@ -329,6 +338,13 @@ pub const COUNTER_NAMES: &[&str] = &[
     "evicted_bytes",
     "rejected_not_kept",
     "retention_deleted",
+    "events_dropped",
+    "hook_runs",
+    "hook_failures",
+    "hook_dropped",
+    "webhook_sent",
+    "webhook_failures",
+    "webhook_dropped",
 ];
 
 /// Collector statistics, from the database.

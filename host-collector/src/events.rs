@@ -1,0 +1,485 @@
+//! Events out of `serve`: one per stored crash record and one per canary state change.
+//!
+//! The writer thread hands each event (after the acks of its commit) to a bounded queue
+//! without waiting ([`EventSink::send`]; a full queue drops the event and counts it as
+//! `events_dropped`). The dispatcher thread then, for each event:
+//! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
+//!    `key=value`, values with spaces quoted, every control character escaped) under the
+//!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
+//! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
+//!    stdin: at most `hook_concurrency` commands run at once, each killed after
+//!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or
+//!    timeout counts `hook_failures`;
+//! 3. with `--webhook URL`, queues the same JSON for an HTTP POST (`Content-Type:
+//!    application/json`), retried with exponential backoff; a full queue drops
+//!    (`webhook_dropped`), a POST that failed every attempt counts `webhook_failures`.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::liveness::{Change, State};
+use crate::metrics::Metrics;
+use crate::output::esc;
+use crate::server::Counters;
+use crate::store::StepView;
+use crate::util::{format_time_us, hex};
+
+/// The tracing target of event lines.
+pub const TARGET: &str = "host_collector::events";
+
+/// A stored crash record, as sent out.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrashEvent {
+    pub id: i64,
+    pub boot_id: String,
+    pub seq: u32,
+    pub record_crc: String,
+    /// The sending host (its IP address; the record's own host identity once it has one).
+    pub host: String,
+    pub source: String,
+    pub received_at: String,
+    pub received_at_us: i64,
+    pub arch: String,
+    pub kind: String,
+    pub message: String,
+    pub location: Option<String>,
+    /// Panic-path steps (filled by the dispatcher from `steps_json`, off the writer).
+    pub steps: Vec<StepView>,
+    #[serde(skip)]
+    pub steps_json: String,
+}
+
+/// A canary's state change, as sent out.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateEvent {
+    pub address: String,
+    pub host: String,
+    pub boot_id: String,
+    pub from: Option<State>,
+    pub to: State,
+    pub at: String,
+    pub at_us: i64,
+    pub reason: String,
+    pub interval_ms: u64,
+    pub last_seen: String,
+    pub last_seen_us: i64,
+    pub record_id: Option<i64>,
+}
+
+impl From<&Change> for StateEvent {
+    fn from(c: &Change) -> StateEvent {
+        StateEvent {
+            address: c.address.clone(),
+            host: host_of(&c.address),
+            boot_id: hex(&c.boot_id),
+            from: c.from,
+            to: c.to,
+            at: format_time_us(c.at_us),
+            at_us: c.at_us,
+            reason: c.reason.clone(),
+            interval_ms: c.interval_ms,
+            last_seen: format_time_us(c.last_seen_us),
+            last_seen_us: c.last_seen_us,
+            record_id: c.record_id,
+        }
+    }
+}
+
+/// One event: `{"event": "crash_stored", ...}` or `{"event": "canary_state", ...}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    CrashStored(CrashEvent),
+    CanaryState(StateEvent),
+}
+
+/// The host part of `IP:port` (`[v6]:port` too).
+pub fn host_of(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => addr.to_string(),
+    }
+}
+
+/// `key=value`, the value quoted when it is empty or holds a space, `"`, `=` or `\`, and
+/// every control character escaped (see [`esc`]).
+fn kv(o: &mut String, key: &str, v: &str) {
+    let v = esc(v);
+    if !o.is_empty() {
+        o.push(' ');
+    }
+    o.push_str(key);
+    o.push('=');
+    if v.is_empty() || v.contains([' ', '"', '=', '\\']) {
+        o.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                o.push('\\');
+            }
+            o.push(c);
+        }
+        o.push('"');
+    } else {
+        o.push_str(&v);
+    }
+}
+
+/// The log line of an event (one line, no control characters).
+pub fn log_line(e: &Event) -> String {
+    let mut o = String::new();
+    match e {
+        Event::CrashStored(c) => {
+            o.push_str("crash stored");
+            kv(&mut o, "id", &c.id.to_string());
+            kv(&mut o, "boot", &c.boot_id);
+            kv(&mut o, "seq", &c.seq.to_string());
+            kv(&mut o, "host", &c.host);
+            kv(&mut o, "source", &c.source);
+            kv(&mut o, "arch", &c.arch);
+            kv(&mut o, "kind", &c.kind);
+            if let Some(l) = &c.location {
+                kv(&mut o, "location", l);
+            }
+            kv(&mut o, "message", &c.message);
+        }
+        Event::CanaryState(s) => {
+            let _ = write!(o, "canary {}", s.to);
+            kv(&mut o, "address", &s.address);
+            kv(&mut o, "boot", &s.boot_id);
+            kv(&mut o, "from", s.from.map(State::as_str).unwrap_or("new"));
+            kv(&mut o, "to", s.to.as_str());
+            kv(&mut o, "reason", &s.reason);
+            kv(&mut o, "last_seen", &s.last_seen);
+            if let Some(id) = s.record_id {
+                kv(&mut o, "record", &id.to_string());
+            }
+        }
+    }
+    o
+}
+
+/// Where events go besides the log.
+#[derive(Debug, Clone)]
+pub struct EventConfig {
+    /// `sh -c CMD` per event, the event as JSON on stdin.
+    pub hook: Option<String>,
+    pub hook_concurrency: usize,
+    pub hook_timeout: Duration,
+    pub hook_queue: usize,
+    /// `http://` URL to POST each event to.
+    pub webhook: Option<String>,
+    pub webhook_queue: usize,
+    pub webhook_timeout: Duration,
+    /// Attempts per event (the first included).
+    pub webhook_attempts: u32,
+    /// Delay before the first retry; doubles each retry, at most 30 s.
+    pub webhook_backoff: Duration,
+    /// Events waiting for the dispatcher.
+    pub queue: usize,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig {
+            hook: None,
+            hook_concurrency: 4,
+            hook_timeout: Duration::from_secs(10),
+            hook_queue: 1024,
+            webhook: None,
+            webhook_queue: 1024,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_attempts: 5,
+            webhook_backoff: Duration::from_millis(500),
+            queue: 65536,
+        }
+    }
+}
+
+/// The writer's end: never blocks.
+pub struct EventSink {
+    tx: SyncSender<Event>,
+    counters: Arc<Counters>,
+}
+
+impl EventSink {
+    pub fn send(&self, e: Event) {
+        match self.tx.try_send(e) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                Counters::add(&self.counters.events_dropped, 1)
+            }
+        }
+    }
+}
+
+/// The running dispatcher; [`Dispatcher::finish`] waits (boundedly) for what is queued.
+pub struct Dispatcher {
+    thread: std::thread::JoinHandle<()>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher (and the hook and webhook workers it needs).
+    pub fn start(
+        cfg: EventConfig,
+        counters: Arc<Counters>,
+        metrics: Option<Metrics>,
+    ) -> std::io::Result<(EventSink, Dispatcher)> {
+        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let hook = match &cfg.hook {
+            Some(cmd) => Some(Work::start(
+                "collector-hook",
+                cfg.hook_concurrency.max(1),
+                cfg.hook_queue.max(1),
+                pending.clone(),
+                {
+                    let cmd = cmd.clone();
+                    let counters = counters.clone();
+                    let timeout = cfg.hook_timeout;
+                    move |json: &str| run_hook(&cmd, json, timeout, &counters)
+                },
+            )?),
+            None => None,
+        };
+        let webhook = match &cfg.webhook {
+            Some(url) => Some(Work::start(
+                "collector-webhook",
+                1,
+                cfg.webhook_queue.max(1),
+                pending.clone(),
+                {
+                    let url = url.clone();
+                    let counters = counters.clone();
+                    let cfg = cfg.clone();
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(cfg.webhook_timeout)
+                        .build();
+                    move |json: &str| post_webhook(&agent, &url, json, &cfg, &counters)
+                },
+            )?),
+            None => None,
+        };
+        let c2 = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("collector-events".into())
+            .spawn(move || dispatch(rx, hook, webhook, metrics, c2))?;
+        Ok((EventSink { tx, counters }, Dispatcher { thread, pending }))
+    }
+
+    /// After the sink is dropped: waits for the dispatcher, then at most `grace` for hooks
+    /// and webhooks still queued or running (what is left then is not sent).
+    pub fn finish(self, grace: Duration) {
+        let _ = self.thread.join();
+        let end = Instant::now() + grace;
+        while self.pending.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn dispatch(
+    rx: Receiver<Event>,
+    hook: Option<Work>,
+    webhook: Option<Work>,
+    metrics: Option<Metrics>,
+    counters: Arc<Counters>,
+) {
+    while let Ok(mut e) = rx.recv() {
+        if let Event::CrashStored(c) = &mut e {
+            c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
+            if let Some(m) = &metrics {
+                m.observe_steps(&c.steps);
+            }
+        }
+        info!(target: TARGET, "{}", log_line(&e));
+        if hook.is_none() && webhook.is_none() {
+            continue;
+        }
+        let json = match serde_json::to_string(&e) {
+            Ok(j) => j,
+            Err(err) => {
+                warn!("cannot encode event: {err}");
+                continue;
+            }
+        };
+        if let Some(h) = &hook {
+            if !h.push(json.clone()) {
+                Counters::add(&counters.hook_dropped, 1);
+            }
+        }
+        if let Some(w) = &webhook {
+            if !w.push(json) {
+                Counters::add(&counters.webhook_dropped, 1);
+            }
+        }
+    }
+    for w in [hook, webhook].into_iter().flatten() {
+        w.close();
+    }
+}
+
+/// Jobs and "closed", and the condition workers wait on.
+type JobQueue = Arc<(Mutex<(VecDeque<String>, bool)>, Condvar)>;
+
+/// A bounded queue of JSON events and the worker threads that take from it.
+struct Work {
+    q: JobQueue,
+    cap: usize,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Work {
+    fn start(
+        name: &str,
+        workers: usize,
+        cap: usize,
+        pending: Arc<AtomicUsize>,
+        f: impl Fn(&str) + Send + Sync + 'static,
+    ) -> std::io::Result<Work> {
+        let q: JobQueue = Arc::default();
+        let f = Arc::new(f);
+        for i in 0..workers {
+            let q = q.clone();
+            let f = f.clone();
+            let pending = pending.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let mut g = q.0.lock().unwrap_or_else(|p| p.into_inner());
+                        loop {
+                            if let Some(j) = g.0.pop_front() {
+                                break Some(j);
+                            }
+                            if g.1 {
+                                break None;
+                            }
+                            g = q.1.wait(g).unwrap_or_else(|p| p.into_inner());
+                        }
+                    };
+                    let Some(job) = job else { return };
+                    f(&job);
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                })?;
+        }
+        Ok(Work { q, cap, pending })
+    }
+
+    /// Queues `json`; false (dropped) when the queue is full.
+    fn push(&self, json: String) -> bool {
+        let mut g = self.q.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.len() >= self.cap {
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        g.0.push_back(json);
+        self.q.1.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.q.0.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.q.1.notify_all();
+    }
+}
+
+fn run_hook(cmd: &str, json: &str, timeout: Duration, counters: &Counters) {
+    use wait_timeout::ChildExt;
+    Counters::add(&counters.hook_runs, 1);
+    let fail = |why: String| {
+        Counters::add(&counters.hook_failures, 1);
+        warn!("--on-event command: {why}");
+    };
+    let mut child = match Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start sh: {e}")),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input is not a failure.
+        let _ = stdin.write_all(json.as_bytes());
+        let _ = stdin.write_all(b"\n");
+    }
+    match child.wait_timeout(timeout) {
+        Ok(Some(st)) if st.success() => {}
+        Ok(Some(st)) => fail(format!("exited with {st}")),
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            fail(format!("killed after {timeout:?}"));
+        }
+        Err(e) => fail(format!("wait: {e}")),
+    }
+}
+
+fn post_webhook(agent: &ureq::Agent, url: &str, json: &str, cfg: &EventConfig, c: &Counters) {
+    let mut delay = cfg.webhook_backoff;
+    let attempts = cfg.webhook_attempts.max(1);
+    for attempt in 1..=attempts {
+        match agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .send_string(json)
+        {
+            Ok(_) => {
+                Counters::add(&c.webhook_sent, 1);
+                return;
+            }
+            Err(e) if attempt == attempts => {
+                Counters::add(&c.webhook_failures, 1);
+                warn!("--webhook {url}: giving up after {attempts} attempts: {e}");
+            }
+            Err(_) => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_one_escaped_line_of_key_values() {
+        let e = Event::CrashStored(CrashEvent {
+            id: 12,
+            boot_id: "00ff".into(),
+            seq: 3,
+            record_crc: "0".into(),
+            host: "10.0.0.7".into(),
+            source: "10.0.0.7:7375".into(),
+            received_at: String::new(),
+            received_at_us: 0,
+            arch: "x86_64".into(),
+            kind: "panic".into(),
+            message: "bad \"thing\"\n\x1b[2J=x".into(),
+            location: Some("src/main.rs:1:2".into()),
+            steps: vec![],
+            steps_json: String::new(),
+        });
+        assert_eq!(
+            log_line(&e),
+            "crash stored id=12 boot=00ff seq=3 host=10.0.0.7 source=10.0.0.7:7375 \
+             arch=x86_64 kind=panic location=src/main.rs:1:2 \
+             message=\"bad \\\"thing\\\"\\\\x0a\\\\x1b[2J=x\""
+        );
+        assert_eq!(host_of("[::1]:7"), "::1");
+    }
+}

@@ -1,0 +1,204 @@
+//! What the writer thread does after each commit's acks are handed over: liveness, events,
+//! metrics and health. Nothing here can hold back an ack: events go to a bounded queue
+//! without waiting, and liveness rows are written between batches, at most once a second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::maint::{suppressed, RateLimit};
+use crate::events::{host_of, CrashEvent, Event, EventSink, StateEvent};
+use crate::liveness::{Change, LivenessConfig, State, Tracker};
+use crate::metrics::{Health, Metrics};
+use crate::store::{Col, HeartbeatSeen, InsertOutcome, NewRecord, Store};
+use crate::util::{format_time_us, hex, now_us};
+
+/// How often silence is checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How often changed liveness rows are written.
+const SAVE: Duration = Duration::from_secs(1);
+
+pub(crate) struct Observers {
+    tracker: Tracker,
+    events: Option<EventSink>,
+    metrics: Option<Metrics>,
+    health: Arc<Health>,
+    next_tick: Instant,
+    next_save: Instant,
+    save_warn: RateLimit,
+    counts: [i64; 5],
+}
+
+impl Observers {
+    pub(crate) fn new(
+        liveness: LivenessConfig,
+        events: Option<EventSink>,
+        metrics: Option<Metrics>,
+        health: Arc<Health>,
+    ) -> Observers {
+        Observers {
+            tracker: Tracker::new(liveness),
+            events,
+            metrics,
+            health,
+            next_tick: Instant::now(),
+            next_save: Instant::now() + SAVE,
+            save_warn: RateLimit::new(Duration::from_secs(60)),
+            counts: [0; 5],
+        }
+    }
+
+    /// Loads the canaries an earlier run stored.
+    pub(crate) fn start(&mut self, store: &Store) {
+        match store.liveness() {
+            Ok(rows) => self.tracker.load(rows),
+            Err(e) => warn!("cannot load the canaries' liveness: {e}"),
+        }
+        for (s, n) in self.tracker.counts() {
+            self.counts[idx(s)] = n as i64;
+        }
+        self.publish_counts();
+        self.health.writer_beat();
+    }
+
+    fn publish_counts(&self) {
+        if let Some(m) = &self.metrics {
+            let c: Vec<(State, u64)> = State::ALL
+                .into_iter()
+                .map(|s| (s, self.counts[idx(s)].max(0) as u64))
+                .collect();
+            m.set_canaries(&c);
+        }
+    }
+
+    fn change(&mut self, c: Change) {
+        if let Some(f) = c.from {
+            self.counts[idx(f)] -= 1;
+        }
+        self.counts[idx(c.to)] += 1;
+        if let Some(ev) = &self.events {
+            ev.send(Event::CanaryState(StateEvent::from(&c)));
+        }
+    }
+
+    /// Each round of the writer's loop: silence, liveness rows, gauges.
+    pub(crate) fn tick(&mut self, store: &mut Store, queue_bytes: usize) {
+        self.health.writer_beat();
+        if let Some(m) = &self.metrics {
+            m.set_queue_bytes(queue_bytes);
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            let changes = self.tracker.tick(now_us());
+            let any = !changes.is_empty();
+            for c in changes {
+                self.change(c);
+            }
+            if any {
+                self.publish_counts();
+            }
+        }
+        if now >= self.next_save {
+            self.next_save = now + SAVE;
+            self.save(store);
+        }
+    }
+
+    fn save(&mut self, store: &mut Store) {
+        let rows = self.tracker.take_dirty();
+        if let Err(e) = store.save_liveness(&rows) {
+            self.tracker.restore_dirty(&rows);
+            if let Some(n) = self.save_warn.check() {
+                warn!("cannot store the canaries' liveness: {e}{}", suppressed(n));
+            }
+        }
+    }
+
+    pub(crate) fn commit_failed(&self) {
+        self.health.committed(false);
+    }
+
+    /// After a commit and its acks: events for the stored records, liveness.
+    pub(crate) fn committed(
+        &mut self,
+        took: Duration,
+        records: &[NewRecord],
+        outcomes: &[InsertOutcome],
+        ids: &[i64],
+        heartbeats: &[HeartbeatSeen],
+    ) {
+        self.health.committed(true);
+        if let Some(m) = &self.metrics {
+            m.observe_commit(took);
+        }
+        let mut changed = false;
+        let stored = records
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == InsertOutcome::Stored)
+            .map(|(r, _)| r);
+        for (r, &id) in stored.zip(ids) {
+            let t = &r.text;
+            let source = t.get(Col::Source).unwrap_or("");
+            if let Some(ev) = &self.events {
+                ev.send(Event::CrashStored(CrashEvent {
+                    id,
+                    boot_id: hex(&r.key.boot_id),
+                    seq: r.key.seq,
+                    record_crc: format!("{:08x}", r.key.record_crc),
+                    host: host_of(source),
+                    source: source.to_string(),
+                    received_at: format_time_us(r.received_at_us),
+                    received_at_us: r.received_at_us,
+                    arch: t.get(Col::Arch).unwrap_or("").to_string(),
+                    kind: t.get(Col::Kind).unwrap_or("").to_string(),
+                    message: t.get(Col::Message).unwrap_or("").to_string(),
+                    location: t
+                        .get(Col::File)
+                        .map(|f| format!("{f}:{}:{}", r.line_col.0, r.line_col.1)),
+                    steps: Vec::new(),
+                    steps_json: t.get(Col::Steps).unwrap_or("[]").to_string(),
+                }));
+            }
+            let arch = arch_code(t.get(Col::Arch).unwrap_or(""));
+            if let Some(c) =
+                self.tracker
+                    .record_stored(source, r.key.boot_id, arch, id, r.received_at_us)
+            {
+                self.change(c);
+                changed = true;
+            }
+        }
+        for h in heartbeats {
+            if let Some(c) = self.tracker.heartbeat(h) {
+                self.change(c);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_counts();
+        }
+    }
+
+    /// At exit: the last liveness rows.
+    pub(crate) fn finish(&mut self, store: &mut Store) {
+        self.save(store);
+        self.health.writer_gone();
+    }
+}
+
+fn idx(s: State) -> usize {
+    State::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The wire code of an architecture name (0 if unknown).
+fn arch_code(name: &str) -> u8 {
+    use capture::record::Arch;
+    match name {
+        "x86_64" => Arch::X86_64.into(),
+        "aarch64" => Arch::Aarch64.into(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,292 @@
+//! Fleet operations end to end (issue 15): liveness from `load --heartbeats`, the event log
+//! line, `--on-event` and `--webhook` (against a local HTTP server), `/metrics` and
+//! `/healthz`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn load(addr: std::net::SocketAddr, args: &[&str]) -> std::process::Output {
+    let target = addr.to_string();
+    let mut a = vec!["load", "--target", target.as_str(), "--json"];
+    a.extend_from_slice(args);
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(0), "load: {}", stderr(&o));
+    o
+}
+
+/// JSON lines the `--on-event` hook appended to `path`.
+fn hook_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("hook line {l:?}: {e}")))
+        .collect()
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_canary_that_stops_heartbeating_turns_silent_within_the_threshold_with_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let hook = dir.path().join("events.jsonl");
+    let cmd = format!("cat >> '{}'", hook.display());
+    let mut srv = Server::start(
+        &db,
+        "127.0.0.1:0",
+        &["--silence", "3", "--on-event", &cmd],
+        &[],
+    );
+    // One canary: heartbeats every 100 ms for 1 s, then nothing (no record: it just stops).
+    load(
+        srv.addr,
+        &[
+            "--canaries",
+            "1",
+            "--records",
+            "0",
+            "--heartbeats",
+            "100ms",
+            "--heartbeat-for",
+            "1s",
+        ],
+    );
+    let alive = srv
+        .wait_line(|l| l.contains("canary alive"), Duration::from_secs(5))
+        .expect("an event line for the new canary");
+    assert!(alive.contains("from=new"), "{alive}");
+    let silent = srv
+        .wait_line(|l| l.contains("canary silent"), Duration::from_secs(5))
+        .expect("the canary turns silent");
+    assert!(silent.contains("reason=\"no heartbeat for"), "{silent}");
+    // Exactly one: no second silent event while it stays quiet.
+    assert_eq!(
+        srv.wait_line(|l| l.contains("canary silent"), Duration::from_millis(1500)),
+        None
+    );
+    let evs = hook_events(&hook);
+    let silent: Vec<_> = evs.iter().filter(|e| e["to"] == "silent").collect();
+    assert_eq!(silent.len(), 1, "{evs:#?}");
+    let e = silent[0];
+    assert_eq!(e["event"], "canary_state");
+    assert_eq!(e["from"], "alive");
+    // The interval was measured from the heartbeats, and the event came after 3 intervals
+    // without one, within a check period (250 ms) and some scheduling slack.
+    let interval = e["interval_ms"].as_i64().unwrap();
+    assert!((90..=110).contains(&interval), "{e}");
+    let quiet_ms = (e["at_us"].as_i64().unwrap() - e["last_seen_us"].as_i64().unwrap()) / 1000;
+    assert_eq!(e["last_seen_us"].as_i64().unwrap(), last_seen_us(&db));
+    assert!(
+        (3 * interval..=3 * interval + 500).contains(&quiet_ms),
+        "silent after {quiet_ms} ms: {e}"
+    );
+    // `canaries` says so too, and filters by state.
+    let o = run_db(&db, &["canaries", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = json(&o);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["state"], "silent");
+    assert_eq!(rows[0]["interval_ms"], interval);
+    let o = run_db(&db, &["canaries", "--state", "alive"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = run_db(&db, &["canaries", "--state", "silent,crashed"]);
+    assert_eq!(o.status.code(), Some(0));
+    let t = stdout(&o);
+    assert!(
+        t.contains("silent") && t.contains("1 canary: 1 silent."),
+        "{t}"
+    );
+    assert!(t.lines().all(|l| l.chars().count() <= 80), "{t}");
+    assert_eq!(srv.stop("TERM"), 0);
+}
+
+/// The last heartbeat's arrival time of the only canary (from `canaries --json`).
+fn last_seen_us(db: &Path) -> i64 {
+    let o = run_db(db, &["canaries", "--json"]);
+    json(&o)[0]["last_seen_us"].as_i64().unwrap()
+}
+
+/// A minimal HTTP endpoint in the test: collects the bodies POSTed to it.
+struct Hooked {
+    bodies: Arc<Mutex<Vec<String>>>,
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hooked {
+    fn start() -> Hooked {
+        let srv = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", srv.server_addr().to_ip().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, s) = (bodies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Some(mut req)) = srv.recv_timeout(Duration::from_millis(50)) {
+                    let mut body = String::new();
+                    let _ = req.as_reader().read_to_string(&mut body);
+                    assert_eq!(req.method(), &tiny_http::Method::Post);
+                    b.lock().unwrap().push(body);
+                    let _ = req.respond(tiny_http::Response::empty(204));
+                }
+            }
+        });
+        Hooked { bodies, url, stop }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Hooked {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+
+fn crash_keys(evs: &[serde_json::Value]) -> Vec<(String, u64, i64)> {
+    evs.iter()
+        .filter(|e| e["event"] == "crash_stored")
+        .map(|e| {
+            (
+                e["boot_id"].as_str().unwrap().to_string(),
+                e["seq"].as_u64().unwrap(),
+                e["id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_hook_and_the_webhook_get_exactly_one_json_event_per_stored_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let hook = dir.path().join("events.jsonl");
+    let web = Hooked::start();
+    let cmd = format!("cat >> '{}'", hook.display());
+    let mut srv = Server::start(
+        &db,
+        "127.0.0.1:0",
+        &["--on-event", &cmd, "--webhook", &web.url],
+        &[],
+    );
+    // 3 canaries, 30 records, with loss and duplicates: retransmits answered `duplicate`
+    // must not make events.
+    load(
+        srv.addr,
+        &[
+            "--canaries",
+            "3",
+            "--records",
+            "30",
+            "--loss",
+            "0.2",
+            "--dup",
+            "0.2",
+            "--seed",
+            "7",
+        ],
+    );
+    let stored = wait_stats(&db, |s| s["records_stored"] == 30);
+    let line = srv
+        .wait_line(|l| l.contains("crash stored id="), Duration::from_secs(5))
+        .expect("a log line per stored record");
+    assert!(
+        line.contains(" INFO ") && line.contains(" kind=") && line.contains(" host=127.0.0.1 "),
+        "{line}"
+    );
+    let listed: BTreeSet<i64> = json(&run_db(&db, &["list", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 30, "{stored}");
+    let hooked = wait_until("30 hook events", Duration::from_secs(20), || {
+        let k = crash_keys(&hook_events(&hook));
+        (k.len() >= 30).then_some(k)
+    });
+    let posted = wait_until("30 webhook events", Duration::from_secs(20), || {
+        let k = crash_keys(&web.events());
+        (k.len() >= 30).then_some(k)
+    });
+    // Nothing more arrives later.
+    std::thread::sleep(Duration::from_millis(700));
+    for (name, first, now) in [
+        ("hook", hooked, crash_keys(&hook_events(&hook))),
+        ("webhook", posted, crash_keys(&web.events())),
+    ] {
+        assert_eq!(first.len(), 30, "{name}");
+        assert_eq!(now.len(), 30, "{name}: events after the first 30");
+        let ids: BTreeSet<i64> = now.iter().map(|k| k.2).collect();
+        assert_eq!(
+            ids, listed,
+            "{name}: one event per stored record, with its id"
+        );
+        let keys: BTreeSet<(String, u64)> = now.iter().map(|k| (k.0.clone(), k.1)).collect();
+        assert_eq!(keys.len(), 30, "{name}");
+    }
+    // Each canary crashed once: one state event each, on both.
+    for evs in [hook_events(&hook), web.events()] {
+        let crashed = evs.iter().filter(|e| e["to"] == "crashed").count();
+        assert_eq!(crashed, 3, "{evs:#?}");
+    }
+    assert_eq!(srv.stop("TERM"), 0);
+    let s = stats(&db);
+    assert_eq!(s["hook_runs"], 33, "{s:#}");
+    assert_eq!(s["hook_failures"], 0, "{s:#}");
+    assert_eq!(s["webhook_sent"], 33, "{s:#}");
+    assert_eq!(s["webhook_dropped"], 0, "{s:#}");
+}
+
+#[test]
+fn a_failing_hook_and_an_unreachable_webhook_are_counted_and_never_hold_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    // Port 9 on loopback: nothing listens there, every POST fails at once.
+    let srv = Server::start(
+        &db,
+        "127.0.0.1:0",
+        &[
+            "--on-event",
+            "sleep 0.2; exit 3",
+            "--webhook",
+            "http://127.0.0.1:9/x",
+        ],
+        &[],
+    );
+    let t = Instant::now();
+    load(srv.addr, &["--canaries", "2", "--records", "10"]);
+    // 10 records behind hooks that take 200 ms each (4 at a time): acks never wait for them.
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    wait_stats(&db, |s| s["hook_failures"] == 12);
+    assert_eq!(srv.stop("TERM"), 0);
+    let s = stats(&db);
+    assert_eq!(s["records_stored"], 10);
+    assert_eq!(s["hook_runs"], 12, "{s:#}");
+    // The webhook retries with backoff; whatever did not fail for good by the end was cut
+    // off by the 5 s grace at exit. No POST succeeded.
+    assert_eq!(s["webhook_sent"], 0, "{s:#}");
+}
