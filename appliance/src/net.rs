@@ -273,10 +273,14 @@ pub fn now() -> Instant {
 }
 
 impl Net {
-    /// Brings up the NIC: the netvsc that Hyper-V offered (already up, from `crate::hyperv`),
-    /// else the first virtio-net device. `false` (logged) when there is none.
-    pub fn init(cfg: &Config, slot: &'static crate::sync::TryLock<Option<Net>>) -> bool {
-        let (mut phy, mac, kind) = match crate::hyperv::take_boot_nic() {
+    /// Brings up the NIC: `netvsc` when Hyper-V offered one (already up; the platform hands it
+    /// over), else the first virtio-net device. `false` (logged) when there is none.
+    pub fn init(
+        cfg: &Config,
+        slot: &'static crate::sync::TryLock<Option<Net>>,
+        netvsc: Option<&'static mut crate::hyperv::HvNic>,
+    ) -> bool {
+        let (mut phy, mac, kind) = match netvsc {
             Some(nic) => {
                 let mac = nic.mac();
                 (Phy::Netvsc(nic), mac, "netvsc")

@@ -103,6 +103,7 @@ pub fn kmain(bi: BootInfo) -> ! {
     // Straight into the static: the Hyper-V state (two VMBus connections) is too large to
     // pass through kmain's frame, which stays on the boot stack under the panic path.
     crate::hyperv::init(cfg, &HYPERV);
-    Net::init(cfg, &NET);
+    // The NIC goes from the Hyper-V code to the network here (neither calls the other).
+    Net::init(cfg, &NET, crate::hyperv::take_boot_nic());
     crate::canary::run(cfg)
 }
