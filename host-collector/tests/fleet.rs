@@ -165,7 +165,6 @@ impl Drop for Hooked {
     }
 }
 
-
 fn crash_keys(evs: &[serde_json::Value]) -> Vec<(String, u64, i64)> {
     evs.iter()
         .filter(|e| e["event"] == "crash_stored")
@@ -289,4 +288,155 @@ fn a_failing_hook_and_an_unreachable_webhook_are_counted_and_never_hold_acks() {
     // The webhook retries with backoff; whatever did not fail for good by the end was cut
     // off by the 5 s grace at exit. No POST succeeded.
     assert_eq!(s["webhook_sent"], 0, "{s:#}");
+}
+
+fn http_get(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_their_counters_match_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mut srv = Server::start(&db, "127.0.0.1:0", &["--metrics", "127.0.0.1:0"], &[]);
+    let line = srv
+        .wait_line(|l| l.contains("metrics on http://"), Duration::from_secs(5))
+        .expect("the metrics address");
+    let base = line
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    load(
+        srv.addr,
+        &[
+            "--canaries",
+            "4",
+            "--records",
+            "40",
+            "--dup",
+            "0.3",
+            "--heartbeats",
+            "50ms",
+            "--heartbeat-for",
+            "300ms",
+        ],
+    );
+    // Something refused, too: a datagram with a bad CRC.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(b"CNRY not a frame at all, 32 bytes", srv.addr)
+        .unwrap();
+    wait_stats(&db, |s| {
+        s["records_stored"] == 40 && s["acks_sent"].as_u64() >= Some(40) && s["bad_frames"] == 1
+    });
+    // Counters are written with each commit (and read from the database at each scrape):
+    // wait until a scrape and `stats` agree on every counter.
+    // prometheus-parse reads the Prometheus text format, where a counter's samples carry the
+    // name of its TYPE line; in the OpenMetrics text that prometheus-client writes, counter
+    // samples end in `_total`, so it reads them as untyped: their values are what counts.
+    let num = |v: &prometheus_parse::Value| -> f64 {
+        match v {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            o => panic!("not a number: {o:?}"),
+        }
+    };
+    let (parsed, st) = wait_until("metrics equal to stats", Duration::from_secs(10), || {
+        let (code, body) = http_get(&format!("{base}/metrics"));
+        assert_eq!(code, 200, "{body}");
+        let scrape =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let st = stats(&db);
+        let counters = st
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !["records", "canaries", "schema_version"].contains(&k.as_str()));
+        let mut n = 0;
+        for (name, want) in counters {
+            n += 1;
+            let metric = format!("canary_collector_{name}_total");
+            let got = scrape
+                .samples
+                .iter()
+                .find(|x| x.metric == metric)
+                .unwrap_or_else(|| panic!("no {metric} in\n{body}"));
+            if want.as_f64() != Some(num(&got.value)) {
+                return None;
+            }
+        }
+        assert!(n >= 30, "{st}");
+        Some((scrape, st))
+    });
+    let counter = |name: &str| -> f64 {
+        let metric = format!("canary_collector_{name}_total");
+        num(&parsed
+            .samples
+            .iter()
+            .find(|x| x.metric == metric)
+            .unwrap()
+            .value)
+    };
+    assert_eq!(counter("records_stored"), 40.0);
+    assert!(counter("heartbeats") > 0.0);
+    assert!(counter("acks_sent") >= 40.0);
+    assert_eq!(counter("bad_frames"), st["bad_frames"].as_f64().unwrap());
+    let labelled = |metric: &str, label: &str, value: &str| -> f64 {
+        parsed
+            .samples
+            .iter()
+            .find(|x| x.metric == metric && x.labels.get(label) == Some(value))
+            .map(|x| num(&x.value))
+            .unwrap_or_else(|| panic!("no {metric}{{{label}={value}}}"))
+    };
+    assert_eq!(
+        labelled(
+            "canary_collector_rejected_by_reason_total",
+            "reason",
+            "bad_magic"
+        ),
+        st["bad_magic"].as_f64().unwrap()
+    );
+    // The 4 canaries heartbeated, then crashed.
+    assert_eq!(
+        labelled("canary_collector_canaries", "state", "crashed"),
+        4.0
+    );
+    assert_eq!(labelled("canary_collector_canaries", "state", "alive"), 0.0);
+    // Histograms: commit latency, and the step times of the 40 stored records.
+    let hist_count = |metric: &str, label: Option<(&str, &str)>| -> u64 {
+        parsed
+            .samples
+            .iter()
+            .filter(|x| x.metric == metric)
+            .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+            .map(|x| match &x.value {
+                prometheus_parse::Value::Histogram(b) => b.last().map(|b| b.count as u64).unwrap(),
+                o => panic!("{metric}: {o:?}"),
+            })
+            .sum()
+    };
+    assert!(hist_count("canary_collector_commit_seconds", None) > 0);
+    assert_eq!(
+        hist_count(
+            "canary_collector_panic_step_seconds",
+            Some(("step", "freeze"))
+        ),
+        40
+    );
+    let (code, body) = http_get(&format!("{base}/healthz"));
+    assert_eq!(code, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["writer_alive"], true);
+    assert_eq!(h["database_writable"], true);
+    assert!(h["last_commit_age_s"].as_f64().unwrap() < 5.0, "{h}");
+    assert_eq!(http_get(&format!("{base}/nope")).0, 404);
+    assert_eq!(srv.stop("TERM"), 0);
 }
