@@ -1,6 +1,6 @@
 //! Conversion of capture's decoded records into the stored form ([`RecordFields`]).
 
-use capture::panic::Step;
+use capture::panic::{Outcome, Step};
 use capture::record::{Arch, BootMode, CrashKind, CrashRecord};
 use serde_json::json;
 
@@ -250,7 +250,46 @@ pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
         }
         s.push(']');
     });
+    set_ext_columns(&mut t, r);
     t
+}
+
+/// The schema 1.1 columns: the image id (`KIND:ID`, as the symbol store names it), the
+/// stacks / backtrace end / takeovers JSON, the load base, and each step's time (the first
+/// record of steps 1-7 that is not pending: a pending step has no time yet).
+fn set_ext_columns(t: &mut RowText, r: &CrashRecord) {
+    let e = &r.ext;
+    if let Some(id) = crate::symbols::DebugId::from_record(e.image_id_kind, &e.image_id) {
+        t.set(Col::ImageId, |s| {
+            s.push_str(id.kind_name());
+            s.push(':');
+            s.push_str(&id.dir_name());
+        });
+    }
+    t.set(Col::Ext, |s| {
+        s.push_str("{\"backtrace_end\":");
+        push_json_str(s, e.backtrace_end.describe());
+        s.push_str(",\"stacks\":[");
+        for (i, st) in e.stacks.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str("{\"name\":");
+            push_json_str(s, &st.name);
+            let _ = write!(s, ",\"size\":{},\"used\":{}}}", st.size, st.used);
+        }
+        let _ = write!(s, "],\"takeovers\":{}}}", e.takeovers);
+    });
+    t.load_base = (e.load_base != 0).then_some(e.load_base);
+    for st in &r.steps {
+        let code = u8::from(st.step) as usize;
+        if (1..=7).contains(&code)
+            && t.step_us[code - 1].is_none()
+            && !matches!(st.outcome, Outcome::Pending)
+        {
+            t.step_us[code - 1] = Some(st.elapsed_us);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +358,59 @@ mod tests {
                 assert_eq!(parse(&fast), parse(&slow), "{c:?}");
             }
         }
+    }
+
+    #[test]
+    fn schema_1_1_columns_carry_image_id_load_base_ext_and_step_times() {
+        use capture::panic::StepRecord;
+        use capture::record::{BacktraceEnd, ImageIdKind, StackUse};
+        let mut r = capture::testutil::sample_record(3);
+        r.ext.image_id_kind = ImageIdKind::GnuBuildId;
+        r.ext.image_id.extend_from_slice(&[0xab, 0x01]).unwrap();
+        r.ext.load_base = 0x10_0000;
+        r.ext.backtrace_end = BacktraceEnd::Outermost;
+        r.ext.takeovers = 2;
+        r.ext
+            .stacks
+            .push(StackUse {
+                name: capture::record::truncate_to("boot"),
+                size: 4096,
+                used: 100,
+            })
+            .unwrap();
+        r.steps.clear();
+        for (step, outcome, us) in [
+            (Step::Freeze, Outcome::Done, 404),
+            (Step::ScreenFlush, Outcome::NotPresent, 54),
+            (Step::Ship, Outcome::Pending, 0),
+            (Step::Freeze, Outcome::Done, 9),
+        ] {
+            r.steps
+                .push(StepRecord {
+                    step,
+                    outcome,
+                    elapsed_us: us,
+                })
+                .unwrap();
+        }
+        let t = row_text("10.0.0.1:9".parse().unwrap(), &r);
+        assert_eq!(t.get(Col::ImageId), Some("gnu-build-id:ab01"));
+        let ext: serde_json::Value = serde_json::from_str(t.get(Col::Ext).unwrap()).unwrap();
+        assert_eq!(
+            ext,
+            serde_json::json!({"backtrace_end": "outermost frame reached",
+                "stacks": [{"name": "boot", "size": 4096, "used": 100}], "takeovers": 2})
+        );
+        assert_eq!(t.load_base, Some(0x10_0000));
+        // The first entry's time per step; a pending step has none.
+        assert_eq!(
+            t.step_us,
+            [Some(404), Some(54), None, None, None, None, None]
+        );
+        // A 1.0 record: no image id, no load base.
+        let old = capture::testutil::sample_record(3);
+        let t = row_text("10.0.0.1:9".parse().unwrap(), &old);
+        assert_eq!((t.get(Col::ImageId), t.load_base), (None, None));
     }
 
     #[test]

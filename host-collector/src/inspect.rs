@@ -170,3 +170,37 @@ pub(crate) fn symbols(ctx: &Ctx, a: SymbolsArgs) -> Result<()> {
         }
     }
 }
+
+/// `stats --steps`: p50/p99/max per panic-path step per host.
+pub(crate) fn stats_steps(ctx: &Ctx, json: bool, host: Option<&str>) -> Result<()> {
+    let store = ctx.open_existing()?;
+    let rows = store.step_stats(host)?;
+    if json {
+        return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "No step times recorded{}.",
+            host.map(|h| format!(" for host {h}")).unwrap_or_default()
+        );
+        return Err(Exit(1).into());
+    }
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.host.clone(),
+                r.step.clone(),
+                r.records.to_string(),
+                r.p50_us.to_string(),
+                r.p99_us.to_string(),
+                r.max_us.to_string(),
+            ]
+        })
+        .collect();
+    print(&host_collector::output::table(
+        &["HOST", "STEP", "RECORDS", "P50_US", "P99_US", "MAX_US"],
+        &body,
+        true,
+    ))
+}

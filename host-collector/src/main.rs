@@ -281,6 +281,13 @@ struct StatsArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Per panic-path step and per host (the record's source address): records, p50, p99
+    /// and max of the step's time in microseconds.
+    #[arg(long)]
+    steps: bool,
+    /// With --steps: only this host (an address as `list` shows it, without the port).
+    #[arg(long, requires = "steps", value_name = "HOST")]
+    host: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -527,6 +534,9 @@ fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
 }
 
 fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
+    if a.steps {
+        return inspect::stats_steps(ctx, a.json, a.host.as_deref());
+    }
     let store = ctx.open_existing()?;
     let s = store.stats()?;
     if a.json {

@@ -15,7 +15,9 @@ mod checkpoint;
 mod liveness;
 mod read;
 mod retention;
+mod steps;
 pub use checkpoint::Checkpointer;
+pub use steps::{host_of, StepStat, STEP_COLUMNS};
 #[cfg(test)]
 mod tests;
 mod types;

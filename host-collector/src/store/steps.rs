@@ -1,0 +1,182 @@
+//! `stats --steps`: how long each panic-path step took, per host, from the `step_*_us`
+//! columns. The step times measure the host (UNLOAD, the reconnect, the ship): p50 and p99
+//! per host say which host is slow.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The step columns, in step order, with the step names `show` uses.
+pub const STEP_COLUMNS: [(&str, &str); 7] = [
+    ("freeze", "step_freeze_us"),
+    ("screen-flush", "step_screen_flush_us"),
+    ("vmbus-unload", "step_vmbus_unload_us"),
+    ("arch-cleanup", "step_arch_cleanup_us"),
+    ("ship", "step_ship_us"),
+    ("crash-registers", "step_crash_registers_us"),
+    ("end", "step_end_us"),
+];
+
+/// One (host, step) row of `stats --steps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStat {
+    pub host: String,
+    pub step: String,
+    /// Records with a time for this step.
+    pub records: u64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+}
+
+/// The host of a record: its source address without the port (`10.0.0.5:40000` ->
+/// `10.0.0.5`, `[fe80::1]:7` -> `fe80::1`); other sources as they are.
+pub fn host_of(source: &str) -> String {
+    match source.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => source.to_string(),
+    }
+}
+
+/// The nearest-rank percentile `q` (0 < q <= 1) of sorted `v` (not empty).
+pub fn percentile(v: &[u32], q: f64) -> u32 {
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+impl Store {
+    /// p50 / p99 / max of every step's time per host (only `host` if given), hosts sorted,
+    /// steps in step order.
+    pub fn step_stats(&self, host: Option<&str>) -> Result<Vec<StepStat>> {
+        let cols: Vec<&str> = STEP_COLUMNS.iter().map(|c| c.1).collect();
+        let sql = format!(
+            "SELECT source, {} FROM records WHERE coalesce({}) IS NOT NULL",
+            cols.join(", "),
+            cols.join(", ")
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let mut rows = st.query([])?;
+        let mut by: BTreeMap<(String, usize), Vec<u32>> = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let h = host_of(&r.get::<_, String>(0)?);
+            if host.is_some_and(|want| want != h) {
+                continue;
+            }
+            for i in 0..STEP_COLUMNS.len() {
+                if let Some(us) = r.get::<_, Option<i64>>(i + 1)? {
+                    by.entry((h.clone(), i))
+                        .or_default()
+                        .push(us.clamp(0, u32::MAX as i64) as u32);
+                }
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|((host, i), mut v)| {
+                v.sort_unstable();
+                StepStat {
+                    host,
+                    step: STEP_COLUMNS[i].0.into(),
+                    records: v.len() as u64,
+                    p50_us: percentile(&v, 0.50),
+                    p99_us: percentile(&v, 0.99),
+                    max_us: *v.last().unwrap_or(&0),
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_drop_the_port_and_percentiles_are_nearest_rank() {
+        assert_eq!(host_of("10.0.0.5:40000"), "10.0.0.5");
+        assert_eq!(host_of("[fe80::1]:7"), "fe80::1");
+        assert_eq!(host_of("screen:shot.png"), "screen:shot.png");
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[1, 2], 0.5), 1);
+    }
+
+    fn record(seq: u32, source: &str, unload_us: u32, ship: Option<u32>) -> NewRecord {
+        use capture::panic::{Outcome, Step, StepRecord};
+        let mut r = capture::testutil::sample_record(1);
+        r.steps.clear();
+        for (step, outcome, us) in [
+            (Step::Freeze, Outcome::Done, 100 + seq),
+            (Step::VmbusUnload, Outcome::Done, unload_us),
+            (
+                Step::Ship,
+                if ship.is_some() {
+                    Outcome::Done
+                } else {
+                    Outcome::Pending
+                },
+                ship.unwrap_or(0),
+            ),
+        ] {
+            r.steps
+                .push(StepRecord {
+                    step,
+                    outcome,
+                    elapsed_us: us,
+                })
+                .unwrap();
+        }
+        let mut n = super::super::tests::sample(seq, 1);
+        n.key.boot_id = [seq as u8; 16];
+        n.text = crate::convert::row_text(source.parse().unwrap(), &r);
+        n
+    }
+
+    /// Three simulated hosts: each one's UNLOAD time distribution comes back as its own
+    /// p50/p99, the pending ship step has no time, and --host filters.
+    #[test]
+    fn step_stats_give_p50_and_p99_per_step_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut recs = Vec::new();
+        let mut seq = 0;
+        for (host, base) in [
+            ("10.0.0.1", 1000u32),
+            ("10.0.0.2", 50_000),
+            ("[fd00::3]", 10),
+        ] {
+            for i in 1..=100u32 {
+                seq += 1;
+                let src = format!("{host}:{}", 40000 + i);
+                recs.push(record(seq, &src, base * i, (i % 2 == 0).then_some(i)));
+            }
+        }
+        st.commit_batch(&recs, &[], &[], &[]).unwrap();
+        let all = st.step_stats(None).unwrap();
+        let get = |h: &str, s: &str| {
+            all.iter()
+                .find(|x| x.host == h && x.step == s)
+                .unwrap_or_else(|| panic!("no {h} {s} in {all:?}"))
+                .clone()
+        };
+        let a = get("10.0.0.1", "vmbus-unload");
+        assert_eq!(
+            (a.records, a.p50_us, a.p99_us, a.max_us),
+            (100, 50_000, 99_000, 100_000)
+        );
+        let b = get("10.0.0.2", "vmbus-unload");
+        assert_eq!((b.p50_us, b.p99_us), (2_500_000, 4_950_000));
+        let c = get("fd00::3", "vmbus-unload");
+        assert_eq!((c.p50_us, c.p99_us), (500, 990));
+        // Only the records whose ship step was done have a ship time.
+        assert_eq!(get("10.0.0.1", "ship").records, 50);
+        assert!(!all.iter().any(|x| x.step == "screen-flush"));
+        let only = st.step_stats(Some("10.0.0.2")).unwrap();
+        assert!(only.iter().all(|x| x.host == "10.0.0.2"));
+        assert_eq!(only.len(), 3);
+    }
+}
