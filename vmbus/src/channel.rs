@@ -58,16 +58,58 @@ impl core::fmt::Display for Poison {
     }
 }
 
-/// Errors from channel I/O.
+/// Why a channel operation failed: the one error type of the core channel ([`Channel`]) and
+/// of the device layer the drivers use ([`crate::device`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
-    #[error(transparent)]
-    Ring(#[from] RingError),
-    #[error("signalling the host failed: {0}")]
-    Signal(#[from] HvError),
-    /// The ring in that direction was found corrupt earlier; it is no longer touched.
+    /// `try_send` found the outbound-ring lock held by someone else.
+    #[error("outbound ring lock is held")]
+    Busy,
+    /// The outbound ring has no room for the packet.
+    #[error("outbound ring is full")]
+    Full,
+    /// The packet does not fit in the ring or in the caller's buffer (an inbound one was
+    /// consumed, so the next read gets the next packet).
+    #[error("packet too large ({0} bytes)")]
+    TooLarge(usize),
+    /// The channel is closed or was never opened.
+    #[error("channel closed")]
+    Closed,
+    /// An inbound packet was malformed; it was consumed, so the next read gets the next one.
+    #[error("malformed packet (dropped): {0}")]
+    Malformed(RingError),
+    /// The ring in that direction was found corrupt (an index or a descriptor that cannot be
+    /// stepped over): it is no longer read or written, and every later call fails the same
+    /// way.
     #[error("channel poisoned ({0}): no longer read or written")]
     Poisoned(Poison),
+    /// HvSignalEvent failed.
+    #[error("signalling the host failed: {0}")]
+    Signal(#[from] HvError),
+    /// GPADL creation failed (status from the host, 0 if there was none).
+    #[error("GPADL creation failed (status {0:#x})")]
+    Gpadl(u32),
+    /// Access outside a shared-memory region.
+    #[error("shared memory access out of bounds (offset {offset}, len {len})")]
+    OutOfBounds {
+        /// Byte offset of the access.
+        offset: usize,
+        /// Length of the access.
+        len: usize,
+    },
+}
+
+impl From<RingError> for ChannelError {
+    /// A ring error as the caller sees it. Whether a corrupt index or descriptor poisons the
+    /// channel is [`Channel`]'s decision, made before it converts.
+    fn from(e: RingError) -> Self {
+        match e {
+            RingError::Full { .. } => ChannelError::Full,
+            RingError::TooLarge(n) => ChannelError::TooLarge(n),
+            RingError::PacketDropped { needed, .. } => ChannelError::TooLarge(needed),
+            e => ChannelError::Malformed(e),
+        }
+    }
 }
 
 /// What a send did.
@@ -239,9 +281,12 @@ impl Channel {
             Ok(None) => return Ok(None),
             Err(e) => {
                 // A corrupt index or descriptor cannot be stepped over: stop reading this
-                // ring for good, so no caller can spin on it.
+                // ring for good, so no caller can spin on it. The details are said here,
+                // once; every caller sees `Poisoned` from the first error on.
                 if let Some(p) = Poison::of(&e) {
+                    log::error!("channel {}: inbound {e}", self.relid);
                     self.poison_rx.store(p.code(), Ordering::Release);
+                    return Err(ChannelError::Poisoned(p));
                 }
                 return Err(e.into());
             }
@@ -273,11 +318,16 @@ impl OutboundGuard<'_> {
         if let Some(p) = self.channel.tx_poisoned() {
             return Err(ChannelError::Poisoned(p));
         }
-        let out = packet.write_to(&self.channel.outbound).inspect_err(|e| {
-            if let Some(p) = Poison::of(e) {
-                self.channel.poison_tx.store(p.code(), Ordering::Release);
-            }
-        })?;
+        let out = packet
+            .write_to(&self.channel.outbound)
+            .map_err(|e| match Poison::of(&e) {
+                Some(p) => {
+                    log::error!("channel {}: outbound {e}", self.channel.relid);
+                    self.channel.poison_tx.store(p.code(), Ordering::Release);
+                    ChannelError::Poisoned(p)
+                }
+                None => e.into(),
+            })?;
         if out.signal {
             self.channel.signal(hv)?;
         }

@@ -17,6 +17,7 @@ pub mod cleanup;
 pub mod connection;
 pub mod crash;
 pub mod detect;
+pub mod device;
 pub mod guid;
 pub mod hypercall;
 pub mod mem;

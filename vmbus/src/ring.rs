@@ -142,6 +142,22 @@ pub struct GpaRange<'a> {
     pub pfns: Pfns<'a>,
 }
 
+impl GpaRange<'static> {
+    /// `len` bytes of physically contiguous guest memory at `gpa` (any alignment): one range
+    /// over the pages it spans.
+    pub fn contiguous(gpa: u64, len: u32) -> Self {
+        let byte_offset = (gpa % crate::PAGE_SIZE as u64) as u32;
+        GpaRange {
+            byte_count: len,
+            byte_offset,
+            pfns: Pfns::Contiguous {
+                first: gpa / crate::PAGE_SIZE as u64,
+                count: pages_spanned(byte_offset, len),
+            },
+        }
+    }
+}
+
 impl GpaRange<'_> {
     /// The range as 64-bit words: header word then PFNs.
     pub fn word(&self, i: usize) -> Option<u64> {
@@ -182,8 +198,13 @@ pub enum RingError {
     /// packet in place would wedge the channel on it forever.
     #[error("dropped a {needed}-byte packet: receive buffer has {have} bytes")]
     PacketDropped { needed: usize, have: usize },
-    #[error("packet header area is malformed: {0}")]
-    BadPacketHeader(&'static str),
+    /// The descriptor was sound (the packet was consumed) but its type-specific header was
+    /// not; `desc` says whose packet it was, so a driver can still complete it.
+    #[error("packet header area is malformed: {why}")]
+    BadPacketHeader {
+        why: &'static str,
+        desc: PacketDescriptor,
+    },
 }
 
 /// What a write decided.
@@ -513,17 +534,23 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, RingError> {
         PacketType::DATA_INBAND => PacketKind::InBand,
         PacketType::COMP => PacketKind::Completion,
         PacketType::DATA_USING_XFER_PAGES => {
-            let (h, rest) = TransferPageHeader::read_from_prefix(header)
-                .map_err(|_| RingError::BadPacketHeader("transfer-page header truncated"))?;
+            let (h, rest) = TransferPageHeader::read_from_prefix(header).map_err(|_| {
+                RingError::BadPacketHeader {
+                    why: "transfer-page header truncated",
+                    desc,
+                }
+            })?;
             let need =
                 (h.range_count as usize)
                     .checked_mul(8)
-                    .ok_or(RingError::BadPacketHeader(
-                        "transfer-page range count overflows",
-                    ))?;
-            let ranges = rest.get(..need).ok_or(RingError::BadPacketHeader(
-                "transfer-page ranges exceed header",
-            ))?;
+                    .ok_or(RingError::BadPacketHeader {
+                        why: "transfer-page range count overflows",
+                        desc,
+                    })?;
+            let ranges = rest.get(..need).ok_or(RingError::BadPacketHeader {
+                why: "transfer-page ranges exceed header",
+                desc,
+            })?;
             PacketKind::XferPages {
                 pageset_id: h.xfer_pageset_id,
                 sender_owns_set: h.sender_owns_set != 0,
@@ -531,22 +558,28 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, RingError> {
             }
         }
         PacketType::DATA_USING_GPA_DIRECT => {
-            let (h, rest) = GpaDirectHeader::read_from_prefix(header)
-                .map_err(|_| RingError::BadPacketHeader("GPA-direct header truncated"))?;
+            let (h, rest) = GpaDirectHeader::read_from_prefix(header).map_err(|_| {
+                RingError::BadPacketHeader {
+                    why: "GPA-direct header truncated",
+                    desc,
+                }
+            })?;
             let mut used = 0usize;
             for _ in 0..h.range_count {
-                let r = rest.get(used..used + 8).ok_or(RingError::BadPacketHeader(
-                    "GPA range header beyond header area",
-                ))?;
+                let r = rest.get(used..used + 8).ok_or(RingError::BadPacketHeader {
+                    why: "GPA range header beyond header area",
+                    desc,
+                })?;
                 let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
                 let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
                 let pfns = pages_spanned(offset, count);
                 used = used
                     .checked_add(8 + pfns * 8)
                     .filter(|&u| u <= rest.len())
-                    .ok_or(RingError::BadPacketHeader(
-                        "GPA range PFNs beyond header area",
-                    ))?;
+                    .ok_or(RingError::BadPacketHeader {
+                        why: "GPA range PFNs beyond header area",
+                        desc,
+                    })?;
             }
             PacketKind::GpaDirect {
                 range_count: h.range_count,

@@ -15,10 +15,10 @@
 
 use capture::panic::{Outcome, SkipReason};
 use vmbus::netvsc::{Buffers, Netvsc, NetvscError, OpMode};
-use vmbus::synthvid::chan::{
-    ChannelError, Deadline, DeviceChannel, DmaMemory, InPacket, OutPacket, PhysRegion,
+use vmbus::device::{
+    ChannelError, ConnectionGpadls, CoreChannel, Deadline, DeviceChannel, DmaMemory,
+    OutgoingPacket, Packet, PhysRegion,
 };
-use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
 use vmbus::synthvid::{FlushOutcome, Mode, Synthvid, SynthvidError, VramSource};
 use vmbus::{
     Channel, Clock, ConnectOptions, Connection, Guid, HvError, Hypervisor, OpenOptions, PageAlloc,
@@ -112,13 +112,13 @@ impl<'a> SlotChannel<'a> {
 }
 
 impl DeviceChannel for SlotChannel<'_> {
-    fn send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         self.core()?.send(pkt)
     }
-    fn try_send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn try_send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         self.core()?.try_send(pkt)
     }
-    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<InPacket<'b>>, ChannelError> {
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<Packet<'b>>, ChannelError> {
         self.core()?.recv(buf)
     }
     fn signal(&self) {
@@ -325,7 +325,7 @@ impl DmaMemory for Vram {
         self.gpa
     }
     fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChannelError> {
-        vmbus::synthvid::chan::check_bounds(self.len, offset, out.len())?;
+        vmbus::device::check_bounds(self.len, offset, out.len())?;
         for (i, b) in out.iter_mut().enumerate() {
             // SAFETY: in bounds (checked above) of the region the constructor vouched for.
             *b = unsafe { core::ptr::read_volatile(self.base.add(offset + i)) };
@@ -333,7 +333,7 @@ impl DmaMemory for Vram {
         Ok(())
     }
     fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChannelError> {
-        vmbus::synthvid::chan::check_bounds(self.len, offset, data.len())?;
+        vmbus::device::check_bounds(self.len, offset, data.len())?;
         // SAFETY: in bounds (checked above) of the region the constructor vouched for.
         let dst = unsafe { self.base.add(offset) };
         let mut i = 0;
@@ -488,10 +488,11 @@ pub fn channel_code(e: ChannelError) -> u32 {
         ChannelError::Full => 0x302,
         ChannelError::TooLarge(_) => 0x303,
         ChannelError::Closed => 0x304,
-        ChannelError::Malformed => 0x305,
+        ChannelError::Malformed(_) => 0x305,
         ChannelError::Gpadl(_) => 0x306,
         ChannelError::OutOfBounds { .. } => 0x307,
         ChannelError::Poisoned(_) => 0x308,
+        ChannelError::Signal(_) => 0x309,
     }
 }
 

@@ -834,7 +834,7 @@ impl HyperV {
         '_,
         'static,
         ReferenceTime<'static>,
-        vmbus::synthvid::chan::PhysRegion,
+        vmbus::device::PhysRegion,
         impl vmbus::InterruptControl,
     > {
         panic::HvPanic {

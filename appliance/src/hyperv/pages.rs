@@ -72,8 +72,8 @@ pub static mut NIC_MEMORY: [NicMemory; 2] = [NicMemory::new(), NicMemory::new()]
 static NIC_TAKEN: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
 /// The netvsc buffers of NIC `i` (0 boot, 1 reconnect), once each; `None` afterwards.
-pub fn nic_buffers(i: usize) -> Option<vmbus::netvsc::Buffers<vmbus::synthvid::chan::PhysRegion>> {
-    use vmbus::synthvid::chan::PhysRegion;
+pub fn nic_buffers(i: usize) -> Option<vmbus::netvsc::Buffers<vmbus::device::PhysRegion>> {
+    use vmbus::device::PhysRegion;
     if NIC_TAKEN.get(i)?.swap(true, Ordering::AcqRel) {
         return None;
     }

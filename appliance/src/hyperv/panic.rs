@@ -12,7 +12,7 @@ use capture::panic::{Outcome, SkipReason};
 use capture::record::CrashRecord;
 use core::fmt::Write as _;
 use vmbus::netvsc::Netvsc;
-use vmbus::synthvid::chan::DmaMemory;
+use vmbus::device::DmaMemory;
 use vmbus::synthvid::{console, Synthvid};
 use vmbus::{Clock, InterruptControl, PageAlloc};
 
@@ -322,7 +322,7 @@ mod tests {
     use vmbus::cleanup::CleanupConfig;
     use vmbus::crash::CrashReporter;
     use vmbus::synic::VMBUS_MESSAGE_SINT;
-    use vmbus::synthvid::chan::PhysRegion;
+    use vmbus::device::PhysRegion;
     use vmbus::{GuestOsId, Hypervisor, SynReg, Synic, SynicMode};
     use vmbus_sim::chaos::ChaosConfig;
     use vmbus_sim::{Personality, Sim, SimArch, SimClock, SimConfig};

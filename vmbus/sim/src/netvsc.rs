@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use vmbus::netvsc::nvsp::{self, Nvsp, Section};
 use vmbus::netvsc::rndis::{self, Rndis};
-use vmbus::synthvid::chan::{
-    FLAG_COMPLETION_REQUESTED, PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_GPA_DIRECT,
-    PKT_DATA_USING_XFER_PAGES,
-};
+use vmbus::ring::{PacketType, FLAG_COMPLETION_REQUESTED};
+use vmbus::PAGE_SIZE;
 
 use crate::synthvid_link::{HostDevice, HostIo, HostPacket};
 
@@ -258,7 +256,7 @@ impl Inner {
             let tid = self.next_tid;
             if io
                 .send(
-                    PKT_DATA_USING_XFER_PAGES,
+                    PacketType::DATA_USING_XFER_PAGES.0,
                     FLAG_COMPLETION_REQUESTED,
                     tid,
                     &ext,
@@ -372,7 +370,7 @@ impl Inner {
     }
 
     fn on_packet(&mut self, io: &mut HostIo<'_>, pkt: &HostPacket) {
-        if pkt.kind == PKT_COMP {
+        if pkt.kind == PacketType::COMP.0 {
             // The guest completing one of our transfer-page packets.
             match self.in_flight.remove(&pkt.trans_id) {
                 Some(slot) => {
@@ -388,7 +386,8 @@ impl Inner {
             }
             return;
         }
-        if pkt.kind != PKT_DATA_INBAND && pkt.kind != PKT_DATA_USING_GPA_DIRECT {
+        if pkt.kind != PacketType::DATA_INBAND.0 && pkt.kind != PacketType::DATA_USING_GPA_DIRECT.0
+        {
             self.st.rejected += 1;
             return;
         }
@@ -505,7 +504,7 @@ impl Inner {
                         }
                         _ => ok = false,
                     }
-                } else if pkt.kind == PKT_DATA_USING_GPA_DIRECT {
+                } else if pkt.kind == PacketType::DATA_USING_GPA_DIRECT.0 {
                     for p in &pkt.pages {
                         if p.offset as usize + p.len as usize > PAGE_SIZE {
                             ok = false;

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use vmbus::synthvid::chan::PKT_DATA_INBAND;
+use vmbus::ring::PacketType;
 use vmbus::synthvid::wire::{Message, Rect, Situation, SizeForm};
 
 use crate::synthvid_link::{HostDevice, HostIo, HostPacket, SimMemory};
@@ -222,7 +222,7 @@ impl SynthvidHost {
 
 impl HostDevice for SynthvidHost {
     fn on_packet(&mut self, io: &mut HostIo<'_>, pkt: &HostPacket) {
-        if pkt.kind != PKT_DATA_INBAND {
+        if pkt.kind != PacketType::DATA_INBAND.0 {
             self.state.lock().unwrap().rejected += 1;
             return;
         }

@@ -12,11 +12,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmbus::synthvid::chan::{
-    check_bounds, ChannelError, DeviceChannel, DmaMemory, InPacket, OutPacket, PageBuffer,
-    DESCRIPTOR_LEN, FLAG_COMPLETION_REQUESTED, PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND,
-    PKT_DATA_USING_GPA_DIRECT,
+use vmbus::device::{
+    check_bounds, ChannelError, DeviceChannel, DmaMemory, OutgoingPacket, Packet, PacketKind,
+    PacketType,
 };
+use vmbus::ring::{parse_packet, FLAG_COMPLETION_REQUESTED, MAX_BUILT_HEADER};
+use vmbus::PAGE_SIZE;
+
+/// Size of `struct vmpacket_descriptor` (ref §5.3).
+const DESCRIPTOR_LEN: usize = 16;
 
 /// Guest physical memory: one flat region starting at `base`, handed out page aligned.
 #[derive(Clone)]
@@ -165,6 +169,18 @@ pub fn encode_packet(kind: u16, flags: u16, trans_id: u64, ext: &[u8], payload: 
     v
 }
 
+/// One page of a GPA-direct packet as the host model reads it (`struct hv_page_buffer`,
+/// Linux `include/linux/hyperv.h`: `{u32 len; u32 offset; u64 pfn}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPage {
+    /// Bytes used in this page.
+    pub len: u32,
+    /// Offset of the data in this page.
+    pub offset: u32,
+    /// Guest page frame number (GPA >> 12).
+    pub pfn: u64,
+}
+
 /// A packet as the host model sees it.
 #[derive(Debug, Clone)]
 pub struct HostPacket {
@@ -178,8 +194,8 @@ pub struct HostPacket {
     pub ext: Vec<u8>,
     /// Data.
     pub payload: Vec<u8>,
-    /// Pages of a GPA-direct packet (parsed from `ext`).
-    pub pages: Vec<PageBuffer>,
+    /// Pages of a GPA-direct packet (its ranges, split at page boundaries).
+    pub pages: Vec<HostPage>,
 }
 
 impl HostPacket {
@@ -249,11 +265,11 @@ impl<'a> HostIo<'a> {
     }
     /// Sends an in-band packet.
     pub fn send_inband(&mut self, payload: &[u8]) -> Result<(), ChannelError> {
-        self.send(PKT_DATA_INBAND, 0, 0, &[], payload)
+        self.send(PacketType::DATA_INBAND.0, 0, 0, &[], payload)
     }
     /// Sends a completion.
     pub fn send_completion(&mut self, trans_id: u64, payload: &[u8]) -> Result<(), ChannelError> {
-        self.send(PKT_COMP, 0, trans_id, &[], payload)
+        self.send(PacketType::COMP.0, 0, trans_id, &[], payload)
     }
 }
 
@@ -491,24 +507,33 @@ impl Link {
 }
 
 fn decode_host_packet(raw: &[u8]) -> Option<HostPacket> {
-    let p = InPacket::parse(raw).ok()?;
+    let p = parse_packet(raw).ok()?;
     let mut pages = Vec::new();
-    if p.kind == PKT_DATA_USING_GPA_DIRECT && p.ext.len() >= 8 {
-        let n = u32::from_le_bytes(p.ext[4..8].try_into().unwrap()) as usize;
-        for i in 0..n {
-            let e = p.ext.get(8 + 16 * i..8 + 16 * i + 16)?;
-            pages.push(PageBuffer {
-                len: u32::from_le_bytes(e[0..4].try_into().unwrap()),
-                offset: u32::from_le_bytes(e[4..8].try_into().unwrap()),
-                pfn: u64::from_le_bytes(e[8..16].try_into().unwrap()),
-            });
+    if let PacketKind::GpaDirect { ranges, .. } = p.kind {
+        // gpa_range records, {u32 byte_count; u32 byte_offset; u64 pfn[]} (their lengths
+        // validated by the parser): each becomes the pages it spans.
+        let words: Vec<u64> = ranges
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut w = words.iter().copied();
+        while let Some(head) = w.next() {
+            let mut count = head as u32;
+            let mut offset = (head >> 32) as u32 % PAGE_SIZE as u32;
+            let spanned = (u64::from(offset) + u64::from(count)).div_ceil(PAGE_SIZE as u64);
+            for pfn in w.by_ref().take(spanned as usize) {
+                let len = count.min(PAGE_SIZE as u32 - offset);
+                pages.push(HostPage { len, offset, pfn });
+                count -= len;
+                offset = 0;
+            }
         }
     }
     Some(HostPacket {
-        kind: p.kind,
-        flags: p.flags,
-        trans_id: p.trans_id,
-        ext: p.ext.to_vec(),
+        kind: p.desc.ty,
+        flags: p.desc.flags,
+        trans_id: p.desc.trans_id,
+        ext: raw[DESCRIPTOR_LEN..usize::from(p.desc.offset8) * 8].to_vec(),
         payload: p.payload.to_vec(),
         pages,
     })
@@ -541,58 +566,18 @@ pub struct SimChannel {
 }
 
 impl SimChannel {
-    fn encode(pkt: &OutPacket<'_>) -> Vec<u8> {
-        match *pkt {
-            OutPacket::InBand {
-                payload,
-                trans_id,
-                completion_requested,
-            } => encode_packet(
-                PKT_DATA_INBAND,
-                if completion_requested {
-                    FLAG_COMPLETION_REQUESTED
-                } else {
-                    0
-                },
-                trans_id,
-                &[],
-                payload,
-            ),
-            OutPacket::Completion { payload, trans_id } => {
-                encode_packet(PKT_COMP, 0, trans_id, &[], payload)
-            }
-            OutPacket::GpaDirect {
-                pages,
-                payload,
-                trans_id,
-                completion_requested,
-            } => {
-                // vmbus_channel_packet_page_buffer: u32 reserved, u32 rangecount, ranges.
-                let mut ext = vec![0u8; 8];
-                ext[4..8].copy_from_slice(&(pages.len() as u32).to_le_bytes());
-                for p in pages {
-                    ext.extend(p.len.to_le_bytes());
-                    ext.extend(p.offset.to_le_bytes());
-                    ext.extend(p.pfn.to_le_bytes());
-                }
-                encode_packet(
-                    PKT_DATA_USING_GPA_DIRECT,
-                    if completion_requested {
-                        FLAG_COMPLETION_REQUESTED
-                    } else {
-                        0
-                    },
-                    trans_id,
-                    &ext,
-                    payload,
-                )
-            }
-        }
+    /// The packet as the guest's ring would carry it, built by the ring's own builder.
+    fn encode(pkt: &OutgoingPacket<'_>) -> Result<Vec<u8>, ChannelError> {
+        let mut hdr = [0u8; MAX_BUILT_HEADER];
+        let (n, data) = pkt.build_header(&mut hdr)?;
+        let mut v = hdr[..n].to_vec();
+        v.extend_from_slice(data);
+        v.resize(v.len().next_multiple_of(8), 0);
+        Ok(v)
     }
 
-    fn send_locked(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
-        let raw = Self::encode(pkt);
-        let r = self.inner.to_host.lock().unwrap().push(&raw);
+    fn send_locked(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        let r = Self::encode(pkt).and_then(|raw| self.inner.to_host.lock().unwrap().push(&raw));
         self.inner.out_lock.store(false, Ordering::Release);
         let was_empty = r?;
         self.inner.guest_sends.fetch_add(1, Ordering::AcqRel);
@@ -606,7 +591,7 @@ impl SimChannel {
 }
 
 impl DeviceChannel for SimChannel {
-    fn send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         while self
             .inner
             .out_lock
@@ -618,7 +603,7 @@ impl DeviceChannel for SimChannel {
         self.send_locked(pkt)
     }
 
-    fn try_send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn try_send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         if self
             .inner
             .out_lock
@@ -630,7 +615,7 @@ impl DeviceChannel for SimChannel {
         self.send_locked(pkt)
     }
 
-    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<InPacket<'b>>, ChannelError> {
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<Packet<'b>>, ChannelError> {
         let mut ring = self.inner.to_guest.lock().unwrap();
         let Some(len) = ring.head_len() else {
             return Ok(None);
@@ -645,10 +630,7 @@ impl DeviceChannel for SimChannel {
         ring.pop(&mut v);
         drop(ring);
         buf[..len].copy_from_slice(&v);
-        match InPacket::parse(&buf[..len]) {
-            Ok(p) => Ok(Some(p)),
-            Err(_) => Err(ChannelError::Malformed),
-        }
+        Ok(Some(parse_packet(&buf[..len])?))
     }
 
     fn signal(&self) {

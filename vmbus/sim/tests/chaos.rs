@@ -13,10 +13,10 @@ mod common;
 use common::bounded::Bounded;
 use common::{FakeGic, ARCHES, PERSONALITIES};
 use vmbus::cleanup::{cleanup_cpu, CleanupConfig};
+use vmbus::device::{ConnectionGpadls, CoreChannel};
+use vmbus::device::{DmaMemory, PhysRegion};
 use vmbus::guid::{NET, SYNTHVID};
 use vmbus::netvsc::{Buffers, Netvsc, OpMode};
-use vmbus::synthvid::chan::{DmaMemory, PhysRegion};
-use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
 use vmbus::synthvid::{Mode, Synthvid, VramSource};
 use vmbus::{
     ConnectOptions, Connection, OpenOptions, PageAlloc, SynicMode, UnloadOutcome, VmbusError,

@@ -5,9 +5,7 @@
 
 use vmbus::netvsc::nvsp::{self, Nvsp};
 use vmbus::netvsc::rndis::Rndis;
-use vmbus::synthvid::chan::{
-    FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
-};
+use vmbus::ring::{PacketType, FLAG_COMPLETION_REQUESTED};
 use vmbus::synthvid::wire::Message;
 use vmbus::synthvid::{Mode, Synthvid, VramSource};
 use vmbus_sim::netvsc::NetvscHostConfig;
@@ -117,12 +115,12 @@ fn hostile_host_packets_never_panic_and_are_all_completed() {
                     payload.truncate(rng.below(8));
                 }
                 let pkt = match rng.below(10) {
-                    0 => encode_packet(PKT_COMP, 0, rng.next(), &[], &payload),
-                    1 => encode_packet(PKT_DATA_INBAND, 0, 0, &[], &payload),
+                    0 => encode_packet(PacketType::COMP.0, 0, rng.next(), &[], &payload),
+                    1 => encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &payload),
                     _ => {
                         xfer_sent += 1;
                         encode_packet(
-                            PKT_DATA_USING_XFER_PAGES,
+                            PacketType::DATA_USING_XFER_PAGES.0,
                             FLAG_COMPLETION_REQUESTED,
                             tid,
                             &ext,
@@ -166,14 +164,14 @@ fn hostile_synthvid_messages_never_panic() {
     let host = SynthvidHost::new(SynthvidHostConfig::default(), mem.clone());
     let link = Link::new(mem, 256 * 1024, Box::new(host.clone()));
     let mut dev = Synthvid::new(link.guest());
-    use vmbus::synthvid::chan::DmaMemory;
+    use vmbus::device::DmaMemory;
     dev.connect(
         VramSource::GopFramebuffer {
             gpa: vram.gpa(),
             size: vram.len(),
         },
         Mode::new(640, 480),
-        &mut vmbus::synthvid::chan::SpinBudget(100),
+        &mut vmbus::device::SpinBudget(100),
     )
     .unwrap();
     let mut rng = Rng(0xfeed_face_0000_0001);
@@ -192,7 +190,7 @@ fn hostile_synthvid_messages_never_panic() {
             let i = rng.below(m.len());
             m[i] = rng.next() as u8;
         }
-        let kind = [PKT_DATA_INBAND, PKT_COMP, 0x42][rng.below(3)];
+        let kind = [PacketType::DATA_INBAND.0, PacketType::COMP.0, 0x42][rng.below(3)];
         link.inject(|io| io.send(kind, 0, rng.next(), &[], &m).unwrap());
         let _ = dev.poll();
     }

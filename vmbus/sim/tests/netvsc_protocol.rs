@@ -9,13 +9,11 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint};
+use vmbus::device::{DeviceChannel, OutgoingPacket};
 use vmbus::netvsc::nvsp::{self, Nvsp};
 use vmbus::netvsc::rndis::{self, Rndis};
 use vmbus::netvsc::{NetvscError, OpMode};
-use vmbus::synthvid::chan::{
-    DeviceChannel, OutPacket, FLAG_COMPLETION_REQUESTED, PKT_COMP, PKT_DATA_INBAND,
-    PKT_DATA_USING_XFER_PAGES,
-};
+use vmbus::ring::{PacketType, FLAG_COMPLETION_REQUESTED};
 use vmbus_sim::netvsc::{NetvscHostConfig, NetvscState};
 use vmbus_sim::netvsc_bridge::{HostPort, QueueEndpoint};
 use vmbus_sim::netvsc_testbed::{Sizes, Testbed};
@@ -467,7 +465,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             1,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 1,
                 &xfer_ext(0x1234, &[(rl as u32, 0x8000)]),
@@ -478,7 +476,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             2,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 2,
                 &xfer_ext(0xCAFE, &[(64, recv_len as u32 - 8)]),
@@ -489,7 +487,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             3,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 3,
                 &{
@@ -504,7 +502,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             4,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 4,
                 &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]),
@@ -515,7 +513,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             5,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 5,
                 &xfer_ext(0xCAFE, &[(rl as u32, 0x8000)]),
@@ -526,7 +524,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             6,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 6,
                 &xfer_ext(0xCAFE, &[(rl as u32, 0x9000)]),
@@ -538,7 +536,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             7,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 7,
                 &xfer_ext(0xCAFE, &[(pl as u32, 0xA000)]),
@@ -549,7 +547,7 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
         (
             8,
             encode_packet(
-                PKT_DATA_USING_XFER_PAGES,
+                PacketType::DATA_USING_XFER_PAGES.0,
                 f,
                 8,
                 &xfer_ext(0xCAFE, &[(60_000, 0)]),
@@ -560,22 +558,22 @@ fn malformed_host_messages_are_rejected_without_panic_and_still_completed() {
     let n_xfer = bad.len() as u64;
     let mut others = vec![
         // A completion with a garbage payload and an unknown transaction id.
-        encode_packet(PKT_COMP, 0, 0xdead, &[], &[1, 2]),
+        encode_packet(PacketType::COMP.0, 0, 0xdead, &[], &[1, 2]),
         // A completion for a TX we never sent.
         encode_packet(
-            PKT_COMP,
+            PacketType::COMP.0,
             0,
             (2 << 32) | 77,
             &[],
             &[108, 0, 0, 0, 1, 0, 0, 0],
         ),
         // In-band garbage.
-        encode_packet(PKT_DATA_INBAND, 0, 0, &[], &[0xff]),
+        encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &[0xff]),
         // Unknown packet type.
         encode_packet(0x42, 0, 0, &[], &[]),
     ];
     // A descriptor whose data offset is beyond its length.
-    let mut d = encode_packet(PKT_DATA_INBAND, 0, 0, &[], &[0; 8]);
+    let mut d = encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &[0; 8]);
     d[2] = 9;
     others.push(d);
     tb.link.inject(|io| {
@@ -623,8 +621,8 @@ fn malformed_guest_messages_are_rejected_by_the_host_model() {
     let chan = tb.nic.channel().clone();
     let before = tb.host.state().rejected;
     // Truncated NVSP, an RNDIS packet in a section beyond the send buffer, an unknown message.
-    chan.send(&OutPacket::InBand {
-        payload: &[107, 0, 0],
+    chan.send(&OutgoingPacket::InBand {
+        data: &[107, 0, 0],
         trans_id: 1,
         completion_requested: true,
     })
@@ -637,8 +635,8 @@ fn malformed_guest_messages_are_rejected_by_the_host_model() {
     }
     .emit(&mut b)
     .unwrap();
-    chan.send(&OutPacket::InBand {
-        payload: &b[..n],
+    chan.send(&OutgoingPacket::InBand {
+        data: &b[..n],
         trans_id: 2,
         completion_requested: true,
     })

@@ -10,13 +10,14 @@ use common::bounded::Bounded;
 use common::{sim_with, ARCHES, PERSONALITIES};
 use smoltcp::phy::Device;
 use smoltcp::time::Instant;
-use vmbus::channel::{ChannelError as CoreError, Poison};
+use vmbus::channel::Poison;
+use vmbus::device::{
+    ChannelError, ConnectionGpadls, CoreChannel, DmaMemory, PhysRegion, SpinBudget,
+};
 use vmbus::guid::{NET, SYNTHVID};
 use vmbus::netvsc::nvsp;
 use vmbus::netvsc::{Buffers, Netvsc, NetvscError, OpMode, DRAIN_LIMIT};
-use vmbus::ring::{PacketDescriptor, RingError};
-use vmbus::synthvid::chan::{ChannelError, DmaMemory, PhysRegion, SpinBudget, PKT_DATA_INBAND};
-use vmbus::synthvid::core_channel::{ConnectionGpadls, CoreChannel};
+use vmbus::ring::{PacketDescriptor, PacketType};
 use vmbus::synthvid::wire::Message;
 use vmbus::synthvid::{Mode, Synthvid, SynthvidError, VramSource, POLL_LIMIT};
 use vmbus::{
@@ -72,12 +73,10 @@ fn core_channel_poisons_its_inbound_ring_on_a_corrupt_descriptor() {
             let host = s.host_channel(relid).unwrap();
             write_corrupt(&host);
             let mut buf = [0u8; 4096];
-            // The first read says what was wrong ...
-            assert!(
-                matches!(
-                    ch.try_recv(hv, &mut buf),
-                    Err(CoreError::Ring(RingError::BadDescriptor { len8: 200, .. }))
-                ),
+            // The first read poisons the ring (the descriptor's numbers go to the log) ...
+            assert_eq!(
+                ch.try_recv(hv, &mut buf).map(|p| p.is_some()),
+                Err(ChannelError::Poisoned(Poison::BadDescriptor)),
                 "{arch:?} {p:?}"
             );
             assert_eq!(ch.rx_poisoned(), Some(Poison::BadDescriptor));
@@ -93,7 +92,7 @@ fn core_channel_poisons_its_inbound_ring_on_a_corrupt_descriptor() {
             for _ in 0..3 {
                 assert_eq!(
                     ch.try_recv(hv, &mut buf).map(|p| p.is_some()),
-                    Err(CoreError::Poisoned(Poison::BadDescriptor))
+                    Err(ChannelError::Poisoned(Poison::BadDescriptor))
                 );
             }
             assert_eq!(host.to_guest.bytes_to_read().unwrap(), used, "not consumed");
@@ -131,16 +130,16 @@ fn core_channel_poisons_its_inbound_ring_on_a_corrupt_index() {
         let inbound = ch.ring_pages().gpa() + (ch.send_ring_pages() * 4096) as u64;
         assert!(s.mem.write(inbound, &4093u32.to_le_bytes()));
         let mut buf = [0u8; 256];
-        assert!(matches!(
-            ch.try_recv(hv, &mut buf),
-            Err(CoreError::Ring(RingError::BadIndex { write: 4093, .. }))
-        ));
+        assert_eq!(
+            ch.try_recv(hv, &mut buf).map(|p| p.is_some()),
+            Err(ChannelError::Poisoned(Poison::BadIndex))
+        );
         assert_eq!(ch.poisoned(), Some(Poison::BadIndex));
         // Repaired or not, the ring stays off.
         assert!(s.mem.write(inbound, &0u32.to_le_bytes()));
         assert_eq!(
             ch.try_recv(hv, &mut buf).map(|p| p.is_some()),
-            Err(CoreError::Poisoned(Poison::BadIndex))
+            Err(ChannelError::Poisoned(Poison::BadIndex))
         );
     }
 }
@@ -226,7 +225,7 @@ fn netvsc_poll_over_the_core_ends_and_poisons_on_a_corrupt_descriptor() {
 fn nvsp_flood_packet() -> Vec<u8> {
     let mut m = [0u8; 16];
     m[..4].copy_from_slice(&nvsp::msg_type::SEND_INDIRECTION_TABLE.to_le_bytes());
-    encode_packet(PKT_DATA_INBAND, 0, 0, &[], &m)
+    encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &m)
 }
 
 struct Silent;
@@ -355,7 +354,7 @@ fn feature_change_packet() -> Vec<u8> {
     }
     .emit(&mut b)
     .unwrap();
-    encode_packet(PKT_DATA_INBAND, 0, 0, &[], &b[..n])
+    encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &b[..n])
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! synthvid over the VMBus core: the real `Connection` (offers, GPADL, OPENCHANNEL), the real
-//! `Channel` rings and try-lock (through `synthvid::core_channel::CoreChannel`), VRAM in the
+//! `Channel` rings and try-lock (through `device::CoreChannel`), VRAM in the
 //! sim's guest memory at its GPA, and the synthvid host model reading the host end of the
 //! rings (`CoreHost`). Both register ABIs, every host personality (OpenVMM's synthvid never
 //! asks for DIRT and writes payload-only header sizes).
@@ -7,10 +7,10 @@
 mod common;
 
 use common::PERSONALITIES;
+use vmbus::device::CoreChannel;
+use vmbus::device::{DmaMemory, PhysRegion};
 use vmbus::guid::SYNTHVID;
-use vmbus::synthvid::chan::{DmaMemory, PhysRegion};
 use vmbus::synthvid::console;
-use vmbus::synthvid::core_channel::CoreChannel;
 use vmbus::synthvid::wire;
 use vmbus::synthvid::{FlushOutcome, Mode, Rect, Synthvid, VramSource};
 use vmbus::{ConnectOptions, Connection, OpenOptions, PageAlloc, SynicMode};

@@ -8,8 +8,8 @@ use common::PERSONALITIES;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use vmbus::device::{DmaMemory, SpinBudget};
 use vmbus::font;
-use vmbus::synthvid::chan::{DmaMemory, SpinBudget};
 use vmbus::synthvid::console::{self, CELL_H, CELL_W, PANIC_FG};
 use vmbus::synthvid::wire::{self, Message};
 use vmbus::synthvid::{DirtOutcome, FlushOutcome, Mode, Rect, Synthvid, SynthvidError, VramSource};

@@ -40,10 +40,9 @@ mod rx;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-pub use crate::synthvid::chan::{
-    ChannelError, Deadline, DeviceChannel, DmaMemory, GpadlMaker, InPacket, OutPacket, PageBuffer,
-    SpinBudget, PAGE_SIZE, PKT_COMP, PKT_DATA_INBAND, PKT_DATA_USING_XFER_PAGES,
-};
+pub use crate::device::{ChannelError, Deadline, DeviceChannel, DmaMemory, GpadlMaker, SpinBudget};
+use crate::device::{GpaRange, OutgoingPacket};
+use crate::PAGE_SIZE;
 use nvsp::{Nvsp, NvspError, Section};
 use rndis::{Rndis, RndisError};
 use thiserror::Error;
@@ -408,7 +407,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     /// Sends on the channel. In polling mode (the panic path) the outbound lock is only
     /// tried, a bounded number of times: if the panic interrupted a send on this channel the
     /// lock never frees, and waiting for it would hang the panic path (§2.3).
-    fn out(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn out(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         let r = self.out_inner(pkt);
         if let Err(e @ ChannelError::Poisoned(_)) = r {
             self.poisoned.set(Some(e));
@@ -416,7 +415,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         r
     }
 
-    fn out_inner(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn out_inner(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         match self.mode {
             OpMode::Interrupt => self.chan.send(pkt),
             OpMode::Polling => {
@@ -436,8 +435,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         let n = msg.emit(&mut buf)?;
         self.next_request += 1;
         let tid = TID_REQUEST | (self.next_request & 0xFFFF_FFFF);
-        self.out(&OutPacket::InBand {
-            payload: &buf[..n],
+        self.out(&OutgoingPacket::InBand {
+            data: &buf[..n],
             trans_id: tid,
             completion_requested: completion,
         })?;
@@ -737,11 +736,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         let n = msg.emit(&mut buf)?;
         self.bufs.tx.write(0, &buf[..n])?;
         let gpa = self.bufs.tx.gpa();
-        let page = PageBuffer {
-            len: n as u32,
-            offset: (gpa % PAGE_SIZE as u64) as u32,
-            pfn: gpa / PAGE_SIZE as u64,
-        };
+        // n <= 128: the control message never crosses the page of slot 0.
+        let page = GpaRange::contiguous(gpa, n as u32);
         let mut nv = [0u8; nvsp::PACKET_SIZE_V61];
         let nl = Nvsp::RndisPacket {
             channel_type: nvsp::CHANNEL_CONTROL,
@@ -751,9 +747,9 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         .emit(&mut nv)?;
         self.ctrl_reply = None;
         self.ctrl_busy = true;
-        if let Err(e) = self.out(&OutPacket::GpaDirect {
-            pages: &[page],
-            payload: &nv[..nl],
+        if let Err(e) = self.out(&OutgoingPacket::GpaDirect {
+            ranges: &[page],
+            data: &nv[..nl],
             trans_id: TID_CONTROL | u64::from(request_id),
             completion_requested: true,
         }) {
@@ -809,8 +805,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 section_size: n as u32,
             }
             .emit(&mut nv)?;
-            self.out(&OutPacket::InBand {
-                payload: &nv[..nl],
+            self.out(&OutgoingPacket::InBand {
+                data: &nv[..nl],
                 trans_id: TID_SENDBUF | i as u64,
                 completion_requested: true,
             })?;
@@ -821,20 +817,17 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 .ok_or(NetvscError::Channel(ChannelError::Full))?;
             self.bufs.tx.write(i * TX_SLOT, &buf[..n])?;
             let gpa = self.bufs.tx.gpa() + (i * TX_SLOT) as u64;
-            let page = PageBuffer {
-                len: n as u32,
-                offset: (gpa % PAGE_SIZE as u64) as u32,
-                pfn: gpa / PAGE_SIZE as u64,
-            };
+            // A slot never crosses a page (TX_SLOT divides the page size).
+            let page = GpaRange::contiguous(gpa, n as u32);
             let nl = Nvsp::RndisPacket {
                 channel_type: nvsp::CHANNEL_DATA,
                 section_index: nvsp::INVALID_SECTION,
                 section_size: 0,
             }
             .emit(&mut nv)?;
-            self.out(&OutPacket::GpaDirect {
-                pages: &[page],
-                payload: &nv[..nl],
+            self.out(&OutgoingPacket::GpaDirect {
+                ranges: &[page],
+                data: &nv[..nl],
                 trans_id: TID_GPA | i as u64,
                 completion_requested: true,
             })?;

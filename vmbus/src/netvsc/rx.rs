@@ -7,11 +7,12 @@ use core::sync::atomic::Ordering;
 use super::nvsp::{self, Nvsp};
 use super::rndis::{self, Rndis};
 use super::{
-    ChannelError, Core, CtrlReply, DeviceChannel, DmaMemory, NetvscError, OpMode, OutPacket,
-    RxQueue, DRAIN_LIMIT, PENDING_COMPLETIONS, PKT_COMP, PKT_DATA_INBAND,
-    PKT_DATA_USING_XFER_PAGES, RNDIS_MAX, TID_CLASS, TID_CONTROL, TID_GPA, TID_REQUEST,
+    ChannelError, Core, CtrlReply, DeviceChannel, DmaMemory, NetvscError, OpMode, RxQueue,
+    DRAIN_LIMIT, PENDING_COMPLETIONS, RNDIS_MAX, TID_CLASS, TID_CONTROL, TID_GPA, TID_REQUEST,
     TID_SENDBUF,
 };
+use crate::device::{OutgoingPacket, PacketKind, PacketType};
+use crate::ring::RingError;
 
 impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     pub(super) fn maybe_drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
@@ -60,12 +61,30 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             nvsp::STATUS_FAIL
         };
         b[4..].copy_from_slice(&st.to_le_bytes());
-        self.out(&OutPacket::Completion {
-            payload: &b,
+        self.out(&OutgoingPacket::Completion {
+            data: &b,
             trans_id: tid,
         })?;
         self.stats.xfer_completed += 1;
         Ok(())
+    }
+
+    /// Completes a transfer-page packet now, or queues the completion if the ring is full
+    /// (sent by [`Self::flush_pending`]).
+    fn complete_or_queue(&mut self, tid: u64, ok: bool) -> Result<(), NetvscError> {
+        match self.complete_rx(tid, ok) {
+            Ok(()) => Ok(()),
+            Err(ChannelError::Full) | Err(ChannelError::Busy) => {
+                if self.pending_len < PENDING_COMPLETIONS {
+                    self.pending[self.pending_len] = tid | if ok { 0 } else { 1 << 63 };
+                    self.pending_len += 1;
+                } else {
+                    log::error!("netvsc: completion queue full, host may stall");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads inbound packets until the ring is empty or [`DRAIN_LIMIT`] were read. Returns
@@ -83,8 +102,19 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             let pkt = match self.chan.recv(&mut buf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(n),
+                // A transfer-page packet whose header lies: the host still holds the
+                // receive-buffer ranges it meant, so complete it, failed (as for any bad one).
+                Err(ChannelError::Malformed(RingError::BadPacketHeader { desc, .. }))
+                    if PacketType(desc.ty) == PacketType::DATA_USING_XFER_PAGES =>
+                {
+                    self.stats.malformed += 1;
+                    self.stats.xfer_packets += 1;
+                    n += 1;
+                    self.complete_or_queue(desc.trans_id, false)?;
+                    continue;
+                }
                 // Consumed by the channel: count it and read on (bounded by the limit).
-                Err(ChannelError::Malformed) | Err(ChannelError::TooLarge(_)) => {
+                Err(ChannelError::Malformed(_)) | Err(ChannelError::TooLarge(_)) => {
                     self.stats.malformed += 1;
                     n += 1;
                     continue;
@@ -97,44 +127,33 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 Err(e) => return Err(e.into()),
             };
             n += 1;
-            let (kind, tid, flags) = (pkt.kind, pkt.trans_id, pkt.flags);
-            match kind {
-                PKT_COMP => self.on_completion(tid, pkt.payload),
-                PKT_DATA_USING_XFER_PAGES => {
-                    let ok = self.on_xfer_pages(rxq, pkt.ext, pkt.payload);
+            let tid = pkt.trans_id();
+            match pkt.kind {
+                PacketKind::Completion => self.on_completion(tid, pkt.payload),
+                PacketKind::XferPages { pageset_id, .. } => {
+                    let ok = self.on_xfer_pages(rxq, pageset_id, &pkt.kind, pkt.payload);
                     if !ok {
                         self.stats.malformed += 1;
                     }
                     self.stats.xfer_packets += 1;
-                    match self.complete_rx(tid, ok) {
-                        Ok(()) => {}
-                        Err(ChannelError::Full) | Err(ChannelError::Busy) => {
-                            if self.pending_len < PENDING_COMPLETIONS {
-                                self.pending[self.pending_len] = tid | if ok { 0 } else { 1 << 63 };
-                                self.pending_len += 1;
-                            } else {
-                                log::error!("netvsc: completion queue full, host may stall");
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.complete_or_queue(tid, ok)?;
                 }
-                PKT_DATA_INBAND => {
+                PacketKind::InBand => {
                     // NVSP messages the host sends unsolicited (VF association, indirection
                     // table): nothing to do for a single-queue synthetic-only guest.
                     match Nvsp::parse(pkt.payload) {
                         Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
                         Err(_) => self.stats.malformed += 1,
                     }
-                    if flags & crate::synthvid::chan::FLAG_COMPLETION_REQUESTED != 0 {
-                        let _ = self.out(&OutPacket::Completion {
-                            payload: &[],
+                    if pkt.completion_requested() {
+                        let _ = self.out(&OutgoingPacket::Completion {
+                            data: &[],
                             trans_id: tid,
                         });
                     }
                 }
-                other => {
-                    log::warn!("netvsc: ignoring packet type {other}");
+                _ => {
+                    log::warn!("netvsc: ignoring packet type {}", pkt.desc.ty);
                     self.stats.malformed += 1;
                 }
             }
@@ -186,26 +205,26 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         }
     }
 
-    /// Handles one transfer-page packet; returns whether it was well formed.
-    pub(super) fn on_xfer_pages(&mut self, rxq: &mut RxQueue, ext: &[u8], payload: &[u8]) -> bool {
+    /// Handles one transfer-page packet (`ranges` is its [`PacketKind::XferPages`], already
+    /// bounds-checked by the ring's parser); returns whether it was well formed.
+    pub(super) fn on_xfer_pages(
+        &mut self,
+        rxq: &mut RxQueue,
+        pageset_id: u16,
+        ranges: &PacketKind<'_>,
+        payload: &[u8],
+    ) -> bool {
         match Nvsp::parse(payload) {
             Ok(Nvsp::RndisPacket { .. }) => {}
             _ => return false,
         }
-        let xp = match nvsp::XferPages::parse(ext) {
-            Ok(x) => x,
-            Err(_) => return false,
-        };
         // netvsc.c netvsc_receive: the page set must be our receive buffer.
-        if xp.pageset_id != nvsp::RECV_BUFFER_ID {
+        if pageset_id != nvsp::RECV_BUFFER_ID {
             return false;
         }
         let mut all_ok = true;
         let mut msg = [0u8; RNDIS_MAX];
-        for i in 0..xp.len() {
-            let Some((off, len)) = xp.range(i) else {
-                return false;
-            };
+        for (len, off) in ranges.xfer_ranges() {
             let (off, len) = (off as usize, len as usize);
             if len > RNDIS_MAX {
                 self.stats.rx_dropped += 1;

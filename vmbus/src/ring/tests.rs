@@ -204,7 +204,7 @@ fn parse_packet_never_panics_on_short_or_lying_headers() {
     b[20] = 200; // range_count = 200
     assert!(matches!(
         parse_packet(&b),
-        Err(RingError::BadPacketHeader(_))
+        Err(RingError::BadPacketHeader { .. })
     ));
     b[0] = 9; // GPA direct, range_count 200
     b[20] = 0;
@@ -213,7 +213,7 @@ fn parse_packet_never_panics_on_short_or_lying_headers() {
     b[23] = 0x80;
     assert!(matches!(
         parse_packet(&b),
-        Err(RingError::BadPacketHeader(_))
+        Err(RingError::BadPacketHeader { .. })
     ));
     assert!(parse_packet(&b[..10]).is_err());
     b[4] = 0xff;

@@ -3,8 +3,8 @@
 //! No heap: pixels are written one glyph row at a time from a small stack buffer. 32 bpp
 //! (`SYNTHVID_DEPTH_WIN8`), pixel bytes B, G, R, X (little-endian `0x00RRGGBB`).
 
-use super::chan::{ChannelError, DmaMemory};
 use super::Mode;
+use crate::device::{ChannelError, DmaMemory};
 use crate::font::{self, GLYPH_H, GLYPH_W};
 
 /// Pixels per font pixel.

@@ -6,8 +6,8 @@
 //! SITUATION_UPDATE. Afterwards DIRT rectangles go out only when the host's FEATURE_CHANGE
 //! asked for them. The panic flush takes the outbound-ring lock with a real try-lock.
 //!
-//! The drivers here are written against [`chan::DeviceChannel`]; on the VMBus core it is
-//! [`core_channel::CoreChannel`]:
+//! The drivers here are written against [`crate::device::DeviceChannel`]; on the VMBus core
+//! it is [`crate::device::CoreChannel`]:
 //!
 //! ```text
 //! let offer = *conn.find_offer(&vmbus::guid::SYNTHVID).unwrap();
@@ -30,16 +30,14 @@
 //! }
 //! ```
 
-pub mod chan;
 pub mod console;
-pub mod core_channel;
 pub mod wire;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use crate::channel::Poison;
 
-use chan::{ChannelError, Deadline, DeviceChannel, OutPacket, PKT_DATA_INBAND};
+use crate::device::{ChannelError, Deadline, DeviceChannel, OutgoingPacket, Packet, PacketKind};
 use thiserror::Error;
 pub use wire::{Message, Rect, Resolutions, Situation};
 
@@ -268,7 +266,7 @@ impl<C: DeviceChannel> Synthvid<C> {
 
     /// One receive: a poisoned channel fails at once without reading; a poisoning error is
     /// remembered.
-    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<chan::InPacket<'b>>, ChannelError> {
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<Packet<'b>>, ChannelError> {
         if let Some(e) = self.poisoned() {
             return Err(e);
         }
@@ -287,8 +285,8 @@ impl<C: DeviceChannel> Synthvid<C> {
     fn send(&self, msg: &Message) -> Result<(), SynthvidError> {
         let mut buf = [0u8; wire::MAX_MESSAGE];
         let n = msg.emit(&mut buf)?;
-        self.chan.send(&OutPacket::InBand {
-            payload: &buf[..n],
+        self.chan.send(&OutgoingPacket::InBand {
+            data: &buf[..n],
             // hyperv_fb.c: `++request_id` per message, flags 0.
             trans_id: self.request_id.fetch_add(1, Ordering::Relaxed) + 1,
             completion_requested: false,
@@ -308,7 +306,7 @@ impl<C: DeviceChannel> Synthvid<C> {
             // Checked on every message too: a host that floods the ring cannot hold us.
             let got = match self.recv(&mut buf) {
                 Ok(p) => p,
-                Err(ChannelError::Malformed | ChannelError::TooLarge(_)) => {
+                Err(ChannelError::Malformed(_) | ChannelError::TooLarge(_)) => {
                     log::warn!("synthvid: dropped a malformed packet");
                     if deadline.expired() {
                         return Err(SynthvidError::Timeout(what));
@@ -319,8 +317,8 @@ impl<C: DeviceChannel> Synthvid<C> {
             };
             match got {
                 Some(pkt) => {
-                    if pkt.kind != PKT_DATA_INBAND {
-                        log::debug!("synthvid: ignoring packet type {}", pkt.kind);
+                    if pkt.kind != PacketKind::InBand {
+                        log::debug!("synthvid: ignoring packet type {}", pkt.desc.ty);
                     } else {
                         match Message::parse(pkt.payload) {
                             Ok(msg) => {
@@ -514,14 +512,14 @@ impl<C: DeviceChannel> Synthvid<C> {
             let pkt = match self.recv(&mut buf) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
-                Err(ChannelError::Malformed | ChannelError::TooLarge(_)) => {
+                Err(ChannelError::Malformed(_) | ChannelError::TooLarge(_)) => {
                     n += 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
             n += 1;
-            if pkt.kind != PKT_DATA_INBAND {
+            if pkt.kind != PacketKind::InBand {
                 continue;
             }
             match Message::parse(pkt.payload) {
@@ -585,8 +583,8 @@ impl<C: DeviceChannel> Synthvid<C> {
             Ok(n) => n,
             Err(_) => return FlushOutcome::Failed(ChannelError::TooLarge(buf.len())),
         };
-        match self.chan.try_send(&OutPacket::InBand {
-            payload: &buf[..n],
+        match self.chan.try_send(&OutgoingPacket::InBand {
+            data: &buf[..n],
             trans_id: self.request_id.fetch_add(1, Ordering::Relaxed) + 1,
             completion_requested: false,
         }) {

@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use vmbus::synthvid::chan::{ChannelError, DeviceChannel, InPacket, OutPacket};
+use vmbus::device::{ChannelError, DeviceChannel, OutgoingPacket, Packet};
 
 /// Receive calls after which a test counts the driver as hung.
 pub const HANG_BOUND: u64 = 200_000;
@@ -36,13 +36,13 @@ impl<C: DeviceChannel> Bounded<C> {
 }
 
 impl<C: DeviceChannel> DeviceChannel for Bounded<C> {
-    fn send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         self.inner.send(pkt)
     }
-    fn try_send(&self, pkt: &OutPacket<'_>) -> Result<(), ChannelError> {
+    fn try_send(&self, pkt: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
         self.inner.try_send(pkt)
     }
-    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<InPacket<'b>>, ChannelError> {
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> Result<Option<Packet<'b>>, ChannelError> {
         let n = self.recvs.get() + 1;
         self.recvs.set(n);
         assert!(
@@ -52,12 +52,12 @@ impl<C: DeviceChannel> DeviceChannel for Bounded<C> {
         );
         let got = self.inner.recv(buf).map(|p| p.is_some())?;
         if got {
-            return InPacket::parse(buf).map(Some);
+            return Ok(Some(vmbus::ring::parse_packet(buf)?));
         }
         match &*self.flood.borrow() {
             Some(raw) => {
                 buf[..raw.len()].copy_from_slice(raw);
-                InPacket::parse(&buf[..raw.len()]).map(Some)
+                Ok(Some(vmbus::ring::parse_packet(&buf[..raw.len()])?))
             }
             None => Ok(None),
         }
