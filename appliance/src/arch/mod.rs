@@ -31,8 +31,28 @@ pub use self::x86_64 as imp;
 
 pub use imp::{
     frame_pointer, halt, install_exceptions, interrupts_off, poweroff, qemu_exit, reset,
-    snapshot_registers, stack_pointer, stacks,
+    snapshot_registers, stack_pointer,
 };
+
+/// The stacks the canary owns, for painting, high-water marks and the bounds of the backtrace
+/// walk: each arch's main stack and trap stack (`stack_regions`).
+pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
+    imp::stack_regions()
+        .into_iter()
+        .map(|(name, lo, hi)| crate::stack::Region { name, lo, hi })
+        .collect()
+}
+
+/// Direct boot: the boot stack of either arch's `boot.rs`, above its guard page.
+#[cfg(target_os = "none")]
+fn boot_stack() -> (usize, usize) {
+    unsafe extern "C" {
+        static canary_stack_guard: u8;
+        static canary_boot_stack_top: u8;
+    }
+    let lo = core::ptr::addr_of!(canary_stack_guard) as usize + 4096;
+    (lo, core::ptr::addr_of!(canary_boot_stack_top) as usize)
+}
 
 use capture::record::BootMode;
 

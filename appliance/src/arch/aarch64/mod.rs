@@ -338,8 +338,7 @@ pub fn qemu_exit(code: u8) {
     };
 }
 
-/// The caller's frame pointer (x29). AAPCS64 frame records are `[x29] = caller's x29,
-/// [x29 + 8] = x30 (return address)`.
+/// The stack pointer (SP).
 #[inline(always)]
 pub fn stack_pointer() -> usize {
     let sp: usize;
@@ -350,40 +349,21 @@ pub fn stack_pointer() -> usize {
     sp
 }
 
-/// The stacks the canary owns: the main one (direct boot: `boot.rs`'s, above its guard page;
-/// UEFI: `uefi_stack`'s, which `uefi_entry` switches to) and the handlers' (SP_EL1).
-pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
-    let mut v = heapless::Vec::new();
+/// The main stack (direct boot: `boot.rs`'s, above its guard page; UEFI: `uefi_stack`'s,
+/// which `uefi_entry` switches to) and the trap handlers' (SP_EL1), as `(name, lo, hi)`.
+pub fn stack_regions() -> [(&'static str, usize, usize); 2] {
     #[cfg(target_os = "none")]
-    {
-        unsafe extern "C" {
-            static canary_stack_guard: u8;
-            static canary_boot_stack_top: u8;
-        }
-        let lo = core::ptr::addr_of!(canary_stack_guard) as usize + 4096;
-        let hi = core::ptr::addr_of!(canary_boot_stack_top) as usize;
-        let _ = v.push(crate::stack::Region {
-            name: "boot",
-            lo,
-            hi,
-        });
-    }
+    let main = {
+        let (lo, hi) = super::boot_stack();
+        ("boot", lo, hi)
+    };
     #[cfg(target_os = "uefi")]
-    {
+    let main = {
         let (lo, hi) = uefi_stack::range();
-        let _ = v.push(crate::stack::Region {
-            name: "uefi",
-            lo,
-            hi,
-        });
-    }
+        ("uefi", lo, hi)
+    };
     let (lo, hi) = exceptions::exc_stack_range();
-    let _ = v.push(crate::stack::Region {
-        name: "exc",
-        lo,
-        hi,
-    });
-    v
+    [main, ("exc", lo, hi)]
 }
 
 /// arm64 UEFI: the canary's own main stack (the firmware's is of unknown size; x86_64 has
@@ -431,6 +411,9 @@ pub mod uefi_stack {
     }
 }
 
+/// The caller's frame pointer (x29). AAPCS64 frame records are `[x29] = caller's x29,
+/// [x29 + 8] = x30 (return address)`.
+#[inline(always)]
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads x29.

@@ -143,7 +143,7 @@ pub fn pci_root() -> virtio_drivers::transport::pci::bus::PciRoot<PortCam> {
     virtio_drivers::transport::pci::bus::PciRoot::new(PortCam)
 }
 
-/// The caller's frame pointer (RBP).
+/// The stack pointer (RSP).
 #[inline(always)]
 pub fn stack_pointer() -> usize {
     let sp: usize;
@@ -154,42 +154,25 @@ pub fn stack_pointer() -> usize {
     sp
 }
 
-/// The stacks the canary owns: the main one (direct boot: `boot.rs`'s, above its guard page;
-/// UEFI: `uefi_stack`'s) and IST1, the fault stack of #PF and #DF (`cpu.rs`).
-pub fn stacks() -> heapless::Vec<crate::stack::Region, 3> {
-    let mut v = heapless::Vec::new();
+/// The main stack (direct boot: `boot.rs`'s, above its guard page; UEFI: `uefi_stack`'s) and
+/// IST1, the fault stack of #PF and #DF (`cpu.rs`), as `(name, lo, hi)`.
+pub fn stack_regions() -> [(&'static str, usize, usize); 2] {
     #[cfg(target_os = "none")]
-    {
-        unsafe extern "C" {
-            static canary_stack_guard: u8;
-            static canary_boot_stack_top: u8;
-        }
-        let lo = core::ptr::addr_of!(canary_stack_guard) as usize + 4096;
-        let hi = core::ptr::addr_of!(canary_boot_stack_top) as usize;
-        let _ = v.push(crate::stack::Region {
-            name: "boot",
-            lo,
-            hi,
-        });
-    }
+    let main = {
+        let (lo, hi) = super::boot_stack();
+        ("boot", lo, hi)
+    };
     #[cfg(target_os = "uefi")]
-    {
+    let main = {
         let (lo, hi) = uefi_stack::stack_range();
-        let _ = v.push(crate::stack::Region {
-            name: "uefi",
-            lo: lo as usize,
-            hi: hi as usize,
-        });
-    }
+        ("uefi", lo as usize, hi as usize)
+    };
     let (lo, hi) = cpu::fault_stack_range();
-    let _ = v.push(crate::stack::Region {
-        name: "fault",
-        lo,
-        hi,
-    });
-    v
+    [main, ("fault", lo, hi)]
 }
 
+/// The caller's frame pointer (RBP).
+#[inline(always)]
 pub fn frame_pointer() -> usize {
     let fp: usize;
     // SAFETY: reads RBP.
