@@ -104,6 +104,12 @@ fn tsc_measured_against_reference_time_agrees_with_the_pit_calibration() {
     // under load), which catches a wrong unit or scale in either.
     let r = qemu72_panic();
     let l = r.line("hv: tsc calibration");
+    // L2 has a PIT (no pit=off here): the boot-time frequency must be its measurement.
+    assert!(
+        l.contains("(from pit)"),
+        "L2 has a PIT, yet the canary did not calibrate against it: {l}\n{}",
+        r.diag()
+    );
     let tsc = hex_field(l, "tsc_khz");
     let arch = hex_field(l, "arch_khz");
     assert!(tsc > 0 && arch > 0, "{l}\n{}", r.diag());
@@ -111,7 +117,14 @@ fn tsc_measured_against_reference_time_agrees_with_the_pit_calibration() {
         tsc.abs_diff(arch) * 4 <= arch,
         "reference-time TSC {tsc} kHz vs PIT {arch} kHz differ by more than 25%: {l}"
     );
-    assert!(l.ends_with("kept"), "PIT calibration present, so kept: {l}");
+    // The reference decides (appliance/src/clock.rs, arbitrate): the PIT's value is kept
+    // within 2 % of it and loses beyond (a margin of 0.1 % either side for rounding).
+    let diff_ppm = tsc.abs_diff(arch) * 1_000_000 / tsc;
+    if diff_ppm < 19_000 {
+        assert!(l.ends_with("kept"), "within 2 %, so kept: {l}");
+    } else if diff_ppm > 21_000 {
+        assert!(l.ends_with("adopted"), "beyond 2 %, so adopted: {l}");
+    }
 }
 
 #[test]
