@@ -1,11 +1,52 @@
 //! `tail` and `prune`: the reading and deleting commands with the most logic of their own.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
+use clap::Args;
 
 use crate::cli_util::{usage, Exit};
 use crate::{print, Ctx, PruneArgs, TailArgs};
-use host_collector::output;
-use host_collector::store::{Filter, Store};
+use host_collector::listing::{records_table, Style};
+use host_collector::store::{Filter, RecordRef, RefError, Store};
+use host_collector::timefmt::TimeStyle;
+
+/// How `list` and `tail` draw their tables.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ViewArgs {
+    /// Every column in full (the default table fits 80 columns).
+    #[arg(long)]
+    wide: bool,
+    /// Times in UTC (default: local time).
+    #[arg(long)]
+    utc: bool,
+}
+
+impl ViewArgs {
+    pub(crate) fn style(&self, legend: bool) -> Style {
+        Style {
+            time: TimeStyle::new(self.utc),
+            wide: self.wide,
+            legend,
+            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+}
+
+/// A record named on the command line (`show`): an ID, or any unique prefix of a boot id
+/// with an optional `:SEQ`. No such record: the message, exit 1; a bad or ambiguous
+/// reference: exit 2.
+pub(crate) fn record_ref(store: &Store, s: &str) -> Result<RecordRef> {
+    match store.resolve_ref(s) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => {
+            eprintln!("No crash records found matching {s}.");
+            Err(Exit(1).into())
+        }
+        Err(RefError::Store(e)) => Err(e.into()),
+        Err(e) => Err(usage(e)),
+    }
+}
 use host_collector::util::{now_us, parse_duration};
 
 pub(crate) fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
@@ -18,6 +59,7 @@ pub(crate) fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
         .transpose()
         .map_err(usage)?
         .map(|d| std::time::Instant::now() + d);
+    let style = a.view.style(false);
     // Prints the records matching `filter`; returns how many and the last id.
     let emit = |store: &Store, filter: &Filter| -> Result<(u64, Option<i64>)> {
         if a.json {
@@ -29,7 +71,7 @@ pub(crate) fn tail(ctx: &Ctx, a: TailArgs) -> Result<()> {
         } else {
             let rows = store.list(filter)?;
             if !rows.is_empty() {
-                print(&output::records_table(&rows, false))?;
+                print(&records_table(&rows, &style))?;
             }
             Ok((rows.len() as u64, rows.last().map(|r| r.id)))
         }

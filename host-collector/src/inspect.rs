@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use crate::cli_util::{usage, Exit};
+use crate::cli_util::Exit;
 use crate::{print, Ctx};
 use host_collector::show;
 use host_collector::store::RecordRef;
@@ -54,7 +54,7 @@ pub(crate) struct ShowArgs {
 pub(crate) fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let store = ctx.open_existing()?;
     let r = match &a.id {
-        Some(s) => s.parse::<RecordRef>().map_err(usage)?,
+        Some(s) => crate::cmds::record_ref(&store, s)?,
         None => match store.max_id()? {
             Some(id) => RecordRef::Id(id),
             None => {

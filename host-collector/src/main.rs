@@ -180,12 +180,13 @@ struct ServeArgs {
 
 #[derive(Args, Debug, Clone)]
 struct TimeFilter {
-    /// Only records received at or after this time: RFC 3339 (2026-11-26T10:00:00Z) or a
-    /// duration ago (30min, 2h, 7d).
-    #[arg(short = 'S', long, value_name = "TIME")]
+    /// Only records received at or after this time: RFC 3339 with any offset
+    /// (2026-11-26T10:00:00+01:00), a local date or time (2026-11-26, "2026-11-26 10:00"),
+    /// today, yesterday, or a duration ago (30min, 2h, -7d).
+    #[arg(short = 'S', long, value_name = "TIME", allow_hyphen_values = true)]
     since: Option<String>,
     /// Only records received at or before this time (same forms as --since).
-    #[arg(short = 'U', long, value_name = "TIME")]
+    #[arg(short = 'U', long, value_name = "TIME", allow_hyphen_values = true)]
     until: Option<String>,
 }
 
@@ -232,6 +233,12 @@ struct ListArgs {
     /// List records that were rejected (e.g. schema too new) instead of stored ones.
     #[arg(long, conflicts_with = "canaries")]
     rejected: bool,
+    #[command(flatten)]
+    view: cmds::ViewArgs,
+    /// One row per group of identical crashes (same kind, message and location), with how
+    /// many, how many boots, and when first and last seen.
+    #[arg(long, conflicts_with_all = ["canaries", "rejected"])]
+    group: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -274,6 +281,8 @@ struct TailArgs {
     /// One JSON object per line (full records) instead of table rows.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    view: cmds::ViewArgs,
 }
 
 #[derive(Args, Debug)]
@@ -504,12 +513,28 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
     filter.limit = a.lines;
     // `-n N` means the newest N: query newest first, then restore the requested order.
     filter.reverse = a.lines.is_some() || a.reverse;
+    let style = a.view.style(legend);
+    if a.group {
+        // Groups of everything matching; -n N: the N groups seen last.
+        filter.limit = None;
+        let mut groups = host_collector::listing::group(&store.list(&filter)?);
+        if let Some(n) = a.lines {
+            let skip = groups.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+            groups.drain(..skip);
+        }
+        if a.reverse {
+            groups.reverse();
+        }
+        return print_rows(&groups, a.json, "No crash records found.", |g| {
+            host_collector::listing::groups_table(g, &style)
+        });
+    }
     let mut rows = store.list(&filter)?;
     if a.lines.is_some() && !a.reverse {
         rows.reverse();
     }
     print_rows(&rows, a.json, "No crash records found.", |r| {
-        output::records_table(r, legend)
+        host_collector::listing::records_table(r, &style)
     })
 }
 

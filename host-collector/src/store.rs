@@ -13,10 +13,12 @@ use thiserror::Error;
 
 mod checkpoint;
 mod liveness;
+mod lookup;
 mod read;
 mod retention;
 mod steps;
 pub use checkpoint::Checkpointer;
+pub use lookup::{parse_ref, RefError};
 pub use steps::{host_of, StepStat, STEP_COLUMNS};
 #[cfg(test)]
 mod tests;

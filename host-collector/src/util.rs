@@ -52,8 +52,9 @@ pub fn format_time_us(us: i64) -> String {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TimeArgError {
     #[error(
-        "cannot read time {0:?}: give an RFC 3339 time (2026-11-26T10:00:00Z) or a duration \
-         ago (30min, 2h, 7d)"
+        "cannot read time {0:?}: give an RFC 3339 time with any offset \
+         (2026-11-26T10:00:00Z, 2026-11-26T11:00:00+01:00), a local date or time \
+         (2026-11-26, 2026-11-26 11:00), today, yesterday, or a duration ago (30min, 2h, -7d)"
     )]
     BadTime(String),
     #[error("cannot read duration {0:?}: use e.g. 30s, 15min, 12h, 7d, 2weeks")]
@@ -79,24 +80,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, TimeArgError> {
     humantime::parse_duration(s.trim()).map_err(|_| TimeArgError::BadDuration(s.into()))
 }
 
-/// Parses `--since`/`--until`: an RFC 3339 time, or a duration meaning "that long ago"
-/// (optionally with a leading `-` or trailing ` ago`). Returns Unix microseconds.
+/// Parses `--since`/`--until` (see [`crate::timefmt::parse_time_in`] for the forms) in the
+/// system's time zone. Returns Unix microseconds.
 pub fn parse_time_arg(s: &str, now_us: i64) -> Result<i64, TimeArgError> {
-    let t = s.trim();
-    if let Ok(ts) = humantime::parse_rfc3339_weak(t) {
-        return match ts.duration_since(UNIX_EPOCH) {
-            Ok(d) => duration_us(d).ok_or_else(|| TimeArgError::OutOfRange(s.into())),
-            Err(e) => duration_us(e.duration())
-                .map(|d| -d)
-                .ok_or_else(|| TimeArgError::OutOfRange(s.into())),
-        };
-    }
-    let d = t.strip_prefix('-').unwrap_or(t);
-    let d = d.strip_suffix("ago").unwrap_or(d).trim();
-    match humantime::parse_duration(d) {
-        Ok(d) => before_us(now_us, d).ok_or_else(|| TimeArgError::TooLong(s.into())),
-        Err(_) => Err(TimeArgError::BadTime(s.into())),
-    }
+    crate::timefmt::parse_time(s, now_us)
 }
 
 #[cfg(test)]
