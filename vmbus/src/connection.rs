@@ -450,7 +450,7 @@ impl<'s> Connection<'s> {
             log::warn!("vmbus: dropping host message: {e}");
             return Some(Err(Event::Malformed(e)));
         };
-        match msg::parse_host(payload) {
+        match msg::parse_host(payload, self.version) {
             Ok(hm) => {
                 self.apply(hv, clock, &hm);
                 Some(Ok(hm))

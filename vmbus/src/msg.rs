@@ -5,47 +5,21 @@
 //! message header, so its size equals the Linux struct size; sizes are asserted at compile
 //! time and the byte layout by golden tests below.
 
+use core::mem::size_of;
+
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::guid::Guid;
 use crate::hypercall::HV_MESSAGE_PAYLOAD_SIZE;
 use crate::version::Version;
 
-/// `enum vmbus_channel_message_type` (ref §4.3). An open enum: unknown values are kept.
+/// `enum vmbus_channel_message_type` (ref §4.3). An open enum: unknown values are kept. The
+/// named values come from [`vmbus_messages!`] below, one declaration per message.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct MessageType(pub u32);
 
 impl MessageType {
     pub const INVALID: Self = Self(0);
-    pub const OFFERCHANNEL: Self = Self(1);
-    pub const RESCIND_CHANNELOFFER: Self = Self(2);
-    pub const REQUESTOFFERS: Self = Self(3);
-    pub const ALLOFFERS_DELIVERED: Self = Self(4);
-    pub const OPENCHANNEL: Self = Self(5);
-    pub const OPENCHANNEL_RESULT: Self = Self(6);
-    pub const CLOSECHANNEL: Self = Self(7);
-    pub const GPADL_HEADER: Self = Self(8);
-    pub const GPADL_BODY: Self = Self(9);
-    pub const GPADL_CREATED: Self = Self(10);
-    pub const GPADL_TEARDOWN: Self = Self(11);
-    pub const GPADL_TORNDOWN: Self = Self(12);
-    pub const RELID_RELEASED: Self = Self(13);
-    pub const INITIATE_CONTACT: Self = Self(14);
-    pub const VERSION_RESPONSE: Self = Self(15);
-    pub const UNLOAD: Self = Self(16);
-    pub const UNLOAD_RESPONSE: Self = Self(17);
-    pub const OPEN_RESERVED_CHANNEL: Self = Self(18);
-    pub const CLOSE_RESERVED_CHANNEL: Self = Self(19);
-    pub const CLOSE_RESERVED_RESPONSE: Self = Self(20);
-    pub const TL_CONNECT_REQUEST: Self = Self(21);
-    pub const MODIFYCHANNEL: Self = Self(22);
-    pub const TL_CONNECT_RESULT: Self = Self(23);
-    pub const MODIFYCHANNEL_RESPONSE: Self = Self(24);
-    pub const MODIFY_CONNECTION: Self = Self(25);
-    pub const MODIFY_CONNECTION_RESPONSE: Self = Self(26);
-    pub const PAUSE: Self = Self(27);
-    pub const PAUSE_RESPONSE: Self = Self(28);
-    pub const RESUME: Self = Self(29);
 }
 
 /// Who sends a message.
@@ -62,6 +36,7 @@ pub struct MessageInfo {
     pub name: &'static str,
     /// The protocol version that introduced it (OpenVMM `vmbus_messages!` min versions; 0.0
     /// where OpenVMM says "0" because it is exchanged before a version is known).
+    /// [`parse_host`] refuses a message whose `since` is newer than the negotiated version.
     pub since: Version,
     pub direction: Direction,
     /// Minimum wire size including the header (the Linux struct size; VERSION_RESPONSE: 12,
@@ -69,213 +44,65 @@ pub struct MessageInfo {
     pub min_size: usize,
 }
 
-const fn row(
-    ty: MessageType,
-    name: &'static str,
-    since: Version,
-    direction: Direction,
-    min_size: usize,
-) -> MessageInfo {
-    MessageInfo {
-        ty,
-        name,
-        since,
-        direction,
-        min_size,
-    }
-}
-
 use Direction::{GuestToHost as G2H, HostToGuest as H2G};
 
-/// Every message type this crate knows, with the version that introduced it (version gating is
-/// data, not `if` chains).
-pub const MESSAGE_TABLE: &[MessageInfo] = &[
-    row(
-        MessageType::OFFERCHANNEL,
-        "OFFERCHANNEL",
-        Version::WS2008,
-        H2G,
-        196,
-    ),
-    row(
-        MessageType::RESCIND_CHANNELOFFER,
-        "RESCIND_CHANNELOFFER",
-        Version::WS2008,
-        H2G,
-        12,
-    ),
-    row(
-        MessageType::REQUESTOFFERS,
-        "REQUESTOFFERS",
-        Version::WS2008,
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::ALLOFFERS_DELIVERED,
-        "ALLOFFERS_DELIVERED",
-        Version::WS2008,
-        H2G,
-        8,
-    ),
-    row(
-        MessageType::OPENCHANNEL,
-        "OPENCHANNEL",
-        Version::WS2008,
-        G2H,
-        148,
-    ),
-    row(
-        MessageType::OPENCHANNEL_RESULT,
-        "OPENCHANNEL_RESULT",
-        Version::WS2008,
-        H2G,
-        20,
-    ),
-    row(
-        MessageType::CLOSECHANNEL,
-        "CLOSECHANNEL",
-        Version::WS2008,
-        G2H,
-        12,
-    ),
-    row(
-        MessageType::GPADL_HEADER,
-        "GPADL_HEADER",
-        Version::WS2008,
-        G2H,
-        20,
-    ),
-    row(
-        MessageType::GPADL_BODY,
-        "GPADL_BODY",
-        Version::WS2008,
-        G2H,
-        16,
-    ),
-    row(
-        MessageType::GPADL_CREATED,
-        "GPADL_CREATED",
-        Version::WS2008,
-        H2G,
-        20,
-    ),
-    row(
-        MessageType::GPADL_TEARDOWN,
-        "GPADL_TEARDOWN",
-        Version::WS2008,
-        G2H,
-        16,
-    ),
-    row(
-        MessageType::GPADL_TORNDOWN,
-        "GPADL_TORNDOWN",
-        Version::WS2008,
-        H2G,
-        12,
-    ),
-    row(
-        MessageType::RELID_RELEASED,
-        "RELID_RELEASED",
-        Version::WS2008,
-        G2H,
-        12,
-    ),
-    row(
-        MessageType::INITIATE_CONTACT,
-        "INITIATE_CONTACT",
-        Version(0),
-        G2H,
-        40,
-    ),
-    row(
-        MessageType::VERSION_RESPONSE,
-        "VERSION_RESPONSE",
-        Version(0),
-        H2G,
-        12,
-    ),
-    row(MessageType::UNLOAD, "UNLOAD", Version::WS2008, G2H, 8),
-    row(
-        MessageType::UNLOAD_RESPONSE,
-        "UNLOAD_RESPONSE",
-        Version::WIN7,
-        H2G,
-        8,
-    ),
-    row(
-        MessageType::OPEN_RESERVED_CHANNEL,
-        "OPEN_RESERVED_CHANNEL",
-        Version::WIN10,
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::CLOSE_RESERVED_CHANNEL,
-        "CLOSE_RESERVED_CHANNEL",
-        Version(0),
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::CLOSE_RESERVED_RESPONSE,
-        "CLOSE_RESERVED_RESPONSE",
-        Version::WIN10,
-        H2G,
-        8,
-    ),
-    row(
-        MessageType::TL_CONNECT_REQUEST,
-        "TL_CONNECT_REQUEST",
-        Version::WIN10,
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::MODIFYCHANNEL,
-        "MODIFYCHANNEL",
-        Version::WIN10_V4_1,
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::TL_CONNECT_RESULT,
-        "TL_CONNECT_RESULT",
-        Version::WIN10_V4_1,
-        H2G,
-        8,
-    ),
-    row(
-        MessageType::MODIFYCHANNEL_RESPONSE,
-        "MODIFYCHANNEL_RESPONSE",
-        Version::WIN10_V5_3,
-        H2G,
-        8,
-    ),
-    row(
-        MessageType::MODIFY_CONNECTION,
-        "MODIFY_CONNECTION",
-        Version::COPPER,
-        G2H,
-        8,
-    ),
-    row(
-        MessageType::MODIFY_CONNECTION_RESPONSE,
-        "MODIFY_CONNECTION_RESPONSE",
-        Version::COPPER,
-        H2G,
-        8,
-    ),
-    row(MessageType::PAUSE, "PAUSE", Version::COPPER, H2G, 8),
-    row(
-        MessageType::PAUSE_RESPONSE,
-        "PAUSE_RESPONSE",
-        Version::COPPER,
-        G2H,
-        8,
-    ),
-    row(MessageType::RESUME, "RESUME", Version::COPPER, H2G, 8),
-];
+/// Declares every VMBus message once: `NAME = type, direction, since VERSION, min SIZE;`.
+/// Generates the [`MessageType`] constant and the [`MESSAGE_TABLE`] row; [`parse_host`]
+/// reads the table, so version gating, direction and size checks are data, not `if` chains.
+macro_rules! vmbus_messages {
+    ($($(#[$doc:meta])* $name:ident = $val:literal, $dir:ident, since $since:expr, min $min:expr;)*) => {
+        impl MessageType {
+            $($(#[$doc])* pub const $name: Self = Self($val);)*
+        }
+
+        /// Every message type this crate knows, ordered by type, with the version that
+        /// introduced it.
+        pub const MESSAGE_TABLE: &[MessageInfo] = &[$(MessageInfo {
+            ty: MessageType::$name,
+            name: stringify!($name),
+            since: $since,
+            direction: $dir,
+            min_size: $min,
+        },)*];
+    };
+}
+
+// Types: ref §4.3, Linux `enum vmbus_channel_message_type`; since: OpenVMM
+// `vmbus_core/src/protocol.rs` `vmbus_messages!`; sizes: the Linux structs (asserted below).
+vmbus_messages! {
+    OFFERCHANNEL = 1, H2G, since Version::WS2008, min size_of::<OfferChannel>();
+    RESCIND_CHANNELOFFER = 2, H2G, since Version::WS2008, min size_of::<RelidMessage>();
+    REQUESTOFFERS = 3, G2H, since Version::WS2008, min size_of::<MessageHeader>();
+    ALLOFFERS_DELIVERED = 4, H2G, since Version::WS2008, min size_of::<MessageHeader>();
+    OPENCHANNEL = 5, G2H, since Version::WS2008, min size_of::<OpenChannel>();
+    OPENCHANNEL_RESULT = 6, H2G, since Version::WS2008, min size_of::<OpenResult>();
+    CLOSECHANNEL = 7, G2H, since Version::WS2008, min size_of::<RelidMessage>();
+    GPADL_HEADER = 8, G2H, since Version::WS2008, min size_of::<GpadlHeader>();
+    GPADL_BODY = 9, G2H, since Version::WS2008, min size_of::<GpadlBody>();
+    GPADL_CREATED = 10, H2G, since Version::WS2008, min size_of::<GpadlCreated>();
+    GPADL_TEARDOWN = 11, G2H, since Version::WS2008, min size_of::<GpadlTeardown>();
+    GPADL_TORNDOWN = 12, H2G, since Version::WS2008, min size_of::<GpadlTorndown>();
+    RELID_RELEASED = 13, G2H, since Version::WS2008, min size_of::<RelidMessage>();
+    /// Exchanged before a version is known.
+    INITIATE_CONTACT = 14, G2H, since Version(0), min size_of::<InitiateContact>();
+    /// Exchanged before a version is known; 12 bytes from QEMU (no `msg_conn_id`).
+    VERSION_RESPONSE = 15, H2G, since Version(0), min 12;
+    UNLOAD = 16, G2H, since Version::WS2008, min size_of::<MessageHeader>();
+    UNLOAD_RESPONSE = 17, H2G, since Version::WIN7, min size_of::<MessageHeader>();
+    OPEN_RESERVED_CHANNEL = 18, G2H, since Version::WIN10, min 8;
+    /// OpenVMM lists it with min version 0.
+    CLOSE_RESERVED_CHANNEL = 19, G2H, since Version(0), min 8;
+    CLOSE_RESERVED_RESPONSE = 20, H2G, since Version::WIN10, min 8;
+    TL_CONNECT_REQUEST = 21, G2H, since Version::WIN10, min 8;
+    MODIFYCHANNEL = 22, G2H, since Version::WIN10_V4_1, min 8;
+    TL_CONNECT_RESULT = 23, H2G, since Version::WIN10_V4_1, min 8;
+    MODIFYCHANNEL_RESPONSE = 24, H2G, since Version::WIN10_V5_3, min 8;
+    MODIFY_CONNECTION = 25, G2H, since Version::COPPER, min 8;
+    MODIFY_CONNECTION_RESPONSE = 26, H2G, since Version::COPPER, min 8;
+    PAUSE = 27, H2G, since Version::COPPER, min 8;
+    PAUSE_RESPONSE = 28, G2H, since Version::COPPER, min 8;
+    RESUME = 29, H2G, since Version::COPPER, min 8;
+}
 
 /// The table row for a type.
 pub fn info(ty: MessageType) -> Option<&'static MessageInfo> {
@@ -523,6 +350,12 @@ pub enum MessageError {
     },
     #[error("message type {0} is sent by the guest, not the host")]
     WrongDirection(u32),
+    #[error("{name} exists from VMBus {since}, the connection is at {negotiated}")]
+    NotInVersion {
+        name: &'static str,
+        since: Version,
+        negotiated: Version,
+    },
 }
 
 fn read<T: FromBytes>(bytes: &[u8], info: &MessageInfo) -> Result<T, MessageError> {
@@ -535,8 +368,11 @@ fn read<T: FromBytes>(bytes: &[u8], info: &MessageInfo) -> Result<T, MessageErro
         })
 }
 
-/// Parse a host→guest VMBus message (the SynIC payload, header included). Never panics.
-pub fn parse_host(bytes: &[u8]) -> Result<HostMessage, MessageError> {
+/// Parse a host→guest VMBus message (the SynIC payload, header included) on a connection at
+/// `negotiated` (`Version(0)` while negotiating). Refuses a known type that `negotiated` does
+/// not have ([`MessageInfo::since`]), one the guest sends, and one shorter than its minimum;
+/// an unknown type is kept as [`HostMessage::Other`]. Never panics.
+pub fn parse_host(bytes: &[u8], negotiated: Version) -> Result<HostMessage, MessageError> {
     if bytes.len() > HV_MESSAGE_PAYLOAD_SIZE {
         return Err(MessageError::Oversized { len: bytes.len() });
     }
@@ -548,6 +384,13 @@ pub fn parse_host(bytes: &[u8]) -> Result<HostMessage, MessageError> {
     };
     if info.direction != Direction::HostToGuest {
         return Err(MessageError::WrongDirection(ty.0));
+    }
+    if info.since > negotiated {
+        return Err(MessageError::NotInVersion {
+            name: info.name,
+            since: info.since,
+            negotiated,
+        });
     }
     if bytes.len() < info.min_size {
         return Err(MessageError::TooShort {

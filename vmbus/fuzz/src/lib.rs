@@ -9,11 +9,17 @@ use vmbus_sim::{Guest, Personality, Sim, SimArch, SimConfig, SimOffer};
 /// Host→guest messages: the parser directly, then the same bytes split into SynIC messages
 /// injected while the guest collects offers.
 pub fn host_messages(data: &[u8]) {
-    let _ = vmbus::msg::parse_host(data);
+    for v in [Version(0), Version::WIN8_1, Version::WIN10_V5_3] {
+        let _ = vmbus::msg::parse_host(data, v);
+    }
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let arch = if sel & 1 == 0 { SimArch::X86_64 } else { SimArch::Aarch64 };
+    let arch = if sel & 1 == 0 {
+        SimArch::X86_64
+    } else {
+        SimArch::Aarch64
+    };
     let mut cfg = SimConfig::new(
         arch,
         Personality::HyperV {

@@ -3,6 +3,9 @@
 use super::*;
 use zerocopy::FromZeros;
 
+/// The newest version in the table: every host message is in it.
+const NEWEST: Version = Version::COPPER;
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
 }
@@ -48,7 +51,7 @@ fn version_response_golden_bytes_and_short_form() {
     let b = m.as_bytes();
     assert_eq!(b, &[15, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0]);
     assert_eq!(
-        parse_host(b),
+        parse_host(b, NEWEST),
         Ok(HostMessage::VersionResponse {
             version_supported: true,
             connection_state: 0,
@@ -56,7 +59,7 @@ fn version_response_golden_bytes_and_short_form() {
         })
     );
     assert_eq!(
-        parse_host(&b[..12]),
+        parse_host(&b[..12], NEWEST),
         Ok(HostMessage::VersionResponse {
             version_supported: true,
             connection_state: 0,
@@ -98,7 +101,7 @@ fn offer_channel_golden_offsets() {
     assert_eq!(b[189], 1);
     assert_eq!(b[190], 1);
     assert_eq!(u32_at(b, 192), 0x2011);
-    let HostMessage::Offer(o) = parse_host(b).unwrap() else {
+    let HostMessage::Offer(o) = parse_host(b, NEWEST).unwrap() else {
         panic!("not an offer")
     };
     assert_eq!(o.if_type, crate::guid::SYNTHVID);
@@ -165,7 +168,7 @@ fn gpadl_and_channel_messages_golden_offsets() {
         status: 0,
     };
     assert_eq!(
-        parse_host(r.as_bytes()),
+        parse_host(r.as_bytes(), NEWEST),
         Ok(HostMessage::OpenResult {
             child_relid: 1,
             openid: 1,
@@ -190,7 +193,7 @@ fn gpadl_and_channel_messages_golden_offsets() {
         gpadl: 3,
     };
     assert_eq!(
-        parse_host(d.as_bytes()),
+        parse_host(d.as_bytes(), NEWEST),
         Ok(HostMessage::GpadlTorndown { gpadl: 3 })
     );
     assert_eq!(GPADL_HEADER_WORDS, 27);
@@ -223,7 +226,7 @@ fn gpadl_body_created_torndown_and_open_result_golden_bytes() {
         &[10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0xC0]
     );
     assert_eq!(
-        parse_host(c.as_bytes()),
+        parse_host(c.as_bytes(), NEWEST),
         Ok(HostMessage::GpadlCreated {
             child_relid: 1,
             gpadl: 2,
@@ -258,7 +261,7 @@ fn relid_teardown_and_header_only_messages_golden_bytes() {
     };
     assert_eq!(r.as_bytes(), &[2, 0, 0, 0, 0, 0, 0, 0, 4, 3, 2, 1]);
     assert_eq!(
-        parse_host(r.as_bytes()),
+        parse_host(r.as_bytes(), NEWEST),
         Ok(HostMessage::Rescind {
             child_relid: 0x0102_0304
         })
@@ -275,11 +278,17 @@ fn relid_teardown_and_header_only_messages_golden_bytes() {
     let u = MessageHeader::new(MessageType::UNLOAD);
     assert_eq!(u.as_bytes(), &[16, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(
-        parse_host(MessageHeader::new(MessageType::UNLOAD_RESPONSE).as_bytes()),
+        parse_host(
+            MessageHeader::new(MessageType::UNLOAD_RESPONSE).as_bytes(),
+            NEWEST
+        ),
         Ok(HostMessage::UnloadResponse)
     );
     assert_eq!(
-        parse_host(MessageHeader::new(MessageType::ALLOFFERS_DELIVERED).as_bytes()),
+        parse_host(
+            MessageHeader::new(MessageType::ALLOFFERS_DELIVERED).as_bytes(),
+            NEWEST
+        ),
         Ok(HostMessage::AllOffersDelivered)
     );
 }
@@ -287,17 +296,17 @@ fn relid_teardown_and_header_only_messages_golden_bytes() {
 #[test]
 fn malformed_host_messages_are_rejected_with_reasons() {
     assert_eq!(
-        parse_host(&[1, 0, 0]),
+        parse_host(&[1, 0, 0], NEWEST),
         Err(MessageError::NoHeader { len: 3 })
     );
     assert_eq!(
-        parse_host(&[0u8; 241]),
+        parse_host(&[0u8; 241], NEWEST),
         Err(MessageError::Oversized { len: 241 })
     );
     let mut short_offer = [0u8; 100];
     short_offer[0] = 1;
     assert!(matches!(
-        parse_host(&short_offer),
+        parse_host(&short_offer, NEWEST),
         Err(MessageError::TooShort {
             name: "OFFERCHANNEL",
             len: 100,
@@ -306,10 +315,13 @@ fn malformed_host_messages_are_rejected_with_reasons() {
     ));
     let mut g2h = [0u8; 40];
     g2h[0] = 14;
-    assert_eq!(parse_host(&g2h), Err(MessageError::WrongDirection(14)));
+    assert_eq!(
+        parse_host(&g2h, NEWEST),
+        Err(MessageError::WrongDirection(14))
+    );
     let unknown = [99, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(
-        parse_host(&unknown),
+        parse_host(&unknown, NEWEST),
         Ok(HostMessage::Other(MessageType(99)))
     );
 }
@@ -327,4 +339,80 @@ fn message_table_has_each_type_once_with_its_version() {
         info(MessageType::MODIFYCHANNEL_RESPONSE).unwrap().since,
         Version::WIN10_V5_3
     );
+}
+
+#[test]
+fn table_sizes_are_the_linux_struct_sizes() {
+    // include/linux/hyperv.h struct sizes (all __packed), header included; VERSION_RESPONSE in
+    // QEMU's 12-byte form; the rest are header-only here (this crate never parses them).
+    let want: [(u32, usize); 17] = [
+        (1, 196),
+        (2, 12),
+        (3, 8),
+        (4, 8),
+        (5, 148),
+        (6, 20),
+        (7, 12),
+        (8, 20),
+        (9, 16),
+        (10, 20),
+        (11, 16),
+        (12, 12),
+        (13, 12),
+        (14, 40),
+        (15, 12),
+        (16, 8),
+        (17, 8),
+    ];
+    for (ty, size) in want {
+        assert_eq!(info(MessageType(ty)).unwrap().min_size, size, "type {ty}");
+    }
+}
+
+#[test]
+fn every_version_boundary_in_the_table_is_enforced() {
+    let mut boundaries = 0;
+    for r in MESSAGE_TABLE {
+        let mut m = [0u8; 240];
+        m[..4].copy_from_slice(&r.ty.0.to_le_bytes());
+        let m = &m[..r.min_size];
+        if r.direction == Direction::GuestToHost {
+            assert_eq!(
+                parse_host(m, NEWEST),
+                Err(MessageError::WrongDirection(r.ty.0))
+            );
+            continue;
+        }
+        // At the version that introduced it, and at every newer one: accepted.
+        for v in [r.since, NEWEST] {
+            assert!(parse_host(m, v).is_ok(), "{} at {v}", r.name);
+        }
+        // Just below it: refused, saying why.
+        if r.since.0 > 0 {
+            boundaries += 1;
+            let below = Version(r.since.0 - 1);
+            assert_eq!(
+                parse_host(m, below),
+                Err(MessageError::NotInVersion {
+                    name: r.name,
+                    since: r.since,
+                    negotiated: below
+                }),
+                "{}",
+                r.name
+            );
+        }
+    }
+    // Host messages from WS2008 (6), WIN7 (1), WIN10 (1), 4.1 (1), 5.3 (1) and Copper (3).
+    assert_eq!(boundaries, 13);
+    // While negotiating (version 0) only VERSION_RESPONSE is accepted.
+    let mut vr = [0u8; 16];
+    vr[0] = 15;
+    assert!(parse_host(&vr, Version(0)).is_ok());
+    let mut offer = [0u8; 196];
+    offer[0] = 1;
+    assert!(matches!(
+        parse_host(&offer, Version(0)),
+        Err(MessageError::NotInVersion { .. })
+    ));
 }
