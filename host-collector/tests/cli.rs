@@ -113,7 +113,7 @@ fn show_prints_every_part_of_a_record() {
     // The raw postcard bytes are stored next to the decoded fields and decode to the same.
     let raw = host_collector::util::parse_hex(r["raw_hex"].as_str().unwrap()).unwrap();
     assert_eq!(raw, sample_bytes([1; 16], 1));
-    let dec = capture::record::CrashRecord::decode(1, 0, &raw).unwrap();
+    let dec = capture::record::CrashRecord::decode(1, capture::record::SCHEMA_MINOR, &raw).unwrap();
     assert_eq!(dec.message.as_str(), r["message"].as_str().unwrap());
 
     // Newest by default.

@@ -25,8 +25,9 @@ pub fn frame_decode(data: &[u8]) {
         fix_up(&mut fixed, key);
         check_datagram(&fixed, key);
     }
-    // The raw bytes as a record body, as the current and a newer minor.
+    // The raw bytes as a record body, as 1.0, the current and a newer minor.
     let _ = CrashRecord::decode(1, 0, rest);
+    let _ = CrashRecord::decode(1, capture::record::SCHEMA_MINOR, rest);
     let _ = CrashRecord::decode(1, 7, rest);
     if sel & 2 == 2 {
         feed_reassembler(rest, key);
