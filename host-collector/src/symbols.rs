@@ -374,7 +374,8 @@ pub struct Resolved {
     pub function: Option<String>,
     /// Address minus the function's start.
     pub offset: Option<u64>,
-    /// Source file and line of the instruction (innermost inlined frame).
+    /// Source file and line in that function (of the instruction, or of the call to the
+    /// first function inlined there).
     pub file: Option<String>,
     pub line: Option<u32>,
     /// The inline chain, innermost first, the real function last (may be empty).
@@ -483,7 +484,7 @@ fn resolve_elf(path: &Path, load_base: u64, probes: &[Probe]) -> Result<Vec<Opti
             }
         }
         let (file_, line) = frames
-            .first()
+            .last()
             .map(|f| (f.file.clone(), f.line))
             .unwrap_or((None, None));
         let function = sym
@@ -545,7 +546,7 @@ fn resolve_pdb(path: &Path, load_base: u64, probes: &[Probe]) -> Result<Vec<Opti
             })
             .collect();
         let (file_, line) = frames
-            .first()
+            .last()
             .map(|f| (f.file.clone(), f.line))
             .unwrap_or((None, None));
         out.push(Some(Resolved {
