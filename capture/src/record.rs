@@ -19,7 +19,7 @@ use crate::Error;
 pub const SCHEMA_MAJOR: u16 = 1;
 /// Schema minor: bumped when fields are appended (older readers ignore them).
 /// 1.1 appends [`Ext1`] (stack high-water marks, why the backtrace stopped, lock takeovers,
-/// the image's id and load base).
+/// the image's id and load base, code bytes around the pc and stack bytes at the crash).
 pub const SCHEMA_MINOR: u16 = 1;
 
 /// Capacity of [`CrashRecord::build_id`] in bytes.
@@ -416,7 +416,24 @@ pub struct Ext1 {
     /// relocated); PE: the run-time image base (UEFI relocates images), so an address minus
     /// `load_base` is its RVA. 0 if unknown.
     pub load_base: u64,
+    /// Address of [`Ext1::code`]'s first byte.
+    pub code_at: u64,
+    /// Code bytes around the pc (up to [`CODE_BEFORE`] before it, the rest from it), read only
+    /// inside the image's code; empty if the pc is outside it.
+    pub code: Vec<u8, CODE_CAP>,
+    /// Address of [`Ext1::stack`]'s first byte (the stack pointer at the crash).
+    pub stack_at: u64,
+    /// Stack bytes from the stack pointer up, read only inside the stack holding it; empty if
+    /// the stack pointer is on no stack the canary knows.
+    pub stack: Vec<u8, STACK_DUMP_CAP>,
 }
+
+/// Capacity of [`Ext1::code`] in bytes.
+pub const CODE_CAP: usize = 64;
+/// How many of [`Ext1::code`]'s bytes come before the pc (when the code range allows).
+pub const CODE_BEFORE: usize = 32;
+/// Capacity of [`Ext1::stack`] in bytes.
+pub const STACK_DUMP_CAP: usize = 512;
 
 impl Ext1 {
     /// An empty group (usable in a `static`).
@@ -428,6 +445,10 @@ impl Ext1 {
             image_id_kind: ImageIdKind::None,
             image_id: Vec::new(),
             load_base: 0,
+            code_at: 0,
+            code: Vec::new(),
+            stack_at: 0,
+            stack: Vec::new(),
         }
     }
 }
@@ -491,7 +512,11 @@ const EXT1_MAX_LEN: usize = seq_max(STACKS_CAP, str_max(STACK_NAME_CAP) + 2 * U3
     + 1
     + 1
     + seq_max(IMAGE_ID_CAP, 1)
-    + U64_MAX_LEN;
+    + U64_MAX_LEN
+    + U64_MAX_LEN
+    + seq_max(CODE_CAP, 1)
+    + U64_MAX_LEN
+    + seq_max(STACK_DUMP_CAP, 1);
 
 impl CrashRecord {
     /// An empty record (usable in a `static`).

@@ -140,5 +140,9 @@ pub fn max_record() -> CrashRecord {
     r.ext.image_id_kind = ImageIdKind::Other(0xff);
     while r.ext.image_id.push(0xff).is_ok() {}
     r.ext.load_base = u64::MAX;
+    r.ext.code_at = u64::MAX;
+    while r.ext.code.push(0xff).is_ok() {}
+    r.ext.stack_at = u64::MAX;
+    while r.ext.stack.push(0xff).is_ok() {}
     r
 }

@@ -17,7 +17,7 @@ fn maximal_record_encodes_to_exactly_max_encoded_len() {
     let r = max_record();
     assert_eq!(encode_vec(&r).len(), MAX_ENCODED_LEN);
     // The value API.md documents (three chunks at most).
-    assert_eq!(MAX_ENCODED_LEN, 2914);
+    assert_eq!(MAX_ENCODED_LEN, 3513);
     assert_eq!(crate::chunk::chunk_count(MAX_ENCODED_LEN), 3);
     // One byte less is not enough.
     let mut buf = [0u8; MAX_ENCODED_LEN - 1];
@@ -234,11 +234,15 @@ proptest! {
 }
 
 #[test]
-fn schema_1_1_carries_the_image_id_and_load_base() {
+fn schema_1_1_carries_the_image_id_load_base_code_and_stack_bytes() {
     let mut r = sample_record(6);
     r.ext.image_id_kind = ImageIdKind::PeCodeView;
     r.ext.image_id.extend_from_slice(&[0xab; 20]).unwrap();
     r.ext.load_base = 0x7e5f_0000;
+    r.ext.code_at = 0x7e5f_1000;
+    r.ext.code.extend_from_slice(&[0x90; 64]).unwrap();
+    r.ext.stack_at = 0x8000_0000;
+    r.ext.stack.extend_from_slice(&[0x5a; 512]).unwrap();
     let bytes = encode_vec(&r);
     let got = CrashRecord::decode(SCHEMA_MAJOR, 1, &bytes).unwrap();
     assert_eq!(got.ext.image_id_kind, ImageIdKind::PeCodeView);
