@@ -110,6 +110,50 @@ pub fn pe_codeview_id(read: &mut dyn FnMut(u32, &mut [u8]) -> bool) -> Option<Im
     None
 }
 
+/// The RVA span `[lo, hi)` of a loaded PE image's executable sections (IMAGE_SCN_MEM_EXECUTE,
+/// 0x2000_0000; section headers of 40 bytes after the optional header: VirtualSize at +8,
+/// VirtualAddress at +12, Characteristics at +36; NumberOfSections at +6 of the COFF header).
+#[cfg_attr(not(target_os = "uefi"), allow(dead_code))]
+pub fn pe_text_range(read: &mut dyn FnMut(u32, &mut [u8]) -> bool) -> Option<(u32, u32)> {
+    let mut b4 = [0u8; 4];
+    let mut b2 = [0u8; 2];
+    if !read(0x3c, &mut b4) {
+        return None;
+    }
+    let coff = u32::from_le_bytes(b4).checked_add(4)?;
+    if !read(coff + 2, &mut b2) {
+        return None;
+    }
+    let sections = u32::from(u16::from_le_bytes(b2)).min(96);
+    if !read(coff + 16, &mut b2) {
+        return None;
+    }
+    let table = coff + 20 + u32::from(u16::from_le_bytes(b2));
+    let (mut lo, mut hi) = (u32::MAX, 0u32);
+    for k in 0..sections {
+        let mut h = [0u8; 40];
+        if !read(table.checked_add(k * 40)?, &mut h) {
+            return None;
+        }
+        let f = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        if f(36) & 0x2000_0000 != 0 {
+            lo = lo.min(f(12));
+            hi = hi.max(f(12).checked_add(f(8))?);
+        }
+    }
+    (lo < hi).then_some((lo, hi))
+}
+
+/// The bytes to keep around `pc` inside `[lo, hi)`: up to `before` bytes before it, `cap` in
+/// all, clipped to the range; `None` if `pc` is outside it.
+pub fn dump_window(pc: u64, lo: u64, hi: u64, before: u64, cap: u64) -> Option<(u64, u64)> {
+    if !(lo..hi).contains(&pc) {
+        return None;
+    }
+    let start = pc.saturating_sub(before).max(lo);
+    Some((start, start.saturating_add(cap).min(hi)))
+}
+
 /// The running image's id, its kind and its load base.
 #[cfg(all(kernel, target_os = "none"))]
 pub fn current() -> (Option<ImageId>, u64) {
@@ -167,6 +211,76 @@ pub fn current() -> (Option<ImageId>, u64) {
     }
     let mut read = |rva: u32, buf: &mut [u8]| read_at(limit, rva, buf);
     (pe_codeview_id(&mut read), base)
+}
+
+/// The running image's code: `[lo, hi)` addresses.
+#[cfg(all(kernel, target_os = "none"))]
+fn text_range() -> Option<(u64, u64)> {
+    unsafe extern "C" {
+        static __image_start: u8;
+        static __text_end: u8;
+    }
+    let lo = core::ptr::addr_of!(__image_start) as u64;
+    let hi = core::ptr::addr_of!(__text_end) as u64;
+    (lo < hi).then_some((lo, hi))
+}
+
+/// The running image's code: `[lo, hi)` addresses (its executable sections).
+#[cfg(all(kernel, target_os = "uefi"))]
+fn text_range() -> Option<(u64, u64)> {
+    unsafe extern "C" {
+        static __ImageBase: u8;
+    }
+    let base = core::ptr::addr_of!(__ImageBase) as u64;
+    let mut read = |rva: u32, buf: &mut [u8]| {
+        // The headers fit the first page (the section table of a 96-section image does).
+        if rva as usize + buf.len() > 4096 {
+            return false;
+        }
+        // SAFETY: the first page of our own image (its headers) is mapped; checked above.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (base + rva as u64) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        true
+    };
+    pe_text_range(&mut read).map(|(lo, hi)| (base + lo as u64, base + hi as u64))
+}
+
+/// Code bytes around `pc` (only inside the image's code) and stack bytes from `sp` (only inside
+/// the canary stack holding it) into the record's 1.1 group.
+#[cfg(kernel)]
+pub fn fill_dump(ext: &mut capture::record::Ext1, pc: u64, sp: u64) {
+    use capture::record::{CODE_BEFORE, CODE_CAP, STACK_DUMP_CAP};
+    ext.code.clear();
+    ext.stack.clear();
+    ext.code_at = 0;
+    ext.stack_at = 0;
+    let code = text_range()
+        .and_then(|(lo, hi)| dump_window(pc, lo, hi, CODE_BEFORE as u64, CODE_CAP as u64));
+    if let Some((a, b)) = code {
+        ext.code_at = a;
+        for p in a..b {
+            // SAFETY: `[a, b)` lies inside the image's code, mapped and readable.
+            let _ = ext
+                .code
+                .push(unsafe { core::ptr::read_volatile(p as *const u8) });
+        }
+    }
+    let stacks = crate::arch::stacks();
+    if let Some(r) = crate::stack::holding(&stacks, sp as usize) {
+        let (a, b) = (sp, (sp + STACK_DUMP_CAP as u64).min(r.hi as u64));
+        ext.stack_at = a;
+        for p in a..b {
+            // SAFETY: `[a, b)` lies inside a stack the canary owns (always mapped).
+            let _ = ext
+                .stack
+                .push(unsafe { core::ptr::read_volatile(p as *const u8) });
+        }
+    }
 }
 
 /// Writes the running image's id, its kind and load base into the record's 1.1 group.
@@ -269,6 +383,52 @@ mod tests {
                 None => false,
             }
         }
+    }
+
+    #[test]
+    fn the_dump_window_stays_inside_the_range() {
+        assert_eq!(
+            dump_window(0x1100, 0x1000, 0x2000, 32, 64),
+            Some((0x10e0, 0x1120))
+        );
+        // Near the start: fewer bytes before, still 64.
+        assert_eq!(
+            dump_window(0x1008, 0x1000, 0x2000, 32, 64),
+            Some((0x1000, 0x1040))
+        );
+        // Near the end: clipped.
+        assert_eq!(
+            dump_window(0x1ff0, 0x1000, 0x2000, 32, 64),
+            Some((0x1fd0, 0x2000))
+        );
+        // Outside (a wild pc, a null pc): nothing is read.
+        assert_eq!(dump_window(0x2000, 0x1000, 0x2000, 32, 64), None);
+        assert_eq!(dump_window(0, 0x1000, 0x2000, 32, 64), None);
+    }
+
+    #[test]
+    fn the_executable_sections_of_a_pe_give_the_code_range() {
+        let mut img = pe_image([1; 16], 1);
+        let pe = 0x80usize;
+        let coff = pe + 4;
+        img[coff + 2..coff + 4].copy_from_slice(&3u16.to_le_bytes());
+        img[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
+        let table = coff + 20 + 240;
+        for (k, (va, size, ch)) in [
+            (0x1000u32, 0x800u32, 0x6000_0020u32),
+            (0x2000, 0x400, 0x4000_0040),
+            (0x1800, 0x100, 0x2000_0000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let h = table + k * 40;
+            img[h + 8..h + 12].copy_from_slice(&size.to_le_bytes());
+            img[h + 12..h + 16].copy_from_slice(&va.to_le_bytes());
+            img[h + 36..h + 40].copy_from_slice(&ch.to_le_bytes());
+        }
+        assert_eq!(pe_text_range(&mut reader(&img)), Some((0x1000, 0x1900)));
+        assert_eq!(pe_text_range(&mut reader(&img[..0x100])), None);
     }
 
     #[test]

@@ -250,6 +250,7 @@ fn fill_regs(rec: &mut CrashRecord, r: &RegSnapshot) {
     rec.registers.pc = r.pc;
     rec.registers.sp = r.sp;
     rec.registers.fp = r.fp;
+    crate::image_id::fill_dump(&mut rec.ext, r.pc, r.sp);
 }
 
 static FIRST_LINE: Cell<heapless::String<512>> = Cell(UnsafeCell::new(heapless::String::new()));
