@@ -11,8 +11,8 @@ use crate::util::hex;
 #[derive(Debug, Error)]
 pub enum RefError {
     #[error(
-        "invalid record reference {0:?}: give a record ID, or a boot id (any unique prefix of \
-         its hex digits, at least 4) with an optional :SEQ"
+        "invalid record reference {0:?}: give a record ID or BOOTID:SEQ (BOOTID: any unique \
+         prefix of the boot id's hex digits, at least 4; without :SEQ, the boot's newest record)"
     )]
     Bad(String),
     #[error(
