@@ -58,6 +58,9 @@ pub struct LoadConfig {
     /// lives a while, then crashes (or, with no records, goes silent).
     pub heartbeat_every: Option<Duration>,
     pub heartbeat_for: Duration,
+    /// Each record's own deadline, from its panic (the appliance's `deadline_ms`); the run's
+    /// `deadline` still bounds everything.
+    pub record_deadline: Option<Duration>,
 }
 
 /// The result of a run. `acked + lost + rejected == records`.
@@ -466,6 +469,7 @@ async fn canary(
             res.lost += u64::from(records - seq + 1);
             break;
         };
+        let left = cfg.record_deadline.map_or(left, |d| d.min(left));
         let scfg = SenderConfig {
             initial_rto_ms: cfg.initial_rto_ms,
             max_rto_ms: cfg.max_rto_ms,

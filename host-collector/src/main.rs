@@ -362,9 +362,17 @@ struct LoadArgs {
     /// and `load` ends (exit 4).
     #[arg(long, value_name = "DURATION", default_value = "5min")]
     deadline: String,
-    /// First retransmit timeout in milliseconds; it doubles each round up to 16x (at most 2 s).
+    /// First retransmit timeout in milliseconds; it doubles each round up to 16x (at most 2 s)
+    /// or --max-rto-ms.
     #[arg(long, value_name = "MS", default_value_t = 50)]
     rto_ms: u32,
+    /// Longest retransmit timeout (the appliance's panic path: --rto-ms 20 --max-rto-ms 400).
+    #[arg(long, value_name = "MS")]
+    max_rto_ms: Option<u32>,
+    /// Each record's own deadline from its panic, as the appliance's `deadline_ms` (e.g. 3s);
+    /// a record not acked by then counts as lost. --deadline still bounds the whole run.
+    #[arg(long, value_name = "DURATION")]
+    record_deadline: Option<String>,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -737,7 +745,10 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
         key,
         deadline,
         initial_rto_ms: a.rto_ms,
-        max_rto_ms: a.rto_ms.saturating_mul(16).min(2000).max(a.rto_ms),
+        max_rto_ms: a
+            .max_rto_ms
+            .unwrap_or_else(|| a.rto_ms.saturating_mul(16).min(2000))
+            .max(a.rto_ms),
         schema: None,
         max_sockets: a.max_sockets,
         heartbeat_every: a
@@ -747,6 +758,12 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
             .transpose()
             .map_err(usage)?,
         heartbeat_for: parse_duration(&a.heartbeat_for).map_err(usage)?,
+        record_deadline: a
+            .record_deadline
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(usage)?,
     };
     validate(&cfg).map_err(usage)?;
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
