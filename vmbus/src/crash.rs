@@ -71,27 +71,27 @@ impl CrashReporter {
 
     fn write(hv: &dyn Hypervisor, report: CrashReport<'_>) -> Result<CrashOutcome, HvError> {
         let (p, ctl, len) = match report {
-            CrashReport::Registers(p) => (p, CrashCtl(0).with_notify(true), 0),
+            CrashReport::Registers(p) => (p, CrashCtl::new().with_notify(true), 0),
             CrashReport::Message {
                 p0_p2,
                 page,
                 text,
                 fallback,
             } => {
-                let caps = CrashCtl(hv.read_reg(SynReg::CrashCtl)?);
+                let caps = CrashCtl::from_bits(hv.read_reg(SynReg::CrashCtl)?);
                 if caps.notify_msg() && !page.is_empty() {
                     let len = text.len().min(page.len());
                     // SAFETY: `page` is an owned page of at least `len` bytes.
                     unsafe { crate::mem::write_bytes(page.va(), &text[..len]) };
                     (
                         [p0_p2[0], p0_p2[1], p0_p2[2], page.gpa(), len as u64],
-                        CrashCtl(0).with_notify(true).with_notify_msg(true),
+                        CrashCtl::new().with_notify(true).with_notify_msg(true),
                         len,
                     )
                 } else {
                     (
                         [p0_p2[0], p0_p2[1], p0_p2[2], fallback[0], fallback[1]],
-                        CrashCtl(0).with_notify(true),
+                        CrashCtl::new().with_notify(true),
                         0,
                     )
                 }
@@ -100,9 +100,9 @@ impl CrashReporter {
         for (i, v) in p.iter().enumerate() {
             hv.write_reg(SynReg::CrashP(i as u8), *v)?;
         }
-        hv.write_reg(SynReg::CrashCtl, ctl.0)?;
+        hv.write_reg(SynReg::CrashCtl, ctl.into_bits())?;
         Ok(CrashOutcome::Reported {
-            ctl: ctl.0,
+            ctl: ctl.into_bits(),
             message_len: len,
         })
     }

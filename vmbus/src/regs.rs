@@ -4,6 +4,8 @@
 //! Sources: ref §3.2 (x86 MSRs) and §3.3 (arm64 ids), i.e. Linux `include/hyperv/hvgdk_mini.h`
 //! (`HV_X64_MSR_*`, `HV_REGISTER_*`) and FreeBSD `sys/dev/hyperv/vmbus/aarch64/hyperv_reg.h`.
 
+use bitfield_struct::bitfield;
+
 /// A synthetic register by name. Each arch maps it to its own address space.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum SynReg {
@@ -164,106 +166,111 @@ impl SynReg {
     }
 }
 
-macro_rules! bit {
-    ($get:ident, $with:ident, $bit:expr) => {
-        pub const fn $get(self) -> bool {
-            self.0 & (1 << $bit) != 0
-        }
-        pub const fn $with(self, on: bool) -> Self {
-            if on {
-                Self(self.0 | (1 << $bit))
-            } else {
-                Self(self.0 & !(1 << $bit))
-            }
-        }
-    };
-}
-
-macro_rules! field {
-    ($get:ident, $with:ident, $lo:expr, $width:expr, $ty:ty) => {
-        pub const fn $get(self) -> $ty {
-            ((self.0 >> $lo) & ((1u64 << $width) - 1)) as $ty
-        }
-        pub const fn $with(self, v: $ty) -> Self {
-            let mask = ((1u64 << $width) - 1) << $lo;
-            Self((self.0 & !mask) | (((v as u64) << $lo) & mask))
-        }
-    };
-}
+// The layouts below are `bitfield-struct` newtypes over the raw `u64`: `from_bits(raw)`,
+// `into_bits()`, a getter and a `with_*` builder per field (the builder panics on a value wider
+// than its field, which only guest-built constants reach). Reserved bits (`__`) keep whatever
+// the register held, so read-modify-write leaves them alone.
 
 /// SINTx (ref §3.2): vector 7:0, masked 16, auto_eoi 17, polling 18.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct SintReg(pub u64);
-impl SintReg {
-    field!(vector, with_vector, 0, 8, u8);
-    bit!(masked, with_masked, 16);
-    bit!(auto_eoi, with_auto_eoi, 17);
-    bit!(polling, with_polling, 18);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SintReg {
+    pub vector: u8,
+    #[bits(8)]
+    __: u8,
+    pub masked: bool,
+    pub auto_eoi: bool,
+    pub polling: bool,
+    #[bits(45)]
+    __: u64,
 }
 
 /// SIMP, SIEFP, HYPERCALL and REFERENCE_TSC (ref §3.2): enable bit 0, (HYPERCALL: locked bit
 /// 1), GPA page number in 63:12.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct PageReg(pub u64);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PageReg {
+    pub enabled: bool,
+    pub locked: bool,
+    #[bits(10)]
+    __: u16,
+    /// The page's frame number (GPA >> 12).
+    #[bits(52)]
+    pub pfn: u64,
+}
+
 impl PageReg {
-    bit!(enabled, with_enabled, 0);
-    bit!(locked, with_locked, 1);
+    /// The page's guest physical address.
     pub const fn gpa(self) -> u64 {
-        self.0 & !0xfff
+        self.pfn() << 12
     }
+    /// Sets the page to the one holding `gpa` (the low 12 bits are ignored).
     pub const fn with_gpa(self, gpa: u64) -> Self {
-        Self((self.0 & 0xfff) | (gpa & !0xfff))
+        self.with_pfn(gpa >> 12)
     }
 }
 
 /// SCONTROL (ref §3.2): enable bit 0.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct ScontrolReg(pub u64);
-impl ScontrolReg {
-    bit!(enabled, with_enabled, 0);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ScontrolReg {
+    pub enabled: bool,
+    #[bits(63)]
+    __: u64,
 }
 
 /// STIMERn_CONFIG (ref §3.4): enable 0, periodic 1, lazy 2, auto_enable 3, apic_vector 11:4,
 /// direct_mode 12, sintx 19:16.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct StimerConfig(pub u64);
-impl StimerConfig {
-    bit!(enabled, with_enabled, 0);
-    bit!(periodic, with_periodic, 1);
-    bit!(lazy, with_lazy, 2);
-    bit!(auto_enable, with_auto_enable, 3);
-    field!(apic_vector, with_apic_vector, 4, 8, u8);
-    bit!(direct_mode, with_direct_mode, 12);
-    field!(sintx, with_sintx, 16, 4, u8);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct StimerConfig {
+    pub enabled: bool,
+    pub periodic: bool,
+    pub lazy: bool,
+    pub auto_enable: bool,
+    pub apic_vector: u8,
+    pub direct_mode: bool,
+    #[bits(3)]
+    __: u8,
+    #[bits(4)]
+    pub sintx: u8,
+    #[bits(44)]
+    __: u64,
 }
 
 /// CRASH_CTL (ref §3.2 / §3.7, OpenVMM `hvdef::GuestCrashCtl`): crash_notify 63,
 /// crash_message 62, no_crash_dump 61, pre_os_id 60:58.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct CrashCtl(pub u64);
-impl CrashCtl {
-    bit!(notify, with_notify, 63);
-    bit!(notify_msg, with_notify_msg, 62);
-    bit!(no_crash_dump, with_no_crash_dump, 61);
-    field!(pre_os_id, with_pre_os_id, 58, 3, u8);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct CrashCtl {
+    #[bits(58)]
+    __: u64,
+    #[bits(3)]
+    pub pre_os_id: u8,
+    pub no_crash_dump: bool,
+    pub notify_msg: bool,
+    pub notify: bool,
 }
 
 /// GUEST_OS_ID, open-source form (ref §3.2; Linux `hvgdk_mini.h` comment on the guest ID:
 /// bit 63 open source, 62:56 OS type, 55:48 OS id, 47:16 version, 15:0 build).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct GuestOsId(pub u64);
-impl GuestOsId {
-    bit!(open_source, with_open_source, 63);
-    field!(os_type, with_os_type, 56, 7, u8);
-    field!(os_id, with_os_id, 48, 8, u8);
-    field!(version, with_version, 16, 32, u32);
-    field!(build, with_build, 0, 16, u16);
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct GuestOsId {
+    pub build: u16,
+    pub version: u32,
+    pub os_id: u8,
+    #[bits(7)]
+    pub os_type: u8,
+    pub open_source: bool,
+}
 
+impl GuestOsId {
     /// canary's own id: open source, OS type 0x7F (not one of the registered open-source types
     /// Linux 1, FreeBSD 2, Xen 3, illumos 4), version `major << 16 | minor << 8 | patch`.
     pub const CANARY_OS_TYPE: u8 = 0x7f;
     pub const fn canary(major: u8, minor: u8, patch: u8) -> Self {
-        Self(0)
+        Self::new()
             .with_open_source(true)
             .with_os_type(Self::CANARY_OS_TYPE)
             .with_version(((major as u32) << 16) | ((minor as u32) << 8) | patch as u32)
@@ -327,37 +334,58 @@ mod tests {
 
     #[test]
     fn register_layouts_put_fields_at_documented_bits() {
-        let s = SintReg(0).with_vector(0x30).with_masked(true);
-        assert_eq!(s.0, 0x1_0030);
-        assert_eq!(SintReg(0).with_polling(true).0, 1 << 18);
-        assert_eq!(SintReg(0).with_auto_eoi(true).0, 1 << 17);
-        let t = StimerConfig(0)
+        let s = SintReg::new().with_vector(0x30).with_masked(true);
+        assert_eq!(s.into_bits(), 0x1_0030);
+        assert_eq!(SintReg::new().with_polling(true).into_bits(), 1 << 18);
+        assert_eq!(SintReg::new().with_auto_eoi(true).into_bits(), 1 << 17);
+        let t = StimerConfig::new()
             .with_enabled(true)
             .with_auto_enable(true)
             .with_sintx(2);
-        assert_eq!(t.0, 0x2_0009);
-        let d = StimerConfig(0)
+        assert_eq!(t.into_bits(), 0x2_0009);
+        let d = StimerConfig::new()
             .with_direct_mode(true)
             .with_apic_vector(0xef);
-        assert_eq!(d.0, 0x1000 | 0xef0);
-        assert_eq!(CrashCtl(0).with_notify(true).0, 0x8000_0000_0000_0000);
+        assert_eq!(d.into_bits(), 0x1000 | 0xef0);
         assert_eq!(
-            CrashCtl(0).with_notify(true).with_notify_msg(true).0,
+            CrashCtl::new().with_notify(true).into_bits(),
+            0x8000_0000_0000_0000
+        );
+        assert_eq!(
+            CrashCtl::new()
+                .with_notify(true)
+                .with_notify_msg(true)
+                .into_bits(),
             0xC000_0000_0000_0000
         );
-        assert_eq!(CrashCtl(0).with_pre_os_id(5).0, 5 << 58);
-        let p = PageReg(0).with_gpa(0x1234_5000).with_enabled(true);
-        assert_eq!(p.0, 0x1234_5001);
+        assert_eq!(CrashCtl::new().with_pre_os_id(5).into_bits(), 5 << 58);
+        let p = PageReg::new().with_gpa(0x1234_5000).with_enabled(true);
+        assert_eq!(p.into_bits(), 0x1234_5001);
         assert_eq!(p.gpa(), 0x1234_5000);
         // Linux's id is 0x8100 << 48 (HV_LINUX_VENDOR_ID): open source + OS type 1.
         assert_eq!(
-            GuestOsId(0).with_open_source(true).with_os_type(1).0,
+            GuestOsId::new()
+                .with_open_source(true)
+                .with_os_type(1)
+                .into_bits(),
             0x8100 << 48
         );
         let c = GuestOsId::canary(0, 1, 2);
         assert!(c.open_source());
         assert_eq!(c.os_type(), 0x7f);
         assert_eq!(c.version(), 0x0102);
-        assert_eq!(c.0 >> 48, 0xFF00);
+        assert_eq!(c.into_bits() >> 48, 0xFF00);
+    }
+
+    #[test]
+    fn reserved_bits_survive_read_modify_write() {
+        // A host may set bits the guest does not name: changing one field keeps them.
+        let raw = 0xdead_0000_0000_0ffe_u64 | (0x5a << 20);
+        let p = PageReg::from_bits(raw).with_enabled(true);
+        assert_eq!(p.into_bits(), raw | 1);
+        let s = SintReg::from_bits(u64::MAX).with_masked(false);
+        assert_eq!(s.into_bits(), !(1 << 16));
+        let c = StimerConfig::from_bits(0xffff_0000_0000_e000).with_sintx(3);
+        assert_eq!(c.into_bits(), 0xffff_0000_0003_e000);
     }
 }

@@ -21,7 +21,9 @@ impl Stimer0 {
     /// The CONFIG value Linux writes (`hv_stimer_init` / `hv_ce_set_oneshot`): enable |
     /// auto_enable, then direct_mode + vector, or sintx.
     pub fn config_value(mode: StimerMode) -> StimerConfig {
-        let c = StimerConfig(0).with_enabled(true).with_auto_enable(true);
+        let c = StimerConfig::new()
+            .with_enabled(true)
+            .with_auto_enable(true);
         match mode {
             StimerMode::Direct { vector } => c.with_direct_mode(true).with_apic_vector(vector),
             StimerMode::Message { sint } => c.with_sintx(sint),
@@ -30,7 +32,10 @@ impl Stimer0 {
 
     /// Write CONFIG. With auto_enable, a later COUNT write (re)arms the timer.
     pub fn configure(hv: &dyn Hypervisor, mode: StimerMode) -> Result<(), HvError> {
-        hv.write_reg(SynReg::StimerConfig(0), Self::config_value(mode).0)
+        hv.write_reg(
+            SynReg::StimerConfig(0),
+            Self::config_value(mode).into_bits(),
+        )
     }
 
     /// Arm a one-shot expiry at absolute reference time `count` (100 ns units).

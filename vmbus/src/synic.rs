@@ -146,22 +146,23 @@ impl Synic {
                 mem::zero(cpu.siefp.load(Ordering::Acquire), crate::PAGE_SIZE);
             }
         }
-        let simp = PageReg(hv.read_reg(SynReg::Simp)?)
+        let simp = PageReg::from_bits(hv.read_reg(SynReg::Simp)?)
             .with_gpa(cpu.simp_gpa.load(Ordering::Relaxed))
             .with_enabled(true);
-        hv.write_reg(SynReg::Simp, simp.0)?;
-        let siefp = PageReg(hv.read_reg(SynReg::Siefp)?)
+        hv.write_reg(SynReg::Simp, simp.into_bits())?;
+        let siefp = PageReg::from_bits(hv.read_reg(SynReg::Siefp)?)
             .with_gpa(cpu.siefp_gpa.load(Ordering::Relaxed))
             .with_enabled(true);
-        hv.write_reg(SynReg::Siefp, siefp.0)?;
-        let sint = SintReg(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT))?).with_auto_eoi(false);
+        hv.write_reg(SynReg::Siefp, siefp.into_bits())?;
+        let sint =
+            SintReg::from_bits(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT))?).with_auto_eoi(false);
         let sint = match mode {
             SynicMode::Polling => sint.with_masked(true),
             SynicMode::Interrupt { vector } => sint.with_vector(vector).with_masked(false),
         };
-        hv.write_reg(SynReg::Sint(VMBUS_MESSAGE_SINT), sint.0)?;
-        let sc = ScontrolReg(hv.read_reg(SynReg::Scontrol)?).with_enabled(true);
-        hv.write_reg(SynReg::Scontrol, sc.0)?;
+        hv.write_reg(SynReg::Sint(VMBUS_MESSAGE_SINT), sint.into_bits())?;
+        let sc = ScontrolReg::from_bits(hv.read_reg(SynReg::Scontrol)?).with_enabled(true);
+        hv.write_reg(SynReg::Scontrol, sc.into_bits())?;
         cpu.enabled.store(true, Ordering::Release);
         Ok(vp)
     }
@@ -170,16 +171,17 @@ impl Synic {
     /// zeroed), SCONTROL = 0. The pages stay allocated for a later `enable_cpu`.
     pub fn disable_cpu(&self, hv: &dyn Hypervisor) -> Result<(), HvError> {
         let vp = hv.read_reg(SynReg::VpIndex)? as u32;
-        let sint = SintReg(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT))?).with_masked(true);
-        hv.write_reg(SynReg::Sint(VMBUS_MESSAGE_SINT), sint.0)?;
-        let simp = PageReg(hv.read_reg(SynReg::Simp)?)
+        let sint =
+            SintReg::from_bits(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT))?).with_masked(true);
+        hv.write_reg(SynReg::Sint(VMBUS_MESSAGE_SINT), sint.into_bits())?;
+        let simp = PageReg::from_bits(hv.read_reg(SynReg::Simp)?)
             .with_enabled(false)
             .with_gpa(0);
-        hv.write_reg(SynReg::Simp, simp.0)?;
-        let siefp = PageReg(hv.read_reg(SynReg::Siefp)?)
+        hv.write_reg(SynReg::Simp, simp.into_bits())?;
+        let siefp = PageReg::from_bits(hv.read_reg(SynReg::Siefp)?)
             .with_enabled(false)
             .with_gpa(0);
-        hv.write_reg(SynReg::Siefp, siefp.0)?;
+        hv.write_reg(SynReg::Siefp, siefp.into_bits())?;
         hv.write_reg(SynReg::Scontrol, 0)?;
         if let Some(cpu) = self.cpu(vp) {
             cpu.enabled.store(false, Ordering::Release);

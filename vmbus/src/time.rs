@@ -30,8 +30,8 @@ impl<'h> ReferenceTime<'h> {
             if let Some(p) = alloc.alloc_pages(1) {
                 let cur = hv.read_reg(crate::regs::SynReg::ReferenceTsc).unwrap_or(0);
                 // Low 12 bits preserved on write (ref §3.2).
-                let v = PageReg(cur).with_gpa(p.gpa()).with_enabled(true);
-                if hv.write_reg(SynReg::ReferenceTsc, v.0).is_ok() {
+                let v = PageReg::from_bits(cur).with_gpa(p.gpa()).with_enabled(true);
+                if hv.write_reg(SynReg::ReferenceTsc, v.into_bits()).is_ok() {
                     page = Some(p);
                 }
             }
@@ -80,9 +80,10 @@ impl<'h> ReferenceTime<'h> {
     pub fn disable(&mut self) {
         if self.page.take().is_some() {
             if let Ok(cur) = self.hv.read_reg(SynReg::ReferenceTsc) {
-                let _ = self
-                    .hv
-                    .write_reg(SynReg::ReferenceTsc, PageReg(cur).with_enabled(false).0);
+                let _ = self.hv.write_reg(
+                    SynReg::ReferenceTsc,
+                    PageReg::from_bits(cur).with_enabled(false).into_bits(),
+                );
             }
         }
     }

@@ -14,11 +14,11 @@
 //! second. A driver used before its slot is filled gets [`ChannelError::Closed`].
 
 use capture::panic::{Outcome, SkipReason};
-use vmbus::netvsc::{Buffers, Netvsc, NetvscError, OpMode};
 use vmbus::device::{
     ChannelError, ConnectionGpadls, CoreChannel, Deadline, DeviceChannel, DmaMemory,
     OutgoingPacket, Packet, PhysRegion,
 };
+use vmbus::netvsc::{Buffers, Netvsc, NetvscError, OpMode};
 use vmbus::synthvid::{FlushOutcome, Mode, Synthvid, SynthvidError, VramSource};
 use vmbus::{
     Channel, Clock, ConnectOptions, Connection, Guid, HvError, Hypervisor, OpenOptions, PageAlloc,

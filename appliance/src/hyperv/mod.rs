@@ -438,7 +438,7 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
     }
     log::info!(
         "hv: guest os id {:#x} written, readback={:#x}",
-        os_id.0,
+        os_id.into_bits(),
         hv.read_reg(SynReg::GuestOsId).unwrap_or(0)
     );
     log_hypercall_page(hv);
@@ -458,7 +458,16 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
 
     let (mode, ppis) = synic_mode(hv);
     let mut h = HyperV {
-        s: Session::new(hv, id, clock, os_id.0, &PAGES, &SYNIC, &CRASH, ppis),
+        s: Session::new(
+            hv,
+            id,
+            clock,
+            os_id.into_bits(),
+            &PAGES,
+            &SYNIC,
+            &CRASH,
+            ppis,
+        ),
         timer_messages: 0,
         fb: None,
         fb_note: "",
@@ -748,7 +757,7 @@ impl HyperV {
         let armed = self
             .s
             .hv
-            .write_reg(SynReg::StimerConfig(0), config.0)
+            .write_reg(SynReg::StimerConfig(0), config.into_bits())
             .and_then(|_| Stimer0::arm(self.s.hv, STIMER_CHECK_PERIOD));
         if let Err(e) = armed {
             log::error!("stimer0: error: arming failed: {e}");

@@ -11,8 +11,8 @@ use super::session::{hv_code, versions_newer_than, Session, REPLY_TIMEOUT};
 use capture::panic::{Outcome, SkipReason};
 use capture::record::CrashRecord;
 use core::fmt::Write as _;
-use vmbus::netvsc::Netvsc;
 use vmbus::device::DmaMemory;
+use vmbus::netvsc::Netvsc;
 use vmbus::synthvid::{console, Synthvid};
 use vmbus::{Clock, InterruptControl, PageAlloc};
 
@@ -321,8 +321,8 @@ mod tests {
     use vmbus::arch::x86_64::X86Hv;
     use vmbus::cleanup::CleanupConfig;
     use vmbus::crash::CrashReporter;
-    use vmbus::synic::VMBUS_MESSAGE_SINT;
     use vmbus::device::PhysRegion;
+    use vmbus::synic::VMBUS_MESSAGE_SINT;
     use vmbus::{GuestOsId, Hypervisor, SynReg, Synic, SynicMode};
     use vmbus_sim::chaos::ChaosConfig;
     use vmbus_sim::{Personality, Sim, SimArch, SimClock, SimConfig};
@@ -399,7 +399,16 @@ mod tests {
         };
         let synic: &Synic = Box::leak(Box::new(Synic::new()));
         let crash: &CrashReporter = Box::leak(Box::new(CrashReporter::new()));
-        let mut ses = Session::new(hv, id, SimClock(sim), os_id.0, &sim.mem, synic, crash, ppis);
+        let mut ses = Session::new(
+            hv,
+            id,
+            SimClock(sim),
+            os_id.into_bits(),
+            &sim.mem,
+            synic,
+            crash,
+            ppis,
+        );
         ses.prepare_crash_page();
         ses.enable_synic(SynicMode::Polling).expect("synic");
         if let Ok(mut c) = ses.connect() {

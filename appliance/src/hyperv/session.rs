@@ -111,7 +111,7 @@ pub fn detect_arm64<C: Smccc + ?Sized>(
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // the aarch64 kernel and the tests
 pub fn arm64_cleanup_ppis(sint2_before: Option<u64>) -> CleanupConfig {
     let vmbus_ppi = sint2_before
-        .map(|v| SintReg(v).vector() as u32)
+        .map(|v| SintReg::from_bits(v).vector() as u32)
         .filter(|v| (16..32).contains(v));
     CleanupConfig {
         vmbus_ppi,
@@ -324,7 +324,8 @@ impl<'a, C: Clock> Session<'a, C> {
         if !self.id.crash_msrs() {
             return false;
         }
-        let caps = vmbus::regs::CrashCtl(self.hv.read_reg(SynReg::CrashCtl).unwrap_or(0));
+        let caps =
+            vmbus::regs::CrashCtl::from_bits(self.hv.read_reg(SynReg::CrashCtl).unwrap_or(0));
         if caps.notify_msg() && self.crash_page.is_none() {
             self.crash_page = self.alloc.alloc_pages(1);
         }

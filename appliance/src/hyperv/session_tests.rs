@@ -28,7 +28,7 @@ fn sim_with(arch: SimArch, smccc: bool, notify_msg: bool) -> Sim {
     );
     cfg.smccc = smccc;
     if !notify_msg {
-        cfg.crash_caps = vmbus::regs::CrashCtl(0).with_notify(true).0;
+        cfg.crash_caps = vmbus::regs::CrashCtl::new().with_notify(true).into_bits();
     }
     cfg.offers = vec![SimOffer {
         if_type: vmbus::guid::NET,
@@ -125,11 +125,20 @@ fn run_with(arch: SimArch, firmware_sint2: Option<u64>, notify_msg: bool) -> Evi
     };
     let synic = Box::new(Synic::new());
     let crash = CrashReporter::new();
-    let mut ses = Session::new(hv, id, SimClock(&s), os_id.0, &s.mem, &synic, &crash, ppis);
+    let mut ses = Session::new(
+        hv,
+        id,
+        SimClock(&s),
+        os_id.into_bits(),
+        &s.mem,
+        &synic,
+        &crash,
+        ppis,
+    );
     assert_eq!(ses.prepare_crash_page(), notify_msg, "{arch:?}");
     let vp = ses.enable_synic(SynicMode::Polling).unwrap();
     assert_eq!(vp, 0);
-    let sint2 = SintReg(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT)).unwrap());
+    let sint2 = SintReg::from_bits(hv.read_reg(SynReg::Sint(VMBUS_MESSAGE_SINT)).unwrap());
     assert!(sint2.masked(), "polling mode: SINT2 stays masked");
     let mut c = ses.connect().unwrap();
     assert_eq!(c.request_offers(hv, &ses.clock).unwrap().len(), 1);
@@ -190,7 +199,7 @@ fn run_with(arch: SimArch, firmware_sint2: Option<u64>, notify_msg: bool) -> Evi
         crash_notices: s.crash_notices(),
         crash_writes,
         second_crash,
-        os_id: os_id.0,
+        os_id: os_id.into_bits(),
     }
 }
 
@@ -213,7 +222,7 @@ fn cleanup_ids(arch: SimArch) -> Vec<u32> {
 #[test]
 fn arm64_cleanup_writes_exactly_the_listed_vp_registers_and_disables_the_vmbus_and_stimer0_ppis() {
     // The firmware left SINT2 unmasked on PPI 18 (an example INTID, not a Hyper-V fact).
-    let fw = SintReg(0).with_vector(18).0;
+    let fw = SintReg::new().with_vector(18).into_bits();
     let e = run(SimArch::Aarch64, Some(fw));
     let ids: Vec<u32> = e.cleanup_writes.iter().map(|w| w.0).collect();
     assert_eq!(
@@ -227,14 +236,14 @@ fn arm64_cleanup_writes_exactly_the_listed_vp_registers_and_disables_the_vmbus_a
     assert_eq!(ids[5], 0x000A_0010);
     let v: Vec<u64> = e.cleanup_writes.iter().map(|w| w.1).collect();
     assert_eq!((v[0], v[1]), (0, 0), "STIMER0 COUNT and CONFIG zeroed");
-    let sint = SintReg(v[2]);
+    let sint = SintReg::from_bits(v[2]);
     assert!(
         sint.masked() && sint.vector() == 18,
         "SINT2 masked: {:#x}",
         v[2]
     );
     assert!(
-        !PageReg(v[3]).enabled() && !PageReg(v[4]).enabled(),
+        !PageReg::from_bits(v[3]).enabled() && !PageReg::from_bits(v[4]).enabled(),
         "SIMP/SIEFP off"
     );
     assert_eq!(v[5], 0, "SCONTROL = 0");
@@ -267,7 +276,10 @@ fn the_panic_sequence_unloads_once_per_connection_and_writes_the_crash_registers
         // the text's length, and the page holds the summary.
         assert_eq!(n.p[..3], words[..3], "{arch:?}");
         assert_eq!(n.p[0] >> 32, 0x434e_5259, "CNRY");
-        assert!(vmbus::regs::CrashCtl(n.ctl).notify_msg(), "{arch:?}");
+        assert!(
+            vmbus::regs::CrashCtl::from_bits(n.ctl).notify_msg(),
+            "{arch:?}"
+        );
         let text = String::from_utf8(n.message.clone().expect("message form")).unwrap();
         assert_eq!(n.p[4] as usize, text.len());
         let mut want: heapless::String<1024> = heapless::String::new();
@@ -296,7 +308,10 @@ fn without_notify_msg_the_crash_registers_carry_our_p0_p4() {
         let mut rec = sample_record(7);
         rec.uptime_us = 123_456;
         assert_eq!(n.p, crash_words(&rec, e.os_id), "{arch:?}");
-        assert!(!vmbus::regs::CrashCtl(n.ctl).notify_msg(), "{arch:?}");
+        assert!(
+            !vmbus::regs::CrashCtl::from_bits(n.ctl).notify_msg(),
+            "{arch:?}"
+        );
         assert!(n.message.is_none());
     }
 }
@@ -413,13 +428,22 @@ fn arm64_detection_through_the_smccc_uid_and_not_for_another_hypervisor() {
 #[test]
 fn the_vmbus_ppi_is_taken_from_sint2_only_when_it_is_a_ppi() {
     let ppi = |v: Option<u64>| arm64_cleanup_ppis(v).vmbus_ppi;
-    assert_eq!(ppi(Some(SintReg(0).with_vector(18).0)), Some(18));
     assert_eq!(
-        ppi(Some(SintReg(0).with_vector(31).with_masked(true).0)),
+        ppi(Some(SintReg::new().with_vector(18).into_bits())),
+        Some(18)
+    );
+    assert_eq!(
+        ppi(Some(
+            SintReg::new().with_vector(31).with_masked(true).into_bits()
+        )),
         Some(31)
     );
     assert_eq!(ppi(Some(0)), None, "vector 0 is an SGI");
-    assert_eq!(ppi(Some(SintReg(0).with_vector(40).0)), None, "an SPI");
+    assert_eq!(
+        ppi(Some(SintReg::new().with_vector(40).into_bits())),
+        None,
+        "an SPI"
+    );
     assert_eq!(ppi(None), None);
     assert_eq!(arm64_cleanup_ppis(None).stimer_ppi, Some(31));
 }

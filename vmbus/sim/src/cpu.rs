@@ -82,7 +82,7 @@ impl X86Instructions for SimCpu<'_> {
         output: u64,
     ) -> u64 {
         self.expect_arch(SimArch::X86_64);
-        let hc = PageReg(self.sim.read_reg(self.vp, SynReg::Hypercall).unwrap_or(0));
+        let hc = PageReg::from_bits(self.sim.read_reg(self.vp, SynReg::Hypercall).unwrap_or(0));
         assert!(
             hc.enabled(),
             "guest called the hypercall page while HYPERCALL.enable = 0"

@@ -125,7 +125,10 @@ impl SimConfig {
             crash_caps: if openvmm {
                 0
             } else {
-                CrashCtl(0).with_notify(true).with_notify_msg(true).0
+                CrashCtl::new()
+                    .with_notify(true)
+                    .with_notify_msg(true)
+                    .into_bits()
             },
             crash_registers: !openvmm,
             clock_step: 1_000,
@@ -297,7 +300,7 @@ impl Sim {
     // ---- SynIC delivery --------------------------------------------------------------
 
     fn slot_gpa(st: &State, vp: u32, sint: u8) -> Option<u64> {
-        let simp = PageReg(st.vps.get(vp as usize)?.simp);
+        let simp = PageReg::from_bits(st.vps.get(vp as usize)?.simp);
         simp.enabled()
             .then(|| simp.gpa() + (sint as usize * MESSAGE_SIZE) as u64)
     }
@@ -414,10 +417,10 @@ impl Sim {
         match reg {
             SynReg::GuestOsId => st.guest_os_id = value,
             SynReg::Hypercall if !arm => {
-                let r = PageReg(value);
+                let r = PageReg::from_bits(value);
                 if r.enabled() && st.guest_os_id == 0 {
                     // KVM refuses the hypercall page before a guest OS id.
-                    st.hypercall = r.with_enabled(false).0;
+                    st.hypercall = r.with_enabled(false).into_bits();
                 } else {
                     if r.enabled() && !self.mem.write(r.gpa(), &HYPERCALL_STUB) {
                         return Err(HvStatus::INVALID_PARAMETER);
@@ -427,7 +430,7 @@ impl Sim {
             }
             SynReg::ReferenceTsc => {
                 st.reference_tsc = value;
-                let r = PageReg(value);
+                let r = PageReg::from_bits(value);
                 if r.enabled() {
                     let seq: u32 = if st.faults.invalid_tsc_page { 0 } else { 1 };
                     let mut page = [0u8; 24];
@@ -460,7 +463,7 @@ impl Sim {
             }
             SynReg::StimerCount(n) if n < 4 => {
                 st.vps[vp as usize].stimer_count[n as usize] = value;
-                let cfg = StimerConfig(st.vps[vp as usize].stimer_config[n as usize]);
+                let cfg = StimerConfig::from_bits(st.vps[vp as usize].stimer_config[n as usize]);
                 if value != 0 && (cfg.enabled() || cfg.auto_enable()) {
                     if cfg.direct_mode() {
                         st.vps[vp as usize].direct_timer_fires += 1;
@@ -479,7 +482,7 @@ impl Sim {
                 st.crash_p[n as usize] = value
             }
             SynReg::CrashCtl if self.cfg.crash_registers => {
-                let ctl = CrashCtl(value);
+                let ctl = CrashCtl::from_bits(value);
                 if ctl.notify() {
                     let p = st.crash_p;
                     let message = ctl.notify_msg().then(|| {

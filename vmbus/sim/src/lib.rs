@@ -68,7 +68,7 @@ impl Sim {
         let Some(v) = st.vps.get(vp as usize) else {
             return;
         };
-        let siefp = vmbus::regs::PageReg(v.siefp);
+        let siefp = vmbus::regs::PageReg::from_bits(v.siefp);
         if !siefp.enabled() {
             return;
         }
@@ -146,7 +146,7 @@ impl Sim {
     /// The message type currently in `vp`'s slot for `sint` (0 = empty).
     pub fn slot_type(&self, vp: u32, sint: u8) -> u32 {
         let st = self.lock();
-        let simp = vmbus::regs::PageReg(st.vps[vp as usize].simp);
+        let simp = vmbus::regs::PageReg::from_bits(st.vps[vp as usize].simp);
         if !simp.enabled() {
             return 0;
         }

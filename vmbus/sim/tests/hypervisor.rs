@@ -82,7 +82,7 @@ fn synic_enable_programs_simp_siefp_sint2_and_scontrol() {
             .iter()
             .find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2)
             .unwrap();
-        let sint = SintReg(sint.1);
+        let sint = SintReg::from_bits(sint.1);
         assert_eq!(
             (sint.vector(), sint.masked(), sint.auto_eoi()),
             (0x31, false, false)
@@ -111,7 +111,7 @@ fn synic_enable_programs_simp_siefp_sint2_and_scontrol() {
             .iter()
             .find(|x| x.0 == msr::SINT0 + 2 || x.0 == arm64_reg::SINT0 + 2)
             .unwrap();
-        assert!(SintReg(sint.1).masked());
+        assert!(SintReg::from_bits(sint.1).masked());
     }
 }
 
@@ -143,7 +143,7 @@ fn cleanup_writes_exactly_the_listed_registers_per_arch_on_every_host() {
         };
         let r = cleanup_cpu(g.hv(0), &g.synic, &mut gic, &cfg);
         assert!(r.ok(), "{p:?} {r:?}");
-        let masked_sint = SintReg(0x30).with_masked(true).0;
+        let masked_sint = SintReg::from_bits(0x30).with_masked(true).into_bits();
         let w = s.raw_writes(0);
         match arch {
             SimArch::X86_64 => {
@@ -247,7 +247,7 @@ fn crash_message_form_is_written_once_with_ctl_last() {
 fn crash_falls_back_to_register_form_without_notify_msg() {
     // QEMU's CRASH_CTL does not offer NOTIFY_MSG (hvhost README).
     let mut cfg = config(SimArch::X86_64, Personality::Qemu);
-    cfg.crash_caps = vmbus::regs::CrashCtl(0).with_notify(true).0;
+    cfg.crash_caps = vmbus::regs::CrashCtl::new().with_notify(true).into_bits();
     let s = Sim::new(cfg);
     let g = Guest::boot(&s, SynicMode::Polling);
     let page = s.mem.alloc_pages(1).unwrap();

@@ -214,7 +214,7 @@ impl<C: Smccc> Hypervisor for Arm64Hv<C> {
 
     fn enable_hypercalls(&self, _alloc: &dyn PageAlloc, os_id: GuestOsId) -> Result<(), HvError> {
         // No hypercall page on arm64 (ref §3.3); Linux arm64 hyperv_init writes GUEST_OS_ID.
-        self.write_reg(SynReg::GuestOsId, os_id.0)
+        self.write_reg(SynReg::GuestOsId, os_id.into_bits())
     }
 
     fn disable_hypercalls(&self) -> Result<(), HvError> {

@@ -155,12 +155,14 @@ impl<I: X86Instructions> Hypervisor for X86Hv<I> {
 
     fn enable_hypercalls(&self, alloc: &dyn PageAlloc, os_id: GuestOsId) -> Result<(), HvError> {
         // GUEST_OS_ID must be written before the hypercall page is enabled (ref §3.2).
-        self.insn.wrmsr(crate::regs::msr::GUEST_OS_ID, os_id.0);
-        let current = PageReg(self.insn.rdmsr(crate::regs::msr::HYPERCALL));
+        self.insn
+            .wrmsr(crate::regs::msr::GUEST_OS_ID, os_id.into_bits());
+        let current = PageReg::from_bits(self.insn.rdmsr(crate::regs::msr::HYPERCALL));
         let pages = alloc.alloc_pages(1).ok_or(HvError::OutOfPages)?;
         let value = current.with_gpa(pages.gpa()).with_enabled(true);
-        self.insn.wrmsr(crate::regs::msr::HYPERCALL, value.0);
-        if !PageReg(self.insn.rdmsr(crate::regs::msr::HYPERCALL)).enabled() {
+        self.insn
+            .wrmsr(crate::regs::msr::HYPERCALL, value.into_bits());
+        if !PageReg::from_bits(self.insn.rdmsr(crate::regs::msr::HYPERCALL)).enabled() {
             alloc.free_pages(pages);
             return Err(HvError::HypercallsDisabled);
         }
@@ -172,9 +174,11 @@ impl<I: X86Instructions> Hypervisor for X86Hv<I> {
         self.page.store(core::ptr::null_mut(), Ordering::Release);
         // Linux hyperv_cleanup: clear only the enable bit (the root partition may not write
         // the GPA bits), then GUEST_OS_ID = 0.
-        let current = PageReg(self.insn.rdmsr(crate::regs::msr::HYPERCALL));
-        self.insn
-            .wrmsr(crate::regs::msr::HYPERCALL, current.with_enabled(false).0);
+        let current = PageReg::from_bits(self.insn.rdmsr(crate::regs::msr::HYPERCALL));
+        self.insn.wrmsr(
+            crate::regs::msr::HYPERCALL,
+            current.with_enabled(false).into_bits(),
+        );
         self.insn.wrmsr(crate::regs::msr::GUEST_OS_ID, 0);
         Ok(())
     }
