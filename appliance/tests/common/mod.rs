@@ -302,7 +302,131 @@ pub fn panic_on_purpose(arch: &str, boot: &str, boot_mode: &str) -> (Value, Run)
     assert_eq!(rec["message"], "panic_after=0.200s: panic on purpose");
     assert_eq!(rec["location"]["file"], "appliance/src/canary.rs");
     assert!(rec["location"]["line"].as_u64().unwrap() > 0);
-    (rec, run)
+    // Symbolized: the panic location's function, at the panic location's line.
+    let line = rec["location"]["line"].as_u64().unwrap();
+    let shown = assert_symbolized(&c, arch, boot, "appliance::canary::run", "canary.rs", line);
+    (shown, run)
+}
+
+/// `symbols add` of the image's symbol file (`scripts/qemu-run --print-symbols`), then
+/// `show --json` and `show` of the newest record: the image id matches the store's entry, the
+/// pc resolves to a function with file:line, `want_fn` appears in the backtrace (or the pc's
+/// inline chain) at `file_end`:`line`, the registers have their arch's names. Returns the
+/// `show --json` view.
+pub fn assert_symbolized(
+    c: &Collector,
+    arch: &str,
+    boot: &str,
+    want_fn: &str,
+    file_end: &str,
+    line: u64,
+) -> Value {
+    let out = Command::new(workspace().join("scripts/qemu-run"))
+        .args([
+            "--arch",
+            arch,
+            "--boot",
+            boot,
+            "--print-symbols",
+            "--no-build",
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/qemu-run --print-symbols");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sym = workspace().join(String::from_utf8_lossy(&out.stdout).trim());
+    let add = c.cli(&["symbols", "add", "--json", sym.to_str().unwrap()]);
+    assert!(
+        add.status.success(),
+        "symbols add {}: {}",
+        sym.display(),
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let added: Value = serde_json::from_slice(&add.stdout).expect("symbols add --json");
+    let v = c.show_latest();
+    let ctx = || format!("show --json: {v:#}");
+    assert_eq!(v["image"]["id"], added[0]["id"], "{}", ctx());
+    assert!(v["image"]["load_base"].as_str().is_some(), "{}", ctx());
+    assert_eq!(v["symbols"]["status"], "resolved", "{}", ctx());
+    let pc = &v["pc"];
+    assert!(
+        pc["function"].as_str().is_some_and(|f| !f.is_empty()),
+        "{}",
+        ctx()
+    );
+    assert!(
+        pc["file"].as_str().is_some_and(|f| f.ends_with(".rs")),
+        "{}",
+        ctx()
+    );
+    assert!(pc["line"].as_u64().is_some_and(|l| l > 0), "{}", ctx());
+    // The function at the wanted place: a frame's function, or one inlined there. On arm64
+    // LLVM merges the identical `panic_fmt` calls of canary::run into one block: its DWARF
+    // line is 0 (compiler-generated) and the PDB names one of the merged sites' lines. There
+    // the frame has the function and file, and any line or none (the record's location has
+    // the panic's own line).
+    let at = |f: &Value, want_line: Option<u64>| {
+        let hit = |name: &Value, file: &Value, l: &Value| {
+            name.as_str().is_some_and(|n| n.contains(want_fn))
+                && file.as_str().is_some_and(|p| p.ends_with(file_end))
+                && (want_line.is_none() || l.as_u64() == want_line)
+        };
+        hit(&f["function"], &f["file"], &f["line"])
+            || f["inlined"].as_array().is_some_and(|i| {
+                i.iter()
+                    .any(|x| hit(&x["function"], &x["file"], &x["line"]))
+            })
+    };
+    let frames = v["frames"].as_array().expect("frames");
+    let exact = at(pc, Some(line)) || frames.iter().any(|f| at(f, Some(line)));
+    let merged = arch == "aarch64" && (at(pc, None) || frames.iter().any(|f| at(f, None)));
+    assert!(
+        exact || merged,
+        "no frame in {want_fn} at {file_end}:{line}: {}",
+        ctx()
+    );
+    // Function names with file:line elsewhere in the backtrace too.
+    assert!(
+        frames
+            .iter()
+            .filter(|f| f["function"].is_string() && f["line"].as_u64().is_some())
+            .count()
+            >= 2,
+        "{}",
+        ctx()
+    );
+    let names: Vec<&str> = v["named_registers"]
+        .as_array()
+        .expect("named_registers")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let want: &[&str] = if arch == "x86_64" {
+        &["rax", "rsp", "r15", "rflags", "cr0", "cr2", "cr3", "cr4"]
+    } else {
+        &["x0", "x29", "x30", "pstate", "esr", "far"]
+    };
+    for n in want {
+        assert!(names.contains(n), "no register {n}: {}", ctx());
+    }
+    // The human view says the same.
+    let human = c.cli(&["show"]);
+    assert!(human.status.success());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(want_fn), "show:\n{text}");
+    if exact {
+        assert!(
+            text.contains(&format!("{file_end}:{line})")),
+            "show:\n{text}"
+        );
+    }
+    assert!(text.contains(&format!("{}=", want[0])), "show:\n{text}");
+    assert!(!text.contains("addresses are raw"), "show:\n{text}");
+    v
 }
 
 /// `--fault-after 0.1`: the complete fault record of the read of the unmapped address
@@ -312,7 +436,91 @@ pub fn bad_memory_access(arch: &str, boot: &str, boot_mode: &str) -> Value {
     let rec = c.show_latest();
     assert_complete_record(&rec, arch, boot_mode, "fault", &run.serial);
     assert_eq!(rec["kind_detail"]["addr"], "0x7ffffffff000", "{rec:#}");
-    rec
+    // Symbolized: the faulting read is canary.rs's `read_volatile` line in canary::run.
+    let src = std::fs::read_to_string(workspace().join("appliance/src/canary.rs")).unwrap();
+    let line = src
+        .lines()
+        .position(|l| l.contains("read_volatile(BAD_ADDRESS"))
+        .expect("the bad read in canary.rs") as u64
+        + 1;
+    let v = assert_symbolized(&c, arch, boot, "appliance::canary::run", "canary.rs", line);
+    // The fault spelled out, with its address register.
+    let (name, reg) = if arch == "x86_64" {
+        ("page fault (#PF)", "cr2")
+    } else {
+        ("data abort from the same EL", "far")
+    };
+    assert_eq!(v["fault"]["name"], name, "{v:#}");
+    assert_eq!(v["fault"]["address"], "0x7ffffffff000", "{v:#}");
+    assert_eq!(v["fault"]["address_register"], reg, "{v:#}");
+    assert!(
+        v["fault"]["decoded"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "{v:#}"
+    );
+    // The code bytes around the faulting pc are the image's own bytes there; the stack bytes
+    // start at the stack pointer.
+    let hexnum =
+        |x: &Value| u64::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let code = &v["code"];
+    let at = hexnum(&code["at"]);
+    let bytes: Vec<u8> = (0..code["hex"].as_str().unwrap().len() / 2)
+        .map(|i| u8::from_str_radix(&code["hex"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        code["pc_offset"].as_u64(),
+        Some(hexnum(&v["registers"]["pc"]) - at),
+        "{v:#}"
+    );
+    assert!(bytes.len() >= 32, "{v:#}");
+    let base = hexnum(&v["image"]["load_base"]);
+    assert_eq!(
+        bytes,
+        image_bytes(&build_image(arch, boot), at, base, bytes.len()),
+        "{v:#}"
+    );
+    assert_eq!(v["stack"]["at"], v["registers"]["sp"], "{v:#}");
+    assert!(
+        v["stack"]["hex"].as_str().is_some_and(|h| h.len() >= 64),
+        "{v:#}"
+    );
+    v
+}
+
+/// `len` bytes of the image file at run-time address `addr`: ELF by its PT_LOAD segments
+/// (loaded at their link address), PE by its sections (`addr - load_base` is the RVA).
+pub fn image_bytes(path: &Path, addr: u64, load_base: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::read(path).unwrap();
+    let u16_ = |o: usize| u16::from_le_bytes([f[o], f[o + 1]]) as u64;
+    let u32_ = |o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap()) as u64;
+    let u64_ = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap());
+    let off = if f.starts_with(b"\x7fELF") {
+        // ELF64: e_phoff at 0x20, e_phentsize 0x36, e_phnum 0x38; phdr p_type 0, p_offset 8,
+        // p_vaddr 16, p_filesz 32.
+        let (phoff, n, sz) = (
+            u64_(0x20) as usize,
+            u16_(0x38) as usize,
+            u16_(0x36) as usize,
+        );
+        (0..n)
+            .map(|i| phoff + i * sz)
+            .find(|&h| u32_(h) == 1 && (u64_(h + 16)..u64_(h + 16) + u64_(h + 32)).contains(&addr))
+            .map(|h| (addr - u64_(h + 16) + u64_(h + 8)) as usize)
+            .expect("address in a PT_LOAD segment")
+    } else {
+        // PE: sections after the optional header (VirtualSize 8, VirtualAddress 12,
+        // SizeOfRawData 16, PointerToRawData 20).
+        let rva = addr - load_base;
+        let coff = u32_(0x3c) as usize + 4;
+        let table = coff + 20 + u16_(coff + 16) as usize;
+        (0..u16_(coff + 2) as usize)
+            .map(|k| table + k * 40)
+            .find(|&h| (u32_(h + 12)..u32_(h + 12) + u32_(h + 16)).contains(&rva))
+            .map(|h| (rva - u32_(h + 12) + u32_(h + 20)) as usize)
+            .expect("address in a PE section")
+    };
+    f[off..off + len].to_vec()
 }
 
 /// `--panic-after 0.1 --nested-panic` (direct boot): QEMU ended through the nested path.
