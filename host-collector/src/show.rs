@@ -81,6 +81,38 @@ pub struct ShowView {
     pub fault: Option<FaultView>,
     pub stacks: Vec<StackView>,
     pub lock_takeovers: Vec<String>,
+    /// Code bytes around the pc (schema 1.1), if the record has them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<DumpView>,
+    /// Stack bytes from the stack pointer up (schema 1.1), if the record has them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stack: Option<DumpView>,
+}
+
+/// Bytes of guest memory the record carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpView {
+    /// Address of the first byte.
+    pub at: String,
+    /// The bytes, lowercase hex.
+    pub hex: String,
+    /// Code: the pc's offset in `hex`'s bytes, if it is inside them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pc_offset: Option<usize>,
+}
+
+fn dump(at: u64, bytes: &[u8], pc: Option<u64>) -> Option<DumpView> {
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(DumpView {
+        at: format!("{at:#x}"),
+        hex: symbols::hex(bytes),
+        pc_offset: pc
+            .and_then(|pc| pc.checked_sub(at))
+            .map(|o| o as usize)
+            .filter(|&o| o < bytes.len()),
+    })
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -244,6 +276,8 @@ pub fn build(record: RecordView, ext: &Ext1, store: &SymbolStore) -> ShowView {
             })
             .collect(),
         lock_takeovers,
+        code: dump(ext.code_at, &ext.code, Some(pc)),
+        stack: dump(ext.stack_at, &ext.stack, None),
         record,
     }
 }
@@ -391,6 +425,41 @@ pub fn render(v: &ShowView) -> String {
     }
     if !v.lock_takeovers.is_empty() {
         kv(&mut o, "Locks taken", &v.lock_takeovers.join(", "));
+    }
+    if let Some(c) = &v.code {
+        // Linux's `Code:` line: the byte at the pc in <>.
+        let bytes: Vec<String> = (0..c.hex.len() / 2)
+            .map(|i| {
+                let b = &c.hex[2 * i..2 * i + 2];
+                if Some(i) == c.pc_offset {
+                    format!("<{b}>")
+                } else {
+                    b.to_string()
+                }
+            })
+            .collect();
+        kv(&mut o, "Code", &format!("at {}", c.at));
+        for row in bytes.chunks(16) {
+            let _ = writeln!(o, "{pad}{}", row.join(" "));
+        }
+    }
+    if let Some(st) = &v.stack {
+        kv(&mut o, "Stack", &format!("at {} (64-bit words)", st.at));
+        let at = parse_hex(&st.at).unwrap_or(0);
+        let words: Vec<String> = (0..st.hex.len() / 16)
+            .map(|i| {
+                let le = &st.hex[16 * i..16 * i + 16];
+                // Little-endian bytes to a number.
+                let mut w = String::with_capacity(16);
+                for k in (0..8).rev() {
+                    w.push_str(&le[2 * k..2 * k + 2]);
+                }
+                w
+            })
+            .collect();
+        for (r, row) in words.chunks(4).enumerate() {
+            let _ = writeln!(o, "{pad}{:#x}: {}", at + r as u64 * 32, row.join(" "));
+        }
     }
     steps(&mut o, &f.steps, pad);
     if f.log_tail.is_empty() {
