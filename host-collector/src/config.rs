@@ -81,6 +81,10 @@ pub struct FileConfig {
     pub webhook: Option<String>,
     /// Where to serve `/metrics` and `/healthz`.
     pub metrics: Option<SocketAddr>,
+    /// Drill every live canary once per this period (e.g. "1d").
+    pub drill_every: Option<String>,
+    /// How long a scheduled drill may take to bring its record (default "60s").
+    pub drill_deadline: Option<String>,
 }
 
 impl FileConfig {

@@ -52,6 +52,8 @@ pub struct CrashEvent {
     pub kind: String,
     pub message: String,
     pub location: Option<String>,
+    /// The record answers a drill `serve --drill-every` sent.
+    pub drill: bool,
     /// Panic-path steps (filled by the dispatcher from `steps_json`, off the writer).
     pub steps: Vec<StepView>,
     #[serde(skip)]
@@ -146,6 +148,9 @@ pub fn log_line(e: &Event) -> String {
             kv(&mut o, "source", &c.source);
             kv(&mut o, "arch", &c.arch);
             kv(&mut o, "kind", &c.kind);
+            if c.drill {
+                kv(&mut o, "drill", "scheduled");
+            }
             if let Some(l) = &c.location {
                 kv(&mut o, "location", l);
             }
@@ -471,6 +476,7 @@ mod tests {
             kind: "panic".into(),
             message: "bad \"thing\"\n\x1b[2J=x".into(),
             location: Some("src/main.rs:1:2".into()),
+            drill: false,
             steps: vec![],
             steps_json: String::new(),
         });

@@ -34,6 +34,14 @@ pub(crate) struct FleetArgs {
     /// [default when given without ADDR: 127.0.0.1:9373].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS)]
     metrics: Option<SocketAddr>,
+    /// Drill every live canary once per DURATION (e.g. 1d), one at a time, spread over the
+    /// period; a drill without its record within --drill-deadline makes it drill-failed.
+    /// Off by default.
+    #[arg(long, value_name = "DURATION")]
+    drill_every: Option<String>,
+    /// How long a scheduled drill may take to bring its record [default: 60s].
+    #[arg(long, value_name = "DURATION", requires = "drill_every")]
+    drill_deadline: Option<String>,
 }
 
 impl FleetArgs {
@@ -55,6 +63,27 @@ impl FleetArgs {
             }
         }
         cfg.metrics = self.metrics.or(f.metrics);
+        let dur = |flag: &str, v: &str| {
+            host_collector::util::parse_duration(v)
+                .map_err(|e| usage(format!("--{flag}: {e}")))
+                .and_then(|d| {
+                    if d.is_zero() {
+                        Err(usage(format!("--{flag} 0: give a duration above 0")))
+                    } else {
+                        Ok(d)
+                    }
+                })
+        };
+        if let Some(every) = self.drill_every.as_ref().or(f.drill_every.as_ref()) {
+            let deadline = match self.drill_deadline.as_ref().or(f.drill_deadline.as_ref()) {
+                Some(d) => dur("drill-deadline", d)?,
+                None => std::time::Duration::from_secs(60),
+            };
+            cfg.drills = Some(host_collector::server::drills::DrillSchedule {
+                every: dur("drill-every", every)?,
+                deadline,
+            });
+        }
         Ok(())
     }
 }

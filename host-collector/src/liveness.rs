@@ -181,6 +181,16 @@ impl Tracker {
         self.canaries.is_empty()
     }
 
+    /// The canaries to drill: `alive`, `recovered`, and `drill-failed` (drilled again, so
+    /// that a canary whose drill works again comes back by crashing and recovering).
+    pub fn live_addresses(&self) -> Vec<String> {
+        self.canaries
+            .values()
+            .filter(|c| c.state.expects_heartbeats() || c.state == State::DrillFailed)
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
     /// How many canaries are in each state.
     pub fn counts(&self) -> Vec<(State, u64)> {
         let mut n = [0u64; 5];

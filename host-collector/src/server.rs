@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::mmsg;
 
 mod counters;
+pub mod drills;
 mod maint;
 mod observe;
 mod writer;
@@ -97,6 +98,8 @@ pub struct ServeConfig {
     pub events: crate::events::EventConfig,
     /// Where to serve `/metrics` and `/healthz` (off when `None`).
     pub metrics: Option<SocketAddr>,
+    /// Scheduled drills (off when `None`).
+    pub drills: Option<drills::DrillSchedule>,
 }
 
 /// "database X: cause", or just the cause when it names the database already.
@@ -133,6 +136,7 @@ impl ServeConfig {
             liveness: crate::liveness::LivenessConfig::default(),
             events: crate::events::EventConfig::default(),
             metrics: None,
+            drills: None,
         }
     }
 }
@@ -247,7 +251,21 @@ impl Collector {
             counters.clone(),
             metrics.clone(),
         )?;
-        let observers = observe::Observers::new(cfg.liveness, Some(sink), metrics, health);
+        let drill_book = cfg.drills.map(|_| Arc::new(drills::DrillBook::default()));
+        let observers = observe::Observers::new(cfg.liveness, Some(sink), metrics, health)
+            .with_drills(drill_book.clone());
+        let drill_stop = Arc::new(AtomicBool::new(false));
+        let drill_thread = match (cfg.drills, &drill_book) {
+            (Some(sched), Some(book)) => {
+                let (key, book, stop) = (cfg.key.clone(), book.clone(), drill_stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("collector-drills".into())
+                        .spawn(move || drills::run(sched, key, book, stop))?,
+                )
+            }
+            _ => None,
+        };
         // The receiver thread blocks in recvmmsg; it looks at `stop` at least this often.
         socket.set_nonblocking(false)?;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -351,6 +369,7 @@ impl Collector {
             _ = done_rx => {}
         }
         stop.store(true, Ordering::Relaxed);
+        drill_stop.store(true, Ordering::Relaxed);
         info!("stopping: committing queued records");
         let recv_result = receiver
             .join()
@@ -362,6 +381,9 @@ impl Collector {
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?;
         let _ = acker.join();
+        if let Some(t) = drill_thread {
+            let _ = t.join();
+        }
         // The writer (and its event sink) is gone: let the hooks and webhooks finish, for a
         // while, so that their counters below are final.
         dispatcher.finish(Duration::from_secs(5));

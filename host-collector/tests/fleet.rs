@@ -440,3 +440,180 @@ fn metrics_parse_as_prometheus_text_and_their_counters_match_stats() {
     assert_eq!(http_get(&format!("{base}/nope")).0, 404);
     assert_eq!(srv.stop("TERM"), 0);
 }
+
+/// A fake canary on loopback: heartbeats every 100 ms from `port + 1` and listens for
+/// drills on `port`, like the appliance (`drill_port`, `drill_port + 1`). When `answer`, a
+/// drill makes it stop heartbeating and ship a record of kind `drill` (as `drill=insecure`).
+struct FakeCanary {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    drilled: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl FakeCanary {
+    fn start(collector: std::net::SocketAddr, answer: bool, boot: u8) -> FakeCanary {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let (drill, out) = loop {
+            let d = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = d.local_addr().unwrap().port();
+            if let Ok(o) = std::net::UdpSocket::bind(("127.0.0.1", p.wrapping_add(1))) {
+                break (d, o);
+            }
+        };
+        drill
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let drilled = Arc::new(AtomicU32::new(0));
+        let (s, n) = (stop.clone(), drilled.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut seq = 0u32;
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                let hb = capture::wire::Repr::Heartbeat(capture::wire::HeartbeatRepr {
+                    boot_id: [boot; 16],
+                    seq,
+                    uptime_ms: t0.elapsed().as_millis() as u64,
+                    arch: capture::record::Arch::X86_64,
+                });
+                let mut f = [0u8; capture::wire::MAX_DATAGRAM];
+                let len = hb.emit(None, &mut f).unwrap();
+                out.send_to(&f[..len], collector).unwrap();
+                seq += 1;
+                let Ok((len, _)) = drill.recv_from(&mut buf) else {
+                    continue;
+                };
+                if !matches!(
+                    capture::wire::parse(&buf[..len], None),
+                    Ok(capture::wire::Repr::Drill(_))
+                ) {
+                    continue;
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                if answer {
+                    // Panic: no more heartbeats; ship the drill record from the same port.
+                    let mut rec = capture::testutil::sample_record(1);
+                    rec.boot_id = [boot; 16];
+                    rec.kind = capture::record::CrashKind::Drill;
+                    let mut enc = vec![0u8; capture::record::MAX_ENCODED_LEN];
+                    let bytes = rec.encode(&mut enc).unwrap();
+                    out.connect(collector).unwrap();
+                    let t = Instant::now();
+                    let now = || t.elapsed().as_millis() as u64;
+                    let cfg = capture::sender::SenderConfig {
+                        initial_rto_ms: 100,
+                        max_rto_ms: 400,
+                        deadline_ms: 10_000,
+                    };
+                    let mut snd =
+                        capture::sender::Sender::new(cfg, [boot; 16], 1, bytes, None, now())
+                            .unwrap();
+                    out.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                    loop {
+                        let st = snd.poll(now(), &mut |d| {
+                            let _ = out.send(d);
+                        });
+                        if !matches!(st, capture::sender::SendState::Waiting { .. }) {
+                            break;
+                        }
+                        if let Ok(len) = out.recv(&mut buf) {
+                            snd.handle(&buf[..len]);
+                        }
+                    }
+                    return;
+                }
+            }
+        });
+        FakeCanary { stop, drilled }
+    }
+}
+
+impl Drop for FakeCanary {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn scheduled_drills_bring_a_record_marked_drill_or_make_the_canary_drill_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let hook = dir.path().join("events.jsonl");
+    let cmd = format!("cat >> '{}'", hook.display());
+    let mut srv = Server::start(
+        &db,
+        "127.0.0.1:0",
+        &[
+            "--drill-every",
+            "1s",
+            "--drill-deadline",
+            "2s",
+            "--silence",
+            "100",
+            "--on-event",
+            &cmd,
+        ],
+        &[],
+    );
+    let good = FakeCanary::start(srv.addr, true, 0x61);
+    let mute = FakeCanary::start(srv.addr, false, 0x62);
+    // Both, in either order: a drill record answering a scheduled drill, and the canary
+    // that does not answer turning drill-failed.
+    let (mut answered, mut failed) = (None, false);
+    let end = Instant::now() + Duration::from_secs(20);
+    while answered.is_none() || !failed {
+        let left = end.saturating_duration_since(Instant::now());
+        let l = srv
+            .wait_line(
+                |l| l.contains("drill=scheduled") || l.contains("canary drill-failed"),
+                left,
+            )
+            .unwrap_or_else(|| panic!("answered: {answered:?}, drill-failed: {failed}"));
+        if l.contains("drill=scheduled") {
+            answered = Some(l);
+        } else {
+            failed = true;
+        }
+    }
+    let line = answered.unwrap();
+    assert!(line.contains("kind=drill"), "{line}");
+    assert!(good.drilled.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(mute.drilled.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The hook runs after the log line: wait for it, then a little more for any second
+    // drill-failed event (there must be none: the state does not change again).
+    wait_until(
+        "the drill-failed hook event",
+        Duration::from_secs(5),
+        || {
+            hook_events(&hook)
+                .iter()
+                .any(|e| e["to"] == "drill-failed")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let evs = hook_events(&hook);
+    let rec = evs
+        .iter()
+        .find(|e| e["event"] == "crash_stored")
+        .expect("the drill record's event");
+    assert_eq!(rec["kind"], "drill");
+    assert_eq!(rec["drill"], true);
+    assert_eq!(rec["boot_id"], "61".repeat(16));
+    let failed: Vec<_> = evs.iter().filter(|e| e["to"] == "drill-failed").collect();
+    assert_eq!(failed.len(), 1, "{evs:#?}");
+    assert_eq!(failed[0]["boot_id"], "62".repeat(16));
+    let o = run_db(&db, &["canaries", "--json"]);
+    let rows = json(&o);
+    let state = |b: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["boot_id"] == b.repeat(16))
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state("61"), Some("crashed".into()));
+    assert_eq!(state("62"), Some("drill-failed".into()));
+    assert_eq!(srv.stop("TERM"), 0);
+}

@@ -14,6 +14,8 @@ use crate::metrics::{Health, Metrics};
 use crate::store::{Col, HeartbeatSeen, InsertOutcome, NewRecord, Store};
 use crate::util::{format_time_us, hex, now_us};
 
+use super::drills::DrillBook;
+
 /// How often silence is checked.
 const TICK: Duration = Duration::from_millis(250);
 /// How often changed liveness rows are written.
@@ -28,6 +30,9 @@ pub(crate) struct Observers {
     next_save: Instant,
     save_warn: RateLimit,
     counts: [i64; 5],
+    /// With scheduled drills: what the drill scheduler shares with the writer.
+    drills: Option<Arc<DrillBook>>,
+    next_live: Instant,
 }
 
 impl Observers {
@@ -46,7 +51,14 @@ impl Observers {
             next_save: Instant::now() + SAVE,
             save_warn: RateLimit::new(Duration::from_secs(60)),
             counts: [0; 5],
+            drills: None,
+            next_live: Instant::now(),
         }
+    }
+
+    pub(crate) fn with_drills(mut self, book: Option<Arc<DrillBook>>) -> Observers {
+        self.drills = book;
+        self
     }
 
     /// Loads the canaries an earlier run stored.
@@ -91,7 +103,16 @@ impl Observers {
         let now = Instant::now();
         if now >= self.next_tick {
             self.next_tick = now + TICK;
-            let changes = self.tracker.tick(now_us());
+            let mut changes = self.tracker.tick(now_us());
+            if let Some(book) = &self.drills {
+                for a in book.overdue(now) {
+                    changes.extend(self.tracker.drill_failed(&a, now_us()));
+                }
+                if now >= self.next_live {
+                    self.next_live = now + Duration::from_secs(1);
+                    book.set_live(self.tracker.live_addresses());
+                }
+            }
             let any = !changes.is_empty();
             for c in changes {
                 self.change(c);
@@ -142,6 +163,8 @@ impl Observers {
         for (r, &id) in stored.zip(ids) {
             let t = &r.text;
             let source = t.get(Col::Source).unwrap_or("");
+            let kind = t.get(Col::Kind).unwrap_or("");
+            let drill = kind == "drill" && self.drills.as_ref().is_some_and(|b| b.answered(source));
             if let Some(ev) = &self.events {
                 ev.send(Event::CrashStored(CrashEvent {
                     id,
@@ -153,11 +176,12 @@ impl Observers {
                     received_at: format_time_us(r.received_at_us),
                     received_at_us: r.received_at_us,
                     arch: t.get(Col::Arch).unwrap_or("").to_string(),
-                    kind: t.get(Col::Kind).unwrap_or("").to_string(),
+                    kind: kind.to_string(),
                     message: t.get(Col::Message).unwrap_or("").to_string(),
                     location: t
                         .get(Col::File)
                         .map(|f| format!("{f}:{}:{}", r.line_col.0, r.line_col.1)),
+                    drill,
                     steps: Vec::new(),
                     steps_json: t.get(Col::Steps).unwrap_or("[]").to_string(),
                 }));
