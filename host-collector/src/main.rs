@@ -30,7 +30,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  nothing found: `list` (also --json, --canaries, --rejected) or `show` matched nothing;
+  1  nothing found: `list` (also --json, --canaries, --rejected, --group), `canaries` or
+     `show` matched nothing;
      `tail --count N --timeout D` saw fewer than N new records
   2  bad usage: unknown flag, missing or malformed argument, a value out of range (a time,
      a duration, a count beyond what this machine can do), `serve --db :memory:`, `prune`

@@ -617,3 +617,27 @@ fn scheduled_drills_bring_a_record_marked_drill_or_make_the_canary_drill_failed(
     assert_eq!(state("62"), Some("drill-failed".into()));
     assert_eq!(srv.stop("TERM"), 0);
 }
+
+#[test]
+fn fleet_flags_that_cannot_work_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    for (args, says) in [
+        (&["--webhook", "https://example.com/x"][..], "http:// URL"),
+        (&["--silence", "0"][..], "--silence 0"),
+        (&["--drill-every", "0s"][..], "--drill-every 0"),
+        (&["--drill-every", "soon"][..], "--drill-every"),
+    ] {
+        let mut a = vec!["--db", db, "serve", "--listen", "127.0.0.1:0"];
+        a.extend_from_slice(args);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    // `canaries` on a database without any: exit 1, like `list`.
+    common::db_with(std::path::Path::new(db), &[(1, 1, "x")]);
+    let o = run(&["--db", db, "canaries"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("No canaries found."), "{}", stderr(&o));
+}
