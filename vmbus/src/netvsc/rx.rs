@@ -7,12 +7,50 @@ use core::sync::atomic::Ordering;
 use super::nvsp::{self, Nvsp};
 use super::rndis::{self, Rndis};
 use super::{
-    ChannelError, Core, CtrlReply, DeviceChannel, DmaMemory, NetvscError, OpMode, RxQueue,
-    DRAIN_LIMIT, PENDING_COMPLETIONS, RNDIS_MAX, TID_CLASS, TID_CONTROL, TID_GPA, TID_REQUEST,
-    TID_SENDBUF,
+    ChannelError, Core, CtrlReply, DeviceChannel, DmaMemory, NetvscError, OpMode, DRAIN_LIMIT,
+    FRAME_MAX, PENDING_COMPLETIONS, RNDIS_MAX, RX_QUEUE, TID_CLASS, TID_CONTROL, TID_GPA,
+    TID_REQUEST, TID_SENDBUF,
 };
 use crate::device::{OutgoingPacket, PacketKind, PacketType};
 use crate::ring::RingError;
+
+/// Received frames waiting for smoltcp (or `recv_frame`): a fixed ring of [`RX_QUEUE`].
+pub(super) struct RxQueue {
+    frames: [[u8; FRAME_MAX]; RX_QUEUE],
+    lens: [usize; RX_QUEUE],
+    head: usize,
+    pub(super) count: usize,
+}
+
+impl RxQueue {
+    pub(super) const fn new() -> Self {
+        RxQueue {
+            frames: [[0; FRAME_MAX]; RX_QUEUE],
+            lens: [0; RX_QUEUE],
+            head: 0,
+            count: 0,
+        }
+    }
+    pub(super) fn push(&mut self, f: &[u8]) -> bool {
+        if self.count == RX_QUEUE || f.len() > FRAME_MAX {
+            return false;
+        }
+        let i = (self.head + self.count) % RX_QUEUE;
+        self.frames[i][..f.len()].copy_from_slice(f);
+        self.lens[i] = f.len();
+        self.count += 1;
+        true
+    }
+    pub(super) fn front(&self) -> Option<&[u8]> {
+        (self.count > 0).then(|| &self.frames[self.head][..self.lens[self.head]])
+    }
+    pub(super) fn pop(&mut self) {
+        if self.count > 0 {
+            self.head = (self.head + 1) % RX_QUEUE;
+            self.count -= 1;
+        }
+    }
+}
 
 impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
     pub(super) fn maybe_drain(&mut self, rxq: &mut RxQueue) -> Result<usize, NetvscError> {
@@ -184,8 +222,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             TID_REQUEST => self.nvsp_reply = Some((tid, msg)),
             TID_SENDBUF => {
                 let i = (tid & 0xFFFF_FFFF) as usize;
-                if i < self.send_sections && self.send_used[i / 64] & (1 << (i % 64)) != 0 {
-                    self.send_used[i / 64] &= !(1 << (i % 64));
+                if i < self.send_sections && self.send_used.clear(i) {
                     self.stats.tx_completed += 1;
                 } else {
                     self.stats.malformed += 1;
@@ -193,8 +230,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             }
             TID_GPA => {
                 let i = (tid & 0xFFFF_FFFF) as usize;
-                if i < 64 && self.tx_used & (1 << i) != 0 {
-                    self.tx_used &= !(1 << i);
+                if i < self.tx_slots && self.tx_used.clear(i) {
                     self.stats.tx_completed += 1;
                 } else {
                     self.stats.malformed += 1;
