@@ -188,8 +188,9 @@ pub struct EventConfig {
     pub webhook_attempts: u32,
     /// Delay before the first retry; doubles each retry, at most 30 s.
     pub webhook_backoff: Duration,
-    /// Events waiting for the dispatcher.
+    /// Events waiting for the dispatcher, and their bytes.
     pub queue: usize,
+    pub queue_max_bytes: usize,
 }
 
 impl Default for EventConfig {
@@ -205,21 +206,49 @@ impl Default for EventConfig {
             webhook_attempts: 5,
             webhook_backoff: Duration::from_millis(500),
             queue: 65536,
+            queue_max_bytes: 16 << 20,
         }
     }
 }
 
 /// The writer's end: never blocks.
 pub struct EventSink {
-    tx: SyncSender<Event>,
+    tx: SyncSender<(Event, usize)>,
     counters: Arc<Counters>,
+    /// Bytes of the events queued (any sender chooses a record's text when no key is set).
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl Event {
+    /// Bytes the event holds, roughly (for the queue's byte budget).
+    fn cost(&self) -> usize {
+        256 + match self {
+            Event::CrashStored(c) => {
+                c.message.len()
+                    + c.steps_json.len()
+                    + c.location.as_ref().map_or(0, String::len)
+                    + c.kind.len()
+                    + c.source.len()
+            }
+            Event::CanaryState(s) => s.reason.len() + s.address.len(),
+        }
+    }
 }
 
 impl EventSink {
+    /// Queues `e` without waiting; a full queue (in events or bytes) drops it, counted.
     pub fn send(&self, e: Event) {
-        match self.tx.try_send(e) {
+        let cost = e.cost();
+        let before = self.bytes.fetch_add(cost, Ordering::AcqRel);
+        if before.saturating_add(cost) > self.max_bytes {
+            self.bytes.fetch_sub(cost, Ordering::AcqRel);
+            return Counters::add(&self.counters.events_dropped, 1);
+        }
+        match self.tx.try_send((e, cost)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.bytes.fetch_sub(cost, Ordering::AcqRel);
                 Counters::add(&self.counters.events_dropped, 1)
             }
         }
@@ -275,10 +304,18 @@ impl Dispatcher {
             None => None,
         };
         let c2 = counters.clone();
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let b2 = bytes.clone();
         let thread = std::thread::Builder::new()
             .name("collector-events".into())
-            .spawn(move || dispatch(rx, hook, webhook, metrics, c2))?;
-        Ok((EventSink { tx, counters }, Dispatcher { thread, pending }))
+            .spawn(move || dispatch(rx, &b2, hook, webhook, metrics, c2))?;
+        let sink = EventSink {
+            tx,
+            counters,
+            bytes,
+            max_bytes: cfg.queue_max_bytes.max(1),
+        };
+        Ok((sink, Dispatcher { thread, pending }))
     }
 
     /// After the sink is dropped: waits for the dispatcher, then at most `grace` for hooks
@@ -293,13 +330,15 @@ impl Dispatcher {
 }
 
 fn dispatch(
-    rx: Receiver<Event>,
+    rx: Receiver<(Event, usize)>,
+    bytes: &AtomicUsize,
     hook: Option<Work>,
     webhook: Option<Work>,
     metrics: Option<Metrics>,
     counters: Arc<Counters>,
 ) {
-    while let Ok(mut e) = rx.recv() {
+    while let Ok((mut e, cost)) = rx.recv() {
+        bytes.fetch_sub(cost, Ordering::AcqRel);
         if let Event::CrashStored(c) = &mut e {
             c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
             if let Some(m) = &metrics {
@@ -460,6 +499,51 @@ fn post_webhook(agent: &ureq::Agent, url: &str, json: &str, cfg: &EventConfig, c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn crash(message: String) -> Event {
+        Event::CrashStored(CrashEvent {
+            id: 1,
+            boot_id: String::new(),
+            seq: 1,
+            record_crc: String::new(),
+            host: String::new(),
+            source: String::new(),
+            received_at: String::new(),
+            received_at_us: 0,
+            arch: String::new(),
+            kind: String::new(),
+            message,
+            location: None,
+            drill: false,
+            steps: vec![],
+            steps_json: String::new(),
+        })
+    }
+
+    #[test]
+    fn the_event_queue_is_bounded_in_bytes_and_drops_are_counted() {
+        let (tx, rx) = mpsc::sync_channel(100);
+        let counters = Arc::new(Counters::default());
+        let sink = EventSink {
+            tx,
+            counters: counters.clone(),
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max_bytes: 3000,
+        };
+        // Nothing takes from the queue: two 1 KiB events fit, the third does not.
+        for _ in 0..3 {
+            sink.send(crash("x".repeat(1024)));
+        }
+        assert_eq!(rx.try_iter().count(), 2);
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 1);
+        // A small one still fits the bytes left (the two taken above were not released).
+        sink.send(crash(String::new()));
+        assert_eq!(rx.try_iter().count(), 1);
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 1);
+        // Taken from the queue is not released either: only the dispatcher releases bytes.
+        sink.send(crash(String::new()));
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn log_lines_are_one_escaped_line_of_key_values() {

@@ -77,6 +77,9 @@ pub struct LivenessConfig {
     /// The interval assumed until two heartbeats of one boot measured it (the appliance's
     /// default `heartbeat_ms`).
     pub default_interval_ms: u64,
+    /// Most canaries tracked (any sender can claim a new address when no key is set):
+    /// beyond this, new addresses are not tracked and counted (`canaries_untracked`).
+    pub max_canaries: usize,
 }
 
 impl Default for LivenessConfig {
@@ -84,6 +87,7 @@ impl Default for LivenessConfig {
         LivenessConfig {
             silence: 3,
             default_interval_ms: 5000,
+            max_canaries: 1 << 18,
         }
     }
 }
@@ -141,6 +145,9 @@ pub struct Tracker {
     dirty: HashSet<String>,
     /// The interval last written for each address (rewritten only on a 10 % change).
     saved_interval: HashMap<String, u64>,
+    /// Frames from new addresses not tracked because `max_canaries` were (since the last
+    /// [`Tracker::take_untracked`]).
+    untracked: u64,
 }
 
 impl Tracker {
@@ -149,10 +156,28 @@ impl Tracker {
             cfg: LivenessConfig {
                 silence: cfg.silence.max(1),
                 default_interval_ms: cfg.default_interval_ms.max(MIN_INTERVAL_MS),
+                max_canaries: cfg.max_canaries.max(1),
             },
             canaries: HashMap::new(),
             dirty: HashSet::new(),
             saved_interval: HashMap::new(),
+            untracked: 0,
+        }
+    }
+
+    /// Frames from new addresses that were not tracked (the table was full), since the last
+    /// call.
+    pub fn take_untracked(&mut self) -> u64 {
+        std::mem::take(&mut self.untracked)
+    }
+
+    /// Whether a new address may be tracked; counts it when not.
+    fn room(&mut self) -> bool {
+        if self.canaries.len() < self.cfg.max_canaries {
+            true
+        } else {
+            self.untracked += 1;
+            false
         }
     }
 
@@ -223,6 +248,9 @@ impl Tracker {
     /// A heartbeat arrived. A heartbeat whose counter is not above the last one of its boot
     /// (a replay or a duplicate) changes nothing.
     pub fn heartbeat(&mut self, h: &HeartbeatSeen) -> Option<Change> {
+        if !self.canaries.contains_key(&h.source) && !self.room() {
+            return None;
+        }
         let default_interval = self.cfg.default_interval_ms;
         let silent_after = |i: u64| i.saturating_mul(u64::from(self.cfg.silence));
         let Some(c) = self.canaries.get_mut(&h.source) else {
@@ -311,6 +339,9 @@ impl Tracker {
     ) -> Option<Change> {
         let interval = self.cfg.default_interval_ms;
         let silent_after = self.silent_after(interval);
+        if !self.canaries.contains_key(address) && !self.room() {
+            return None;
+        }
         self.dirty.insert(address.to_string());
         let Some(c) = self.canaries.get_mut(address) else {
             let c = Canary {
@@ -439,6 +470,7 @@ mod tests {
         let mut t = Tracker::new(LivenessConfig {
             silence: 3,
             default_interval_ms: 5000,
+            ..LivenessConfig::default()
         });
         let first = t.heartbeat(&hb("a:1", 1, 0, 1000, 0)).unwrap();
         assert_eq!((first.from, first.to), (None, State::Alive));
@@ -495,6 +527,23 @@ mod tests {
         assert_eq!((ch.from, ch.to), (None, State::Crashed));
         assert_eq!(t.take_dirty().len(), 1);
         assert!(t.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn new_addresses_beyond_the_limit_are_counted_not_tracked() {
+        let mut t = Tracker::new(LivenessConfig {
+            max_canaries: 2,
+            ..LivenessConfig::default()
+        });
+        assert!(t.heartbeat(&hb("a:1", 1, 0, 0, 0)).is_some());
+        assert!(t.record_stored("b:1", [2; 16], 1, 1, 0).is_some());
+        assert_eq!(t.heartbeat(&hb("c:1", 3, 0, 0, 0)), None);
+        assert_eq!(t.record_stored("d:1", [4; 16], 1, 2, 0), None);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.take_untracked(), 2);
+        assert_eq!(t.take_untracked(), 0);
+        // Known addresses still change state.
+        assert!(t.record_stored("a:1", [1; 16], 1, 3, 10).is_some());
     }
 
     #[test]

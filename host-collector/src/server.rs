@@ -252,8 +252,9 @@ impl Collector {
             metrics.clone(),
         )?;
         let drill_book = cfg.drills.map(|_| Arc::new(drills::DrillBook::default()));
-        let observers = observe::Observers::new(cfg.liveness, Some(sink), metrics, health)
-            .with_drills(drill_book.clone());
+        let observers =
+            observe::Observers::new(cfg.liveness, counters.clone(), Some(sink), metrics, health)
+                .with_drills(drill_book.clone());
         let drill_stop = Arc::new(AtomicBool::new(false));
         let drill_thread = match (cfg.drills, &drill_book) {
             (Some(sched), Some(book)) => {

@@ -34,6 +34,8 @@ pub struct Counters {
     pub webhook_sent: AtomicU64,
     pub webhook_failures: AtomicU64,
     pub webhook_dropped: AtomicU64,
+    /// Frames from new canary addresses not tracked (`liveness` full).
+    pub canaries_untracked: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +71,7 @@ impl Counters {
             ("webhook_sent", t(&self.webhook_sent)),
             ("webhook_failures", t(&self.webhook_failures)),
             ("webhook_dropped", t(&self.webhook_dropped)),
+            ("canaries_untracked", t(&self.canaries_untracked)),
         ]
     }
 
@@ -99,6 +102,7 @@ impl Counters {
                 "webhook_sent" => &self.webhook_sent,
                 "webhook_failures" => &self.webhook_failures,
                 "webhook_dropped" => &self.webhook_dropped,
+                "canaries_untracked" => &self.canaries_untracked,
                 _ => &self.reassembly_errors,
             };
             Self::add(c, *v);

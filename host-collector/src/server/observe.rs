@@ -23,6 +23,7 @@ const SAVE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Observers {
     tracker: Tracker,
+    counters: Arc<super::Counters>,
     events: Option<EventSink>,
     metrics: Option<Metrics>,
     health: Arc<Health>,
@@ -38,12 +39,14 @@ pub(crate) struct Observers {
 impl Observers {
     pub(crate) fn new(
         liveness: LivenessConfig,
+        counters: Arc<super::Counters>,
         events: Option<EventSink>,
         metrics: Option<Metrics>,
         health: Arc<Health>,
     ) -> Observers {
         Observers {
             tracker: Tracker::new(liveness),
+            counters,
             events,
             metrics,
             health,
@@ -203,6 +206,10 @@ impl Observers {
         }
         if changed {
             self.publish_counts();
+        }
+        let untracked = self.tracker.take_untracked();
+        if untracked > 0 {
+            super::Counters::add(&self.counters.canaries_untracked, untracked);
         }
     }
 

@@ -345,6 +345,7 @@ pub const COUNTER_NAMES: &[&str] = &[
     "webhook_sent",
     "webhook_failures",
     "webhook_dropped",
+    "canaries_untracked",
 ];
 
 /// Collector statistics, from the database.
