@@ -42,6 +42,10 @@ pub(crate) struct FleetArgs {
     /// How long a scheduled drill may take to bring its record [default: 60s].
     #[arg(long, value_name = "DURATION", requires = "drill_every")]
     drill_deadline: Option<String>,
+    /// Send scheduled drills to each canary's IP at this port, instead of the port it sends
+    /// from minus one (for canaries behind a NAT that changes their port).
+    #[arg(long, value_name = "PORT", requires = "drill_every")]
+    drill_port: Option<u16>,
 }
 
 impl FleetArgs {
@@ -82,6 +86,7 @@ impl FleetArgs {
             cfg.drills = Some(host_collector::server::drills::DrillSchedule {
                 every: dur("drill-every", every)?,
                 deadline,
+                port: self.drill_port,
             });
         }
         Ok(())

@@ -22,6 +22,10 @@ pub struct DrillSchedule {
     pub every: Duration,
     /// A drill without a record after this long failed.
     pub deadline: Duration,
+    /// Drill every canary at its source IP and this port, instead of its sending port minus
+    /// one (canaries behind a NAT that changes their sending port, e.g. QEMU user networking
+    /// with the drill port forwarded).
+    pub port: Option<u16>,
 }
 
 /// What the scheduler and the writer share.
@@ -69,10 +73,14 @@ impl DrillBook {
     }
 }
 
-/// The drill port of a canary sending from `source`.
-pub(crate) fn drill_addr(source: &str) -> Option<SocketAddr> {
+/// The drill address of a canary sending from `source`: its IP and `port`, or its sending
+/// port minus one.
+pub(crate) fn drill_addr(source: &str, port: Option<u16>) -> Option<SocketAddr> {
     let mut a: SocketAddr = source.parse().ok()?;
-    a.set_port(a.port().checked_sub(1).filter(|p| *p > 0)?);
+    a.set_port(match port {
+        Some(p) => p,
+        None => a.port().checked_sub(1).filter(|p| *p > 0)?,
+    });
     Some(a)
 }
 
@@ -108,7 +116,7 @@ pub(crate) fn run(
                 !st.live.contains(&address)
                     || st.pending.keys().any(|a| crate::events::host_of(a) == host)
             };
-            match (busy, drill_addr(&address)) {
+            match (busy, drill_addr(&address, sched.port)) {
                 (true, _) => {
                     debug!(%address, "drill skipped: not live, or its host has one running")
                 }
@@ -137,10 +145,17 @@ mod tests {
 
     #[test]
     fn the_drill_port_is_the_source_port_minus_one() {
-        assert_eq!(drill_addr("10.0.0.7:7375"), "10.0.0.7:7374".parse().ok());
-        assert_eq!(drill_addr("[::1]:2"), "[::1]:1".parse().ok());
-        assert_eq!(drill_addr("10.0.0.7:1"), None);
-        assert_eq!(drill_addr("nonsense"), None);
+        assert_eq!(
+            drill_addr("10.0.0.7:7375", None),
+            "10.0.0.7:7374".parse().ok()
+        );
+        assert_eq!(drill_addr("[::1]:2", None), "[::1]:1".parse().ok());
+        assert_eq!(drill_addr("10.0.0.7:1", None), None);
+        assert_eq!(drill_addr("nonsense", None), None);
+        assert_eq!(
+            drill_addr("127.0.0.1:40123", Some(9)),
+            "127.0.0.1:9".parse().ok()
+        );
         let b = DrillBook::default();
         b.lock().pending.insert("a:2".into(), Instant::now());
         assert!(!b.answered("b:2"));
