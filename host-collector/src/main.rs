@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cli_util;
 mod cmds;
 mod fleet;
+mod pager;
 mod inspect;
 
 use cli_util::{describe, usage, Exit, Usage};
@@ -76,6 +77,9 @@ struct Cli {
     /// More logging on stderr: -v info, -vv debug, -vvv trace. RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Do not pipe long tables into a pager ($SYSTEMD_PAGER, $PAGER or less) on a terminal.
+    #[arg(long, global = true)]
+    no_pager: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -456,6 +460,9 @@ impl Ctx {
 
 fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx::new(&cli)?;
+    if cli.no_pager {
+        pager::disable();
+    }
     match cli.cmd {
         Cmd::Serve(a) => serve(&ctx, a),
         Cmd::List(a) => list(&ctx, a),
@@ -493,7 +500,7 @@ fn print_rows<T: serde::Serialize>(
     } else if rows.is_empty() {
         eprintln!("{empty}");
     } else {
-        return print(&table(rows));
+        return pager::page(&table(rows));
     }
     if rows.is_empty() {
         Err(Exit(1).into())
