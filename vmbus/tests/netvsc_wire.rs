@@ -290,3 +290,37 @@ fn rndis_malformed_is_rejected() {
         Ok(Rndis::Other { ty: 9 })
     );
 }
+
+#[test]
+fn every_nvsp_version_boundary_in_the_table_is_enforced() {
+    let mut boundaries = 0;
+    for &(ty, since) in nvsp::MESSAGE_SINCE {
+        let mut m = [0u8; nvsp::PACKET_SIZE_V61];
+        m[..4].copy_from_slice(&ty.to_le_bytes());
+        assert!(Nvsp::parse_at(&m, since).is_ok(), "type {ty} at {since:#x}");
+        assert!(Nvsp::parse_at(&m, nvsp::VERSION_61).is_ok(), "type {ty}");
+        if since > 0 {
+            boundaries += 1;
+            assert_eq!(
+                Nvsp::parse_at(&m, since - 1),
+                Err(NvspError::NotInVersion {
+                    ty,
+                    since,
+                    negotiated: since - 1
+                })
+            );
+        }
+    }
+    // 9 version-1 types, NDIS_CONFIG (2), VF_ASSOCIATION (4), INDIRECTION_TABLE (5).
+    assert_eq!(boundaries, 12);
+    assert_eq!(
+        nvsp::since(nvsp::msg_type::SEND_NDIS_CONFIG),
+        Some(nvsp::VERSION_2)
+    );
+    assert_eq!(nvsp::since(200), None);
+    // An unknown type is not gated (open enum).
+    assert_eq!(
+        Nvsp::parse_at(&[200, 0, 0, 0], 0),
+        Ok(Nvsp::Other { ty: 200 })
+    );
+}

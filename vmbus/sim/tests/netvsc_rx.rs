@@ -65,3 +65,37 @@ fn a_completion_for_a_slot_not_in_flight_is_counted_not_trusted() {
     assert_eq!(s.tx_completed, before.tx_completed);
     assert_eq!(tb.nic.tx_in_flight(), 0);
 }
+
+#[test]
+fn an_nvsp_message_newer_than_the_negotiated_version_is_refused() {
+    // SEND_VF_ASSOCIATION came with NVSP 4, SEND_INDIRECTION_TABLE with NVSP 5
+    // (hyperv_net.h): at each negotiated version the newer one is counted as malformed, the
+    // others are taken (and ignored: this guest has no VF and one queue).
+    let cases = [
+        (nvsp::msg_type::SEND_VF_ASSOCIATION, nvsp::VERSION_4),
+        (nvsp::msg_type::SEND_INDIRECTION_TABLE, nvsp::VERSION_5),
+    ];
+    for v in [
+        nvsp::VERSION_2,
+        nvsp::VERSION_4,
+        nvsp::VERSION_5,
+        nvsp::VERSION_61,
+    ] {
+        let cfg = NetvscHostConfig {
+            max_version: v,
+            ..NetvscHostConfig::default()
+        };
+        let mut tb = Testbed::new(cfg, Box::new(QueueEndpoint::new()), Sizes::default());
+        tb.bring_up().unwrap();
+        assert_eq!(tb.nic.nvsp_version(), v);
+        for (ty, since) in cases {
+            let before = tb.nic.stats().malformed;
+            let mut m = [0u8; 40];
+            m[..4].copy_from_slice(&ty.to_le_bytes());
+            tb.link.inject(|io| io.send_inband(&m).unwrap());
+            tb.nic.poll().unwrap();
+            let refused = tb.nic.stats().malformed == before + 1;
+            assert_eq!(refused, since > v, "type {ty} (since {since:#x}) at {v:#x}");
+        }
+    }
+}

@@ -32,36 +32,56 @@ pub const PACKET_SIZE_V61: usize = 0x28;
 /// `PACKET_SIZE_V1` (OpenVMM protocol.rs).
 pub const PACKET_SIZE_V1: usize = 0x1c;
 
-/// NVSP message types (hyperv_net.h enum; OpenVMM protocol.rs `MESSAGE*_TYPE_*`).
-pub mod msg_type {
-    /// `NVSP_MSG_TYPE_INIT`
-    pub const INIT: u32 = 1;
+/// Declares every NVSP message type this crate knows once: `NAME = type, since VERSION;`.
+/// Generates the [`msg_type`] constants and [`MESSAGE_SINCE`]; [`Nvsp::parse_at`] refuses a
+/// type newer than the negotiated version from the table.
+macro_rules! nvsp_messages {
+    ($($(#[$doc:meta])* $name:ident = $val:literal, since $since:expr;)*) => {
+        /// NVSP message types (hyperv_net.h enum; OpenVMM protocol.rs `MESSAGE*_TYPE_*`).
+        pub mod msg_type {
+            $($(#[$doc])* pub const $name: u32 = $val;)*
+        }
+
+        /// Every known type with the NVSP version that introduced it (hyperv_net.h groups
+        /// them as `NVSP_MSG_TYPE_*`, `NVSP_MSG1_TYPE_*` (version 1), `NVSP_MSG2_*`, ...).
+        pub const MESSAGE_SINCE: &[(u32, u32)] = &[$((msg_type::$name, $since),)*];
+    };
+}
+
+nvsp_messages! {
+    /// `NVSP_MSG_TYPE_INIT` (exchanged before a version is known)
+    INIT = 1, since 0;
     /// `NVSP_MSG_TYPE_INIT_COMPLETE`
-    pub const INIT_COMPLETE: u32 = 2;
+    INIT_COMPLETE = 2, since 0;
     /// `NVSP_MSG1_TYPE_SEND_NDIS_VER`
-    pub const SEND_NDIS_VERSION: u32 = 100;
+    SEND_NDIS_VERSION = 100, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_RECV_BUF`
-    pub const SEND_RECV_BUF: u32 = 101;
+    SEND_RECV_BUF = 101, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_RECV_BUF_COMPLETE`
-    pub const SEND_RECV_BUF_COMPLETE: u32 = 102;
+    SEND_RECV_BUF_COMPLETE = 102, since VERSION_1;
     /// `NVSP_MSG1_TYPE_REVOKE_RECV_BUF`
-    pub const REVOKE_RECV_BUF: u32 = 103;
+    REVOKE_RECV_BUF = 103, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_SEND_BUF`
-    pub const SEND_SEND_BUF: u32 = 104;
+    SEND_SEND_BUF = 104, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_SEND_BUF_COMPLETE`
-    pub const SEND_SEND_BUF_COMPLETE: u32 = 105;
+    SEND_SEND_BUF_COMPLETE = 105, since VERSION_1;
     /// `NVSP_MSG1_TYPE_REVOKE_SEND_BUF`
-    pub const REVOKE_SEND_BUF: u32 = 106;
+    REVOKE_SEND_BUF = 106, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_RNDIS_PKT`
-    pub const SEND_RNDIS_PKT: u32 = 107;
+    SEND_RNDIS_PKT = 107, since VERSION_1;
     /// `NVSP_MSG1_TYPE_SEND_RNDIS_PKT_COMPLETE`
-    pub const SEND_RNDIS_PKT_COMPLETE: u32 = 108;
+    SEND_RNDIS_PKT_COMPLETE = 108, since VERSION_1;
     /// `NVSP_MSG2_TYPE_SEND_NDIS_CONFIG`
-    pub const SEND_NDIS_CONFIG: u32 = 125;
+    SEND_NDIS_CONFIG = 125, since VERSION_2;
     /// `NVSP_MSG4_TYPE_SEND_VF_ASSOCIATION`
-    pub const SEND_VF_ASSOCIATION: u32 = 128;
+    SEND_VF_ASSOCIATION = 128, since VERSION_4;
     /// `NVSP_MSG5_TYPE_SEND_INDIRECTION_TABLE`
-    pub const SEND_INDIRECTION_TABLE: u32 = 134;
+    SEND_INDIRECTION_TABLE = 134, since VERSION_5;
+}
+
+/// The NVSP version that introduced message type `ty`, if this crate knows the type.
+pub fn since(ty: u32) -> Option<u32> {
+    MESSAGE_SINCE.iter().find(|r| r.0 == ty).map(|r| r.1)
 }
 
 /// `NVSP_STAT_SUCCESS` (hyperv_net.h; OpenVMM `Status::SUCCESS`).
@@ -313,6 +333,16 @@ pub enum NvspError {
     /// Output buffer too small.
     #[error("buffer too small for NVSP message")]
     BufferTooSmall,
+    /// A type the negotiated NVSP version does not have.
+    #[error("NVSP message type {ty} exists from version {since:#x}, negotiated {negotiated:#x}")]
+    NotInVersion {
+        /// The type.
+        ty: u32,
+        /// The version that introduced it.
+        since: u32,
+        /// The negotiated version (0 before INIT_COMPLETE).
+        negotiated: u32,
+    },
 }
 
 fn rd<T: FromBytes + KnownLayout + Immutable + Copy>(ty: u32, b: &[u8]) -> Result<T, NvspError> {
@@ -340,6 +370,21 @@ impl Nvsp {
             Nvsp::RndisPacket { .. } => msg_type::SEND_RNDIS_PKT,
             Nvsp::RndisPacketComplete { .. } => msg_type::SEND_RNDIS_PKT_COMPLETE,
             Nvsp::Other { ty } => *ty,
+        }
+    }
+
+    /// Parses a message received on a channel at NVSP version `negotiated` (0 before
+    /// INIT_COMPLETE): [`Self::parse`], and a known type newer than `negotiated`
+    /// ([`MESSAGE_SINCE`]) is refused.
+    pub fn parse_at(buf: &[u8], negotiated: u32) -> Result<Nvsp, NvspError> {
+        let m = Self::parse(buf)?;
+        match since(m.ty()) {
+            Some(since) if since > negotiated => Err(NvspError::NotInVersion {
+                ty: m.ty(),
+                since,
+                negotiated,
+            }),
+            _ => Ok(m),
         }
     }
 

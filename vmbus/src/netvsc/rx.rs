@@ -179,7 +179,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                 PacketKind::InBand => {
                     // NVSP messages the host sends unsolicited (VF association, indirection
                     // table): nothing to do for a single-queue synthetic-only guest.
-                    match Nvsp::parse(pkt.payload) {
+                    match Nvsp::parse_at(pkt.payload, self.nvsp_version) {
                         Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
                         Err(_) => self.stats.malformed += 1,
                     }
@@ -210,7 +210,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             log::debug!("netvsc: empty completion for {tid:#x}");
             return;
         }
-        let msg = match Nvsp::parse(payload) {
+        let msg = match Nvsp::parse_at(payload, self.nvsp_version) {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("netvsc: bad completion: {e}");
@@ -250,7 +250,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         ranges: &PacketKind<'_>,
         payload: &[u8],
     ) -> bool {
-        match Nvsp::parse(payload) {
+        match Nvsp::parse_at(payload, self.nvsp_version) {
             Ok(Nvsp::RndisPacket { .. }) => {}
             _ => return false,
         }
