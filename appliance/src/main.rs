@@ -12,6 +12,10 @@ mod aarch64_acpi;
 #[cfg(all(test, not(kernel)))]
 #[path = "arch/aarch64/fdt.rs"]
 mod aarch64_fdt;
+/// The UEFI x86_64 unwinder is portable: its tests run on the host.
+#[cfg(all(test, not(kernel)))]
+#[path = "arch/x86_64/unwind.rs"]
+mod x86_64_unwind;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod acpi;
 /// Which counter frequency the deadlines run on (portable rules; unit-tested on the host).

@@ -90,23 +90,27 @@ pub fn walk_frames(
     crate::stack::walk(fp, r.lo, r.hi, read, out)
 }
 
-/// The backtrace from frame pointer `fp` (stack pointer `sp`): the frame walk, except on the
-/// x86_64 UEFI target, whose (Microsoft x64) frame pointers do not form that chain: there the
-/// stack is scanned for return addresses.
+/// The backtrace from frame pointer `fp` (stack pointer `sp`, pc `pc`): the frame walk, except
+/// on the x86_64 UEFI target, whose (Microsoft x64) frame pointers do not form that chain:
+/// there the frames are unwound with the image's unwind data, and the stack is scanned for
+/// return addresses if that finds no caller.
 fn backtrace_from(
     fp: usize,
     sp: u64,
+    pc: u64,
     out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
 ) -> BacktraceEnd {
     #[cfg(all(target_arch = "x86_64", target_os = "uefi"))]
     {
-        let _ = fp;
-        crate::arch::imp::uefi_stack::scan_backtrace(sp, out);
-        BacktraceEnd::Scanned
+        use crate::arch::imp::uefi_stack;
+        uefi_stack::unwind_backtrace(pc, sp, fp as u64, out).unwrap_or_else(|| {
+            uefi_stack::scan_backtrace(sp, out);
+            BacktraceEnd::Scanned
+        })
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "uefi")))]
     {
-        let _ = sp;
+        let _ = (sp, pc);
         walk_frames(fp, out)
     }
 }
@@ -204,8 +208,12 @@ pub fn on_panic(info: &core::panic::PanicInfo) -> ! {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     rec.backtrace.clear();
-    rec.ext.backtrace_end =
-        backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
+    rec.ext.backtrace_end = backtrace_from(
+        crate::arch::frame_pointer(),
+        regs.sp,
+        regs.pc,
+        &mut rec.backtrace,
+    );
     fill_regs(rec, &regs);
     announce(entry, rec);
     go(entry, rec)
@@ -236,7 +244,8 @@ pub fn on_fault(f: FaultInfo) -> ! {
     };
     rec.backtrace.clear();
     let _ = rec.backtrace.push(f.regs.pc);
-    rec.ext.backtrace_end = backtrace_from(f.regs.fp as usize, f.regs.sp, &mut rec.backtrace);
+    rec.ext.backtrace_end =
+        backtrace_from(f.regs.fp as usize, f.regs.sp, f.regs.pc, &mut rec.backtrace);
     fill_regs(rec, &f.regs);
     announce(entry, rec);
     go(entry, rec)
@@ -321,7 +330,12 @@ pub fn warm_up() {
     let mut regs = RegSnapshot::default();
     crate::arch::snapshot_registers(&mut regs);
     fill_regs(&mut rec, &regs);
-    let _ = backtrace_from(crate::arch::frame_pointer(), regs.sp, &mut rec.backtrace);
+    let _ = backtrace_from(
+        crate::arch::frame_pointer(),
+        regs.sp,
+        regs.pc,
+        &mut rec.backtrace,
+    );
     let _ = panic_line(Entry::First, &rec);
     crate::klog::tail_into(&mut rec.log_tail);
     // The orchestrator itself, with steps that do nothing.

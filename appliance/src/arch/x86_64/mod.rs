@@ -13,6 +13,8 @@ pub mod serial;
 pub mod timer;
 #[cfg(target_os = "uefi")]
 pub mod uefi_stack;
+#[cfg(target_os = "uefi")]
+pub mod unwind;
 
 pub use exceptions::install as install_exceptions;
 use port::{inb, inl, outb, outl};

@@ -183,6 +183,79 @@ fn after_call(ret: u64, image: (u64, u64)) -> bool {
     b(5) == 0xe8 || is_ff2(2) || is_ff2(3) || is_ff2(6) || (b(7) & 0xf0 == 0x40 && is_ff2(6))
 }
 
+/// Backtrace by unwinding (`unwind.rs`) from `pc` with `sp` and `fp` at it, using the image's
+/// own `.pdata` (the exception directory, data directory entry 3) and reading only inside
+/// the image and the canary stack holding `sp`. `None` if the image has no unwind data or the
+/// walk found no caller (then the scan below is the fallback).
+pub fn unwind_backtrace(
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    out: &mut heapless::Vec<u64, { capture::record::BACKTRACE_CAP }>,
+) -> Option<capture::record::BacktraceEnd> {
+    unsafe extern "C" {
+        static __ImageBase: u8;
+    }
+    let base = core::ptr::addr_of!(__ImageBase) as u64;
+    let read_at = |limit: u32, rva: u32, buf: &mut [u8]| -> bool {
+        let Some(end) = rva.checked_add(buf.len() as u32) else {
+            return false;
+        };
+        if end > limit {
+            return false;
+        }
+        // SAFETY: our own image is mapped from `__ImageBase` for SizeOfImage bytes (its
+        // first page, the headers, before SizeOfImage is known); `end` is within that.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (base + rva as u64) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        true
+    };
+    let word = |limit: u32, rva: u32| {
+        let mut b = [0u8; 4];
+        read_at(limit, rva, &mut b).then_some(u32::from_le_bytes(b))
+    };
+    // PE32+ (Microsoft PE/COFF): e_lfanew at 0x3c; optional header 24 bytes after it with
+    // SizeOfImage at +56, NumberOfRvaAndSizes at +108, data directories from +112.
+    let opt = word(4096, 0x3c)?.checked_add(24)?;
+    let size = word(4096, opt + 56)?;
+    if word(4096, opt + 108)? <= 3 {
+        return None;
+    }
+    let pdata = (
+        word(4096, opt + 112 + 3 * 8)?,
+        word(4096, opt + 112 + 3 * 8 + 4)?,
+    );
+    if pdata.1 == 0 {
+        return None;
+    }
+    let stacks = crate::arch::stacks();
+    let region = crate::stack::holding(&stacks, sp as usize)?;
+    let stack = |a: u64| {
+        let a = a as usize;
+        // SAFETY: an 8-aligned word inside a stack the canary owns (always mapped).
+        (a.is_multiple_of(8) && a >= region.lo && a + 8 <= region.hi)
+            .then(|| unsafe { core::ptr::read_volatile(a as *const u64) })
+    };
+    let mut image = |rva: u32, buf: &mut [u8]| read_at(size, rva, buf);
+    let text = text_range();
+    let is_return = |v: u64| after_call(v, text);
+    let mut r = super::unwind::Reader {
+        image: &mut image,
+        stack: &stack,
+        base,
+        pdata,
+        is_return: &is_return,
+    };
+    let before = out.len();
+    let end = super::unwind::walk(&mut r, u64::from(size), pc, sp, fp, out);
+    (out.len() > before).then_some(end)
+}
+
 /// Backtrace by scanning the stack: the UEFI (Microsoft x64) ABI's frame pointer does not
 /// point at a [saved rbp, return address] pair, so the frame walk does not work there. Every
 /// aligned word from `sp` to the top of our stack that points just after a call instruction in
