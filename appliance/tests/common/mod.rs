@@ -389,6 +389,19 @@ pub fn assert_symbolized(
         "no frame in {want_fn} at {file_end}:{line}: {}",
         ctx()
     );
+    // A walk, not a scan (x86_64 UEFI unwinds with the image's unwind data), and no return
+    // address twice (a scan repeats stale ones).
+    assert_ne!(
+        v["backtrace_end"],
+        "stack scanned for return addresses",
+        "{}",
+        ctx()
+    );
+    let mut addrs: Vec<&str> = frames.iter().map(|f| f["addr"].as_str().unwrap()).collect();
+    let n = addrs.len();
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), n, "a return address repeats: {}", ctx());
     // Function names with file:line elsewhere in the backtrace too.
     assert!(
         frames
