@@ -35,15 +35,25 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         deadline: &mut dyn Deadline,
         what: &'static str,
     ) -> Result<Nvsp, NetvscError> {
-        // The deadline is checked on every round, not only when the ring is empty: a host
-        // that keeps the ring busy cannot hold bring-up.
+        self.wait_reply(rxq, deadline, what, |c| {
+            c.nvsp_reply.take_if(|(t, _)| *t == tid).map(|(_, m)| m)
+        })
+    }
+
+    /// Drains until `take` finds the reply it waits for. The deadline is checked on every
+    /// round, not only when the ring is empty: a host that keeps the ring busy cannot hold
+    /// bring-up.
+    fn wait_reply<T>(
+        &mut self,
+        rxq: &mut RxQueue,
+        deadline: &mut dyn Deadline,
+        what: &'static str,
+        mut take: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Result<T, NetvscError> {
         let mut waited = false;
         loop {
-            if let Some((t, m)) = self.nvsp_reply {
-                if t == tid {
-                    self.nvsp_reply = None;
-                    return Ok(m);
-                }
+            if let Some(r) = take(self) {
+                return Ok(r);
             }
             if waited && deadline.expired() {
                 return Err(NetvscError::Timeout(what));
@@ -341,19 +351,10 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             self.ctrl_busy = false;
             return Err(e.into());
         }
-        let mut waited = false;
-        loop {
-            if let Some((id, r)) = self.ctrl_reply {
-                if id == request_id {
-                    self.ctrl_reply = None;
-                    return Ok(r);
-                }
-            }
-            if waited && deadline.expired() {
-                return Err(NetvscError::Timeout("RNDIS completion"));
-            }
-            self.drain(rxq)?;
-            waited = true;
-        }
+        self.wait_reply(rxq, deadline, "RNDIS completion", |c| {
+            c.ctrl_reply
+                .take_if(|(id, _)| *id == request_id)
+                .map(|(_, r)| r)
+        })
     }
 }
