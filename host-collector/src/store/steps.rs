@@ -105,6 +105,54 @@ mod tests {
         assert_eq!(percentile(&[1, 2], 0.5), 1);
     }
 
+    /// A version-5 database's rows get their step columns from their `steps` JSON when
+    /// migration 6 runs (pending steps and unknown names stay NULL).
+    #[test]
+    fn migration_6_backfills_step_times_of_older_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..5] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 5).unwrap();
+            c.execute(
+                "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
+                    schema_major, schema_minor, build_id, arch, boot_mode, hypervisor,
+                    uptime_us, kind, message, registers, backtrace, log_tail, steps, raw)
+                 VALUES (zeroblob(16), 1, 2, 3, '10.1.1.1:5', 1, 0, 'b', 'x86_64', 'pvh', '{}',
+                    4, 'panic', 'm', '{}', '[]', '',
+                    '[{\"step\":\"freeze\",\"outcome\":\"done\",\"elapsed_us\":321},
+                      {\"step\":\"vmbus-unload\",\"outcome\":\"timed out\",\"elapsed_us\":9000},
+                      {\"step\":\"ship\",\"outcome\":\"pending\",\"elapsed_us\":0}]',
+                    x'00')",
+                [],
+            )
+            .unwrap();
+        }
+        let st = Store::open(&path, Sync::Normal).unwrap();
+        let got: (Option<i64>, Option<i64>, Option<i64>, Option<String>) = st
+            .connection()
+            .query_row(
+                "SELECT step_freeze_us, step_vmbus_unload_us, step_ship_us, image_id FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(got, (Some(321), Some(9000), None, None));
+        let s = st.step_stats(None).unwrap();
+        assert_eq!(
+            s.iter()
+                .map(|x| (x.host.as_str(), x.step.as_str(), x.p50_us))
+                .collect::<Vec<_>>(),
+            [
+                ("10.1.1.1", "freeze", 321),
+                ("10.1.1.1", "vmbus-unload", 9000)
+            ]
+        );
+    }
+
     fn record(seq: u32, source: &str, unload_us: u32, ship: Option<u32>) -> NewRecord {
         use capture::panic::{Outcome, Step, StepRecord};
         let mut r = capture::testutil::sample_record(1);
