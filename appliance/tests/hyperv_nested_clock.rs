@@ -1,3 +1,6 @@
+//! Two nested runs on KVM's Hyper-V (`scripts/hyperv-nested`): a crash with the Hyper-V
+//! state's lock held, and the clock on a host without a PIT.
+//!
 //! The clock on a Hyper-V host without a PIT (Hyper-V Gen2 has none, nor has OpenVMM's
 //! Hyper-V chipset): the canary boots nested (`scripts/hyperv-nested`, KVM's Hyper-V) in an
 //! L2 with `-machine pit=off`, so port 0x61 reads 0xff, and the hypervisor's reference time
@@ -33,13 +36,21 @@ fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
         .current_dir(workspace())
         .output()
         .expect("run scripts/qemu-run");
-    assert!(img.status.success(), "{}", String::from_utf8_lossy(&img.stderr));
+    assert!(
+        img.status.success(),
+        "{}",
+        String::from_utf8_lossy(&img.stderr)
+    );
     let elf = workspace().join(String::from_utf8_lossy(&img.stdout).trim());
     let setup = Command::new(workspace().join("scripts/hyperv-nested"))
         .arg("setup")
         .output()
         .expect("run scripts/hyperv-nested setup");
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
     let out = Command::new(workspace().join("scripts/hyperv-nested"))
@@ -92,5 +103,77 @@ fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
         "TSC time {elapsed} us vs reference-time span {span} us: {st}\n{diag}"
     );
     // And the panic path ran to its end on that clock.
-    assert!(log.contains("canary: panic path (first entry) steps:"), "{diag}");
+    assert!(
+        log.contains("canary: panic path (first entry) steps:"),
+        "{diag}"
+    );
+}
+
+#[test]
+fn a_crash_inside_the_hyperv_code_still_runs_every_hyperv_step_on_a_real_host() {
+    // Issue 11: with the HYPERV lock held at the panic (the self-check's VMBus polling, the
+    // console redraw), screen flush, UNLOAD, cleanup, crash registers and end were all
+    // skipped as busy. `panic_holding=locks` panics with that lock (and the network's) held.
+    let img = Command::new(workspace().join("scripts/qemu-run"))
+        .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/qemu-run");
+    assert!(
+        img.status.success(),
+        "{}",
+        String::from_utf8_lossy(&img.stderr)
+    );
+    let elf = workspace().join(String::from_utf8_lossy(&img.stdout).trim());
+    let setup = Command::new(workspace().join("scripts/hyperv-nested"))
+        .arg("setup")
+        .output()
+        .expect("run scripts/hyperv-nested setup");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let out = Command::new(workspace().join("scripts/hyperv-nested"))
+        .args(["run", "--timeout", "240", "--serial"])
+        .arg(&serial)
+        .arg("--")
+        .arg(&elf)
+        .args([
+            "-append",
+            "panic_after=1 panic_holding=locks qemu_exit=1",
+            "-action",
+            "panic=none",
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("run scripts/hyperv-nested run");
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let diag = format!(
+        "status {:?}\nserial:\n{log}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("panic: the Hyper-V state was locked at the panic; taken over"),
+        "{diag}"
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("canary: panic path (first entry) steps:"))
+        .unwrap_or_else(|| panic!("no summary\n{diag}"));
+    assert!(!summary.contains("busy"), "{summary}");
+    for step in [
+        "vmbus-unload=done",
+        "arch-cleanup=done",
+        "crash-registers=done",
+    ] {
+        assert!(summary.contains(step), "{step} missing: {summary}");
+    }
+    assert!(
+        log.contains("end: readback HYPERCALL="),
+        "end step's Hyper-V part: {diag}"
+    );
 }
