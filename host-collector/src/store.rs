@@ -259,25 +259,8 @@ pub const MIGRATIONS: &[&str] = &[
             VALUES (old.boot_id, old.seq, old.record_crc);
         DELETE FROM record_keys WHERE id = old.id;
     END;",
-    // 5: liveness of each canary, told apart by source address (see `crate::liveness`):
-    //    its current boot, heartbeat interval and state. Written by `serve` when a state,
-    //    boot or interval changes (the per-heartbeat `last_seen_us` is in `canaries`).
-    "CREATE TABLE liveness (
-        address         TEXT    PRIMARY KEY,
-        boot_id         BLOB    NOT NULL,
-        arch            INTEGER NOT NULL,
-        first_seen_us   INTEGER NOT NULL,
-        last_seen_us    INTEGER NOT NULL,
-        heartbeat_seq   INTEGER,
-        uptime_ms       INTEGER NOT NULL,
-        interval_ms     INTEGER NOT NULL,
-        silent_after_ms INTEGER NOT NULL,
-        state           TEXT    NOT NULL,
-        state_since_us  INTEGER NOT NULL,
-        crashed_boot    BLOB,
-        last_record_id  INTEGER,
-        crashes         INTEGER NOT NULL
-    ) WITHOUT ROWID;",
+    // 5: the liveness of each canary (store/liveness.rs).
+    liveness::MIGRATION,
     // Schema 1.1's fields as columns: the image id (`KIND:ID`, as `symbols` names it), its
     //    load base, the rest of the 1.1 group as JSON (stacks, backtrace_end, takeovers), and
     //    each panic-path step's time (the first entry's; NULL while pending), so `stats

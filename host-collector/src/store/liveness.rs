@@ -6,6 +6,27 @@ use rusqlite::params;
 use super::*;
 use crate::liveness::{Canary, State};
 
+/// Migration 5: one row per canary, told apart by source address (see `crate::liveness`):
+/// its current boot, heartbeat interval and state. Written by `serve` when a state, boot or
+/// interval changes (the per-heartbeat `last_seen_us` is in `canaries`). Never edited once
+/// released.
+pub(super) const MIGRATION: &str = "CREATE TABLE liveness (
+        address         TEXT    PRIMARY KEY,
+        boot_id         BLOB    NOT NULL,
+        arch            INTEGER NOT NULL,
+        first_seen_us   INTEGER NOT NULL,
+        last_seen_us    INTEGER NOT NULL,
+        heartbeat_seq   INTEGER,
+        uptime_ms       INTEGER NOT NULL,
+        interval_ms     INTEGER NOT NULL,
+        silent_after_ms INTEGER NOT NULL,
+        state           TEXT    NOT NULL,
+        state_since_us  INTEGER NOT NULL,
+        crashed_boot    BLOB,
+        last_record_id  INTEGER,
+        crashes         INTEGER NOT NULL
+    ) WITHOUT ROWID;";
+
 impl Store {
     /// Every canary's liveness row; `last_seen_us`, `heartbeat_seq` and `uptime_ms` are the
     /// newest of the row and the boot's heartbeats in `canaries` (which `serve` updates on
