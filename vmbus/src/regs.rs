@@ -78,53 +78,107 @@ pub mod arm64_reg {
     pub const STIMER0_COUNT: u32 = 0x000B_0001;
 }
 
+/// The registers at one fixed address: `(name, x86 MSR, arm64 id)`, `None` where the ABI does
+/// not have it. The indexed banks (SINTx, STIMERx, CRASH_Px) are [`SynReg::banked`].
+const FIXED: &[(SynReg, Option<u32>, Option<u32>)] = &[
+    (
+        SynReg::GuestOsId,
+        Some(msr::GUEST_OS_ID),
+        Some(arm64_reg::GUEST_OS_ID),
+    ),
+    (SynReg::Hypercall, Some(msr::HYPERCALL), None),
+    (
+        SynReg::VpIndex,
+        Some(msr::VP_INDEX),
+        Some(arm64_reg::VP_INDEX),
+    ),
+    (
+        SynReg::TimeRefCount,
+        Some(msr::TIME_REF_COUNT),
+        Some(arm64_reg::TIME_REF_COUNT),
+    ),
+    (
+        SynReg::ReferenceTsc,
+        Some(msr::REFERENCE_TSC),
+        Some(arm64_reg::REFERENCE_TSC),
+    ),
+    (
+        SynReg::Scontrol,
+        Some(msr::SCONTROL),
+        Some(arm64_reg::SCONTROL),
+    ),
+    (
+        SynReg::Sversion,
+        Some(msr::SVERSION),
+        Some(arm64_reg::SVERSION),
+    ),
+    (SynReg::Siefp, Some(msr::SIEFP), Some(arm64_reg::SIEFP)),
+    (SynReg::Simp, Some(msr::SIMP), Some(arm64_reg::SIMP)),
+    (SynReg::Eom, Some(msr::EOM), Some(arm64_reg::EOM)),
+    (
+        SynReg::CrashCtl,
+        Some(msr::CRASH_CTL),
+        Some(arm64_reg::CRASH_CTL),
+    ),
+    (
+        SynReg::HypervisorVersion,
+        None,
+        Some(arm64_reg::HYPERVISOR_VERSION),
+    ),
+    (
+        SynReg::PrivilegesAndFeatures,
+        None,
+        Some(arm64_reg::PRIVILEGES_AND_FEATURES_INFO),
+    ),
+    (SynReg::FeaturesInfo, None, Some(arm64_reg::FEATURES_INFO)),
+];
+
 impl SynReg {
-    /// The x86 MSR, or `None` for a register x86 does not have (or an index out of range).
-    pub fn x86_msr(self) -> Option<u32> {
-        use msr::*;
+    /// The address of a register in an indexed bank, given the bank bases of one ABI (both
+    /// ABIs use the same strides: SINTs and crash parameters 1 apart, STIMER CONFIG/COUNT
+    /// pairs 2 apart). `None` for an index out of range or a fixed register.
+    fn banked(
+        self,
+        sint0: u32,
+        stimer0_config: u32,
+        stimer0_count: u32,
+        crash_p0: u32,
+    ) -> Option<u32> {
         Some(match self {
-            Self::GuestOsId => GUEST_OS_ID,
-            Self::Hypercall => HYPERCALL,
-            Self::VpIndex => VP_INDEX,
-            Self::TimeRefCount => TIME_REF_COUNT,
-            Self::ReferenceTsc => REFERENCE_TSC,
-            Self::Scontrol => SCONTROL,
-            Self::Sversion => SVERSION,
-            Self::Siefp => SIEFP,
-            Self::Simp => SIMP,
-            Self::Eom => EOM,
-            Self::Sint(n) if n < 16 => SINT0 + n as u32,
-            Self::StimerConfig(n) if n < 4 => STIMER0_CONFIG + 2 * n as u32,
-            Self::StimerCount(n) if n < 4 => STIMER0_COUNT + 2 * n as u32,
-            Self::CrashP(n) if n < 5 => CRASH_P0 + n as u32,
-            Self::CrashCtl => CRASH_CTL,
+            Self::Sint(n) if n < 16 => sint0 + n as u32,
+            Self::StimerConfig(n) if n < 4 => stimer0_config + 2 * n as u32,
+            Self::StimerCount(n) if n < 4 => stimer0_count + 2 * n as u32,
+            Self::CrashP(n) if n < 5 => crash_p0 + n as u32,
             _ => return None,
         })
+    }
+
+    fn fixed(self) -> Option<&'static (SynReg, Option<u32>, Option<u32>)> {
+        FIXED.iter().find(|r| r.0 == self)
+    }
+
+    /// The x86 MSR, or `None` for a register x86 does not have (or an index out of range).
+    pub fn x86_msr(self) -> Option<u32> {
+        match self.fixed() {
+            Some(r) => r.1,
+            None => self.banked(
+                msr::SINT0,
+                msr::STIMER0_CONFIG,
+                msr::STIMER0_COUNT,
+                msr::CRASH_P0,
+            ),
+        }
     }
 
     /// Every register with every index in range (SINT0..15, STIMER0..3, CRASH_P0..4).
     pub fn all() -> impl Iterator<Item = SynReg> {
         use SynReg::*;
-        [
-            GuestOsId,
-            Hypercall,
-            VpIndex,
-            TimeRefCount,
-            ReferenceTsc,
-            Scontrol,
-            Sversion,
-            Siefp,
-            Simp,
-            Eom,
-            CrashCtl,
-            HypervisorVersion,
-            PrivilegesAndFeatures,
-            FeaturesInfo,
-        ]
-        .into_iter()
-        .chain((0..16).map(Sint))
-        .chain((0..4).flat_map(|n| [StimerConfig(n), StimerCount(n)]))
-        .chain((0..5).map(CrashP))
+        FIXED
+            .iter()
+            .map(|r| r.0)
+            .chain((0..16).map(Sint))
+            .chain((0..4).flat_map(|n| [StimerConfig(n), StimerCount(n)]))
+            .chain((0..5).map(CrashP))
     }
 
     /// The register for an x86 MSR number: the inverse of [`SynReg::x86_msr`], derived from it
@@ -135,28 +189,15 @@ impl SynReg {
 
     /// The arm64 register id, or `None` for a register arm64 does not have.
     pub fn arm64_id(self) -> Option<u32> {
-        use arm64_reg::*;
-        Some(match self {
-            Self::GuestOsId => GUEST_OS_ID,
-            Self::Hypercall => return None,
-            Self::VpIndex => VP_INDEX,
-            Self::TimeRefCount => TIME_REF_COUNT,
-            Self::ReferenceTsc => REFERENCE_TSC,
-            Self::Scontrol => SCONTROL,
-            Self::Sversion => SVERSION,
-            Self::Siefp => SIEFP,
-            Self::Simp => SIMP,
-            Self::Eom => EOM,
-            Self::Sint(n) if n < 16 => SINT0 + n as u32,
-            Self::StimerConfig(n) if n < 4 => STIMER0_CONFIG + 2 * n as u32,
-            Self::StimerCount(n) if n < 4 => STIMER0_COUNT + 2 * n as u32,
-            Self::CrashP(n) if n < 5 => CRASH_P0 + n as u32,
-            Self::CrashCtl => CRASH_CTL,
-            Self::HypervisorVersion => HYPERVISOR_VERSION,
-            Self::PrivilegesAndFeatures => PRIVILEGES_AND_FEATURES_INFO,
-            Self::FeaturesInfo => FEATURES_INFO,
-            _ => return None,
-        })
+        match self.fixed() {
+            Some(r) => r.2,
+            None => self.banked(
+                arm64_reg::SINT0,
+                arm64_reg::STIMER0_CONFIG,
+                arm64_reg::STIMER0_COUNT,
+                arm64_reg::CRASH_P0,
+            ),
+        }
     }
 
     /// The register for an arm64 register id: the inverse of [`SynReg::arm64_id`], derived from
