@@ -4,8 +4,10 @@
 //! and a transmit callback, feeds every received datagram to [`Sender::handle`], and sleeps or
 //! polls the NIC until the returned `next_ms`. Each round sends every chunk of the record
 //! (acks are per record); the retransmission timeout doubles each round from
-//! `initial_rto_ms` up to `max_rto_ms`, until the collector acks or `deadline_ms` passes
-//! (FreeBSD netdump's retry-until-acked, `reference/hyperv-guest.md` §10.2).
+//! `initial_rto_ms` up to `max_rto_ms`, each wait spread to [0.75, 1.25) of it by a value fixed
+//! by the record's id (a fleet that panics in the same second does not retransmit in step),
+//! until the collector acks or `deadline_ms` passes (FreeBSD netdump's retry-until-acked,
+//! `reference/hyperv-guest.md` §10.2).
 //!
 //! An ack counts only if it is for the record in flight (boot id, sequence and record CRC),
 //! carries a valid tag when a key is set, and, when the receiver knows where a datagram came
@@ -157,12 +159,30 @@ impl<'r> Sender<'r> {
                 self.stats.retransmit_rounds += 1;
             }
             self.rounds += 1;
-            self.next_round_at = now_ms.saturating_add(self.rto_ms);
+            self.next_round_at = now_ms.saturating_add(self.jittered(self.rto_ms));
             self.rto_ms = (self.rto_ms * 2).min(u64::from(self.cfg.max_rto_ms.max(1)));
         }
         SendState::Waiting {
             next_ms: self.next_round_at.min(self.deadline_at),
         }
+    }
+
+    /// `rto` spread over [0.75 rto, 1.25 rto) by a value fixed by the record's id and the
+    /// round: a fleet whose canaries panic in the same second (a host update gone wrong) does
+    /// not retransmit in step, round after round. Deterministic, so tests replay exactly.
+    fn jittered(&self, rto: u64) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.id.boot_id[..8]);
+        let mut x = u64::from_le_bytes(b)
+            ^ u64::from(self.id.record_crc) << 32
+            ^ u64::from(self.id.seq)
+            ^ u64::from(self.rounds).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // splitmix64's finaliser: every input bit moves every output bit.
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        let span = (rto / 2).max(1);
+        rto - rto / 4 + x % span
     }
 
     fn send_round(&mut self, tx: &mut dyn FnMut(&[u8])) {

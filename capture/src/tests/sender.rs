@@ -42,7 +42,11 @@ fn first_poll_sends_every_chunk_then_waits_one_rto() {
     assert!(n >= 2, "the maximal record needs several chunks");
     let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 1_000).unwrap();
     let (st, sent) = poll(&mut s, 1_000);
-    assert_eq!(st, SendState::Waiting { next_ms: 1_100 });
+    let SendState::Waiting { next_ms } = st else {
+        panic!("{st:?}")
+    };
+    // One RTO (100 ms) spread by the sender's jitter: [0.75, 1.25) of it.
+    assert!((1_075..1_125).contains(&next_ms), "{next_ms}");
     assert_eq!(sent.len(), n);
     // Every datagram is a valid chunk of our record, within the datagram limit.
     let mut covered = 0;
@@ -64,7 +68,7 @@ fn first_poll_sends_every_chunk_then_waits_one_rto() {
     }
     assert_eq!(covered, rec.len());
     // Nothing more before the RTO.
-    let (_, sent) = poll(&mut s, 1_099);
+    let (_, sent) = poll(&mut s, next_ms - 1);
     assert!(sent.is_empty());
 }
 
@@ -84,7 +88,13 @@ fn retransmits_with_doubling_rto_capped_at_max() {
         gaps.push(next_ms - now);
         now = next_ms;
     }
-    assert_eq!(gaps, [100, 200, 400, 400, 400]);
+    // Doubling from 100 ms, capped at 400, each spread to [0.75, 1.25) of itself.
+    for (gap, rto) in gaps.iter().zip([100u64, 200, 400, 400, 400]) {
+        assert!(
+            (rto * 3 / 4..rto * 5 / 4).contains(gap),
+            "gap {gap} for an RTO of {rto}: {gaps:?}"
+        );
+    }
     assert_eq!(s.stats().retransmit_rounds, 4);
     assert_eq!(s.stats().datagrams_sent as usize, 5 * n);
 }
@@ -110,7 +120,7 @@ fn our_ack_stops_the_sender_and_foreign_acks_are_ignored() {
         assert!(!s.handle(&ack(&other, AckStatus::Stored, None)));
     }
     assert!(!s.handle(b"not a frame at all"));
-    let (st, sent) = poll(&mut s, 100);
+    let (st, sent) = poll(&mut s, 200);
     assert!(matches!(st, SendState::Waiting { .. }));
     assert!(
         !sent.is_empty(),
@@ -185,7 +195,10 @@ fn an_ack_from_another_endpoint_is_ignored_and_retransmission_goes_on() {
     let mut s = Sender::new(CFG, BOOT, 1, &rec, None, 0)
         .unwrap()
         .with_collector(collector);
-    let (_, first) = poll(&mut s, 0);
+    let (st, first) = poll(&mut s, 0);
+    let SendState::Waiting { next_ms: t1 } = st else {
+        panic!("{st:?}")
+    };
     let good = ack(&s.id(), AckStatus::Stored, None);
     for from in ["10.0.2.2:7374", "10.0.2.3:7373", "192.0.2.1:7373", "[::1]:7373"] {
         assert!(
@@ -195,14 +208,17 @@ fn an_ack_from_another_endpoint_is_ignored_and_retransmission_goes_on() {
     }
     assert_eq!(s.ack_status(), None);
     // Retransmission goes on as if nothing had arrived.
-    let (st, again) = poll(&mut s, 100);
-    assert_eq!(st, SendState::Waiting { next_ms: 300 });
+    let (st, again) = poll(&mut s, t1);
+    assert!(
+        matches!(st, SendState::Waiting { next_ms } if (t1 + 150..t1 + 250).contains(&next_ms)),
+        "{st:?}"
+    );
     assert_eq!(again.len(), first.len());
     assert_eq!(s.stats().acks_ignored, 4);
     // The same ack from the collector (an IPv4-mapped form of its address too) counts.
     let mapped: std::net::SocketAddr = "[::ffff:10.0.2.2]:7373".parse().unwrap();
     assert!(s.handle_from(mapped, &good));
-    assert_eq!(poll(&mut s, 101).0, SendState::Acked);
+    assert_eq!(poll(&mut s, t1 + 1).0, SendState::Acked);
 }
 
 #[test]
@@ -270,4 +286,36 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(total, len);
     }
+}
+
+#[test]
+fn retransmissions_of_a_fleet_are_spread_not_in_step() {
+    // 100,000 canaries that panic in the same second must not retransmit in step, round after
+    // round: each record's timeouts are spread by its own id.
+    let rec = record_bytes();
+    let mut firsts = std::collections::BTreeSet::new();
+    for b in 0..64u8 {
+        let mut s = Sender::new(CFG, [b; 16], 1, &rec, None, 0).unwrap();
+        let SendState::Waiting { next_ms } = poll(&mut s, 0).0 else {
+            panic!()
+        };
+        assert!((75..125).contains(&next_ms), "{next_ms}");
+        firsts.insert(next_ms);
+    }
+    assert!(firsts.len() > 20, "64 boots gave only {} distinct timeouts", firsts.len());
+    // The same record replays the same schedule (deterministic).
+    let times = |b: u8| {
+        let mut s = Sender::new(CFG, [b; 16], 1, &rec, None, 0).unwrap();
+        let mut now = 0;
+        (0..4)
+            .map(|_| {
+                let SendState::Waiting { next_ms } = poll(&mut s, now).0 else {
+                    panic!()
+                };
+                now = next_ms;
+                now
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(times(3), times(3));
 }
