@@ -178,6 +178,7 @@ fn boot_id(seed: u64, nonce: u64, index: u32) -> [u8; 16] {
 }
 
 /// Raises RLIMIT_NOFILE so that `want` descriptors fit; returns the soft limit in force.
+#[cfg(unix)]
 pub fn raise_fd_limit(want: u64) -> u64 {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(s, _)| s)
@@ -191,6 +192,12 @@ pub fn raise_fd_limit(want: u64) -> u64 {
         return want;
     }
     soft
+}
+
+/// Windows has no per-process limit on sockets like RLIMIT_NOFILE: `want` fit.
+#[cfg(not(unix))]
+pub fn raise_fd_limit(want: u64) -> u64 {
+    want
 }
 
 /// Memory one simulated canary takes (its task, buffers and record), roughly, in bytes.

@@ -601,6 +601,7 @@ fn read_key(path: Option<&PathBuf>) -> Result<Option<capture::Key>> {
 
 /// Registers SIGINT and SIGTERM at once (so one arriving while the database opens is not
 /// lost) and returns a future that resolves on the first of them.
+#[cfg(unix)]
 fn shutdown_signal(rt: &tokio::runtime::Runtime) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let _guard = rt.enter();
@@ -610,6 +611,24 @@ fn shutdown_signal(rt: &tokio::runtime::Runtime) -> Result<impl std::future::Fut
         tokio::select! {
             _ = int.recv() => tracing::info!("SIGINT"),
             _ = term.recv() => tracing::info!("SIGTERM"),
+        }
+    })
+}
+
+/// Windows: Ctrl-C, Ctrl-Break and the console window closing, registered at once; the
+/// future resolves on the first of them.
+#[cfg(windows)]
+fn shutdown_signal(rt: &tokio::runtime::Runtime) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+    let _guard = rt.enter();
+    let mut int = ctrl_c().context("watching Ctrl-C")?;
+    let mut brk = ctrl_break().context("watching Ctrl-Break")?;
+    let mut close = ctrl_close().context("watching the console closing")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("Ctrl-C"),
+            _ = brk.recv() => tracing::info!("Ctrl-Break"),
+            _ = close.recv() => tracing::info!("console closed"),
         }
     })
 }
