@@ -128,6 +128,19 @@ fn id_kind_name(k: ImageIdKind) -> String {
     }
 }
 
+/// Cuts `root` from the front of `r`'s source paths.
+fn relative_to(r: &mut Resolved, root: &str) {
+    let cut = |p: &mut Option<String>| {
+        if let Some(rest) = p.as_deref().and_then(|s| s.strip_prefix(root)) {
+            *p = Some(rest.to_string());
+        }
+    };
+    cut(&mut r.file);
+    for f in &mut r.frames {
+        cut(&mut f.file);
+    }
+}
+
 fn frame(addr: u64, r: Option<&Resolved>) -> FrameView {
     let a = format!("{addr:#x}");
     match r {
@@ -231,6 +244,26 @@ pub fn build(record: RecordView, ext: &Ext1, store: &SymbolStore) -> ShowView {
             },
         },
     };
+    // Source paths relative to the build's workspace, like the record's own location: the
+    // prefix a resolved path has before the location's file (`/src/canary/` before
+    // `appliance/src/canary.rs`) is cut from every path that has it.
+    let mut resolved = resolved;
+    if let Some(loc) = &f.location {
+        let root = resolved
+            .iter()
+            .flatten()
+            .flat_map(|r| r.frames.iter().filter_map(|x| x.file.as_deref()))
+            .find_map(|p| {
+                p.strip_suffix(loc.file.as_str())
+                    .filter(|r| r.ends_with('/'))
+            })
+            .map(str::to_string);
+        if let Some(root) = root {
+            for r in resolved.iter_mut().flatten() {
+                relative_to(r, &root);
+            }
+        }
+    }
     let at = |i: usize| resolved.get(i).and_then(Option::as_ref);
     let pc_view = frame(pc, at(0));
     let frames = bt
@@ -501,4 +534,49 @@ pub fn ext_of(raw: &[u8], schema: &str) -> Ext1 {
     capture::record::CrashRecord::decode(major, minor, raw)
         .map(|r| r.ext)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbols::SourceFrame;
+
+    #[test]
+    fn source_paths_are_cut_to_the_workspace_the_location_names() {
+        let sf = |f: &str, p: &str, l| SourceFrame {
+            function: Some(f.into()),
+            file: Some(p.into()),
+            line: Some(l),
+        };
+        let mut r = Resolved {
+            function: Some("appliance::canary::run".into()),
+            offset: Some(4),
+            file: Some("/build/ws/appliance/src/canary.rs".into()),
+            line: Some(258),
+            frames: vec![
+                sf(
+                    "core::fmt::write",
+                    "/rustc/abc/library/core/src/fmt/mod.rs",
+                    1,
+                ),
+                sf(
+                    "appliance::canary::run",
+                    "/build/ws/appliance/src/canary.rs",
+                    258,
+                ),
+            ],
+        };
+        relative_to(&mut r, "/build/ws/");
+        assert_eq!(r.file.as_deref(), Some("appliance/src/canary.rs"));
+        assert_eq!(r.frames[1].file.as_deref(), Some("appliance/src/canary.rs"));
+        // Paths outside the workspace stay whole.
+        assert_eq!(
+            r.frames[0].file.as_deref(),
+            Some("/rustc/abc/library/core/src/fmt/mod.rs")
+        );
+        assert_eq!(
+            r.describe(),
+            "appliance::canary::run+0x4 (appliance/src/canary.rs:258)"
+        );
+    }
 }
