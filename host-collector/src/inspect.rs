@@ -17,7 +17,7 @@ use host_collector::util::parse_hex;
 pub(crate) struct SymbolsDir {
     /// Symbol store directory (`<id>/debuginfo`, like debuginfod) [env: CANARY_SYMBOLS]
     /// [default: `symbols` beside the database].
-    #[arg(long = "symbols", value_name = "DIR")]
+    #[arg(long = "symbols", value_name = "DIR", global = true)]
     pub dir: Option<PathBuf>,
 }
 
