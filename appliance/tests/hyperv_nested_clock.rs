@@ -29,8 +29,9 @@ fn field(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
 }
 
-#[test]
-fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
+/// Boots the x86_64 direct-boot image in the nested host with these L2 arguments; returns
+/// the canary's console and a diagnostic text for failures.
+fn nested_run(l2_args: &[&str]) -> (String, String) {
     let img = Command::new(workspace().join("scripts/qemu-run"))
         .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
         .current_dir(workspace())
@@ -58,14 +59,7 @@ fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
         .arg(&serial)
         .arg("--")
         .arg(&elf)
-        .args([
-            "-append",
-            "panic_after=1 qemu_exit=1",
-            "-action",
-            "panic=none",
-            "-machine",
-            "pit=off",
-        ])
+        .args(l2_args)
         .current_dir(workspace())
         .output()
         .expect("run scripts/hyperv-nested run");
@@ -75,6 +69,19 @@ fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
+    (log, diag)
+}
+
+#[test]
+fn without_a_pit_the_hyperv_reference_time_decides_the_tsc_frequency() {
+    let (log, diag) = nested_run(&[
+        "-append",
+        "panic_after=1 qemu_exit=1",
+        "-action",
+        "panic=none",
+        "-machine",
+        "pit=off",
+    ]);
     let line = |pat: &str| {
         log.lines()
             .find(|l| l.contains(pat))
@@ -114,48 +121,12 @@ fn a_crash_inside_the_hyperv_code_still_runs_every_hyperv_step_on_a_real_host() 
     // Issue 11: with the HYPERV lock held at the panic (the self-check's VMBus polling, the
     // console redraw), screen flush, UNLOAD, cleanup, crash registers and end were all
     // skipped as busy. `panic_holding=locks` panics with that lock (and the network's) held.
-    let img = Command::new(workspace().join("scripts/qemu-run"))
-        .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
-        .current_dir(workspace())
-        .output()
-        .expect("run scripts/qemu-run");
-    assert!(
-        img.status.success(),
-        "{}",
-        String::from_utf8_lossy(&img.stderr)
-    );
-    let elf = workspace().join(String::from_utf8_lossy(&img.stdout).trim());
-    let setup = Command::new(workspace().join("scripts/hyperv-nested"))
-        .arg("setup")
-        .output()
-        .expect("run scripts/hyperv-nested setup");
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let serial = dir.path().join("serial.log");
-    let out = Command::new(workspace().join("scripts/hyperv-nested"))
-        .args(["run", "--timeout", "240", "--serial"])
-        .arg(&serial)
-        .arg("--")
-        .arg(&elf)
-        .args([
-            "-append",
-            "panic_after=1 panic_holding=locks qemu_exit=1",
-            "-action",
-            "panic=none",
-        ])
-        .current_dir(workspace())
-        .output()
-        .expect("run scripts/hyperv-nested run");
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    let diag = format!(
-        "status {:?}\nserial:\n{log}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (log, diag) = nested_run(&[
+        "-append",
+        "panic_after=1 panic_holding=locks qemu_exit=1",
+        "-action",
+        "panic=none",
+    ]);
     assert!(
         log.contains("panic: the Hyper-V state was locked at the panic; taken over"),
         "{diag}"
