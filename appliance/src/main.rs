@@ -12,16 +12,16 @@ mod aarch64_acpi;
 #[cfg(all(test, not(kernel)))]
 #[path = "arch/aarch64/fdt.rs"]
 mod aarch64_fdt;
-/// The UEFI x86_64 unwinder is portable: its tests run on the host.
-#[cfg(all(test, not(kernel)))]
-#[path = "arch/x86_64/unwind.rs"]
-mod x86_64_unwind;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod acpi;
 /// Which counter frequency the deadlines run on (portable rules; unit-tested on the host).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod clock;
 mod config;
+/// The UEFI x86_64 unwinder is portable: its tests run on the host.
+#[cfg(all(test, not(kernel)))]
+#[path = "arch/x86_64/unwind.rs"]
+mod x86_64_unwind;
 /// The portable halves of the Hyper-V code (the device glue, and the arch-neutral session:
 /// UNLOAD, cleanup, reconnect, crash registers, arm64 detection): their tests run on the host
 /// against `vmbus-sim`. Same module paths as in the kernel (`crate::hyperv::{devices, session}`).
@@ -31,20 +31,20 @@ mod hyperv {
     pub mod panic;
     pub mod session;
 }
-/// The seven steps of the panic path, generic over the machine (portable; run on the host
-/// against `vmbus-sim` by `hyperv::panic`'s tests).
-mod panic_steps;
 /// The running image's build id and load base for the crash record (parsers host-tested).
 #[cfg_attr(not(kernel), allow(dead_code))]
 mod image_id;
 mod logring;
+/// The seven steps of the panic path, generic over the machine (portable; run on the host
+/// against `vmbus-sim` by `hyperv::panic`'s tests).
+mod panic_steps;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;
-/// `static_buf!` (each buffer handed out once); its tests run on the host.
-mod static_buf;
 /// Stack painting and high-water marks (portable; unit-tested on the host).
 #[cfg_attr(not(kernel), allow(dead_code))]
 mod stack;
+/// `static_buf!` (each buffer handed out once); its tests run on the host.
+mod static_buf;
 mod sync;
 
 #[cfg(kernel)]

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cli_util;
 mod cmds;
 mod fleet;
-mod pager;
 mod inspect;
+mod pager;
 
 use cli_util::{describe, usage, Exit, Usage};
 use host_collector::config::{FileConfig, DEFAULT_LISTEN};
@@ -390,7 +390,12 @@ struct LoadArgs {
     #[arg(long, value_name = "DURATION")]
     heartbeats: Option<String>,
     /// How long the canaries heartbeat before their records.
-    #[arg(long, value_name = "DURATION", default_value = "10s", requires = "heartbeats")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        requires = "heartbeats"
+    )]
     heartbeat_for: String,
 }
 
@@ -535,7 +540,9 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
         filter.limit = None;
         let mut groups = host_collector::listing::group(&store.list(&filter)?);
         if let Some(n) = a.lines {
-            let skip = groups.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+            let skip = groups
+                .len()
+                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
             groups.drain(..skip);
         }
         if a.reverse {

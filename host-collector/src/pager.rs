@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(command(true, false, None, None).as_deref(), Some("less"));
         assert_eq!(command(false, false, None, None), None);
         assert_eq!(command(true, true, None, None), None);
-        assert_eq!(command(true, false, None, Some("most")).as_deref(), Some("most"));
+        assert_eq!(
+            command(true, false, None, Some("most")).as_deref(),
+            Some("most")
+        );
         assert_eq!(
             command(true, false, Some("less -R"), Some("most")).as_deref(),
             Some("less -R")

@@ -23,7 +23,10 @@ fn drill(nonce: u64, challenge: Option<Challenge>, key: Option<&Key>) -> Vec<u8>
 /// Sends a request and returns the challenge the guard answers with.
 fn challenge_of(g: &mut DrillGuard<'_>, key: &Key, nonce: u64, now: u64) -> Challenge {
     match g.handle(&drill(nonce, None, Some(key)), now) {
-        Verdict::Challenge(ChallengeRepr { nonce: n, challenge }) => {
+        Verdict::Challenge(ChallengeRepr {
+            nonce: n,
+            challenge,
+        }) => {
             assert_eq!(n, nonce, "the challenge echoes the request's nonce");
             assert_eq!(challenge.boot_id, BOOT);
             challenge

@@ -1,8 +1,8 @@
 //! Unit tests (run with and without the `std` feature).
 
+mod drill;
 #[cfg(feature = "std")]
 mod end_to_end;
-mod drill;
 mod panic;
 #[cfg(feature = "std")]
 mod reassembler;

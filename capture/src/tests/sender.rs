@@ -200,7 +200,12 @@ fn an_ack_from_another_endpoint_is_ignored_and_retransmission_goes_on() {
         panic!("{st:?}")
     };
     let good = ack(&s.id(), AckStatus::Stored, None);
-    for from in ["10.0.2.2:7374", "10.0.2.3:7373", "192.0.2.1:7373", "[::1]:7373"] {
+    for from in [
+        "10.0.2.2:7374",
+        "10.0.2.3:7373",
+        "192.0.2.1:7373",
+        "[::1]:7373",
+    ] {
         assert!(
             !s.handle_from(from.parse().unwrap(), &good),
             "ack from {from} counted"
@@ -302,7 +307,11 @@ fn retransmissions_of_a_fleet_are_spread_not_in_step() {
         assert!((75..125).contains(&next_ms), "{next_ms}");
         firsts.insert(next_ms);
     }
-    assert!(firsts.len() > 20, "64 boots gave only {} distinct timeouts", firsts.len());
+    assert!(
+        firsts.len() > 20,
+        "64 boots gave only {} distinct timeouts",
+        firsts.len()
+    );
     // The same record replays the same schedule (deterministic).
     let times = |b: u8| {
         let mut s = Sender::new(CFG, [b; 16], 1, &rec, None, 0).unwrap();

@@ -121,8 +121,16 @@ fn every_kind_emits_its_golden_bytes_and_parses_back() {
         (Repr::Ack(ack_repr()), None, &GOLDEN_ACK),
         (Repr::Heartbeat(heartbeat_repr()), None, &GOLDEN_HEARTBEAT),
         (Repr::Drill(drill_repr()), None, &GOLDEN_DRILL),
-        (Repr::Drill(drill_answer_repr()), Some(&key), &GOLDEN_DRILL_AUTH),
-        (Repr::Challenge(challenge_repr()), Some(&key), &GOLDEN_CHALLENGE_AUTH),
+        (
+            Repr::Drill(drill_answer_repr()),
+            Some(&key),
+            &GOLDEN_DRILL_AUTH,
+        ),
+        (
+            Repr::Challenge(challenge_repr()),
+            Some(&key),
+            &GOLDEN_CHALLENGE_AUTH,
+        ),
     ];
     for (repr, key, golden) in cases {
         assert_eq!(emit_vec(&repr, key), golden, "{repr:?}");
