@@ -24,6 +24,7 @@ pub use steps::{host_of, StepStat, STEP_COLUMNS};
 mod tests;
 mod types;
 pub use types::*;
+mod writer_lock;
 
 /// Errors from the store. Every variant says what was wrong and, where it helps, what to do.
 #[derive(Debug, Error)]
@@ -552,9 +553,9 @@ impl Store {
     /// `flock` locks are independent of the POSIX byte-range locks SQLite takes on the same
     /// file (on local file systems). The descriptor stays open for as long as the store:
     /// closing a descriptor of a file drops the process's POSIX locks on it, so it is closed
-    /// only after the connection (field order).
+    /// only after the connection (field order). Windows: see `store/writer_lock.rs`.
     pub fn lock_writer(&mut self, path: &Path) -> Result<()> {
-        let f = std::fs::File::open(path).map_err(|source| StoreError::Lock {
+        let f = writer_lock::open(path).map_err(|source| StoreError::Lock {
             path: path.into(),
             source,
         })?;
