@@ -76,17 +76,46 @@
 
     Creates and starts canary-01 and canary-02, sending crash records to 192.168.100.1:7373.
 
+.PARAMETER InstallCollector
+    Instead of creating VMs: installs host-collector.exe (given as -CollectorExe) on this host
+    to start at boot and restart when it exits (see Install-CollectorTask below), with an
+    inbound UDP firewall rule for -CollectorListen. Untested on Windows: written and
+    reviewed, never run (docs/deploy.md, "Platforms").
+
+.PARAMETER CollectorExe
+    With -InstallCollector: host-collector.exe (scripts/test-windows builds it:
+    target\x86_64-pc-windows-gnu\debug\host-collector.exe, or cargo build --release --target
+    x86_64-pc-windows-gnu).
+
+.PARAMETER CollectorListen
+    With -InstallCollector: the collector's UDP IPv4:PORT, the host's address on the canaries'
+    switch (the canaries' -CollectorAddress). Default 0.0.0.0:7373.
+
+.PARAMETER CollectorDb
+    With -InstallCollector: the database. Default C:\ProgramData\canary\collector.db.
+
+.PARAMETER CollectorKeyFile
+    With -InstallCollector: the fleet key file (serve --key-file), if the fleet uses one.
+
+.EXAMPLE
+    .\deploy-hyperv.ps1 -InstallCollector -CollectorExe .\host-collector.exe `
+        -CollectorListen 192.168.100.1:7373
+
+    Registers and starts the "host-collector" task; check it with
+    host-collector.exe --db C:\ProgramData\canary\collector.db list
+
 .NOTES
     Exit: throws (non-zero exit from powershell.exe -File) on the first error; VMs already
     created stay (remove them with Remove-VM, and their disks by hand).
 #>
-[CmdletBinding(SupportsShouldProcess = $true, ConfirmImpact = 'Medium')]
+[CmdletBinding(SupportsShouldProcess = $true, ConfirmImpact = 'Medium',
+    DefaultParameterSetName = 'Vms')]
 param(
-    [Parameter(Mandatory = $true)]
+    [Parameter(Mandatory = $true, ParameterSetName = 'Vms')]
     [ValidateScript({ Test-Path -LiteralPath $_ -PathType Leaf })]
     [string] $VhdxPath,
 
-    [Parameter(Mandatory = $true)]
+    [Parameter(Mandatory = $true, ParameterSetName = 'Vms')]
     [ValidateNotNullOrEmpty()]
     [string] $SwitchName,
 
@@ -112,7 +141,24 @@ param(
 
     [string] $VhdDirectory,
 
-    [switch] $Start
+    [switch] $Start,
+
+    [Parameter(Mandatory = $true, ParameterSetName = 'Collector')]
+    [switch] $InstallCollector,
+
+    [Parameter(Mandatory = $true, ParameterSetName = 'Collector')]
+    [ValidateScript({ Test-Path -LiteralPath $_ -PathType Leaf })]
+    [string] $CollectorExe,
+
+    [Parameter(ParameterSetName = 'Collector')]
+    [ValidatePattern('^(\d{1,3}\.){3}\d{1,3}:\d{1,5}$')]
+    [string] $CollectorListen = '0.0.0.0:7373',
+
+    [Parameter(ParameterSetName = 'Collector')]
+    [string] $CollectorDb = (Join-Path $env:ProgramData 'canary\collector.db'),
+
+    [Parameter(ParameterSetName = 'Collector')]
+    [string] $CollectorKeyFile
 )
 
 Set-StrictMode -Version 3.0
@@ -156,6 +202,62 @@ function Set-CanaryConfig {
         Dismount-VHD -Path $Path
     }
 }
+
+# ---- -InstallCollector: the collector on this host (separate from the VM creation below) ----
+
+# Runs `host-collector.exe serve` at boot as SYSTEM, restarted a minute after it exits, as a
+# scheduled task rather than a service: host-collector.exe is a console program that does
+# not speak the Service Control Manager's protocol (StartServiceCtrlDispatcher), so the SCM
+# would stop it after 30 s as "did not respond" (error 1053) if New-Service registered it.
+# Stopping the task ends the process without notice; the collector acks only committed
+# records, so nothing acked is lost (tests/fault_kill9.rs, tests/portable.rs).
+function Install-CollectorTask {
+    [CmdletBinding(SupportsShouldProcess = $true)]
+    param([string] $Exe, [string] $Listen, [string] $Db, [string] $KeyFile)
+    $exePath = (Resolve-Path -LiteralPath $Exe).Path
+    $port = [int] $Listen.Split(':')[1]
+    if ($port -lt 1 -or $port -gt 65535) { throw "CollectorListen port $port is out of range" }
+    $dbDir = Split-Path -Parent $Db
+    $arguments = "--db `"$Db`" serve --listen $Listen"
+    if ($KeyFile) {
+        $arguments += " --key-file `"$((Resolve-Path -LiteralPath $KeyFile).Path)`""
+    }
+    if (-not $PSCmdlet.ShouldProcess('host-collector',
+            "Register a boot-time task running '$exePath $arguments' as SYSTEM, allow UDP $port in")) {
+        return
+    }
+    if (-not (Test-Path -LiteralPath $dbDir -PathType Container)) {
+        New-Item -ItemType Directory -Path $dbDir | Out-Null
+    }
+    $action = New-ScheduledTaskAction -Execute $exePath -Argument $arguments -WorkingDirectory $dbDir
+    $trigger = New-ScheduledTaskTrigger -AtStartup
+    $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+    $settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit ([TimeSpan]::Zero) `
+        -RestartCount 9999 -RestartInterval (New-TimeSpan -Minutes 1) -StartWhenAvailable `
+        -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries
+    Register-ScheduledTask -TaskName 'host-collector' -Action $action -Trigger $trigger `
+        -Principal $principal -Settings $settings -Force | Out-Null
+    if (-not (Get-NetFirewallRule -Name 'canary-host-collector-udp' -ErrorAction SilentlyContinue)) {
+        New-NetFirewallRule -Name 'canary-host-collector-udp' `
+            -DisplayName 'canary host-collector (crash records, UDP)' -Direction Inbound `
+            -Protocol UDP -LocalPort $port -Program $exePath -Action Allow | Out-Null
+    }
+    Start-ScheduledTask -TaskName 'host-collector'
+    [pscustomobject]@{
+        Task     = 'host-collector'
+        State    = (Get-ScheduledTask -TaskName 'host-collector').State
+        Listen   = $Listen
+        Database = $Db
+    }
+}
+
+if ($PSCmdlet.ParameterSetName -eq 'Collector') {
+    Install-CollectorTask -Exe $CollectorExe -Listen $CollectorListen -Db $CollectorDb `
+        -KeyFile $CollectorKeyFile
+    return
+}
+
+# ---- VM creation ----
 
 if (-not (Get-Module -ListAvailable -Name Hyper-V)) {
     throw 'the Hyper-V PowerShell module is not installed (Install-WindowsFeature Hyper-V-PowerShell, or enable Microsoft-Hyper-V-Management-PowerShell)'
