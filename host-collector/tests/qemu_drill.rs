@@ -1,6 +1,6 @@
-//! A scheduled drill against a real canary under QEMU (issue 15, "Must show"). Ignored by
-//! default: it boots the x86_64 image the last `scripts/qemu-run` built (QEMU TCG). Run:
-//! `cargo test -p host-collector --test qemu_drill -- --ignored`.
+//! A scheduled drill against a real canary under QEMU (issue 15, "Must show"): builds the
+//! x86_64 image with `scripts/qemu-run --print-image` (as the appliance's QEMU tests do) and
+//! boots it under QEMU TCG.
 
 mod common;
 
@@ -11,8 +11,19 @@ use std::time::{Duration, Instant};
 use common::*;
 
 #[test]
-#[ignore = "boots the canary under QEMU: cargo test -p host-collector --test qemu_drill -- --ignored"]
+#[cfg(target_os = "linux")]
 fn a_scheduled_drill_against_a_qemu_canary_stores_a_record_marked_drill() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let built = Command::new(ws.join("scripts/qemu-run"))
+        .args(["--arch", "x86_64", "--boot", "direct", "--print-image"])
+        .current_dir(ws)
+        .output()
+        .expect("run scripts/qemu-run --print-image");
+    assert!(
+        built.status.success(),
+        "building the image failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     let hook = dir.path().join("events.jsonl");
@@ -40,7 +51,6 @@ fn a_scheduled_drill_against_a_qemu_canary_stores_a_record_marked_drill() {
         ],
         &[],
     );
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut qemu = Command::new(ws.join("scripts/qemu-run"))
         .args([
             "--arch",
