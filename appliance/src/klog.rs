@@ -10,20 +10,6 @@ pub static RING: TryLock<LogRing<RING_SIZE>> = TryLock::new(LogRing::new());
 struct Logger;
 static LOGGER: Logger = Logger;
 
-/// A line buffer; longer lines are cut.
-struct Line(heapless::String<320>);
-
-impl Write for Line {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for c in s.chars() {
-            if self.0.push(c).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Writes raw text to the console and the ring (used by the panic path, which formats its
 /// own lines). Never blocks: if the ring is held (a panic inside the logger), only the
 /// console gets it.
@@ -59,20 +45,21 @@ impl log::Log for Logger {
             return;
         }
         let us = crate::arch::now_us();
-        let mut line = Line(heapless::String::new());
+        // Longer lines are cut.
+        let mut line: heapless::String<320> = heapless::String::new();
         let _ = writeln!(
-            line,
+            crate::logring::Cut(&mut line),
             "[{:>4}.{:06}] {:<5} {}",
             us / 1_000_000,
             us % 1_000_000,
             record.level(),
             record.args()
         );
-        if !line.0.ends_with('\n') {
-            line.0.pop();
-            let _ = line.0.push('\n');
+        if !line.ends_with('\n') {
+            line.pop();
+            let _ = line.push('\n');
         }
-        raw(&line.0);
+        raw(&line);
     }
 
     fn flush(&self) {}

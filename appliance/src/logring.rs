@@ -1,5 +1,20 @@
 //! A fixed-size byte ring that keeps the newest log output; the crash record carries its tail.
 
+/// A `fmt::Write` into a fixed-size string that cuts the text at the end of the buffer
+/// instead of failing (the console's lines, the panic path's lines, the crash message).
+pub struct Cut<'a, const N: usize>(pub &'a mut heapless::String<N>);
+
+impl<const N: usize> core::fmt::Write for Cut<'_, N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct LogRing<const N: usize> {
     buf: [u8; N],
     /// Total bytes ever written; the ring holds the last min(written, N).

@@ -59,17 +59,7 @@ static ENCODED: Cell<[u8; capture::record::MAX_ENCODED_LEN]> =
     Cell(UnsafeCell::new([0; capture::record::MAX_ENCODED_LEN]));
 static SHIP_OUTCOME: AtomicU8 = AtomicU8::new(0);
 
-struct Msg<'a, const N: usize>(&'a mut heapless::String<N>);
-impl<const N: usize> Write for Msg<'_, N> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for c in s.chars() {
-            if self.0.push(c).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
+use crate::logring::Cut as Msg;
 
 /// Walks the frame-pointer chain from `fp`, inside the stack that holds it
 /// (`crate::stack::walk`): a frame pointer on no stack the canary owns is not read at all.

@@ -17,8 +17,7 @@
 //! body it is in (the body's PkgLength says where that ends) and is kept as a note for the
 //! error message. Objects declared inside `If`/`Method` bodies are not seen (nothing runs).
 //!
-//! Why not the `acpi`/`aml` crates (measured 2026-12-07, rustc 1.95 stable, see
-//! /work/notes/synthvid-vram.md): `aml` 0.16.4, `acpi` 6.1.1 and `acpi` 7.0.0-pre1 with its
+//! Why not the `acpi`/`aml` crates (measured 2026-12-07, rustc 1.95 stable): `aml` 0.16.4, `acpi` 6.1.1 and `acpi` 7.0.0-pre1 with its
 //! interpreter all use `#![feature(..)]` and do not build on stable (E0554); forced to build
 //! only to measure, `aml` 0.16.4 alone adds 150 KB of text to a no_std x86_64 binary, about
 //! half of the appliance's 311,784-byte ELF of that day (the goal is <= 512 KiB). This reader

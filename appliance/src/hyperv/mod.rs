@@ -807,10 +807,7 @@ impl HyperV {
 
     /// The negotiated VMBus protocol version, if connected.
     pub fn vmbus_version(&self) -> Option<(u16, u16)> {
-        self.s
-            .conn
-            .as_ref()
-            .map(|c| (c.version().major(), c.version().minor()))
+        self.s.vmbus_version()
     }
 
     /// Periodic health check: drain VMBus messages (timer expiries, rescinds) and make sure

@@ -60,14 +60,6 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
             .saturating_add(budget_us.saturating_mul(10))
     }
 
-    /// The negotiated VMBus protocol version, if connected.
-    pub fn vmbus_version(&self) -> Option<(u16, u16)> {
-        self.s
-            .conn
-            .as_ref()
-            .map(|c| (c.version().major(), c.version().minor()))
-    }
-
     /// Hypervisor identity into the record.
     pub fn describe(&self, rec: &mut CrashRecord) {
         let h = &mut rec.hypervisor;
@@ -78,7 +70,7 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
             .push_str(core::str::from_utf8(&self.s.id.vendor).unwrap_or("?"));
         h.version = [self.s.id.build, self.s.id.version, 0, 0];
         h.privileges = self.s.id.privileges.0;
-        rec.vmbus_version = self.vmbus_version();
+        rec.vmbus_version = self.s.vmbus_version();
     }
 
     /// Step 2: the panic screen into VRAM, then one full-screen DIRT if the synthvid

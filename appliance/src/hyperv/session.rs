@@ -231,18 +231,7 @@ pub fn crash_words(rec: &CrashRecord, os_id: u64) -> [u64; 5] {
 /// the steps so far. Cut at the buffer's end.
 pub fn crash_summary<const N: usize>(rec: &CrashRecord, out: &mut heapless::String<N>) {
     use core::fmt::Write;
-    struct Cut<'a, const N: usize>(&'a mut heapless::String<N>);
-    impl<const N: usize> Write for Cut<'_, N> {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            for c in s.chars() {
-                if self.0.push(c).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut w = Cut(out);
+    let mut w = crate::logring::Cut(out);
     let _ = write!(w, "canary crash record: boot ");
     for b in rec.boot_id {
         let _ = write!(w, "{b:02x}");
@@ -330,6 +319,13 @@ impl<'a, C: Clock> Session<'a, C> {
             self.crash_page = self.alloc.alloc_pages(1);
         }
         self.crash_page.is_some()
+    }
+
+    /// The negotiated VMBus protocol version of the boot connection, if connected.
+    pub fn vmbus_version(&self) -> Option<(u16, u16)> {
+        self.conn
+            .as_ref()
+            .map(|c| (c.version().major(), c.version().minor()))
     }
 
     /// The calling CPU's VP index (0 if it cannot be read).
