@@ -46,6 +46,7 @@
 pub mod auth;
 pub mod chunk;
 pub mod drill;
+pub mod identity;
 pub mod panic;
 pub mod record;
 pub mod sender;

@@ -12,6 +12,7 @@
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
+pub use crate::identity::Identity;
 use crate::panic::StepRecord;
 use crate::Error;
 
@@ -19,8 +20,9 @@ use crate::Error;
 pub const SCHEMA_MAJOR: u16 = 1;
 /// Schema minor: bumped when fields are appended (older readers ignore them).
 /// 1.1 appends [`Ext1`] (stack high-water marks, why the backtrace stopped, lock takeovers,
-/// the image's id and load base, code bytes around the pc and stack bytes at the crash).
-pub const SCHEMA_MINOR: u16 = 1;
+/// the image's id and load base, code bytes around the pc and stack bytes at the crash);
+/// 1.2 appends [`Identity`] (SMBIOS system identity, Hyper-V KVP host-provided names).
+pub const SCHEMA_MINOR: u16 = 2;
 
 /// Capacity of [`CrashRecord::build_id`] in bytes.
 pub const BUILD_ID_CAP: usize = 32;
@@ -258,6 +260,9 @@ pub struct CrashRecord {
     /// has no field tags, so appended groups are separate values; see [`CrashRecord::decode`]).
     #[serde(skip)]
     pub ext: Ext1,
+    /// Schema 1.2's fields (who crashed): a third postcard value after [`Ext1`].
+    #[serde(skip)]
+    pub ident: Identity,
 }
 
 /// Capacity of [`Ext1::stacks`].
@@ -504,7 +509,8 @@ pub const MAX_ENCODED_LEN: usize = str_max(BUILD_ID_CAP)
     + seq_max(BACKTRACE_CAP, U64_MAX_LEN)
     + str_max(LOG_TAIL_CAP)
     + seq_max(STEPS_CAP, STEP_RECORD_MAX_LEN)
-    + EXT1_MAX_LEN;
+    + EXT1_MAX_LEN
+    + crate::identity::IDENTITY_MAX_LEN;
 
 /// Upper bound of the encoded [`Ext1`].
 const EXT1_MAX_LEN: usize = seq_max(STACKS_CAP, str_max(STACK_NAME_CAP) + 2 * U32_MAX_LEN)
@@ -548,6 +554,7 @@ impl CrashRecord {
             log_tail: String::new(),
             steps: Vec::new(),
             ext: Ext1::empty(),
+            ident: Identity::empty(),
         }
     }
 
@@ -561,14 +568,17 @@ impl CrashRecord {
         let ext = postcard::to_slice(&self.ext, &mut buf[base..])
             .map_err(|_| Error::BufferTooSmall(len))?
             .len();
-        Ok(&mut buf[..base + ext])
+        let ident = postcard::to_slice(&self.ident, &mut buf[base + ext..])
+            .map_err(|_| Error::BufferTooSmall(len))?
+            .len();
+        Ok(&mut buf[..base + ext + ident])
     }
 
     /// Decodes a record body written with schema `major.minor`.
     ///
     /// - `major != SCHEMA_MAJOR`: [`Error::UnsupportedSchema`] (the body is not looked at);
-    /// - the 1.0 body, then each appended group the writer's minor has (1.1: [`Ext1`]); a
-    ///   group the writer did not have takes its default;
+    /// - the 1.0 body, then each appended group the writer's minor has (1.1: [`Ext1`], 1.2:
+    ///   [`Identity`]); a group the writer did not have takes its default;
     /// - `minor > SCHEMA_MINOR`: the known groups are decoded, later ones are ignored;
     /// - `minor <= SCHEMA_MINOR`: nothing may follow the groups ([`Error::TrailingBytes`]).
     pub fn decode(major: u16, minor: u16, bytes: &[u8]) -> Result<CrashRecord, Error> {
@@ -581,6 +591,12 @@ impl CrashRecord {
             let (ext, r): (Ext1, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(|_| Error::Decode { major, minor })?;
             rec.ext = ext;
+            rest = r;
+        }
+        if minor >= 2 {
+            let (ident, r): (Identity, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| Error::Decode { major, minor })?;
+            rec.ident = ident;
             rest = r;
         }
         if minor <= SCHEMA_MINOR && !rest.is_empty() {

@@ -144,5 +144,28 @@ pub fn max_record() -> CrashRecord {
     while r.ext.code.push(0xff).is_ok() {}
     r.ext.stack_at = u64::MAX;
     while r.ext.stack.push(0xff).is_ok() {}
+    r.ident = max_identity();
     r
+}
+
+/// An identity group with every string full.
+pub fn max_identity() -> crate::identity::Identity {
+    use crate::identity::*;
+    Identity {
+        smbios_status: SmbiosStatus::Other(0xff),
+        smbios: Some(Smbios {
+            version: (0xff, 0xff),
+            uuid: [0xff; 16],
+            manufacturer: truncate_to(&"M".repeat(SMBIOS_STR_CAP)),
+            product: truncate_to(&"P".repeat(SMBIOS_STR_CAP)),
+            serial: truncate_to(&"S".repeat(SMBIOS_STR_CAP)),
+        }),
+        kvp_status: KvpStatus::Other(0xff),
+        kvp: Kvp {
+            vm_name: truncate_to(&"n".repeat(KVP_NAME_CAP)),
+            vm_id: truncate_to(&"i".repeat(KVP_ID_CAP)),
+            host_name: truncate_to(&"h".repeat(KVP_NAME_CAP)),
+            host_fqdn: truncate_to(&"q".repeat(KVP_FQDN_CAP)),
+        },
+    }
 }

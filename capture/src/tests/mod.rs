@@ -1,6 +1,7 @@
 //! Unit tests (run with and without the `std` feature).
 
 mod drill;
+mod identity;
 #[cfg(feature = "std")]
 mod end_to_end;
 mod panic;

@@ -17,7 +17,7 @@ fn maximal_record_encodes_to_exactly_max_encoded_len() {
     let r = max_record();
     assert_eq!(encode_vec(&r).len(), MAX_ENCODED_LEN);
     // The value API.md documents (three chunks at most).
-    assert_eq!(MAX_ENCODED_LEN, 3513);
+    assert_eq!(MAX_ENCODED_LEN, 3949);
     assert_eq!(crate::chunk::chunk_count(MAX_ENCODED_LEN), 3);
     // One byte less is not enough.
     let mut buf = [0u8; MAX_ENCODED_LEN - 1];
@@ -55,11 +55,12 @@ fn other_majors_are_rejected_without_reading_the_body() {
     }
 }
 
-/// What a 1.2 writer would send: the 1.0 record, the 1.1 group, then its own group.
+/// What a 1.3 writer would send: the 1.0 record, the 1.1 and 1.2 groups, then its own group.
 #[derive(serde::Serialize)]
 struct NextMinor<'a> {
     base: &'a CrashRecord,
     ext1: &'a Ext1,
+    ident: &'a Identity,
     appended: (u64, &'a str),
 }
 
@@ -70,6 +71,7 @@ fn a_newer_minor_decodes_the_known_prefix_and_ignores_appended_fields() {
     let next = NextMinor {
         base: &r,
         ext1: &r.ext,
+        ident: &r.ident,
         appended: (0xdead_beef, "a field from schema 1.2"),
     };
     let bytes = postcard::to_slice(&next, &mut buf).unwrap();
@@ -90,8 +92,8 @@ fn truncated_or_garbage_bodies_are_decode_errors() {
     let bytes = encode_vec(&sample_record(5));
     for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
         assert_eq!(
-            CrashRecord::decode(1, 1, &bytes[..cut]),
-            Err(Error::Decode { major: 1, minor: 1 }),
+            CrashRecord::decode(1, 2, &bytes[..cut]),
+            Err(Error::Decode { major: 1, minor: 2 }),
             "cut at {cut}"
         );
     }
@@ -244,7 +246,7 @@ fn schema_1_1_carries_the_image_id_load_base_code_and_stack_bytes() {
     r.ext.stack_at = 0x8000_0000;
     r.ext.stack.extend_from_slice(&[0x5a; 512]).unwrap();
     let bytes = encode_vec(&r);
-    let got = CrashRecord::decode(SCHEMA_MAJOR, 1, &bytes).unwrap();
+    let got = CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &bytes).unwrap();
     assert_eq!(got.ext.image_id_kind, ImageIdKind::PeCodeView);
     assert_eq!(&got.ext.image_id[..], &[0xab; 20]);
     assert_eq!(got.ext.load_base, 0x7e5f_0000);
@@ -269,7 +271,7 @@ fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() 
             .unwrap();
     }
     let bytes = encode_vec(&r);
-    assert_eq!(CrashRecord::decode(SCHEMA_MAJOR, 1, &bytes).unwrap(), r);
+    assert_eq!(CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &bytes).unwrap(), r);
     // A 1.0 writer's body (no group): the group takes its default.
     let mut old = r.clone();
     old.ext = Ext1::default();
