@@ -7,6 +7,8 @@
 //! - [`chunk`]: splitting an encoded record into chunk frames (and, with `std`, reassembly);
 //! - [`sender`]: the sans-IO sender (retransmit with backoff until acked or the deadline);
 //! - [`auth`]: HMAC-SHA256 frame tags;
+//! - [`followup`]: the follow-up frame (outcomes of the steps after the seal) and its sender;
+//! - [`screen`]: the panic screen's QR payload (the sealed record, LZ4-compressed);
 //! - [`drill`]: which drill frames the appliance acts on (keyed challenge-response);
 //! - [`panic`](mod@panic): the panic-path orchestrator (ordered steps, first entry wins, outcomes).
 //!
@@ -46,9 +48,11 @@
 pub mod auth;
 pub mod chunk;
 pub mod drill;
+pub mod followup;
 pub mod identity;
 pub mod panic;
 pub mod record;
+pub mod screen;
 pub mod sender;
 #[cfg(test)]
 mod tests;

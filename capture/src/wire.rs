@@ -4,12 +4,12 @@
 //! off len field
 //! 0   4   magic  b"CNRY"
 //! 4   1   version (1)
-//! 5   1   kind   1=Chunk 2=Ack 3=Heartbeat 4=Drill 5=Challenge (open: unknown kinds are an
-//!                error value)
+//! 5   1   kind   1=Chunk 2=Ack 3=Heartbeat 4=Drill 5=Challenge 6=Followup (open: unknown
+//!                kinds are an error value)
 //! 6   1   flags  bit0 = AUTH (a 16-byte HMAC-SHA256 tag precedes the CRC)
 //! 7   1   kind-header length H (parsers skip an unknown header tail)
 //! 8   H   kind header
-//! 8+H P   payload (chunks only; ignored for other kinds)
+//! 8+H P   payload (chunks and follow-ups only; ignored for other kinds)
 //! ..  16  tag (only with AUTH): HMAC-SHA256(key, all bytes before the tag), first 16 bytes
 //! ..  4   CRC-32 (IEEE, crc32fast) of all bytes before it
 //! ```
@@ -20,6 +20,7 @@
 
 use crate::auth::{Key, TAG_LEN};
 use crate::chunk::RecordId;
+use crate::followup::{FollowupRepr, FOLLOWUP_HEADER_LEN};
 use crate::record::Arch;
 
 /// Frame magic.
@@ -168,6 +169,8 @@ pub enum Kind {
     Drill,
     /// The appliance answers a keyed drill request with a one-time challenge (5).
     Challenge,
+    /// The outcomes of the steps after the record was sealed ([`crate::followup`]) (6).
+    Followup,
     /// A kind this version does not know.
     Unknown(u8),
 }
@@ -180,6 +183,7 @@ impl From<u8> for Kind {
             3 => Kind::Heartbeat,
             4 => Kind::Drill,
             5 => Kind::Challenge,
+            6 => Kind::Followup,
             o => Kind::Unknown(o),
         }
     }
@@ -193,6 +197,7 @@ impl From<Kind> for u8 {
             Kind::Heartbeat => 3,
             Kind::Drill => 4,
             Kind::Challenge => 5,
+            Kind::Followup => 6,
             Kind::Unknown(o) => o,
         }
     }
@@ -207,6 +212,7 @@ impl Kind {
             Kind::Heartbeat => Some(HEARTBEAT_HEADER_LEN),
             Kind::Drill => Some(DRILL_HEADER_LEN),
             Kind::Challenge => Some(CHALLENGE_HEADER_LEN),
+            Kind::Followup => Some(FOLLOWUP_HEADER_LEN),
             Kind::Unknown(_) => None,
         }
     }
@@ -277,6 +283,9 @@ pub enum WireError {
     /// A chunk header that contradicts itself.
     #[error("inconsistent chunk: {0}")]
     BadChunk(&'static str),
+    /// A follow-up whose entry count and payload disagree.
+    #[error("inconsistent follow-up: {0}")]
+    BadFollowup(&'static str),
     /// (emit) The output buffer is too small.
     #[error("output buffer of {have} bytes is too small for a {need}-byte frame")]
     BufferTooSmall {
@@ -702,6 +711,8 @@ pub enum Repr<'a> {
     Drill(DrillRepr),
     /// A drill challenge.
     Challenge(ChallengeRepr),
+    /// The outcomes of the steps after the seal.
+    Followup(FollowupRepr),
 }
 
 impl<'a> Repr<'a> {
@@ -793,6 +804,7 @@ impl<'a> Repr<'a> {
                     },
                 })
             }
+            Kind::Followup => Repr::Followup(FollowupRepr::parse(h, frame.payload_slice())?),
             Kind::Unknown(k) => return Err(WireError::UnknownKind(k)),
         })
     }
@@ -805,6 +817,7 @@ impl<'a> Repr<'a> {
             Repr::Heartbeat(_) => Kind::Heartbeat,
             Repr::Drill(_) => Kind::Drill,
             Repr::Challenge(_) => Kind::Challenge,
+            Repr::Followup(_) => Kind::Followup,
         }
     }
 
@@ -818,7 +831,11 @@ impl<'a> Repr<'a> {
     /// Length of the emitted frame.
     pub fn buffer_len(&self, auth: bool) -> usize {
         let h = self.kind().header_len().unwrap_or(0);
-        FIXED_LEN + h + self.payload().len() + if auth { TAG_LEN } else { 0 } + CRC_LEN
+        let p = match self {
+            Repr::Followup(f) => f.payload_len(),
+            _ => self.payload().len(),
+        };
+        FIXED_LEN + h + p + if auth { TAG_LEN } else { 0 } + CRC_LEN
     }
 
     fn emit_header(&self, h: &mut [u8]) {
@@ -865,6 +882,7 @@ impl<'a> Repr<'a> {
                 h[f::BOOT_ID].copy_from_slice(&c.challenge.boot_id);
                 h[f::COUNTER].copy_from_slice(&c.challenge.counter.to_le_bytes());
             }
+            Repr::Followup(f) => f.emit_header(h),
         }
     }
 
@@ -891,7 +909,10 @@ impl<'a> Repr<'a> {
         // Header lengths are all below 256 (compile-time constants above).
         f.set_header_len(hlen as u8);
         self.emit_header(f.header_mut());
-        f.payload_mut().copy_from_slice(self.payload());
+        match self {
+            Repr::Followup(fu) => fu.emit_payload(f.payload_mut()),
+            _ => f.payload_mut().copy_from_slice(self.payload()),
+        }
         if let Some(k) = key {
             f.fill_tag(k);
         }

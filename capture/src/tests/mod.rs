@@ -4,6 +4,7 @@ mod drill;
 mod identity;
 #[cfg(feature = "std")]
 mod end_to_end;
+mod followup;
 mod panic;
 #[cfg(feature = "std")]
 mod reassembler;
