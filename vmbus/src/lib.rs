@@ -20,6 +20,8 @@ pub mod detect;
 pub mod device;
 pub mod guid;
 pub mod hypercall;
+/// Integration components: the IC message framework and KVP data exchange.
+pub mod ic;
 pub mod mem;
 pub mod msg;
 pub mod platform;
