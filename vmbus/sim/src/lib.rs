@@ -13,6 +13,8 @@
 pub mod chaos;
 pub mod cpu;
 pub mod host;
+/// KVP integration-component host model (issue 13).
+pub mod kvp;
 pub mod memory;
 pub mod personality;
 

@@ -264,7 +264,7 @@ pub fn parse_set(m: &[u8]) -> Result<SetRequest, KvpMsgError> {
     let vtype = rd32(v, 0);
     let key_size = rd32(v, 4);
     let value_size = rd32(v, 8);
-    if key_size as usize > MAX_KEY_BYTES || key_size % 2 != 0 {
+    if key_size as usize > MAX_KEY_BYTES || !key_size.is_multiple_of(2) {
         return Err(KvpMsgError::BadSize {
             what: "key",
             size: key_size,
