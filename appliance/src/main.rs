@@ -29,15 +29,26 @@ mod x86_64_unwind;
 mod hyperv {
     pub mod devices;
     pub mod panic;
+    pub mod panic_screen;
+    #[cfg(test)]
+    mod panic_screen_tests;
     pub mod session;
 }
 /// The running image's build id and load base for the crash record (parsers host-tested).
 #[cfg_attr(not(kernel), allow(dead_code))]
 mod image_id;
+/// Who crashed: SMBIOS and KVP identity, cached at boot for the record (portable).
+#[cfg_attr(not(kernel), allow(dead_code))]
+mod identity;
+/// SMBIOS System Information (parser host-tested against hostile tables).
+#[cfg_attr(not(kernel), allow(dead_code))]
+mod smbios;
 mod logring;
 /// The seven steps of the panic path, generic over the machine (portable; run on the host
 /// against `vmbus-sim` by `hyperv::panic`'s tests).
 mod panic_steps;
+/// The record sealed at the screen: the bytes shown as a QR code and shipped (portable).
+mod seal;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;
 /// Stack painting and high-water marks (portable; unit-tested on the host).
