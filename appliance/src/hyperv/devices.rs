@@ -496,6 +496,83 @@ pub fn channel_code(e: ChannelError) -> u32 {
     }
 }
 
+/// Ring pages per direction for the KVP channel (control page included): 3 pages of data
+/// hold the largest KVP message (`vmbus::ic::kvp::MAX_PACKET`). Linux util channels use
+/// `VMBUS_RING_SIZE(3 * HV_HYP_PAGE_SIZE)` (`drivers/hv/hv_util.c`).
+pub const KVP_RING_PAGES: usize = 4;
+
+/// What the boot-time KVP read found (issue 13: who crashed).
+#[derive(Debug, Clone, Copy)]
+pub struct KvpRead {
+    /// For the record.
+    pub status: capture::identity::KvpStatus,
+    /// The kept pool 3 items.
+    pub items: vmbus::ic::kvp::HostItems,
+    /// The versions agreed, if the host negotiated.
+    pub negotiated: Option<vmbus::ic::Negotiated>,
+    /// The driver's counters.
+    pub stats: vmbus::ic::kvp::KvpStats,
+    /// Why it failed (`Failed`).
+    pub error: Option<DeviceError>,
+}
+
+/// Reads the host's pool 3 items over the KVP channel, in polling mode, until all four kept
+/// items arrived or `deadline` (an absent channel or a silent host is normal: the status says
+/// which), then closes the channel so no host transaction waits on a guest that no longer
+/// reads it. `buf` takes one packet (`vmbus::ic::kvp::MAX_PACKET` + 64 bytes).
+#[inline(never)]
+pub fn read_kvp(
+    conn: &mut Connection<'_>,
+    hv: &dyn Hypervisor,
+    clock: &dyn Clock,
+    alloc: &dyn PageAlloc,
+    buf: &mut [u8],
+    deadline: &mut dyn Deadline,
+) -> KvpRead {
+    use capture::identity::KvpStatus;
+    use vmbus::ic::kvp::{HostItems, KvpDevice, CLASS};
+    let mut r = KvpRead {
+        status: KvpStatus::NotOffered,
+        items: HostItems::default(),
+        negotiated: None,
+        stats: Default::default(),
+        error: None,
+    };
+    let Some(relid) = conn.find_offer(&CLASS).map(|o| o.child_relid) else {
+        return r;
+    };
+    let opts = OpenOptions {
+        send_ring_pages: KVP_RING_PAGES,
+        recv_ring_pages: KVP_RING_PAGES,
+        ..OpenOptions::default()
+    };
+    let ch = match conn.open_channel(hv, clock, alloc, relid, &opts) {
+        Ok(ch) => ch,
+        Err(e) => {
+            r.status = KvpStatus::Failed;
+            r.error = Some(e.into());
+            return r;
+        }
+    };
+    {
+        let mut dev = KvpDevice::new(CoreChannel::new(&ch, hv));
+        let read = dev.read_host_items(buf, deadline);
+        r.items = *dev.items();
+        r.negotiated = dev.negotiated();
+        r.stats = dev.stats();
+        r.status = match read {
+            _ if r.items.count() > 0 => KvpStatus::Received,
+            Ok(_) => KvpStatus::Silent,
+            Err(_) => KvpStatus::Failed,
+        };
+    }
+    match conn.close_channel(hv, clock, ch) {
+        Ok(pages) => alloc.free_pages(pages),
+        Err(e) => log::warn!("kvp: closing the channel failed: {e}"),
+    }
+    r
+}
+
 /// Builds the NIC driver for `slot` over `bufs` (at boot, for both the boot NIC and the one
 /// the panic path reopens).
 pub fn new_nic<'a, M: DmaMemory>(
@@ -509,3 +586,7 @@ pub fn new_nic<'a, M: DmaMemory>(
 #[cfg(test)]
 #[path = "devices_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "kvp_tests.rs"]
+mod kvp_tests;
