@@ -187,11 +187,12 @@ impl Collector {
             path: cfg.db.clone(),
             err: e.at(&cfg.db),
         })?;
-        let socket =
-            bind_udp(cfg.listen, cfg.recv_buffer_bytes).map_err(|source| ServeError::Bind {
+        let socket = mmsg::bind_udp(cfg.listen, cfg.recv_buffer_bytes).map_err(|source| {
+            ServeError::Bind {
                 addr: cfg.listen,
                 source,
-            })?;
+            }
+        })?;
         let health = Arc::new(crate::metrics::Health::default());
         let metrics = match cfg.metrics {
             Some(addr) => {
@@ -620,18 +621,6 @@ impl Acker {
             Counters::add(&self.counters.acks_sent, sent as u64);
         }
     }
-}
-
-fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> std::io::Result<StdUdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(e) = s.set_recv_buffer_size(rcvbuf) {
-        warn!("cannot set SO_RCVBUF to {rcvbuf}: {e}");
-    }
-    let _ = s.set_send_buffer_size(rcvbuf);
-    s.bind(&addr.into())?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
 }
 
 /// Partial records that received no chunk for this long are dropped (and counted as
