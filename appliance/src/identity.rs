@@ -67,6 +67,17 @@ pub fn summary(id: &Identity, out: &mut impl core::fmt::Write) -> core::fmt::Res
     }
 }
 
+/// Logs the one-line summary (boot console; after the Hyper-V bring-up).
+pub fn log_summary() {
+    let mut line = heapless::String::<512>::new();
+    // A full line is cut short, not lost.
+    let _ = summary(&current(), &mut line);
+    log::info!("{line}");
+    if let Some(Err(e)) = crate::smbios::FOUND.get() {
+        log::info!("smbios: {e}");
+    }
+}
+
 fn q(s: &str) -> &str {
     if s.is_empty() {
         "-"

@@ -454,6 +454,8 @@ impl Machine for KernelMachine {
         crate::klog::tail_into(&mut rec.log_tail);
         rec.ext.stacks = crate::stack::usage();
         rec.ext.takeovers = TAKEN_OVER.load(Ordering::SeqCst);
+        // Who crashed: cached at boot, copied (no heap, no lock).
+        rec.ident = crate::identity::current();
     }
 
     fn ship(&mut self, rec: &CrashRecord, nic: Option<Self::Nic>, deadline_ms: u64) -> Outcome {

@@ -89,6 +89,9 @@ pub fn kmain(bi: BootInfo) -> ! {
     crate::heap::init();
     #[cfg(target_arch = "x86_64")]
     arch::imp::acpi::init(bi.rsdp);
+    // SMBIOS (issue 13): UEFI read it before ExitBootServices; direct boot scans the BIOS area.
+    #[cfg(not(target_os = "uefi"))]
+    crate::smbios::read_direct();
     let a = mix(arch::imp::entropy());
     let b = mix(a ^ arch::imp::entropy() ^ arch::now_us());
     let mut boot_id = [0u8; 16];
@@ -103,6 +106,7 @@ pub fn kmain(bi: BootInfo) -> ! {
     // Straight into the static: the Hyper-V state (two VMBus connections) is too large to
     // pass through kmain's frame, which stays on the boot stack under the panic path.
     crate::hyperv::init(cfg, &HYPERV);
+    crate::identity::log_summary();
     // The NIC goes from the Hyper-V code to the network here (neither calls the other).
     Net::init(cfg, &NET, crate::hyperv::take_boot_nic());
     crate::canary::run(cfg)

@@ -24,6 +24,12 @@
 //! (image size), and how it fails on a hostile table would need these same tests; Type 1 and
 //! the two entry points are ~200 lines here.
 
+// arm64 direct boot has no firmware tables: only the parser's tests and UEFI use it there.
+#![cfg_attr(
+    all(kernel, not(target_arch = "x86_64"), not(target_os = "uefi")),
+    allow(dead_code)
+)]
+
 use capture::identity::{Smbios, SmbiosStatus};
 use capture::record::truncate_to;
 
@@ -142,6 +148,7 @@ pub fn parse_entry(b: &[u8]) -> Result<EntryPoint, SmbiosError> {
 /// Scans `area` (the bytes of physical `base..base + area.len()`) on 16-byte boundaries for
 /// an entry point, preferring a valid `_SM3_` over a valid `_SM_` (§5.2: a 3.0 table may
 /// come with a 2.1 entry point for old software). Invalid candidates are skipped.
+#[cfg_attr(target_os = "uefi", allow(dead_code))]
 pub fn scan(area: &[u8]) -> Result<EntryPoint, SmbiosError> {
     let mut v2 = None;
     let mut seen_invalid = None;

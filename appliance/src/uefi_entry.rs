@@ -113,6 +113,8 @@ fn efi_main() -> Status {
         bi.dtb = crate::arch::imp::uefi_device_tree();
     }
     record_gop();
+    // The SMBIOS tables through the configuration table, while boot services still run.
+    crate::smbios::read_uefi();
     // SAFETY: after this no boot services are used; the memory map is ours.
     let mm = unsafe { boot::exit_boot_services(None) };
     for d in mm.entries() {

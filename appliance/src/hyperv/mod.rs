@@ -522,6 +522,7 @@ fn init_on(hv: &'static dyn Hypervisor, id: HvIdentity) -> Option<HyperV> {
             probe_dynamic_memory(hv, &h.s.clock, &mut c);
             h.start_nic(&mut c);
             h.start_fb(&mut c);
+            read_kvp(hv, &h.s.clock, &mut c);
             h.timer_messages = c.timer_messages();
             h.s.conn = Some(c);
         }
@@ -577,6 +578,42 @@ fn fb_vram_from_acpi(mmio_megabytes: u16) -> Option<devices::FbVram> {
 /// GPADL_CREATED, OPENCHANNEL → OPENCHANNEL_RESULT, CLOSECHANNEL, GPADL_TEARDOWN →
 /// GPADL_TORNDOWN against the host (what a kdump-style reconnect needs for the NIC). The canary
 /// does not balloon: Linux's hv_balloon closes the channel the same way when it is unloaded.
+/// How long boot waits for the host's KVP pool 3 items (100 ns units): 1 s. A Hyper-V host
+/// pushes them right after the negotiation; a host that has none (OpenVMM by default) costs
+/// this once per boot.
+const KVP_READ_LIMIT: u64 = 10_000_000;
+
+/// Who crashed (issue 13): the host's KVP pool 3 items, read once at boot in polling mode
+/// (`devices::read_kvp`, bounded by [`KVP_READ_LIMIT`]) and cached for the record
+/// (`crate::identity`).
+fn read_kvp(hv: &dyn Hypervisor, clock: &ReferenceTime<'_>, c: &mut Connection<'static>) {
+    use crate::static_buf::static_buf;
+    const BUF: usize = vmbus::ic::kvp::MAX_PACKET + 64;
+    let Some(buf) = static_buf!([u8; BUF], [0; BUF]) else {
+        return;
+    };
+    let end = clock.now().saturating_add(KVP_READ_LIMIT);
+    let t0 = clock.now();
+    let r = devices::read_kvp(c, hv, clock, &PAGES, buf, &mut || clock.now() > end);
+    log::info!(
+        "kvp: {} ({} of 4 items, negotiated {}, {} messages, {} pool 3 sets, {} malformed) in {} ms",
+        r.status.describe(),
+        r.items.count(),
+        match r.negotiated {
+            Some(n) => n.message,
+            None => vmbus::ic::IcVersion::default(),
+        },
+        r.stats.messages,
+        r.stats.pool3_sets,
+        r.stats.malformed,
+        clock.now().saturating_sub(t0) / 10_000
+    );
+    if let Some(e) = r.error {
+        log::warn!("kvp: {e}");
+    }
+    crate::identity::KVP.set((r.status, crate::identity::kvp_fields(&r.items)));
+}
+
 fn probe_dynamic_memory(hv: &dyn Hypervisor, clock: &dyn Clock, c: &mut Connection<'static>) {
     let Some(relid) = c.find_offer(&DYNAMIC_MEMORY).map(|o| o.child_relid) else {
         return;
