@@ -29,6 +29,9 @@ mod x86_64_unwind;
 mod hyperv {
     pub mod devices;
     pub mod panic;
+    pub mod panic_screen;
+    #[cfg(test)]
+    mod panic_screen_tests;
     pub mod session;
 }
 /// The running image's build id and load base for the crash record (parsers host-tested).

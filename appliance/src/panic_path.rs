@@ -4,6 +4,7 @@
 //! record lives in a static, the NIC and its buffers were set up at boot and are polled.
 use crate::panic_steps::{Deadlines, HvSide, Machine, PanicContext};
 use crate::platform::{self, HYPERV, NET};
+use capture::followup::{FollowupRepr, FollowupSender, FollowupState};
 use capture::panic::{Entry, Outcome, PanicGuard, PanicSteps, Step};
 use capture::record::{BacktraceEnd, CrashKind, CrashRecord, Location};
 use capture::sender::{SendState, Sender, SenderConfig};
@@ -55,8 +56,9 @@ unsafe impl<T: Send> Sync for Cell<T> {}
 
 static FIRST_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
 static NESTED_REC: Cell<CrashRecord> = Cell(UnsafeCell::new(CrashRecord::empty()));
-static ENCODED: Cell<[u8; capture::record::MAX_ENCODED_LEN]> =
-    Cell(UnsafeCell::new([0; capture::record::MAX_ENCODED_LEN]));
+/// The first entry's seal: the sealed record, its screen payload, the QR buffers
+/// (`crate::seal`). Also the boot-time warm-up's scratch.
+static SEAL: Cell<crate::seal::Seal> = Cell(UnsafeCell::new(crate::seal::Seal::new()));
 static SHIP_OUTCOME: AtomicU8 = AtomicU8::new(0);
 
 use crate::logring::Cut as Msg;
@@ -337,7 +339,7 @@ pub fn warm_up() {
         fn freeze(&mut self, _: &mut CrashRecord) -> Outcome {
             Outcome::Done
         }
-        fn flush_screen(&mut self, _: &CrashRecord) -> Outcome {
+        fn flush_screen(&mut self, _: &mut CrashRecord) -> Outcome {
             Outcome::NotPresent
         }
         fn unload_vmbus(&mut self) -> Outcome {
@@ -357,15 +359,19 @@ pub fn warm_up() {
     capture::panic::run(&mut Idle, &mut rec, Entry::First);
     rec.steps.clear();
     // SAFETY: no panic is in progress (this runs at boot, before "ready"); the panic path
-    // overwrites the buffer before it uses it.
-    let buf = unsafe { &mut *ENCODED.0.get() };
-    let Ok(bytes) = rec.encode(buf) else { return };
+    // seals afresh before it uses the seal.
+    let seal = unsafe { &mut *SEAL.0.get() };
+    let key = platform::config().key.as_ref();
+    // The seal's encode, compression and screen payload, as the panic path runs them.
+    if seal.seal(&mut rec, key).is_err() {
+        return;
+    }
+    let Some(bytes) = seal.record() else { return };
     let sc = SenderConfig {
         initial_rto_ms: 20,
         max_rto_ms: 400,
         deadline_ms: 1,
     };
-    let key = platform::config().key.as_ref();
     let Ok(mut sender) = Sender::new(sc, rec.boot_id, rec.seq, bytes, key, 0) else {
         return;
     };
@@ -458,16 +464,33 @@ impl Machine for KernelMachine {
         rec.ident = crate::identity::current();
     }
 
-    fn ship(&mut self, rec: &CrashRecord, nic: Option<Self::Nic>, deadline_ms: u64) -> Outcome {
+    fn ship(
+        &mut self,
+        rec: &CrashRecord,
+        sealed: &[u8],
+        nic: Option<Self::Nic>,
+        deadline_ms: u64,
+    ) -> Outcome {
         if let Some(nic) = nic {
             crate::net::panic_use_netvsc(nic);
         }
         let mut report: heapless::String<256> = heapless::String::new();
-        let o = ship_record(rec, deadline_ms, &mut report);
+        let o = ship_record(rec, sealed, deadline_ms, &mut report);
         SHIP_OUTCOME.store(if o == Outcome::Done { 1 } else { 2 }, Ordering::Relaxed);
         flush_console();
         crate::klog::raw(&report);
         o
+    }
+
+    fn send_followup(&mut self, f: &FollowupRepr, deadline_ms: u64) -> Outcome {
+        let mut report: heapless::String<160> = heapless::String::new();
+        let o = ship_followup(f, deadline_ms, &mut report);
+        crate::klog::raw(&report);
+        o
+    }
+
+    fn key(&self) -> Option<&capture::Key> {
+        platform::config().key.as_ref()
     }
 
     fn summary(&mut self, entry: Entry, rec: &CrashRecord) {
@@ -514,8 +537,72 @@ impl Machine for KernelMachine {
     }
 }
 
+/// The network for the ship and follow-up: taken over if the frozen code held it.
+fn panic_net() -> Option<crate::sync::Guard<'static, Option<crate::net::Net>>> {
+    match NET.try_lock() {
+        Some(g) => Some(g),
+        None => {
+            note_takeover(TAKEOVER_NET, "the network");
+            // SAFETY: after freeze nothing else runs: the holder was interrupted by this panic
+            // and never resumes. The force-release lets `try_lock` below succeed.
+            unsafe { NET.force_unlock() };
+            NET.try_lock()
+        }
+    }
+}
+
+/// Sends the follow-up frame until the collector acks it or `deadline_ms` (bounded, no
+/// heap: `FollowupSender` holds the one frame).
+fn ship_followup<const N: usize>(
+    f: &FollowupRepr,
+    deadline_ms: u64,
+    report: &mut heapless::String<N>,
+) -> Outcome {
+    let cfg = platform::config();
+    let Some(mut net) = panic_net() else {
+        return Outcome::SkippedBusy;
+    };
+    let Some(net) = net.as_mut() else {
+        return Outcome::NotPresent;
+    };
+    let sc = SenderConfig {
+        initial_rto_ms: 20,
+        max_rto_ms: 400,
+        deadline_ms,
+    };
+    let now_ms = || crate::arch::now_us() / 1000;
+    let mut sender = match FollowupSender::new(sc, f, cfg.key.as_ref(), now_ms()) {
+        Ok(s) => s,
+        Err(_) => return Outcome::Failed(2),
+    };
+    let mut rx = [0u8; 1500];
+    let o = loop {
+        let state = sender.poll(now_ms(), &mut |d| {
+            let _ = net.send_to_collector(d);
+        });
+        net.poll();
+        while let Some(d) = net.recv_collector(&mut rx) {
+            sender.handle(d);
+        }
+        match state {
+            FollowupState::Acked => break Outcome::Done,
+            FollowupState::NoRecord => break Outcome::Failed(4),
+            FollowupState::TimedOut => break Outcome::TimedOut,
+            FollowupState::Waiting { .. } => {}
+        }
+    };
+    let _ = writeln!(
+        Msg(report),
+        "panic: follow-up ({} steps after the seal): {o} ({} frames)",
+        f.steps().len(),
+        sender.sent()
+    );
+    o
+}
+
 fn ship_record<const N: usize>(
     rec: &CrashRecord,
+    bytes: &[u8],
     deadline_ms: u64,
     report: &mut heapless::String<N>,
 ) -> Outcome {
@@ -536,12 +623,6 @@ fn ship_record<const N: usize>(
     let mut net = net;
     let Some(net) = net.as_mut() else {
         return Outcome::NotPresent;
-    };
-    // SAFETY: only the first entry ships (nested entries skip step 5).
-    let buf = unsafe { &mut *ENCODED.0.get() };
-    let bytes = match rec.encode(buf) {
-        Ok(b) => &*b,
-        Err(_) => return Outcome::Failed(1),
     };
     let boot_id = rec.boot_id;
     let sc = SenderConfig {
@@ -602,6 +683,11 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
     let cfg = platform::config();
     // The context is built once from the statics; the deadlines are its parameters.
     let mut machine = KernelMachine;
+    let seal = match entry {
+        // SAFETY: only the first entry seals and ships; the guard hands out `First` once.
+        Entry::First => Some(unsafe { &mut *SEAL.0.get() }),
+        Entry::Nested | Entry::Terminal => None,
+    };
     let mut ctx = PanicContext {
         entry,
         m: &mut machine,
@@ -609,6 +695,7 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
             unload_us: cfg.unload_deadline_ms.saturating_mul(1000),
             ship_ms: cfg.deadline_ms,
         },
+        seal,
     };
     capture::panic::run(&mut ctx, rec, entry);
     let code = match (entry, SHIP_OUTCOME.load(Ordering::Relaxed)) {

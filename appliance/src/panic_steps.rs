@@ -5,7 +5,16 @@
 //! what each step does; the machine supplies what is not portable.
 //!
 //! Deadlines are parameters ([`Deadlines`]), never read from statics here.
-use capture::panic::{Entry, Outcome, PanicSteps, SkipReason, Step};
+//!
+//! The record is sealed at the screen (step 2, [`Seal`]): the bytes the panic screen shows
+//! as a QR code are the bytes the ship step sends, byte for byte. The outcomes of the steps
+//! after the seal (screen-flush, unload, cleanup, ship, crash registers, end) cannot be in
+//! those bytes: after the record is acked they go to the collector in a follow-up frame
+//! (`capture::followup`), sent from the end step while the ship's connection is still up
+//! (its UNLOAD moved from the ship step to the end step for that).
+pub use crate::seal::Seal;
+use capture::followup::{FollowupRepr, FOLLOWUP_CAP};
+use capture::panic::{Entry, Outcome, PanicSteps, SkipReason, Step, StepRecord};
 use capture::record::CrashRecord;
 
 /// The panic path's deadlines.
@@ -23,7 +32,8 @@ pub trait HvSide {
     type Nic;
     /// Hypervisor identity and the VMBus version into the record.
     fn describe(&mut self, rec: &mut CrashRecord);
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome;
+    /// Step 2: the panic screen (text, and the sealed record's QR code when `seal` has one).
+    fn flush_screen(&mut self, rec: &CrashRecord, seal: Option<&mut Seal>) -> Outcome;
     fn unload_once(&mut self, budget_us: u64) -> Outcome;
     fn arch_cleanup(&mut self) -> Outcome;
     fn reconnect_for_ship(&mut self, unload_budget_us: u64) -> (Outcome, Option<Self::Nic>);
@@ -42,9 +52,20 @@ pub trait Machine {
     /// The rest of step 1: other CPUs stopped, allocation off, locks taken over, the log tail,
     /// the stacks' high-water marks; the CPU's own identity when `described` is false.
     fn freeze(&mut self, rec: &mut CrashRecord, described: bool);
-    /// Sends the record (over `nic` when the reconnect brought one up) until acked or
-    /// `deadline_ms`.
-    fn ship(&mut self, rec: &CrashRecord, nic: Option<Self::Nic>, deadline_ms: u64) -> Outcome;
+    /// Sends the sealed record `sealed` (over `nic` when the reconnect brought one up) until
+    /// acked or `deadline_ms`. `Done` means acked.
+    fn ship(
+        &mut self,
+        rec: &CrashRecord,
+        sealed: &[u8],
+        nic: Option<Self::Nic>,
+        deadline_ms: u64,
+    ) -> Outcome;
+    /// Sends the follow-up frame over the network the record went over, until the collector
+    /// acks it or `deadline_ms`.
+    fn send_followup(&mut self, f: &FollowupRepr, deadline_ms: u64) -> Outcome;
+    /// The fleet key records are tagged with (the screen's QR payload is tagged with it too).
+    fn key(&self) -> Option<&capture::Key>;
     /// The end of step 7: the summary on the console.
     fn summary(&mut self, entry: Entry, rec: &CrashRecord);
     /// Test hooks at the start of each step (`fault_in=`, `nested_panic=`); nothing by default.
@@ -56,6 +77,8 @@ pub struct PanicContext<'m, M: Machine> {
     pub entry: Entry,
     pub m: &'m mut M,
     pub deadlines: Deadlines,
+    /// The first entry's seal (a nested entry seals nothing: it neither draws nor ships).
+    pub seal: Option<&'m mut Seal>,
 }
 
 impl<M: Machine> PanicContext<'_, M> {
@@ -81,8 +104,18 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
         Outcome::Done
     }
 
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
-        self.hv_step(Step::ScreenFlush, |h| h.flush_screen(rec))
+    fn flush_screen(&mut self, rec: &mut CrashRecord) -> Outcome {
+        self.m.step_hook(self.entry, Step::ScreenFlush);
+        if let Some(seal) = self.seal.as_deref_mut() {
+            if let Err(e) = seal.seal(rec, self.m.key()) {
+                log::error!("panic: sealing the record failed: {e}");
+            }
+        }
+        let seal = self.seal.as_deref_mut();
+        let rec = &*rec;
+        self.m
+            .with_hv(|h| h.flush_screen(rec, seal))
+            .unwrap_or(Outcome::NotPresent)
     }
 
     fn unload_vmbus(&mut self) -> Outcome {
@@ -104,14 +137,17 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
             log::info!("panic: vmbus reconnect for ship: {o}");
             nic
         });
-        let o = self.m.ship(rec, nic.flatten(), self.deadlines.ship_ms);
-        // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5).
-        self.m.with_hv(|h| {
-            let f = h.finish_ship(budget);
-            if f != Outcome::Skipped(SkipReason::NotNeeded) {
-                log::info!("panic: vmbus unload after ship: {f}");
-            }
-        });
+        let nic = nic.flatten();
+        // The sealed bytes, exactly as the screen shows them.
+        let Some(seal) = self.seal.as_deref_mut() else {
+            return Outcome::Skipped(SkipReason::Nested);
+        };
+        let o = match seal.record() {
+            Some(sealed) => self.m.ship(rec, sealed, nic, self.deadlines.ship_ms),
+            None => Outcome::Failed(1),
+        };
+        seal.set_acked(o == Outcome::Done);
+        // The reconnect's netvsc stays up for the follow-up: the end step unloads it.
         o
     }
 
@@ -123,7 +159,35 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 
     fn end(&mut self, rec: &CrashRecord) {
         self.m.step_hook(self.entry, Step::End);
-        self.m.with_hv(|h| h.end());
+        if let Some(f) = self.seal.as_deref().and_then(|s| followup_of(s, rec)) {
+            let o = self.m.send_followup(&f, self.deadlines.ship_ms);
+            log::info!("panic: follow-up ({} steps): {o}", f.steps().len());
+        }
+        // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5),
+        // now that the follow-up is out.
+        let budget = self.deadlines.unload_us;
+        self.m.with_hv(|h| {
+            let f = h.finish_ship(budget);
+            if f != Outcome::Skipped(SkipReason::NotNeeded) {
+                log::info!("panic: vmbus unload after ship: {f}");
+            }
+            h.end()
+        });
         self.m.summary(self.entry, rec);
     }
+}
+
+/// The follow-up for a sealed and acked record: every step outcome recorded after the seal.
+/// The end step's own is `Pending`: the follow-up is sent first thing inside it, and what the
+/// end step does after that cannot go over the network it tears down.
+pub fn followup_of(seal: &Seal, rec: &CrashRecord) -> Option<FollowupRepr> {
+    let id = seal.id()?;
+    if !seal.acked() {
+        return None;
+    }
+    let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();
+    for s in rec.steps.iter().skip(seal.steps_in_record()) {
+        let _ = steps.push(*s);
+    }
+    Some(FollowupRepr::new(&id, &steps))
 }

@@ -220,8 +220,11 @@ pub trait PanicSteps {
     fn now_us(&mut self) -> u64;
     /// Step 1: interrupts off, other CPUs stopped, fill in the record.
     fn freeze(&mut self, rec: &mut CrashRecord) -> Outcome;
-    /// Step 2: draw the panic screen; one DIRT if the synthvid ring `try_lock` succeeds.
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome;
+    /// Step 2: seal the record (the bytes that are shown and shipped; sealing may shed bulk
+    /// parts to fit the screen's QR code, hence `&mut`), draw the panic screen; one DIRT if
+    /// the synthvid ring `try_lock` succeeds. Outcomes from here on travel in the follow-up
+    /// frame (`crate::followup`), not in the sealed record.
+    fn flush_screen(&mut self, rec: &mut CrashRecord) -> Outcome;
     /// Step 3: UNLOAD the VMBus connection (run-once per connection).
     fn unload_vmbus(&mut self) -> Outcome;
     /// Step 4: per-arch SynIC/stimer cleanup.

@@ -53,6 +53,7 @@ mod devices;
 mod lapic;
 mod pages;
 pub mod panic;
+pub mod panic_screen;
 mod session;
 
 pub use devices::{GopFramebuffer, HvNic};

@@ -7,7 +7,9 @@
 //! (`Clock` counts 100 ns). The reconnect returns the NIC it brought up instead of handing it
 //! to the network itself: the panic path hands it on (no `hyperv -> net` edge).
 use super::devices::{self, ChannelSlot, ReopenNic, SlotChannel, Vram};
+use super::panic_screen;
 use super::session::{hv_code, versions_newer_than, Session, REPLY_TIMEOUT};
+use crate::seal::Seal;
 use capture::panic::{Outcome, SkipReason};
 use capture::record::CrashRecord;
 use core::fmt::Write as _;
@@ -73,10 +75,10 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
         rec.vmbus_version = self.s.vmbus_version();
     }
 
-    /// Step 2: the panic screen into VRAM, then one full-screen DIRT if the synthvid
-    /// outbound-ring lock is free right now (a compare-and-swap try-lock; busy: skipped,
-    /// never waited for).
-    pub fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
+    /// Step 2: the panic screen into VRAM (the text, and the sealed record as a QR code
+    /// when `seal` holds one), then one full-screen DIRT if the synthvid outbound-ring lock
+    /// is free right now (a compare-and-swap try-lock; busy: skipped, never waited for).
+    pub fn flush_screen(&mut self, rec: &CrashRecord, seal: Option<&mut Seal>) -> Outcome {
         let Some((fb, vram)) = self.fb else {
             let offered = self
                 .s
@@ -94,16 +96,67 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
                 Outcome::NotPresent
             };
         };
-        let mut text: heapless::String<600> = heapless::String::new();
+        let mode = fb.mode();
+        let sealed_len = seal.as_ref().and_then(|s| s.record()).map(|r| r.len());
+        let shed = seal.as_ref().map_or(0, |s| s.shed());
+        // The code first: its place decides how wide the text may be.
+        let qr = seal.and_then(|s| {
+            let (payload, bufs) = s.payload_and_qr();
+            if payload.is_empty() {
+                return None;
+            }
+            panic_screen::encode(payload, bufs)
+                .map_err(|e| log::warn!("panic-hv: screen-flush: no QR code: {e}"))
+                .ok()
+        });
+        let place = qr
+            .as_ref()
+            .and_then(|q| panic_screen::place(mode, q.size() as usize, q.version().value()));
+        let mut text: heapless::String<700> = heapless::String::new();
         let _ = write!(text, "{}", rec.message);
         if let Some(l) = &rec.location {
             let _ = write!(text, "\nat {}:{}:{}", l.file, l.line, l.column);
+        }
+        let _ = write!(text, "\n\nboot ");
+        for b in rec.boot_id {
+            let _ = write!(text, "{b:02x}");
+        }
+        let _ = write!(text, " seq {}", rec.seq);
+        match (sealed_len, &place) {
+            (Some(n), Some(p)) => {
+                let _ = write!(
+                    text,
+                    "\nthe QR code holds the whole crash record ({n} bytes, QR version {}):\nhost-collector import-screen SCREENSHOT.png",
+                    p.version
+                );
+            }
+            (Some(n), None) => {
+                let _ = write!(text, "\ncrash record {n} bytes (no QR code on this screen)");
+            }
+            _ => {}
+        }
+        if shed > 0 {
+            let _ = write!(
+                text,
+                "\n(bulk parts left out to fit the code: level {shed}, see the log tail)"
+            );
         }
         let _ = write!(
             text,
             "\n\nshipping the crash record, then reporting to the hypervisor"
         );
-        let drawn = console::draw_panic_screen(vram, fb.mode(), &text);
+        let mut wrapped: heapless::String<900> = heapless::String::new();
+        panic_screen::wrap(
+            &text,
+            panic_screen::text_cols(place.as_ref(), mode),
+            &mut wrapped,
+        );
+        let drawn = console::draw_panic_screen(vram, mode, &wrapped)
+            .map_err(panic_screen::QrDrawError::Vram)
+            .and_then(|_| match (&qr, &place) {
+                (Some(q), Some(p)) => panic_screen::draw(vram, mode, q, p),
+                _ => Ok(()),
+            });
         let o = devices::flush_outcome(fb.panic_flush());
         match drawn {
             // A host that never asked for DIRT (no FEATURE_CHANGE: OpenVMM) shows VRAM as it
@@ -276,8 +329,8 @@ impl<'a, C: PanicClock, M: DmaMemory, I: InterruptControl> crate::panic_steps::H
     fn describe(&mut self, rec: &mut CrashRecord) {
         HvPanic::describe(self, rec)
     }
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
-        HvPanic::flush_screen(self, rec)
+    fn flush_screen(&mut self, rec: &CrashRecord, seal: Option<&mut Seal>) -> Outcome {
+        HvPanic::flush_screen(self, rec, seal)
     }
     fn unload_once(&mut self, budget_us: u64) -> Outcome {
         HvPanic::unload_once(self, budget_us)
@@ -304,10 +357,11 @@ impl<'a, C: PanicClock, M: DmaMemory, I: InterruptControl> crate::panic_steps::H
 /// register ABIs, every host personality, and chaos seeds. Only the machine glue is the
 /// test's (the ship step's network, the console).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hyperv::session::{arm64_cleanup_ppis, detect_arm64, NoPpis};
     use crate::panic_steps::{Deadlines, HvSide, Machine, PanicContext};
+    use capture::followup::FollowupRepr;
     use capture::panic::{Entry, Step};
     use vmbus::arch::aarch64::Arm64Hv;
     use vmbus::arch::x86_64::X86Hv;
@@ -315,6 +369,7 @@ mod tests {
     use vmbus::crash::CrashReporter;
     use vmbus::device::PhysRegion;
     use vmbus::synic::VMBUS_MESSAGE_SINT;
+    use vmbus::synthvid::Synthvid;
     use vmbus::{GuestOsId, Hypervisor, SynReg, Synic, SynicMode};
     use vmbus_sim::chaos::ChaosConfig;
     use vmbus_sim::{Personality, Sim, SimArch, SimClock, SimConfig};
@@ -323,14 +378,30 @@ mod tests {
 
     const UNLOAD: u32 = 16;
 
+    /// The test's framebuffer: synthvid on the boot connection and its VRAM.
+    pub(crate) type SimFb<'a> = (Synthvid<SlotChannel<'a>>, Vram);
+
     struct SimMachine<'a> {
         sim: &'a Sim,
         session: Option<Session<'a, SimClock<'a>>>,
+        fb: Option<&'a SimFb<'a>>,
         spare: Option<&'a mut PanicNic<'a, PhysRegion>>,
         ship_slot: &'a ChannelSlot,
         ship_over: bool,
         shipped: u32,
         summaries: u32,
+        sealed: Vec<u8>,
+        followups: Vec<FollowupRepr>,
+    }
+
+    /// What one run of the panic path left behind.
+    pub(crate) struct PanicRun {
+        /// The live record (every step's outcome).
+        pub rec: CrashRecord,
+        /// The bytes the ship step sent (the sealed record).
+        pub sealed: Vec<u8>,
+        /// The follow-ups sent.
+        pub followups: Vec<FollowupRepr>,
     }
 
     impl<'a> Machine for SimMachine<'a> {
@@ -345,7 +416,7 @@ mod tests {
             let s = self.session.as_mut()?;
             let mut hp = HvPanic {
                 s,
-                fb: None,
+                fb: self.fb,
                 fb_note: "no framebuffer in this test",
                 spare_nic: &mut self.spare,
                 ship_slot: self.ship_slot,
@@ -356,12 +427,26 @@ mod tests {
             Some(f(&mut hp))
         }
         fn freeze(&mut self, _rec: &mut CrashRecord, _described: bool) {}
-        fn ship(&mut self, _rec: &CrashRecord, nic: Option<Self::Nic>, _ms: u64) -> Outcome {
+        fn ship(
+            &mut self,
+            _rec: &CrashRecord,
+            sealed: &[u8],
+            nic: Option<Self::Nic>,
+            _ms: u64,
+        ) -> Outcome {
             // The network does not run on netvsc here (no spare NIC): nothing comes back
             // from the reconnect, and the record "leaves" over the test's own network.
             assert!(nic.is_none());
             self.shipped += 1;
+            self.sealed = sealed.to_vec();
             Outcome::Done
+        }
+        fn send_followup(&mut self, f: &FollowupRepr, _ms: u64) -> Outcome {
+            self.followups.push(*f);
+            Outcome::Done
+        }
+        fn key(&self) -> Option<&capture::Key> {
+            None
         }
         fn summary(&mut self, _entry: Entry, _rec: &CrashRecord) {
             self.summaries += 1;
@@ -371,6 +456,13 @@ mod tests {
     /// Boots the Hyper-V side on `sim` as `hyperv::init_on` does (polling mode), runs the
     /// panic path's first entry, and returns the record.
     fn panic_on(sim: &Sim, chaos: Option<ChaosConfig>) -> CrashRecord {
+        let ses = boot(sim);
+        run(sim, ses, None, chaos).rec
+    }
+
+    /// Boots the Hyper-V side on `sim` as `hyperv::init_on` does (polling mode): the
+    /// session, connected, offers requested.
+    pub(crate) fn boot(sim: &Sim) -> Session<'_, SimClock<'_>> {
         let arch = sim.config().arch;
         let hv: Box<dyn Hypervisor + '_> = match arch {
             SimArch::X86_64 => Box::new(X86Hv::new(sim.cpu(0))),
@@ -407,17 +499,31 @@ mod tests {
             let _ = c.request_offers(hv, &ses.clock);
             ses.conn = Some(c);
         }
+        ses
+    }
+
+    /// Runs the panic path's first entry on a booted session (and framebuffer, if any).
+    pub(crate) fn run<'a>(
+        sim: &'a Sim,
+        ses: Session<'a, SimClock<'a>>,
+        fb: Option<&'a SimFb<'a>>,
+        chaos: Option<ChaosConfig>,
+    ) -> PanicRun {
         // Boot is done: from here the host misbehaves.
         sim.set_chaos(chaos);
         let mut m = SimMachine {
             sim,
             session: Some(ses),
+            fb,
             spare: None,
             ship_slot: Box::leak(Box::new(ChannelSlot::new())),
             ship_over: false,
             shipped: 0,
             summaries: 0,
+            sealed: Vec::new(),
+            followups: Vec::new(),
         };
+        let mut seal = Box::new(crate::seal::Seal::new());
         let mut rec = capture::testutil::sample_record(9);
         rec.steps.clear();
         let mut ctx = PanicContext {
@@ -427,11 +533,16 @@ mod tests {
                 unload_us: 2_000_000,
                 ship_ms: 3_000,
             },
+            seal: Some(&mut seal),
         };
         capture::panic::run(&mut ctx, &mut rec, Entry::First);
         assert_eq!(m.shipped, 1);
         assert_eq!(m.summaries, 1);
-        rec
+        PanicRun {
+            rec,
+            sealed: m.sealed,
+            followups: m.followups,
+        }
     }
 
     fn personalities() -> [Personality; 3] {
@@ -458,15 +569,37 @@ mod tests {
             for p in personalities() {
                 let sim = Sim::new(SimConfig::with_default_offers(arch, p));
                 let t0 = sim.now();
-                let rec = panic_on(&sim, None);
+                let ses = boot(&sim);
+                let r = run(&sim, ses, None, None);
+                let rec = &r.rec;
                 let ctx = format!("{arch:?} {p:?}: {:?}", rec.steps);
+                // Sealed at the screen: the shipped bytes hold the freeze step only; the six
+                // steps after it went in one follow-up, the end step's as started.
+                let sealed = CrashRecord::decode(
+                    capture::record::SCHEMA_MAJOR,
+                    capture::record::SCHEMA_MINOR,
+                    &r.sealed,
+                )
+                .expect("sealed record decodes");
+                let sealed_steps: Vec<Step> = sealed.steps.iter().map(|s| s.step).collect();
+                assert_eq!(sealed_steps, [Step::Freeze], "{ctx}");
+                assert_eq!(r.followups.len(), 1, "{ctx}");
+                let f = &r.followups[0];
+                assert_eq!(
+                    f.id(),
+                    capture::RecordId::of(rec.boot_id, rec.seq, &r.sealed)
+                );
+                let later: Vec<Step> = f.steps().iter().map(|s| s.step).collect();
+                assert_eq!(later, Step::ALL[1..], "{ctx}");
+                assert_eq!(&f.steps()[..5], &rec.steps[1..6], "{ctx}");
+                assert_eq!(f.steps()[5].outcome, Outcome::Pending, "{ctx}");
                 let steps: Vec<Step> = rec.steps.iter().map(|s| s.step).collect();
                 assert_eq!(steps, Step::ALL, "{ctx}");
-                assert_eq!(outcome(&rec, Step::Freeze), Outcome::Done, "{ctx}");
-                assert_eq!(outcome(&rec, Step::VmbusUnload), Outcome::Done, "{ctx}");
-                assert_eq!(outcome(&rec, Step::ArchCleanup), Outcome::Done, "{ctx}");
-                assert_eq!(outcome(&rec, Step::Ship), Outcome::Done, "{ctx}");
-                let crash = outcome(&rec, Step::CrashRegisters);
+                assert_eq!(outcome(rec, Step::Freeze), Outcome::Done, "{ctx}");
+                assert_eq!(outcome(rec, Step::VmbusUnload), Outcome::Done, "{ctx}");
+                assert_eq!(outcome(rec, Step::ArchCleanup), Outcome::Done, "{ctx}");
+                assert_eq!(outcome(rec, Step::Ship), Outcome::Done, "{ctx}");
+                let crash = outcome(rec, Step::CrashRegisters);
                 if sim.config().crash_registers {
                     assert_eq!(crash, Outcome::Done, "{ctx}");
                     assert_eq!(sim.crash_notices().len(), 1, "{ctx}");

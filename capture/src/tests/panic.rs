@@ -49,7 +49,7 @@ impl PanicSteps for Script<'_> {
         rec.set_message("frozen");
         self.enter(Step::Freeze, rec)
     }
-    fn flush_screen(&mut self, rec: &CrashRecord) -> Outcome {
+    fn flush_screen(&mut self, rec: &mut CrashRecord) -> Outcome {
         self.enter(Step::ScreenFlush, rec)
     }
     fn unload_vmbus(&mut self) -> Outcome {
@@ -166,7 +166,7 @@ fn a_freeze_that_rebuilds_the_record_still_gets_its_outcome_recorded() {
             *rec = CrashRecord::empty();
             Outcome::Done
         }
-        fn flush_screen(&mut self, r: &CrashRecord) -> Outcome {
+        fn flush_screen(&mut self, r: &mut CrashRecord) -> Outcome {
             self.0.flush_screen(r)
         }
         fn unload_vmbus(&mut self) -> Outcome {
@@ -298,7 +298,7 @@ fn elapsed_time_saturates_and_survives_a_clock_going_backwards() {
         fn freeze(&mut self, _: &mut CrashRecord) -> Outcome {
             Outcome::Done
         }
-        fn flush_screen(&mut self, _: &CrashRecord) -> Outcome {
+        fn flush_screen(&mut self, _: &mut CrashRecord) -> Outcome {
             Outcome::Done
         }
         fn unload_vmbus(&mut self) -> Outcome {
