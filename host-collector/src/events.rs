@@ -30,7 +30,7 @@ use crate::liveness::{Change, State};
 use crate::metrics::Metrics;
 use crate::output::esc;
 use crate::server::Counters;
-use crate::store::StepView;
+use crate::store::{Col, NewRecord, RecordKey, RowText, StepView};
 use crate::util::{format_time_us, hex};
 
 /// The tracing target of event lines.
@@ -58,6 +58,127 @@ pub struct CrashEvent {
     pub steps: Vec<StepView>,
     #[serde(skip)]
     pub steps_json: String,
+}
+
+/// A stored record as the writer queues it: the few columns an event needs, copied into one
+/// buffer. The dispatcher renders the log line (and, for hooks, webhooks and step metrics, the
+/// [`CrashEvent`]) from it, so that hex, times and addresses are formatted off the writer.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub id: i64,
+    pub key: RecordKey,
+    pub received_at_us: i64,
+    pub line_col: (u32, u32),
+    /// The record answers a scheduled drill.
+    pub drill: bool,
+    /// [`StoredRecord::COLUMNS`] of the record's row text.
+    text: RowText,
+}
+
+impl StoredRecord {
+    /// The columns kept (in [`Col`] order, as [`RowText::set`] wants them).
+    const COLUMNS: [Col; 6] = [
+        Col::Source,
+        Col::Arch,
+        Col::Kind,
+        Col::Message,
+        Col::File,
+        Col::Steps,
+    ];
+
+    pub fn new(id: i64, r: &NewRecord, drill: bool) -> StoredRecord {
+        let cols = Self::COLUMNS.map(|c| r.text.get(c));
+        let len = cols.iter().flatten().map(|v| v.len()).sum();
+        let mut text = RowText::with_capacity(len);
+        for (c, v) in Self::COLUMNS.into_iter().zip(cols) {
+            if let Some(v) = v {
+                text.set(c, |s| s.push_str(v));
+            }
+        }
+        StoredRecord {
+            id,
+            key: r.key,
+            received_at_us: r.received_at_us,
+            line_col: r.line_col,
+            drill,
+            text,
+        }
+    }
+
+    fn col(&self, c: Col) -> &str {
+        self.text.get(c).unwrap_or("")
+    }
+
+    fn location(&self) -> Option<String> {
+        let (l, c) = self.line_col;
+        self.text.get(Col::File).map(|f| format!("{f}:{l}:{c}"))
+    }
+
+    /// The event sent to hooks and webhooks (`steps` still empty: see [`StoredRecord::steps`]).
+    pub fn event(&self) -> CrashEvent {
+        let source = self.col(Col::Source);
+        CrashEvent {
+            id: self.id,
+            boot_id: hex(&self.key.boot_id),
+            seq: self.key.seq,
+            record_crc: format!("{:08x}", self.key.record_crc),
+            host: host_of(source),
+            source: source.to_string(),
+            received_at: format_time_us(self.received_at_us),
+            received_at_us: self.received_at_us,
+            arch: self.col(Col::Arch).to_string(),
+            kind: self.col(Col::Kind).to_string(),
+            message: self.col(Col::Message).to_string(),
+            location: self.location(),
+            drill: self.drill,
+            steps: Vec::new(),
+            steps_json: self.text.get(Col::Steps).unwrap_or("[]").to_string(),
+        }
+    }
+
+    /// The panic-path steps (parsed from the stored JSON).
+    fn steps(&self) -> Vec<StepView> {
+        serde_json::from_str(self.text.get(Col::Steps).unwrap_or("[]")).unwrap_or_default()
+    }
+
+    /// The same line as [`log_line`] of [`StoredRecord::event`] (a test holds them equal),
+    /// without building the event.
+    pub fn log_line(&self) -> String {
+        let source = self.col(Col::Source);
+        let message = self.col(Col::Message);
+        let mut o = String::with_capacity(160 + message.len());
+        o.push_str("crash stored");
+        kv_num(&mut o, "id", self.id);
+        o.push_str(" boot=");
+        push_hex(&mut o, &self.key.boot_id);
+        kv_num(&mut o, "seq", self.key.seq);
+        kv(&mut o, "host", &host_of(source));
+        kv(&mut o, "source", source);
+        kv(&mut o, "arch", self.col(Col::Arch));
+        kv(&mut o, "kind", self.col(Col::Kind));
+        if self.drill {
+            kv(&mut o, "drill", "scheduled");
+        }
+        if let Some(l) = self.location() {
+            kv(&mut o, "location", &l);
+        }
+        kv(&mut o, "message", message);
+        o
+    }
+
+    /// Bytes held, roughly (for the queue's byte budget).
+    fn cost(&self) -> usize {
+        256 + self.text.text_len()
+    }
+}
+
+/// Lower-case hex of `bytes` (as [`hex`]) appended to `o`.
+fn push_hex(o: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        o.push(DIGITS[(b >> 4) as usize] as char);
+        o.push(DIGITS[(b & 15) as usize] as char);
+    }
 }
 
 /// A canary's state change, as sent out.
@@ -123,16 +244,28 @@ fn kv(o: &mut String, key: &str, v: &str) {
     o.push('=');
     if v.is_empty() || v.contains([' ', '"', '=', '\\']) {
         o.push('"');
-        for c in v.chars() {
-            if c == '"' || c == '\\' {
-                o.push('\\');
-            }
-            o.push(c);
+        // Whole runs between the characters that need a backslash (this runs for every
+        // stored record's message).
+        let mut rest: &str = &v;
+        while let Some(i) = rest.find(['"', '\\']) {
+            o.push_str(&rest[..i]);
+            o.push('\\');
+            o.push_str(&rest[i..i + 1]);
+            rest = &rest[i + 1..];
         }
+        o.push_str(rest);
         o.push('"');
     } else {
         o.push_str(&v);
     }
+}
+
+/// [`kv`] for a number, without an intermediate `String`.
+fn kv_num(o: &mut String, key: &str, v: impl std::fmt::Display) {
+    if !o.is_empty() {
+        o.push(' ');
+    }
+    let _ = write!(o, "{key}={v}");
 }
 
 /// The log line of an event (one line, no control characters).
@@ -141,9 +274,9 @@ pub fn log_line(e: &Event) -> String {
     match e {
         Event::CrashStored(c) => {
             o.push_str("crash stored");
-            kv(&mut o, "id", &c.id.to_string());
+            kv_num(&mut o, "id", c.id);
             kv(&mut o, "boot", &c.boot_id);
-            kv(&mut o, "seq", &c.seq.to_string());
+            kv_num(&mut o, "seq", c.seq);
             kv(&mut o, "host", &c.host);
             kv(&mut o, "source", &c.source);
             kv(&mut o, "arch", &c.arch);
@@ -165,7 +298,7 @@ pub fn log_line(e: &Event) -> String {
             kv(&mut o, "reason", &s.reason);
             kv(&mut o, "last_seen", &s.last_seen);
             if let Some(id) = s.record_id {
-                kv(&mut o, "record", &id.to_string());
+                kv_num(&mut o, "record", id);
             }
         }
     }
@@ -211,13 +344,23 @@ impl Default for EventConfig {
     }
 }
 
+/// What waits for the dispatcher (boxed: the queue's slots stay small): one event, or the
+/// events of one commit's stored records (one hand-off, one wake-up per commit).
+enum Queued {
+    Event(Box<Event>),
+    Stored(Vec<StoredRecord>),
+}
+
 /// The writer's end: never blocks.
 pub struct EventSink {
-    tx: SyncSender<(Event, usize)>,
+    tx: SyncSender<(Queued, usize)>,
     counters: Arc<Counters>,
     /// Bytes of the events queued (any sender chooses a record's text when no key is set).
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Events queued (a batch counts each of its records), at most `max_events`.
+    events: Arc<AtomicUsize>,
+    max_events: usize,
 }
 
 impl Event {
@@ -240,17 +383,58 @@ impl EventSink {
     /// Queues `e` without waiting; a full queue (in events or bytes) drops it, counted.
     pub fn send(&self, e: Event) {
         let cost = e.cost();
+        self.queue(Queued::Event(Box::new(e)), cost, 1);
+    }
+
+    /// Queues the events of one commit's stored records, as [`EventSink::send`] each: those
+    /// that fit the budgets (in order) go, the rest are dropped and counted.
+    pub fn send_stored(&self, mut rs: Vec<StoredRecord>) {
+        if rs.is_empty() {
+            return;
+        }
+        // The writer is the only sender and the dispatcher only releases: what fits now
+        // still fits when queued.
+        let (mut bytes, mut events) = (
+            self.bytes.load(Ordering::Acquire),
+            self.events.load(Ordering::Acquire),
+        );
+        let mut cost = 0;
+        let mut fit = 0;
+        for r in &rs {
+            let c = r.cost();
+            if bytes.saturating_add(c) > self.max_bytes || events >= self.max_events {
+                break;
+            }
+            (bytes, events) = (bytes + c, events + 1);
+            cost += c;
+            fit += 1;
+        }
+        let dropped = rs.len() - fit;
+        rs.truncate(fit);
+        if dropped > 0 {
+            Counters::add(&self.counters.events_dropped, dropped as u64);
+        }
+        if fit > 0 {
+            self.queue(Queued::Stored(rs), cost, fit);
+        }
+    }
+
+    fn queue(&self, e: Queued, cost: usize, n: usize) {
         let before = self.bytes.fetch_add(cost, Ordering::AcqRel);
-        if before.saturating_add(cost) > self.max_bytes {
+        let queued = self.events.fetch_add(n, Ordering::AcqRel);
+        let release = || {
             self.bytes.fetch_sub(cost, Ordering::AcqRel);
-            return Counters::add(&self.counters.events_dropped, 1);
+            self.events.fetch_sub(n, Ordering::AcqRel);
+            Counters::add(&self.counters.events_dropped, n as u64)
+        };
+        if before.saturating_add(cost) > self.max_bytes
+            || queued.saturating_add(n) > self.max_events
+        {
+            return release();
         }
         match self.tx.try_send((e, cost)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.bytes.fetch_sub(cost, Ordering::AcqRel);
-                Counters::add(&self.counters.events_dropped, 1)
-            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => release(),
         }
     }
 }
@@ -303,17 +487,25 @@ impl Dispatcher {
             )?),
             None => None,
         };
-        let c2 = counters.clone();
+        let out = Out {
+            hook,
+            webhook,
+            metrics,
+            counters: counters.clone(),
+        };
         let bytes = Arc::new(AtomicUsize::new(0));
-        let b2 = bytes.clone();
+        let events = Arc::new(AtomicUsize::new(0));
+        let (b2, e2) = (bytes.clone(), events.clone());
         let thread = std::thread::Builder::new()
             .name("collector-events".into())
-            .spawn(move || dispatch(rx, &b2, hook, webhook, metrics, c2))?;
+            .spawn(move || dispatch(rx, &b2, &e2, out))?;
         let sink = EventSink {
             tx,
             counters,
             bytes,
             max_bytes: cfg.queue_max_bytes.max(1),
+            events,
+            max_events: cfg.queue.max(1),
         };
         Ok((sink, Dispatcher { thread, pending }))
     }
@@ -329,45 +521,93 @@ impl Dispatcher {
     }
 }
 
-fn dispatch(
-    rx: Receiver<(Event, usize)>,
-    bytes: &AtomicUsize,
+/// Where the dispatcher sends events besides the log.
+struct Out {
     hook: Option<Work>,
     webhook: Option<Work>,
     metrics: Option<Metrics>,
     counters: Arc<Counters>,
-) {
-    while let Ok((mut e, cost)) = rx.recv() {
-        bytes.fetch_sub(cost, Ordering::AcqRel);
+}
+
+impl Out {
+    /// Hooks and webhooks want the event as JSON.
+    fn outside(&self) -> bool {
+        self.hook.is_some() || self.webhook.is_some()
+    }
+
+    fn stored(&self, r: &StoredRecord) {
+        // The steps are parsed only for what uses them: the step metrics and the JSON of
+        // hooks and webhooks (most of the dispatcher's time otherwise).
+        let steps = if self.metrics.is_some() || self.outside() {
+            r.steps()
+        } else {
+            Vec::new()
+        };
+        if let Some(m) = &self.metrics {
+            m.observe_steps(&steps);
+        }
+        // Rendered only when the line is logged (`info!` evaluates it then).
+        info!(target: TARGET, "{}", r.log_line());
+        if self.outside() {
+            let mut c = r.event();
+            c.steps = steps;
+            self.send(&Event::CrashStored(c));
+        }
+    }
+
+    fn event(&self, mut e: Event) {
         if let Event::CrashStored(c) = &mut e {
             c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
-            if let Some(m) = &metrics {
+            if let Some(m) = &self.metrics {
                 m.observe_steps(&c.steps);
             }
         }
         info!(target: TARGET, "{}", log_line(&e));
-        if hook.is_none() && webhook.is_none() {
-            continue;
+        self.send(&e);
+    }
+
+    /// To the hook and the webhook.
+    fn send(&self, e: &Event) {
+        if !self.outside() {
+            return;
         }
-        let json = match serde_json::to_string(&e) {
+        let json = match serde_json::to_string(e) {
             Ok(j) => j,
             Err(err) => {
                 warn!("cannot encode event: {err}");
-                continue;
+                return;
             }
         };
-        if let Some(h) = &hook {
+        if let Some(h) = &self.hook {
             if !h.push(json.clone()) {
-                Counters::add(&counters.hook_dropped, 1);
+                Counters::add(&self.counters.hook_dropped, 1);
             }
         }
-        if let Some(w) = &webhook {
+        if let Some(w) = &self.webhook {
             if !w.push(json) {
-                Counters::add(&counters.webhook_dropped, 1);
+                Counters::add(&self.counters.webhook_dropped, 1);
             }
         }
     }
-    for w in [hook, webhook].into_iter().flatten() {
+}
+
+fn dispatch(rx: Receiver<(Queued, usize)>, bytes: &AtomicUsize, events: &AtomicUsize, out: Out) {
+    while let Ok((q, cost)) = rx.recv() {
+        bytes.fetch_sub(cost, Ordering::AcqRel);
+        match q {
+            Queued::Event(e) => {
+                events.fetch_sub(1, Ordering::AcqRel);
+                out.event(*e);
+            }
+            Queued::Stored(rs) => {
+                events.fetch_sub(rs.len(), Ordering::AcqRel);
+                for r in &rs {
+                    out.stored(r);
+                }
+            }
+        }
+    }
+    for w in [out.hook, out.webhook].into_iter().flatten() {
         w.close();
     }
 }
@@ -529,6 +769,8 @@ mod tests {
             counters: counters.clone(),
             bytes: Arc::new(AtomicUsize::new(0)),
             max_bytes: 3000,
+            events: Arc::new(AtomicUsize::new(0)),
+            max_events: 100,
         };
         // Nothing takes from the queue: two 1 KiB events fit, the third does not.
         for _ in 0..3 {
@@ -543,6 +785,72 @@ mod tests {
         // Taken from the queue is not released either: only the dispatcher releases bytes.
         sink.send(crash(String::new()));
         assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
+    }
+
+    fn stored(i: i64) -> StoredRecord {
+        let rec = capture::testutil::sample_record(i as u32);
+        let r = NewRecord {
+            key: RecordKey {
+                boot_id: rec.boot_id,
+                seq: rec.seq,
+                record_crc: 1,
+            },
+            received_at_us: 0,
+            schema_major: 1,
+            schema_minor: 1,
+            uptime_us: 0,
+            line_col: (1, 2),
+            text: crate::convert::row_text("127.0.0.1:9".parse().unwrap(), &rec),
+            raw: Vec::new(),
+        };
+        StoredRecord::new(i, &r, false)
+    }
+
+    #[test]
+    fn a_commits_events_go_as_one_batch_and_each_counts_against_the_budgets() {
+        let (tx, rx) = mpsc::sync_channel(100);
+        let counters = Arc::new(Counters::default());
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let events = Arc::new(AtomicUsize::new(0));
+        let sink = EventSink {
+            tx,
+            counters: counters.clone(),
+            bytes: bytes.clone(),
+            max_bytes: 1 << 20,
+            events: events.clone(),
+            max_events: 5,
+        };
+        // Seven records, room for five events: one message with the first five, two dropped.
+        sink.send_stored((1..=7).map(stored).collect());
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1);
+        let Queued::Stored(rs) = &got[0].0 else {
+            panic!("a batch of stored records")
+        };
+        assert_eq!(rs.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(events.load(Ordering::Relaxed), 5);
+        assert_eq!(bytes.load(Ordering::Relaxed), got[0].1);
+        // Full: a state event is dropped too.
+        sink.send(crash(String::new()));
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 3);
+        // And the byte budget bounds a batch the same way.
+        let one = stored(1).cost();
+        let (tx, rx) = mpsc::sync_channel(100);
+        let sink = EventSink {
+            tx,
+            counters: counters.clone(),
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max_bytes: 2 * one + one / 2,
+            events: Arc::new(AtomicUsize::new(0)),
+            max_events: 100,
+        };
+        sink.send_stored((1..=3).map(stored).collect());
+        let Some((Queued::Stored(rs), _)) = rx.try_iter().next() else {
+            panic!("a batch")
+        };
+        assert_eq!(rs.len(), 2);
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 4);
     }
 
     #[test]
@@ -571,5 +879,46 @@ mod tests {
              message=\"bad \\\"thing\\\"\\\\x0a\\\\x1b[2J=x\""
         );
         assert_eq!(host_of("[::1]:7"), "::1");
+    }
+
+    #[test]
+    fn a_stored_record_logs_the_line_of_its_event() {
+        let src: std::net::SocketAddr = "10.0.0.7:7375".parse().unwrap();
+        let mut recs = vec![capture::testutil::sample_record(3)];
+        let mut odd = capture::testutil::sample_record(4);
+        odd.message = capture::record::truncate_to("a \"quoted\" \\ back=slash\n\u{1b}[2J");
+        odd.location = None;
+        recs.push(odd);
+        let mut empty = capture::testutil::sample_record(5);
+        empty.message.clear();
+        recs.push(empty);
+        for (i, rec) in recs.iter().enumerate() {
+            let r = NewRecord {
+                key: RecordKey {
+                    boot_id: rec.boot_id,
+                    seq: rec.seq,
+                    record_crc: 0xdead_beef,
+                },
+                received_at_us: 1_700_000_000_000_000,
+                schema_major: 1,
+                schema_minor: 1,
+                uptime_us: rec.uptime_us,
+                line_col: rec.location.as_ref().map_or((0, 0), |l| (l.line, l.column)),
+                text: crate::convert::row_text(src, rec),
+                raw: Vec::new(),
+            };
+            for drill in [false, true] {
+                let s = StoredRecord::new(40 + i as i64, &r, drill);
+                let ev = s.event();
+                assert_eq!(ev.message, rec.message.as_str());
+                assert_eq!(ev.source, "10.0.0.7:7375");
+                assert_eq!(ev.host, "10.0.0.7");
+                assert_eq!(ev.record_crc, "deadbeef");
+                assert_eq!(ev.drill, drill);
+                assert_eq!(ev.received_at, "2023-11-14T22:13:20Z");
+                assert_eq!(s.steps().len(), rec.steps.len());
+                assert_eq!(s.log_line(), log_line(&Event::CrashStored(ev)));
+            }
+        }
     }
 }

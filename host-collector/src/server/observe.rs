@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::maint::{suppressed, RateLimit};
-use crate::events::{host_of, CrashEvent, Event, EventSink, StateEvent};
+use crate::events::{Event, EventSink, StateEvent, StoredRecord};
 use crate::liveness::{Change, LivenessConfig, State, Tracker};
 use crate::metrics::{Health, Metrics};
 use crate::store::{Col, HeartbeatSeen, InsertOutcome, NewRecord, Store};
-use crate::util::{format_time_us, hex, now_us};
+use crate::util::now_us;
 
 use super::drills::DrillBook;
 
@@ -158,6 +158,9 @@ impl Observers {
             m.observe_commit(took);
         }
         let mut changed = false;
+        // The stored records' events go to the dispatcher together (one hand-off), each
+        // still before any state change that follows it.
+        let mut events = Vec::new();
         let stored = records
             .iter()
             .zip(outcomes)
@@ -168,36 +171,21 @@ impl Observers {
             let source = t.get(Col::Source).unwrap_or("");
             let kind = t.get(Col::Kind).unwrap_or("");
             let drill = kind == "drill" && self.drills.as_ref().is_some_and(|b| b.answered(source));
-            if let Some(ev) = &self.events {
-                ev.send(Event::CrashStored(CrashEvent {
-                    id,
-                    boot_id: hex(&r.key.boot_id),
-                    seq: r.key.seq,
-                    record_crc: format!("{:08x}", r.key.record_crc),
-                    host: host_of(source),
-                    source: source.to_string(),
-                    received_at: format_time_us(r.received_at_us),
-                    received_at_us: r.received_at_us,
-                    arch: t.get(Col::Arch).unwrap_or("").to_string(),
-                    kind: kind.to_string(),
-                    message: t.get(Col::Message).unwrap_or("").to_string(),
-                    location: t
-                        .get(Col::File)
-                        .map(|f| format!("{f}:{}:{}", r.line_col.0, r.line_col.1)),
-                    drill,
-                    steps: Vec::new(),
-                    steps_json: t.get(Col::Steps).unwrap_or("[]").to_string(),
-                }));
+            if self.events.is_some() {
+                // Hex, times and addresses are rendered by the dispatcher, off this thread.
+                events.push(StoredRecord::new(id, r, drill));
             }
             let arch = arch_code(t.get(Col::Arch).unwrap_or(""));
             if let Some(c) =
                 self.tracker
                     .record_stored(source, r.key.boot_id, arch, id, r.received_at_us)
             {
+                self.flush_stored(&mut events);
                 self.change(c);
                 changed = true;
             }
         }
+        self.flush_stored(&mut events);
         for h in heartbeats {
             if let Some(c) = self.tracker.heartbeat(h) {
                 self.change(c);
@@ -210,6 +198,14 @@ impl Observers {
         let untracked = self.tracker.take_untracked();
         if untracked > 0 {
             super::Counters::add(&self.counters.canaries_untracked, untracked);
+        }
+    }
+
+    fn flush_stored(&self, events: &mut Vec<StoredRecord>) {
+        if let Some(ev) = &self.events {
+            if !events.is_empty() {
+                ev.send_stored(std::mem::take(events));
+            }
         }
     }
 
