@@ -33,8 +33,12 @@ pub enum ConfigError {
 pub struct FileConfig {
     /// UDP address to listen on.
     pub listen: Option<SocketAddr>,
-    /// SQLite database path.
+    /// The database: an SQLite file path, or `postgres://USER@HOST:PORT/DBNAME[?sslmode=…]`
+    /// (a fleet database several collectors share). Give PostgreSQL's password with
+    /// `db_password_file` or `$PGPASSWORD`, not in the URL.
     pub db: Option<PathBuf>,
+    /// File whose first line is the PostgreSQL password (`--db-password-file`).
+    pub db_password_file: Option<PathBuf>,
     /// File holding the fleet key (hex); absent means unauthenticated frames are accepted.
     pub key_file: Option<PathBuf>,
     /// `normal` (default) or `full`.

@@ -96,6 +96,8 @@ pub fn fields(r: &CrashRecord) -> RecordFields {
                 elapsed_us: s.elapsed_us,
             })
             .collect(),
+        vm_name: None,
+        host_name: None,
     }
 }
 

@@ -68,9 +68,14 @@ Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG=host_collector=debug.
 #[command(name = "host-collector", version, about = ABOUT, long_about = LONG_ABOUT,
     after_help = EXIT_CODES, propagate_version = true)]
 struct Cli {
-    /// SQLite database to use [env: CANARY_DB] [default: ./canary.db, or `db` from --config].
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Database to use: an SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=require]
+    /// for a fleet database [env: CANARY_DB] [default: ./canary.db, or `db` from --config].
+    #[arg(long, global = true, value_name = "PATH|URL")]
     db: Option<PathBuf>,
+    /// File whose first line is the PostgreSQL password (else $PGPASSWORD); never put it in
+    /// the --db URL.
+    #[arg(long, global = true, value_name = "FILE")]
+    db_password_file: Option<PathBuf>,
     /// Configuration file (TOML; see configs/host-collector.toml). Flags win over it.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -453,6 +458,21 @@ impl Ctx {
             .or_else(|| file.db.clone())
             .or_else(|| std::env::var_os("CANARY_DB").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("canary.db"));
+        if let Some(url) = cli.db.as_deref().and_then(host_collector::store::pg_url) {
+            if host_collector::store::pg::url_has_password(url) {
+                return Err(usage(
+                    "--db: a password in the URL would show in the process list and shell \
+                     history; remove it and give it with --db-password-file FILE (or \
+                     db_password_file in --config, or $PGPASSWORD)",
+                ));
+            }
+        }
+        if let Some(f) = cli.db_password_file.as_ref().or(file.db_password_file.as_ref()) {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --db-password-file {}", f.display()))?;
+            let pw = text.lines().next().unwrap_or("").to_string();
+            host_collector::store::set_password(Some(pw));
+        }
         Ok(Ctx { file, db })
     }
 
@@ -713,7 +733,7 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let addr = collector.local_addr()?;
     eprintln!(
         "host-collector: listening on {addr} (udp), database {}{}",
-        cfg.db.display(),
+        host_collector::store::display_name(&cfg.db),
         if cfg.key.is_some() {
             ", fleet key required"
         } else {

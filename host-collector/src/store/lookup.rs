@@ -1,7 +1,6 @@
 //! Naming a record on the command line: an ID, or a boot id by any unique prefix of its hex
 //! (`list` prints the first 8 digits), with or without `:SEQ`.
 
-use rusqlite::params;
 use thiserror::Error;
 
 use super::*;
@@ -57,23 +56,6 @@ pub fn parse_ref(s: &str) -> Result<Result<i64, (String, Option<u32>)>, RefError
 }
 
 impl Store {
-    /// Boot ids of stored records whose hex starts with `prefix` (lower-case hex), at most
-    /// `limit` of them.
-    pub fn boots_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<[u8; 16]>> {
-        let mut st = self.conn.prepare(
-            "SELECT DISTINCT boot_id FROM record_keys WHERE lower(hex(boot_id)) LIKE ?1 || '%'
-             LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![prefix, limit as i64], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for b in rows {
-            if let Ok(b) = <[u8; 16]>::try_from(b?.as_slice()) {
-                out.push(b);
-            }
-        }
-        Ok(out)
-    }
-
     /// Resolves a reference (see [`parse_ref`]): `Ok(None)` when it names no stored record;
     /// a boot without `:SEQ` names its newest record.
     pub fn resolve_ref(&self, s: &str) -> std::result::Result<Option<RecordRef>, RefError> {
@@ -86,12 +68,7 @@ impl Store {
             [] => return Ok(None),
             [b] => *b,
             many => {
-                let count: i64 = self.conn.query_row(
-                    "SELECT count(DISTINCT boot_id) FROM record_keys
-                     WHERE lower(hex(boot_id)) LIKE ?1 || '%'",
-                    params![prefix],
-                    |r| r.get(0),
-                )?;
+                let count = self.count_boots_with_prefix(&prefix)?;
                 return Err(RefError::Ambiguous {
                     prefix,
                     count: count as usize,
@@ -101,17 +78,10 @@ impl Store {
         };
         Ok(Some(match seq {
             Some(seq) => RecordRef::BootSeq(boot, seq),
-            None => {
-                let id: Option<i64> = self.conn.query_row(
-                    "SELECT max(id) FROM record_keys WHERE boot_id = ?1",
-                    params![&boot[..]],
-                    |r| r.get(0),
-                )?;
-                match id {
-                    Some(id) => RecordRef::Id(id),
-                    None => return Ok(None),
-                }
-            }
+            None => match self.newest_id_of_boot(&boot)? {
+                Some(id) => RecordRef::Id(id),
+                None => return Ok(None),
+            },
         }))
     }
 }

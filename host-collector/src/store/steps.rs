@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::*;
-
 /// The step columns, in step order, with the step names `show` uses.
 pub const STEP_COLUMNS: [(&str, &str); 7] = [
     ("freeze", "step_freeze_us"),
@@ -46,52 +44,44 @@ pub fn percentile(v: &[u32], q: f64) -> u32 {
     v[rank - 1]
 }
 
-impl Store {
-    /// p50 / p99 / max of every step's time per host (only `host` if given), hosts sorted,
-    /// steps in step order.
-    pub fn step_stats(&self, host: Option<&str>) -> Result<Vec<StepStat>> {
-        let cols: Vec<&str> = STEP_COLUMNS.iter().map(|c| c.1).collect();
-        let sql = format!(
-            "SELECT source, {} FROM records WHERE coalesce({}) IS NOT NULL",
-            cols.join(", "),
-            cols.join(", ")
-        );
-        let mut st = self.conn.prepare(&sql)?;
-        let mut rows = st.query([])?;
-        let mut by: BTreeMap<(String, usize), Vec<u32>> = BTreeMap::new();
-        while let Some(r) = rows.next()? {
-            let h = host_of(&r.get::<_, String>(0)?);
-            if host.is_some_and(|want| want != h) {
-                continue;
-            }
-            for i in 0..STEP_COLUMNS.len() {
-                if let Some(us) = r.get::<_, Option<i64>>(i + 1)? {
-                    by.entry((h.clone(), i))
-                        .or_default()
-                        .push(us.clamp(0, u32::MAX as i64) as u32);
-                }
+/// One record's host source and step times (the `step_*_us` columns, in step order).
+pub(super) type StepRow = (String, [Option<i64>; 7]);
+
+/// `stats --steps` from the rows of every record with a step time: per (host, step).
+pub(super) fn aggregate(rows: Vec<StepRow>, host: Option<&str>) -> Vec<StepStat> {
+    let mut by: BTreeMap<(String, usize), Vec<u32>> = BTreeMap::new();
+    for (source, times) in rows {
+        let h = host_of(&source);
+        if host.is_some_and(|want| want != h) {
+            continue;
+        }
+        for (i, t) in times.iter().enumerate() {
+            if let Some(us) = t {
+                by.entry((h.clone(), i))
+                    .or_default()
+                    .push((*us).clamp(0, u32::MAX as i64) as u32);
             }
         }
-        Ok(by
-            .into_iter()
-            .map(|((host, i), mut v)| {
-                v.sort_unstable();
-                StepStat {
-                    host,
-                    step: STEP_COLUMNS[i].0.into(),
-                    records: v.len() as u64,
-                    p50_us: percentile(&v, 0.50),
-                    p99_us: percentile(&v, 0.99),
-                    max_us: *v.last().unwrap_or(&0),
-                }
-            })
-            .collect())
     }
+    by.into_iter()
+        .map(|((host, i), mut v)| {
+            v.sort_unstable();
+            StepStat {
+                host,
+                step: STEP_COLUMNS[i].0.into(),
+                records: v.len() as u64,
+                p50_us: percentile(&v, 0.50),
+                p99_us: percentile(&v, 0.99),
+                max_us: *v.last().unwrap_or(&0),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{NewRecord, Store, Sync, MIGRATIONS};
 
     #[test]
     fn hosts_drop_the_port_and_percentiles_are_nearest_rank() {

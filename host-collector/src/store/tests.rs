@@ -1,5 +1,11 @@
-use super::*;
+//! The store contract, run against each backend: SQLite in a temporary directory and
+//! PostgreSQL in a fresh database on `$CANARY_TEST_PG` (see `pg::testing`).
 
+use super::*;
+use capture::record::{CrashRecord, MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
+
+/// A record with the sample fields of `seq` and raw bytes that do not decode (the SQLite
+/// backend renders from its columns; for both backends use [`real`]).
 pub(crate) fn sample(seq: u32, at: i64) -> NewRecord {
     NewRecord {
         key: RecordKey {
@@ -41,70 +47,401 @@ pub(crate) fn sample_fields(seq: u32) -> RecordFields {
             outcome: "Done".into(),
             elapsed_us: 3,
         }],
+        vm_name: None,
+        host_name: None,
     }
+}
+
+/// A real record (`capture::testutil::sample_record(seq)` on boot `boot`), as the
+/// collector would store it, and the fields `show` must give back.
+pub(crate) fn real(boot: u8, seq: u32, at: i64) -> (NewRecord, RecordFields) {
+    let mut r = capture::testutil::sample_record(seq);
+    r.boot_id = [boot; 16];
+    let mut buf = vec![0u8; MAX_ENCODED_LEN];
+    let raw = r.encode(&mut buf).expect("encodes").to_vec();
+    let source: std::net::SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let n = NewRecord {
+        key: RecordKey {
+            boot_id: r.boot_id,
+            seq,
+            record_crc: crc32fast::hash(&raw),
+        },
+        received_at_us: at,
+        schema_major: SCHEMA_MAJOR,
+        schema_minor: SCHEMA_MINOR,
+        uptime_us: r.uptime_us,
+        line_col: r.location.as_ref().map_or((0, 0), |l| (l.line, l.column)),
+        text: crate::convert::row_text(source, &r),
+        raw,
+    };
+    let f =
+        crate::convert::fields(&CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &n.raw).unwrap());
+    (n, f)
+}
+
+/// One backend to run a contract test on; keeps its database until dropped.
+pub(crate) struct Backend {
+    pub name: &'static str,
+    pub db: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub pg: Option<pg::testing::TestDb>,
+}
+
+impl Backend {
+    pub fn open(&self) -> Store {
+        Store::open(&self.db, Sync::Normal).unwrap_or_else(|e| panic!("{}: open: {e}", self.name))
+    }
+}
+
+/// SQLite, and PostgreSQL when a server is given (see `pg::testing::server_url`).
+pub(crate) fn backends(test: &str) -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vec![Backend {
+        name: "sqlite",
+        db: dir.path().join("db"),
+        _dir: Some(dir),
+        pg: None,
+    }];
+    v.extend(pg_backend(test));
+    v
+}
+
+pub(crate) fn pg_backend(test: &str) -> Option<Backend> {
+    let t = pg::testing::TestDb::create(test)?;
+    Some(Backend {
+        name: "postgres",
+        db: t.url.clone().into(),
+        _dir: None,
+        pg: Some(t),
+    })
 }
 
 #[test]
 fn duplicate_keys_are_ignored_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-    let a = sample(1, 10);
-    let out = s
-        .commit_batch(&[a.clone(), a.clone()], &[], &[], &[])
-        .unwrap();
-    assert_eq!(out, vec![InsertOutcome::Stored, InsertOutcome::Duplicate]);
-    let out = s.commit_batch(&[a], &[], &[], &[]).unwrap();
-    assert_eq!(out, vec![InsertOutcome::Duplicate]);
-    let st = s.stats().unwrap();
-    assert_eq!(st.records, 1);
-    assert_eq!(st.counters["records_stored"], 1);
-    assert_eq!(st.counters["duplicates"], 2);
+    for b in backends("duplicate_keys") {
+        let mut s = b.open();
+        let (a, _) = real(1, 1, 10);
+        let out = s
+            .commit_batch(&[a.clone(), a.clone()], &[], &[], &[])
+            .unwrap();
+        assert_eq!(
+            out,
+            [InsertOutcome::Stored, InsertOutcome::Duplicate],
+            "{}",
+            b.name
+        );
+        assert_eq!(s.last_stored_ids().len(), 1, "{}", b.name);
+        let out = s.commit_batch(&[a], &[], &[], &[]).unwrap();
+        assert_eq!(out, [InsertOutcome::Duplicate], "{}", b.name);
+        let st = s.stats().unwrap();
+        assert_eq!(st.records, 1, "{}", b.name);
+        assert_eq!(st.counters["records_stored"], 1, "{}", b.name);
+        assert_eq!(st.counters["duplicates"], 2, "{}", b.name);
+    }
 }
 
 #[test]
 fn stored_record_reads_back_identically() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-    let a = sample(4, 10);
-    s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
-        .unwrap();
-    let v = s
-        .get(&RecordRef::BootSeq([7; 16], 4), true)
-        .unwrap()
-        .unwrap();
-    assert_eq!(v.fields, sample_fields(4));
-    assert_eq!(v.raw_hex.as_deref(), Some("010203"));
-    assert!(s.get(&RecordRef::Id(99), false).unwrap().is_none());
+    for b in backends("reads_back") {
+        let mut s = b.open();
+        let (a, fields) = real(2, 4, 10);
+        s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
+            .unwrap();
+        let v = s
+            .get(&RecordRef::BootSeq([2; 16], 4), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.fields, fields, "{}", b.name);
+        assert_eq!(
+            v.raw_hex.as_deref(),
+            Some(&*crate::util::hex(&a.raw)),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            v.record_crc,
+            format!("{:08x}", a.key.record_crc),
+            "{}",
+            b.name
+        );
+        assert_eq!(v.source, "10.0.0.9:4000", "{}", b.name);
+        let by_id = s.get(&RecordRef::Id(v.id), false).unwrap().unwrap();
+        assert_eq!(by_id.fields, fields, "{}", b.name);
+        assert!(s.get(&RecordRef::Id(v.id + 99), false).unwrap().is_none());
+        let l = s.list(&Filter::default()).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].message, fields.message, "{}", b.name);
+        assert_eq!(
+            l[0].location.as_deref(),
+            Some("appliance/src/workload.rs:214:17"),
+            "{}",
+            b.name
+        );
+        let all = s.records(&Filter::default(), false).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].fields, fields, "{}", b.name);
+        // A boot id prefix names the boot's newest record.
+        let r = s.resolve_ref("0202:").unwrap().unwrap();
+        assert_eq!(r, RecordRef::Id(v.id), "{}", b.name);
+        assert!(s.resolve_ref("ffff:").unwrap().is_none(), "{}", b.name);
+    }
 }
 
 #[test]
 fn counters_accumulate_across_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-    s.commit_batch(&[], &[], &[], &[("bad_crc", 2), ("evictions", 0)])
-        .unwrap();
-    s.commit_batch(&[], &[], &[], &[("bad_crc", 3)]).unwrap();
-    let st = s.stats().unwrap();
-    assert_eq!(st.counters["bad_crc"], 5);
-    assert_eq!(st.counters["evictions"], 0);
+    for b in backends("counters") {
+        let mut s = b.open();
+        s.commit_batch(&[], &[], &[], &[("bad_crc", 2), ("evictions", 0)])
+            .unwrap();
+        s.commit_batch(&[], &[], &[], &[("bad_crc", 3)]).unwrap();
+        let st = s.stats().unwrap();
+        assert_eq!(st.counters["bad_crc"], 5, "{}", b.name);
+        assert_eq!(st.counters["evictions"], 0, "{}", b.name);
+    }
 }
 
 #[test]
-fn prune_keep_keeps_newest() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("db"), Sync::Normal).unwrap();
-    let recs: Vec<_> = (0..5).map(|i| sample(i, i as i64 * 100)).collect();
-    s.commit_batch(&recs, &[], &[], &[]).unwrap();
-    assert_eq!(s.prune_keep(2).unwrap(), 3);
-    let left: Vec<u32> = s
-        .list(&Filter::default())
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    assert_eq!(left, vec![3, 4]);
-    assert_eq!(s.prune_before(400).unwrap(), 1);
-    assert_eq!(s.stats().unwrap().records, 1);
+fn prune_keep_keeps_newest_and_a_pruned_record_stays_a_duplicate() {
+    for b in backends("prune_keep") {
+        let mut s = b.open();
+        let recs: Vec<_> = (0..5).map(|i| real(3, i, i as i64 * 100).0).collect();
+        s.commit_batch(&recs, &[], &[], &[]).unwrap();
+        assert_eq!(s.prune_keep(2).unwrap(), 3, "{}", b.name);
+        let left: Vec<u32> = s
+            .list(&Filter::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, vec![3, 4], "{}", b.name);
+        assert_eq!(s.prune_before(400).unwrap(), 1, "{}", b.name);
+        assert_eq!(s.stats().unwrap().records, 1, "{}", b.name);
+        drop(s);
+        // Reopened (SQLite loads its keys again): the pruned record is a duplicate.
+        let mut s = b.open();
+        let out = s.commit_batch(&recs[..1], &[], &[], &[]).unwrap();
+        assert_eq!(out, [InsertOutcome::Duplicate], "{}", b.name);
+        assert_eq!(s.count().unwrap(), 1, "{}", b.name);
+    }
+}
+
+#[test]
+fn the_host_filter_matches_either_name_by_prefix_ignoring_case() {
+    for b in backends("host_filter") {
+        let mut s = b.open();
+        let mut recs = Vec::new();
+        for (i, (vm, host)) in [
+            (Some("web-01"), Some("HV07.corp.example")),
+            (Some("db-01"), Some("hv08.corp.example")),
+            (None, None),
+            (Some("50%_off"), None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (mut n, _) = real(4, i as u32, 10);
+            let mut f = sample_fields(i as u32);
+            f.vm_name = vm.map(Into::into);
+            f.host_name = host.map(Into::into);
+            n.text = RowText::from_fields("10.0.0.9:4000", &f);
+            recs.push(n);
+        }
+        s.commit_batch(&recs, &[], &[], &[]).unwrap();
+        let seqs = |h: &str| -> Vec<u32> {
+            s.list(&Filter {
+                host: Some(h.into()),
+                ..Filter::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
+        };
+        assert_eq!(seqs("hv0"), [0, 1], "{}", b.name);
+        assert_eq!(seqs("hv07"), [0], "{}", b.name);
+        assert_eq!(seqs("HV08.CORP.EXAMPLE"), [1], "{}", b.name);
+        assert_eq!(seqs("WEB"), [0], "{}", b.name);
+        assert_eq!(seqs("corp"), Vec::<u32>::new(), "{}", b.name);
+        // LIKE's own wildcards are plain characters here.
+        assert_eq!(seqs("50%"), [3], "{}", b.name);
+        assert_eq!(seqs("5_%"), Vec::<u32>::new(), "{}", b.name);
+        assert_eq!(seqs("%"), Vec::<u32>::new(), "{}", b.name);
+        let v = s
+            .get(&RecordRef::BootSeq([4; 16], 0), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.fields.vm_name.as_deref(), Some("web-01"), "{}", b.name);
+        assert_eq!(
+            v.fields.host_name.as_deref(),
+            Some("HV07.corp.example"),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn followups_attach_to_a_stored_record_once() {
+    for b in backends("followups") {
+        let mut s = b.open();
+        let (a, _) = real(5, 1, 10);
+        let (other, _) = real(5, 2, 10);
+        assert_eq!(
+            s.put_followup(&a.key, b"early", 1).unwrap(),
+            FollowupOutcome::NoSuchRecord,
+            "{}",
+            b.name
+        );
+        assert_eq!(s.followup(&a.key).unwrap(), None);
+        s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
+            .unwrap();
+        assert_eq!(
+            s.put_followup(&a.key, b"steps 1", 2).unwrap(),
+            FollowupOutcome::Stored,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.put_followup(&a.key, b"steps 2", 3).unwrap(),
+            FollowupOutcome::Duplicate,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.followup(&a.key).unwrap().as_deref(),
+            Some(&b"steps 1"[..])
+        );
+        assert_eq!(s.followup(&other.key).unwrap(), None, "{}", b.name);
+        let mut wrong_crc = a.key;
+        wrong_crc.record_crc ^= 1;
+        assert_eq!(
+            s.put_followup(&wrong_crc, b"x", 4).unwrap(),
+            FollowupOutcome::NoSuchRecord,
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn heartbeats_count_only_newer_sequences_and_rejections_are_kept() {
+    for b in backends("heartbeats") {
+        let mut s = b.open();
+        let hb = |seq: u32, at: i64| HeartbeatSeen {
+            boot_id: [6; 16],
+            source: "10.0.0.6:1".into(),
+            arch: 1,
+            seen_at_us: at,
+            uptime_ms: 1000 + seq as u64,
+            seq,
+        };
+        s.commit_batch(&[], &[], &[hb(1, 100), hb(2, 200)], &[])
+            .unwrap();
+        s.commit_batch(&[], &[], &[hb(2, 300), hb(1, 400)], &[])
+            .unwrap();
+        let c = s.canaries().unwrap();
+        assert_eq!(c.len(), 1, "{}", b.name);
+        assert_eq!(
+            (c[0].heartbeats, c[0].heartbeat_seq, c[0].last_seen_us),
+            (2, 2, 200),
+            "{}",
+            b.name
+        );
+        let rej = Rejection {
+            key: RecordKey {
+                boot_id: [6; 16],
+                seq: 9,
+                record_crc: 1,
+            },
+            source: "10.0.0.6:1".into(),
+            received_at_us: 5,
+            schema_major: 9,
+            schema_minor: 0,
+            reason: "newer major".into(),
+            raw: vec![1; 10],
+        };
+        s.set_rejected_budget(15);
+        s.commit_batch(&[], &[rej.clone(), rej.clone()], &[], &[])
+            .unwrap();
+        let r = s.rejections().unwrap();
+        assert_eq!(r.len(), 1, "{}", b.name);
+        assert_eq!(
+            (r[0].schema.as_str(), r[0].reason.as_str()),
+            ("9.0", "newer major")
+        );
+        let st = s.stats().unwrap();
+        assert_eq!(st.counters["rejected"], 2, "{}", b.name);
+        assert_eq!(st.counters["rejected_not_kept"], 1, "{}", b.name);
+        assert_eq!(st.counters["heartbeats"], 4, "{}", b.name);
+        assert_eq!(st.canaries, 1, "{}", b.name);
+    }
+}
+
+#[test]
+fn retention_and_step_stats_work_on_every_backend() {
+    for b in backends("retention") {
+        let mut s = b.open();
+        let recs: Vec<_> = (0..10)
+            .map(|i| real(8, i, i as i64 * 1_000_000).0)
+            .collect();
+        s.commit_batch(&recs, &[], &[], &[]).unwrap();
+        let n = s
+            .apply_retention(
+                &Retention {
+                    max_records: Some(4),
+                    ..Retention::default()
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!(n, 6, "{}", b.name);
+        assert_eq!(s.count().unwrap(), 4, "{}", b.name);
+        assert_eq!(s.count_before(8_000_000).unwrap(), 2, "{}", b.name);
+        assert_eq!(
+            s.stats().unwrap().counters["retention_deleted"],
+            6,
+            "{}",
+            b.name
+        );
+        assert!(s.used_bytes().unwrap() > 0, "{}", b.name);
+        let st = s.step_stats(None).unwrap();
+        assert!(
+            st.iter().any(|x| x.host == "10.0.0.9" && x.records == 4),
+            "{}: {st:?}",
+            b.name
+        );
+        assert_eq!(
+            s.max_id().unwrap(),
+            s.list(&Filter::default()).unwrap().last().map(|r| r.id)
+        );
+    }
+}
+
+#[test]
+fn liveness_rows_round_trip() {
+    use crate::liveness::{Canary, State};
+    for b in backends("liveness") {
+        let mut s = b.open();
+        let c = Canary {
+            address: "10.0.0.1".into(),
+            boot_id: [1; 16],
+            arch: 1,
+            first_seen_us: 10,
+            last_seen_us: 20,
+            heartbeat_seq: Some(3),
+            uptime_ms: 4,
+            interval_ms: 5000,
+            silent_after_ms: 15000,
+            state: State::Alive,
+            state_since_us: 10,
+            crashed_boot: None,
+            last_record_id: None,
+            crashes: 0,
+        };
+        s.save_liveness(std::slice::from_ref(&c)).unwrap();
+        let got = s.liveness().unwrap();
+        assert_eq!(got, std::slice::from_ref(&c), "{}", b.name);
+    }
 }
 
 #[test]

@@ -47,6 +47,14 @@ pub struct RecordFields {
     pub backtrace: Vec<String>,
     pub log_tail: String,
     pub steps: Vec<StepView>,
+    /// The VM's name as the host knows it (Hyper-V KVP `VirtualMachineName`, or SMBIOS),
+    /// when the record carries it. Stored in the `vm_name` column; `list --host` matches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    /// The name of the physical host the VM ran on (Hyper-V KVP `PhysicalHostNameFullyQualified`
+    /// or `PhysicalHostName`), when the record carries it. Stored in `host_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
 }
 
 /// The text columns of a record to store, rendered into one buffer (one allocation per
@@ -86,10 +94,14 @@ pub enum Col {
     ImageId,
     /// JSON of the rest of schema 1.1's group: stacks, backtrace_end, takeovers.
     Ext,
+    /// [`RecordFields::vm_name`] (the `vm_name` column).
+    VmName,
+    /// [`RecordFields::host_name`] (the `host_name` column).
+    HostName,
 }
 
 impl Col {
-    const COUNT: usize = 16;
+    const COUNT: usize = 18;
 }
 
 impl RowText {
@@ -161,6 +173,12 @@ impl RowText {
         t.set(Col::Backtrace, |s| s.push_str(&json(&f.backtrace)));
         t.set(Col::LogTail, |s| s.push_str(&f.log_tail));
         t.set(Col::Steps, |s| s.push_str(&json(&f.steps)));
+        if let Some(v) = &f.vm_name {
+            t.set(Col::VmName, |s| s.push_str(v));
+        }
+        if let Some(h) = &f.host_name {
+            t.set(Col::HostName, |s| s.push_str(h));
+        }
         t
     }
 }
@@ -219,6 +237,20 @@ pub struct HeartbeatSeen {
 pub enum InsertOutcome {
     Stored,
     Duplicate,
+}
+
+/// What [`Store::put_followup`] did with a follow-up frame (the outcomes of the panic steps
+/// that ran after the record was acked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowupOutcome {
+    /// Stored, in the transaction that returned: ack it.
+    Stored,
+    /// A follow-up for this record is already stored (the first one stays): ack it as a
+    /// duplicate; nothing changed.
+    Duplicate,
+    /// No record with this key is stored (not yet, or pruned): nothing stored; do not ack
+    /// (the sender retransmits, and the record may be committed by then).
+    NoSuchRecord,
 }
 
 /// One row of `list`.
@@ -289,6 +321,9 @@ pub struct Filter {
     pub limit: Option<u64>,
     /// Newest first.
     pub reverse: bool,
+    /// Only records whose `vm_name` or `host_name` starts with this text, ignoring ASCII
+    /// case (an exact name is a prefix of itself): `--host hv0` matches `HV07` and `hv0`.
+    pub host: Option<String>,
 }
 
 /// How to name one record on the command line.

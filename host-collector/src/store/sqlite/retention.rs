@@ -2,9 +2,10 @@
 
 use rusqlite::params;
 
-use super::{Result, Retention, Store};
+use super::super::{Result, Retention};
+use super::SqliteStore;
 
-impl Store {
+impl SqliteStore {
     /// Records stored.
     pub fn count(&self) -> Result<u64> {
         Ok(self

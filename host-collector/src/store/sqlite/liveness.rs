@@ -3,7 +3,8 @@
 
 use rusqlite::params;
 
-use super::*;
+use super::super::*;
+use super::SqliteStore;
 use crate::liveness::{Canary, State};
 
 /// Migration 5: one row per canary, told apart by source address (see `crate::liveness`):
@@ -27,7 +28,7 @@ pub(super) const MIGRATION: &str = "CREATE TABLE liveness (
         crashes         INTEGER NOT NULL
     ) WITHOUT ROWID;";
 
-impl Store {
+impl SqliteStore {
     /// Every canary's liveness row; `last_seen_us`, `heartbeat_seq` and `uptime_ms` are the
     /// newest of the row and the boot's heartbeats in `canaries` (which `serve` updates on
     /// every heartbeat, while the row is written only on changes).

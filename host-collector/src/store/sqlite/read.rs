@@ -1,25 +1,35 @@
 //! The store's reading queries (`list`, `show`, `export`, `tail`, `stats`).
 
 use rusqlite::params;
+use rusqlite::types::Value;
 
-use super::*;
+use super::super::*;
+use super::SqliteStore;
 use crate::util::hex;
 
-impl Store {
-    fn where_clause(filter: &Filter) -> (String, Vec<i64>) {
+impl SqliteStore {
+    fn where_clause(filter: &Filter) -> (String, Vec<Value>) {
         let mut conds = Vec::new();
         let mut args = Vec::new();
         if let Some(s) = filter.since_us {
-            args.push(s);
+            args.push(Value::Integer(s));
             conds.push(format!("received_at_us >= ?{}", args.len()));
         }
         if let Some(u) = filter.until_us {
-            args.push(u);
+            args.push(Value::Integer(u));
             conds.push(format!("received_at_us <= ?{}", args.len()));
         }
         if let Some(a) = filter.after_id {
-            args.push(a);
+            args.push(Value::Integer(a));
             conds.push(format!("id > ?{}", args.len()));
+        }
+        if let Some(h) = &filter.host {
+            // Prefix, ASCII case ignored: LIKE with the pattern's own % and _ escaped.
+            args.push(Value::Text(super::super::view::like_prefix(h)));
+            let n = args.len();
+            conds.push(format!(
+                "(vm_name LIKE ?{n} ESCAPE '\\' OR host_name LIKE ?{n} ESCAPE '\\')"
+            ));
         }
         let mut sql = String::new();
         if !conds.is_empty() {
@@ -181,11 +191,70 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    pub(in crate::store) fn boots_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<[u8; 16]>> {
+        let mut st = self.conn.prepare(
+            "SELECT DISTINCT boot_id FROM record_keys WHERE lower(hex(boot_id)) LIKE ?1 || '%'
+             LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![prefix, limit as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for b in rows {
+            if let Ok(b) = <[u8; 16]>::try_from(b?.as_slice()) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(in crate::store) fn count_boots_with_prefix(&self, prefix: &str) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(DISTINCT boot_id) FROM record_keys
+             WHERE lower(hex(boot_id)) LIKE ?1 || '%'",
+            params![prefix],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    pub(in crate::store) fn newest_id_of_boot(&self, boot: &[u8; 16]) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT max(id) FROM record_keys WHERE boot_id = ?1",
+            params![&boot[..]],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Every record with a step time: its source and step times.
+    pub(in crate::store) fn step_rows(&self) -> Result<Vec<super::super::steps::StepRow>> {
+        let cols: Vec<&str> = STEP_COLUMNS.iter().map(|c| c.1).collect();
+        let sql = format!(
+            "SELECT source, {} FROM records WHERE coalesce({}) IS NOT NULL",
+            cols.join(", "),
+            cols.join(", ")
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut t = [None; 7];
+            for (i, v) in t.iter_mut().enumerate() {
+                *v = r.get::<_, Option<i64>>(i + 1)?;
+            }
+            out.push((r.get::<_, String>(0)?, t));
+        }
+        Ok(out)
+    }
 }
 
 const FULL_COLUMNS: &str = "id, boot_id, seq, record_crc, received_at_us, source, schema_major,
     schema_minor, build_id, arch, boot_mode, hypervisor, vmbus_version, uptime_us, kind,
-    kind_detail, message, file, line, col, registers, backtrace, log_tail, steps, raw";
+    kind_detail, message, file, line, col, registers, backtrace, log_tail, steps, raw, vm_name,
+    host_name";
 
 fn json_col<T: serde::de::DeserializeOwned>(
     row: &rusqlite::Row<'_>,
@@ -242,6 +311,8 @@ fn row_to_view(r: &rusqlite::Row<'_>, with_raw: bool) -> Result<RecordView> {
             backtrace: json_col(r, 21, "backtrace", id)?,
             log_tail: r.get(22)?,
             steps: json_col(r, 23, "steps", id)?,
+            vm_name: r.get(25)?,
+            host_name: r.get(26)?,
         },
         raw_len: raw.len(),
         raw_hex: with_raw.then(|| hex(&raw)),

@@ -1,0 +1,353 @@
+//! The PostgreSQL backend of the store (`--db postgres://…`): several collectors write one
+//! fleet database. The database does what the SQLite backend's single writer does in
+//! memory: the unique key `(boot_id, seq, record_crc)` with `ON CONFLICT DO NOTHING
+//! RETURNING` says which records of a batch this transaction stored, so the acks are
+//! truthful across collectors. A lost connection fails the batch (nothing is acked, the
+//! canaries retransmit) and is opened again with backoff on the next call.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, Config};
+
+use super::*;
+
+mod read;
+pub(super) mod schema;
+#[doc(hidden)]
+pub mod testing;
+mod writer;
+pub use schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
+
+/// The URL when `path` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn pg_url(path: &Path) -> Option<&str> {
+    let s = path.to_str()?;
+    (s.starts_with("postgres://") || s.starts_with("postgresql://")).then_some(s)
+}
+
+/// The password set by `--db-password-file` (or `db_password_file`), used when the URL has
+/// none; else `$PGPASSWORD`.
+static PASSWORD: Mutex<Option<String>> = Mutex::new(None);
+
+/// Sets the password for PostgreSQL connections (from `--db-password-file`): the file's
+/// first line.
+pub fn set_password(p: Option<String>) {
+    *PASSWORD.lock().unwrap_or_else(|e| e.into_inner()) = p;
+}
+
+/// `url` without its password, for messages: `postgres://user:secret@h/db` ->
+/// `postgres://user@h/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth_end, _) = rest
+        .char_indices()
+        .find(|(_, c)| matches!(c, '/' | '?'))
+        .unwrap_or((rest.len(), ' '));
+    match rest[..auth_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Whether the URL carries a password (`user:password@`): refused on the command line.
+pub fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    rest[..end]
+        .rfind('@')
+        .is_some_and(|at| rest[..at].contains(':'))
+        || url.contains("password=")
+}
+
+/// A PostgreSQL database to connect to: the parsed URL and its name without password.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: Config,
+    name: String,
+}
+
+impl PgTarget {
+    pub fn parse(url: &str) -> Result<PgTarget> {
+        let name = redact(url);
+        let mut config: Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::BadUrl(format!("--db {name}: {e}")))?;
+        if config.get_password().is_none() {
+            let p = PASSWORD
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .or_else(|| std::env::var("PGPASSWORD").ok());
+            if let Some(p) = p {
+                config.password(p);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("host-collector");
+        }
+        // A dead server or network is noticed by the writer's next commit, not hours later.
+        config.keepalives_idle(Duration::from_secs(30));
+        Ok(PgTarget { config, name })
+    }
+
+    /// The URL without password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let r = match self.config.get_ssl_mode() {
+            postgres::config::SslMode::Disable => self.config.connect(postgres::NoTls),
+            _ => {
+                // `sslmode=prefer` (the default) uses TLS when the server offers it;
+                // `require` insists. Certificates are checked against the system's roots.
+                let tls = native_tls::TlsConnector::new().map_err(|e| StoreError::Unavailable {
+                    target: self.name.clone(),
+                    reason: format!("TLS: {e}"),
+                })?;
+                self.config
+                    .connect(postgres_native_tls::MakeTlsConnector::new(tls))
+            }
+        };
+        r.map_err(|e| StoreError::Unavailable {
+            target: self.name.clone(),
+            reason: pg_text(&e),
+        })
+    }
+}
+
+/// The text of a PostgreSQL error, once: the server's message (with its detail), or the
+/// driver's.
+pub(super) fn pg_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                let t = c.to_string();
+                if !s.contains(&t) {
+                    s.push_str(": ");
+                    s.push_str(&t);
+                }
+                src = c.source();
+            }
+            s
+        }
+    }
+}
+
+/// The connection, opened again after it broke: at most once per backoff interval, which
+/// doubles from 100 ms to 5 s while the server stays away.
+struct Conn {
+    client: Option<Client>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    target: PgTarget,
+    conn: Mutex<Conn>,
+    last_ids: Vec<i64>,
+    rejected_budget: u64,
+    rejected_bytes: Option<u64>,
+    /// The crash count of each canary's liveness row as this collector last read or wrote
+    /// it: a save adds only this collector's new crashes to the row.
+    crash_base: Mutex<HashMap<String, u64>>,
+}
+
+impl PgStore {
+    /// Connects to `url`; with `create`, applies the missing migrations (under an advisory
+    /// lock: one collector at a time), else requires a canary schema of this version.
+    pub fn open(url: &str, create: bool) -> Result<PgStore> {
+        let target = PgTarget::parse(url)?;
+        let client = target.connect()?;
+        let s = PgStore {
+            target,
+            conn: Mutex::new(Conn {
+                client: Some(client),
+                next_try: Instant::now(),
+                backoff: BACKOFF_MIN,
+            }),
+            last_ids: Vec::new(),
+            rejected_budget: u64::MAX,
+            rejected_bytes: None,
+            crash_base: Mutex::new(HashMap::new()),
+        };
+        if create {
+            s.with(schema::migrate)??;
+        } else {
+            let found = s.schema_version()?;
+            if found == 0 {
+                return Err(StoreError::Unavailable {
+                    target: s.target.name.clone(),
+                    reason: "not a canary database: no collector has written it (run \
+                             `host-collector serve --db URL` once)"
+                        .into(),
+                });
+            }
+            if found > PG_SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    found,
+                    supported: PG_SCHEMA_VERSION,
+                });
+            }
+            if found < PG_SCHEMA_VERSION {
+                s.with(schema::migrate)??;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Runs `f` on the connection, connecting again first if it broke (not more often than
+    /// the backoff allows: until then the call fails at once). A connection that is closed
+    /// after `f` failed is dropped, to be opened again by a later call.
+    ///
+    /// The driver blocks on a runtime of its own, which cannot run inside another one: called
+    /// from an async context (`serve`'s last commit), `f` runs on a scoped thread.
+    pub(super) fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error> + Send,
+    ) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|sc| sc.spawn(|| self.with_here(f)).join()).unwrap_or_else(
+                |_| Err(StoreError::Postgres("the database thread panicked".into())),
+            );
+        }
+        self.with_here(f)
+    }
+
+    fn with_here<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if g.client.as_ref().is_none_or(|c| c.is_closed()) {
+            g.client = None;
+            let now = Instant::now();
+            if now < g.next_try {
+                return Err(StoreError::Unavailable {
+                    target: self.target.name.clone(),
+                    reason: format!(
+                        "connection lost; connecting again in {} ms",
+                        (g.next_try - now).as_millis()
+                    ),
+                });
+            }
+            match self.target.connect() {
+                Ok(c) => {
+                    tracing::info!(db = %self.target.name, "connected to PostgreSQL again");
+                    g.client = Some(c);
+                    g.backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    g.next_try = Instant::now() + g.backoff;
+                    g.backoff = (g.backoff * 2).min(BACKOFF_MAX);
+                    return Err(e);
+                }
+            }
+        }
+        let c = g.client.as_mut().expect("connected above");
+        match f(c) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Class 08: connection exception; 57: operator intervention (the server
+                // shutting down, the backend terminated).
+                let gone = e
+                    .code()
+                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"));
+                let closed = gone || c.is_closed() || e.is_closed() || e.as_db_error().is_none();
+                let err = if closed {
+                    g.client = None;
+                    g.next_try = Instant::now();
+                    StoreError::Unavailable {
+                        target: self.target.name.clone(),
+                        reason: pg_text(&e),
+                    }
+                } else {
+                    StoreError::Postgres(pg_text(&e))
+                };
+                Err(err)
+            }
+        }
+    }
+
+    /// The schema version (0 when no collector has migrated this database).
+    pub fn schema_version(&self) -> Result<u32> {
+        self.with(schema::version)
+    }
+
+    pub fn set_rejected_budget(&mut self, bytes: u64) {
+        self.rejected_budget = bytes;
+    }
+
+    pub fn last_stored_ids(&self) -> &[i64] {
+        &self.last_ids
+    }
+
+    /// The database this store writes, without password.
+    pub fn name(&self) -> &str {
+        &self.target.name
+    }
+}
+
+impl Drop for PgStore {
+    /// The driver closes a connection by blocking on its own runtime, which cannot run
+    /// inside another one: inside an async context the connection is closed on a thread.
+    fn drop(&mut self) {
+        let c = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .client
+            .take();
+        if let Some(c) = c {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(c)).join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_found_and_redacted() {
+        assert!(url_has_password("postgres://u:pw@h:5432/db"));
+        assert!(url_has_password("postgres://h/db?password=x"));
+        assert!(!url_has_password("postgres://u@h/db"));
+        assert!(!url_has_password("postgres://h/db?user=a:b"));
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(redact("postgresql://h/db?x=@"), "postgresql://h/db?x=@");
+        assert_eq!(
+            pg_url(Path::new("postgres://h/db")),
+            Some("postgres://h/db")
+        );
+        assert_eq!(pg_url(Path::new("canary.db")), None);
+    }
+}

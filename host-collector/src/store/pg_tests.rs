@@ -1,0 +1,192 @@
+//! What only PostgreSQL promises: several collectors (stores) on one database.
+
+use super::tests::{pg_backend, real};
+use super::*;
+
+/// Two stores commit the same 400 keys at once, in batches of different sizes and orders:
+/// every key is `Stored` by exactly one of them and `Duplicate` for the other, and there is
+/// one row per key.
+#[test]
+fn two_collectors_store_each_key_once_and_say_so_truthfully() {
+    let Some(b) = pg_backend("two_collectors") else {
+        return;
+    };
+    let recs: Vec<NewRecord> = (0..400).map(|i| real((i / 50) as u8, i, 1).0).collect();
+    let run = |reverse: bool, batch: usize| {
+        let mut s = b.open();
+        let mut mine: Vec<NewRecord> = recs.clone();
+        if reverse {
+            mine.reverse();
+        }
+        let mut out = Vec::new();
+        for chunk in mine.chunks(batch) {
+            loop {
+                match s.commit_batch(chunk, &[], &[], &[("datagrams", 1)]) {
+                    Ok(o) => {
+                        out.extend(chunk.iter().map(|r| r.key).zip(o));
+                        break;
+                    }
+                    // A deadlock between the two is possible in principle (the other
+                    // transaction is rolled back): the writer retries like this.
+                    Err(StoreError::Postgres(m)) if m.contains("deadlock") => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        out
+    };
+    let (a, c) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| run(false, 37));
+        let c = sc.spawn(|| run(true, 64));
+        (a.join().unwrap(), c.join().unwrap())
+    });
+    let stored = |v: &[(RecordKey, InsertOutcome)]| -> std::collections::HashSet<RecordKey> {
+        v.iter()
+            .filter(|(_, o)| *o == InsertOutcome::Stored)
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let (sa, sc) = (stored(&a), stored(&c));
+    assert_eq!(a.len(), 400);
+    assert_eq!(c.len(), 400);
+    assert!(sa.is_disjoint(&sc), "a key stored by both");
+    assert_eq!(sa.len() + sc.len(), 400, "every key stored by one of them");
+    let s = b.open();
+    let st = s.stats().unwrap();
+    assert_eq!(st.records, 400);
+    assert_eq!(st.counters["records_stored"], 400);
+    assert_eq!(st.counters["duplicates"], 400);
+    assert!(st.counters["datagrams"] >= 400 / 64 + 400 / 37, "{st:?}");
+}
+
+/// Collectors starting together on a new database: one migrates, the others wait on the
+/// advisory lock and find the schema done.
+#[test]
+fn collectors_starting_together_migrate_once() {
+    let Some(b) = pg_backend("migrate_together") else {
+        return;
+    };
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| b.open())).collect();
+        for h in hs {
+            let s = h.join().unwrap();
+            assert_eq!(s.schema_version().unwrap(), pg::PG_SCHEMA_VERSION);
+        }
+    });
+    let t = b.pg.as_ref().unwrap();
+    assert_eq!(
+        t.query_i64("SELECT count(*) FROM canary_schema").unwrap(),
+        1
+    );
+}
+
+/// A store whose database goes away (connections ended and refused) fails every commit,
+/// so nothing is acked, and stores again once the database is back.
+#[test]
+fn a_store_that_loses_its_database_fails_commits_and_resumes() {
+    let Some(b) = pg_backend("loses_database") else {
+        return;
+    };
+    let t = b.pg.as_ref().unwrap();
+    let mut s = b.open();
+    let (r1, _) = real(9, 1, 1);
+    let (r2, _) = real(9, 2, 1);
+    assert_eq!(
+        s.commit_batch(std::slice::from_ref(&r1), &[], &[], &[])
+            .unwrap(),
+        [InsertOutcome::Stored]
+    );
+    t.refuse_connections().unwrap();
+    for _ in 0..3 {
+        let e = s.commit_batch(std::slice::from_ref(&r2), &[], &[], &[]);
+        assert!(matches!(e, Err(StoreError::Unavailable { .. })), "{e:?}");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    t.allow_connections().unwrap();
+    let t0 = std::time::Instant::now();
+    let out = loop {
+        match s.commit_batch(std::slice::from_ref(&r2), &[], &[], &[]) {
+            Ok(o) => break o,
+            Err(StoreError::Unavailable { .. }) if t0.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(out, [InsertOutcome::Stored]);
+    assert_eq!(s.count().unwrap(), 2);
+    // A connection ended under it (pg_terminate_backend) is opened again at once.
+    t.terminate_connections().unwrap();
+    let _ = s.count();
+    assert_eq!(s.count().unwrap(), 2);
+}
+
+/// Crash counts and heartbeats add up across collectors; the newest sighting wins.
+#[test]
+fn liveness_from_two_collectors_adds_crashes_and_keeps_the_newest_sighting() {
+    use crate::liveness::{Canary, State};
+    let Some(b) = pg_backend("liveness_two") else {
+        return;
+    };
+    let base = Canary {
+        address: "10.0.0.1".into(),
+        boot_id: [1; 16],
+        arch: 1,
+        first_seen_us: 10,
+        last_seen_us: 20,
+        heartbeat_seq: Some(3),
+        uptime_ms: 4,
+        interval_ms: 5000,
+        silent_after_ms: 15000,
+        state: State::Alive,
+        state_since_us: 10,
+        crashed_boot: None,
+        last_record_id: None,
+        crashes: 0,
+    };
+    let mut x = b.open();
+    let mut y = b.open();
+    x.save_liveness(std::slice::from_ref(&base)).unwrap();
+    assert_eq!(x.liveness().unwrap().len(), 1);
+    assert_eq!(y.liveness().unwrap().len(), 1);
+    // Each saw one crash of its own.
+    let mut cx = base.clone();
+    cx.crashes = 1;
+    cx.last_seen_us = 50;
+    cx.state = State::Crashed;
+    cx.state_since_us = 50;
+    let mut cy = base.clone();
+    cy.crashes = 1;
+    cy.last_seen_us = 40;
+    x.save_liveness(std::slice::from_ref(&cx)).unwrap();
+    y.save_liveness(std::slice::from_ref(&cy)).unwrap();
+    let got = b.open().liveness().unwrap();
+    assert_eq!(got[0].crashes, 2, "{got:?}");
+    assert_eq!(got[0].last_seen_us, 50);
+    assert_eq!(got[0].state, State::Crashed);
+    // Saving again without a new crash adds nothing.
+    x.save_liveness(std::slice::from_ref(&cx)).unwrap();
+    assert_eq!(b.open().liveness().unwrap()[0].crashes, 2);
+}
+
+/// A database of another program is refused; a reader on a database no collector wrote
+/// says so.
+#[test]
+fn foreign_and_empty_databases_are_refused() {
+    let Some(b) = pg_backend("foreign") else {
+        return;
+    };
+    let url = b.db.clone();
+    let e = Store::open_read(&url)
+        .err()
+        .expect("empty database refused");
+    assert!(e.to_string().contains("no collector has written it"), "{e}");
+    b.pg.as_ref()
+        .unwrap()
+        .exec("CREATE TABLE records (x int)")
+        .unwrap();
+    let e = Store::open(&url, Sync::Normal)
+        .err()
+        .expect("foreign refused");
+    assert!(e.to_string().contains("another program"), "{e}");
+}

@@ -1,0 +1,312 @@
+//! The SQLite batch writer: one transaction per batch (group commit), dedupe against the
+//! keys loaded into memory (the one writer holds the file lock), follow-ups.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::super::*;
+use super::SqliteStore;
+
+impl SqliteStore {
+    /// Loads the key of every stored (and every pruned) record into memory (done by the first
+    /// [`SqliteStore::commit_batch`] otherwise). About 40 bytes per stored record.
+    pub fn load_dedupe_keys(&mut self) -> Result<()> {
+        if self.keys.is_none() {
+            let t = std::time::Instant::now();
+            let keys = self.load_keys()?;
+            tracing::info!(records = keys.len(), took = ?t.elapsed(), "loaded dedupe keys");
+            self.keys = Some(keys);
+        }
+        Ok(())
+    }
+
+    fn load_keys(&self) -> Result<HashSet<RecordKey>> {
+        let mut st = self.conn.prepare(
+            "SELECT boot_id, seq, record_crc FROM record_keys
+                 UNION ALL SELECT boot_id, seq, record_crc FROM pruned_keys",
+        )?;
+        let mut rows = st.query([])?;
+        let mut keys = HashSet::new();
+        while let Some(r) = rows.next()? {
+            let b: Vec<u8> = r.get(0)?;
+            keys.insert(RecordKey {
+                boot_id: b.as_slice().try_into().unwrap_or([0; 16]),
+                seq: r.get(1)?,
+                record_crc: r.get(2)?,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// Stores a batch in one transaction: records (duplicates ignored), rejections, heartbeats,
+    /// and counter increments (plus `records_stored`, `duplicates`, `rejected` and
+    /// `heartbeats` for what the batch itself holds). Returns the outcome of each record.
+    pub fn commit_batch(
+        &mut self,
+        records: &[NewRecord],
+        rejections: &[Rejection],
+        heartbeats: &[HeartbeatSeen],
+        counters: &[(&str, u64)],
+    ) -> Result<Vec<InsertOutcome>> {
+        self.load_dedupe_keys()?;
+        // Rejected records are kept up to the byte budget, in arrival order; the rest are
+        // only counted (as `rejected` and `rejected_not_kept`).
+        let mut kept_bytes = match self.rejected_bytes {
+            Some(b) => b,
+            None if rejections.is_empty() => 0,
+            None => self.conn.query_row(
+                "SELECT coalesce(sum(length(raw)), 0) FROM rejections",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64,
+        };
+        let before = kept_bytes;
+        let mut keep = 0;
+        for r in rejections {
+            let after = kept_bytes.saturating_add(r.raw.len() as u64);
+            if after > self.rejected_budget {
+                break;
+            }
+            kept_bytes = after;
+            keep += 1;
+        }
+        let not_kept = (rejections.len() - keep) as u64;
+        let extra = [("rejected", not_kept), ("rejected_not_kept", not_kept)];
+        let all_counters: Vec<(&str, u64)>;
+        let counters = if not_kept > 0 {
+            all_counters = counters.iter().copied().chain(extra).collect();
+            &all_counters[..]
+        } else {
+            counters
+        };
+        let SqliteStore {
+            conn,
+            keys,
+            last_ids,
+            ..
+        } = self;
+        last_ids.clear();
+        let known = keys.as_mut().expect("loaded above");
+        let mut new_keys: Vec<RecordKey> = Vec::with_capacity(records.len());
+        let res = Self::write_batch(
+            conn,
+            known,
+            &mut new_keys,
+            last_ids,
+            records,
+            &rejections[..keep],
+            heartbeats,
+            counters,
+        );
+        if !rejections.is_empty() {
+            self.rejected_bytes = Some(if res.is_ok() { kept_bytes } else { before });
+        }
+        if let (Err(_), Some(known)) = (&res, self.keys.as_mut()) {
+            // Not committed: forget the keys this batch claimed.
+            for k in &new_keys {
+                known.remove(k);
+            }
+            self.last_ids.clear();
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_batch(
+        conn: &mut Connection,
+        known: &mut HashSet<RecordKey>,
+        new_keys: &mut Vec<RecordKey>,
+        ids: &mut Vec<i64>,
+        records: &[NewRecord],
+        rejections: &[Rejection],
+        heartbeats: &[HeartbeatSeen],
+        counters: &[(&str, u64)],
+    ) -> Result<Vec<InsertOutcome>> {
+        let tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(records.len());
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
+                    schema_major, schema_minor, build_id, arch, boot_mode, hypervisor,
+                    vmbus_version, uptime_us, kind, kind_detail, message, file, line, col,
+                    registers, backtrace, log_tail, steps, raw, image_id, load_base, ext,
+                    step_freeze_us, step_screen_flush_us, step_vmbus_unload_us,
+                    step_arch_cleanup_us, step_ship_us, step_crash_registers_us, step_end_us,
+                    vm_name, host_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
+                    ?32, ?33, ?34, ?35, ?36)",
+            )?;
+            let mut keys_ins = tx.prepare_cached(
+                "INSERT INTO record_keys (id, boot_id, seq, record_crc) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in records {
+                if !known.insert(r.key) {
+                    out.push(InsertOutcome::Duplicate);
+                    continue;
+                }
+                new_keys.push(r.key);
+                let t = &r.text;
+                let has_file = t.get(Col::File).is_some();
+                let n = ins.execute(params![
+                    &r.key.boot_id[..],
+                    r.key.seq,
+                    r.key.record_crc,
+                    r.received_at_us,
+                    t.req(Col::Source),
+                    r.schema_major,
+                    r.schema_minor,
+                    t.req(Col::BuildId),
+                    t.req(Col::Arch),
+                    t.req(Col::BootMode),
+                    t.req(Col::Hypervisor),
+                    t.get(Col::VmbusVersion),
+                    r.uptime_us as i64,
+                    t.req(Col::Kind),
+                    t.get(Col::KindDetail),
+                    t.req(Col::Message),
+                    t.get(Col::File),
+                    has_file.then_some(r.line_col.0),
+                    has_file.then_some(r.line_col.1),
+                    t.req(Col::Registers),
+                    t.req(Col::Backtrace),
+                    t.req(Col::LogTail),
+                    t.req(Col::Steps),
+                    r.raw,
+                    t.get(Col::ImageId),
+                    t.load_base.map(|b| b as i64),
+                    t.get(Col::Ext),
+                    t.step_us[0],
+                    t.step_us[1],
+                    t.step_us[2],
+                    t.step_us[3],
+                    t.step_us[4],
+                    t.step_us[5],
+                    t.step_us[6],
+                    t.get(Col::VmName),
+                    t.get(Col::HostName),
+                ])?;
+                debug_assert_eq!(n, 1);
+                ids.push(tx.last_insert_rowid());
+                keys_ins.execute(params![
+                    tx.last_insert_rowid(),
+                    &r.key.boot_id[..],
+                    r.key.seq,
+                    r.key.record_crc
+                ])?;
+                out.push(InsertOutcome::Stored);
+            }
+            if !rejections.is_empty() {
+                let mut rej = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO rejections (boot_id, seq, record_crc, received_at_us,
+                        source, schema_major, schema_minor, reason, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for r in rejections {
+                    rej.execute(params![
+                        &r.key.boot_id[..],
+                        r.key.seq,
+                        r.key.record_crc,
+                        r.received_at_us,
+                        r.source,
+                        r.schema_major,
+                        r.schema_minor,
+                        r.reason,
+                        r.raw
+                    ])?;
+                }
+            }
+            if !heartbeats.is_empty() {
+                // Only a sequence above the last one seen for the boot counts: a replayed (or
+                // duplicated) heartbeat must not make a dead canary look alive.
+                let mut hb = tx.prepare_cached(
+                    "INSERT INTO canaries (boot_id, source, arch, first_seen_us, last_seen_us,
+                        uptime_ms, heartbeat_seq, heartbeats)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, 1)
+                     ON CONFLICT (boot_id) DO UPDATE SET source = excluded.source,
+                        arch = excluded.arch, last_seen_us = excluded.last_seen_us,
+                        uptime_ms = excluded.uptime_ms, heartbeat_seq = excluded.heartbeat_seq,
+                        heartbeats = heartbeats + 1
+                     WHERE excluded.heartbeat_seq > canaries.heartbeat_seq",
+                )?;
+                for h in heartbeats {
+                    hb.execute(params![
+                        &h.boot_id[..],
+                        h.source,
+                        h.arch,
+                        h.seen_at_us,
+                        h.uptime_ms as i64,
+                        h.seq
+                    ])?;
+                }
+            }
+            let mut ctr = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            )?;
+            let stored = out.iter().filter(|o| **o == InsertOutcome::Stored).count() as u64;
+            let own = [
+                ("records_stored", stored),
+                ("duplicates", out.len() as u64 - stored),
+                ("rejected", rejections.len() as u64),
+                ("heartbeats", heartbeats.len() as u64),
+            ];
+            for (name, v) in counters.iter().chain(&own).filter(|(_, v)| *v > 0) {
+                ctr.execute(params![name, *v as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // (reading queries: store/read.rs)
+
+    pub fn put_followup(
+        &mut self,
+        key: &RecordKey,
+        raw: &[u8],
+        received_unix_ms: i64,
+    ) -> Result<FollowupOutcome> {
+        let tx = self.conn.transaction()?;
+        let known = tx
+            .query_row(
+                "SELECT 1 FROM record_keys WHERE boot_id = ?1 AND seq = ?2 AND record_crc = ?3",
+                params![&key.boot_id[..], key.seq, key.record_crc],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !known {
+            return Ok(FollowupOutcome::NoSuchRecord);
+        }
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &key.boot_id[..],
+                key.seq,
+                key.record_crc,
+                received_unix_ms,
+                raw
+            ],
+        )?;
+        tx.commit()?;
+        Ok(if n == 1 {
+            FollowupOutcome::Stored
+        } else {
+            FollowupOutcome::Duplicate
+        })
+    }
+
+    pub fn followup(&self, key: &RecordKey) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT raw FROM followups WHERE boot_id = ?1 AND seq = ?2 AND record_crc = ?3",
+                params![&key.boot_id[..], key.seq, key.record_crc],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
