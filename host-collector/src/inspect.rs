@@ -76,10 +76,12 @@ pub(crate) fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
         .and_then(parse_hex)
         .unwrap_or_default();
     let ext = show::ext_of(&raw, &rec.schema);
+    let identity = host_collector::identity::IdentityView::of_raw(&raw, &rec.schema);
     if !a.raw {
         rec.raw_hex = None;
     }
-    let view = show::build(rec, &ext, &a.symbols.store(ctx));
+    let mut view = show::build(rec, &ext, &a.symbols.store(ctx));
+    view.identity = identity;
     if a.json {
         print(&(serde_json::to_string_pretty(&view)? + "\n"))
     } else {

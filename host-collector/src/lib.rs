@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod drill;
 pub mod events;
+pub mod identity;
 pub mod listing;
 pub mod liveness;
 pub mod load;

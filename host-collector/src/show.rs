@@ -87,6 +87,9 @@ pub struct ShowView {
     /// Stack bytes from the stack pointer up (schema 1.1), if the record has them.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stack: Option<DumpView>,
+    /// Who crashed: SMBIOS and KVP (schema 1.2); `None` for older records.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub identity: Option<crate::identity::IdentityView>,
 }
 
 /// Bytes of guest memory the record carries.
@@ -311,6 +314,7 @@ pub fn build(record: RecordView, ext: &Ext1, store: &SymbolStore) -> ShowView {
         lock_takeovers,
         code: dump(ext.code_at, &ext.code, Some(pc)),
         stack: dump(ext.stack_at, &ext.stack, None),
+        identity: None,
         record,
     }
 }
@@ -340,6 +344,14 @@ pub fn render(v: &ShowView) -> String {
             r.schema, r.raw_len, r.record_crc
         ),
     );
+    match &v.identity {
+        Some(id) => {
+            for (k, line) in id.lines() {
+                kv(&mut o, k, &line);
+            }
+        }
+        None => kv(&mut o, "Identity", "(not in this record: schema before 1.2)"),
+    }
     kv(&mut o, "Build ID", &f.build_id);
     let image = match (&v.image.id, &v.image.load_base) {
         (Some(id), Some(b)) => format!("{} {id}, loaded at {b}", v.image.id_kind),
