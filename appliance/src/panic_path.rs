@@ -683,10 +683,15 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
     let cfg = platform::config();
     // The context is built once from the statics; the deadlines are its parameters.
     let mut machine = KernelMachine;
-    let seal = match entry {
-        // SAFETY: only the first entry seals and ships; the guard hands out `First` once.
-        Entry::First => Some(unsafe { &mut *SEAL.0.get() }),
-        Entry::Nested | Entry::Terminal => None,
+    // SAFETY: the first entry seals and ships; a nested entry only reads the seal and marks
+    // the follow-up sent, after the first entry stopped for good (one CPU, interrupts off:
+    // entries never run concurrently and the first never resumes), as `Cell` says.
+    let seal = Some(unsafe { &mut *SEAL.0.get() });
+    let first: Option<&CrashRecord> = match entry {
+        Entry::First | Entry::Terminal => None,
+        // SAFETY: as above: the first entry's record is only read, after the first entry
+        // stopped for good; the guard hands out `Nested` once.
+        Entry::Nested => Some(unsafe { &*FIRST_REC.0.get() }),
     };
     let mut ctx = PanicContext {
         entry,
@@ -696,6 +701,7 @@ fn go(entry: Entry, rec: &mut CrashRecord) -> ! {
             ship_ms: cfg.deadline_ms,
         },
         seal,
+        first,
     };
     capture::panic::run(&mut ctx, rec, entry);
     let code = match (entry, SHIP_OUTCOME.load(Ordering::Relaxed)) {

@@ -77,8 +77,12 @@ pub struct PanicContext<'m, M: Machine> {
     pub entry: Entry,
     pub m: &'m mut M,
     pub deadlines: Deadlines,
-    /// The first entry's seal (a nested entry seals nothing: it neither draws nor ships).
+    /// The first entry's seal. A nested entry neither draws nor ships, but it sends the
+    /// first entry's follow-up if the first entry's record was acked and the first entry
+    /// did not get to send it (`first` then holds the first entry's record).
     pub seal: Option<&'m mut Seal>,
+    /// A nested entry: the first entry's record, whose steps the follow-up reports.
+    pub first: Option<&'m CrashRecord>,
 }
 
 impl<M: Machine> PanicContext<'_, M> {
@@ -159,7 +163,10 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 
     fn end(&mut self, rec: &CrashRecord) {
         self.m.step_hook(self.entry, Step::End);
-        if let Some(f) = self.seal.as_deref().and_then(|s| followup_of(s, rec)) {
+        let src = self.first.unwrap_or(rec);
+        let due = self.seal.as_deref().and_then(|s| followup_of(s, src));
+        if let (Some(f), Some(seal)) = (due, self.seal.as_deref_mut()) {
+            seal.set_followup_sent();
             let o = self.m.send_followup(&f, self.deadlines.ship_ms);
             log::info!("panic: follow-up ({} steps): {o}", f.steps().len());
         }
@@ -182,7 +189,7 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 /// end step does after that cannot go over the network it tears down.
 pub fn followup_of(seal: &Seal, rec: &CrashRecord) -> Option<FollowupRepr> {
     let id = seal.id()?;
-    if !seal.acked() {
+    if !seal.acked() || seal.followup_sent() {
         return None;
     }
     let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();

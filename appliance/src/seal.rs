@@ -74,6 +74,7 @@ pub struct Seal {
     steps_in_record: usize,
     id: Option<RecordId>,
     acked: bool,
+    followup_sent: bool,
     shed: u8,
 }
 
@@ -96,6 +97,7 @@ impl Seal {
             steps_in_record: 0,
             id: None,
             acked: false,
+            followup_sent: false,
             shed: 0,
         }
     }
@@ -141,6 +143,16 @@ impl Seal {
         self.acked = acked;
     }
 
+    /// Whether an entry already sent the follow-up (a nested entry does not send it again).
+    pub fn followup_sent(&self) -> bool {
+        self.followup_sent
+    }
+
+    /// Marks the follow-up as sent (before sending: a panic while sending is not retried).
+    pub fn set_followup_sent(&mut self) {
+        self.followup_sent = true;
+    }
+
     /// Seals `rec`: a trailing `Pending` step entry (the screen step being run) is left out
     /// of the sealed bytes; bulk parts are shed from `rec` if the payload does not fit a QR
     /// code. On error nothing is sealed unless the record itself encoded (then it ships
@@ -172,6 +184,8 @@ impl Seal {
         key: Option<&capture::Key>,
     ) -> Result<(), SealError> {
         self.id = None;
+        self.acked = false;
+        self.followup_sent = false;
         self.payload_len = 0;
         let mut last = ScreenError::Truncated(0);
         for level in 0..=SHED_LEVELS {

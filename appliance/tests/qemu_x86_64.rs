@@ -95,9 +95,11 @@ fn panic_inside_the_panic_path_ends_through_the_nested_path() {
         run.serial
     );
     assert!(run.serial.contains("canary: end: halt"), "{}", run.serial);
-    // The first entry shipped before the nested panic.
+    // The first entry shipped before the nested panic; the nested entry sent the first
+    // entry's follow-up: its crash registers step was running when it panicked, and its end
+    // never came.
     let rec = c.show_latest();
-    assert_complete_record(&rec, "x86_64", "pvh", "panic", &run.serial);
+    assert_complete_record_steps(&rec, "x86_64", "pvh", "panic", &run.serial, &STEPS_NESTED);
 }
 
 #[test]

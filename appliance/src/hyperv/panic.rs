@@ -534,6 +534,7 @@ pub(crate) mod tests {
                 ship_ms: 3_000,
             },
             seal: Some(&mut seal),
+            first: None,
         };
         capture::panic::run(&mut ctx, &mut rec, Entry::First);
         assert_eq!(m.shipped, 1);

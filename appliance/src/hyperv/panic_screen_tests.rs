@@ -5,8 +5,8 @@
 //! the real chunk sender and reassembler.
 //!
 //! With `CANARY_UPDATE_REFERENCE=1` the test writes the screen to `docs/panic-screen-qr.png`
-//! and the shipped bytes to `docs/panic-screen-qr.record` (host-collector's `import-screen`
-//! test reads that pair).
+//! the shipped bytes to `docs/panic-screen-qr.record` and the follow-up frame the run sent
+//! to `docs/panic-screen-qr.followup` (host-collector's `tests/screen.rs` reads them).
 use super::devices::{start_fb, ChannelSlot, FbVram, GopFramebuffer, Vram};
 use super::panic::tests::{boot, run, SimFb};
 use super::panic_screen;
@@ -146,6 +146,8 @@ fn screen_carries_the_record_on(p: Personality) {
         .find(|s| s.step == Step::ScreenFlush)
         .unwrap();
     assert_eq!(screen_step.outcome, capture::panic::Outcome::Done, "{ctx}");
+    assert_eq!(r.followups.len(), 1, "{ctx}");
+    assert_eq!(r.followups[0].steps()[0], *screen_step, "{ctx}");
 
     // The screen as the host model holds it, through a PNG.
     let (w, h, rgb) = host
@@ -183,6 +185,11 @@ fn screen_carries_the_record_on(p: Personality) {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::write(docs.join("panic-screen-qr.png"), &png_bytes).unwrap();
         std::fs::write(docs.join("panic-screen-qr.record"), &r.sealed).unwrap();
+        // The follow-up this run sent after the record's ack (unauthenticated), for the
+        // collector's test of `show`'s seven steps.
+        let mut frame = [0u8; capture::wire::MAX_DATAGRAM];
+        let n = Repr::Followup(r.followups[0]).emit(None, &mut frame).unwrap();
+        std::fs::write(docs.join("panic-screen-qr.followup"), &frame[..n]).unwrap();
     }
 }
 
