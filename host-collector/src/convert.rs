@@ -162,6 +162,11 @@ fn push_hex_list(s: &mut String, vs: impl Iterator<Item = u64>) {
 /// Renders the stored text columns of `r` straight from the decoded record: the same JSON as
 /// [`fields`] gives (checked by a test), without building it up in `serde_json` values.
 pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
+    row_text_from(&source, r)
+}
+
+/// [`row_text`] with any source text (`import-screen`'s `screen:FILE`).
+pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText {
     let mut t = RowText::with_capacity(1024 + r.log_tail.len() + r.message.len());
     t.set(Col::Source, |s| {
         let _ = write!(s, "{source}");

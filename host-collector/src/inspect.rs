@@ -82,6 +82,7 @@ pub(crate) fn show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     }
     let mut view = show::build(rec, &ext, &a.symbols.store(ctx));
     view.identity = identity;
+    host_collector::followup_view::attach(&mut view, &store, &raw)?;
     if a.json {
         print(&(serde_json::to_string_pretty(&view)? + "\n"))
     } else {

@@ -16,6 +16,7 @@ mod cmds;
 mod fleet;
 mod inspect;
 mod pager;
+mod screen_cmd;
 
 use cli_util::{describe, usage, Exit, Usage};
 use host_collector::config::{FileConfig, DEFAULT_LISTEN};
@@ -116,6 +117,10 @@ Listens on 127.0.0.1:7373 unless --listen says otherwise.",
     /// Keep debug files by build id (`symbols add IMAGE…`, `symbols list`) for `show`.
     #[command(after_help = EXIT_CODES)]
     Symbols(inspect::SymbolsArgs),
+    /// Store the crash records that panic-screen screenshots (PNG) carry in their QR code,
+    /// exactly as if they had arrived over the network (same key: never stored twice).
+    #[command(name = "import-screen", after_help = EXIT_CODES)]
+    ImportScreen(screen_cmd::ImportScreenArgs),
     /// Export crash records as one JSON array or as newline-delimited JSON.
     #[command(after_help = EXIT_CODES)]
     Export(ExportArgs),
@@ -493,6 +498,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::List(a) => list(&ctx, a),
         Cmd::Show(a) => inspect::show(&ctx, a),
         Cmd::Symbols(a) => inspect::symbols(&ctx, a),
+        Cmd::ImportScreen(a) => screen_cmd::import_screen(&ctx, a),
         Cmd::Export(a) => export(&ctx, a),
         Cmd::Tail(a) => cmds::tail(&ctx, a),
         Cmd::Stats(a) => stats(&ctx, a),

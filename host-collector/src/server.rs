@@ -29,6 +29,7 @@ use crate::mmsg;
 
 mod counters;
 pub mod drills;
+mod followup;
 mod maint;
 mod observe;
 mod writer;
@@ -145,6 +146,7 @@ enum Msg {
     Record(Box<NewRecord>, SocketAddr),
     Reject(Box<Rejection>, SocketAddr),
     Heartbeat(HeartbeatSeen),
+    Followup(Box<followup::Pending>),
 }
 
 impl Msg {
@@ -155,6 +157,7 @@ impl Msg {
             Msg::Record(r, _) => r.raw.len() + r.text.text_len() + 512,
             Msg::Reject(r, _) => r.raw.len() + r.reason.len() + r.source.len() + 256,
             Msg::Heartbeat(h) => h.source.len() + 128,
+            Msg::Followup(f) => f.cost(),
         }
     }
 }
@@ -710,6 +713,9 @@ impl Receiver {
                     seq: h.seq,
                 };
                 self.send(Msg::Heartbeat(hb));
+            }
+            Repr::Followup(f) => {
+                self.send(Msg::Followup(Box::new(followup::Pending::new(&f, dgram, peer))))
             }
             Repr::Ack(_) | Repr::Drill(_) | Repr::Challenge(_) => {
                 debug!(%peer, "unexpected {:?} frame", repr.kind());

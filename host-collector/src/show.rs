@@ -90,6 +90,10 @@ pub struct ShowView {
     /// Who crashed: SMBIOS and KVP (schema 1.2); `None` for older records.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub identity: Option<crate::identity::IdentityView>,
+    /// Whether the follow-up frame (the steps after the seal) arrived; `steps` holds the
+    /// seven steps merged (`crate::followup_view`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub followup: Option<crate::followup_view::FollowupView>,
 }
 
 /// Bytes of guest memory the record carries.
@@ -315,6 +319,7 @@ pub fn build(record: RecordView, ext: &Ext1, store: &SymbolStore) -> ShowView {
         code: dump(ext.code_at, &ext.code, Some(pc)),
         stack: dump(ext.stack_at, &ext.stack, None),
         identity: None,
+        followup: None,
         record,
     }
 }
@@ -507,6 +512,9 @@ pub fn render(v: &ShowView) -> String {
         }
     }
     steps(&mut o, &f.steps, pad);
+    if let Some(fu) = &v.followup {
+        kv(&mut o, "Follow-up", &fu.note);
+    }
     if f.log_tail.is_empty() {
         let _ = writeln!(o, "{:>13}: (empty)", "Log tail");
     } else {

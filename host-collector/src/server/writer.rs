@@ -25,6 +25,8 @@ pub(super) struct Batch {
     rejections: Vec<Rejection>,
     reject_peers: Vec<SocketAddr>,
     heartbeats: Vec<HeartbeatSeen>,
+    /// Follow-ups, stored after the batch's records (`super::followup`).
+    followups: Vec<super::followup::Pending>,
     /// Bytes of the messages taken (see [`Msg::cost`]); released to the queue when done.
     bytes: usize,
 }
@@ -42,10 +44,11 @@ impl Batch {
                 self.reject_peers.push(p);
             }
             Msg::Heartbeat(h) => self.heartbeats.push(h),
+            Msg::Followup(f) => self.followups.push(*f),
         }
     }
     pub(super) fn len(&self) -> usize {
-        self.records.len() + self.rejections.len() + self.heartbeats.len()
+        self.records.len() + self.rejections.len() + self.heartbeats.len() + self.followups.len()
     }
     fn clear(&mut self) {
         self.records.clear();
@@ -53,6 +56,7 @@ impl Batch {
         self.rejections.clear();
         self.reject_peers.clear();
         self.heartbeats.clear();
+        self.followups.clear();
     }
 }
 
@@ -163,6 +167,7 @@ pub(super) fn writer_loop(
                 peer: *peer,
             });
         }
+        super::followup::store_all(&mut store, &b.followups, &mut acks);
         if !acks.is_empty() {
             // Fails only when the receiver is gone, i.e. at exit.
             let _ = acks_out.send(acks);

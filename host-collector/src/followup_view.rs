@@ -1,0 +1,227 @@
+//! The panic path's seven steps as `show` prints them: the sealed record's own steps (those
+//! that finished before the seal: freeze) merged with the follow-up frame's (screen-flush,
+//! unload, cleanup, ship, crash registers, end), or "not reported" for a step neither has.
+//!
+//! The record is sealed at the panic screen (docs/architecture.md, "Sealed at the screen"):
+//! what the screen's QR code shows is exactly what ships, so the later steps cannot be in it.
+//! The end step's follow-up entry is "started": the follow-up is sent from inside it.
+use capture::followup::FollowupRepr;
+use capture::panic::{Outcome, Step, StepRecord};
+use capture::wire::{Frame, Repr};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{RecordKey, StepView};
+
+/// Outcome text for a step neither the record nor its follow-up reports.
+pub const NOT_REPORTED: &str = "not reported";
+/// Outcome text for the end step in a follow-up (it is sent from inside that step).
+pub const STARTED: &str = "started";
+
+/// Whether the follow-up arrived, for `show` and `show --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowupView {
+    /// The follow-up frame is stored with the record.
+    pub received: bool,
+    /// Steps it reported.
+    pub steps: usize,
+    /// In words.
+    pub note: String,
+}
+
+/// The dedupe key of a stored record from its bytes (boot id and seq from the body, the CRC
+/// of the bytes), `None` if they do not decode.
+pub fn key_of_raw(raw: &[u8], schema: &str) -> Option<RecordKey> {
+    let mut it = schema.split('.').map(|p| p.parse::<u16>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (it.next(), it.next()) else {
+        return None;
+    };
+    let r = capture::record::CrashRecord::decode(major, minor, raw).ok()?;
+    Some(RecordKey {
+        boot_id: r.boot_id,
+        seq: r.seq,
+        record_crc: crc32fast::hash(raw),
+    })
+}
+
+/// The follow-up in a stored frame (checked when it arrived, with the key if one was set;
+/// here its CRC and layout are checked again, its tag is not: the key is not at hand).
+pub fn parse_stored(raw: &[u8]) -> Option<FollowupRepr> {
+    let frame = Frame::new_checked(raw).ok()?;
+    match Repr::parse(&frame) {
+        Ok(Repr::Followup(f)) => Some(f),
+        _ => None,
+    }
+}
+
+fn view(s: &StepRecord, from_followup: bool) -> StepView {
+    let outcome = if from_followup && s.step == Step::End && s.outcome == Outcome::Pending {
+        STARTED.to_string()
+    } else {
+        s.outcome.to_string()
+    };
+    StepView {
+        step: s.step.name().to_string(),
+        outcome,
+        elapsed_us: s.elapsed_us,
+    }
+}
+
+/// Merges the record's steps with its follow-up (`None`: none arrived) into the seven steps
+/// in order, then any step the record has that is not one of the seven (a nested entry's).
+pub fn merge(
+    record: &[StepView],
+    followup: Option<&FollowupRepr>,
+) -> (Vec<StepView>, FollowupView) {
+    let mut out = Vec::new();
+    for step in Step::ALL {
+        let name = step.name();
+        let in_rec = record.iter().find(|s| s.step == name);
+        let in_fu = followup.and_then(|f| f.steps().iter().find(|s| s.step == step));
+        let v = match (in_rec, in_fu) {
+            (Some(r), _) if r.outcome != "pending" => r.clone(),
+            (_, Some(f)) => view(f, true),
+            (Some(r), None) => r.clone(),
+            (None, None) => StepView {
+                step: name.to_string(),
+                outcome: NOT_REPORTED.to_string(),
+                elapsed_us: 0,
+            },
+        };
+        out.push(v);
+    }
+    // A nested entry's second crash-registers and end entries, as the record has them.
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for s in record {
+        let n = seen.entry(s.step.as_str()).or_default();
+        *n += 1;
+        let known = Step::ALL.iter().any(|k| k.name() == s.step);
+        if !known || *n > 1 {
+            out.push(s.clone());
+        }
+    }
+    let fv = match followup {
+        Some(f) => FollowupView {
+            received: true,
+            steps: f.steps().len(),
+            note: format!(
+                "received: {} steps after the seal (the record is sealed at the panic screen)",
+                f.steps().len()
+            ),
+        },
+        None => FollowupView {
+            received: false,
+            steps: 0,
+            note: "not received: the outcomes of the steps after the seal (screen-flush to \
+                   end) are not reported"
+                .to_string(),
+        },
+    };
+    (out, fv)
+}
+
+/// Merges the follow-up stored for the record in `view` (its bytes `raw`) into the view's
+/// steps, and says whether one arrived.
+pub fn attach(
+    view: &mut crate::show::ShowView,
+    store: &crate::store::Store,
+    raw: &[u8],
+) -> Result<(), crate::store::StoreError> {
+    let stored = match key_of_raw(raw, &view.record.schema) {
+        Some(key) => store.followup(&key)?,
+        None => None,
+    };
+    let f = stored.as_deref().and_then(parse_stored);
+    let (steps, fv) = merge(&view.record.fields.steps, f.as_ref());
+    view.record.fields.steps = steps;
+    view.followup = Some(fv);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capture::chunk::RecordId;
+
+    fn sv(step: &str, outcome: &str) -> StepView {
+        StepView {
+            step: step.into(),
+            outcome: outcome.into(),
+            elapsed_us: 1,
+        }
+    }
+
+    #[test]
+    fn a_sealed_record_with_its_followup_shows_seven_steps() {
+        let rec = [sv("freeze", "done")];
+        let steps: Vec<StepRecord> = Step::ALL[1..]
+            .iter()
+            .map(|&step| StepRecord {
+                step,
+                outcome: if step == Step::End {
+                    Outcome::Pending
+                } else {
+                    Outcome::Done
+                },
+                elapsed_us: 7,
+            })
+            .collect();
+        let id = RecordId {
+            boot_id: [1; 16],
+            seq: 1,
+            record_crc: 2,
+        };
+        let f = FollowupRepr::new(&id, &steps);
+        let mut buf = [0u8; 256];
+        let n = Repr::Followup(f).emit(None, &mut buf).unwrap();
+        let parsed = parse_stored(&buf[..n]).unwrap();
+        let (m, v) = merge(&rec, Some(&parsed));
+        let names: Vec<&str> = m.iter().map(|s| s.step.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "freeze",
+                "screen-flush",
+                "vmbus-unload",
+                "arch-cleanup",
+                "ship",
+                "crash-registers",
+                "end"
+            ]
+        );
+        assert_eq!(m[4].outcome, "done");
+        assert_eq!(m[4].elapsed_us, 7);
+        assert_eq!(m[6].outcome, STARTED);
+        assert!(v.received);
+        assert_eq!(v.steps, 6);
+    }
+
+    #[test]
+    fn without_a_followup_the_later_steps_are_not_reported() {
+        let (m, v) = merge(&[sv("freeze", "done")], None);
+        assert_eq!(m.len(), 7);
+        assert!(m[1..].iter().all(|s| s.outcome == NOT_REPORTED));
+        assert!(!v.received);
+        assert!(v.note.contains("not received"));
+    }
+
+    #[test]
+    fn an_unsealed_older_record_keeps_its_own_steps() {
+        let rec = [
+            sv("freeze", "done"),
+            sv("screen-flush", "not present"),
+            sv("vmbus-unload", "done"),
+            sv("arch-cleanup", "done"),
+            sv("ship", "pending"),
+        ];
+        let (m, _) = merge(&rec, None);
+        assert_eq!(m[2].outcome, "done");
+        assert_eq!(m[4].outcome, "pending");
+        assert_eq!(m[5].outcome, NOT_REPORTED);
+    }
+
+    #[test]
+    fn a_stored_frame_that_is_not_a_followup_is_ignored() {
+        assert!(parse_stored(b"not a frame").is_none());
+        assert!(parse_stored(b"").is_none());
+    }
+}

@@ -1,0 +1,68 @@
+//! Follow-up frames (`capture::followup`): the outcomes of the panic steps that ran after the
+//! record was sealed. The receiver queues each one for the writer (which owns the store);
+//! the writer attaches it to the stored record (`Store::put_followup`, committed before it
+//! returns) and acks it with the follow-up statuses, after the batch's records are committed
+//! (a record and its follow-up in one batch: the record goes first).
+//!
+//! Acks: `FOLLOWUP_STORED` for a follow-up stored now or already (the first one stays);
+//! `FOLLOWUP_NO_RECORD` when no record with the key is stored. The appliance sends a
+//! follow-up only after its record was acked, i.e. committed, so a missing record is pruned
+//! or was stored by another fleet: retransmitting will not change that.
+use std::net::SocketAddr;
+
+use capture::followup::{FOLLOWUP_NO_RECORD, FOLLOWUP_STORED};
+use capture::wire::AckStatus;
+use tracing::warn;
+
+use super::Ack;
+use crate::store::{FollowupOutcome, RecordKey, Store};
+
+/// A follow-up on its way to the writer.
+pub(super) struct Pending {
+    pub(super) key: RecordKey,
+    /// The whole datagram, as received (the store keeps it as is).
+    pub(super) raw: Vec<u8>,
+    pub(super) peer: SocketAddr,
+    pub(super) received_unix_ms: i64,
+}
+
+impl Pending {
+    /// A checked follow-up frame from `peer`.
+    pub(super) fn new(f: &capture::followup::FollowupRepr, raw: &[u8], peer: SocketAddr) -> Self {
+        Pending {
+            key: RecordKey {
+                boot_id: f.boot_id,
+                seq: f.seq,
+                record_crc: f.record_crc,
+            },
+            raw: raw.to_vec(),
+            peer,
+            received_unix_ms: crate::util::now_us() / 1000,
+        }
+    }
+
+    /// Queue budget bytes.
+    pub(super) fn cost(&self) -> usize {
+        self.raw.len() + 128
+    }
+}
+
+/// Stores each follow-up and pushes its ack. A store error leaves it unacked (the appliance
+/// retransmits until its deadline).
+pub(super) fn store_all(store: &mut Store, pending: &[Pending], acks: &mut Vec<Ack>) {
+    for p in pending {
+        let status = match store.put_followup(&p.key, &p.raw, p.received_unix_ms) {
+            Ok(FollowupOutcome::Stored | FollowupOutcome::Duplicate) => FOLLOWUP_STORED,
+            Ok(FollowupOutcome::NoSuchRecord) => FOLLOWUP_NO_RECORD,
+            Err(e) => {
+                warn!(peer = %p.peer, "storing a follow-up failed: {e}");
+                continue;
+            }
+        };
+        acks.push(Ack {
+            key: p.key,
+            status: AckStatus::Other(status),
+            peer: p.peer,
+        });
+    }
+}
