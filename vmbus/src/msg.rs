@@ -13,15 +13,6 @@ use crate::guid::Guid;
 use crate::hypercall::HV_MESSAGE_PAYLOAD_SIZE;
 use crate::version::Version;
 
-/// `enum vmbus_channel_message_type` (ref §4.3). An open enum: unknown values are kept. The
-/// named values come from [`vmbus_messages!`] below, one declaration per message.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub struct MessageType(pub u32);
-
-impl MessageType {
-    pub const INVALID: Self = Self(0);
-}
-
 /// Who sends a message.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Direction {
@@ -47,12 +38,20 @@ pub struct MessageInfo {
 use Direction::{GuestToHost as G2H, HostToGuest as H2G};
 
 /// Declares every VMBus message once: `NAME = type, direction, since VERSION, min SIZE;`.
-/// Generates the [`MessageType`] constant and the [`MESSAGE_TABLE`] row; [`parse_host`]
+/// Generates the [`MessageType`] open enum and the [`MESSAGE_TABLE`] row; [`parse_host`]
 /// reads the table, so version gating, direction and size checks are data, not `if` chains.
 macro_rules! vmbus_messages {
     ($($(#[$doc:meta])* $name:ident = $val:literal, $dir:ident, since $since:expr, min $min:expr;)*) => {
-        impl MessageType {
-            $($(#[$doc])* pub const $name: Self = Self($val);)*
+        /// `enum vmbus_channel_message_type` (ref §4.3). An open enum (`open_enum`: a `u32`
+        /// newtype with a constant per type): unknown values are kept, `Debug` names the known
+        /// ones. Declared by [`vmbus_messages!`], one line per message.
+        #[open_enum::open_enum]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)] // the C names
+        #[derive(Clone, Copy, Debug, Hash)]
+        #[repr(u32)]
+        pub enum MessageType {
+            INVALID = 0,
+            $($(#[$doc])* $name = $val,)*
         }
 
         /// Every message type this crate knows, ordered by type, with the version that

@@ -43,23 +43,25 @@ const _: () = assert!(core::mem::size_of::<RingControl>() == 4096);
 /// Packet trailer size (Linux `VMBUS_PKT_TRAILER`).
 pub const TRAILER: usize = 8;
 
-/// `enum vmbus_packet_type` (ref §5.3). Open enum.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub struct PacketType(pub u16);
-impl PacketType {
-    pub const SYNCH: Self = Self(1);
-    pub const ADD_XFER_PAGESET: Self = Self(2);
-    pub const RM_XFER_PAGESET: Self = Self(3);
-    pub const ESTABLISH_GPADL: Self = Self(4);
-    pub const TEARDOWN_GPADL: Self = Self(5);
-    pub const DATA_INBAND: Self = Self(6);
-    pub const DATA_USING_XFER_PAGES: Self = Self(7);
-    pub const DATA_USING_GPADL: Self = Self(8);
-    pub const DATA_USING_GPA_DIRECT: Self = Self(9);
-    pub const CANCEL_REQUEST: Self = Self(0xA);
-    pub const COMP: Self = Self(0xB);
-    pub const DATA_USING_ADDITIONAL_PKT: Self = Self(0xC);
-    pub const ADDITIONAL_DATA: Self = Self(0xD);
+/// `enum vmbus_packet_type` (ref §5.3). An open enum (`open_enum`): unknown values are kept.
+#[open_enum::open_enum]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)] // the C names
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u16)]
+pub enum PacketType {
+    SYNCH = 1,
+    ADD_XFER_PAGESET = 2,
+    RM_XFER_PAGESET = 3,
+    ESTABLISH_GPADL = 4,
+    TEARDOWN_GPADL = 5,
+    DATA_INBAND = 6,
+    DATA_USING_XFER_PAGES = 7,
+    DATA_USING_GPADL = 8,
+    DATA_USING_GPA_DIRECT = 9,
+    CANCEL_REQUEST = 0xA,
+    COMP = 0xB,
+    DATA_USING_ADDITIONAL_PKT = 0xC,
+    ADDITIONAL_DATA = 0xD,
 }
 
 /// `VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED` (ref §5.3).

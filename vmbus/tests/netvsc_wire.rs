@@ -118,7 +118,12 @@ fn nvsp_malformed_is_rejected() {
         Nvsp::parse(&[0x66, 0, 0, 0, 1, 0, 0, 0]),
         Err(NvspError::Truncated { ty: 0x66, .. })
     ));
-    assert_eq!(Nvsp::parse(&[200, 0, 0, 0]), Ok(Nvsp::Other { ty: 200 }));
+    assert_eq!(
+        Nvsp::parse(&[200, 0, 0, 0]),
+        Ok(Nvsp::Other {
+            ty: nvsp::MsgType(200)
+        })
+    );
     // Transfer-page header claiming more ranges than present: the ring's parser (the only
     // one) refuses it.
     let xfer = |hdr: &[u8]| {
@@ -287,7 +292,9 @@ fn rndis_malformed_is_rejected() {
     // Unknown types are an open enum.
     assert_eq!(
         Rndis::parse(&[9, 0, 0, 0, 8, 0, 0, 0]),
-        Ok(Rndis::Other { ty: 9 })
+        Ok(Rndis::Other {
+            ty: rndis::MsgType(9)
+        })
     );
 }
 
@@ -296,15 +303,18 @@ fn every_nvsp_version_boundary_in_the_table_is_enforced() {
     let mut boundaries = 0;
     for &(ty, since) in nvsp::MESSAGE_SINCE {
         let mut m = [0u8; nvsp::PACKET_SIZE_V61];
-        m[..4].copy_from_slice(&ty.to_le_bytes());
-        assert!(Nvsp::parse_at(&m, since).is_ok(), "type {ty} at {since:#x}");
-        assert!(Nvsp::parse_at(&m, nvsp::VERSION_61).is_ok(), "type {ty}");
+        m[..4].copy_from_slice(&ty.0.to_le_bytes());
+        assert!(
+            Nvsp::parse_at(&m, since).is_ok(),
+            "type {ty:?} at {since:#x}"
+        );
+        assert!(Nvsp::parse_at(&m, nvsp::VERSION_61).is_ok(), "type {ty:?}");
         if since > 0 {
             boundaries += 1;
             assert_eq!(
                 Nvsp::parse_at(&m, since - 1),
                 Err(NvspError::NotInVersion {
-                    ty,
+                    ty: ty.0,
                     since,
                     negotiated: since - 1
                 })
@@ -314,13 +324,15 @@ fn every_nvsp_version_boundary_in_the_table_is_enforced() {
     // 9 version-1 types, NDIS_CONFIG (2), VF_ASSOCIATION (4), INDIRECTION_TABLE (5).
     assert_eq!(boundaries, 12);
     assert_eq!(
-        nvsp::since(nvsp::msg_type::SEND_NDIS_CONFIG),
+        nvsp::since(nvsp::MsgType::SEND_NDIS_CONFIG),
         Some(nvsp::VERSION_2)
     );
-    assert_eq!(nvsp::since(200), None);
+    assert_eq!(nvsp::since(nvsp::MsgType(200)), None);
     // An unknown type is not gated (open enum).
     assert_eq!(
         Nvsp::parse_at(&[200, 0, 0, 0], 0),
-        Ok(Nvsp::Other { ty: 200 })
+        Ok(Nvsp::Other {
+            ty: nvsp::MsgType(200)
+        })
     );
 }

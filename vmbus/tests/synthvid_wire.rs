@@ -2,7 +2,7 @@
 //! `drivers/video/fbdev/hyperv_fb.c` (pipe_msg_hdr, synthvid_msg_hdr, synthvid_*), with
 //! sizes set as `synthvid_send()` does (vid_hdr.size = 8 + body, pipe_hdr.size = vid_hdr.size).
 
-use vmbus::synthvid::wire::{self, msg_type, Message, Rect, Situation, SizeForm, WireError};
+use vmbus::synthvid::wire::{self, Message, MsgType, Rect, Situation, SizeForm, WireError};
 
 fn emit(m: Message) -> Vec<u8> {
     let mut b = [0u8; wire::MAX_MESSAGE];
@@ -245,7 +245,7 @@ fn malformed_messages_are_rejected_with_a_reason() {
     // Unknown types are an open enum, not an error.
     let mut b = good.clone();
     b[8] = 99;
-    assert_eq!(Message::parse(&b), Ok(Message::Other { ty: 99 }));
+    assert_eq!(Message::parse(&b), Ok(Message::Other { ty: MsgType(99) }));
     // Every prefix of every message parses or fails cleanly (no panic).
     for len in 0..good.len() {
         let _ = Message::parse(&good[..len]);
@@ -306,12 +306,17 @@ fn resolution_request_and_response_follow_hyperv_fb() {
 
 #[test]
 fn version_gating_comes_from_the_message_table() {
-    use wire::msg_type::*;
-    assert!(wire::allowed(DIRT, wire::VERSION_WIN8));
-    assert!(!wire::allowed(RESOLUTION_REQUEST, wire::VERSION_WIN8));
-    assert!(wire::allowed(RESOLUTION_REQUEST, wire::VERSION_WIN10));
+    assert!(wire::allowed(MsgType::DIRT, wire::VERSION_WIN8));
+    assert!(!wire::allowed(
+        MsgType::RESOLUTION_REQUEST,
+        wire::VERSION_WIN8
+    ));
+    assert!(wire::allowed(
+        MsgType::RESOLUTION_REQUEST,
+        wire::VERSION_WIN10
+    ));
     assert!(
-        !wire::allowed(99, wire::VERSION_WIN10),
+        !wire::allowed(MsgType(99), wire::VERSION_WIN10),
         "unknown types are never sent"
     );
 }
@@ -353,7 +358,7 @@ fn host_messages_parse_with_either_synthvid_size_form() {
     resolutions.extend([0x00, 0x04, 0x00, 0x03, 0x80, 0x04, 0x60, 0x03]); // 1024x768, 1152x864
     for form in [openvmm_message, linux_message] {
         assert_eq!(
-            Message::parse(&form(msg_type::VERSION_RESPONSE, &version_response)),
+            Message::parse(&form(MsgType::VERSION_RESPONSE.0, &version_response)),
             Ok(Message::VersionResponse {
                 version: wire::VERSION_WIN10,
                 accepted: true,
@@ -361,13 +366,13 @@ fn host_messages_parse_with_either_synthvid_size_form() {
             })
         );
         assert_eq!(
-            Message::parse(&form(msg_type::VRAM_LOCATION_ACK, &ack)),
+            Message::parse(&form(MsgType::VRAM_LOCATION_ACK.0, &ack)),
             Ok(Message::VramLocationAck {
                 user_ctx: 0x1122_3344_5566_7788
             })
         );
         assert_eq!(
-            Message::parse(&form(msg_type::FEATURE_CHANGE, &feature)),
+            Message::parse(&form(MsgType::FEATURE_CHANGE.0, &feature)),
             Ok(Message::FeatureChange {
                 dirt_needed: true,
                 ptr_pos_needed: false,
@@ -376,7 +381,7 @@ fn host_messages_parse_with_either_synthvid_size_form() {
             })
         );
         let Ok(Message::ResolutionResponse(r)) =
-            Message::parse(&form(msg_type::RESOLUTION_RESPONSE, &resolutions))
+            Message::parse(&form(MsgType::RESOLUTION_RESPONSE.0, &resolutions))
         else {
             panic!("resolution response refused");
         };
@@ -394,11 +399,11 @@ fn emit_writes_either_size_form_on_request() {
     };
     let mut b = [0u8; 64];
     let n = m.emit_with(&mut b, SizeForm::PayloadOnly).unwrap();
-    let mut want = openvmm_message(msg_type::VERSION_RESPONSE, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
+    let mut want = openvmm_message(MsgType::VERSION_RESPONSE.0, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
     want.truncate(n);
     assert_eq!(&b[..n], &want[..]);
     let n = m.emit_with(&mut b, SizeForm::HeaderAndPayload).unwrap();
-    let mut want = linux_message(msg_type::VERSION_RESPONSE, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
+    let mut want = linux_message(MsgType::VERSION_RESPONSE.0, &[0x03, 0x00, 0x05, 0x00, 1, 1]);
     want.truncate(n);
     assert_eq!(&b[..n], &want[..]);
     // The guest's own messages keep Linux's form.

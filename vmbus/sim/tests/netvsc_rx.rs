@@ -72,8 +72,8 @@ fn an_nvsp_message_newer_than_the_negotiated_version_is_refused() {
     // (hyperv_net.h): at each negotiated version the newer one is counted as malformed, the
     // others are taken (and ignored: this guest has no VF and one queue).
     let cases = [
-        (nvsp::msg_type::SEND_VF_ASSOCIATION, nvsp::VERSION_4),
-        (nvsp::msg_type::SEND_INDIRECTION_TABLE, nvsp::VERSION_5),
+        (nvsp::MsgType::SEND_VF_ASSOCIATION, nvsp::VERSION_4),
+        (nvsp::MsgType::SEND_INDIRECTION_TABLE, nvsp::VERSION_5),
     ];
     for v in [
         nvsp::VERSION_2,
@@ -91,11 +91,15 @@ fn an_nvsp_message_newer_than_the_negotiated_version_is_refused() {
         for (ty, since) in cases {
             let before = tb.nic.stats().malformed;
             let mut m = [0u8; 40];
-            m[..4].copy_from_slice(&ty.to_le_bytes());
+            m[..4].copy_from_slice(&ty.0.to_le_bytes());
             tb.link.inject(|io| io.send_inband(&m).unwrap());
             tb.nic.poll().unwrap();
             let refused = tb.nic.stats().malformed == before + 1;
-            assert_eq!(refused, since > v, "type {ty} (since {since:#x}) at {v:#x}");
+            assert_eq!(
+                refused,
+                since > v,
+                "type {ty:?} (since {since:#x}) at {v:#x}"
+            );
         }
     }
 }

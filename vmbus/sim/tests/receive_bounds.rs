@@ -224,7 +224,7 @@ fn netvsc_poll_over_the_core_ends_and_poisons_on_a_corrupt_descriptor() {
 /// table, type 134), without a completion request.
 fn nvsp_flood_packet() -> Vec<u8> {
     let mut m = [0u8; 16];
-    m[..4].copy_from_slice(&nvsp::msg_type::SEND_INDIRECTION_TABLE.to_le_bytes());
+    m[..4].copy_from_slice(&nvsp::MsgType::SEND_INDIRECTION_TABLE.0.to_le_bytes());
     encode_packet(PacketType::DATA_INBAND.0, 0, 0, &[], &m)
 }
 

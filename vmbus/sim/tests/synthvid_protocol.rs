@@ -71,7 +71,7 @@ fn handshake_on(cfg: SynthvidHostConfig) {
         (1152, 864, 4608, 32)
     );
     // Order as hyperv_fb.c: version, VRAM, pointer position + shape, situation.
-    let types: Vec<u32> = st.received.iter().map(Message::ty).collect();
+    let types: Vec<u32> = st.received.iter().map(|m| m.ty().0).collect();
     assert_eq!(types, vec![1, 3, 7, 8, 5]);
     assert_eq!(b.dev.version(), Some(wire::VERSION_WIN10));
 }
@@ -225,7 +225,10 @@ fn situation_is_resent_when_the_host_asks() {
     b.dev.poll().unwrap();
     let st = b.host.state();
     assert_eq!(st.received.len(), before + 1);
-    assert_eq!(st.received.last().unwrap().ty(), 5);
+    assert_eq!(
+        st.received.last().unwrap().ty(),
+        wire::MsgType::SITUATION_UPDATE
+    );
 }
 
 #[test]

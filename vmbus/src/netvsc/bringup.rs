@@ -92,7 +92,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     log::info!("netvsc: host refused NVSP {v:#x} (status {status})");
                 }
                 other => {
-                    log::warn!("netvsc: unexpected reply to INIT: type {}", other.ty());
+                    log::warn!("netvsc: unexpected reply to INIT: type {:?}", other.ty());
                     self.stats.malformed += 1;
                 }
             }
@@ -156,7 +156,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
             other => {
                 return Err(NetvscError::Refused {
                     what: "receive buffer (unexpected reply)",
-                    status: other.ty(),
+                    status: other.ty().0,
                 })
             }
         }
@@ -190,7 +190,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                      {section_size} bytes): frames go GPA-direct"
                 ),
                 other => log::warn!(
-                    "netvsc: unexpected reply {} to SEND_SEND_BUF: frames go GPA-direct",
+                    "netvsc: unexpected reply {:?} to SEND_SEND_BUF: frames go GPA-direct",
                     other.ty()
                 ),
             }

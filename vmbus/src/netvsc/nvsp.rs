@@ -33,18 +33,23 @@ pub const PACKET_SIZE_V61: usize = 0x28;
 pub const PACKET_SIZE_V1: usize = 0x1c;
 
 /// Declares every NVSP message type this crate knows once: `NAME = type, since VERSION;`.
-/// Generates the [`msg_type`] constants and [`MESSAGE_SINCE`]; [`Nvsp::parse_at`] refuses a
+/// Generates the [`MsgType`] open enum and [`MESSAGE_SINCE`]; [`Nvsp::parse_at`] refuses a
 /// type newer than the negotiated version from the table.
 macro_rules! nvsp_messages {
     ($($(#[$doc:meta])* $name:ident = $val:literal, since $since:expr;)*) => {
-        /// NVSP message types (hyperv_net.h enum; OpenVMM protocol.rs `MESSAGE*_TYPE_*`).
-        pub mod msg_type {
-            $($(#[$doc])* pub const $name: u32 = $val;)*
+        /// NVSP message types (hyperv_net.h enum; OpenVMM protocol.rs `MESSAGE*_TYPE_*`). An
+        /// open enum (`open_enum`): a type this crate does not know is kept.
+        #[open_enum::open_enum]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)] // the C names
+        #[derive(Clone, Copy, Debug, Hash)]
+        #[repr(u32)]
+        pub enum MsgType {
+            $($(#[$doc])* $name = $val,)*
         }
 
         /// Every known type with the NVSP version that introduced it (hyperv_net.h groups
         /// them as `NVSP_MSG_TYPE_*`, `NVSP_MSG1_TYPE_*` (version 1), `NVSP_MSG2_*`, ...).
-        pub const MESSAGE_SINCE: &[(u32, u32)] = &[$((msg_type::$name, $since),)*];
+        pub const MESSAGE_SINCE: &[(MsgType, u32)] = &[$((MsgType::$name, $since),)*];
     };
 }
 
@@ -80,7 +85,7 @@ nvsp_messages! {
 }
 
 /// The NVSP version that introduced message type `ty`, if this crate knows the type.
-pub fn since(ty: u32) -> Option<u32> {
+pub fn since(ty: MsgType) -> Option<u32> {
     MESSAGE_SINCE.iter().find(|r| r.0 == ty).map(|r| r.1)
 }
 
@@ -313,7 +318,7 @@ pub enum Nvsp {
     /// Anything else (open enum).
     Other {
         /// The type.
-        ty: u32,
+        ty: MsgType,
     },
 }
 
@@ -357,18 +362,18 @@ fn rd<T: FromBytes + KnownLayout + Immutable + Copy>(ty: u32, b: &[u8]) -> Resul
 
 impl Nvsp {
     /// The message type.
-    pub fn ty(&self) -> u32 {
+    pub fn ty(&self) -> MsgType {
         match self {
-            Nvsp::Init { .. } => msg_type::INIT,
-            Nvsp::InitComplete { .. } => msg_type::INIT_COMPLETE,
-            Nvsp::NdisVersion { .. } => msg_type::SEND_NDIS_VERSION,
-            Nvsp::NdisConfig { .. } => msg_type::SEND_NDIS_CONFIG,
-            Nvsp::SendRecvBuf { .. } => msg_type::SEND_RECV_BUF,
-            Nvsp::SendRecvBufComplete { .. } => msg_type::SEND_RECV_BUF_COMPLETE,
-            Nvsp::SendSendBuf { .. } => msg_type::SEND_SEND_BUF,
-            Nvsp::SendSendBufComplete { .. } => msg_type::SEND_SEND_BUF_COMPLETE,
-            Nvsp::RndisPacket { .. } => msg_type::SEND_RNDIS_PKT,
-            Nvsp::RndisPacketComplete { .. } => msg_type::SEND_RNDIS_PKT_COMPLETE,
+            Nvsp::Init { .. } => MsgType::INIT,
+            Nvsp::InitComplete { .. } => MsgType::INIT_COMPLETE,
+            Nvsp::NdisVersion { .. } => MsgType::SEND_NDIS_VERSION,
+            Nvsp::NdisConfig { .. } => MsgType::SEND_NDIS_CONFIG,
+            Nvsp::SendRecvBuf { .. } => MsgType::SEND_RECV_BUF,
+            Nvsp::SendRecvBufComplete { .. } => MsgType::SEND_RECV_BUF_COMPLETE,
+            Nvsp::SendSendBuf { .. } => MsgType::SEND_SEND_BUF,
+            Nvsp::SendSendBufComplete { .. } => MsgType::SEND_SEND_BUF_COMPLETE,
+            Nvsp::RndisPacket { .. } => MsgType::SEND_RNDIS_PKT,
+            Nvsp::RndisPacketComplete { .. } => MsgType::SEND_RNDIS_PKT_COMPLETE,
             Nvsp::Other { ty } => *ty,
         }
     }
@@ -380,7 +385,7 @@ impl Nvsp {
         let m = Self::parse(buf)?;
         match since(m.ty()) {
             Some(since) if since > negotiated => Err(NvspError::NotInVersion {
-                ty: m.ty(),
+                ty: m.ty().0,
                 since,
                 negotiated,
             }),
@@ -397,41 +402,41 @@ impl Nvsp {
                 need: 4,
             });
         }
-        let ty = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let b = &buf[4..];
+        let raw = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let (ty, b) = (MsgType(raw), &buf[4..]);
         Ok(match ty {
-            msg_type::INIT => {
-                let m: Init = rd(ty, b)?;
+            MsgType::INIT => {
+                let m: Init = rd(raw, b)?;
                 Nvsp::Init {
                     min: m.min.get(),
                     max: m.max.get(),
                 }
             }
-            msg_type::INIT_COMPLETE => {
-                let m: InitComplete = rd(ty, b)?;
+            MsgType::INIT_COMPLETE => {
+                let m: InitComplete = rd(raw, b)?;
                 Nvsp::InitComplete {
                     negotiated: m.negotiated.get(),
                     max_mdl_chain_len: m.max_mdl_chain_len.get(),
                     status: m.status.get(),
                 }
             }
-            msg_type::SEND_NDIS_VERSION => {
-                let m: NdisVersion = rd(ty, b)?;
+            MsgType::SEND_NDIS_VERSION => {
+                let m: NdisVersion = rd(raw, b)?;
                 Nvsp::NdisVersion {
                     major: m.major.get(),
                     minor: m.minor.get(),
                 }
             }
-            msg_type::SEND_NDIS_CONFIG => {
-                let m: NdisConfig = rd(ty, b)?;
+            MsgType::SEND_NDIS_CONFIG => {
+                let m: NdisConfig = rd(raw, b)?;
                 Nvsp::NdisConfig {
                     mtu: m.mtu.get(),
                     capability: m.capability.get(),
                 }
             }
-            msg_type::SEND_RECV_BUF | msg_type::SEND_SEND_BUF => {
-                let m: SendBuf = rd(ty, b)?;
-                if ty == msg_type::SEND_RECV_BUF {
+            MsgType::SEND_RECV_BUF | MsgType::SEND_SEND_BUF => {
+                let m: SendBuf = rd(raw, b)?;
+                if ty == MsgType::SEND_RECV_BUF {
                     Nvsp::SendRecvBuf {
                         gpadl: m.gpadl.get(),
                         id: m.id.get(),
@@ -443,8 +448,8 @@ impl Nvsp {
                     }
                 }
             }
-            msg_type::SEND_RECV_BUF_COMPLETE => {
-                let m: RecvBufComplete = rd(ty, b)?;
+            MsgType::SEND_RECV_BUF_COMPLETE => {
+                let m: RecvBufComplete = rd(raw, b)?;
                 Nvsp::SendRecvBufComplete {
                     status: m.status.get(),
                     num_sections: m.num_sections.get(),
@@ -456,23 +461,23 @@ impl Nvsp {
                     },
                 }
             }
-            msg_type::SEND_SEND_BUF_COMPLETE => {
-                let m: SendBufComplete = rd(ty, b)?;
+            MsgType::SEND_SEND_BUF_COMPLETE => {
+                let m: SendBufComplete = rd(raw, b)?;
                 Nvsp::SendSendBufComplete {
                     status: m.status.get(),
                     section_size: m.section_size.get(),
                 }
             }
-            msg_type::SEND_RNDIS_PKT => {
-                let m: RndisPkt = rd(ty, b)?;
+            MsgType::SEND_RNDIS_PKT => {
+                let m: RndisPkt = rd(raw, b)?;
                 Nvsp::RndisPacket {
                     channel_type: m.channel_type.get(),
                     section_index: m.section_index.get(),
                     section_size: m.section_size.get(),
                 }
             }
-            msg_type::SEND_RNDIS_PKT_COMPLETE => {
-                let m: RndisPktComplete = rd(ty, b)?;
+            MsgType::SEND_RNDIS_PKT_COMPLETE => {
+                let m: RndisPktComplete = rd(raw, b)?;
                 Nvsp::RndisPacketComplete {
                     status: m.status.get(),
                 }
@@ -579,7 +584,7 @@ impl Nvsp {
             return Err(NvspError::BufferTooSmall);
         }
         out[..len].fill(0);
-        out[..4].copy_from_slice(&self.ty().to_le_bytes());
+        out[..4].copy_from_slice(&self.ty().0.to_le_bytes());
         out[4..4 + n].copy_from_slice(&body[..n]);
         Ok(len)
     }

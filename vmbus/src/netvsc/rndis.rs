@@ -9,24 +9,57 @@
 
 use thiserror::Error;
 
-/// `RNDIS_MSG_COMPLETION` (rndis.h).
+/// `RNDIS_MSG_COMPLETION` (rndis.h): the bit a completion sets in its request's type.
 pub const COMPLETION: u32 = 0x8000_0000;
-/// `RNDIS_MSG_PACKET` (rndis.h).
-pub const MSG_PACKET: u32 = 1;
-/// `RNDIS_MSG_INIT` (rndis.h).
-pub const MSG_INIT: u32 = 2;
-/// `RNDIS_MSG_HALT` (rndis.h).
-pub const MSG_HALT: u32 = 3;
-/// `RNDIS_MSG_QUERY` (rndis.h).
-pub const MSG_QUERY: u32 = 4;
-/// `RNDIS_MSG_SET` (rndis.h).
-pub const MSG_SET: u32 = 5;
-/// `RNDIS_MSG_RESET` (rndis.h).
-pub const MSG_RESET: u32 = 6;
-/// `RNDIS_MSG_INDICATE` (rndis.h).
-pub const MSG_INDICATE: u32 = 7;
-/// `RNDIS_MSG_KEEPALIVE` (rndis.h).
-pub const MSG_KEEPALIVE: u32 = 8;
+
+/// `ndis_msg_type` (rndis.h `RNDIS_MSG_*`; a completion is its request's type with
+/// [`COMPLETION`] set). An open enum (`open_enum`): a type this crate does not know is kept.
+#[open_enum::open_enum]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)] // the C names
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u32)]
+pub enum MsgType {
+    /// `RNDIS_MSG_PACKET`
+    PACKET = 1,
+    /// `RNDIS_MSG_INIT`
+    INIT = 2,
+    /// `RNDIS_MSG_HALT`
+    HALT = 3,
+    /// `RNDIS_MSG_QUERY`
+    QUERY = 4,
+    /// `RNDIS_MSG_SET`
+    SET = 5,
+    /// `RNDIS_MSG_RESET`
+    RESET = 6,
+    /// `RNDIS_MSG_INDICATE`
+    INDICATE = 7,
+    /// `RNDIS_MSG_KEEPALIVE`
+    KEEPALIVE = 8,
+    /// `RNDIS_MSG_INIT_C`
+    INIT_C = 0x8000_0002,
+    /// `RNDIS_MSG_QUERY_C`
+    QUERY_C = 0x8000_0004,
+    /// `RNDIS_MSG_SET_C`
+    SET_C = 0x8000_0005,
+    /// `RNDIS_MSG_RESET_C`
+    RESET_C = 0x8000_0006,
+    /// `RNDIS_MSG_KEEPALIVE_C`
+    KEEPALIVE_C = 0x8000_0008,
+}
+const _: () = {
+    let pairs = [
+        (MsgType::INIT, MsgType::INIT_C),
+        (MsgType::QUERY, MsgType::QUERY_C),
+        (MsgType::SET, MsgType::SET_C),
+        (MsgType::RESET, MsgType::RESET_C),
+        (MsgType::KEEPALIVE, MsgType::KEEPALIVE_C),
+    ];
+    let mut i = 0;
+    while i < pairs.len() {
+        assert!(pairs[i].1 .0 == pairs[i].0 .0 | COMPLETION);
+        i += 1;
+    }
+};
 
 /// `RNDIS_STATUS_SUCCESS` (rndis.h).
 pub const STATUS_SUCCESS: u32 = 0;
@@ -178,7 +211,7 @@ pub enum Rndis<'a> {
     /// Any other type (open enum): HALT, RESET, SET_EX, future ones.
     Other {
         /// The type.
-        ty: u32,
+        ty: MsgType,
     },
 }
 
@@ -243,18 +276,18 @@ fn sub<'a>(
 
 impl<'a> Rndis<'a> {
     /// The `ndis_msg_type`.
-    pub fn ty(&self) -> u32 {
+    pub fn ty(&self) -> MsgType {
         match self {
-            Rndis::Packet { .. } => MSG_PACKET,
-            Rndis::Init { .. } => MSG_INIT,
-            Rndis::InitComplete { .. } => MSG_INIT | COMPLETION,
-            Rndis::Query { .. } => MSG_QUERY,
-            Rndis::QueryComplete { .. } => MSG_QUERY | COMPLETION,
-            Rndis::Set { .. } => MSG_SET,
-            Rndis::SetComplete { .. } => MSG_SET | COMPLETION,
-            Rndis::Indicate { .. } => MSG_INDICATE,
-            Rndis::KeepAlive { .. } => MSG_KEEPALIVE,
-            Rndis::KeepAliveComplete { .. } => MSG_KEEPALIVE | COMPLETION,
+            Rndis::Packet { .. } => MsgType::PACKET,
+            Rndis::Init { .. } => MsgType::INIT,
+            Rndis::InitComplete { .. } => MsgType::INIT_C,
+            Rndis::Query { .. } => MsgType::QUERY,
+            Rndis::QueryComplete { .. } => MsgType::QUERY_C,
+            Rndis::Set { .. } => MsgType::SET,
+            Rndis::SetComplete { .. } => MsgType::SET_C,
+            Rndis::Indicate { .. } => MsgType::INDICATE,
+            Rndis::KeepAlive { .. } => MsgType::KEEPALIVE,
+            Rndis::KeepAliveComplete { .. } => MsgType::KEEPALIVE_C,
             Rndis::Other { ty } => *ty,
         }
     }
@@ -268,7 +301,7 @@ impl<'a> Rndis<'a> {
                 need: HEADER_LEN,
             });
         }
-        let ty = u32_at(buf, 0);
+        let ty = MsgType(u32_at(buf, 0));
         let msg_len = u32_at(buf, 4) as usize;
         if msg_len < HEADER_LEN || msg_len > buf.len() {
             return Err(RndisError::Truncated {
@@ -289,13 +322,13 @@ impl<'a> Rndis<'a> {
         };
         let f = |i: usize| u32_at(m, HEADER_LEN + 4 * i);
         Ok(match ty {
-            MSG_PACKET => {
+            MsgType::PACKET => {
                 need(PACKET_BODY_LEN)?;
                 let data = sub(m, HEADER_LEN, f(0), f(1), "data")?;
                 let ppi = sub(m, HEADER_LEN, f(5), f(6), "per-packet info")?;
                 Rndis::Packet { data, ppi }
             }
-            MSG_INIT => {
+            MsgType::INIT => {
                 need(16)?;
                 Rndis::Init {
                     request_id: f(0),
@@ -304,7 +337,7 @@ impl<'a> Rndis<'a> {
                     max_xfer_size: f(3),
                 }
             }
-            t if t == MSG_INIT | COMPLETION => {
+            MsgType::INIT_C => {
                 need(36)?;
                 Rndis::InitComplete {
                     request_id: f(0),
@@ -318,10 +351,10 @@ impl<'a> Rndis<'a> {
                     pkt_alignment_factor: f(8),
                 }
             }
-            MSG_QUERY | MSG_SET => {
+            MsgType::QUERY | MsgType::SET => {
                 need(20)?;
                 let info = sub(m, HEADER_LEN, f(3), f(2), "information buffer")?;
-                if ty == MSG_QUERY {
+                if ty == MsgType::QUERY {
                     Rndis::Query {
                         request_id: f(0),
                         oid: f(1),
@@ -335,7 +368,7 @@ impl<'a> Rndis<'a> {
                     }
                 }
             }
-            t if t == MSG_QUERY | COMPLETION => {
+            MsgType::QUERY_C => {
                 need(16)?;
                 let info = sub(m, HEADER_LEN, f(3), f(2), "information buffer")?;
                 Rndis::QueryComplete {
@@ -344,14 +377,14 @@ impl<'a> Rndis<'a> {
                     info,
                 }
             }
-            t if t == MSG_SET | COMPLETION => {
+            MsgType::SET_C => {
                 need(8)?;
                 Rndis::SetComplete {
                     request_id: f(0),
                     status: f(1),
                 }
             }
-            MSG_INDICATE => {
+            MsgType::INDICATE => {
                 need(12)?;
                 let b = sub(m, HEADER_LEN, f(2), f(1), "status buffer")?;
                 Rndis::Indicate {
@@ -359,11 +392,11 @@ impl<'a> Rndis<'a> {
                     buf: b,
                 }
             }
-            MSG_KEEPALIVE => {
+            MsgType::KEEPALIVE => {
                 need(4)?;
                 Rndis::KeepAlive { request_id: f(0) }
             }
-            t if t == MSG_KEEPALIVE | COMPLETION => {
+            MsgType::KEEPALIVE_C => {
                 need(8)?;
                 Rndis::KeepAliveComplete {
                     request_id: f(0),
@@ -498,7 +531,7 @@ impl<'a> Rndis<'a> {
             Rndis::KeepAlive { request_id } => w(0, request_id),
             Rndis::Other { .. } => {}
         }
-        o[..4].copy_from_slice(&self.ty().to_le_bytes());
+        o[..4].copy_from_slice(&self.ty().0.to_le_bytes());
         o[4..8].copy_from_slice(&(len as u32).to_le_bytes());
         Ok(len)
     }

@@ -92,7 +92,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
         // netvsc.c netvsc_send_recv_completion: NVSP SEND_RNDIS_PKT_COMPLETE in a VM_PKT_COMP
         // with the transfer-page packet's transaction id; header + status = 8 bytes.
         let mut b = [0u8; 8];
-        b[..4].copy_from_slice(&nvsp::msg_type::SEND_RNDIS_PKT_COMPLETE.to_le_bytes());
+        b[..4].copy_from_slice(&nvsp::MsgType::SEND_RNDIS_PKT_COMPLETE.0.to_le_bytes());
         let st = if ok {
             nvsp::STATUS_SUCCESS
         } else {
@@ -180,7 +180,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     // NVSP messages the host sends unsolicited (VF association, indirection
                     // table): nothing to do for a single-queue synthetic-only guest.
                     match Nvsp::parse_at(pkt.payload, self.nvsp_version) {
-                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty()),
+                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {:?}", m.ty()),
                         Err(_) => self.stats.malformed += 1,
                     }
                     if pkt.completion_requested() {
@@ -312,7 +312,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     rndis::STATUS_MEDIA_DISCONNECT => self.link_up = false,
                     _ => log::debug!("netvsc: RNDIS indication {status:#x}"),
                 },
-                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:#x}", other.ty()),
+                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:?}", other.ty()),
                 Err(e) => {
                     log::warn!("netvsc: bad RNDIS message: {e}");
                     all_ok = false;

@@ -390,7 +390,7 @@ impl<C: DeviceChannel> Synthvid<C> {
         deadline: &mut dyn Deadline,
     ) -> Result<Resolutions, SynthvidError> {
         let have = self.version.ok_or(SynthvidError::NotConnected)?;
-        if !wire::allowed(wire::msg_type::RESOLUTION_REQUEST, have) {
+        if !wire::allowed(wire::MsgType::RESOLUTION_REQUEST, have) {
             return Err(SynthvidError::VersionTooOld {
                 needed: wire::VERSION_WIN10,
                 have,
@@ -497,7 +497,7 @@ impl<C: DeviceChannel> Synthvid<C> {
                 self.send_situation()?;
             }
         } else {
-            log::debug!("synthvid: ignoring message type {}", msg.ty());
+            log::debug!("synthvid: ignoring message type {:?}", msg.ty());
         }
         Ok(())
     }

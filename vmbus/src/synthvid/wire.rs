@@ -28,58 +28,63 @@ pub const MAX_RESOLUTION_COUNT: usize = 64;
 /// `MAX_VMBUS_PKT_SIZE` 0x4000 (hyperv_fb.c; `VMBUS_MAX_PACKET_SIZE` in hyperv_drm.h).
 pub const MAX_PACKET: usize = 0x4000;
 
-/// `enum synthvid_msg_type` (hyperv_fb.c).
-pub mod msg_type {
+/// `enum synthvid_msg_type` (hyperv_fb.c). An open enum (`open_enum`): a type this driver does
+/// not know is kept ([`Message::Other`]).
+#[open_enum::open_enum]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)] // the C names
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u32)]
+pub enum MsgType {
     /// `SYNTHVID_ERROR`
-    pub const ERROR: u32 = 0;
+    ERROR = 0,
     /// `SYNTHVID_VERSION_REQUEST`
-    pub const VERSION_REQUEST: u32 = 1;
+    VERSION_REQUEST = 1,
     /// `SYNTHVID_VERSION_RESPONSE`
-    pub const VERSION_RESPONSE: u32 = 2;
+    VERSION_RESPONSE = 2,
     /// `SYNTHVID_VRAM_LOCATION`
-    pub const VRAM_LOCATION: u32 = 3;
+    VRAM_LOCATION = 3,
     /// `SYNTHVID_VRAM_LOCATION_ACK`
-    pub const VRAM_LOCATION_ACK: u32 = 4;
+    VRAM_LOCATION_ACK = 4,
     /// `SYNTHVID_SITUATION_UPDATE`
-    pub const SITUATION_UPDATE: u32 = 5;
+    SITUATION_UPDATE = 5,
     /// `SYNTHVID_SITUATION_UPDATE_ACK`
-    pub const SITUATION_UPDATE_ACK: u32 = 6;
+    SITUATION_UPDATE_ACK = 6,
     /// `SYNTHVID_POINTER_POSITION`
-    pub const POINTER_POSITION: u32 = 7;
+    POINTER_POSITION = 7,
     /// `SYNTHVID_POINTER_SHAPE`
-    pub const POINTER_SHAPE: u32 = 8;
+    POINTER_SHAPE = 8,
     /// `SYNTHVID_FEATURE_CHANGE`
-    pub const FEATURE_CHANGE: u32 = 9;
+    FEATURE_CHANGE = 9,
     /// `SYNTHVID_DIRT`
-    pub const DIRT: u32 = 10;
+    DIRT = 10,
     /// `SYNTHVID_RESOLUTION_REQUEST`
-    pub const RESOLUTION_REQUEST: u32 = 13;
+    RESOLUTION_REQUEST = 13,
     /// `SYNTHVID_RESOLUTION_RESPONSE`
-    pub const RESOLUTION_RESPONSE: u32 = 14;
+    RESOLUTION_RESPONSE = 14,
 }
 
 /// Message types with the synthvid version that introduced them (hyperv_fb.c: the
 /// resolution messages arrived with WIN10 3.5, everything else is in WIN7 3.0 / WIN8 3.2).
 /// Version gating reads this table.
-pub const INTRODUCED_IN: [(u32, u32); 13] = [
-    (msg_type::ERROR, VERSION_WIN7),
-    (msg_type::VERSION_REQUEST, VERSION_WIN7),
-    (msg_type::VERSION_RESPONSE, VERSION_WIN7),
-    (msg_type::VRAM_LOCATION, VERSION_WIN7),
-    (msg_type::VRAM_LOCATION_ACK, VERSION_WIN7),
-    (msg_type::SITUATION_UPDATE, VERSION_WIN7),
-    (msg_type::SITUATION_UPDATE_ACK, VERSION_WIN7),
-    (msg_type::POINTER_POSITION, VERSION_WIN7),
-    (msg_type::POINTER_SHAPE, VERSION_WIN7),
-    (msg_type::FEATURE_CHANGE, VERSION_WIN7),
-    (msg_type::DIRT, VERSION_WIN7),
-    (msg_type::RESOLUTION_REQUEST, VERSION_WIN10),
-    (msg_type::RESOLUTION_RESPONSE, VERSION_WIN10),
+pub const INTRODUCED_IN: [(MsgType, u32); 13] = [
+    (MsgType::ERROR, VERSION_WIN7),
+    (MsgType::VERSION_REQUEST, VERSION_WIN7),
+    (MsgType::VERSION_RESPONSE, VERSION_WIN7),
+    (MsgType::VRAM_LOCATION, VERSION_WIN7),
+    (MsgType::VRAM_LOCATION_ACK, VERSION_WIN7),
+    (MsgType::SITUATION_UPDATE, VERSION_WIN7),
+    (MsgType::SITUATION_UPDATE_ACK, VERSION_WIN7),
+    (MsgType::POINTER_POSITION, VERSION_WIN7),
+    (MsgType::POINTER_SHAPE, VERSION_WIN7),
+    (MsgType::FEATURE_CHANGE, VERSION_WIN7),
+    (MsgType::DIRT, VERSION_WIN7),
+    (MsgType::RESOLUTION_REQUEST, VERSION_WIN10),
+    (MsgType::RESOLUTION_RESPONSE, VERSION_WIN10),
 ];
 
 /// Whether `ty` may be sent once `negotiated` was agreed (versions order by minor, then
 /// major, which `(minor << 16) | major` compares correctly for the 3.x versions).
-pub fn allowed(ty: u32, negotiated: u32) -> bool {
+pub fn allowed(ty: MsgType, negotiated: u32) -> bool {
     INTRODUCED_IN
         .iter()
         .find(|(t, _)| *t == ty)
@@ -430,7 +435,7 @@ pub enum Message {
     /// A type this driver does not interpret (open enum): ERROR, future ones.
     Other {
         /// The type.
-        ty: u32,
+        ty: MsgType,
     },
 }
 
@@ -501,20 +506,20 @@ fn body<T: FromBytes + KnownLayout + Immutable + Copy>(b: &[u8]) -> Result<T, Wi
 
 impl Message {
     /// The `synthvid_msg_type` of this message.
-    pub fn ty(&self) -> u32 {
+    pub fn ty(&self) -> MsgType {
         match self {
-            Message::VersionRequest { .. } => msg_type::VERSION_REQUEST,
-            Message::VersionResponse { .. } => msg_type::VERSION_RESPONSE,
-            Message::VramLocation { .. } => msg_type::VRAM_LOCATION,
-            Message::VramLocationAck { .. } => msg_type::VRAM_LOCATION_ACK,
-            Message::SituationUpdate { .. } => msg_type::SITUATION_UPDATE,
-            Message::SituationUpdateAck { .. } => msg_type::SITUATION_UPDATE_ACK,
-            Message::PointerPosition { .. } => msg_type::POINTER_POSITION,
-            Message::PointerShape { .. } => msg_type::POINTER_SHAPE,
-            Message::FeatureChange { .. } => msg_type::FEATURE_CHANGE,
-            Message::Dirt { .. } => msg_type::DIRT,
-            Message::ResolutionRequest { .. } => msg_type::RESOLUTION_REQUEST,
-            Message::ResolutionResponse(_) => msg_type::RESOLUTION_RESPONSE,
+            Message::VersionRequest { .. } => MsgType::VERSION_REQUEST,
+            Message::VersionResponse { .. } => MsgType::VERSION_RESPONSE,
+            Message::VramLocation { .. } => MsgType::VRAM_LOCATION,
+            Message::VramLocationAck { .. } => MsgType::VRAM_LOCATION_ACK,
+            Message::SituationUpdate { .. } => MsgType::SITUATION_UPDATE,
+            Message::SituationUpdateAck { .. } => MsgType::SITUATION_UPDATE_ACK,
+            Message::PointerPosition { .. } => MsgType::POINTER_POSITION,
+            Message::PointerShape { .. } => MsgType::POINTER_SHAPE,
+            Message::FeatureChange { .. } => MsgType::FEATURE_CHANGE,
+            Message::Dirt { .. } => MsgType::DIRT,
+            Message::ResolutionRequest { .. } => MsgType::RESOLUTION_REQUEST,
+            Message::ResolutionResponse(_) => MsgType::RESOLUTION_RESPONSE,
             Message::Other { ty } => *ty,
         }
     }
@@ -548,14 +553,14 @@ impl Message {
             rest.len()
         };
         let b = &rest[8..end];
-        Ok(match hdr.ty.get() {
-            msg_type::VERSION_REQUEST => {
+        Ok(match MsgType(hdr.ty.get()) {
+            MsgType::VERSION_REQUEST => {
                 let v: VersionReq = body(b)?;
                 Message::VersionRequest {
                     version: v.version.get(),
                 }
             }
-            msg_type::VERSION_RESPONSE => {
+            MsgType::VERSION_RESPONSE => {
                 let v: VersionResp = body(b)?;
                 Message::VersionResponse {
                     version: v.version.get(),
@@ -563,20 +568,20 @@ impl Message {
                     max_video_outputs: v.max_video_outputs,
                 }
             }
-            msg_type::VRAM_LOCATION => {
+            MsgType::VRAM_LOCATION => {
                 let v: VramLocation = body(b)?;
                 Message::VramLocation {
                     user_ctx: v.user_ctx.get(),
                     vram_gpa: (v.is_vram_gpa_specified != 0).then(|| v.vram_gpa.get()),
                 }
             }
-            msg_type::VRAM_LOCATION_ACK => {
+            MsgType::VRAM_LOCATION_ACK => {
                 let v: UserCtxAck = body(b)?;
                 Message::VramLocationAck {
                     user_ctx: v.user_ctx.get(),
                 }
             }
-            msg_type::SITUATION_UPDATE => {
+            MsgType::SITUATION_UPDATE => {
                 let v: SituationUpdate = body(b)?;
                 let o = v.output;
                 Message::SituationUpdate {
@@ -592,13 +597,13 @@ impl Message {
                     },
                 }
             }
-            msg_type::SITUATION_UPDATE_ACK => {
+            MsgType::SITUATION_UPDATE_ACK => {
                 let v: UserCtxAck = body(b)?;
                 Message::SituationUpdateAck {
                     user_ctx: v.user_ctx.get(),
                 }
             }
-            msg_type::POINTER_POSITION => {
+            MsgType::POINTER_POSITION => {
                 let v: PointerPosition = body(b)?;
                 Message::PointerPosition {
                     visible: v.is_visible != 0,
@@ -607,7 +612,7 @@ impl Message {
                     y: v.image_y.get(),
                 }
             }
-            msg_type::POINTER_SHAPE => {
+            MsgType::POINTER_SHAPE => {
                 let v: PointerShape = body(b)?;
                 Message::PointerShape {
                     part_idx: v.part_idx,
@@ -619,7 +624,7 @@ impl Message {
                     data: v.data,
                 }
             }
-            msg_type::FEATURE_CHANGE => {
+            MsgType::FEATURE_CHANGE => {
                 let v: FeatureChange = body(b)?;
                 Message::FeatureChange {
                     dirt_needed: v.is_dirt_needed != 0,
@@ -628,7 +633,7 @@ impl Message {
                     situ_needed: v.is_situ_needed != 0,
                 }
             }
-            msg_type::DIRT => {
+            MsgType::DIRT => {
                 let v: Dirt = body(b)?;
                 Message::Dirt {
                     video_output: v.video_output,
@@ -641,7 +646,7 @@ impl Message {
                     },
                 }
             }
-            msg_type::RESOLUTION_REQUEST => match b.first() {
+            MsgType::RESOLUTION_REQUEST => match b.first() {
                 Some(&max_count) => Message::ResolutionRequest { max_count },
                 None => {
                     return Err(WireError::Truncated {
@@ -650,7 +655,7 @@ impl Message {
                     })
                 }
             },
-            msg_type::RESOLUTION_RESPONSE => {
+            MsgType::RESOLUTION_RESPONSE => {
                 if b.len() < RESOLUTION_RESP_FIXED {
                     return Err(WireError::Truncated {
                         have: HEADERS_LEN + b.len(),
@@ -849,7 +854,7 @@ impl Message {
             size: ((8 + body_len) as u32).into(),
         };
         let hdr = MsgHeader {
-            ty: self.ty().into(),
+            ty: self.ty().0.into(),
             size: vid_size.into(),
         };
         out[..8].copy_from_slice(pipe.as_bytes());
