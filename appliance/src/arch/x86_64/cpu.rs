@@ -1,39 +1,18 @@
 //! Our own GDT with a TSS, so that double faults and page faults run on a separate stack
 //! (IST1): a stack overflow then still reaches the panic path instead of triple-faulting.
 //! On direct boot the page below the boot stack is unmapped, so an overflow faults at once.
-//! Layouts: Intel SDM vol. 3A 3.4.5 (segment descriptors), 7.2.3 (64-bit TSS descriptor),
-//! 7.7 (64-bit TSS: IST1 at offset 36).
+//! The descriptors and the TSS are the `x86_64` crate's (layouts: Intel SDM vol. 3A 3.4.5,
+//! 7.2.3, 7.7).
 
-pub const CODE_SEL: u16 = 0x08;
-const DATA_SEL: u16 = 0x10;
-const TSS_SEL: u16 = 0x18;
+use ::x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+use ::x86_64::instructions::tables::load_tss;
+use ::x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use ::x86_64::structures::tss::TaskStateSegment;
+use ::x86_64::VirtAddr;
 
-#[repr(C, align(16))]
-struct Gdt([u64; 5]);
-
-#[repr(C, packed(4))]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
-}
-
-const _: () = assert!(core::mem::size_of::<Tss>() == 104);
-
-static mut GDT: Gdt = Gdt([0; 5]);
-static mut TSS: Tss = Tss {
-    reserved0: 0,
-    rsp: [0; 3],
-    reserved1: 0,
-    ist: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    iomap_base: 104,
-};
+/// Null, 64-bit code (0x08), data (0x10), TSS (0x18, two slots).
+static mut GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
+static mut TSS: TaskStateSegment = TaskStateSegment::new();
 
 #[repr(C, align(16))]
 struct Stack([u8; FAULT_STACK_SIZE]);
@@ -43,61 +22,45 @@ struct Stack([u8; FAULT_STACK_SIZE]);
 const FAULT_STACK_SIZE: usize = 128 * 1024;
 static mut FAULT_STACK: Stack = Stack([0; FAULT_STACK_SIZE]);
 
+/// The fault stack's slot in the TSS's interrupt stack table (0 = IST1).
+pub const FAULT_IST_INDEX: u16 = 0;
+
 /// The fault stack (IST1): `[lo, hi)`.
 pub fn fault_stack_range() -> (usize, usize) {
     let lo = core::ptr::addr_of!(FAULT_STACK) as usize;
     (lo, lo + FAULT_STACK_SIZE)
 }
 
-#[repr(C, packed)]
-struct DescPtr {
-    limit: u16,
-    base: u64,
-}
-
 /// Loads the GDT (64-bit code 0x08, data 0x10, TSS 0x18) and the TSS with IST1 = the fault
-/// stack. After this CS is `CODE_SEL` on every boot path.
+/// stack. After this CS is the GDT's code segment on every boot path.
 pub fn install_gdt_tss() {
-    // SAFETY: called once at boot with interrupts off; the tables are statics that live
-    // forever; the far return reloads CS with a valid 64-bit code segment.
+    // SAFETY: called once at boot on one CPU with interrupts off, before anything else reads
+    // TSS or GDT, and never again: the exclusive references end before the shared `'static`
+    // ones the CPU keeps are made. The far return of `CS::set_reg` loads a valid 64-bit code
+    // segment of the table just loaded; the data selector is a present writable segment; the
+    // TSS selector names an available 64-bit TSS that lives forever.
     unsafe {
-        let tss = &mut *core::ptr::addr_of_mut!(TSS);
-        let top = core::ptr::addr_of_mut!(FAULT_STACK) as u64 + FAULT_STACK_SIZE as u64;
-        tss.ist[0] = top;
-        let base = tss as *mut Tss as u64;
-        let limit = 103u64;
+        let (_, hi) = fault_stack_range();
+        (*core::ptr::addr_of_mut!(TSS)).interrupt_stack_table[FAULT_IST_INDEX as usize] =
+            VirtAddr::new(hi as u64);
+        let tss: &'static TaskStateSegment = &*core::ptr::addr_of!(TSS);
         let gdt = &mut *core::ptr::addr_of_mut!(GDT);
-        gdt.0[1] = 0x00af_9a00_0000_ffff; // code: present, DPL0, L
-        gdt.0[2] = 0x00cf_9200_0000_ffff; // data
-        gdt.0[3] = (limit & 0xffff)
-            | (base & 0xff_ffff) << 16
-            | 0x89 << 40 // present, type 9: available 64-bit TSS
-            | ((limit >> 16) & 0xf) << 48
-            | ((base >> 24) & 0xff) << 56;
-        gdt.0[4] = base >> 32;
-        let ptr = DescPtr {
-            limit: (core::mem::size_of::<Gdt>() - 1) as u16,
-            base: gdt.0.as_ptr() as u64,
-        };
-        core::arch::asm!(
-            "lgdt [{ptr}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ds, {ds:x}",
-            "mov es, {ds:x}",
-            "mov ss, {ds:x}",
-            "mov fs, {ds:x}",
-            "mov gs, {ds:x}",
-            "ltr {tss:x}",
-            ptr = in(reg) &ptr,
-            cs = in(reg) CODE_SEL as u64,
-            ds = in(reg) DATA_SEL as u64,
-            tss = in(reg) TSS_SEL as u64,
-            tmp = out(reg) _,
-        );
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+        let gdt: &'static GlobalDescriptorTable = &*core::ptr::addr_of!(GDT);
+        gdt.load();
+        CS::set_reg(code);
+        for set in [
+            DS::set_reg,
+            ES::set_reg,
+            SS::set_reg,
+            FS::set_reg,
+            GS::set_reg,
+        ] {
+            set(data);
+        }
+        load_tss(tss_sel);
     }
 }
 
@@ -124,6 +87,6 @@ pub fn guard_boot_stack() {
         }
         let pd = &mut *core::ptr::addr_of_mut!(canary_boot_pd);
         pd[(big >> 21) as usize] = pt.0.as_ptr() as u64 | 0x3;
-        core::arch::asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack));
+        ::x86_64::instructions::tlb::flush_all();
     }
 }

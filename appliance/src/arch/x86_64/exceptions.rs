@@ -1,6 +1,10 @@
 //! IDT with the 32 architectural exception vectors; every one enters the panic path.
 use crate::panic_path::{FaultInfo, RegSnapshot};
+use ::x86_64::structures::idt::InterruptDescriptorTable;
+use ::x86_64::structures::DescriptorTablePointer;
+use ::x86_64::VirtAddr;
 use core::arch::global_asm;
+use core::mem::MaybeUninit;
 
 // One 16-byte stub per vector (vector n at canary_isr_base + 16 * n), so no table of
 // absolute addresses is needed (the same code links as ELF and as a relocatable PE).
@@ -164,14 +168,7 @@ const NAMES: [&str; 32] = [
 // sysv64 explicitly: on the UEFI target `extern "C"` is the Microsoft x64 ABI (first argument in
 // RCX), but the stub passes the frame in RDI.
 extern "sysv64" fn trap(f: &TrapFrame) -> ! {
-    let (cr0, cr2, cr3, cr4): (u64, u64, u64, u64);
-    // SAFETY: reads control registers at CPL0.
-    unsafe {
-        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-    }
+    let (cr0, cr2, cr3, cr4) = super::control_registers();
     let mut regs = RegSnapshot::default();
     for v in [
         f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12,
@@ -190,46 +187,60 @@ extern "sysv64" fn trap(f: &TrapFrame) -> ! {
     })
 }
 
-#[repr(C, align(16))]
-struct Idt([u64; 512]);
+/// Uninitialised until `install`: a `new()` table has nonzero bits in every entry, so as a
+/// static initialiser it would put 4 KiB of `.data` into the image; this stays in `.bss`.
+static mut IDT: MaybeUninit<InterruptDescriptorTable> = MaybeUninit::uninit();
 
-static mut IDT: Idt = Idt([0; 512]);
-
+/// Fills the IDT: vector n < 32 to its stub (`canary_isr_base + 16 * n`), every vector from 32
+/// up to the wake stub; #DF and #PF on IST1 (the fault stack), so a stack overflow still gets
+/// a handler. The crate names the architectural vectors and leaves the reserved ones (9, 15,
+/// 22-27, 31) not present: raising one is a #NP (vector 11) that names it in its error code,
+/// which enters the panic path too. Then loads it (`lidt`).
 pub fn install() {
     super::cpu::install_gdt_tss();
     #[cfg(target_os = "none")]
     super::cpu::guard_boot_stack();
-    let cs = super::cpu::CODE_SEL;
-    // SAFETY: the table is filled once at boot, before interrupts could use it (they are
-    // off); `lidt` points the CPU at a static that lives forever.
+    let stub = |v: u64| VirtAddr::new(isr_base() + 16 * v);
+    // SAFETY: once at boot with interrupts off, after the GDT (the entries take the current
+    // CS): nothing uses the table before `load`, and it is a static that lives forever. Each
+    // address is the stub for its vector (the stubs push a zero error code exactly where the
+    // CPU pushes none), or the wake stub, which returns with `iretq`; IST1 is set in the TSS.
     unsafe {
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        let base = isr_base();
-        let wake = wake_isr();
-        for v in 0..256usize {
-            let h = if v < 32 { base + 16 * v as u64 } else { wake };
-            // #DF and #PF on IST1 (the fault stack): a stack overflow still gets a handler.
-            let ist: u64 = if v == 8 || v == 14 { 1 } else { 0 };
-            let lo = (h & 0xffff)
-                | (cs as u64) << 16
-                | ist << 32
-                | 0x8e00u64 << 32
-                | ((h >> 16) & 0xffff) << 48;
-            idt.0[v * 2] = lo;
-            idt.0[v * 2 + 1] = h >> 32;
+        let idt = (*core::ptr::addr_of_mut!(IDT)).write(InterruptDescriptorTable::new());
+        idt.divide_error.set_handler_addr(stub(0));
+        idt.debug.set_handler_addr(stub(1));
+        idt.non_maskable_interrupt.set_handler_addr(stub(2));
+        idt.breakpoint.set_handler_addr(stub(3));
+        idt.overflow.set_handler_addr(stub(4));
+        idt.bound_range_exceeded.set_handler_addr(stub(5));
+        idt.invalid_opcode.set_handler_addr(stub(6));
+        idt.device_not_available.set_handler_addr(stub(7));
+        idt.double_fault
+            .set_handler_addr(stub(8))
+            .set_stack_index(super::cpu::FAULT_IST_INDEX);
+        idt.invalid_tss.set_handler_addr(stub(10));
+        idt.segment_not_present.set_handler_addr(stub(11));
+        idt.stack_segment_fault.set_handler_addr(stub(12));
+        idt.general_protection_fault.set_handler_addr(stub(13));
+        idt.page_fault
+            .set_handler_addr(stub(14))
+            .set_stack_index(super::cpu::FAULT_IST_INDEX);
+        idt.x87_floating_point.set_handler_addr(stub(16));
+        idt.alignment_check.set_handler_addr(stub(17));
+        idt.machine_check.set_handler_addr(stub(18));
+        idt.simd_floating_point.set_handler_addr(stub(19));
+        idt.virtualization.set_handler_addr(stub(20));
+        idt.cp_protection_exception.set_handler_addr(stub(21));
+        idt.hv_injection_exception.set_handler_addr(stub(28));
+        idt.vmm_communication_exception.set_handler_addr(stub(29));
+        idt.security_exception.set_handler_addr(stub(30));
+        let wake = VirtAddr::new(wake_isr());
+        for e in idt.slice_mut(32..) {
+            e.set_handler_addr(wake);
         }
-        let ptr = DescPtr {
-            limit: (256 * 16 - 1) as u16,
-            base: idt.0.as_ptr() as u64,
-        };
-        core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
+        let idt: &'static InterruptDescriptorTable = (*core::ptr::addr_of!(IDT)).assume_init_ref();
+        idt.load();
     }
-}
-
-#[repr(C, packed)]
-struct DescPtr {
-    limit: u16,
-    base: u64,
 }
 
 /// Loads an empty IDT and raises an exception: the CPU shuts down (reset on PCs).
@@ -237,7 +248,13 @@ struct DescPtr {
 /// # Safety
 /// Ends the machine.
 pub unsafe fn triple_fault() -> ! {
-    let ptr = DescPtr { limit: 0, base: 0 };
+    let empty = DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::zero(),
+    };
     // SAFETY: deliberate: no valid IDT, then an interrupt → triple fault.
-    unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) &ptr, options(noreturn)) };
+    unsafe { ::x86_64::instructions::tables::lidt(&empty) };
+    ::x86_64::instructions::interrupts::int3();
+    // Not reached: int3 without an IDT shuts the CPU down.
+    super::halt()
 }

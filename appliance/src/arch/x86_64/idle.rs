@@ -29,19 +29,13 @@ static X2APIC: AtomicBool = AtomicBool::new(false);
 static TICKS_PER_US_1024: AtomicU64 = AtomicU64::new(0);
 
 fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: reads an architectural MSR the caller checked exists.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
-    (hi as u64) << 32 | lo as u64
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
 }
 
 fn wrmsr(msr: u32, v: u64) {
     // SAFETY: writes an architectural MSR the caller checked exists.
-    unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nomem, nostack))
-    };
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).write(v) }
 }
 
 fn write(reg: u32, v: u32) {
@@ -126,10 +120,11 @@ pub fn idle(us: u64) {
     let count = (us * TICKS_PER_US_1024.load(Ordering::Relaxed) / 1024).clamp(1, u32::MAX as u64);
     write(LVT_TIMER, WAKE_VECTOR as u32); // unmasked, one-shot
     write(INITIAL_COUNT, count as u32);
-    // SAFETY: interrupts on only across the halt; every vector >= 32 has the EOI-and-return
-    // stub, exceptions keep their panic-path entries. `sti` takes effect after `hlt` starts,
-    // so a timer that already expired still wakes us.
-    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    // Interrupts on only across the halt; every vector >= 32 has the EOI-and-return stub,
+    // exceptions keep their panic-path entries. `sti` takes effect after `hlt` starts (the
+    // crate's `enable_and_hlt` is `sti; hlt`), so a timer that already expired still wakes us.
+    ::x86_64::instructions::interrupts::enable_and_hlt();
+    ::x86_64::instructions::interrupts::disable();
     write(LVT_TIMER, 1 << 16 | WAKE_VECTOR as u32);
     write(INITIAL_COUNT, 0);
 }

@@ -20,24 +20,20 @@ pub use exceptions::install as install_exceptions;
 use port::{inb, inl, outb, outl};
 
 pub fn interrupts_off() {
-    // SAFETY: cli only masks maskable interrupts.
-    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    ::x86_64::instructions::interrupts::disable();
 }
 
 /// The canary is fully polled: interrupts stay off. This exists for the arch contract.
 #[allow(dead_code)]
 pub fn interrupts_enabled() -> bool {
-    let flags: u64;
-    // SAFETY: reads RFLAGS.
-    unsafe { core::arch::asm!("pushfq; pop {}", out(reg) flags, options(nomem, preserves_flags)) };
-    flags & (1 << 9) != 0
+    ::x86_64::instructions::interrupts::are_enabled()
 }
 
 pub fn halt() -> ! {
     interrupts_off();
     loop {
-        // SAFETY: hlt with interrupts off parks the CPU.
-        unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+        // With interrupts off this parks the CPU (an NMI returns to the loop).
+        ::x86_64::instructions::hlt();
     }
 }
 
@@ -199,18 +195,10 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
             p = in(reg) g.as_mut_ptr(), options(nostack, preserves_flags)
         );
     }
-    let (cr0, cr2, cr3, cr4, rflags, rip): (u64, u64, u64, u64, u64, u64);
-    let (cs, ss): (u16, u16);
-    // SAFETY: reads control registers and RFLAGS at CPL0.
-    unsafe {
-        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("pushfq; pop {}", out(reg) rflags, options(nomem, preserves_flags));
-        core::arch::asm!("lea {}, [rip]", out(reg) rip, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss, options(nomem, nostack, preserves_flags));
-    }
+    let rip = ::x86_64::instructions::read_rip().as_u64();
+    let (cr0, cr2, cr3, cr4) = control_registers();
+    let rflags = ::x86_64::registers::rflags::read_raw();
+    let (cs, ss) = segments();
     out.gprs.clear();
     for v in g
         .iter()
@@ -221,6 +209,20 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
     out.pc = rip;
     out.sp = g[7];
     out.fp = g[6];
+}
+
+/// CR0, CR2, CR3 (frame and flag bits as loaded), CR4, for the crash record.
+pub fn control_registers() -> (u64, u64, u64, u64) {
+    use ::x86_64::registers::control::{Cr0, Cr2, Cr3, Cr4};
+    let (frame, flags) = Cr3::read_raw();
+    let cr3 = frame.start_address().as_u64() | u64::from(flags);
+    (Cr0::read_raw(), Cr2::read_raw(), cr3, Cr4::read_raw())
+}
+
+/// The CS and SS selectors.
+pub fn segments() -> (u16, u16) {
+    use ::x86_64::instructions::segmentation::{Segment, CS, SS};
+    (CS::get_reg().0, SS::get_reg().0)
 }
 
 /// Fills in the region list for a UEFI boot is done by the uefi entry; this is for the
@@ -294,17 +296,9 @@ pub fn reference_seconds() -> Option<u32> {
 
 /// Some entropy for the boot id: RDRAND when the CPU has it, else TSC jitter.
 pub fn entropy() -> u64 {
-    use core::arch::x86_64::__cpuid;
-    if __cpuid(1).ecx & (1 << 30) != 0 {
-        let mut v: u64 = 0;
-        let ok: u8;
-        // SAFETY: RDRAND is advertised by CPUID.
-        unsafe {
-            core::arch::asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
-        };
-        if ok == 1 {
-            return v ^ timer::rdtsc();
-        }
+    // `RdRand::new` checks CPUID for RDRAND; `get_u64` is None when the CPU had no number.
+    match ::x86_64::instructions::random::RdRand::new().and_then(|r| r.get_u64()) {
+        Some(v) => v ^ timer::rdtsc(),
+        None => timer::rdtsc(),
     }
-    timer::rdtsc()
 }

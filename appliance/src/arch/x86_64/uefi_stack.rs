@@ -50,19 +50,16 @@ unsafe fn split(entry: &mut u64, table: &mut Table, child_size: u64, to_4k: bool
 /// # Safety
 /// Boot, one CPU, interrupts off; nothing uses the page at `va`.
 unsafe fn unmap(va: u64) -> bool {
-    let cr3: u64;
-    let cr0: u64;
-    // SAFETY: reads CR3/CR0 at CPL0.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-        // Firmware may map its page tables read-only: lift write protection meanwhile.
-        core::arch::asm!("mov cr0, {}", in(reg) cr0 & !(1 << 16), options(nostack));
-    }
+    use ::x86_64::registers::control::{Cr0, Cr0Flags, Cr3};
+    let pml4_base = Cr3::read_raw().0.start_address().as_u64();
+    let cr0 = Cr0::read_raw();
+    // SAFETY: clears only CR0.WP (firmware may map its page tables read-only: lift write
+    // protection meanwhile); at CPL0 that lets this code write read-only pages, nothing else.
+    unsafe { Cr0::write_raw(cr0 & !Cr0Flags::WRITE_PROTECT.bits()) };
     let idx = |level: u32| ((va >> (12 + 9 * level)) & 511) as usize;
     // SAFETY: the tables are identity-mapped physical memory; each is 512 entries.
     let ok = unsafe {
-        let pml4 = &mut *((cr3 & ADDR) as *mut [u64; 512]);
+        let pml4 = &mut *(pml4_base as *mut [u64; 512]);
         let e4 = &mut pml4[idx(3)];
         if *e4 & P == 0 {
             false
@@ -90,11 +87,10 @@ unsafe fn unmap(va: u64) -> bool {
             }
         }
     };
-    // SAFETY: restores CR0 and flushes the TLB by reloading CR3.
-    unsafe {
-        core::arch::asm!("mov cr0, {}", in(reg) cr0, options(nostack));
-        core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack));
-    }
+    // SAFETY: restores CR0 as it was.
+    unsafe { Cr0::write_raw(cr0) };
+    // Reloads CR3: the TLB forgets the entries changed above.
+    ::x86_64::instructions::tlb::flush_all();
     ok
 }
 
