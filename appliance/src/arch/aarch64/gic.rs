@@ -73,11 +73,8 @@ fn wr32(addr: u64, v: u32) {
 /// This CPU's affinity in GICR_TYPER's layout: Aff3.Aff2.Aff1.Aff0 (MPIDR_EL1 bits 39:32,
 /// 23:16, 15:8, 7:0).
 fn my_affinity() -> u32 {
-    let mpidr: u64;
-    // SAFETY: reads MPIDR_EL1.
-    unsafe {
-        core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack, preserves_flags))
-    };
+    use aarch64_cpu::registers::{Readable, MPIDR_EL1};
+    let mpidr = MPIDR_EL1.get();
     (((mpidr >> 32) & 0xff) << 24 | (mpidr & 0xff_ffff)) as u32
 }
 

@@ -69,13 +69,12 @@ pub fn map(base: u64, len: u64, kind: Kind) {
             changed = true;
         }
         if changed {
-            core::arch::asm!(
-                "dsb ishst",
-                "tlbi vmalle1",
-                "dsb ish",
-                "isb",
-                options(nostack)
-            );
+            use aarch64_cpu::asm::barrier;
+            barrier::dsb(barrier::ISHST);
+            // aarch64-cpu has no TLB maintenance instructions.
+            core::arch::asm!("tlbi vmalle1", options(nostack));
+            barrier::dsb(barrier::ISH);
+            barrier::isb(barrier::SY);
         }
     }
 }

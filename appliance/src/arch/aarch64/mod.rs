@@ -247,24 +247,22 @@ fn log_platform() {
 }
 
 pub fn interrupts_off() {
-    // SAFETY: masks D, A, I, F.
-    unsafe { core::arch::asm!("msr daifset, #0xf", options(nomem, nostack)) };
+    use aarch64_cpu::registers::{Writeable, DAIF};
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
 }
 
 /// The canary is fully polled: interrupts stay masked. For the arch contract.
 #[allow(dead_code)]
 pub fn interrupts_enabled() -> bool {
-    let daif: u64;
-    // SAFETY: reads DAIF.
-    unsafe { core::arch::asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack)) };
-    daif & (1 << 7) == 0
+    use aarch64_cpu::registers::{Readable, DAIF};
+    !DAIF.is_set(DAIF::I)
 }
 
 pub fn halt() -> ! {
     interrupts_off();
     loop {
-        // SAFETY: waits for an interrupt that never comes (masked).
-        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+        // Waits for an interrupt that never comes (masked).
+        aarch64_cpu::asm::wfi();
     }
 }
 
@@ -290,12 +288,8 @@ fn smccc(fid: u32, a1: u64) -> [u64; 4] {
 
 /// The exception level we run at (1; 2 when UEFI firmware started us at EL2).
 pub fn current_el() -> u64 {
-    let el: u64;
-    // SAFETY: reads CurrentEL.
-    unsafe {
-        core::arch::asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags))
-    };
-    (el >> 2) & 3
+    use aarch64_cpu::registers::{CurrentEL, Readable};
+    CurrentEL.read(CurrentEL::EL)
 }
 
 /// PSCI function IDs (Arm DEN0022 "Power State Coordination Interface", table 5.1).
@@ -425,16 +419,13 @@ pub fn frame_pointer() -> usize {
 
 /// PSTATE as far as EL1 can read it, in SPSR layout: NZCV, DAIF, CurrentEL, SPSel.
 fn pstate() -> u64 {
-    let (nzcv, daif, el, spsel): (u64, u64, u64, u64);
-    // SAFETY: reads PSTATE fields.
+    use aarch64_cpu::registers::{CurrentEL, Readable, SPSel, DAIF};
+    let nzcv: u64;
+    // SAFETY: reads the condition flags (aarch64-cpu has no NZCV register).
     unsafe {
-        core::arch::asm!(
-            "mrs {0}, nzcv", "mrs {1}, daif", "mrs {2}, CurrentEL", "mrs {3}, spsel",
-            out(reg) nzcv, out(reg) daif, out(reg) el, out(reg) spsel,
-            options(nomem, nostack, preserves_flags)
-        )
+        core::arch::asm!("mrs {}, nzcv", out(reg) nzcv, options(nomem, nostack, preserves_flags))
     };
-    nzcv | daif | el | (spsel & 1)
+    nzcv | DAIF.get() | CurrentEL.get() | (SPSel.get() & 1)
 }
 
 /// Snapshot at the call site in `capture::record::Registers` arm64 order: x0..x30, PSTATE
@@ -454,11 +445,11 @@ pub fn snapshot_registers(out: &mut crate::panic_path::RegSnapshot) {
             p = in(reg) g.as_mut_ptr(), options(nostack, preserves_flags)
         );
     }
-    let (esr, far, sp, pc): (u64, u64, u64, u64);
-    // SAFETY: reads system registers at EL1, SP and the PC.
+    use aarch64_cpu::registers::{Readable, ESR_EL1, FAR_EL1};
+    let (esr, far) = (ESR_EL1.get(), FAR_EL1.get());
+    let (sp, pc): (u64, u64);
+    // SAFETY: reads SP and the PC.
     unsafe {
-        core::arch::asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mrs {}, far_el1", out(reg) far, options(nomem, nostack, preserves_flags));
         core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
         core::arch::asm!("adr {}, .", out(reg) pc, options(nomem, nostack, preserves_flags));
     }
@@ -595,16 +586,9 @@ pub fn reference_seconds() -> Option<u32> {
 /// Some entropy for the boot id: RNDR when the CPU has FEAT_RNG (ID_AA64ISAR0_EL1.RNDR,
 /// bits 63:60), mixed with the counter.
 pub fn entropy() -> u64 {
-    let isar0: u64;
-    // SAFETY: reads an ID register.
-    unsafe {
-        core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags))
-    };
     let mut e = timer::counter();
-    if isar0 >> 60 != 0 {
-        let v: u64;
-        // SAFETY: RNDR (s3_3_c2_c4_0) exists when ID_AA64ISAR0_EL1.RNDR != 0.
-        unsafe { core::arch::asm!("mrs {}, s3_3_c2_c4_0", out(reg) v, options(nomem, nostack)) };
+    // `ArmRng::new` checks ID_AA64ISAR0_EL1.RNDR; `rndr` is None when RNDR had no number.
+    if let Some(v) = aarch64_cpu::asm::random::ArmRng::new().and_then(|r| r.rndr()) {
         e ^= v;
     }
     e ^ timer::counter().rotate_left(29)

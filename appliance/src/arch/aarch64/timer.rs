@@ -2,6 +2,8 @@
 //! The virtual counter rather than CNTPCT_EL0: it is what EL1 guests are meant to read (KVM and
 //! Hyper-V may trap EL1 physical-counter reads; Linux's arm_arch_timer uses it in guests), and
 //! on QEMU `virt` without EL2 the two are equal (CNTVOFF = 0).
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static T0: AtomicU64 = AtomicU64::new(0);
@@ -15,20 +17,13 @@ const FALLBACK_HZ: u64 = 62_500_000;
 
 #[inline]
 pub fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reads the virtual counter; the isb keeps the read from being hoisted.
-    unsafe {
-        core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
+    // The isb keeps the read from being hoisted above earlier instructions.
+    barrier::isb(barrier::SY);
+    CNTVCT_EL0.get()
 }
 
 pub fn init() {
-    let hz: u64;
-    // SAFETY: reads the counter frequency.
-    unsafe {
-        core::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags))
-    };
+    let hz = CNTFRQ_EL0.get();
     let hz = if hz == 0 {
         FALLBACK_HZ
     } else {
