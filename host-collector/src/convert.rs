@@ -96,8 +96,8 @@ pub fn fields(r: &CrashRecord) -> RecordFields {
                 elapsed_us: s.elapsed_us,
             })
             .collect(),
-        vm_name: None,
-        host_name: None,
+        vm_name: crate::identity::vm_name(r),
+        host_name: crate::identity::host_name(r),
     }
 }
 
@@ -258,6 +258,13 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
         s.push(']');
     });
     set_ext_columns(&mut t, r);
+    // Schema 1.2's names (who crashed), for `list --host`.
+    if let Some(v) = crate::identity::vm_name(r) {
+        t.set(Col::VmName, |s| s.push_str(&v));
+    }
+    if let Some(h) = crate::identity::host_name(r) {
+        t.set(Col::HostName, |s| s.push_str(&h));
+    }
     t
 }
 

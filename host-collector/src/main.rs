@@ -248,6 +248,11 @@ struct ListArgs {
     /// List records that were rejected (e.g. schema too new) instead of stored ones.
     #[arg(long, conflicts_with = "canaries")]
     rejected: bool,
+    /// Only records of VMs or physical hosts whose name starts with NAME, ignoring case (the
+    /// Hyper-V KVP VirtualMachineName, PhysicalHostNameFullyQualified or PhysicalHostName the
+    /// record carries): --host hv07 matches HV07 and hv07.corp.example.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["canaries", "rejected"])]
+    host: Option<String>,
     #[command(flatten)]
     view: cmds::ViewArgs,
     /// One row per group of identical crashes (same kind, message and location), with how
@@ -557,6 +562,7 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
         );
     }
     let mut filter = a.time.filter()?;
+    filter.host = a.host.clone();
     filter.limit = a.lines;
     // `-n N` means the newest N: query newest first, then restore the requested order.
     filter.reverse = a.lines.is_some() || a.reverse;
