@@ -119,6 +119,22 @@ pub fn merge(
     (out, fv)
 }
 
+/// The step times a follow-up frame gives, indexed by step code - 1 (freeze .. end), for the
+/// store's `step_*_us` columns: `None` for a step it does not have or reports as pending (no
+/// time yet), and for a frame that does not parse.
+pub fn step_times(raw: &[u8]) -> [Option<u32>; 7] {
+    let mut t = [None; 7];
+    if let Some(f) = parse_stored(raw) {
+        for s in f.steps() {
+            let code = usize::from(u8::from(s.step));
+            if (1..=7).contains(&code) && s.outcome != Outcome::Pending && t[code - 1].is_none() {
+                t[code - 1] = Some(s.elapsed_us);
+            }
+        }
+    }
+    t
+}
+
 /// Merges the follow-up stored for the record in `view` (its bytes `raw`) into the view's
 /// steps, and says whether one arrived.
 pub fn attach(
@@ -193,6 +209,12 @@ mod tests {
         assert_eq!(m[6].outcome, STARTED);
         assert!(v.received);
         assert_eq!(v.steps, 6);
+        // The store's step columns: every step after the seal but the pending end.
+        assert_eq!(
+            step_times(&buf[..n]),
+            [None, Some(7), Some(7), Some(7), Some(7), Some(7), None]
+        );
+        assert_eq!(step_times(b"junk"), [None; 7]);
     }
 
     #[test]

@@ -133,6 +133,32 @@ fn a_panic_screen_png_imports_as_the_record_the_network_delivered_and_show_merge
     assert_eq!(v["followup"]["received"], true, "{v:#}");
     let text = stdout(&run_db(&db, &["show"]));
     assert!(text.contains("Follow-up: received: 6 steps"), "{text}");
+    // The follow-up's times are in the step columns `stats --steps` reads (the sealed record
+    // itself has freeze only); the end step (reported as started) has no time.
+    let st = json(&run_db(&db, &["stats", "--steps", "--json"]));
+    let rows = st.as_array().cloned().unwrap_or_else(|| {
+        st["steps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{st:#}"))
+    });
+    let timed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["records"] == 1)
+        .filter_map(|r| r["step"].as_str())
+        .collect();
+    assert_eq!(
+        timed,
+        [
+            "freeze",
+            "screen-flush",
+            "vmbus-unload",
+            "arch-cleanup",
+            "ship",
+            "crash-registers"
+        ],
+        "{st:#}"
+    );
     assert!(text.contains("crash-registers"), "{text}");
     srv.stop("INT");
 

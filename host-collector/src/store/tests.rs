@@ -478,3 +478,88 @@ fn record_ref_parses_id_and_boot_seq() {
     assert!("zz:1".parse::<RecordRef>().is_err());
     assert!("00:1".parse::<RecordRef>().is_err());
 }
+
+/// A record sealed at the panic screen has the freeze step's time only; its follow-up frame
+/// (the steps after the seal) fills the other step columns `stats --steps` reads, once.
+#[test]
+fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
+    use capture::followup::FollowupRepr;
+    use capture::panic::{Outcome, Step, StepRecord};
+    for b in backends("followup_steps") {
+        let mut s = b.open();
+        let mut r = capture::testutil::sample_record(3);
+        r.boot_id = [9; 16];
+        r.steps.truncate(1);
+        let mut buf = vec![0u8; MAX_ENCODED_LEN];
+        let raw = r.encode(&mut buf).expect("encodes").to_vec();
+        let key = RecordKey {
+            boot_id: r.boot_id,
+            seq: r.seq,
+            record_crc: crc32fast::hash(&raw),
+        };
+        let n = NewRecord {
+            key,
+            received_at_us: 1,
+            schema_major: SCHEMA_MAJOR,
+            schema_minor: SCHEMA_MINOR,
+            uptime_us: r.uptime_us,
+            line_col: (0, 0),
+            text: crate::convert::row_text("10.0.0.9:4000".parse().unwrap(), &r),
+            raw,
+        };
+        s.commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        let frame = |us: u32| {
+            let steps: Vec<StepRecord> = Step::ALL[1..]
+                .iter()
+                .map(|&step| StepRecord {
+                    step,
+                    outcome: if step == Step::End {
+                        Outcome::Pending
+                    } else {
+                        Outcome::Done
+                    },
+                    elapsed_us: us,
+                })
+                .collect();
+            let f = FollowupRepr::new(
+                &capture::RecordId {
+                    boot_id: key.boot_id,
+                    seq: key.seq,
+                    record_crc: key.record_crc,
+                },
+                &steps,
+            );
+            let mut out = [0u8; 256];
+            let len = capture::wire::Repr::Followup(f)
+                .emit(None, &mut out)
+                .unwrap();
+            out[..len].to_vec()
+        };
+        assert_eq!(
+            s.put_followup(&key, &frame(40), 2).unwrap(),
+            FollowupOutcome::Stored
+        );
+        // A second one (a retransmit with other times) changes nothing.
+        assert_eq!(
+            s.put_followup(&key, &frame(99), 3).unwrap(),
+            FollowupOutcome::Duplicate
+        );
+        let st = s.step_stats(None).unwrap();
+        let timed: Vec<(&str, u32)> = st.iter().map(|x| (x.step.as_str(), x.max_us)).collect();
+        let freeze = r.steps[0].elapsed_us;
+        assert_eq!(
+            timed,
+            [
+                ("freeze", freeze),
+                ("screen-flush", 40),
+                ("vmbus-unload", 40),
+                ("arch-cleanup", 40),
+                ("ship", 40),
+                ("crash-registers", 40)
+            ],
+            "{}",
+            b.name
+        );
+    }
+}

@@ -291,6 +291,33 @@ impl SqliteStore {
                 raw
             ],
         )?;
+        if n == 1 {
+            // The steps after the seal: their times into the record's step columns (for
+            // `stats --steps`), where the record itself has none.
+            let t = crate::followup_view::step_times(raw);
+            tx.execute(
+                "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, ?4),
+                    step_screen_flush_us = COALESCE(step_screen_flush_us, ?5),
+                    step_vmbus_unload_us = COALESCE(step_vmbus_unload_us, ?6),
+                    step_arch_cleanup_us = COALESCE(step_arch_cleanup_us, ?7),
+                    step_ship_us = COALESCE(step_ship_us, ?8),
+                    step_crash_registers_us = COALESCE(step_crash_registers_us, ?9),
+                    step_end_us = COALESCE(step_end_us, ?10)
+                 WHERE boot_id = ?1 AND seq = ?2 AND record_crc = ?3",
+                params![
+                    &key.boot_id[..],
+                    key.seq,
+                    key.record_crc,
+                    t[0],
+                    t[1],
+                    t[2],
+                    t[3],
+                    t[4],
+                    t[5],
+                    t[6]
+                ],
+            )?;
+        }
         tx.commit()?;
         Ok(if n == 1 {
             FollowupOutcome::Stored
