@@ -84,6 +84,58 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// Width of the `VM@HOST` column of the narrow table: with it the table still fits 80
+/// columns with the message at its minimum.
+const WHO_WIDTH: usize = 16;
+
+/// `vm@host` for the narrow table (either part may be missing; the host's first label only:
+/// `HV07.corp.example` is `HV07`), `-` when neither is known.
+fn who(r: &RecordSummary) -> String {
+    let host = r
+        .host_name
+        .as_deref()
+        .map(|h| h.split('.').next().unwrap_or(h).to_string());
+    match (&r.vm_name, &host) {
+        (Some(v), Some(h)) => format!("{v}@{h}"),
+        (Some(v), None) => v.clone(),
+        (None, Some(h)) => format!("@{h}"),
+        (None, None) => "-".into(),
+    }
+}
+
+/// Inserts the identity columns (schema 1.2: the VM and the physical host, from Hyper-V KVP)
+/// before column `at`, only when some row has a name, so tables of older records stay as
+/// they were.
+fn with_who(
+    header: &[&'static str],
+    body: &mut [Vec<String>],
+    rows: &[RecordSummary],
+    at: usize,
+    wide: bool,
+) -> Vec<&'static str> {
+    let mut h = header.to_vec();
+    if !rows
+        .iter()
+        .any(|r| r.vm_name.is_some() || r.host_name.is_some())
+    {
+        return h;
+    }
+    if wide {
+        h.splice(at..at, ["VM", "HOST"]);
+        for (b, r) in body.iter_mut().zip(rows) {
+            let dash = || "-".to_string();
+            b.insert(at, r.host_name.clone().unwrap_or_else(dash));
+            b.insert(at, r.vm_name.clone().unwrap_or_else(dash));
+        }
+    } else {
+        h.insert(at, "VM@HOST");
+        for (b, r) in body.iter_mut().zip(rows) {
+            b.insert(at, cut(&who(r), WHO_WIDTH));
+        }
+    }
+    h
+}
+
 /// The `list`/`tail` table.
 pub fn records_table(rows: &[RecordSummary], style: &Style) -> String {
     let (header, mut body): (&[&str], Vec<Vec<String>>) = if style.wide {
@@ -124,6 +176,14 @@ pub fn records_table(rows: &[RecordSummary], style: &Style) -> String {
                 .collect(),
         )
     };
+    // Before SOURCE (wide) or MESSAGE (narrow).
+    let header = &with_who(
+        header,
+        &mut body,
+        rows,
+        header.len() - if style.wide { 3 } else { 1 },
+        style.wide,
+    )[..];
     if !style.wide {
         fit_last(header, &mut body);
     }
@@ -288,6 +348,8 @@ mod tests {
             kind: kind.into(),
             message: msg.into(),
             location: Some("appliance/src/main.rs:10:5".into()),
+            vm_name: None,
+            host_name: None,
         }
     }
 

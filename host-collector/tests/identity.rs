@@ -114,6 +114,22 @@ fn list_host_filters_on_the_kvp_names_and_show_prints_the_identity() {
     assert_eq!(ids(&["--host", "web-02"]), vec![2]);
     assert_eq!(ids(&["--host", "nowhere"]), Vec::<u64>::new());
 
+    // list: the VM@HOST column (narrow), VM and HOST (wide); only rows that have names.
+    let o = run_db(&db, &["list", "--utc"]);
+    let t = stdout(&o);
+    assert!(t.lines().next().unwrap().contains("VM@HOST"), "{t}");
+    assert!(t.contains(" web-01@HV07 "), "{t}");
+    assert!(t.contains(" db-01@hv12 "), "{t}");
+    assert!(t.lines().all(|l| l.chars().count() <= 80), "{t}");
+    let o = run_db(&db, &["list", "--wide", "--host", "hv12"]);
+    let t = stdout(&o);
+    let head: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+    assert!(head.windows(2).any(|w| w == ["VM", "HOST"]), "{t}");
+    assert!(
+        t.contains("db-01") && t.contains("hv12.corp.example"),
+        "{t}"
+    );
+    assert!(!t.contains("web-0"), "{t}");
     // show --json: the identity object.
     let o = run_db(&db, &["show", "--json", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -266,6 +266,12 @@ pub struct RecordSummary {
     pub kind: String,
     pub message: String,
     pub location: Option<String>,
+    /// [`RecordFields::vm_name`] (schema 1.2 records that carry it), for `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    /// [`RecordFields::host_name`], for `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
 }
 
 /// A whole record as shown by `show` and `export`.

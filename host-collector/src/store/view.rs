@@ -67,6 +67,8 @@ pub(super) fn summary(
         kind,
         message,
         location,
+        vm_name: None,
+        host_name: None,
     }
 }
 

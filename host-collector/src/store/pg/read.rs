@@ -81,7 +81,7 @@ impl PgStore {
         let rows = self.query_rows(
             &format!(
                 "SELECT id, received_at_us, boot_id, seq, source, arch, kind, message, file,
-                    line, col FROM records{wh}"
+                    line, col, vm_name, host_name FROM records{wh}"
             ),
             &args,
         )?;
@@ -91,7 +91,7 @@ impl PgStore {
                 let boot: Vec<u8> = r.get(2);
                 let line: Option<i32> = r.get(9);
                 let col: Option<i32> = r.get(10);
-                view::summary(
+                let mut s = view::summary(
                     r.get(0),
                     r.get(1),
                     &boot,
@@ -101,7 +101,10 @@ impl PgStore {
                     r.get(6),
                     r.get(7),
                     view::location(r.get(8), line.map(|v| v as u32), col.map(|v| v as u32)),
-                )
+                );
+                s.vm_name = r.get(11);
+                s.host_name = r.get(12);
+                s
             })
             .collect())
     }

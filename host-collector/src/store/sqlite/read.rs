@@ -44,8 +44,8 @@ impl SqliteStore {
         let (wh, args) = Self::where_clause(filter);
         let order = if filter.reverse { "DESC" } else { "ASC" };
         let mut sql = format!(
-            "SELECT id, received_at_us, boot_id, seq, source, arch, kind, message, file, line, col
-             FROM records{wh} ORDER BY id {order}"
+            "SELECT id, received_at_us, boot_id, seq, source, arch, kind, message, file, line, col,
+             vm_name, host_name FROM records{wh} ORDER BY id {order}"
         );
         if let Some(l) = filter.limit {
             sql.push_str(&format!(" LIMIT {}", l.min(i64::MAX as u64)));
@@ -68,6 +68,8 @@ impl SqliteStore {
                 kind: r.get(6)?,
                 message: r.get(7)?,
                 location: file.map(|f| format!("{f}:{}:{}", line.unwrap_or(0), col.unwrap_or(0))),
+                vm_name: r.get(11)?,
+                host_name: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
