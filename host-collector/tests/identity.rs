@@ -61,7 +61,21 @@ fn bytes_with(boot_id: [u8; 16], seq: u32, id: Option<Identity>) -> (Vec<u8>, (u
 #[test]
 fn list_host_filters_on_the_kvp_names_and_show_prints_the_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.db");
+    flow(&dir.path().join("c.db"));
+}
+
+/// The same on PostgreSQL (`$CANARY_TEST_PG`; skipped without it unless
+/// `CANARY_REQUIRE_PG=1`, see `store::pg::testing`).
+#[test]
+fn list_host_filters_on_the_kvp_names_on_postgresql() {
+    let Some(pg) = host_collector::store::pg::testing::TestDb::create("identity_list_host") else {
+        return;
+    };
+    flow(std::path::Path::new(&pg.url));
+}
+
+fn flow(db: &std::path::Path) {
+    let db = db.to_path_buf();
     let srv = Server::start(&db, "127.0.0.1:0", &[], &[]);
     let recs = [
         (
