@@ -109,3 +109,83 @@ fn text_decodes_utf16_with_replacement_and_truncates_whole_chars() {
     assert_eq!(t.as_str(), "a");
     assert_eq!(format_args!("{:?}", t).to_string(), "\"a\"");
 }
+
+/// xorshift64*: reproducible noise without a dependency.
+fn noise(seed: &mut u64) -> u64 {
+    *seed ^= *seed >> 12;
+    *seed ^= *seed << 25;
+    *seed ^= *seed >> 27;
+    seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[test]
+fn random_and_mutated_messages_never_panic_and_always_get_a_bounded_answer() {
+    struct Null;
+    impl DeviceChannel for Null {
+        fn send(&self, _: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+            Ok(())
+        }
+        fn try_send(&self, _: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+            Ok(())
+        }
+        fn recv<'b>(
+            &self,
+            _: &'b mut [u8],
+        ) -> Result<Option<crate::device::Packet<'b>>, ChannelError> {
+            Ok(None)
+        }
+        fn signal(&self) {}
+        fn set_interrupt_mask(&self, _: bool) {}
+    }
+    let mut dev = KvpDevice::new(Null);
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut good = [0u8; 4096];
+    let n = emit_set(
+        &mut good,
+        V,
+        1,
+        3,
+        "VirtualMachineName",
+        SetValue::Str("vm"),
+        0,
+    )
+    .unwrap();
+    let mut neg = [0u8; 256];
+    let nn = super::super::emit_negotiate_request(
+        &mut neg,
+        1,
+        &[IcVersion::new(3, 0)],
+        &[IcVersion::new(4, 0)],
+    )
+    .unwrap();
+    for i in 0..20_000u32 {
+        // Half mutated valid messages (a few bytes of the headers and sizes), half noise.
+        let mut m: std::vec::Vec<u8> = match i % 3 {
+            0 => good[..n].to_vec(),
+            1 => neg[..nn].to_vec(),
+            _ => (0..(noise(&mut seed) % 700) as usize)
+                .map(|_| noise(&mut seed) as u8)
+                .collect(),
+        };
+        for _ in 0..(noise(&mut seed) % 4) {
+            if m.is_empty() {
+                break;
+            }
+            let at = (noise(&mut seed) % m.len().min(64) as u64) as usize;
+            m[at] = noise(&mut seed) as u8;
+        }
+        if i % 5 == 0 {
+            let cut = (noise(&mut seed) as usize) % (m.len() + 1);
+            m.truncate(cut);
+        }
+        let len = m.len();
+        // Room for the negotiate answer's versions.
+        m.resize(len + 64, 0);
+        if let Some(out) = dev.handle(&mut m[..len]) {
+            assert!(out <= len, "answer within the message's bytes");
+        }
+        let _ = parse_set(&m[ICMSG_HDR.min(len)..len]);
+    }
+    assert!(dev.stats().messages == 20_000);
+    assert!(dev.items().vm_name.as_str().len() <= ITEM_CAP);
+}
