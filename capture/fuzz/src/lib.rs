@@ -1,8 +1,9 @@
 //! The fuzz harness bodies, shared by the libFuzzer target and the stable driver.
 //!
 //! Every parser that reads bytes from the network gets arbitrary input: `wire::parse` with
-//! and without a key, `CrashRecord::decode`, and the `Reassembler` fed with whatever chunks
-//! parse. None may panic, and what parses must re-emit to the same `Repr`.
+//! and without a key (every frame kind, the follow-up too), `CrashRecord::decode`, the panic
+//! screen's QR payload (`screen::decode`, `screen::decompress`), and the `Reassembler` fed
+//! with whatever chunks parse. None may panic, and what parses must re-emit to the same `Repr`.
 
 use capture::chunk::{Push, Reassembler, ReassemblerConfig};
 use capture::record::CrashRecord;
@@ -29,6 +30,13 @@ pub fn frame_decode(data: &[u8]) {
     let _ = CrashRecord::decode(1, 0, rest);
     let _ = CrashRecord::decode(1, capture::record::SCHEMA_MINOR, rest);
     let _ = CrashRecord::decode(1, 7, rest);
+    // The raw bytes as a panic screen's QR payload and as an LZ4 block (import-screen).
+    let mut out = vec![0u8; 8192];
+    if let Ok((h, n)) = capture::screen::decode(rest, key, &mut out) {
+        let crc = capture::RecordId::of([0; 16], 0, &out[..n]).record_crc;
+        assert_eq!(crc, h.record_crc, "screen payload CRC");
+    }
+    let _ = capture::screen::decompress(rest, &mut out);
     if sel & 2 == 2 {
         feed_reassembler(rest, key);
     }
