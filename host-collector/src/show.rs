@@ -534,7 +534,17 @@ fn steps(o: &mut String, steps: &[StepView], pad: &str) {
     let w = steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
     let wo = steps.iter().map(|s| s.outcome.len()).max().unwrap_or(0);
     for (i, s) in steps.iter().enumerate() {
-        let line = format!("{:<w$}  {:<wo$}  {} us", s.step, s.outcome, s.elapsed_us);
+        // A step nobody reported, or the end step reported from inside itself, has no time.
+        let untimed = [
+            crate::followup_view::NOT_REPORTED,
+            crate::followup_view::STARTED,
+        ]
+        .contains(&s.outcome.as_str());
+        let line = if untimed {
+            format!("{:<w$}  {}", s.step, s.outcome)
+        } else {
+            format!("{:<w$}  {:<wo$}  {} us", s.step, s.outcome, s.elapsed_us)
+        };
         let line = esc(&line);
         if i == 0 {
             let _ = writeln!(o, "{:>13}: {line}", "Panic path");
