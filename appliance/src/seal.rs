@@ -352,3 +352,57 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod followup_tests {
+    use super::*;
+    use crate::panic_steps::followup_of;
+    use capture::panic::{Step, StepRecord};
+
+    fn step(step: Step, outcome: Outcome) -> StepRecord {
+        StepRecord {
+            step,
+            outcome,
+            elapsed_us: 5,
+        }
+    }
+
+    #[test]
+    fn the_followup_goes_only_after_an_ack_once_and_carries_the_steps_after_the_seal() {
+        let mut rec = capture::testutil::sample_record(2);
+        rec.steps.clear();
+        let _ = rec.steps.push(step(Step::Freeze, Outcome::Done));
+        let _ = rec.steps.push(step(Step::ScreenFlush, Outcome::Pending));
+        let mut seal = Box::new(Seal::new());
+        // Nothing sealed: nothing to follow up.
+        assert!(followup_of(&seal, &rec).is_none());
+        seal.seal(&mut rec, None).unwrap();
+        rec.steps.pop();
+        for s in [
+            Step::ScreenFlush,
+            Step::VmbusUnload,
+            Step::ArchCleanup,
+            Step::Ship,
+        ] {
+            let _ = rec.steps.push(step(s, Outcome::Done));
+        }
+        // The record was not acked: no follow-up (the collector has nothing to attach it to).
+        seal.set_acked(false);
+        assert!(followup_of(&seal, &rec).is_none());
+        seal.set_acked(true);
+        let _ = rec
+            .steps
+            .push(step(Step::CrashRegisters, Outcome::NotPresent));
+        let _ = rec.steps.push(step(Step::End, Outcome::Pending));
+        let f = followup_of(&seal, &rec).unwrap();
+        assert_eq!(f.id(), seal.id().unwrap());
+        assert_eq!(f.steps(), &rec.steps[1..]);
+        // Sent once: a nested entry does not send it again.
+        seal.set_followup_sent();
+        assert!(followup_of(&seal, &rec).is_none());
+        // A new seal starts over.
+        let mut again = capture::testutil::sample_record(3);
+        seal.seal(&mut again, None).unwrap();
+        assert!(!seal.acked() && !seal.followup_sent());
+    }
+}
