@@ -40,6 +40,15 @@ fn send_for_ack(to: std::net::SocketAddr, frame: &[u8]) -> AckStatus {
     panic!("no ack within 10 s");
 }
 
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -65,7 +74,16 @@ fn a_panic_screen_png_imports_as_the_record_the_network_delivered_and_show_merge
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let srv = Server::start(&db, "127.0.0.1:0", &[], &[]);
+    let mut srv = Server::start(&db, "127.0.0.1:0", &["--metrics", "127.0.0.1:0"], &[]);
+    let metrics = srv
+        .wait_line(|l| l.contains("metrics on http://"), Duration::from_secs(5))
+        .and_then(|l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .map(str::to_string)
+        })
+        .expect("the metrics address");
 
     // A follow-up before its record: no record, said so (the appliance stops resending).
     assert_eq!(
@@ -133,6 +151,13 @@ fn a_panic_screen_png_imports_as_the_record_the_network_delivered_and_show_merge
     assert_eq!(v["followup"]["received"], true, "{v:#}");
     let text = stdout(&run_db(&db, &["show"]));
     assert!(text.contains("Follow-up: received: 6 steps"), "{text}");
+    // ... and in the step metrics: freeze from the record, the others from the follow-up.
+    let body = http_get(&metrics, "/metrics");
+    for step in ["freeze", "vmbus-unload", "ship", "crash-registers"] {
+        let line = format!("canary_collector_panic_step_seconds_count{{step=\"{step}\"}} 1");
+        assert!(body.contains(&line), "{line}:\n{body}");
+    }
+    assert!(!body.contains("step_seconds_count{step=\"end\"}"), "{body}");
     // The follow-up's times are in the step columns `stats --steps` reads (the sealed record
     // itself has freeze only); the end step (reported as started) has no time.
     let st = json(&run_db(&db, &["stats", "--steps", "--json"]));

@@ -15,7 +15,7 @@ use capture::wire::AckStatus;
 use tracing::warn;
 
 use super::Ack;
-use crate::store::{FollowupOutcome, RecordKey, Store};
+use crate::store::{FollowupOutcome, RecordKey, StepView, Store};
 
 /// A follow-up on its way to the writer.
 pub(super) struct Pending {
@@ -48,11 +48,32 @@ impl Pending {
 }
 
 /// Stores each follow-up and pushes its ack. A store error leaves it unacked (the appliance
-/// retransmits until its deadline).
-pub(super) fn store_all(store: &mut Store, pending: &[Pending], acks: &mut Vec<Ack>) {
+/// retransmits until its deadline). Returns the timed steps of the follow-ups stored now
+/// (for the step metrics: a record sealed at the panic screen carries freeze only).
+pub(super) fn store_all(
+    store: &mut Store,
+    pending: &[Pending],
+    acks: &mut Vec<Ack>,
+) -> Vec<StepView> {
+    let mut timed = Vec::new();
     for p in pending {
         let status = match store.put_followup(&p.key, &p.raw, p.received_unix_ms) {
-            Ok(FollowupOutcome::Stored | FollowupOutcome::Duplicate) => FOLLOWUP_STORED,
+            Ok(FollowupOutcome::Stored) => {
+                if let Some(f) = crate::followup_view::parse_stored(&p.raw) {
+                    timed.extend(
+                        f.steps()
+                            .iter()
+                            .filter(|s| s.outcome != capture::panic::Outcome::Pending)
+                            .map(|s| StepView {
+                                step: s.step.name().to_string(),
+                                outcome: s.outcome.to_string(),
+                                elapsed_us: s.elapsed_us,
+                            }),
+                    );
+                }
+                FOLLOWUP_STORED
+            }
+            Ok(FollowupOutcome::Duplicate) => FOLLOWUP_STORED,
             Ok(FollowupOutcome::NoSuchRecord) => FOLLOWUP_NO_RECORD,
             Err(e) => {
                 warn!(peer = %p.peer, "storing a follow-up failed: {e}");
@@ -65,4 +86,5 @@ pub(super) fn store_all(store: &mut Store, pending: &[Pending], acks: &mut Vec<A
             peer: p.peer,
         });
     }
+    timed
 }

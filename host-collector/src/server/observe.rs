@@ -140,6 +140,14 @@ impl Observers {
         }
     }
 
+    /// After a commit and its acks: the step times of the follow-ups attached in it, into the
+    /// step metrics (their records, sealed at the panic screen, carry freeze only).
+    pub(crate) fn followups_stored(&self, steps: &[crate::store::StepView]) {
+        if let (Some(m), false) = (&self.metrics, steps.is_empty()) {
+            m.observe_steps(steps);
+        }
+    }
+
     pub(crate) fn commit_failed(&self) {
         self.health.committed(false);
     }

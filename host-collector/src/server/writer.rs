@@ -167,7 +167,7 @@ pub(super) fn writer_loop(
                 peer: *peer,
             });
         }
-        super::followup::store_all(&mut store, &b.followups, &mut acks);
+        let followup_steps = super::followup::store_all(&mut store, &b.followups, &mut acks);
         if !acks.is_empty() {
             // Fails only when the receiver is gone, i.e. at exit.
             let _ = acks_out.send(acks);
@@ -180,6 +180,7 @@ pub(super) fn writer_loop(
             store.last_stored_ids(),
             &b.heartbeats,
         );
+        observers.followups_stored(&followup_steps);
         b.clear();
         queue.release(std::mem::take(&mut b.bytes));
     }
