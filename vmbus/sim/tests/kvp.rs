@@ -193,6 +193,22 @@ fn a_host_without_a_common_version_is_told_so_and_sends_nothing_more() {
 }
 
 #[test]
+fn a_host_offering_only_older_versions_is_answered_with_them() {
+    // FreeBSD takes the host's highest version not above its own; Linux only exact matches.
+    let mut h = KvpHostConfig::for_personality(common::hyperv());
+    h.framework_versions = vec![IcVersion::new(2, 0)];
+    h.message_versions = vec![IcVersion::new(2, 0), IcVersion::new(3, 5)];
+    let r = run(SimArch::X86_64, common::hyperv(), h, 200);
+    let n = r.negotiated.expect("negotiated");
+    assert_eq!(
+        (n.framework, n.message),
+        (IcVersion::new(2, 0), IcVersion::new(3, 5))
+    );
+    assert_eq!(r.end, ReadEnd::Complete);
+    assert!(r.host.violations.is_empty(), "{:?}", r.host.violations);
+}
+
+#[test]
 fn hostile_and_odd_items_are_answered_and_bounded() {
     let mut h = KvpHostConfig::for_personality(common::hyperv());
     let long = "x".repeat(900); // 900 UTF-16 units: 1802 bytes, within the 2048 maximum

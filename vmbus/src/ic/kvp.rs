@@ -41,8 +41,9 @@ pub const CLASS: Guid = Guid::from_fields(
 );
 
 /// KVP message versions the guest speaks, newest first (Linux `hv_kvp.c` `kvp_versions`: WIN8
-/// 4.0, WIN7 3.0, WS2008 1.0). OpenVMM's 5.0 changes only the IP-info messages, which the
-/// canary refuses anyway; it is not claimed.
+/// 4.0, WIN7 3.0, WS2008 1.0). The negotiation takes any host version up to the newest
+/// (FreeBSD's rule, see `ic::negotiate_in_place`). OpenVMM's 5.0 changes only the IP-info
+/// messages, which the canary refuses anyway; it is not claimed.
 pub const VERSIONS: [IcVersion; 3] = [
     IcVersion::new(4, 0),
     IcVersion::new(3, 0),

@@ -255,9 +255,11 @@ pub struct Negotiated {
     pub message: IcVersion,
 }
 
-/// Answers a negotiate request in `msg[..len]` in place (Linux `vmbus_prep_negotiate_resp`):
-/// picks our newest framework version the host lists and our newest message version
-/// (`ours`, newest first) the host lists, whatever order the host lists them in; writes
+/// Answers a negotiate request in `msg[..len]` in place (Linux `vmbus_prep_negotiate_resp`,
+/// FreeBSD `vmbus_ic_negomsg`): picks the host's highest framework version not above ours
+/// ([`FRAMEWORK_VERSIONS`]`[0]`) and its highest message version not above `ours[0]` (`ours`
+/// newest first), whatever order the host lists them in (FreeBSD's rule; Linux takes only
+/// exact matches of its list, a subset of these: be liberal); writes
 /// `icframe_vercnt = icmsg_vercnt = 1` and the two versions (both counts 0 when either has no
 /// match: the host then knows we speak none of its versions), `icmsgsize = 16`, status OK and
 /// the response flags. Returns the length to send (at least `len`: the two versions may need
@@ -290,10 +292,12 @@ pub fn negotiate_in_place(
             .map(move |i| NEGOTIATE_HDR + 4 * (first + i))
             .map(|at| IcVersion::read(&body[at..at + 4]))
     };
+    // The host's highest version not above our newest (FreeBSD `vmbus_ic_negomsg`), which
+    // includes every exact match Linux would take of our list; a host offering only newer
+    // versions gets none.
     let pick = |list: &[IcVersion], first: usize, n: u16| {
-        list.iter()
-            .copied()
-            .find(|v| versions(first, n).any(|h| h == *v))
+        let newest = list.first().copied()?;
+        versions(first, n).filter(|h| *h <= newest).max()
     };
     let fw = pick(&FRAMEWORK_VERSIONS, 0, fw_n);
     let mv = pick(ours, usize::from(fw_n), msg_n);
@@ -444,6 +448,29 @@ mod tests {
         assert_eq!(m.msg_size(), 16);
         assert_eq!(&m.body()[..4], &[1, 0, 1, 0]);
         assert_eq!(&m.body()[8..16], &[3, 0, 0, 0, 4, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_version_below_our_newest_that_only_freebsd_would_take_is_taken() {
+        // FreeBSD vmbus_ic_negomsg takes the host's highest version <= its own (any minor);
+        // Linux takes only exact matches of its list. Liberal: FreeBSD's rule, so a host
+        // offering KVP 2.0 and 3.5 (no exact match for Linux) gets 3.5, framework 2.0 too.
+        let mut b = [0u8; 128];
+        let n = emit_negotiate_request(
+            &mut b,
+            1,
+            &[IcVersion::new(2, 0), IcVersion::new(3, 1)],
+            &[
+                IcVersion::new(2, 0),
+                IcVersion::new(3, 5),
+                IcVersion::new(4, 1),
+            ],
+        )
+        .unwrap();
+        let (_, agreed) = negotiate_in_place(&mut b, n, &KVP).unwrap();
+        let a = agreed.expect("a version <= ours was offered");
+        assert_eq!(a.framework, IcVersion::new(2, 0));
+        assert_eq!(a.message, IcVersion::new(3, 5));
     }
 
     #[test]
