@@ -122,6 +122,16 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
             let _ = write!(text, "{b:02x}");
         }
         let _ = write!(text, " seq {}", rec.seq);
+        let _ = write!(text, "\nsteps:");
+        for st in rec.steps.iter().filter(|s| s.outcome != Outcome::Pending) {
+            let _ = write!(
+                text,
+                " {} {} ({} us);",
+                st.step.name(),
+                st.outcome,
+                st.elapsed_us
+            );
+        }
         match (sealed_len, &place) {
             (Some(n), Some(p)) => {
                 let _ = write!(

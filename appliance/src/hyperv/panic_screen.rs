@@ -122,26 +122,26 @@ pub fn text_cols(p: Option<&QrPlace>, mode: Mode) -> usize {
     (right / CELL_W).saturating_sub(2)
 }
 
-/// Copies `text` into `out`, breaking lines longer than `cols` characters (no scrolling:
-/// what does not fit is cut).
+/// Copies `text` into `out`, breaking lines longer than `cols` characters at the last space
+/// that fits (mid-word only for a word longer than a line); what does not fit `out` is cut.
 pub fn wrap<const N: usize>(text: &str, cols: usize, out: &mut heapless::String<N>) {
     let cols = cols.max(8);
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 && out.push('\n').is_err() {
             return;
         }
-        let mut n = 0;
-        for c in line.chars() {
-            if n == cols {
-                if out.push('\n').is_err() {
-                    return;
-                }
-                n = 0;
-            }
-            if out.push(c).is_err() {
+        let mut rest = line;
+        while rest.chars().count() > cols {
+            // Byte index of the char at `cols` (the first that does not fit).
+            let end = rest.char_indices().nth(cols).map_or(rest.len(), |(i, _)| i);
+            let cut = rest[..end].rfind(' ').filter(|&i| i > 0).unwrap_or(end);
+            if out.push_str(&rest[..cut]).is_err() || out.push('\n').is_err() {
                 return;
             }
-            n += 1;
+            rest = rest[cut..].trim_start_matches(' ');
+        }
+        if out.push_str(rest).is_err() {
+            return;
         }
     }
 }

@@ -188,7 +188,9 @@ fn screen_carries_the_record_on(p: Personality) {
         // The follow-up this run sent after the record's ack (unauthenticated), for the
         // collector's test of `show`'s seven steps.
         let mut frame = [0u8; capture::wire::MAX_DATAGRAM];
-        let n = Repr::Followup(r.followups[0]).emit(None, &mut frame).unwrap();
+        let n = Repr::Followup(r.followups[0])
+            .emit(None, &mut frame)
+            .unwrap();
         std::fs::write(docs.join("panic-screen-qr.followup"), &frame[..n]).unwrap();
     }
 }
@@ -254,4 +256,23 @@ impl DmaMemory for MemFb {
         self.0.borrow_mut()[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
+}
+
+#[test]
+fn screen_text_wraps_at_spaces_and_never_past_its_columns() {
+    let mut out: heapless::String<200> = heapless::String::new();
+    panic_screen::wrap(
+        "shipping the crash record, then reporting to the hypervisor\nabcdefghijklmnopqrstuvwxyz",
+        20,
+        &mut out,
+    );
+    assert_eq!(
+        out.as_str(),
+        "shipping the crash\nrecord, then\nreporting to the\nhypervisor\nabcdefghijklmnopqrst\nuvwxyz"
+    );
+    assert!(out.lines().all(|l| l.chars().count() <= 20));
+    // Cut, not overflowed, when the output is full.
+    let mut small: heapless::String<10> = heapless::String::new();
+    panic_screen::wrap("one two three four", 8, &mut small);
+    assert!(small.len() <= 10);
 }
