@@ -106,10 +106,12 @@ pub struct ServeConfig {
 /// "database X: cause", or just the cause when it names the database already.
 fn open_text(path: &std::path::Path, e: &StoreError) -> String {
     let t = e.to_string();
-    if t.contains(&path.display().to_string()) {
+    // A PostgreSQL URL is named without its password.
+    let name = crate::store::display_name(path);
+    if t.contains(&name) {
         t
     } else {
-        format!("database {}: {t}", path.display())
+        format!("database {name}: {t}")
     }
 }
 
@@ -182,6 +184,9 @@ impl Collector {
             // Nothing is acked into a database that is not sound.
             store.check_integrity(&cfg.db, cfg.integrity_check)?;
             store.set_rejected_budget(cfg.rejected_max_bytes);
+            // Every record serve stores decoded: keep its raw bytes and the columns queries
+            // need, render the rest when read.
+            store.set_lean(true);
             store.set_journal_size_limit(cfg.wal_max_bytes)?;
             store.load_dedupe_keys()?;
             Ok(store)

@@ -303,6 +303,15 @@ impl Store {
         }
     }
 
+    /// Stores records lean: the raw record and the columns queries need; `show` and
+    /// `export` render the rest from `raw` when read. Only for records whose `raw` decodes
+    /// (`serve` stores only those). PostgreSQL always stores lean.
+    pub fn set_lean(&mut self, lean: bool) {
+        if let Backend::Sqlite(s) = &mut self.b {
+            s.set_lean(lean);
+        }
+    }
+
     /// Keeps at most `bytes` of rejected records (their raw bytes); further rejections are
     /// acked and counted (`rejected_not_kept`) but not stored.
     pub fn set_rejected_budget(&mut self, bytes: u64) {

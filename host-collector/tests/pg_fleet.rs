@@ -191,6 +191,32 @@ fn two_collectors_given_the_same_records_at_20_percent_loss_store_each_once_and_
     );
     assert_eq!(a.stop("TERM"), 0);
     assert_eq!(b.stop("TERM"), 0);
+    // The reading commands see the whole fleet's records.
+    let st = json(&run(&["--db", &db.url, "stats", "--json"]));
+    assert_eq!(st["records"], 2000, "{st}");
+    let boot = hex(&recs[7].0);
+    let o = run(&["--db", &db.url, "show", &format!("{boot}:7"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["seq"], 7, "{v}");
+    assert_eq!(v["boot_id"], boot.as_str(), "{v}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn a_password_in_the_db_url_on_the_command_line_is_refused() {
+    let o = run(&[
+        "--db",
+        "postgres://canary:s3cret@127.0.0.1:1/fleet",
+        "stats",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--db-password-file"), "{e}");
+    assert!(!e.contains("s3cret"), "the password is repeated: {e}");
 }
 
 #[test]

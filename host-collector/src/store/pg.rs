@@ -38,8 +38,20 @@ pub fn set_password(p: Option<String>) {
 }
 
 /// `url` without its password, for messages: `postgres://user:secret@h/db` ->
-/// `postgres://user@h/db`.
+/// `postgres://user@h/db`, `?password=secret` -> `?password=…`.
 pub fn redact(url: &str) -> String {
+    let url = &redact_userinfo(url);
+    match url.find("password=") {
+        Some(i) => {
+            let start = i + "password=".len();
+            let end = url[start..].find('&').map_or(url.len(), |e| start + e);
+            format!("{}…{}", &url[..start], &url[end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -344,6 +356,10 @@ mod tests {
             "postgres://u@h:5432/db"
         );
         assert_eq!(redact("postgresql://h/db?x=@"), "postgresql://h/db?x=@");
+        assert_eq!(
+            redact("postgres://h/db?password=pw&sslmode=require"),
+            "postgres://h/db?password=…&sslmode=require"
+        );
         assert_eq!(
             pg_url(Path::new("postgres://h/db")),
             Some("postgres://h/db")

@@ -67,6 +67,8 @@ pub struct SqliteStore {
     immutable: bool,
     /// The ids of the records the last [`SqliteStore::commit_batch`] stored, in order.
     last_ids: Vec<i64>,
+    /// Store only the raw record and the columns queries need (see [`SqliteStore::set_lean`]).
+    lean: bool,
 }
 
 impl SqliteStore {
@@ -128,6 +130,7 @@ impl SqliteStore {
                 rejected_bytes: None,
                 immutable: false,
                 last_ids: Vec::new(),
+                lean: false,
             })
         };
         let mut store = setup().map_err(|e| e.at(path))?;
@@ -171,6 +174,7 @@ impl SqliteStore {
             rejected_bytes: None,
             immutable,
             last_ids: Vec::new(),
+            lean: false,
         };
         store.check_ours(path)?;
         let found = store.schema_version().map_err(|e| e.at(path))?;
@@ -318,5 +322,14 @@ impl SqliteStore {
             )
             .optional()?
             .is_some())
+    }
+
+    /// Stores records lean: the raw record and the columns queries need (`list`, `--host`,
+    /// `stats --steps`, the key); the rest (`build_id`, `boot_mode`, `hypervisor`,
+    /// `vmbus_version`, `kind_detail`, `registers`, `backtrace`, `log_tail`, `steps`, `ext`)
+    /// is NULL and rendered from `raw` when read. Only for records whose `raw` decodes (what
+    /// `serve` stores).
+    pub fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
     }
 }

@@ -563,3 +563,47 @@ fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
         );
     }
 }
+
+/// A lean row (what `serve` stores) reads back exactly like a full one, from `raw`.
+#[test]
+fn a_lean_row_reads_back_like_a_full_one() {
+    for b in backends("lean_rows") {
+        let mut s = b.open();
+        let (full, fields) = real(10, 1, 10);
+        let (lean, _) = real(11, 1, 10);
+        s.commit_batch(std::slice::from_ref(&full), &[], &[], &[])
+            .unwrap();
+        s.set_lean(true);
+        s.commit_batch(std::slice::from_ref(&lean), &[], &[], &[])
+            .unwrap();
+        let a = s
+            .get(&RecordRef::BootSeq([10; 16], 1), true)
+            .unwrap()
+            .unwrap();
+        let l = s
+            .get(&RecordRef::BootSeq([11; 16], 1), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.fields, fields, "{}", b.name);
+        assert_eq!(l.fields, fields, "{}", b.name);
+        assert_eq!(l.raw_hex, Some(crate::util::hex(&lean.raw)), "{}", b.name);
+        if b.name == "sqlite" {
+            let nulls: i64 = s
+                .connection()
+                .query_row(
+                    "SELECT count(*) FROM records WHERE registers IS NULL AND log_tail IS NULL
+                        AND hypervisor IS NULL AND steps IS NULL AND backtrace IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                nulls, 1,
+                "only the lean row leaves its rendered columns NULL"
+            );
+        }
+        let list = s.list(&Filter::default()).unwrap();
+        assert_eq!(list[0].message, list[1].message, "{}", b.name);
+        assert_eq!(list[0].location, list[1].location, "{}", b.name);
+    }
+}

@@ -273,6 +273,25 @@ fn row_to_view(r: &rusqlite::Row<'_>, with_raw: bool) -> Result<RecordView> {
     let boot: Vec<u8> = r.get(1)?;
     let at: i64 = r.get(4)?;
     let raw: Vec<u8> = r.get(24)?;
+    if r.get_ref(20)?.data_type() == rusqlite::types::Type::Null {
+        // A lean row: render what it does not hold from `raw`.
+        return super::super::view::from_raw(
+            super::super::view::Row {
+                id,
+                boot_id: boot,
+                seq: r.get(2)?,
+                record_crc: r.get(3)?,
+                received_at_us: at,
+                source: r.get(5)?,
+                schema_major: r.get(6)?,
+                schema_minor: r.get(7)?,
+                vm_name: r.get(25)?,
+                host_name: r.get(26)?,
+                raw,
+            },
+            with_raw,
+        );
+    }
     let file: Option<String> = r.get(17)?;
     let kind_detail: Option<String> = r.get(15)?;
     let kind_detail = match kind_detail {

@@ -147,6 +147,63 @@ pub const MIGRATIONS: &[&str] = &[
         raw            BLOB    NOT NULL,
         PRIMARY KEY (boot_id, seq, record_crc)
     ) WITHOUT ROWID;",
+    // 8: the columns `show` can render from `raw` may be NULL (lean rows: `serve` stores the
+    //    raw record and the columns queries need). SQLite cannot drop NOT NULL in place: the
+    //    table is rebuilt with its rows, ids, index and trigger (DROP TABLE fires no delete
+    //    trigger: no tombstones are made).
+    "CREATE TABLE records_v8 (
+        id             INTEGER PRIMARY KEY,
+        boot_id        BLOB    NOT NULL CHECK (length(boot_id) = 16),
+        seq            INTEGER NOT NULL,
+        record_crc     INTEGER NOT NULL,
+        received_at_us INTEGER NOT NULL,
+        source         TEXT    NOT NULL,
+        schema_major   INTEGER NOT NULL,
+        schema_minor   INTEGER NOT NULL,
+        build_id       TEXT,
+        arch           TEXT    NOT NULL,
+        boot_mode      TEXT,
+        hypervisor     TEXT,
+        vmbus_version  TEXT,
+        uptime_us      INTEGER NOT NULL,
+        kind           TEXT    NOT NULL,
+        kind_detail    TEXT,
+        message        TEXT    NOT NULL,
+        file           TEXT,
+        line           INTEGER,
+        col            INTEGER,
+        registers      TEXT,
+        backtrace      TEXT,
+        log_tail       TEXT,
+        steps          TEXT,
+        raw            BLOB    NOT NULL,
+        image_id       TEXT,
+        load_base      INTEGER,
+        ext            TEXT,
+        step_freeze_us INTEGER,
+        step_screen_flush_us INTEGER,
+        step_vmbus_unload_us INTEGER,
+        step_arch_cleanup_us INTEGER,
+        step_ship_us   INTEGER,
+        step_crash_registers_us INTEGER,
+        step_end_us    INTEGER,
+        vm_name        TEXT,
+        host_name      TEXT
+    );
+    INSERT INTO records_v8 SELECT id, boot_id, seq, record_crc, received_at_us, source,
+        schema_major, schema_minor, build_id, arch, boot_mode, hypervisor, vmbus_version,
+        uptime_us, kind, kind_detail, message, file, line, col, registers, backtrace,
+        log_tail, steps, raw, image_id, load_base, ext, step_freeze_us, step_screen_flush_us,
+        step_vmbus_unload_us, step_arch_cleanup_us, step_ship_us, step_crash_registers_us,
+        step_end_us, vm_name, host_name FROM records;
+    DROP TABLE records;
+    ALTER TABLE records_v8 RENAME TO records;
+    CREATE INDEX records_received_at ON records (received_at_us);
+    CREATE TRIGGER records_keys_delete AFTER DELETE ON records BEGIN
+        INSERT INTO pruned_keys (boot_id, seq, record_crc)
+            VALUES (old.boot_id, old.seq, old.record_crc);
+        DELETE FROM record_keys WHERE id = old.id;
+    END;",
 ];
 
 /// The schema version this build writes.

@@ -84,13 +84,16 @@ impl SqliteStore {
             conn,
             keys,
             last_ids,
+            lean,
             ..
         } = self;
+        let lean = *lean;
         last_ids.clear();
         let known = keys.as_mut().expect("loaded above");
         let mut new_keys: Vec<RecordKey> = Vec::with_capacity(records.len());
         let res = Self::write_batch(
             conn,
+            lean,
             known,
             &mut new_keys,
             last_ids,
@@ -115,6 +118,7 @@ impl SqliteStore {
     #[allow(clippy::too_many_arguments)]
     fn write_batch(
         conn: &mut Connection,
+        lean: bool,
         known: &mut HashSet<RecordKey>,
         new_keys: &mut Vec<RecordKey>,
         ids: &mut Vec<i64>,
@@ -148,6 +152,8 @@ impl SqliteStore {
                 }
                 new_keys.push(r.key);
                 let t = &r.text;
+                // Lean rows leave what `show` renders from `raw` NULL.
+                let full = |c: Col| if lean { None } else { t.get(c) };
                 let has_file = t.get(Col::File).is_some();
                 let n = ins.execute(params![
                     &r.key.boot_id[..],
@@ -157,26 +163,26 @@ impl SqliteStore {
                     t.req(Col::Source),
                     r.schema_major,
                     r.schema_minor,
-                    t.req(Col::BuildId),
+                    full(Col::BuildId),
                     t.req(Col::Arch),
-                    t.req(Col::BootMode),
-                    t.req(Col::Hypervisor),
-                    t.get(Col::VmbusVersion),
+                    full(Col::BootMode),
+                    full(Col::Hypervisor),
+                    full(Col::VmbusVersion),
                     r.uptime_us as i64,
                     t.req(Col::Kind),
-                    t.get(Col::KindDetail),
+                    full(Col::KindDetail),
                     t.req(Col::Message),
                     t.get(Col::File),
                     has_file.then_some(r.line_col.0),
                     has_file.then_some(r.line_col.1),
-                    t.req(Col::Registers),
-                    t.req(Col::Backtrace),
-                    t.req(Col::LogTail),
-                    t.req(Col::Steps),
+                    full(Col::Registers),
+                    full(Col::Backtrace),
+                    full(Col::LogTail),
+                    full(Col::Steps),
                     r.raw,
                     t.get(Col::ImageId),
                     t.load_base.map(|b| b as i64),
-                    t.get(Col::Ext),
+                    full(Col::Ext),
                     t.step_us[0],
                     t.step_us[1],
                     t.step_us[2],
