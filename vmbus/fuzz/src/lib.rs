@@ -69,6 +69,44 @@ pub fn host_messages(data: &[u8]) {
     }
 }
 
+/// Integration-component messages (KVP, issue 13): the negotiate and SET parsers directly,
+/// then the bytes split into in-band packets the KVP driver reads and answers through a
+/// channel double. Chunks: [length, bytes...].
+pub fn ic_message(data: &[u8]) {
+    use vmbus::ic::kvp::{self, KvpDevice};
+    use vmbus_sim::synthvid_link::{HostDevice, HostIo, HostPacket, Link, SimMemory};
+    let mut m = data.to_vec();
+    m.resize(data.len() + 64, 0);
+    let _ = vmbus::ic::negotiate_in_place(&mut m, data.len(), &kvp::VERSIONS);
+    let _ = kvp::parse_set(data);
+    struct Null;
+    impl HostDevice for Null {
+        fn on_packet(&mut self, _: &mut HostIo<'_>, _: &HostPacket) {}
+    }
+    let link = Link::new(
+        SimMemory::new(0x10_0000, 1 << 16),
+        64 * 1024,
+        Box::new(Null),
+    );
+    let mut dev = KvpDevice::new(link.guest());
+    let mut r = data;
+    let mut n = 0;
+    while !r.is_empty() && n < 16 {
+        let len = usize::from(r[0]) * 16;
+        let len = len.min(r.len() - 1);
+        let chunk = &r[1..1 + len];
+        link.inject(|io| {
+            let _ = io.send_inband(chunk);
+        });
+        r = &r[1 + len..];
+        n += 1;
+    }
+    let mut buf = vec![0u8; kvp::MAX_PACKET + 64];
+    let _ = dev.poll(&mut buf);
+    assert!(dev.items().vm_name.as_str().len() <= kvp::ITEM_CAP);
+    assert!(dev.stats().messages <= 16);
+}
+
 /// A host-written ring: arbitrary data area, indices, feature bits and pending size.
 pub fn ring_read(data: &[u8]) {
     let _ = parse_packet(data);

@@ -16,7 +16,7 @@ fn main() {
         x ^= x << 17;
         x
     };
-    let mut runs = [0u64; 2];
+    let mut runs = [0u64; 3];
     let mut buf = Vec::new();
     while Instant::now() < end {
         let len = (next() % 600) as usize;
@@ -27,16 +27,23 @@ fn main() {
             buf[1] = 2;
             buf[4] = (next() % 30) as u8;
         }
-        if next() % 2 == 0 {
-            vmbus_fuzz::host_messages(&buf);
-            runs[0] += 1;
-        } else {
-            vmbus_fuzz::ring_read(&buf);
-            runs[1] += 1;
+        match next() % 3 {
+            0 => {
+                vmbus_fuzz::host_messages(&buf);
+                runs[0] += 1;
+            }
+            1 => {
+                vmbus_fuzz::ring_read(&buf);
+                runs[1] += 1;
+            }
+            _ => {
+                vmbus_fuzz::ic_message(&buf);
+                runs[2] += 1;
+            }
         }
     }
     println!(
-        "stable_driver: {} host_message and {} ring_read runs in {secs} s, no failures",
-        runs[0], runs[1]
+        "stable_driver: {} host_message, {} ring_read and {} ic_message runs in {secs} s, no failures",
+        runs[0], runs[1], runs[2]
     );
 }
