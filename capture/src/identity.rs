@@ -90,20 +90,6 @@ pub enum KvpStatus {
     Other(u8),
 }
 
-macro_rules! open_u8 {
-    ($t:ident { $($v:ident = $n:literal),* }) => {
-        impl From<u8> for $t {
-            fn from(v: u8) -> Self {
-                match v { $($n => $t::$v,)* o => $t::Other(o) }
-            }
-        }
-        impl From<$t> for u8 {
-            fn from(v: $t) -> u8 {
-                match v { $($t::$v => $n,)* $t::Other(o) => o }
-            }
-        }
-    };
-}
 open_u8!(SmbiosStatus { NotRead = 0, Found = 1, NoEntryPoint = 2, Invalid = 3, NoSystemInfo = 4 });
 open_u8!(KvpStatus { NotRead = 0, Received = 1, NotOffered = 2, Silent = 3, Failed = 4 });
 

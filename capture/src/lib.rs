@@ -45,6 +45,26 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The one-byte open enums of the record (`Step`, `Arch`, `SmbiosStatus`, ...): a Rust enum whose
+/// last variant is `Other(u8)` (a code this build does not know, kept as read), and one table
+/// `Variant = code` that generates both conversions, so the codes are written once.
+/// `open_u8!(T { A = 1, B = 2 })` gives `From<u8> for T` (unknown codes to `T::Other`) and
+/// `From<T> for u8`.
+macro_rules! open_u8 {
+    ($t:ident { $($v:ident = $n:literal),* $(,)? }) => {
+        impl From<u8> for $t {
+            fn from(v: u8) -> Self {
+                match v { $($n => $t::$v,)* o => $t::Other(o) }
+            }
+        }
+        impl From<$t> for u8 {
+            fn from(v: $t) -> u8 {
+                match v { $($t::$v => $n,)* $t::Other(o) => o }
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod chunk;
 pub mod drill;

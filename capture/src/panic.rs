@@ -34,35 +34,15 @@ pub enum Step {
     Other(u8),
 }
 
-impl From<u8> for Step {
-    fn from(v: u8) -> Step {
-        match v {
-            1 => Step::Freeze,
-            2 => Step::ScreenFlush,
-            3 => Step::VmbusUnload,
-            4 => Step::ArchCleanup,
-            5 => Step::Ship,
-            6 => Step::CrashRegisters,
-            7 => Step::End,
-            o => Step::Other(o),
-        }
-    }
-}
-
-impl From<Step> for u8 {
-    fn from(s: Step) -> u8 {
-        match s {
-            Step::Freeze => 1,
-            Step::ScreenFlush => 2,
-            Step::VmbusUnload => 3,
-            Step::ArchCleanup => 4,
-            Step::Ship => 5,
-            Step::CrashRegisters => 6,
-            Step::End => 7,
-            Step::Other(o) => o,
-        }
-    }
-}
+open_u8!(Step {
+    Freeze = 1,
+    ScreenFlush = 2,
+    VmbusUnload = 3,
+    ArchCleanup = 4,
+    Ship = 5,
+    CrashRegisters = 6,
+    End = 7,
+});
 
 impl Step {
     /// The seven steps of a first entry, in order.
@@ -108,31 +88,13 @@ pub enum SkipReason {
     Other(u8),
 }
 
-impl From<u8> for SkipReason {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => SkipReason::AlreadyDone,
-            2 => SkipReason::Disabled,
-            3 => SkipReason::VersionTooOld,
-            4 => SkipReason::NotNeeded,
-            5 => SkipReason::Nested,
-            o => SkipReason::Other(o),
-        }
-    }
-}
-
-impl From<SkipReason> for u8 {
-    fn from(r: SkipReason) -> u8 {
-        match r {
-            SkipReason::AlreadyDone => 1,
-            SkipReason::Disabled => 2,
-            SkipReason::VersionTooOld => 3,
-            SkipReason::NotNeeded => 4,
-            SkipReason::Nested => 5,
-            SkipReason::Other(o) => o,
-        }
-    }
-}
+open_u8!(SkipReason {
+    AlreadyDone = 1,
+    Disabled = 2,
+    VersionTooOld = 3,
+    NotNeeded = 4,
+    Nested = 5,
+});
 
 /// What happened in a step (open enum, encoded as `(code u8, argument u32)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

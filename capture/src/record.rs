@@ -54,25 +54,7 @@ pub enum Arch {
     Other(u8),
 }
 
-impl From<u8> for Arch {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => Arch::X86_64,
-            2 => Arch::Aarch64,
-            o => Arch::Other(o),
-        }
-    }
-}
-
-impl From<Arch> for u8 {
-    fn from(a: Arch) -> u8 {
-        match a {
-            Arch::X86_64 => 1,
-            Arch::Aarch64 => 2,
-            Arch::Other(o) => o,
-        }
-    }
-}
+open_u8!(Arch { X86_64 = 1, Aarch64 = 2 });
 
 impl Arch {
     /// The architecture this code was compiled for.
@@ -103,29 +85,7 @@ pub enum BootMode {
     Other(u8),
 }
 
-impl From<u8> for BootMode {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => BootMode::Uefi,
-            2 => BootMode::Pvh,
-            3 => BootMode::LinuxBoot,
-            4 => BootMode::DirectAarch64,
-            o => BootMode::Other(o),
-        }
-    }
-}
-
-impl From<BootMode> for u8 {
-    fn from(b: BootMode) -> u8 {
-        match b {
-            BootMode::Uefi => 1,
-            BootMode::Pvh => 2,
-            BootMode::LinuxBoot => 3,
-            BootMode::DirectAarch64 => 4,
-            BootMode::Other(o) => o,
-        }
-    }
-}
+open_u8!(BootMode { Uefi = 1, Pvh = 2, LinuxBoot = 3, DirectAarch64 = 4 });
 
 /// What the guest knows about the hypervisor it runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -306,37 +266,16 @@ pub enum BacktraceEnd {
     Other(u8),
 }
 
-impl From<u8> for BacktraceEnd {
-    fn from(v: u8) -> Self {
-        match v {
-            0 => BacktraceEnd::Unknown,
-            1 => BacktraceEnd::Outermost,
-            2 => BacktraceEnd::OutsideStack,
-            3 => BacktraceEnd::Misaligned,
-            4 => BacktraceEnd::NotAscending,
-            5 => BacktraceEnd::Full,
-            6 => BacktraceEnd::NoStack,
-            7 => BacktraceEnd::Scanned,
-            o => BacktraceEnd::Other(o),
-        }
-    }
-}
-
-impl From<BacktraceEnd> for u8 {
-    fn from(b: BacktraceEnd) -> u8 {
-        match b {
-            BacktraceEnd::Unknown => 0,
-            BacktraceEnd::Outermost => 1,
-            BacktraceEnd::OutsideStack => 2,
-            BacktraceEnd::Misaligned => 3,
-            BacktraceEnd::NotAscending => 4,
-            BacktraceEnd::Full => 5,
-            BacktraceEnd::NoStack => 6,
-            BacktraceEnd::Scanned => 7,
-            BacktraceEnd::Other(o) => o,
-        }
-    }
-}
+open_u8!(BacktraceEnd {
+    Unknown = 0,
+    Outermost = 1,
+    OutsideStack = 2,
+    Misaligned = 3,
+    NotAscending = 4,
+    Full = 5,
+    NoStack = 6,
+    Scanned = 7,
+});
 
 impl BacktraceEnd {
     /// Lowercase words for people.
@@ -381,27 +320,7 @@ pub enum ImageIdKind {
     Other(u8),
 }
 
-impl From<u8> for ImageIdKind {
-    fn from(v: u8) -> Self {
-        match v {
-            0 => ImageIdKind::None,
-            1 => ImageIdKind::GnuBuildId,
-            2 => ImageIdKind::PeCodeView,
-            o => ImageIdKind::Other(o),
-        }
-    }
-}
-
-impl From<ImageIdKind> for u8 {
-    fn from(k: ImageIdKind) -> u8 {
-        match k {
-            ImageIdKind::None => 0,
-            ImageIdKind::GnuBuildId => 1,
-            ImageIdKind::PeCodeView => 2,
-            ImageIdKind::Other(o) => o,
-        }
-    }
-}
+open_u8!(ImageIdKind { None = 0, GnuBuildId = 1, PeCodeView = 2 });
 
 /// The fields schema 1.1 appends.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -291,3 +291,26 @@ fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() 
     assert_eq!(BacktraceEnd::from(200), BacktraceEnd::Other(200));
     assert_eq!(u8::from(BacktraceEnd::Other(200)), 200);
 }
+
+/// The one-byte open enums (`open_u8!` in lib.rs): every code survives a round trip, the
+/// documented codes name their variants, and an unknown one is kept in `Other`.
+#[test]
+fn one_byte_open_enums_keep_every_code() {
+    for v in 0..=255u8 {
+        assert_eq!(u8::from(Step::from(v)), v);
+        assert_eq!(u8::from(SkipReason::from(v)), v);
+        assert_eq!(u8::from(Arch::from(v)), v);
+        assert_eq!(u8::from(BootMode::from(v)), v);
+        assert_eq!(u8::from(BacktraceEnd::from(v)), v);
+        assert_eq!(u8::from(ImageIdKind::from(v)), v);
+    }
+    let steps: Vec<u8> = Step::ALL.iter().map(|&s| u8::from(s)).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(SkipReason::from(3), SkipReason::VersionTooOld);
+    assert_eq!(SkipReason::from(5), SkipReason::Nested);
+    assert_eq!(BootMode::from(4), BootMode::DirectAarch64);
+    assert_eq!(BacktraceEnd::from(7), BacktraceEnd::Scanned);
+    assert_eq!(ImageIdKind::from(2), ImageIdKind::PeCodeView);
+    assert_eq!(Step::from(8), Step::Other(8));
+    assert_eq!(Arch::from(0), Arch::Other(0));
+}
