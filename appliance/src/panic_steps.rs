@@ -9,9 +9,11 @@
 //! The record is sealed at the screen (step 2, [`Seal`]): the bytes the panic screen shows
 //! as a QR code are the bytes the ship step sends, byte for byte. The outcomes of the steps
 //! after the seal (screen-flush, unload, cleanup, ship, crash registers, end) cannot be in
-//! those bytes: after the record is acked they go to the collector in a follow-up frame
-//! (`capture::followup`), sent from the end step while the ship's connection is still up
-//! (its UNLOAD moved from the ship step to the end step for that).
+//! those bytes: they go to the collector in follow-up frames (`capture::followup`): one at
+//! the end of the ship step once the record is acked (steps 2-5; crash registers and end
+//! pending: a host may stop the VM when the crash registers are written), and the more
+//! complete one from the end step while the ship's connection is still up (its UNLOAD moved
+//! from the ship step to the end step for that). The collector keeps the more complete.
 pub use crate::seal::Seal;
 use capture::followup::{FollowupRepr, FOLLOWUP_CAP};
 use capture::panic::{Entry, Outcome, PanicSteps, SkipReason, Step, StepRecord};
@@ -133,6 +135,7 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 
     fn ship(&mut self, rec: &CrashRecord) -> Outcome {
         self.m.step_hook(self.entry, Step::Ship);
+        let t0 = self.m.now_us();
         let budget = self.deadlines.unload_us;
         // On Hyper-V the NIC (netvsc) is a VMBus channel: reconnect first; it hands back the
         // NIC when the record can ship over it. With virtio-net no reconnect is needed.
@@ -151,7 +154,16 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
             None => Outcome::Failed(1),
         };
         seal.set_acked(o == Outcome::Done);
-        // The reconnect's netvsc stays up for the follow-up: the end step unloads it.
+        // Acked: steps 2-5 go to the collector now, before the crash registers, which a host
+        // may answer by stopping the VM (OpenVMM, QEMU's default panic action); the end step
+        // sends the more complete one if it gets there.
+        let elapsed = u32::try_from(self.m.now_us().saturating_sub(t0)).unwrap_or(u32::MAX);
+        if let Some(f) = followup_after_ship(seal, rec, o, elapsed) {
+            seal.set_followup_sent(&f);
+            let fo = self.m.send_followup(&f, self.deadlines.ship_ms);
+            log::info!("panic: follow-up after ship ({} steps): {fo}", f.reported());
+        }
+        // The reconnect's netvsc stays up for the follow-ups: the end step unloads it.
         o
     }
 
@@ -166,7 +178,7 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
         let src = self.first.unwrap_or(rec);
         let due = self.seal.as_deref().and_then(|s| followup_of(s, src));
         if let (Some(f), Some(seal)) = (due, self.seal.as_deref_mut()) {
-            seal.set_followup_sent();
+            seal.set_followup_sent(&f);
             let o = self.m.send_followup(&f, self.deadlines.ship_ms);
             log::info!("panic: follow-up ({} steps): {o}", f.steps().len());
         }
@@ -186,15 +198,57 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 
 /// The follow-up for a sealed and acked record: every step outcome recorded after the seal.
 /// The end step's own is `Pending`: the follow-up is sent first thing inside it, and what the
-/// end step does after that cannot go over the network it tears down.
+/// end step does after that cannot go over the network it tears down. `None` unless it
+/// reports more steps than the follow-up already sent (the ship step's, or a first entry's).
 pub fn followup_of(seal: &Seal, rec: &CrashRecord) -> Option<FollowupRepr> {
     let id = seal.id()?;
-    if !seal.acked() || seal.followup_sent() {
+    if !seal.acked() {
         return None;
     }
     let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();
     for s in rec.steps.iter().skip(seal.steps_in_record()) {
         let _ = steps.push(*s);
     }
-    Some(FollowupRepr::new(&id, &steps))
+    let f = FollowupRepr::new(&id, &steps);
+    (f.reported() > seal.followup_reported()).then_some(f)
+}
+
+/// The follow-up sent at the end of the ship step, once the record is acked: the steps after
+/// the seal with the ship's own outcome `ship` (its entry in `rec` is still `Pending`) and
+/// `elapsed_us`, then the steps not run yet (crash registers, end) as `Pending`.
+pub fn followup_after_ship(
+    seal: &Seal,
+    rec: &CrashRecord,
+    ship: Outcome,
+    elapsed_us: u32,
+) -> Option<FollowupRepr> {
+    let id = seal.id()?;
+    if !seal.acked() {
+        return None;
+    }
+    let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();
+    for s in rec.steps.iter().skip(seal.steps_in_record()) {
+        let mut s = *s;
+        if s.step == Step::Ship && s.outcome == Outcome::Pending {
+            s.outcome = ship;
+            s.elapsed_us = elapsed_us;
+        }
+        let _ = steps.push(s);
+    }
+    if !steps.iter().any(|s| s.step == Step::Ship) {
+        let _ = steps.push(StepRecord {
+            step: Step::Ship,
+            outcome: ship,
+            elapsed_us,
+        });
+    }
+    for step in [Step::CrashRegisters, Step::End] {
+        let _ = steps.push(StepRecord {
+            step,
+            outcome: Outcome::Pending,
+            elapsed_us: 0,
+        });
+    }
+    let f = FollowupRepr::new(&id, &steps);
+    (f.reported() > seal.followup_reported()).then_some(f)
 }

@@ -74,7 +74,7 @@ pub struct Seal {
     steps_in_record: usize,
     id: Option<RecordId>,
     acked: bool,
-    followup_sent: bool,
+    followup_reported: usize,
     shed: u8,
 }
 
@@ -97,7 +97,7 @@ impl Seal {
             steps_in_record: 0,
             id: None,
             acked: false,
-            followup_sent: false,
+            followup_reported: 0,
             shed: 0,
         }
     }
@@ -143,14 +143,15 @@ impl Seal {
         self.acked = acked;
     }
 
-    /// Whether an entry already sent the follow-up (a nested entry does not send it again).
-    pub fn followup_sent(&self) -> bool {
-        self.followup_sent
+    /// How many steps the most complete follow-up sent so far reports (0: none sent). A
+    /// follow-up is sent only when it reports more (a nested entry does not resend one).
+    pub fn followup_reported(&self) -> usize {
+        self.followup_reported
     }
 
-    /// Marks the follow-up as sent (before sending: a panic while sending is not retried).
-    pub fn set_followup_sent(&mut self) {
-        self.followup_sent = true;
+    /// Marks `f` as sent (before sending: a panic while sending is not retried).
+    pub fn set_followup_sent(&mut self, f: &capture::followup::FollowupRepr) {
+        self.followup_reported = self.followup_reported.max(f.reported());
     }
 
     /// Seals `rec`: a trailing `Pending` step entry (the screen step being run) is left out
@@ -185,7 +186,7 @@ impl Seal {
     ) -> Result<(), SealError> {
         self.id = None;
         self.acked = false;
-        self.followup_sent = false;
+        self.followup_reported = 0;
         self.payload_len = 0;
         let mut last = ScreenError::Truncated(0);
         for level in 0..=SHED_LEVELS {
@@ -398,11 +399,62 @@ mod followup_tests {
         assert_eq!(f.id(), seal.id().unwrap());
         assert_eq!(f.steps(), &rec.steps[1..]);
         // Sent once: a nested entry does not send it again.
-        seal.set_followup_sent();
+        seal.set_followup_sent(&f);
         assert!(followup_of(&seal, &rec).is_none());
         // A new seal starts over.
         let mut again = capture::testutil::sample_record(3);
         seal.seal(&mut again, None).unwrap();
-        assert!(!seal.acked() && !seal.followup_sent());
+        assert!(!seal.acked() && seal.followup_reported() == 0);
+    }
+
+    #[test]
+    fn the_ship_steps_followup_reports_2_to_5_and_the_end_steps_only_if_it_reports_more() {
+        use crate::panic_steps::followup_after_ship;
+        let mut rec = capture::testutil::sample_record(2);
+        rec.steps.clear();
+        let _ = rec.steps.push(step(Step::Freeze, Outcome::Done));
+        let _ = rec.steps.push(step(Step::ScreenFlush, Outcome::Pending));
+        let mut seal = Box::new(Seal::new());
+        seal.seal(&mut rec, None).unwrap();
+        rec.steps.pop();
+        for s in [Step::ScreenFlush, Step::VmbusUnload, Step::ArchCleanup] {
+            let _ = rec.steps.push(step(s, Outcome::Done));
+        }
+        let _ = rec.steps.push(step(Step::Ship, Outcome::Pending));
+        // Not acked: nothing to attach it to.
+        assert!(followup_after_ship(&seal, &rec, Outcome::TimedOut, 9).is_none());
+        seal.set_acked(true);
+        let f = followup_after_ship(&seal, &rec, Outcome::Done, 77).unwrap();
+        let got: Vec<(Step, Outcome, u32)> = f
+            .steps()
+            .iter()
+            .map(|s| (s.step, s.outcome, s.elapsed_us))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Step::ScreenFlush, Outcome::Done, 5),
+                (Step::VmbusUnload, Outcome::Done, 5),
+                (Step::ArchCleanup, Outcome::Done, 5),
+                (Step::Ship, Outcome::Done, 77),
+                (Step::CrashRegisters, Outcome::Pending, 0),
+                (Step::End, Outcome::Pending, 0),
+            ]
+        );
+        assert_eq!(f.reported(), 4);
+        seal.set_followup_sent(&f);
+        assert_eq!(seal.followup_reported(), 4);
+        // A nested entry inside the crash registers step: nothing more to report.
+        rec.steps.pop();
+        let _ = rec.steps.push(step(Step::Ship, Outcome::Done));
+        let _ = rec.steps.push(step(Step::CrashRegisters, Outcome::Pending));
+        assert!(followup_of(&seal, &rec).is_none());
+        // The end step: crash registers reported too, so it goes.
+        rec.steps.pop();
+        let _ = rec.steps.push(step(Step::CrashRegisters, Outcome::Done));
+        let _ = rec.steps.push(step(Step::End, Outcome::Pending));
+        let last = followup_of(&seal, &rec).unwrap();
+        assert_eq!(last.reported(), 5);
+        assert_eq!(last.steps(), &rec.steps[1..]);
     }
 }

@@ -125,6 +125,17 @@ impl FollowupRepr {
         &self.steps[..usize::from(self.len)]
     }
 
+    /// How many steps it reports: entries whose outcome is not `Pending`. The appliance
+    /// sends a follow-up when the record is acked (the ship step's end: crash registers and
+    /// end still pending) and again from the end step; the collector keeps the one that
+    /// reports more (a host that stops the VM at the crash registers never sends the second).
+    pub fn reported(&self) -> usize {
+        self.steps()
+            .iter()
+            .filter(|s| s.outcome != Outcome::Pending)
+            .count()
+    }
+
     /// Payload length on the wire.
     pub fn payload_len(&self) -> usize {
         usize::from(self.len) * FOLLOWUP_ENTRY_LEN

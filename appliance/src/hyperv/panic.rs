@@ -402,7 +402,13 @@ pub(crate) mod tests {
         summaries: u32,
         sealed: Vec<u8>,
         followups: Vec<FollowupRepr>,
+        /// The host stops the VM when this step starts (OpenVMM, QEMU's default panic
+        /// action: at the CRASH_CTL write of the crash registers step): the run ends there.
+        stop_at: Option<Step>,
     }
+
+    /// The payload a stopped run unwinds with (the host stopped the VM).
+    struct HostStopped;
 
     /// What one run of the panic path left behind.
     pub(crate) struct PanicRun {
@@ -460,6 +466,11 @@ pub(crate) mod tests {
         }
         fn summary(&mut self, _entry: Entry, _rec: &CrashRecord) {
             self.summaries += 1;
+        }
+        fn step_hook(&mut self, _entry: Entry, step: Step) {
+            if self.stop_at == Some(step) {
+                std::panic::resume_unwind(Box::new(HostStopped));
+            }
         }
     }
 
@@ -519,6 +530,28 @@ pub(crate) mod tests {
         fb: Option<&'a SimFb<'a>>,
         chaos: Option<ChaosConfig>,
     ) -> PanicRun {
+        let r = run_stopping_at(sim, ses, fb, chaos, None);
+        assert_eq!(r.shipped, 1);
+        assert_eq!(r.summaries, 1);
+        r.run
+    }
+
+    /// A run and what the machine counted.
+    struct StoppedRun {
+        run: PanicRun,
+        shipped: u32,
+        summaries: u32,
+        stopped: bool,
+    }
+
+    /// Runs the panic path's first entry; the host stops the VM when `stop_at` starts.
+    fn run_stopping_at<'a>(
+        sim: &'a Sim,
+        ses: Session<'a, SimClock<'a>>,
+        fb: Option<&'a SimFb<'a>>,
+        chaos: Option<ChaosConfig>,
+        stop_at: Option<Step>,
+    ) -> StoppedRun {
         // Boot is done: from here the host misbehaves.
         sim.set_chaos(chaos);
         let mut m = SimMachine {
@@ -532,6 +565,7 @@ pub(crate) mod tests {
             summaries: 0,
             sealed: Vec::new(),
             followups: Vec::new(),
+            stop_at,
         };
         let mut seal = Box::new(crate::seal::Seal::new());
         let mut rec = capture::testutil::sample_record(9);
@@ -546,13 +580,23 @@ pub(crate) mod tests {
             seal: Some(&mut seal),
             first: None,
         };
-        capture::panic::run(&mut ctx, &mut rec, Entry::First);
-        assert_eq!(m.shipped, 1);
-        assert_eq!(m.summaries, 1);
-        PanicRun {
-            rec,
-            sealed: m.sealed,
-            followups: m.followups,
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            capture::panic::run(&mut ctx, &mut rec, Entry::First)
+        }));
+        let stopped = match ran {
+            Ok(()) => false,
+            Err(p) if p.is::<HostStopped>() => true,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        StoppedRun {
+            shipped: m.shipped,
+            summaries: m.summaries,
+            stopped,
+            run: PanicRun {
+                rec,
+                sealed: m.sealed,
+                followups: m.followups,
+            },
         }
     }
 
@@ -585,7 +629,9 @@ pub(crate) mod tests {
                 let rec = &r.rec;
                 let ctx = format!("{arch:?} {p:?}: {:?}", rec.steps);
                 // Sealed at the screen: the shipped bytes hold the freeze step only; the six
-                // steps after it went in one follow-up, the end step's as started.
+                // steps after it went in two follow-ups: at the ship step's end (crash
+                // registers and end pending), and from the end step (the end step's as
+                // started).
                 let sealed = CrashRecord::decode(
                     capture::record::SCHEMA_MAJOR,
                     capture::record::SCHEMA_MINOR,
@@ -594,8 +640,13 @@ pub(crate) mod tests {
                 .expect("sealed record decodes");
                 let sealed_steps: Vec<Step> = sealed.steps.iter().map(|s| s.step).collect();
                 assert_eq!(sealed_steps, [Step::Freeze], "{ctx}");
-                assert_eq!(r.followups.len(), 1, "{ctx}");
-                let f = &r.followups[0];
+                assert_eq!(r.followups.len(), 2, "{ctx}");
+                let first = &r.followups[0];
+                assert_eq!(first.id(), r.followups[1].id(), "{ctx}");
+                assert_eq!(first.reported(), 4, "{ctx}");
+                assert_eq!(&first.steps()[..3], &rec.steps[1..4], "{ctx}");
+                let f = &r.followups[1];
+                assert_eq!(f.reported(), 5, "{ctx}");
                 assert_eq!(
                     f.id(),
                     capture::RecordId::of(rec.boot_id, rec.seq, &r.sealed)
@@ -666,5 +717,41 @@ pub(crate) mod tests {
         eprintln!(
             "panic path chaos: {runs} runs ({seeds} seeds x 3 personalities x 2 arches), every one reached end; {not_done} steps ended other than done"
         );
+    }
+    #[test]
+    fn a_host_that_stops_the_vm_at_the_crash_registers_still_gets_steps_2_to_5() {
+        for arch in [SimArch::X86_64, SimArch::Aarch64] {
+            for p in personalities() {
+                let sim = Sim::new(SimConfig::with_default_offers(arch, p));
+                let ses = boot(&sim);
+                let r = run_stopping_at(&sim, ses, None, None, Some(Step::CrashRegisters));
+                let ctx = format!("{arch:?} {p:?}: {:?}", r.run.rec.steps);
+                assert!(r.stopped && r.shipped == 1 && r.summaries == 0, "{ctx}");
+                // The follow-up sent at the end of the ship step, once the record was acked.
+                assert_eq!(r.run.followups.len(), 1, "{ctx}");
+                let f = &r.run.followups[0];
+                assert_eq!(
+                    f.id(),
+                    capture::RecordId::of(r.run.rec.boot_id, r.run.rec.seq, &r.run.sealed)
+                );
+                let later: Vec<Step> = f.steps().iter().map(|s| s.step).collect();
+                assert_eq!(later, Step::ALL[1..], "{ctx}");
+                // Screen-flush to ship as the live record has them (the ship's own time is
+                // measured inside the step, so it is at most the recorded one).
+                for (i, s) in f.steps()[..4].iter().enumerate() {
+                    let live = r.run.rec.steps[1 + i];
+                    assert_eq!((s.step, s.outcome), (live.step, live.outcome), "{ctx}");
+                    assert_ne!(s.outcome, Outcome::Pending, "{ctx}");
+                    if s.step != Step::Ship {
+                        assert_eq!(s.elapsed_us, live.elapsed_us, "{ctx}");
+                    }
+                }
+                assert_eq!(f.steps()[3].outcome, Outcome::Done, "{ctx}");
+                assert!(f.steps()[3].elapsed_us > 0, "{ctx}");
+                // Crash registers and end had not run when it went.
+                assert_eq!(f.steps()[4].outcome, Outcome::Pending, "{ctx}");
+                assert_eq!(f.steps()[5].outcome, Outcome::Pending, "{ctx}");
+            }
+        }
     }
 }

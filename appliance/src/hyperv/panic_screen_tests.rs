@@ -146,8 +146,10 @@ fn screen_carries_the_record_on(p: Personality) {
         .find(|s| s.step == Step::ScreenFlush)
         .unwrap();
     assert_eq!(screen_step.outcome, capture::panic::Outcome::Done, "{ctx}");
-    assert_eq!(r.followups.len(), 1, "{ctx}");
+    // One follow-up at the ship step's end, the more complete one from the end step.
+    assert_eq!(r.followups.len(), 2, "{ctx}");
     assert_eq!(r.followups[0].steps()[0], *screen_step, "{ctx}");
+    assert_eq!(r.followups[1].steps()[0], *screen_step, "{ctx}");
 
     // The screen as the host model holds it, through a PNG.
     let (w, h, rgb) = host
@@ -185,10 +187,10 @@ fn screen_carries_the_record_on(p: Personality) {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::write(docs.join("panic-screen-qr.png"), &png_bytes).unwrap();
         std::fs::write(docs.join("panic-screen-qr.record"), &r.sealed).unwrap();
-        // The follow-up this run sent after the record's ack (unauthenticated), for the
-        // collector's test of `show`'s seven steps.
+        // The end step's follow-up this run sent (the more complete of the two;
+        // unauthenticated), for the collector's test of `show`'s seven steps.
         let mut frame = [0u8; capture::wire::MAX_DATAGRAM];
-        let n = Repr::Followup(r.followups[0])
+        let n = Repr::Followup(r.followups[1])
             .emit(None, &mut frame)
             .unwrap();
         std::fs::write(docs.join("panic-screen-qr.followup"), &frame[..n]).unwrap();
