@@ -53,11 +53,22 @@ pub fn parse_stored(raw: &[u8]) -> Option<FollowupRepr> {
     }
 }
 
-fn view(s: &StepRecord, from_followup: bool) -> StepView {
-    let outcome = if from_followup && s.step == Step::End && s.outcome == Outcome::Pending {
-        STARTED.to_string()
-    } else {
-        s.outcome.to_string()
+/// Whether `f` is the end step's follow-up: nothing pending but the end step's own entry
+/// (the one sent when the record was acked has crash registers and end pending).
+fn from_end_step(f: &FollowupRepr) -> bool {
+    f.steps()
+        .iter()
+        .all(|s| s.outcome != Outcome::Pending || s.step == Step::End)
+}
+
+/// A follow-up's step as `show` prints it: the end step's own pending entry in the end
+/// step's follow-up is "started"; a step that had not run when the follow-up went (crash
+/// registers and end in the ship step's) is "not reported".
+fn view(s: &StepRecord, f: &FollowupRepr) -> StepView {
+    let outcome = match s.outcome {
+        Outcome::Pending if s.step == Step::End && from_end_step(f) => STARTED.to_string(),
+        Outcome::Pending => NOT_REPORTED.to_string(),
+        o => o.to_string(),
     };
     StepView {
         step: s.step.name().to_string(),
@@ -76,10 +87,10 @@ pub fn merge(
     for step in Step::ALL {
         let name = step.name();
         let in_rec = record.iter().find(|s| s.step == name);
-        let in_fu = followup.and_then(|f| f.steps().iter().find(|s| s.step == step));
+        let in_fu = followup.and_then(|f| f.steps().iter().find(|s| s.step == step).zip(Some(f)));
         let v = match (in_rec, in_fu) {
             (Some(r), _) if r.outcome != "pending" => r.clone(),
-            (_, Some(f)) => view(f, true),
+            (_, Some((s, f))) => view(s, f),
             (Some(r), None) => r.clone(),
             (None, None) => StepView {
                 step: name.to_string(),
@@ -100,12 +111,22 @@ pub fn merge(
         }
     }
     let fv = match followup {
-        Some(f) => FollowupView {
+        Some(f) if from_end_step(f) => FollowupView {
             received: true,
             steps: f.steps().len(),
             note: format!(
                 "received: {} steps after the seal (the record is sealed at the panic screen)",
                 f.steps().len()
+            ),
+        },
+        Some(f) => FollowupView {
+            received: true,
+            steps: f.reported(),
+            note: format!(
+                "received when the record was acked: {} steps after the seal; the end step's \
+                 did not arrive (the VM stopped or failed before it: some hosts stop it at \
+                 the crash registers)",
+                f.reported()
             ),
         },
         None => FollowupView {
@@ -117,6 +138,12 @@ pub fn merge(
         },
     };
     (out, fv)
+}
+
+/// How many steps a stored follow-up frame reports (its entries not pending; 0 if it does
+/// not parse): the store keeps the follow-up reporting more.
+pub fn reported(raw: &[u8]) -> usize {
+    parse_stored(raw).map_or(0, |f| f.reported())
 }
 
 /// The step times a follow-up frame gives, indexed by step code - 1 (freeze .. end), for the
@@ -215,6 +242,47 @@ mod tests {
             [None, Some(7), Some(7), Some(7), Some(7), Some(7), None]
         );
         assert_eq!(step_times(b"junk"), [None; 7]);
+    }
+
+    #[test]
+    fn the_ship_steps_followup_shows_crash_registers_and_end_not_reported() {
+        let steps: Vec<StepRecord> = Step::ALL[1..]
+            .iter()
+            .map(|&step| {
+                let ran = !matches!(step, Step::CrashRegisters | Step::End);
+                StepRecord {
+                    step,
+                    outcome: if ran { Outcome::Done } else { Outcome::Pending },
+                    elapsed_us: if ran { 9 } else { 0 },
+                }
+            })
+            .collect();
+        let id = RecordId {
+            boot_id: [1; 16],
+            seq: 1,
+            record_crc: 2,
+        };
+        let f = FollowupRepr::new(&id, &steps);
+        let (m, v) = merge(&[sv("freeze", "done")], Some(&f));
+        let got: Vec<(&str, &str)> = m
+            .iter()
+            .map(|s| (s.step.as_str(), s.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("freeze", "done"),
+                ("screen-flush", "done"),
+                ("vmbus-unload", "done"),
+                ("arch-cleanup", "done"),
+                ("ship", "done"),
+                ("crash-registers", NOT_REPORTED),
+                ("end", NOT_REPORTED)
+            ]
+        );
+        assert!(v.received);
+        assert_eq!(v.steps, 4);
+        assert!(v.note.contains("end step's did not arrive"), "{}", v.note);
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! returns) and acks it with the follow-up statuses, after the batch's records are committed
 //! (a record and its follow-up in one batch: the record goes first).
 //!
-//! Acks: `FOLLOWUP_STORED` for a follow-up stored now or already (the first one stays);
-//! `FOLLOWUP_NO_RECORD` when no record with the key is stored. The appliance sends a
+//! The appliance sends a follow-up when its record is acked (crash registers and end still
+//! pending: a host may stop the VM at the crash registers) and the more complete one from
+//! the end step; the store keeps the one reporting more steps (`FollowupOutcome::Replaced`).
+//!
+//! Acks: `FOLLOWUP_STORED` for a follow-up stored now, replacing a less complete one, or
+//! held already (one reporting as many steps stays: a duplicate); `FOLLOWUP_NO_RECORD`
+//! when no record with the key is stored. The appliance sends a
 //! follow-up only after its record was acked, i.e. committed, so a missing record is pruned
 //! or was stored by another fleet: retransmitting will not change that.
 use std::net::SocketAddr;
@@ -58,12 +63,19 @@ pub(super) fn store_all(
     let mut timed = Vec::new();
     for p in pending {
         let status = match store.put_followup(&p.key, &p.raw, p.received_unix_ms) {
-            Ok(FollowupOutcome::Stored) => {
+            // The steps it reports that the store did not have: all of them, or those past
+            // the replaced one's (the steps run in order, so it reported a prefix of them).
+            Ok(o @ (FollowupOutcome::Stored | FollowupOutcome::Replaced { .. })) => {
+                let known = match o {
+                    FollowupOutcome::Replaced { reported_before } => reported_before,
+                    _ => 0,
+                };
                 if let Some(f) = crate::followup_view::parse_stored(&p.raw) {
                     timed.extend(
                         f.steps()
                             .iter()
                             .filter(|s| s.outcome != capture::panic::Outcome::Pending)
+                            .skip(known)
                             .map(|s| StepView {
                                 step: s.step.name().to_string(),
                                 outcome: s.outcome.to_string(),
@@ -73,6 +85,8 @@ pub(super) fn store_all(
                 }
                 FOLLOWUP_STORED
             }
+            // It holds one reporting as much: acked as the follow-up status (the appliance
+            // stops resending); nothing changed.
             Ok(FollowupOutcome::Duplicate) => FOLLOWUP_STORED,
             Ok(FollowupOutcome::NoSuchRecord) => FOLLOWUP_NO_RECORD,
             Err(e) => {

@@ -564,6 +564,138 @@ fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
     }
 }
 
+/// The appliance sends a follow-up when its record is acked (crash registers and end
+/// pending: a host may stop the VM at the crash registers) and the more complete one from the
+/// end step: the more complete replaces the earlier one and fills the step columns it adds;
+/// one that reports no more (a retransmit, or the earlier one arriving late) is a duplicate.
+#[test]
+fn a_more_complete_followup_replaces_the_earlier_one_and_fills_the_columns_it_adds() {
+    use capture::followup::FollowupRepr;
+    use capture::panic::{Outcome, Step, StepRecord};
+    for b in backends("followup_replace") {
+        let mut s = b.open();
+        let mut r = capture::testutil::sample_record(4);
+        r.boot_id = [7; 16];
+        r.steps.truncate(1);
+        let mut buf = vec![0u8; MAX_ENCODED_LEN];
+        let raw = r.encode(&mut buf).expect("encodes").to_vec();
+        let key = RecordKey {
+            boot_id: r.boot_id,
+            seq: r.seq,
+            record_crc: crc32fast::hash(&raw),
+        };
+        let n = NewRecord {
+            key,
+            received_at_us: 1,
+            schema_major: SCHEMA_MAJOR,
+            schema_minor: SCHEMA_MINOR,
+            uptime_us: r.uptime_us,
+            line_col: (0, 0),
+            text: crate::convert::row_text("10.0.0.7:4000".parse().unwrap(), &r),
+            raw,
+        };
+        s.commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        // `done` steps after the seal reported (30 us each; crash registers 55 us), the
+        // rest pending.
+        let frame = |done: usize| {
+            let steps: Vec<StepRecord> = Step::ALL[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, &step)| StepRecord {
+                    step,
+                    outcome: if i < done {
+                        Outcome::Done
+                    } else {
+                        Outcome::Pending
+                    },
+                    elapsed_us: match (i < done, step) {
+                        (false, _) => 0,
+                        (true, Step::CrashRegisters) => 55,
+                        (true, _) => 30,
+                    },
+                })
+                .collect();
+            let f = FollowupRepr::new(
+                &capture::RecordId {
+                    boot_id: key.boot_id,
+                    seq: key.seq,
+                    record_crc: key.record_crc,
+                },
+                &steps,
+            );
+            let mut out = [0u8; 256];
+            let len = capture::wire::Repr::Followup(f)
+                .emit(None, &mut out)
+                .unwrap();
+            out[..len].to_vec()
+        };
+        let (after_ship, from_end) = (frame(4), frame(5));
+        let timed = |s: &Store| -> Vec<(String, u32)> {
+            s.step_stats(None)
+                .unwrap()
+                .into_iter()
+                .map(|x| (x.step, x.max_us))
+                .collect()
+        };
+        let freeze = ("freeze".to_string(), r.steps[0].elapsed_us);
+        let t = |n: &str, us: u32| (n.to_string(), us);
+        assert_eq!(
+            s.put_followup(&key, &after_ship, 2).unwrap(),
+            FollowupOutcome::Stored,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            timed(&s),
+            [
+                freeze.clone(),
+                t("screen-flush", 30),
+                t("vmbus-unload", 30),
+                t("arch-cleanup", 30),
+                t("ship", 30)
+            ],
+            "{}",
+            b.name
+        );
+        // The retransmitted first one: nothing changes.
+        assert_eq!(
+            s.put_followup(&key, &after_ship, 3).unwrap(),
+            FollowupOutcome::Duplicate,
+            "{}",
+            b.name
+        );
+        // The end step's: it replaces it and adds the crash registers' time.
+        assert_eq!(
+            s.put_followup(&key, &from_end, 4).unwrap(),
+            FollowupOutcome::Replaced { reported_before: 4 },
+            "{}",
+            b.name
+        );
+        assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
+        let all = [
+            freeze,
+            t("screen-flush", 30),
+            t("vmbus-unload", 30),
+            t("arch-cleanup", 30),
+            t("ship", 30),
+            t("crash-registers", 55),
+        ];
+        assert_eq!(timed(&s), all, "{}", b.name);
+        // The first one arriving late, or the end step's again: duplicates; it stays.
+        for (f, at) in [(&after_ship, 5), (&from_end, 6)] {
+            assert_eq!(
+                s.put_followup(&key, f, at).unwrap(),
+                FollowupOutcome::Duplicate,
+                "{}",
+                b.name
+            );
+        }
+        assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
+        assert_eq!(timed(&s), all, "{}", b.name);
+    }
+}
+
 /// A lean row (what `serve` stores) reads back exactly like a full one, from `raw`.
 #[test]
 fn a_lean_row_reads_back_like_a_full_one() {

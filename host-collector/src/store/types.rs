@@ -245,8 +245,15 @@ pub enum InsertOutcome {
 pub enum FollowupOutcome {
     /// Stored, in the transaction that returned: ack it.
     Stored,
-    /// A follow-up for this record is already stored (the first one stays): ack it as a
-    /// duplicate; nothing changed.
+    /// Stored in place of the one stored earlier, which reported fewer steps
+    /// (`reported_before`: its steps not pending): the appliance sends one when the record is
+    /// acked and the more complete one from the end step. Ack it.
+    Replaced {
+        /// Steps the replaced follow-up reported.
+        reported_before: usize,
+    },
+    /// A follow-up for this record reporting as many steps or more is already stored (it
+    /// stays): ack it as a duplicate; nothing changed.
     Duplicate,
     /// No record with this key is stored (not yet, or pruned): nothing stored; do not ack
     /// (the sender retransmits, and the record may be committed by then).

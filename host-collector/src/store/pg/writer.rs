@@ -112,14 +112,40 @@ impl PgStore {
             if !known {
                 return Ok(FollowupOutcome::NoSuchRecord);
             }
-            let n = tx.execute(
-                "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&boot, &seq, &crc, &received_unix_ms, &raw],
-            )?;
+            // The one reporting more steps stays (the appliance sends one when the record is
+            // acked and a more complete one from the end step). The record's row lock above
+            // serializes collectors writing this key's follow-up.
+            let held: Option<Vec<u8>> = tx
+                .query_opt(
+                    "SELECT raw FROM followups WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
+                     FOR UPDATE",
+                    &[&boot, &seq, &crc],
+                )?
+                .map(|r| r.get(0));
+            let before = held.as_deref().map(crate::followup_view::reported);
+            let outcome = match before {
+                None => FollowupOutcome::Stored,
+                Some(b) if crate::followup_view::reported(raw) > b => {
+                    FollowupOutcome::Replaced { reported_before: b }
+                }
+                Some(_) => FollowupOutcome::Duplicate,
+            };
+            let n = match outcome {
+                FollowupOutcome::Stored => tx.execute(
+                    "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&boot, &seq, &crc, &received_unix_ms, &raw],
+                )?,
+                FollowupOutcome::Replaced { .. } => tx.execute(
+                    "UPDATE followups SET received_at_ms = $4, raw = $5
+                     WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+                    &[&boot, &seq, &crc, &received_unix_ms, &raw],
+                )?,
+                _ => 0,
+            };
             if n == 1 {
                 // The steps after the seal: their times into the record's step columns (for
-                // `stats --steps`), where the record itself has none.
+                // `stats --steps`), where neither the record nor a replaced follow-up had one.
                 let t = crate::followup_view::step_times(raw).map(|v| v.map(i64::from));
                 tx.execute(
                     "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, $4),
@@ -136,8 +162,9 @@ impl PgStore {
                 )?;
             }
             tx.commit()?;
+            // Inserted by another collector since the SELECT: it holds one already.
             Ok(if n == 1 {
-                FollowupOutcome::Stored
+                outcome
             } else {
                 FollowupOutcome::Duplicate
             })

@@ -286,20 +286,41 @@ impl SqliteStore {
         if !known {
             return Ok(FollowupOutcome::NoSuchRecord);
         }
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                &key.boot_id[..],
-                key.seq,
-                key.record_crc,
-                received_unix_ms,
-                raw
-            ],
-        )?;
+        // The one reporting more steps stays (the appliance sends one when the record is
+        // acked and a more complete one from the end step).
+        let held: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT raw FROM followups WHERE boot_id = ?1 AND seq = ?2 AND record_crc = ?3",
+                params![&key.boot_id[..], key.seq, key.record_crc],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let before = held.as_deref().map(crate::followup_view::reported);
+        let outcome = match before {
+            None => FollowupOutcome::Stored,
+            Some(b) if crate::followup_view::reported(raw) > b => {
+                FollowupOutcome::Replaced { reported_before: b }
+            }
+            Some(_) => FollowupOutcome::Duplicate,
+        };
+        let n = if outcome == FollowupOutcome::Duplicate {
+            0
+        } else {
+            tx.execute(
+                "INSERT OR REPLACE INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    &key.boot_id[..],
+                    key.seq,
+                    key.record_crc,
+                    received_unix_ms,
+                    raw
+                ],
+            )?
+        };
         if n == 1 {
             // The steps after the seal: their times into the record's step columns (for
-            // `stats --steps`), where the record itself has none.
+            // `stats --steps`), where neither the record nor a replaced follow-up had one.
             let t = crate::followup_view::step_times(raw);
             tx.execute(
                 "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, ?4),
@@ -325,11 +346,7 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        Ok(if n == 1 {
-            FollowupOutcome::Stored
-        } else {
-            FollowupOutcome::Duplicate
-        })
+        Ok(outcome)
     }
 
     pub fn followup(&self, key: &RecordKey) -> Result<Option<Vec<u8>>> {
