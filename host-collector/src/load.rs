@@ -591,10 +591,14 @@ async fn heartbeats(
     let mut seq = 0u32;
     let mut next = tokio::time::Instant::now();
     while Instant::now() < stop {
+        // Stamped with the tick it belongs to, like a canary's periodic timer: when this
+        // task runs late on a busy machine the uptimes still advance by `every`, so the
+        // collector measures the interval the canary keeps, not the scheduling jitter.
+        let uptime = next.into_std().saturating_duration_since(start);
         let hb = Repr::Heartbeat(wire::HeartbeatRepr {
             boot_id,
             seq,
-            uptime_ms: start.elapsed().as_millis() as u64,
+            uptime_ms: uptime.as_millis() as u64,
             arch: capture::record::Arch::X86_64,
         });
         if let Ok(n) = hb.emit(cfg.key.as_ref(), &mut frame) {
@@ -638,6 +642,64 @@ mod tests {
         let hits = (0..100_000).filter(|_| r.chance(0.2)).count();
         assert!((19_000..21_000).contains(&hits), "{hits}");
         assert!(!(0..1000).any(|_| r.chance(0.0)));
+    }
+
+    #[test]
+    fn heartbeat_uptimes_advance_by_the_interval_when_the_task_runs_late() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            tx.connect(rx.local_addr().unwrap()).await.unwrap();
+            let cfg = LoadConfig {
+                target: rx.local_addr().unwrap(),
+                canaries: 1,
+                records: 0,
+                loss: 0.0,
+                dup: 0.0,
+                reorder: 0.0,
+                seed: 1,
+                key: None,
+                deadline: Duration::from_secs(10),
+                initial_rto_ms: 20,
+                max_rto_ms: 200,
+                schema: None,
+                max_sockets: None,
+                heartbeat_every: Some(Duration::from_millis(100)),
+                heartbeat_for: Duration::from_millis(450),
+                record_deadline: None,
+            };
+            let (io, mut rng, mut res) = (Io::Own(tx), Rng::new(1), CanaryResult::default());
+            let start = Instant::now();
+            let end = start + cfg.deadline;
+            // The runtime's one thread is busy from 150 to 230 ms (a loaded machine): the
+            // heartbeat due at 200 ms goes out about 30 ms late.
+            let busy = async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                std::thread::sleep(Duration::from_millis(80));
+            };
+            let every = Duration::from_millis(100);
+            tokio::join!(
+                heartbeats(&cfg, [7; 16], every, &io, &mut rng, &mut res, start, end),
+                busy
+            );
+            let mut buf = [0u8; 2048];
+            let mut uptimes = Vec::new();
+            while let Ok(n) = rx.try_recv(&mut buf) {
+                if let Ok(Repr::Heartbeat(h)) = wire::parse(&buf[..n], None) {
+                    uptimes.push(h.uptime_ms);
+                }
+            }
+            assert!(uptimes.len() >= 4, "{uptimes:?}");
+            // The collector measures the interval from consecutive uptimes: they advance by
+            // the interval, not by when the task happened to run.
+            for w in uptimes.windows(2) {
+                assert_eq!(w[1] - w[0], 100, "{uptimes:?}");
+            }
+        });
     }
 
     #[test]
