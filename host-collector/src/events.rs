@@ -1,8 +1,9 @@
 //! Events out of `serve`: one per stored crash record and one per canary state change.
 //!
 //! The writer thread hands each event (after the acks of its commit) to a bounded queue
-//! without waiting ([`EventSink::send`]; a full queue drops the event and counts it as
-//! `events_dropped`). The dispatcher thread then, for each event:
+//! without waiting ([`EventSink::send`]; the stored records of one commit as one batch,
+//! [`EventSink::send_stored`], each counted against the bounds; a full queue drops the event
+//! and counts it as `events_dropped`). The dispatcher thread then, for each event:
 //! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
 //!    `key=value`, values with spaces quoted, every control character escaped) under the
 //!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
