@@ -154,7 +154,7 @@ fn aarch64_uefi_bad_memory_access_is_caught_by_the_vectors_and_shipped() {
 fn aarch64_panic_inside_the_panic_path_ends_through_the_nested_path() {
     let (c, run) = nested_panic("aarch64");
     let rec = c.show_latest();
-    // The nested entry sent the first entry's follow-up (see qemu_x86_64.rs).
+    // The follow-up sent at the end of the ship step is the collector's (see qemu_x86_64.rs).
     assert_complete_record_steps(
         &rec,
         "aarch64",

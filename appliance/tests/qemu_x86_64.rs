@@ -95,9 +95,9 @@ fn panic_inside_the_panic_path_ends_through_the_nested_path() {
         run.serial
     );
     assert!(run.serial.contains("canary: end: halt"), "{}", run.serial);
-    // The first entry shipped before the nested panic; the nested entry sent the first
-    // entry's follow-up: its crash registers step was running when it panicked, and its end
-    // never came.
+    // The first entry shipped before the nested panic and sent its follow-up at the end of
+    // the ship step; the nested entry had nothing more to report (the crash registers step
+    // was running when it panicked, and its end never came).
     let rec = c.show_latest();
     assert_complete_record_steps(&rec, "x86_64", "pvh", "panic", &run.serial, &STEPS_NESTED);
 }
