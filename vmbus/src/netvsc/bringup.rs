@@ -92,7 +92,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     log::info!("netvsc: host refused NVSP {v:#x} (status {status})");
                 }
                 other => {
-                    log::warn!("netvsc: unexpected reply to INIT: type {:?}", other.ty());
+                    log::warn!("netvsc: unexpected reply to INIT: type {}", other.ty().0);
                     self.stats.malformed += 1;
                 }
             }
@@ -190,8 +190,8 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                      {section_size} bytes): frames go GPA-direct"
                 ),
                 other => log::warn!(
-                    "netvsc: unexpected reply {:?} to SEND_SEND_BUF: frames go GPA-direct",
-                    other.ty()
+                    "netvsc: unexpected reply {} to SEND_SEND_BUF: frames go GPA-direct",
+                    other.ty().0
                 ),
             }
         }

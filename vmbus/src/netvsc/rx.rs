@@ -180,7 +180,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     // NVSP messages the host sends unsolicited (VF association, indirection
                     // table): nothing to do for a single-queue synthetic-only guest.
                     match Nvsp::parse_at(pkt.payload, self.nvsp_version) {
-                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {:?}", m.ty()),
+                        Ok(m) => log::debug!("netvsc: ignoring in-band NVSP type {}", m.ty().0),
                         Err(_) => self.stats.malformed += 1,
                     }
                     if pkt.completion_requested() {
@@ -312,7 +312,7 @@ impl<C: DeviceChannel, M: DmaMemory> Core<C, M> {
                     rndis::STATUS_MEDIA_DISCONNECT => self.link_up = false,
                     _ => log::debug!("netvsc: RNDIS indication {status:#x}"),
                 },
-                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:?}", other.ty()),
+                Ok(other) => log::debug!("netvsc: ignoring RNDIS type {:#x}", other.ty().0),
                 Err(e) => {
                     log::warn!("netvsc: bad RNDIS message: {e}");
                     all_ok = false;

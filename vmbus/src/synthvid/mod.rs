@@ -497,7 +497,7 @@ impl<C: DeviceChannel> Synthvid<C> {
                 self.send_situation()?;
             }
         } else {
-            log::debug!("synthvid: ignoring message type {:?}", msg.ty());
+            log::debug!("synthvid: ignoring message type {}", msg.ty().0);
         }
         Ok(())
     }
