@@ -43,8 +43,11 @@ pub const PG_MIGRATIONS: &[&str] = &[
         UNIQUE (boot_id, seq, record_crc)
     );
     CREATE INDEX records_received_at ON records (received_at_us);
-    CREATE INDEX records_vm_name ON records (lower(vm_name) text_pattern_ops);
-    CREATE INDEX records_host_name ON records (lower(host_name) text_pattern_ops);
+    -- Partial: a record without the names costs no index entry.
+    CREATE INDEX records_vm_name ON records (lower(vm_name) text_pattern_ops)
+        WHERE vm_name IS NOT NULL;
+    CREATE INDEX records_host_name ON records (lower(host_name) text_pattern_ops)
+        WHERE host_name IS NOT NULL;
     -- The key of every deleted record, so a record replayed after `prune` is a duplicate.
     CREATE TABLE pruned_keys (
         boot_id    BYTEA  NOT NULL,
