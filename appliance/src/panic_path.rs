@@ -383,6 +383,7 @@ pub fn warm_up() {
         seq: id.seq,
         record_crc: id.record_crc,
         status: capture::wire::AckStatus::Stored,
+        followup_reported: 0,
     });
     let mut frame = [0u8; 96];
     if let Ok(n) = capture::wire::emit(&ack, key, &mut frame) {

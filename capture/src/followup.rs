@@ -22,9 +22,15 @@
 //! 8   4   elapsed microseconds
 //! ```
 //!
+//! The appliance sends one when the record is acked (at the end of the ship step: crash
+//! registers and end pending) and a more complete one from the end step; the collector keeps
+//! the one that [reports](FollowupRepr::reported) more steps.
+//!
 //! The collector answers with an Ack for the record's key whose status is
-//! [`FOLLOWUP_STORED`] (attached) or [`FOLLOWUP_NO_RECORD`] (no such record: retrying is
-//! pointless). Those two codes are never a record's ack status, so a late ack of the record
+//! [`FOLLOWUP_STORED`] (attached, or one reporting as many held) or [`FOLLOWUP_NO_RECORD`]
+//! (no such record: retrying is pointless), and whose `followup_reported` is how many steps
+//! the follow-up it holds reports, so a late ack of the first follow-up is not taken for the
+//! second's. Those two codes are never a record's ack status, so a late ack of the record
 //! itself (a retransmitted chunk answered "duplicate") is never taken for the follow-up's.
 //! This layout is canary's own; the view/`Repr` split follows smoltcp's `src/wire/`.
 
@@ -227,6 +233,7 @@ pub struct FollowupSender<'k> {
     frame: [u8; MAX_DATAGRAM],
     len: usize,
     id: RecordId,
+    reported: u8,
     key: Option<&'k Key>,
     deadline_at: u64,
     next_round_at: u64,
@@ -251,6 +258,7 @@ impl<'k> FollowupSender<'k> {
             frame,
             len,
             id: f.id(),
+            reported: u8::try_from(f.reported()).unwrap_or(u8::MAX),
             key,
             deadline_at: now_ms.saturating_add(cfg.deadline_ms),
             next_round_at: now_ms,
@@ -280,10 +288,16 @@ impl<'k> FollowupSender<'k> {
         }
     }
 
-    /// Feeds a datagram from the collector; true if it was this follow-up's ack.
+    /// Feeds a datagram from the collector; true if it was this follow-up's ack. An ack
+    /// saying the collector holds a follow-up reporting fewer steps than this one answers an
+    /// earlier, less complete follow-up (a late ack of the ship step's): not ours. One saying
+    /// nothing (0: a collector before the field) is taken.
     pub fn handle(&mut self, datagram: &[u8]) -> bool {
         match wire::parse(datagram, self.key) {
-            Ok(Repr::Ack(a)) if a.id() == self.id => {
+            Ok(Repr::Ack(a))
+                if a.id() == self.id
+                    && (a.followup_reported == 0 || a.followup_reported >= self.reported) =>
+            {
                 let st = match a.status {
                     AckStatus::Other(FOLLOWUP_STORED) => FollowupState::Acked,
                     AckStatus::Other(FOLLOWUP_NO_RECORD) => FollowupState::NoRecord,

@@ -111,8 +111,11 @@ pub mod ack_field {
     pub const RECORD_CRC: Range<usize> = 20..24;
     /// Status (0 stored, 1 duplicate, 2 rejected).
     pub const STATUS: usize = 24;
+    /// A follow-up's ack: how many steps the follow-up the collector holds reports, at least
+    /// (0 in record acks and from collectors before it).
+    pub const FOLLOWUP_REPORTED: usize = 25;
     /// Reserved, zero.
-    pub const RESERVED: Range<usize> = 25..28;
+    pub const RESERVED: Range<usize> = 26..28;
 }
 
 /// Byte offsets inside the Heartbeat header.
@@ -632,6 +635,11 @@ pub struct AckRepr {
     pub record_crc: u32,
     /// What the collector did.
     pub status: AckStatus,
+    /// In a follow-up's ack (statuses `followup::FOLLOWUP_STORED`/`FOLLOWUP_NO_RECORD`): the
+    /// collector holds a follow-up reporting at least this many steps (0: a record's ack, or
+    /// a collector before it). The appliance sends two follow-ups for one record, so a late
+    /// ack of the first is not taken for the second's.
+    pub followup_reported: u8,
 }
 
 impl AckRepr {
@@ -651,6 +659,7 @@ impl AckRepr {
             seq: id.seq,
             record_crc: id.record_crc,
             status,
+            followup_reported: 0,
         }
     }
 }
@@ -767,6 +776,7 @@ impl<'a> Repr<'a> {
                     seq: le32(h, f::SEQ),
                     record_crc: le32(h, f::RECORD_CRC),
                     status: AckStatus::from(h[f::STATUS]),
+                    followup_reported: h[f::FOLLOWUP_REPORTED],
                 })
             }
             Kind::Heartbeat => {
@@ -859,6 +869,7 @@ impl<'a> Repr<'a> {
                 h[f::SEQ].copy_from_slice(&a.seq.to_le_bytes());
                 h[f::RECORD_CRC].copy_from_slice(&a.record_crc.to_le_bytes());
                 h[f::STATUS] = a.status.into();
+                h[f::FOLLOWUP_REPORTED] = a.followup_reported;
             }
             Repr::Heartbeat(b) => {
                 use heartbeat_field as f;

@@ -579,6 +579,8 @@ struct Ack {
     key: RecordKey,
     status: AckStatus,
     peer: SocketAddr,
+    /// A follow-up's ack: steps the follow-up held reports, at least (0 for records).
+    followup_reported: u8,
 }
 
 struct Acker {
@@ -606,9 +608,11 @@ impl Acker {
                     seq: a.key.seq,
                     record_crc: a.key.record_crc,
                 };
-                match Repr::Ack(AckRepr::for_record(&id, a.status))
-                    .emit(self.key.as_ref(), &mut frame)
-                {
+                let ack = AckRepr {
+                    followup_reported: a.followup_reported,
+                    ..AckRepr::for_record(&id, a.status)
+                };
+                match Repr::Ack(ack).emit(self.key.as_ref(), &mut frame) {
                     Ok(n) => {
                         buf.extend_from_slice(&frame[..n]);
                         lens.push((n, a.peer));

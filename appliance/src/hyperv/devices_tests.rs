@@ -146,6 +146,7 @@ impl Collector {
                 seq: done.id.seq,
                 record_crc: done.id.record_crc,
                 status: AckStatus::Stored,
+                followup_reported: 0,
             });
             let mut f = [0u8; 128];
             let n = capture::wire::emit(&ack, None, &mut f).unwrap();

@@ -195,6 +195,39 @@ fn followup_sender_gives_up_at_the_deadline_or_when_the_collector_has_no_record(
     assert_eq!(s.poll(1, &mut |_| {}), FollowupState::NoRecord);
 }
 
+/// The appliance sends two follow-ups for one record (at the end of the ship step, and the
+/// more complete one from the end step): a late ack of the first (the collector holds one
+/// reporting fewer steps) is not the second's; an ack from a collector that does not say
+/// (0) is.
+#[test]
+fn followup_sender_does_not_take_a_late_ack_of_a_less_complete_followup() {
+    let cfg = SenderConfig {
+        initial_rto_ms: 20,
+        max_rto_ms: 40,
+        deadline_ms: 1000,
+    };
+    let f = FollowupRepr::new(&id(), &steps());
+    assert_eq!(f.reported(), 2);
+    let ack_holding = |held: u8| {
+        let mut a = AckRepr::for_record(&id(), AckStatus::Other(FOLLOWUP_STORED));
+        a.followup_reported = held;
+        let mut out = [0u8; 96];
+        let n = Repr::Ack(a).emit(None, &mut out).unwrap();
+        out[..n].to_vec()
+    };
+    for (held, ours) in [(1, false), (2, true), (3, true), (0, true)] {
+        let mut s = FollowupSender::new(cfg, &f, None, 0).unwrap();
+        s.poll(0, &mut |_| {});
+        assert_eq!(s.handle(&ack_holding(held)), ours, "held {held}");
+        let want = if ours {
+            FollowupState::Acked
+        } else {
+            FollowupState::Waiting { next_ms: 20 }
+        };
+        assert_eq!(s.poll(1, &mut |_| {}), want, "held {held}");
+    }
+}
+
 // --- the panic screen's QR payload ---
 
 #[test]

@@ -94,11 +94,104 @@ pub(super) fn store_all(
                 continue;
             }
         };
+        // Stored, replaced or a duplicate: the held one reports at least as many steps.
+        let held = if status == FOLLOWUP_STORED {
+            crate::followup_view::reported(&p.raw)
+        } else {
+            0
+        };
         acks.push(Ack {
             key: p.key,
             status: AckStatus::Other(status),
             peer: p.peer,
+            followup_reported: u8::try_from(held).unwrap_or(u8::MAX),
         });
     }
     timed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRecord, Sync};
+    use capture::followup::FollowupRepr;
+    use capture::panic::{Outcome, Step, StepRecord};
+    use capture::record::{MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
+
+    /// The two follow-ups of one crash: the ship step's is acked saying 4 steps are held,
+    /// the end step's 5 (so the appliance does not take a late ack of the first for the
+    /// second's); the step metric gets each step once.
+    #[test]
+    fn the_acks_say_how_complete_the_held_followup_is_and_the_metric_counts_each_step_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut r = capture::testutil::sample_record(5);
+        r.steps.truncate(1);
+        let mut buf = vec![0u8; MAX_ENCODED_LEN];
+        let raw = r.encode(&mut buf).unwrap().to_vec();
+        let key = RecordKey {
+            boot_id: r.boot_id,
+            seq: r.seq,
+            record_crc: crc32fast::hash(&raw),
+        };
+        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let n = NewRecord {
+            key,
+            received_at_us: 1,
+            schema_major: SCHEMA_MAJOR,
+            schema_minor: SCHEMA_MINOR,
+            uptime_us: r.uptime_us,
+            line_col: (0, 0),
+            text: crate::convert::row_text(peer, &r),
+            raw,
+        };
+        store
+            .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        let pending = |done: usize| {
+            let steps: Vec<StepRecord> = Step::ALL[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, &step)| StepRecord {
+                    step,
+                    outcome: if i < done {
+                        Outcome::Done
+                    } else {
+                        Outcome::Pending
+                    },
+                    elapsed_us: 3,
+                })
+                .collect();
+            let id = capture::RecordId {
+                boot_id: key.boot_id,
+                seq: key.seq,
+                record_crc: key.record_crc,
+            };
+            let f = FollowupRepr::new(&id, &steps);
+            let mut out = [0u8; 256];
+            let len = capture::wire::Repr::Followup(f)
+                .emit(None, &mut out)
+                .unwrap();
+            Pending::new(&f, &out[..len], peer)
+        };
+        let (first, second) = (pending(4), pending(5));
+        let mut acks = Vec::new();
+        let t1 = store_all(&mut store, std::slice::from_ref(&first), &mut acks);
+        let t2 = store_all(&mut store, std::slice::from_ref(&second), &mut acks);
+        // The first again, late: a duplicate, acked as the first (it holds more).
+        let t3 = store_all(&mut store, std::slice::from_ref(&first), &mut acks);
+        let said: Vec<(AckStatus, u8)> = acks
+            .iter()
+            .map(|a| (a.status, a.followup_reported))
+            .collect();
+        let stored = AckStatus::Other(FOLLOWUP_STORED);
+        assert_eq!(said, [(stored, 4), (stored, 5), (stored, 4)]);
+        let names = |t: &[StepView]| t.iter().map(|s| s.step.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&t1),
+            ["screen-flush", "vmbus-unload", "arch-cleanup", "ship"]
+        );
+        assert_eq!(names(&t2), ["crash-registers"]);
+        assert!(t3.is_empty());
+    }
 }

@@ -158,6 +158,7 @@ pub(super) fn writer_loop(
                 key: r.key,
                 status,
                 peer: *peer,
+                followup_reported: 0,
             });
         }
         for (r, peer) in b.rejections.iter().zip(&b.reject_peers) {
@@ -165,6 +166,7 @@ pub(super) fn writer_loop(
                 key: r.key,
                 status: AckStatus::Rejected,
                 peer: *peer,
+                followup_reported: 0,
             });
         }
         let followup_steps = super::followup::store_all(&mut store, &b.followups, &mut acks);
