@@ -180,6 +180,32 @@ pub fn attach(
     Ok(())
 }
 
+/// The dedupe key of a record view (its boot id, seq and CRC as `list`/`export` print them).
+fn key_of_view(v: &crate::store::RecordView) -> Option<RecordKey> {
+    Some(RecordKey {
+        boot_id: crate::util::parse_hex16(&v.boot_id)?,
+        seq: v.seq,
+        record_crc: u32::from_str_radix(&v.record_crc, 16).ok()?,
+    })
+}
+
+/// Gives each of `views` (what `export` writes) the seven steps `show` gives it: its own
+/// merged with its stored follow-up's (one store read per record).
+pub fn merge_into(
+    store: &crate::store::Store,
+    views: &mut [crate::store::RecordView],
+) -> Result<(), crate::store::StoreError> {
+    for v in views {
+        let stored = match key_of_view(v) {
+            Some(key) => store.followup(&key)?,
+            None => None,
+        };
+        let f = stored.as_deref().and_then(parse_stored);
+        v.fields.steps = merge(&v.fields.steps, f.as_ref()).0;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +309,93 @@ mod tests {
         assert!(v.received);
         assert_eq!(v.steps, 4);
         assert!(v.note.contains("end step's did not arrive"), "{}", v.note);
+    }
+
+    /// `export` gives each record the seven steps `show` gives it: the sealed record's
+    /// freeze with its follow-up's steps, or "not reported" without one.
+    #[test]
+    fn exported_records_carry_their_followups_steps() {
+        use crate::store::{Filter, NewRecord, Store, Sync};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut keys = Vec::new();
+        for seq in [1u32, 2] {
+            let mut r = capture::testutil::sample_record(seq);
+            r.seq = seq;
+            r.steps.truncate(1);
+            let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+            let raw = r.encode(&mut buf).unwrap().to_vec();
+            let key = RecordKey {
+                boot_id: r.boot_id,
+                seq: r.seq,
+                record_crc: crc32fast::hash(&raw),
+            };
+            let n = NewRecord {
+                key,
+                received_at_us: i64::from(seq),
+                schema_major: capture::record::SCHEMA_MAJOR,
+                schema_minor: capture::record::SCHEMA_MINOR,
+                uptime_us: r.uptime_us,
+                line_col: (0, 0),
+                text: crate::convert::row_text("10.0.0.3:4000".parse().unwrap(), &r),
+                raw,
+            };
+            store
+                .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+                .unwrap();
+            keys.push(key);
+        }
+        // Record 1 has the ship step's follow-up; record 2 none.
+        let steps: Vec<StepRecord> = Step::ALL[1..5]
+            .iter()
+            .map(|&step| StepRecord {
+                step,
+                outcome: Outcome::Done,
+                elapsed_us: 8,
+            })
+            .collect();
+        let k = keys[0];
+        let f = FollowupRepr::new(
+            &RecordId {
+                boot_id: k.boot_id,
+                seq: k.seq,
+                record_crc: k.record_crc,
+            },
+            &steps,
+        );
+        let mut buf = [0u8; 256];
+        let n = Repr::Followup(f).emit(None, &mut buf).unwrap();
+        store.put_followup(&k, &buf[..n], 5).unwrap();
+        let mut recs = store.records(&Filter::default(), false).unwrap();
+        merge_into(&store, &mut recs).unwrap();
+        let of = |seq: u32| -> Vec<String> {
+            recs.iter()
+                .find(|v| v.seq == seq)
+                .unwrap()
+                .fields
+                .steps
+                .iter()
+                .map(|s| format!("{}={}", s.step, s.outcome))
+                .collect()
+        };
+        assert_eq!(
+            of(1),
+            [
+                "freeze=done",
+                "screen-flush=done",
+                "vmbus-unload=done",
+                "arch-cleanup=done",
+                "ship=done",
+                "crash-registers=not reported",
+                "end=not reported"
+            ]
+        );
+        let two = of(2);
+        assert_eq!(two.len(), 7);
+        assert!(
+            two[1..].iter().all(|s| s.ends_with("=not reported")),
+            "{two:?}"
+        );
     }
 
     #[test]

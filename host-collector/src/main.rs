@@ -595,7 +595,9 @@ fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
 
 fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
     let store = ctx.open_existing()?;
-    let recs = store.records(&a.time.filter()?, a.raw)?;
+    let mut recs = store.records(&a.time.filter()?, a.raw)?;
+    // The seven steps, as `show` gives them: the record's own with its follow-up's.
+    host_collector::followup_view::merge_into(&store, &mut recs)?;
     let text = match a.format {
         ExportFormat::Json => serde_json::to_string_pretty(&recs)? + "\n",
         ExportFormat::Ndjson => {

@@ -151,6 +151,11 @@ fn a_panic_screen_png_imports_as_the_record_the_network_delivered_and_show_merge
     assert_eq!(v["followup"]["received"], true, "{v:#}");
     let text = stdout(&run_db(&db, &["show"]));
     assert!(text.contains("Follow-up: received: 6 steps"), "{text}");
+    // `export` gives the record the same seven steps.
+    let o = run_db(&db, &["export", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = json(&o);
+    assert_eq!(e[0]["steps"], v["steps"], "{e:#}");
     // ... and in the step metrics: freeze from the record, the others from the follow-up.
     let body = http_get(&metrics, "/metrics");
     for step in ["freeze", "vmbus-unload", "ship", "crash-registers"] {
