@@ -162,6 +162,9 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
             seal.set_followup_sent(&f);
             let fo = self.m.send_followup(&f, self.deadlines.ship_ms);
             log::info!("panic: follow-up after ship ({} steps): {fo}", f.reported());
+            if fo != Outcome::Done {
+                seal.set_followup_unanswered();
+            }
         }
         // The reconnect's netvsc stays up for the follow-ups: the end step unloads it.
         o
@@ -202,7 +205,7 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
 /// reports more steps than the follow-up already sent (the ship step's, or a first entry's).
 pub fn followup_of(seal: &Seal, rec: &CrashRecord) -> Option<FollowupRepr> {
     let id = seal.id()?;
-    if !seal.acked() {
+    if !seal.acked() || seal.followup_unanswered() {
         return None;
     }
     let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();
@@ -223,7 +226,7 @@ pub fn followup_after_ship(
     elapsed_us: u32,
 ) -> Option<FollowupRepr> {
     let id = seal.id()?;
-    if !seal.acked() {
+    if !seal.acked() || seal.followup_unanswered() {
         return None;
     }
     let mut steps: heapless::Vec<StepRecord, FOLLOWUP_CAP> = heapless::Vec::new();

@@ -75,6 +75,7 @@ pub struct Seal {
     id: Option<RecordId>,
     acked: bool,
     followup_reported: usize,
+    followup_unanswered: bool,
     shed: u8,
 }
 
@@ -98,6 +99,7 @@ impl Seal {
             id: None,
             acked: false,
             followup_reported: 0,
+            followup_unanswered: false,
             shed: 0,
         }
     }
@@ -149,6 +151,18 @@ impl Seal {
         self.followup_reported
     }
 
+    /// Whether a follow-up went unanswered (timed out, or the collector has no such record):
+    /// no further one is sent (a collector before follow-ups never acks one, and the end
+    /// step would wait out the deadline again).
+    pub fn followup_unanswered(&self) -> bool {
+        self.followup_unanswered
+    }
+
+    /// Records that a follow-up went unanswered (see [`Seal::followup_unanswered`]).
+    pub fn set_followup_unanswered(&mut self) {
+        self.followup_unanswered = true;
+    }
+
     /// Marks `f` as sent (before sending: a panic while sending is not retried).
     pub fn set_followup_sent(&mut self, f: &capture::followup::FollowupRepr) {
         self.followup_reported = self.followup_reported.max(f.reported());
@@ -187,6 +201,7 @@ impl Seal {
         self.id = None;
         self.acked = false;
         self.followup_reported = 0;
+        self.followup_unanswered = false;
         self.payload_len = 0;
         let mut last = ScreenError::Truncated(0);
         for level in 0..=SHED_LEVELS {

@@ -405,6 +405,8 @@ pub(crate) mod tests {
         /// The host stops the VM when this step starts (OpenVMM, QEMU's default panic
         /// action: at the CRASH_CTL write of the crash registers step): the run ends there.
         stop_at: Option<Step>,
+        /// What sending a follow-up gives (the collector's answer).
+        followup_outcome: Outcome,
     }
 
     /// The payload a stopped run unwinds with (the host stopped the VM).
@@ -459,7 +461,7 @@ pub(crate) mod tests {
         }
         fn send_followup(&mut self, f: &FollowupRepr, _ms: u64) -> Outcome {
             self.followups.push(*f);
-            Outcome::Done
+            self.followup_outcome
         }
         fn key(&self) -> Option<&capture::Key> {
             None
@@ -530,7 +532,7 @@ pub(crate) mod tests {
         fb: Option<&'a SimFb<'a>>,
         chaos: Option<ChaosConfig>,
     ) -> PanicRun {
-        let r = run_stopping_at(sim, ses, fb, chaos, None);
+        let r = run_stopping_at(sim, ses, fb, chaos, None, Outcome::Done);
         assert_eq!(r.shipped, 1);
         assert_eq!(r.summaries, 1);
         r.run
@@ -551,6 +553,7 @@ pub(crate) mod tests {
         fb: Option<&'a SimFb<'a>>,
         chaos: Option<ChaosConfig>,
         stop_at: Option<Step>,
+        followup_outcome: Outcome,
     ) -> StoppedRun {
         // Boot is done: from here the host misbehaves.
         sim.set_chaos(chaos);
@@ -566,6 +569,7 @@ pub(crate) mod tests {
             sealed: Vec::new(),
             followups: Vec::new(),
             stop_at,
+            followup_outcome,
         };
         let mut seal = Box::new(crate::seal::Seal::new());
         let mut rec = capture::testutil::sample_record(9);
@@ -724,7 +728,14 @@ pub(crate) mod tests {
             for p in personalities() {
                 let sim = Sim::new(SimConfig::with_default_offers(arch, p));
                 let ses = boot(&sim);
-                let r = run_stopping_at(&sim, ses, None, None, Some(Step::CrashRegisters));
+                let r = run_stopping_at(
+                    &sim,
+                    ses,
+                    None,
+                    None,
+                    Some(Step::CrashRegisters),
+                    Outcome::Done,
+                );
                 let ctx = format!("{arch:?} {p:?}: {:?}", r.run.rec.steps);
                 assert!(r.stopped && r.shipped == 1 && r.summaries == 0, "{ctx}");
                 // The follow-up sent at the end of the ship step, once the record was acked.
@@ -752,6 +763,23 @@ pub(crate) mod tests {
                 assert_eq!(f.steps()[4].outcome, Outcome::Pending, "{ctx}");
                 assert_eq!(f.steps()[5].outcome, Outcome::Pending, "{ctx}");
             }
+        }
+    }
+
+    #[test]
+    fn a_followup_that_goes_unanswered_is_not_followed_by_another() {
+        // A collector before follow-ups never acks one: the ship step's waits out the
+        // deadline, the end step does not wait again.
+        for o in [Outcome::TimedOut, Outcome::Failed(4)] {
+            let sim = Sim::new(SimConfig::with_default_offers(
+                SimArch::X86_64,
+                Personality::OpenVmm,
+            ));
+            let ses = boot(&sim);
+            let r = run_stopping_at(&sim, ses, None, None, None, o);
+            assert!(!r.stopped && r.summaries == 1);
+            assert_eq!(r.run.followups.len(), 1, "{o}");
+            assert_eq!(r.run.followups[0].reported(), 4, "{o}");
         }
     }
 }
