@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config};
+use postgres::{Client, Config, GenericClient, Statement};
 
 use super::*;
 
@@ -169,8 +169,31 @@ pub(super) fn pg_text(e: &postgres::Error) -> String {
 /// doubles from 100 ms to 5 s while the server stays away.
 struct Conn {
     client: Option<Client>,
+    /// The statements prepared on `client`: dropped with it.
+    stmts: Stmts,
     next_try: Instant,
     backoff: Duration,
+}
+
+/// Statements prepared once per connection and reused: a statement sent as text is parsed
+/// and described again on every call, one more round trip each time.
+#[derive(Default)]
+pub(super) struct Stmts(HashMap<&'static str, Statement>);
+
+impl Stmts {
+    /// `sql` prepared on this connection (`c` is the connection or a transaction on it).
+    pub(super) fn get(
+        &mut self,
+        c: &mut impl GenericClient,
+        sql: &'static str,
+    ) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -198,6 +221,7 @@ impl PgStore {
             target,
             conn: Mutex::new(Conn {
                 client: Some(client),
+                stmts: Stmts::default(),
                 next_try: Instant::now(),
                 backoff: BACKOFF_MIN,
             }),
@@ -241,6 +265,14 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error> + Send,
     ) -> Result<T> {
+        self.with_stmts(|c, _| f(c))
+    }
+
+    /// [`Self::with`], and the statements prepared on this connection.
+    pub(super) fn with_stmts<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client, &mut Stmts) -> std::result::Result<T, postgres::Error> + Send,
+    ) -> Result<T> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return std::thread::scope(|sc| sc.spawn(|| self.with_here(f)).join()).unwrap_or_else(
                 |_| Err(StoreError::Postgres("the database thread panicked".into())),
@@ -251,11 +283,13 @@ impl PgStore {
 
     fn with_here<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Client, &mut Stmts) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
-        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let g = &mut *guard;
         if g.client.as_ref().is_none_or(|c| c.is_closed()) {
             g.client = None;
+            g.stmts = Stmts::default();
             let now = Instant::now();
             if now < g.next_try {
                 return Err(StoreError::Unavailable {
@@ -280,7 +314,7 @@ impl PgStore {
             }
         }
         let c = g.client.as_mut().expect("connected above");
-        match f(c) {
+        match f(c, &mut g.stmts) {
             Ok(v) => Ok(v),
             Err(e) => {
                 // Class 08: connection exception; 57: operator intervention (the server
@@ -289,6 +323,9 @@ impl PgStore {
                     .code()
                     .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"));
                 let closed = gone || c.is_closed() || e.is_closed() || e.as_db_error().is_none();
+                // Prepared again after any error (a migration by another collector may
+                // have changed what a statement returns).
+                g.stmts = Stmts::default();
                 let err = if closed {
                     g.client = None;
                     g.next_try = Instant::now();

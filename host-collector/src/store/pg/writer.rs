@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 
 use super::super::*;
-use super::PgStore;
+use super::{PgStore, Stmts};
 use crate::liveness::Canary;
 
 fn i64_of(v: u64) -> i64 {
@@ -59,20 +59,21 @@ impl PgStore {
             let (x, y) = (&records[a].key, &records[b].key);
             (x.boot_id, x.seq, x.record_crc).cmp(&(y.boot_id, y.seq, y.record_crc))
         });
-        let stored_ids: HashMap<RecordKey, i64> = self.with(|c| {
+        let own = [
+            ("rejected", keep as u64 + not_kept),
+            ("rejected_not_kept", not_kept),
+            ("heartbeats", heartbeats.len() as u64),
+        ];
+        let counters = sum_counters(counters.iter().chain(&own));
+        let stored_ids: HashMap<RecordKey, i64> = self.with_stmts(|c, stmts| {
+            if keep == 0 && heartbeats.is_empty() {
+                // One statement, committed on its own: one round trip for the batch.
+                return insert_records(c, stmts, records, &order, &counters);
+            }
             let mut tx = c.transaction()?;
-            let ids = insert_records(&mut tx, records, &order)?;
-            insert_rejections(&mut tx, &rejections[..keep])?;
-            upsert_heartbeats(&mut tx, heartbeats)?;
-            let stored = ids.len() as u64;
-            let own = [
-                ("records_stored", stored),
-                ("duplicates", records.len() as u64 - stored),
-                ("rejected", keep as u64 + not_kept),
-                ("rejected_not_kept", not_kept),
-                ("heartbeats", heartbeats.len() as u64),
-            ];
-            add_counters(&mut tx, counters.iter().chain(&own))?;
+            insert_rejections(&mut tx, stmts, &rejections[..keep])?;
+            upsert_heartbeats(&mut tx, stmts, heartbeats)?;
+            let ids = insert_records(&mut tx, stmts, records, &order, &counters)?;
             tx.commit()?;
             Ok(ids)
         })?;
@@ -338,15 +339,48 @@ impl PgStore {
     }
 }
 
+/// The records insert and the counters it adds to, one statement: the records stored
+/// (`ins`) count as `records_stored`, the others of the batch (`$27`) as `duplicates`.
+const INSERT_RECORDS: &str = "WITH ins AS (
+    INSERT INTO records (boot_id, seq, record_crc, received_at_us, schema_major,
+        schema_minor, source, arch, kind, message, file, line, col, vm_name, host_name,
+        image_id, step_freeze_us, step_screen_flush_us, step_vmbus_unload_us,
+        step_arch_cleanup_us, step_ship_us, step_crash_registers_us, step_end_us, raw)
+    SELECT v.* FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int4[],
+        $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+        $12::int4[], $13::int4[], $14::text[], $15::text[], $16::text[], $17::int8[],
+        $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[],
+        $24::bytea[])
+        AS v (boot_id, seq, record_crc, received_at_us, schema_major, schema_minor, source,
+            arch, kind, message, file, line, col, vm_name, host_name, image_id, s1, s2, s3,
+            s4, s5, s6, s7, raw)
+    WHERE NOT EXISTS (SELECT 1 FROM pruned_keys p WHERE p.boot_id = v.boot_id
+        AND p.seq = v.seq AND p.record_crc = v.record_crc)
+    ON CONFLICT (boot_id, seq, record_crc) DO NOTHING
+    RETURNING id, boot_id, seq, record_crc
+), cnt AS (
+    INSERT INTO counters AS c (name, value)
+    SELECT name, sum(value)::int8 FROM (
+        SELECT * FROM unnest($25::text[], $26::int8[]) AS u (name, value)
+        UNION ALL SELECT 'records_stored', count(*) FROM ins
+        UNION ALL SELECT 'duplicates', $27::int8 - count(*) FROM ins
+    ) s GROUP BY name HAVING sum(value) > 0 ORDER BY name
+    ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value
+)
+SELECT id, boot_id, seq, record_crc FROM ins";
+
 /// Inserts `records[order[..]]` (distinct keys, in key order), skipping keys already stored
-/// (by anyone) or pruned. Returns the id of each key this transaction stored.
+/// (by anyone) or pruned, and adds `counters` (names in order) with the records stored and
+/// the duplicates. Returns the id of each key this statement stored.
 fn insert_records(
-    tx: &mut Transaction<'_>,
+    c: &mut impl GenericClient,
+    stmts: &mut Stmts,
     records: &[NewRecord],
     order: &[usize],
+    counters: &(Vec<&str>, Vec<i64>),
 ) -> Result<HashMap<RecordKey, i64>, postgres::Error> {
     let mut out = HashMap::with_capacity(order.len());
-    if order.is_empty() {
+    if records.is_empty() && counters.0.is_empty() {
         return Ok(out);
     }
     let n = order.len();
@@ -393,30 +427,19 @@ fn insert_records(
         }
         raw.push(&r.raw);
     }
-    let params: Vec<&(dyn ToSql + std::marker::Sync)> = vec![
+    let mut params: Vec<&(dyn ToSql + std::marker::Sync)> = vec![
         &boot, &seq, &crc, &at, &major, &minor, &text[0], &text[1], &text[2], &text[3], &text[4],
         &line, &col, &text[5], &text[6], &text[7], &steps[0], &steps[1], &steps[2], &steps[3],
         &steps[4], &steps[5], &steps[6], &raw,
     ];
-    let rows = tx.query(
-        "INSERT INTO records (boot_id, seq, record_crc, received_at_us, schema_major,
-            schema_minor, source, arch, kind, message, file, line, col, vm_name, host_name,
-            image_id, step_freeze_us, step_screen_flush_us, step_vmbus_unload_us,
-            step_arch_cleanup_us, step_ship_us, step_crash_registers_us, step_end_us, raw)
-         SELECT v.* FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int4[],
-            $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-            $12::int4[], $13::int4[], $14::text[], $15::text[], $16::text[], $17::int8[],
-            $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[],
-            $24::bytea[])
-            AS v (boot_id, seq, record_crc, received_at_us, schema_major, schema_minor, source,
-                arch, kind, message, file, line, col, vm_name, host_name, image_id, s1, s2, s3,
-                s4, s5, s6, s7, raw)
-         WHERE NOT EXISTS (SELECT 1 FROM pruned_keys p WHERE p.boot_id = v.boot_id
-            AND p.seq = v.seq AND p.record_crc = v.record_crc)
-         ON CONFLICT (boot_id, seq, record_crc) DO NOTHING
-         RETURNING id, boot_id, seq, record_crc",
-        &params,
-    )?;
+    let total = i64_of(records.len() as u64);
+    params.extend([
+        &counters.0 as &(dyn ToSql + std::marker::Sync),
+        &counters.1,
+        &total,
+    ]);
+    let st = stmts.get(c, INSERT_RECORDS)?;
+    let rows = c.query(&st, &params)?;
     for r in rows {
         let b: Vec<u8> = r.get(1);
         let Ok(boot_id) = <[u8; 16]>::try_from(b.as_slice()) else {
@@ -432,11 +455,16 @@ fn insert_records(
     Ok(out)
 }
 
-fn insert_rejections(tx: &mut Transaction<'_>, rej: &[Rejection]) -> Result<(), postgres::Error> {
+fn insert_rejections(
+    tx: &mut Transaction<'_>,
+    stmts: &mut Stmts,
+    rej: &[Rejection],
+) -> Result<(), postgres::Error> {
     if rej.is_empty() {
         return Ok(());
     }
-    let st = tx.prepare(
+    let st = stmts.get(
+        tx,
         "INSERT INTO rejections (boot_id, seq, record_crc, received_at_us, source,
             schema_major, schema_minor, reason, raw)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
@@ -462,6 +490,7 @@ fn insert_rejections(tx: &mut Transaction<'_>, rej: &[Rejection]) -> Result<(), 
 
 fn upsert_heartbeats(
     tx: &mut Transaction<'_>,
+    stmts: &mut Stmts,
     hbs: &[HeartbeatSeen],
 ) -> Result<(), postgres::Error> {
     if hbs.is_empty() {
@@ -471,7 +500,8 @@ fn upsert_heartbeats(
     sorted.sort_by_key(|h| (h.boot_id, h.seq));
     // Only a sequence above the last one seen for the boot counts, whichever collector saw
     // it: a replayed heartbeat must not make a dead canary look alive.
-    let st = tx.prepare(
+    let st = stmts.get(
+        tx,
         "INSERT INTO canaries AS c (boot_id, source, arch, first_seen_us, last_seen_us,
             uptime_ms, heartbeat_seq, heartbeats)
          VALUES ($1, $2, $3, $4, $4, $5, $6, 1)
@@ -494,6 +524,22 @@ fn upsert_heartbeats(
         )?;
     }
     Ok(())
+}
+
+/// The counters that are not 0, summed by name, in name order.
+fn sum_counters<'a>(
+    counters: impl Iterator<Item = &'a (&'a str, u64)>,
+) -> (Vec<&'a str>, Vec<i64>) {
+    let mut sum: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (n, v) in counters {
+        if *v > 0 {
+            *sum.entry(n).or_default() += v;
+        }
+    }
+    (
+        sum.keys().copied().collect(),
+        sum.values().map(|v| i64_of(*v)).collect(),
+    )
 }
 
 /// Adds to the counters (increments: collectors sharing the database add up), in name
