@@ -1,5 +1,5 @@
-//! canary's host collector: receives crash records over UDP, stores them in SQLite, shows
-//! them, and drives load tests. The binary (`main.rs`) is the CLI; everything here is
+//! canary's host collector: receives crash records over UDP, stores them (SQLite, or
+//! PostgreSQL shared by several collectors), shows them, and drives load tests. The binary (`main.rs`) is the CLI; everything here is
 //! library-style and returns `thiserror` errors.
 #![forbid(unsafe_code)]
 

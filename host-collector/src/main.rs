@@ -42,11 +42,12 @@ Exit codes:
   4  `load` finished with records that were never acked";
 
 const ABOUT: &str = "canary host collector: receives crash records from canary VMs over UDP, \
-stores them in SQLite, shows them, and load-tests the path.";
+stores them (SQLite, or PostgreSQL shared by several collectors), shows them, and load-tests the \
+path.";
 
 const LONG_ABOUT: &str = "\
-canary host collector: receives crash records from canary VMs over UDP, stores them in SQLite,
-shows them, and load-tests the path.
+canary host collector: receives crash records from canary VMs over UDP, stores them in SQLite
+(or in PostgreSQL, where several collectors share one store), shows them, and load-tests the path.
 
 A canary that panics sends its crash record as CRC-checked UDP datagrams; `serve` checks each
 datagram (CRC, then the fleet key if one is set), reassembles the record, commits it to the
@@ -60,9 +61,12 @@ Typical use:
   host-collector tail                     # follow new records as they arrive
   host-collector stats                    # what serve received, rejected and why
   host-collector drill 192.168.100.7:7374 # make a canary panic on purpose
+  host-collector import-screen shot.png  # a record from a panic-screen screenshot's QR code
   host-collector load --canaries 100 --records 100000   # load-test a running collector
 
-The database is --db, or `db` in --config FILE, or $CANARY_DB, or ./canary.db.
+The database is --db, or `db` in --config FILE, or $CANARY_DB, or ./canary.db: a file path
+(SQLite) or postgres://USER@HOST[:PORT]/DB (the password from --db-password-file FILE or
+$PGPASSWORD, never in the URL on the command line).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG=host_collector=debug.";
 
 #[derive(Parser, Debug)]
