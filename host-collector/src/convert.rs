@@ -162,16 +162,45 @@ fn push_hex_list(s: &mut String, vs: impl Iterator<Item = u64>) {
 /// Renders the stored text columns of `r` straight from the decoded record: the same JSON as
 /// [`fields`] gives (checked by a test), without building it up in `serde_json` values.
 pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
-    row_text_from(&source, r)
+    render(&source, r, false)
 }
 
 /// [`row_text`] with any source text (`import-screen`'s `screen:FILE`).
 pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText {
-    let mut t = RowText::with_capacity(1024 + r.log_tail.len() + r.message.len());
+    render(source, r, false)
+}
+
+/// The columns a lean store keeps (source, arch, kind, message, file, image id, names, load
+/// base, step times) and the steps JSON the stored record's event carries: what `serve`
+/// needs. The rest (build id, boot mode, hypervisor, VMBus version, kind detail,
+/// registers, backtrace, log tail, ext) is rendered from raw when read, so it is not
+/// rendered here.
+pub fn row_text_lean(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
+    render(&source, r, true)
+}
+
+fn kind_name(k: &CrashKind) -> &'static str {
+    match k {
+        CrashKind::Panic => "panic",
+        CrashKind::Fault { .. } => "fault",
+        CrashKind::SelfCheck => "self-check",
+        CrashKind::Drill => "drill",
+        CrashKind::Other { .. } => "other",
+    }
+}
+
+fn render(source: &dyn std::fmt::Display, r: &CrashRecord, lean: bool) -> RowText {
+    let mut t = if lean {
+        RowText::with_capacity(256 + r.message.len() + 48 * r.steps.len())
+    } else {
+        RowText::with_capacity(1024 + r.log_tail.len() + r.message.len())
+    };
     t.set(Col::Source, |s| {
         let _ = write!(s, "{source}");
     });
-    t.set(Col::BuildId, |s| s.push_str(&r.build_id));
+    if !lean {
+        t.set(Col::BuildId, |s| s.push_str(&r.build_id));
+    }
     t.set(Col::Arch, |s| match r.arch {
         Arch::X86_64 => s.push_str("x86_64"),
         Arch::Aarch64 => s.push_str("aarch64"),
@@ -179,30 +208,33 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
             let _ = write!(s, "other({o})");
         }
     });
-    t.set(Col::BootMode, |s| s.push_str(&boot_mode_name(r.boot_mode)));
-    let h = &r.hypervisor;
-    t.set(Col::Hypervisor, |s| {
-        let _ = write!(
-            s,
-            "{{\"present\":{},\"privileges\":\"{:#x}\",\"vendor\":",
-            h.present, h.privileges
-        );
-        push_json_str(s, &h.vendor);
-        s.push_str(",\"version\":[");
-        for (i, v) in h.version.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
+    if !lean {
+        t.set(Col::BootMode, |s| s.push_str(&boot_mode_name(r.boot_mode)));
+        let h = &r.hypervisor;
+        t.set(Col::Hypervisor, |s| {
+            let _ = write!(
+                s,
+                "{{\"present\":{},\"privileges\":\"{:#x}\",\"vendor\":",
+                h.present, h.privileges
+            );
+            push_json_str(s, &h.vendor);
+            s.push_str(",\"version\":[");
+            for (i, v) in h.version.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                let _ = write!(s, "\"{v:#010x}\"");
             }
-            let _ = write!(s, "\"{v:#010x}\"");
-        }
-        s.push_str("]}");
-    });
-    if let Some((a, b)) = r.vmbus_version {
-        t.set(Col::VmbusVersion, |s| {
-            let _ = write!(s, "{a}.{b}");
+            s.push_str("]}");
         });
+        if let Some((a, b)) = r.vmbus_version {
+            t.set(Col::VmbusVersion, |s| {
+                let _ = write!(s, "{a}.{b}");
+            });
+        }
     }
     let (kind, detail) = match r.kind {
+        _ if lean => (kind_name(&r.kind), None),
         CrashKind::Panic => ("panic", None),
         CrashKind::Fault { vector, addr } => (
             "fault",
@@ -227,22 +259,24 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
     if let Some(l) = &r.location {
         t.set(Col::File, |s| s.push_str(&l.file));
     }
-    let g = &r.registers;
-    t.set(Col::Registers, |s| {
-        s.push_str("{\"fp\":");
-        push_hex_quoted(s, g.fp);
-        s.push_str(",\"gpr\":");
-        push_hex_list(s, g.gpr.iter().copied());
-        s.push_str(",\"pc\":");
-        push_hex_quoted(s, g.pc);
-        s.push_str(",\"sp\":");
-        push_hex_quoted(s, g.sp);
-        s.push('}');
-    });
-    t.set(Col::Backtrace, |s| {
-        push_hex_list(s, r.backtrace.iter().copied())
-    });
-    t.set(Col::LogTail, |s| s.push_str(&r.log_tail));
+    if !lean {
+        let g = &r.registers;
+        t.set(Col::Registers, |s| {
+            s.push_str("{\"fp\":");
+            push_hex_quoted(s, g.fp);
+            s.push_str(",\"gpr\":");
+            push_hex_list(s, g.gpr.iter().copied());
+            s.push_str(",\"pc\":");
+            push_hex_quoted(s, g.pc);
+            s.push_str(",\"sp\":");
+            push_hex_quoted(s, g.sp);
+            s.push('}');
+        });
+        t.set(Col::Backtrace, |s| {
+            push_hex_list(s, r.backtrace.iter().copied())
+        });
+        t.set(Col::LogTail, |s| s.push_str(&r.log_tail));
+    }
     t.set(Col::Steps, |s| {
         s.push('[');
         for (i, st) in r.steps.iter().enumerate() {
@@ -257,7 +291,7 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
         }
         s.push(']');
     });
-    set_ext_columns(&mut t, r);
+    set_ext_columns(&mut t, r, lean);
     // Schema 1.2's names (who crashed), for `list --host`.
     if let Some(v) = crate::identity::vm_name(r) {
         t.set(Col::VmName, |s| s.push_str(&v));
@@ -271,7 +305,7 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
 /// The schema 1.1 columns: the image id (`KIND:ID`, as the symbol store names it), the
 /// stacks / backtrace end / takeovers JSON, the load base, and each step's time (the first
 /// record of steps 1-7 that is not pending: a pending step has no time yet).
-fn set_ext_columns(t: &mut RowText, r: &CrashRecord) {
+fn set_ext_columns(t: &mut RowText, r: &CrashRecord, lean: bool) {
     let e = &r.ext;
     if let Some(id) = crate::symbols::DebugId::from_record(e.image_id_kind, &e.image_id) {
         t.set(Col::ImageId, |s| {
@@ -280,20 +314,22 @@ fn set_ext_columns(t: &mut RowText, r: &CrashRecord) {
             s.push_str(&id.dir_name());
         });
     }
-    t.set(Col::Ext, |s| {
-        s.push_str("{\"backtrace_end\":");
-        push_json_str(s, e.backtrace_end.describe());
-        s.push_str(",\"stacks\":[");
-        for (i, st) in e.stacks.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
+    if !lean {
+        t.set(Col::Ext, |s| {
+            s.push_str("{\"backtrace_end\":");
+            push_json_str(s, e.backtrace_end.describe());
+            s.push_str(",\"stacks\":[");
+            for (i, st) in e.stacks.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("{\"name\":");
+                push_json_str(s, &st.name);
+                let _ = write!(s, ",\"size\":{},\"used\":{}}}", st.size, st.used);
             }
-            s.push_str("{\"name\":");
-            push_json_str(s, &st.name);
-            let _ = write!(s, ",\"size\":{},\"used\":{}}}", st.size, st.used);
-        }
-        let _ = write!(s, "],\"takeovers\":{}}}", e.takeovers);
-    });
+            let _ = write!(s, "],\"takeovers\":{}}}", e.takeovers);
+        });
+    }
     t.load_base = (e.load_base != 0).then_some(e.load_base);
     for st in &r.steps {
         let code = u8::from(st.step) as usize;
@@ -316,6 +352,50 @@ mod tests {
             let mut s = String::new();
             push_hex_quoted(&mut s, v);
             assert_eq!(s, format!("\"{v:#x}\""));
+        }
+    }
+
+    #[test]
+    fn lean_row_text_has_the_kept_columns_of_the_full_one_and_no_others() {
+        let mut fault = capture::testutil::sample_record(6);
+        fault.kind = CrashKind::Fault {
+            vector: 14,
+            addr: 0xdead,
+        };
+        let src: std::net::SocketAddr = "10.0.0.2:7".parse().unwrap();
+        for r in [capture::testutil::max_record(), fault] {
+            let full = row_text(src, &r);
+            let lean = row_text_lean(src, &r);
+            for c in [
+                Col::Source,
+                Col::Arch,
+                Col::Kind,
+                Col::Message,
+                Col::File,
+                Col::Steps,
+                Col::ImageId,
+                Col::VmName,
+                Col::HostName,
+            ] {
+                assert_eq!(lean.get(c), full.get(c), "{c:?}");
+            }
+            assert!(full.get(Col::Message).is_some() && full.get(Col::Steps).is_some());
+            for c in [
+                Col::BuildId,
+                Col::BootMode,
+                Col::Hypervisor,
+                Col::VmbusVersion,
+                Col::KindDetail,
+                Col::Registers,
+                Col::Backtrace,
+                Col::LogTail,
+                Col::Ext,
+            ] {
+                assert_eq!(lean.get(c), None, "{c:?}");
+            }
+            assert_eq!(lean.load_base, full.load_base);
+            assert_eq!(lean.step_us, full.step_us);
+            assert!(lean.text_len() < full.text_len());
         }
     }
 

@@ -775,7 +775,8 @@ impl Receiver {
                         .as_ref()
                         .map(|l| (l.line, l.column))
                         .unwrap_or((0, 0)),
-                    text: crate::convert::row_text(peer, &rec),
+                    // Lean: the store (set_lean above) keeps only these columns.
+                    text: crate::convert::row_text_lean(peer, &rec),
                     raw: bytes,
                 }),
                 peer,
