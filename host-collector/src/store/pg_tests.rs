@@ -119,6 +119,19 @@ fn a_store_that_loses_its_database_fails_commits_and_resumes() {
     t.terminate_connections().unwrap();
     let _ = s.count();
     assert_eq!(s.count().unwrap(), 2);
+    // The writer's statements are prepared again on the new connection (and once more
+    // after this connection is ended too).
+    for seq in 3..5 {
+        let (r, _) = real(9, seq, 1);
+        let batch = [r.clone(), r];
+        assert_eq!(
+            s.commit_batch(&batch, &[], &[], &[]).unwrap(),
+            [InsertOutcome::Stored, InsertOutcome::Duplicate]
+        );
+        t.terminate_connections().unwrap();
+        let _ = s.count();
+    }
+    assert_eq!(s.count().unwrap(), 4);
 }
 
 /// Crash counts and heartbeats add up across collectors; the newest sighting wins.
