@@ -153,14 +153,17 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
             Some(sealed) => self.m.ship(rec, sealed, nic, self.deadlines.ship_ms),
             None => Outcome::Failed(1),
         };
+        let elapsed_us = self.m.now_us().saturating_sub(t0);
         seal.set_acked(o == Outcome::Done);
+        seal.set_ack_ms(elapsed_us / 1000);
         // Acked: steps 2-5 go to the collector now, before the crash registers, which a host
         // may answer by stopping the VM (OpenVMM, QEMU's default panic action); the end step
         // sends the more complete one if it gets there.
-        let elapsed = u32::try_from(self.m.now_us().saturating_sub(t0)).unwrap_or(u32::MAX);
+        let elapsed = u32::try_from(elapsed_us).unwrap_or(u32::MAX);
         if let Some(f) = followup_after_ship(seal, rec, o, elapsed) {
             seal.set_followup_sent(&f);
-            let fo = self.m.send_followup(&f, self.deadlines.ship_ms);
+            let ms = seal.followup_deadline_ms(self.deadlines.ship_ms);
+            let fo = self.m.send_followup(&f, ms);
             log::info!("panic: follow-up after ship ({} steps): {fo}", f.reported());
             if fo != Outcome::Done {
                 seal.set_followup_unanswered();
@@ -182,7 +185,8 @@ impl<M: Machine> PanicSteps for PanicContext<'_, M> {
         let due = self.seal.as_deref().and_then(|s| followup_of(s, src));
         if let (Some(f), Some(seal)) = (due, self.seal.as_deref_mut()) {
             seal.set_followup_sent(&f);
-            let o = self.m.send_followup(&f, self.deadlines.ship_ms);
+            let ms = seal.followup_deadline_ms(self.deadlines.ship_ms);
+            let o = self.m.send_followup(&f, ms);
             log::info!("panic: follow-up ({} steps): {o}", f.steps().len());
         }
         // Shipped over the reconnect's netvsc: UNLOAD that connection too (design step 5),

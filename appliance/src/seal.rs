@@ -76,8 +76,14 @@ pub struct Seal {
     acked: bool,
     followup_reported: usize,
     followup_unanswered: bool,
+    /// How long the ship step took to get the record acked, in milliseconds.
+    ack_ms: u64,
     shed: u8,
 }
+
+/// The least a follow-up is given to be acked, in milliseconds: a few retransmit rounds (the
+/// sender's first timeout is 200 ms) for a collector that just acked the record.
+pub const FOLLOWUP_MIN_MS: u64 = 2_000;
 
 impl Default for Seal {
     fn default() -> Self {
@@ -100,6 +106,7 @@ impl Seal {
             acked: false,
             followup_reported: 0,
             followup_unanswered: false,
+            ack_ms: 0,
             shed: 0,
         }
     }
@@ -143,6 +150,20 @@ impl Seal {
     /// Records the ship step's result.
     pub fn set_acked(&mut self, acked: bool) {
         self.acked = acked;
+    }
+
+    /// Records how long the ship step took to get the record acked.
+    pub fn set_ack_ms(&mut self, ms: u64) {
+        self.ack_ms = ms;
+    }
+
+    /// How long a follow-up waits for its ack: as long as the record took, at least
+    /// [`FOLLOWUP_MIN_MS`], at most the ship deadline. The collector has just answered, so a
+    /// follow-up that gets no ack in that time is from a collector that never acks one (older
+    /// than follow-ups): the crash registers, which come next, must not wait out the whole
+    /// ship deadline for it.
+    pub fn followup_deadline_ms(&self, ship_ms: u64) -> u64 {
+        self.ack_ms.max(FOLLOWUP_MIN_MS).min(ship_ms)
     }
 
     /// How many steps the most complete follow-up sent so far reports (0: none sent). A
@@ -200,6 +221,7 @@ impl Seal {
     ) -> Result<(), SealError> {
         self.id = None;
         self.acked = false;
+        self.ack_ms = 0;
         self.followup_reported = 0;
         self.followup_unanswered = false;
         self.payload_len = 0;
@@ -381,6 +403,21 @@ mod followup_tests {
             outcome,
             elapsed_us: 5,
         }
+    }
+
+    #[test]
+    fn a_followup_waits_as_long_as_the_record_took_within_bounds() {
+        let mut seal = Seal::new();
+        // Acked at once: the floor.
+        seal.set_ack_ms(3);
+        assert_eq!(seal.followup_deadline_ms(60_000), FOLLOWUP_MIN_MS);
+        // A slow host (OpenVMM's console-bound ship took 5.4 s): as long as the record took.
+        seal.set_ack_ms(5_429);
+        assert_eq!(seal.followup_deadline_ms(60_000), 5_429);
+        // Never past the ship deadline, even below the floor.
+        seal.set_ack_ms(90_000);
+        assert_eq!(seal.followup_deadline_ms(60_000), 60_000);
+        assert_eq!(seal.followup_deadline_ms(1_000), 1_000);
     }
 
     #[test]

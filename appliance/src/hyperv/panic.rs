@@ -402,6 +402,8 @@ pub(crate) mod tests {
         summaries: u32,
         sealed: Vec<u8>,
         followups: Vec<FollowupRepr>,
+        /// The deadline each follow-up was sent with, in milliseconds.
+        followup_ms: Vec<u64>,
         /// The host stops the VM when this step starts (OpenVMM, QEMU's default panic
         /// action: at the CRASH_CTL write of the crash registers step): the run ends there.
         stop_at: Option<Step>,
@@ -459,8 +461,9 @@ pub(crate) mod tests {
             self.sealed = sealed.to_vec();
             Outcome::Done
         }
-        fn send_followup(&mut self, f: &FollowupRepr, _ms: u64) -> Outcome {
+        fn send_followup(&mut self, f: &FollowupRepr, ms: u64) -> Outcome {
             self.followups.push(*f);
+            self.followup_ms.push(ms);
             self.followup_outcome
         }
         fn key(&self) -> Option<&capture::Key> {
@@ -541,6 +544,7 @@ pub(crate) mod tests {
     /// A run and what the machine counted.
     struct StoppedRun {
         run: PanicRun,
+        followup_ms: Vec<u64>,
         shipped: u32,
         summaries: u32,
         stopped: bool,
@@ -568,6 +572,7 @@ pub(crate) mod tests {
             summaries: 0,
             sealed: Vec::new(),
             followups: Vec::new(),
+            followup_ms: Vec::new(),
             stop_at,
             followup_outcome,
         };
@@ -593,6 +598,7 @@ pub(crate) mod tests {
             Err(p) => std::panic::resume_unwind(p),
         };
         StoppedRun {
+            followup_ms: m.followup_ms,
             shipped: m.shipped,
             summaries: m.summaries,
             stopped,
@@ -780,6 +786,9 @@ pub(crate) mod tests {
             assert!(!r.stopped && r.summaries == 1);
             assert_eq!(r.run.followups.len(), 1, "{o}");
             assert_eq!(r.run.followups[0].reported(), 4, "{o}");
+            // It waited a few retransmit rounds, not the whole ship deadline (3 s here, 60 s
+            // by default) before the crash registers: the record was acked at once.
+            assert_eq!(r.followup_ms, [crate::seal::FOLLOWUP_MIN_MS], "{o}");
         }
     }
 }
