@@ -34,23 +34,23 @@ mod hyperv {
     mod panic_screen_tests;
     pub mod session;
 }
-/// The running image's build id and load base for the crash record (parsers host-tested).
-#[cfg_attr(not(kernel), allow(dead_code))]
-mod image_id;
 /// Who crashed: SMBIOS and KVP identity, cached at boot for the record (portable).
 #[cfg_attr(not(kernel), allow(dead_code))]
 mod identity;
-/// SMBIOS System Information (parser host-tested against hostile tables).
+/// The running image's build id and load base for the crash record (parsers host-tested).
 #[cfg_attr(not(kernel), allow(dead_code))]
-mod smbios;
+mod image_id;
 mod logring;
 /// The seven steps of the panic path, generic over the machine (portable; run on the host
 /// against `vmbus-sim` by `hyperv::panic`'s tests).
 mod panic_steps;
-/// The record sealed at the screen: the bytes shown as a QR code and shipped (portable).
-mod seal;
 /// PCI BAR placement: the rule is arch-neutral (its unit tests run on the host).
 mod pci;
+/// The record sealed at the screen: the bytes shown as a QR code and shipped (portable).
+mod seal;
+/// SMBIOS System Information (parser host-tested against hostile tables).
+#[cfg_attr(not(kernel), allow(dead_code))]
+mod smbios;
 /// Stack painting and high-water marks (portable; unit-tested on the host).
 #[cfg_attr(not(kernel), allow(dead_code))]
 mod stack;

@@ -481,7 +481,11 @@ impl Ctx {
                 ));
             }
         }
-        if let Some(f) = cli.db_password_file.as_ref().or(file.db_password_file.as_ref()) {
+        if let Some(f) = cli
+            .db_password_file
+            .as_ref()
+            .or(file.db_password_file.as_ref())
+        {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read --db-password-file {}", f.display()))?;
             let pw = text.lines().next().unwrap_or("").to_string();

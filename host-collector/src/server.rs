@@ -723,9 +723,9 @@ impl Receiver {
                 };
                 self.send(Msg::Heartbeat(hb));
             }
-            Repr::Followup(f) => {
-                self.send(Msg::Followup(Box::new(followup::Pending::new(&f, dgram, peer))))
-            }
+            Repr::Followup(f) => self.send(Msg::Followup(Box::new(followup::Pending::new(
+                &f, dgram, peer,
+            )))),
             Repr::Ack(_) | Repr::Drill(_) | Repr::Challenge(_) => {
                 debug!(%peer, "unexpected {:?} frame", repr.kind());
                 Counters::add(&c.unexpected_kind, 1);

@@ -355,7 +355,11 @@ pub fn render(v: &ShowView) -> String {
                 kv(&mut o, k, &line);
             }
         }
-        None => kv(&mut o, "Identity", "(not in this record: schema before 1.2)"),
+        None => kv(
+            &mut o,
+            "Identity",
+            "(not in this record: schema before 1.2)",
+        ),
     }
     kv(&mut o, "Build ID", &f.build_id);
     let image = match (&v.image.id, &v.image.load_base) {

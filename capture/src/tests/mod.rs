@@ -1,10 +1,10 @@
 //! Unit tests (run with and without the `std` feature).
 
 mod drill;
-mod identity;
 #[cfg(feature = "std")]
 mod end_to_end;
 mod followup;
+mod identity;
 mod panic;
 #[cfg(feature = "std")]
 mod reassembler;

@@ -271,7 +271,10 @@ fn schema_1_1_appends_stacks_backtrace_end_and_takeovers_and_reads_1_0_bodies() 
             .unwrap();
     }
     let bytes = encode_vec(&r);
-    assert_eq!(CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &bytes).unwrap(), r);
+    assert_eq!(
+        CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &bytes).unwrap(),
+        r
+    );
     // A 1.0 writer's body (no group): the group takes its default.
     let mut old = r.clone();
     old.ext = Ext1::default();
