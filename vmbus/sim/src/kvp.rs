@@ -31,7 +31,7 @@ use crate::Personality;
 #[derive(Debug, Clone)]
 pub struct KvpItem {
     /// Pool (3 for the host-provided items).
-    pub pool: u8,
+    pub pool: kvp::Pool,
     /// Key.
     pub key: String,
     /// Value.
@@ -57,7 +57,7 @@ pub struct KvpHostConfig {
     /// Items pushed after the negotiation, in order.
     pub items: Vec<KvpItem>,
     /// Pool to ENUMERATE after the pushes (`None`: no enumeration).
-    pub enumerate_pool: Option<u8>,
+    pub enumerate_pool: Option<kvp::Pool>,
     /// Bytes of KVP message after the IC headers (OpenVMM: 2580).
     pub message_len: usize,
     /// Transaction ids count up from 1 (else always 0, as OpenVMM).
@@ -71,12 +71,12 @@ pub struct KvpHostConfig {
 /// The four items the canary keeps plus the rest a Hyper-V guest's pool 3 shows.
 pub fn hyperv_pool3(vm_name: &str, vm_id: &str, host: &str, fqdn: &str) -> Vec<KvpItem> {
     let s = |k: &str, v: &str| KvpItem {
-        pool: kvp::pool::AUTO_EXTERNAL,
+        pool: kvp::Pool::AUTO_EXTERNAL,
         key: k.into(),
         value: KvpValue::Str(v.into()),
     };
     let n = |k: &str, v: u32| KvpItem {
-        pool: kvp::pool::AUTO_EXTERNAL,
+        pool: kvp::Pool::AUTO_EXTERNAL,
         key: k.into(),
         value: KvpValue::U32(v),
     };
@@ -119,7 +119,7 @@ impl KvpHostConfig {
                     "HV-HOST-12",
                     "hv-host-12.lab.example.net",
                 ),
-                enumerate_pool: Some(kvp::pool::AUTO),
+                enumerate_pool: Some(kvp::Pool::AUTO),
                 message_len: kvp::MESSAGE_LEN,
                 counting_transaction_ids: true,
                 completion_requested: false,
@@ -133,7 +133,7 @@ impl KvpHostConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvpAnswer {
     /// Operation asked (`None` for the negotiation).
-    pub op: Option<u8>,
+    pub op: Option<kvp::Op>,
     /// Key of a SET.
     pub key: Option<String>,
     /// Status the guest returned.
@@ -264,8 +264,8 @@ impl KvpHost {
                     &mut b,
                     self.versions(),
                     self.tid(),
-                    kvp::op::ENUMERATE,
-                    self.cfg.enumerate_pool.unwrap_or(kvp::pool::AUTO),
+                    kvp::Op::ENUMERATE,
+                    self.cfg.enumerate_pool.unwrap_or(kvp::Pool::AUTO),
                     i,
                     self.cfg.message_len,
                 )
@@ -358,7 +358,7 @@ impl HostDevice for KvpHost {
             Step::AwaitPush(i) => {
                 let it = &self.cfg.items[i];
                 self.state.lock().unwrap().answers.push(KvpAnswer {
-                    op: Some(kvp::op::SET),
+                    op: Some(kvp::Op::SET),
                     key: Some(it.key.clone()),
                     status: m.status(),
                 });
@@ -369,7 +369,7 @@ impl HostDevice for KvpHost {
             }
             Step::AwaitEnumerate(i) => {
                 self.state.lock().unwrap().answers.push(KvpAnswer {
-                    op: Some(kvp::op::ENUMERATE),
+                    op: Some(kvp::Op::ENUMERATE),
                     key: None,
                     status: m.status(),
                 });

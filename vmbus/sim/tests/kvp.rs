@@ -138,14 +138,14 @@ fn pool_3_items_arrive_on_every_host_that_pushes_them_and_the_host_is_satisfied(
                 assert_eq!(r.items.host_fqdn.as_str(), "hv-host-12.lab.example.net");
                 // Every push answered OK (integers too), and the enumeration of the guest's
                 // pool ended at once with "no more items".
-                let sets = r.host.answers.iter().filter(|a| a.op == Some(kvp::op::SET));
+                let sets = r.host.answers.iter().filter(|a| a.op == Some(kvp::Op::SET));
                 assert_eq!(sets.clone().count(), 8);
                 assert!(sets.clone().all(|a| a.status == status::S_OK));
                 let en: Vec<_> = r
                     .host
                     .answers
                     .iter()
-                    .filter(|a| a.op == Some(kvp::op::ENUMERATE))
+                    .filter(|a| a.op == Some(kvp::Op::ENUMERATE))
                     .collect();
                 assert_eq!(en.len(), 1, "{p:?}");
                 assert_eq!(en[0].status, status::S_CONT);
@@ -214,27 +214,27 @@ fn hostile_and_odd_items_are_answered_and_bounded() {
     let long = "x".repeat(900); // 900 UTF-16 units: 1802 bytes, within the 2048 maximum
     h.items = vec![
         KvpItem {
-            pool: kvp::pool::AUTO_EXTERNAL,
+            pool: kvp::Pool::AUTO_EXTERNAL,
             key: "VirtualMachineName".into(),
             value: KvpValue::Str(long.clone()),
         },
         KvpItem {
-            pool: kvp::pool::EXTERNAL,
+            pool: kvp::Pool::EXTERNAL,
             key: "PhysicalHostName".into(),
             value: KvpValue::Str("not pool 3".into()),
         },
         KvpItem {
-            pool: kvp::pool::AUTO_EXTERNAL,
+            pool: kvp::Pool::AUTO_EXTERNAL,
             key: "VirtualMachineId".into(),
             value: KvpValue::U32(42),
         },
         KvpItem {
-            pool: kvp::pool::AUTO_EXTERNAL,
+            pool: kvp::Pool::AUTO_EXTERNAL,
             key: "PhysicalHostName".into(),
             value: KvpValue::Str("hôst-€".into()),
         },
         KvpItem {
-            pool: kvp::pool::AUTO_EXTERNAL,
+            pool: kvp::Pool::AUTO_EXTERNAL,
             key: "PhysicalHostNameFullyQualified".into(),
             value: KvpValue::Str(String::new()),
         },
@@ -288,7 +288,7 @@ fn a_corrupt_set_is_answered_with_a_failure_and_the_next_one_still_lands() {
             &mut b,
             v,
             2,
-            3,
+            kvp::Pool::AUTO_EXTERNAL,
             "VirtualMachineName",
             kvp::SetValue::Str("bad"),
             0,
@@ -302,7 +302,7 @@ fn a_corrupt_set_is_answered_with_a_failure_and_the_next_one_still_lands() {
             &mut b,
             v,
             3,
-            3,
+            kvp::Pool::AUTO_EXTERNAL,
             "VirtualMachineName",
             kvp::SetValue::Str("good"),
             0,

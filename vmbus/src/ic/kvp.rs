@@ -27,7 +27,7 @@
 //! ENUMERATE: u32 index at 4, then the value struct at 8.
 //! ```
 
-use super::{flags, msg_type, status, IcError, IcMessage, IcVersion, Negotiated, ICMSG_HDR};
+use super::{flags, status, IcError, IcMessage, IcVersion, MessageType, Negotiated, ICMSG_HDR};
 use crate::device::{ChannelError, Deadline, DeviceChannel, OutgoingPacket, PacketKind};
 use crate::Guid;
 
@@ -50,46 +50,59 @@ pub const VERSIONS: [IcVersion; 3] = [
     IcVersion::new(1, 0),
 ];
 
-/// Operations (`enum hv_kvp_exchg_op`).
-pub mod op {
+/// Operations (`enum hv_kvp_exchg_op`). Open enums (`open_enum`) here and below: a value a
+/// host adds is kept and answered, not a parse error.
+#[open_enum::open_enum]
+#[allow(clippy::upper_case_acronyms)] // the C names
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u8)]
+pub enum Op {
     /// Read a key from a guest pool.
-    pub const GET: u8 = 0;
+    GET = 0,
     /// Store a key.
-    pub const SET: u8 = 1;
+    SET = 1,
     /// Delete a key.
-    pub const DELETE: u8 = 2;
+    DELETE = 2,
     /// Enumerate a guest pool by index.
-    pub const ENUMERATE: u8 = 3;
+    ENUMERATE = 3,
     /// Read IP configuration.
-    pub const GET_IP_INFO: u8 = 4;
+    GET_IP_INFO = 4,
     /// Inject IP configuration.
-    pub const SET_IP_INFO: u8 = 5;
+    SET_IP_INFO = 5,
 }
 
 /// Pools (`enum hv_kvp_exchg_pool`).
-pub mod pool {
+#[open_enum::open_enum]
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u8)]
+pub enum Pool {
     /// Set by the host administrator.
-    pub const EXTERNAL: u8 = 0;
+    EXTERNAL = 0,
     /// Written by the guest.
-    pub const GUEST: u8 = 1;
+    GUEST = 1,
     /// The guest's intrinsic items (the host enumerates them).
-    pub const AUTO: u8 = 2;
+    AUTO = 2,
     /// Host-provided items about the host and the VM.
-    pub const AUTO_EXTERNAL: u8 = 3;
+    AUTO_EXTERNAL = 3,
     /// Never exchanged (OpenVMM: "never exchanged between host and guest").
-    pub const AUTO_INTERNAL: u8 = 4;
+    AUTO_INTERNAL = 4,
 }
 
 /// Value types (`REG_SZ`, `REG_EXPAND_SZ`, `REG_U32`, `REG_U64` in `include/uapi/linux/hyperv.h`).
-pub mod value_type {
+#[open_enum::open_enum]
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u32)]
+pub enum ValueType {
     /// UTF-16 string.
-    pub const SZ: u32 = 1;
+    SZ = 1,
     /// UTF-16 string with environment references.
-    pub const EXPAND_SZ: u32 = 2;
+    EXPAND_SZ = 2,
     /// 32-bit integer.
-    pub const U32: u32 = 4;
+    U32 = 4,
     /// 64-bit integer.
-    pub const U64: u32 = 11;
+    U64 = 11,
 }
 
 /// `HV_KVP_EXCHANGE_MAX_KEY_SIZE`.
@@ -219,7 +232,7 @@ impl HostItems {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetRequest {
     /// Pool.
-    pub pool: u8,
+    pub pool: Pool,
     /// Key.
     pub key: Text<ITEM_CAP>,
     /// Value.
@@ -290,9 +303,9 @@ pub fn parse_set(m: &[u8]) -> Result<SetRequest, KvpMsgError> {
             what: "value",
             len: m.len(),
         })?;
-    let value = match vtype {
-        value_type::U32 if val.len() >= 4 => decimal(u64::from(rd32(val, 0))),
-        value_type::U64 if val.len() >= 8 => {
+    let value = match ValueType(vtype) {
+        ValueType::U32 if val.len() >= 4 => decimal(u64::from(rd32(val, 0))),
+        ValueType::U64 if val.len() >= 8 => {
             let mut b = [0u8; 8];
             b.copy_from_slice(&val[..8]);
             decimal(u64::from_le_bytes(b))
@@ -302,7 +315,7 @@ pub fn parse_set(m: &[u8]) -> Result<SetRequest, KvpMsgError> {
         _ => Text::from_utf16le(val),
     };
     Ok(SetRequest {
-        pool: m[1],
+        pool: Pool(m[1]),
         key: Text::from_utf16le(key),
         value,
     })
@@ -475,7 +488,7 @@ impl<C: DeviceChannel> KvpDevice<C> {
             }
         };
         match ty {
-            msg_type::NEGOTIATE => match super::negotiate_in_place(msg, len, &VERSIONS) {
+            MessageType::NEGOTIATE => match super::negotiate_in_place(msg, len, &VERSIONS) {
                 Ok((out, agreed)) => {
                     match agreed {
                         Some(a) => self.negotiated = Some(a),
@@ -489,7 +502,7 @@ impl<C: DeviceChannel> KvpDevice<C> {
                     Some(len)
                 }
             },
-            msg_type::KVP_EXCHANGE => {
+            MessageType::KVP_EXCHANGE => {
                 let status = self.exchange(&msg[ICMSG_HDR..]);
                 respond(msg, status);
                 Some(len)
@@ -508,9 +521,9 @@ impl<C: DeviceChannel> KvpDevice<C> {
             self.stats.malformed += 1;
             return status::E_FAIL;
         }
-        match m[0] {
-            op::SET => match parse_set(m) {
-                Ok(set) if set.pool == pool::AUTO_EXTERNAL => {
+        match Op(m[0]) {
+            Op::SET => match parse_set(m) {
+                Ok(set) if set.pool == Pool::AUTO_EXTERNAL => {
                     self.stats.pool3_sets += 1;
                     if let Some(slot) = self.items.slot(set.key.as_str()) {
                         *slot = set.value;
@@ -528,11 +541,11 @@ impl<C: DeviceChannel> KvpDevice<C> {
             },
             // The canary keeps no guest pool: every enumeration is at its end, every GET and
             // DELETE names an unknown key (hv_kvp_daemon.c answers these HV_S_CONT).
-            op::ENUMERATE => {
+            Op::ENUMERATE => {
                 self.stats.enumerations += 1;
                 status::S_CONT
             }
-            op::GET | op::DELETE => {
+            Op::GET | Op::DELETE => {
                 self.stats.refused += 1;
                 status::S_CONT
             }
@@ -559,16 +572,16 @@ pub fn emit_set(
     out: &mut [u8],
     versions: Negotiated,
     transaction_id: u8,
-    pool: u8,
+    pool: Pool,
     key: &str,
     value: SetValue<'_>,
     message_len: usize,
 ) -> Option<usize> {
     let key_units = key.encode_utf16().count() + 1;
     let (vtype, vbytes) = match value {
-        SetValue::Str(s) => (value_type::SZ, 2 * (s.encode_utf16().count() + 1)),
-        SetValue::U32(_) => (value_type::U32, 4),
-        SetValue::U64(_) => (value_type::U64, 8),
+        SetValue::Str(s) => (ValueType::SZ, 2 * (s.encode_utf16().count() + 1)),
+        SetValue::U32(_) => (ValueType::U32, 4),
+        SetValue::U64(_) => (ValueType::U64, 8),
     };
     if 2 * key_units > MAX_KEY_BYTES || vbytes > MAX_VALUE_BYTES {
         return None;
@@ -580,7 +593,7 @@ pub fn emit_set(
     }
     super::emit_header(
         out,
-        msg_type::KVP_EXCHANGE,
+        MessageType::KVP_EXCHANGE,
         versions.framework,
         versions.message,
         transaction_id,
@@ -588,10 +601,10 @@ pub fn emit_set(
     );
     let m = &mut out[ICMSG_HDR..total];
     m.fill(0);
-    m[0] = op::SET;
-    m[1] = pool;
+    m[0] = Op::SET.0;
+    m[1] = pool.0;
     let v = &mut m[VALUE_AT..];
-    v[0..4].copy_from_slice(&vtype.to_le_bytes());
+    v[0..4].copy_from_slice(&vtype.0.to_le_bytes());
     v[4..8].copy_from_slice(&((2 * key_units) as u32).to_le_bytes());
     v[8..12].copy_from_slice(&(vbytes as u32).to_le_bytes());
     for (i, u) in key.encode_utf16().enumerate() {
@@ -616,8 +629,8 @@ pub fn emit_op(
     out: &mut [u8],
     versions: Negotiated,
     transaction_id: u8,
-    operation: u8,
-    pool: u8,
+    operation: Op,
+    pool: Pool,
     index: u32,
     message_len: usize,
 ) -> Option<usize> {
@@ -628,7 +641,7 @@ pub fn emit_op(
     }
     super::emit_header(
         out,
-        msg_type::KVP_EXCHANGE,
+        MessageType::KVP_EXCHANGE,
         versions.framework,
         versions.message,
         transaction_id,
@@ -636,8 +649,8 @@ pub fn emit_op(
     );
     let m = &mut out[ICMSG_HDR..total];
     m.fill(0);
-    m[0] = operation;
-    m[1] = pool;
+    m[0] = operation.0;
+    m[1] = pool.0;
     m[4..8].copy_from_slice(&index.to_le_bytes());
     Some(total)
 }

@@ -15,7 +15,7 @@ fn a_set_round_trips_and_sits_at_the_documented_offsets() {
         &mut b,
         V,
         9,
-        pool::AUTO_EXTERNAL,
+        Pool::AUTO_EXTERNAL,
         "PhysicalHostName",
         SetValue::Str("HV-HOST-12"),
         MESSAGE_LEN,
@@ -23,14 +23,14 @@ fn a_set_round_trips_and_sits_at_the_documented_offsets() {
     .unwrap();
     assert_eq!(n, ICMSG_HDR + MESSAGE_LEN);
     let m = &b[ICMSG_HDR..n];
-    assert_eq!((m[0], m[1]), (op::SET, pool::AUTO_EXTERNAL));
+    assert_eq!((Op(m[0]), Pool(m[1])), (Op::SET, Pool::AUTO_EXTERNAL));
     assert_eq!(&m[4..8], &1u32.to_le_bytes(), "REG_SZ");
     assert_eq!(&m[8..12], &34u32.to_le_bytes(), "16 UTF-16 units + NUL");
     assert_eq!(&m[12..16], &22u32.to_le_bytes());
     assert_eq!(&m[16..18], &[b'P', 0]);
     assert_eq!(&m[528..530], &[b'H', 0]);
     let s = parse_set(m).unwrap();
-    assert_eq!(s.pool, pool::AUTO_EXTERNAL);
+    assert_eq!(s.pool, Pool::AUTO_EXTERNAL);
     assert_eq!(s.key.as_str(), "PhysicalHostName");
     assert_eq!(s.value.as_str(), "HV-HOST-12");
 }
@@ -43,7 +43,16 @@ fn integers_become_decimal_text() {
         (SetValue::U32(u32::MAX), "4294967295"),
         (SetValue::U64(u64::MAX), "18446744073709551615"),
     ] {
-        let n = emit_set(&mut b, V, 0, 3, "HostingSystemOsMajor", v, 0).unwrap();
+        let n = emit_set(
+            &mut b,
+            V,
+            0,
+            Pool::AUTO_EXTERNAL,
+            "HostingSystemOsMajor",
+            v,
+            0,
+        )
+        .unwrap();
         assert_eq!(parse_set(&b[ICMSG_HDR..n]).unwrap().value.as_str(), want);
     }
 }
@@ -55,7 +64,7 @@ fn hostile_sizes_are_errors_never_reads_past_the_message() {
         &mut b,
         V,
         0,
-        3,
+        Pool::AUTO_EXTERNAL,
         "VirtualMachineName",
         SetValue::Str("vm"),
         0,
@@ -144,7 +153,7 @@ fn random_and_mutated_messages_never_panic_and_always_get_a_bounded_answer() {
         &mut good,
         V,
         1,
-        3,
+        Pool::AUTO_EXTERNAL,
         "VirtualMachineName",
         SetValue::Str("vm"),
         0,

@@ -54,18 +54,23 @@ pub mod field {
 /// `sizeof(struct vmbuspipe_hdr) + sizeof(struct icmsg_hdr)` (Linux `ICMSG_HDR`).
 pub const ICMSG_HDR: usize = 28;
 
-/// `icmsgtype` values (Linux `ICMSGTYPE_*`; OpenVMM `hyperv_ic_protocol::MessageType`).
-pub mod msg_type {
+/// `icmsgtype` values (Linux `ICMSGTYPE_*`; OpenVMM `hyperv_ic_protocol::MessageType`). An
+/// open enum (`open_enum`): a type a host adds is kept, not refused.
+#[open_enum::open_enum]
+#[allow(clippy::upper_case_acronyms)] // the C names
+#[derive(Clone, Copy, Debug, Hash)]
+#[repr(u16)]
+pub enum MessageType {
     /// Version negotiation.
-    pub const NEGOTIATE: u16 = 0;
+    NEGOTIATE = 0,
     /// Heartbeat.
-    pub const HEARTBEAT: u16 = 1;
+    HEARTBEAT = 1,
     /// KVP exchange.
-    pub const KVP_EXCHANGE: u16 = 2;
+    KVP_EXCHANGE = 2,
     /// Shutdown.
-    pub const SHUTDOWN: u16 = 3;
+    SHUTDOWN = 3,
     /// Time sync.
-    pub const TIMESYNC: u16 = 4;
+    TIMESYNC = 4,
 }
 
 /// `icflags` bits (Linux `ICMSGHDRFLAG_*`).
@@ -178,8 +183,8 @@ impl<T: AsRef<[u8]>> IcMessage<T> {
         Ok(IcMessage { buf })
     }
     /// `icmsgtype`.
-    pub fn msg_type(&self) -> u16 {
-        le16(self.buf.as_ref(), field::MSG_TYPE)
+    pub fn msg_type(&self) -> MessageType {
+        MessageType(le16(self.buf.as_ref(), field::MSG_TYPE))
     }
     /// `icverframe`.
     pub fn framework_version(&self) -> IcVersion {
@@ -347,7 +352,7 @@ pub fn emit_negotiate_request(
     }
     emit_header(
         &mut out[..need],
-        msg_type::NEGOTIATE,
+        MessageType::NEGOTIATE,
         IcVersion::default(),
         IcVersion::default(),
         transaction_id,
@@ -368,7 +373,7 @@ pub fn emit_negotiate_request(
 /// `body_len`, status 0, the transaction id and `TRANSACTION | REQUEST`.
 pub fn emit_header(
     out: &mut [u8],
-    ty: u16,
+    ty: MessageType,
     framework: IcVersion,
     message: IcVersion,
     transaction_id: u8,
@@ -378,7 +383,7 @@ pub fn emit_header(
     let pipe_size = (ICMSG_HDR - 8 + body_len) as u32;
     out[field::PIPE_MSGSIZE].copy_from_slice(&pipe_size.to_le_bytes());
     framework.write(&mut out[field::FRAMEWORK_VERSION]);
-    out[field::MSG_TYPE].copy_from_slice(&ty.to_le_bytes());
+    out[field::MSG_TYPE].copy_from_slice(&ty.0.to_le_bytes());
     message.write(&mut out[field::MSG_VERSION]);
     out[field::MSG_SIZE]
         .copy_from_slice(&(body_len.min(usize::from(u16::MAX)) as u16).to_le_bytes());
@@ -417,7 +422,7 @@ mod tests {
             ][..]
         );
         let m = IcMessage::new_checked(&b[..n]).unwrap();
-        assert_eq!(m.msg_type(), msg_type::NEGOTIATE);
+        assert_eq!(m.msg_type(), MessageType::NEGOTIATE);
         assert_eq!(m.transaction_id(), 7);
         assert_eq!(m.msg_size(), 16);
     }
