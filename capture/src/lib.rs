@@ -49,17 +49,21 @@
 /// last variant is `Other(u8)` (a code this build does not know, kept as read), and one table
 /// `Variant = code` that generates both conversions, so the codes are written once.
 /// `open_u8!(T { A = 1, B = 2 })` gives `From<u8> for T` (unknown codes to `T::Other`) and
-/// `From<T> for u8`.
+/// `From<T> for u8`; `open_u8!(T(Unknown) { ... })` names the catch-all variant (the frame
+/// kinds of `wire` call theirs `Unknown`).
 macro_rules! open_u8 {
     ($t:ident { $($v:ident = $n:literal),* $(,)? }) => {
+        open_u8!($t(Other) { $($v = $n),* });
+    };
+    ($t:ident ($other:ident) { $($v:ident = $n:literal),* $(,)? }) => {
         impl From<u8> for $t {
             fn from(v: u8) -> Self {
-                match v { $($n => $t::$v,)* o => $t::Other(o) }
+                match v { $($n => $t::$v,)* o => $t::$other(o) }
             }
         }
         impl From<$t> for u8 {
             fn from(v: $t) -> u8 {
-                match v { $($t::$v => $n,)* $t::Other(o) => o }
+                match v { $($t::$v => $n,)* $t::$other(o) => o }
             }
         }
     };

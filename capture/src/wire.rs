@@ -178,33 +178,14 @@ pub enum Kind {
     Unknown(u8),
 }
 
-impl From<u8> for Kind {
-    fn from(v: u8) -> Kind {
-        match v {
-            1 => Kind::Chunk,
-            2 => Kind::Ack,
-            3 => Kind::Heartbeat,
-            4 => Kind::Drill,
-            5 => Kind::Challenge,
-            6 => Kind::Followup,
-            o => Kind::Unknown(o),
-        }
-    }
-}
-
-impl From<Kind> for u8 {
-    fn from(k: Kind) -> u8 {
-        match k {
-            Kind::Chunk => 1,
-            Kind::Ack => 2,
-            Kind::Heartbeat => 3,
-            Kind::Drill => 4,
-            Kind::Challenge => 5,
-            Kind::Followup => 6,
-            Kind::Unknown(o) => o,
-        }
-    }
-}
+open_u8!(Kind(Unknown) {
+    Chunk = 1,
+    Ack = 2,
+    Heartbeat = 3,
+    Drill = 4,
+    Challenge = 5,
+    Followup = 6,
+});
 
 impl Kind {
     /// The kind-header length this version writes, `None` if unknown.
@@ -602,27 +583,11 @@ pub enum AckStatus {
     Other(u8),
 }
 
-impl From<u8> for AckStatus {
-    fn from(v: u8) -> Self {
-        match v {
-            0 => AckStatus::Stored,
-            1 => AckStatus::Duplicate,
-            2 => AckStatus::Rejected,
-            o => AckStatus::Other(o),
-        }
-    }
-}
-
-impl From<AckStatus> for u8 {
-    fn from(s: AckStatus) -> u8 {
-        match s {
-            AckStatus::Stored => 0,
-            AckStatus::Duplicate => 1,
-            AckStatus::Rejected => 2,
-            AckStatus::Other(o) => o,
-        }
-    }
-}
+open_u8!(AckStatus {
+    Stored = 0,
+    Duplicate = 1,
+    Rejected = 2,
+});
 
 /// The collector's acknowledgement of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

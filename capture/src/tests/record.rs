@@ -306,7 +306,34 @@ fn one_byte_open_enums_keep_every_code() {
         assert_eq!(u8::from(BootMode::from(v)), v);
         assert_eq!(u8::from(BacktraceEnd::from(v)), v);
         assert_eq!(u8::from(ImageIdKind::from(v)), v);
+        assert_eq!(u8::from(crate::wire::Kind::from(v)), v);
+        assert_eq!(u8::from(crate::wire::AckStatus::from(v)), v);
     }
+    // The frame kinds and ack statuses of capture/API.md's wire table.
+    use crate::wire::{AckStatus, Kind};
+    let kinds = [1, 2, 3, 4, 5, 6].map(Kind::from);
+    assert_eq!(
+        kinds,
+        [
+            Kind::Chunk,
+            Kind::Ack,
+            Kind::Heartbeat,
+            Kind::Drill,
+            Kind::Challenge,
+            Kind::Followup
+        ]
+    );
+    assert_eq!(Kind::from(0), Kind::Unknown(0));
+    assert_eq!(Kind::from(7), Kind::Unknown(7));
+    assert_eq!(
+        [0, 1, 2, 3].map(AckStatus::from),
+        [
+            AckStatus::Stored,
+            AckStatus::Duplicate,
+            AckStatus::Rejected,
+            AckStatus::Other(3)
+        ]
+    );
     let steps: Vec<u8> = Step::ALL.iter().map(|&s| u8::from(s)).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(SkipReason::from(3), SkipReason::VersionTooOld);
