@@ -311,14 +311,16 @@ fn without_a_collector_the_ship_step_times_out_at_its_deadline_and_the_canary_st
         .find(|l| l.starts_with("canary: panic path (first entry) steps:"))
         .unwrap_or_else(|| panic!("no step summary:\n{}", run.serial));
     assert!(summary.contains("ship=timed out ("), "{summary}");
-    // The deadline bounds the step: 400 ms, plus at most one retransmit round of slack.
+    // The deadline bounds the step: 400 ms, plus at most one retransmit round of slack. The
+    // sender counts whole milliseconds (capture::sender: `now_ms >= start_ms + 400`), so the
+    // step's own microsecond clock may read up to 1 ms less (CI once saw 399,865 us).
     let ship_us: u64 = summary
         .split("ship=timed out (")
         .nth(1)
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .expect("ship duration");
-    assert!((400_000..1_500_000).contains(&ship_us), "{summary}");
+    assert!((399_000..1_500_000).contains(&ship_us), "{summary}");
 }
 
 #[test]
