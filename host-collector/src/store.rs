@@ -464,10 +464,44 @@ impl Store {
         each!(self, s => s.count_before(cutoff_us))
     }
 
-    /// Applies the retention limits (oldest first). Returns how many were deleted (also
-    /// counted as `retention_deleted`).
+    /// Applies the retention limits (oldest first): records received longer than `max_age`
+    /// ago, records beyond the newest `max_records`, and the oldest records while the stored
+    /// data exceeds `max_bytes` (at most 32 rounds, each deleting about the excess at the
+    /// current bytes per record). Returns how many were deleted (also counted as
+    /// `retention_deleted`). One policy for both backends, on their primitives.
     pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
-        each_mut!(self, s => s.apply_retention(r, now_us))
+        let mut deleted = 0;
+        if let Some(age) = r.max_age {
+            let cutoff = i64::try_from(age.as_micros())
+                .ok()
+                .and_then(|a| now_us.checked_sub(a));
+            if let Some(cutoff) = cutoff {
+                deleted += self.prune_before(cutoff)?;
+            }
+        }
+        if let Some(n) = r.max_records {
+            deleted += self.prune_keep(n)?;
+        }
+        if let Some(max) = r.max_bytes {
+            for _ in 0..32 {
+                let used = self.used_bytes()?;
+                let n = self.count()?;
+                if used <= max || n == 0 {
+                    break;
+                }
+                let per = (used / n).max(1);
+                let k = (used - max).div_ceil(per).clamp(1, n);
+                let gone = each_mut!(self, s => s.delete_oldest(k))?;
+                deleted += gone;
+                if gone == 0 {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            each_mut!(self, s => s.count_retention_deleted(deleted))?;
+        }
+        Ok(deleted)
     }
 
     /// Bytes the stored data takes (SQLite: pages in use; PostgreSQL: the tables' size).

@@ -273,49 +273,23 @@ impl PgStore {
         Ok(())
     }
 
-    pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
-        let mut deleted = 0;
-        if let Some(age) = r.max_age {
-            let cutoff = i64::try_from(age.as_micros())
-                .ok()
-                .and_then(|a| now_us.checked_sub(a));
-            if let Some(cutoff) = cutoff {
-                deleted += self.prune_before(cutoff)?;
-            }
-        }
-        if let Some(n) = r.max_records {
-            deleted += self.prune_keep(n)?;
-        }
-        if let Some(max) = r.max_bytes {
-            for _ in 0..32 {
-                let used = self.used_bytes()?;
-                let n = self.count()?;
-                if used <= max || n == 0 {
-                    break;
-                }
-                let per = (used / n).max(1);
-                let k = i64_of((used - max).div_ceil(per).clamp(1, n));
-                let gone = self.with(|c| {
-                    c.execute(
-                        "DELETE FROM records WHERE id IN
-                            (SELECT id FROM records ORDER BY id ASC LIMIT $1)",
-                        &[&k],
-                    )
-                })?;
-                deleted += gone;
-                if gone == 0 {
-                    break;
-                }
-            }
-        }
-        if deleted > 0 {
-            self.with(|c| {
-                let mut tx = c.transaction()?;
-                add_counters(&mut tx, [("retention_deleted", deleted)].iter())?;
-                tx.commit()
-            })?;
-        }
-        Ok(deleted)
+    pub fn delete_oldest(&mut self, k: u64) -> Result<u64> {
+        let k = i64_of(k);
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM records WHERE id IN
+                    (SELECT id FROM records ORDER BY id ASC LIMIT $1)",
+                &[&k],
+            )
+        })
+    }
+
+    pub fn count_retention_deleted(&mut self, n: u64) -> Result<()> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            add_counters(&mut tx, [("retention_deleted", n)].iter())?;
+            tx.commit()
+        })
     }
 
     pub fn prune_before(&mut self, cutoff_us: i64) -> Result<u64> {

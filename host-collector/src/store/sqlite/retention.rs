@@ -1,8 +1,9 @@
-//! Deleting records: `prune` and the retention limits `serve` applies.
+//! Deleting records: `prune` and the primitives of the retention limits `serve` applies
+//! (the policy itself is `Store::apply_retention`).
 
 use rusqlite::params;
 
-use super::super::{Result, Retention};
+use super::super::Result;
 use super::SqliteStore;
 
 impl SqliteStore {
@@ -23,47 +24,24 @@ impl SqliteStore {
         )? as u64)
     }
 
-    /// Applies the retention limits (oldest first): records received longer than `max_age`
-    /// ago, records beyond the newest `max_records`, and the oldest records while the pages
-    /// in use exceed `max_bytes`. Returns how many were deleted (also counted as
-    /// `retention_deleted`).
-    pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
-        let mut deleted = 0;
-        if let Some(age) = r.max_age {
-            let cutoff = i64::try_from(age.as_micros())
-                .ok()
-                .and_then(|a| now_us.checked_sub(a));
-            if let Some(cutoff) = cutoff {
-                deleted += self.prune_before(cutoff)?;
-            }
-        }
-        if let Some(n) = r.max_records {
-            deleted += self.prune_keep(n)?;
-        }
-        if let Some(max) = r.max_bytes {
-            for _ in 0..32 {
-                let used = self.used_bytes()?;
-                let n = self.count()?;
-                if used <= max || n == 0 {
-                    break;
-                }
-                let per = (used / n).max(1);
-                let k = (used - max).div_ceil(per).clamp(1, n);
-                deleted += self.conn.execute(
-                    "DELETE FROM records WHERE id IN
-                        (SELECT id FROM records ORDER BY id ASC LIMIT ?1)",
-                    params![k as i64],
-                )? as u64;
-            }
-        }
-        if deleted > 0 {
-            self.conn.execute(
-                "INSERT INTO counters (name, value) VALUES ('retention_deleted', ?1)
-                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                params![deleted as i64],
-            )?;
-        }
-        Ok(deleted)
+    /// Deletes the oldest `k` records. Returns how many were deleted.
+    pub fn delete_oldest(&mut self, k: u64) -> Result<u64> {
+        let n = self.conn.execute(
+            "DELETE FROM records WHERE id IN
+                (SELECT id FROM records ORDER BY id ASC LIMIT ?1)",
+            params![k.min(i64::MAX as u64) as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Adds `n` to the `retention_deleted` counter.
+    pub fn count_retention_deleted(&mut self, n: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('retention_deleted', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            params![n.min(i64::MAX as u64) as i64],
+        )?;
+        Ok(())
     }
 
     /// Bytes of the database's pages in use (not free), committed state.
