@@ -18,28 +18,29 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use capture::chunk::{Push, Reassembler, ReassemblerConfig};
-use capture::record::CrashRecord;
-use capture::wire::{self, AckRepr, AckStatus, Repr};
-use capture::{Key, RecordId};
+use capture::chunk::{Reassembler, ReassemblerConfig};
+use capture::Key;
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::mmsg;
 
+mod acker;
 mod counters;
 pub mod drills;
 mod followup;
 mod maint;
 mod observe;
+mod receiver;
 mod writer;
 use crate::store::{
-    Checkpointer, HeartbeatSeen, NewRecord, RecordKey, Rejection, Retention, Store, StoreError,
-    Sync,
+    Checkpointer, HeartbeatSeen, NewRecord, Rejection, Retention, Store, StoreError, Sync,
 };
-use crate::util::now_us;
+use acker::{Ack, Acker};
 pub use counters::Counters;
 use maint::{checkpoint_loop, RateLimit};
+pub use receiver::REASSEMBLY_IDLE_MS;
+use receiver::{receive_loop, Receiver};
 use writer::{writer_loop, Batch, WriterCfg};
 
 /// Hidden test hook: the writer sleeps this many milliseconds before each commit, so a test
@@ -415,46 +416,6 @@ impl Collector {
     }
 }
 
-/// The receiver thread: recvmmsg, check and decode each datagram, queue the batch's records.
-fn receive_loop(
-    mut rx: Receiver,
-    sock: &StdUdpSocket,
-    stop: &AtomicBool,
-) -> Result<(), ServeError> {
-    let mut batch = mmsg::RecvBatch::new();
-    let mut last_expiry = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        match batch.recv(sock) {
-            Ok(n) => {
-                for i in 0..n {
-                    if let Some((d, peer)) = batch.get(i) {
-                        rx.handle(d, peer);
-                    }
-                }
-                rx.flush();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            // ICMP errors surface here on Linux; they are not fatal.
-            Err(e) => debug!("recv: {e}"),
-        }
-        if last_expiry.elapsed() >= Duration::from_secs(1) {
-            last_expiry = Instant::now();
-            rx.expire();
-        }
-        if rx.writer_gone {
-            error!("the writer thread stopped; shutting down");
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// The bounded queue from the receiver to the writer: at most `cap` messages. The receiver
 /// adds a whole recvmmsg batch under one lock; the writer takes up to a batch at once.
 struct Queue {
@@ -570,243 +531,5 @@ impl Drop for WriterGone {
         let mut st = self.0.lock();
         st.writer_gone = true;
         st.msgs.clear();
-    }
-}
-
-/// One ack to send: the record, its status, and where it came from.
-#[derive(Debug, Clone, Copy)]
-struct Ack {
-    key: RecordKey,
-    status: AckStatus,
-    peer: SocketAddr,
-    /// A follow-up's ack: steps the follow-up held reports, at least (0 for records).
-    followup_reported: u8,
-}
-
-struct Acker {
-    key: Option<Key>,
-    counters: Arc<Counters>,
-    sock: StdUdpSocket,
-}
-
-impl Acker {
-    /// Sends every batch of acks the writer hands over, until the writer is gone.
-    fn run(self, rx: mpsc::Receiver<Vec<Ack>>) {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut lens: Vec<(usize, SocketAddr)> = Vec::new();
-        let mut frame = [0u8; wire::MAX_DATAGRAM];
-        while let Ok(mut acks) = rx.recv() {
-            // Whatever else is already waiting goes out in the same sendmmsg calls.
-            while let Ok(more) = rx.try_recv() {
-                acks.extend(more);
-            }
-            buf.clear();
-            lens.clear();
-            for a in &acks {
-                let id = RecordId {
-                    boot_id: a.key.boot_id,
-                    seq: a.key.seq,
-                    record_crc: a.key.record_crc,
-                };
-                let ack = AckRepr {
-                    followup_reported: a.followup_reported,
-                    ..AckRepr::for_record(&id, a.status)
-                };
-                match Repr::Ack(ack).emit(self.key.as_ref(), &mut frame) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&frame[..n]);
-                        lens.push((n, a.peer));
-                    }
-                    Err(e) => error!("cannot build ack: {e}"),
-                }
-            }
-            let mut off = 0;
-            let msgs: Vec<(&[u8], SocketAddr)> = lens
-                .iter()
-                .map(|&(n, peer)| {
-                    let d = &buf[off..off + n];
-                    off += n;
-                    (d, peer)
-                })
-                .collect();
-            let sent = mmsg::send_all(&self.sock, &msgs);
-            Counters::add(&self.counters.acks_sent, sent as u64);
-        }
-    }
-}
-
-/// Partial records that received no chunk for this long are dropped (and counted as
-/// `expired`): far longer than a sender retransmits (capture's default deadline is 10 s).
-pub const REASSEMBLY_IDLE_MS: u64 = 30_000;
-
-struct Receiver {
-    reasm: Reassembler<SocketAddr>,
-    started: Instant,
-    key: Option<Key>,
-    counters: Arc<Counters>,
-    queue: Arc<Queue>,
-    /// Messages of the current recvmmsg batch, queued together by [`Receiver::flush`].
-    out: Vec<Msg>,
-    evicted_seen: u64,
-    expired_seen: u64,
-    evicted_bytes_seen: u64,
-    writer_gone: bool,
-    /// "rejected record" warnings: any sender can cause them.
-    reject_warn: RateLimit,
-}
-
-impl Receiver {
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Moves the reassembler's eviction and expiry counts into the shared counters.
-    fn sync_reasm_stats(&mut self) {
-        let st = self.reasm.stats();
-        let c = &*self.counters;
-        if st.evicted > self.evicted_seen {
-            Counters::add(&c.evictions, st.evicted - self.evicted_seen);
-            self.evicted_seen = st.evicted;
-        }
-        if st.expired > self.expired_seen {
-            Counters::add(&c.expired, st.expired - self.expired_seen);
-            self.expired_seen = st.expired;
-        }
-        if st.evicted_bytes > self.evicted_bytes_seen {
-            Counters::add(&c.evicted_bytes, st.evicted_bytes - self.evicted_bytes_seen);
-            self.evicted_bytes_seen = st.evicted_bytes;
-        }
-    }
-
-    fn expire(&mut self) {
-        let now = self.now_ms();
-        if self.reasm.expire(now, REASSEMBLY_IDLE_MS) > 0 {
-            self.sync_reasm_stats();
-        }
-    }
-
-    fn handle(&mut self, dgram: &[u8], peer: SocketAddr) {
-        let c = &*self.counters;
-        Counters::add(&c.datagrams, 1);
-        let repr = match wire::parse(dgram, self.key.as_ref()) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(%peer, len = dgram.len(), "dropped datagram: {e}");
-                c.count_wire_error(&e);
-                return;
-            }
-        };
-        match repr {
-            Repr::Chunk(chunk) => {
-                let now = self.now_ms();
-                match self.reasm.push(peer, &chunk, now) {
-                    Push::Complete(done) => {
-                        self.sync_reasm_stats();
-                        self.complete(done.id, done.schema, done.record, peer)
-                    }
-                    Push::Incomplete => self.sync_reasm_stats(),
-                    Push::Duplicate => {}
-                    Push::CrcMismatch(id) | Push::Inconsistent(id) | Push::TooLarge(id) => {
-                        debug!(%peer, seq = id.seq, "chunk not reassembled");
-                        Counters::add(&c.reassembly_errors, 1);
-                    }
-                }
-            }
-            Repr::Heartbeat(h) => {
-                let hb = HeartbeatSeen {
-                    boot_id: h.boot_id,
-                    source: peer.to_string(),
-                    arch: h.arch.into(),
-                    seen_at_us: now_us(),
-                    uptime_ms: h.uptime_ms,
-                    seq: h.seq,
-                };
-                self.send(Msg::Heartbeat(hb));
-            }
-            Repr::Followup(f) => self.send(Msg::Followup(Box::new(followup::Pending::new(
-                &f, dgram, peer,
-            )))),
-            Repr::Ack(_) | Repr::Drill(_) | Repr::Challenge(_) => {
-                debug!(%peer, "unexpected {:?} frame", repr.kind());
-                Counters::add(&c.unexpected_kind, 1);
-            }
-        }
-    }
-
-    fn complete(&mut self, id: RecordId, schema: (u16, u16), bytes: Vec<u8>, peer: SocketAddr) {
-        let key = RecordKey {
-            boot_id: id.boot_id,
-            seq: id.seq,
-            record_crc: id.record_crc,
-        };
-        let (major, minor) = schema;
-        let reject = |reason: String| Rejection {
-            key,
-            source: peer.to_string(),
-            received_at_us: now_us(),
-            schema_major: major,
-            schema_minor: minor,
-            reason,
-            raw: bytes.clone(),
-        };
-        let msg = match CrashRecord::decode(major, minor, &bytes) {
-            Ok(rec) if rec.boot_id != id.boot_id || rec.seq != id.seq => {
-                let r = reject(format!(
-                    "record body names boot {} seq {}, its frames boot {} seq {}",
-                    crate::util::hex(&rec.boot_id),
-                    rec.seq,
-                    crate::util::hex(&id.boot_id),
-                    id.seq
-                ));
-                if let Some(n) = self.reject_warn.check() {
-                    warn!(%peer, "rejected record: {}{}", r.reason, maint::suppressed(n));
-                }
-                Msg::Reject(Box::new(r), peer)
-            }
-            Ok(rec) => Msg::Record(
-                Box::new(NewRecord {
-                    key,
-                    received_at_us: now_us(),
-                    schema_major: major,
-                    schema_minor: minor,
-                    uptime_us: rec.uptime_us,
-                    line_col: rec
-                        .location
-                        .as_ref()
-                        .map(|l| (l.line, l.column))
-                        .unwrap_or((0, 0)),
-                    // Lean: the store (set_lean above) keeps only these columns.
-                    text: crate::convert::row_text_lean(peer, &rec),
-                    raw: bytes,
-                }),
-                peer,
-            ),
-            Err(e) => {
-                let r = reject(e.to_string());
-                if let Some(n) = self.reject_warn.check() {
-                    warn!(%peer, seq = id.seq, "rejected record: {e}{}", maint::suppressed(n));
-                }
-                Msg::Reject(Box::new(r), peer)
-            }
-        };
-        self.send(msg);
-    }
-
-    fn send(&mut self, msg: Msg) {
-        self.out.push(msg);
-    }
-
-    /// Queues the messages of the batch for the writer; what does not fit is dropped unacked
-    /// and counted (`queue_full_drops`): its sender retransmits.
-    fn flush(&mut self) {
-        if self.out.is_empty() {
-            return;
-        }
-        match self.queue.push_all(&mut self.out) {
-            Some(0) => {}
-            Some(dropped) => Counters::add(&self.counters.queue_full_drops, dropped),
-            // The writer died: `run` stops and reports why when it joins it.
-            None => self.writer_gone = true,
-        }
     }
 }
