@@ -1,0 +1,186 @@
+//! The dispatcher thread: logs each event and hands it to the hook and the webhook.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::outside::{post_webhook, run_hook, Work};
+use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord, TARGET};
+use crate::metrics::Metrics;
+use crate::server::Counters;
+
+/// The running dispatcher; [`Dispatcher::finish`] waits (boundedly) for what is queued.
+pub struct Dispatcher {
+    thread: std::thread::JoinHandle<()>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher (and the hook and webhook workers it needs).
+    pub fn start(
+        cfg: EventConfig,
+        counters: Arc<Counters>,
+        metrics: Option<Metrics>,
+    ) -> std::io::Result<(EventSink, Dispatcher)> {
+        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let hook = match &cfg.hook {
+            Some(cmd) => Some(Work::start(
+                "collector-hook",
+                cfg.hook_concurrency.max(1),
+                cfg.hook_queue.max(1),
+                pending.clone(),
+                {
+                    let cmd = cmd.clone();
+                    let counters = counters.clone();
+                    let timeout = cfg.hook_timeout;
+                    move |json: &str| run_hook(&cmd, json, timeout, &counters)
+                },
+            )?),
+            None => None,
+        };
+        let webhook = match &cfg.webhook {
+            Some(url) => Some(Work::start(
+                "collector-webhook",
+                1,
+                cfg.webhook_queue.max(1),
+                pending.clone(),
+                {
+                    let url = url.clone();
+                    let counters = counters.clone();
+                    let cfg = cfg.clone();
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(cfg.webhook_timeout)
+                        .build();
+                    move |json: &str| post_webhook(&agent, &url, json, &cfg, &counters)
+                },
+            )?),
+            None => None,
+        };
+        let out = Out {
+            hook,
+            webhook,
+            metrics,
+            counters: counters.clone(),
+        };
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let events = Arc::new(AtomicUsize::new(0));
+        let (b2, e2) = (bytes.clone(), events.clone());
+        let thread = std::thread::Builder::new()
+            .name("collector-events".into())
+            .spawn(move || dispatch(rx, &b2, &e2, out))?;
+        let sink = EventSink {
+            tx,
+            counters,
+            bytes,
+            max_bytes: cfg.queue_max_bytes.max(1),
+            events,
+            max_events: cfg.queue.max(1),
+        };
+        Ok((sink, Dispatcher { thread, pending }))
+    }
+
+    /// After the sink is dropped: waits for the dispatcher, then at most `grace` for hooks
+    /// and webhooks still queued or running (what is left then is not sent).
+    pub fn finish(self, grace: Duration) {
+        let _ = self.thread.join();
+        let end = Instant::now() + grace;
+        while self.pending.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Where the dispatcher sends events besides the log.
+struct Out {
+    hook: Option<Work>,
+    webhook: Option<Work>,
+    metrics: Option<Metrics>,
+    counters: Arc<Counters>,
+}
+
+impl Out {
+    /// Hooks and webhooks want the event as JSON.
+    fn outside(&self) -> bool {
+        self.hook.is_some() || self.webhook.is_some()
+    }
+
+    fn stored(&self, r: &StoredRecord) {
+        // The steps are parsed only for what uses them: the step metrics and the JSON of
+        // hooks and webhooks (most of the dispatcher's time otherwise).
+        let steps = if self.metrics.is_some() || self.outside() {
+            r.steps()
+        } else {
+            Vec::new()
+        };
+        if let Some(m) = &self.metrics {
+            m.observe_steps(&steps);
+        }
+        // Rendered only when the line is logged (`info!` evaluates it then).
+        info!(target: TARGET, "{}", r.log_line());
+        if self.outside() {
+            let mut c = r.event();
+            c.steps = steps;
+            self.send(&Event::CrashStored(c));
+        }
+    }
+
+    fn event(&self, mut e: Event) {
+        if let Event::CrashStored(c) = &mut e {
+            c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
+            if let Some(m) = &self.metrics {
+                m.observe_steps(&c.steps);
+            }
+        }
+        info!(target: TARGET, "{}", log_line(&e));
+        self.send(&e);
+    }
+
+    /// To the hook and the webhook.
+    fn send(&self, e: &Event) {
+        if !self.outside() {
+            return;
+        }
+        let json = match serde_json::to_string(e) {
+            Ok(j) => j,
+            Err(err) => {
+                warn!("cannot encode event: {err}");
+                return;
+            }
+        };
+        if let Some(h) = &self.hook {
+            if !h.push(json.clone()) {
+                Counters::add(&self.counters.hook_dropped, 1);
+            }
+        }
+        if let Some(w) = &self.webhook {
+            if !w.push(json) {
+                Counters::add(&self.counters.webhook_dropped, 1);
+            }
+        }
+    }
+}
+
+fn dispatch(rx: Receiver<(Queued, usize)>, bytes: &AtomicUsize, events: &AtomicUsize, out: Out) {
+    while let Ok((q, cost)) = rx.recv() {
+        bytes.fetch_sub(cost, Ordering::AcqRel);
+        match q {
+            Queued::Event(e) => {
+                events.fetch_sub(1, Ordering::AcqRel);
+                out.event(*e);
+            }
+            Queued::Stored(rs) => {
+                events.fetch_sub(rs.len(), Ordering::AcqRel);
+                for r in &rs {
+                    out.stored(r);
+                }
+            }
+        }
+    }
+    for w in [out.hook, out.webhook].into_iter().flatten() {
+        w.close();
+    }
+}
