@@ -83,6 +83,9 @@ pub struct FileConfig {
     pub on_event: Option<String>,
     /// `http://` URL each event is POSTed to.
     pub webhook: Option<String>,
+    /// At most this many "crash stored" log lines a second, the rest summed up once a second
+    /// (default 100; 0: a line for every record).
+    pub event_log_rate: Option<u32>,
     /// Where to serve `/metrics` and `/healthz`.
     pub metrics: Option<SocketAddr>,
     /// Drill every live canary once per this period (e.g. "1d").

@@ -30,6 +30,10 @@ pub(crate) struct FleetArgs {
     /// 1024 drops and counts).
     #[arg(long, value_name = "URL")]
     webhook: Option<String>,
+    /// At most N "crash stored" log lines a second; the records beyond them are summed up in
+    /// one line a second (ids, count). 0: a line for every record [default: 100].
+    #[arg(long, value_name = "N")]
+    event_log_rate: Option<u32>,
     /// Serve /metrics (Prometheus text format) and /healthz over HTTP on ADDR
     /// [default when given without ADDR: 127.0.0.1:9373].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS)]
@@ -58,6 +62,9 @@ impl FleetArgs {
         }
         cfg.events.hook = self.on_event.clone().or_else(|| f.on_event.clone());
         cfg.events.webhook = self.webhook.clone().or_else(|| f.webhook.clone());
+        if let Some(n) = self.event_log_rate.or(f.event_log_rate) {
+            cfg.events.log_rate = n;
+        }
         if let Some(u) = &cfg.events.webhook {
             if !u.starts_with("http://") {
                 return Err(usage(format!(

@@ -1,14 +1,15 @@
 //! The dispatcher thread: logs each event and hands it to the hook and the webhook.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::log::{LineSink, StoredLines, Tracing};
 use super::outside::{post_webhook, run_hook, Work};
-use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord, TARGET};
+use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord};
 use crate::metrics::Metrics;
 use crate::server::Counters;
 
@@ -19,11 +20,22 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the dispatcher (and the hook and webhook workers it needs).
+    /// Starts the dispatcher (and the hook and webhook workers it needs); its log lines go
+    /// to `tracing`.
     pub fn start(
         cfg: EventConfig,
         counters: Arc<Counters>,
         metrics: Option<Metrics>,
+    ) -> std::io::Result<(EventSink, Dispatcher)> {
+        Self::start_with(cfg, counters, metrics, Box::new(Tracing))
+    }
+
+    /// [`Dispatcher::start`] with the log lines going to `lines`.
+    pub fn start_with(
+        cfg: EventConfig,
+        counters: Arc<Counters>,
+        metrics: Option<Metrics>,
+        lines: Box<dyn LineSink>,
     ) -> std::io::Result<(EventSink, Dispatcher)> {
         let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
         let pending = Arc::new(AtomicUsize::new(0));
@@ -65,6 +77,8 @@ impl Dispatcher {
             webhook,
             metrics,
             counters: counters.clone(),
+            lines,
+            stored_lines: StoredLines::new(cfg.log_rate),
         };
         let bytes = Arc::new(AtomicUsize::new(0));
         let events = Arc::new(AtomicUsize::new(0));
@@ -94,12 +108,15 @@ impl Dispatcher {
     }
 }
 
-/// Where the dispatcher sends events besides the log.
+/// Where the dispatcher sends events.
 struct Out {
     hook: Option<Work>,
     webhook: Option<Work>,
     metrics: Option<Metrics>,
     counters: Arc<Counters>,
+    lines: Box<dyn LineSink>,
+    /// Which stored records get a line of their own.
+    stored_lines: StoredLines,
 }
 
 impl Out {
@@ -108,7 +125,7 @@ impl Out {
         self.hook.is_some() || self.webhook.is_some()
     }
 
-    fn stored(&self, r: &StoredRecord) {
+    fn stored(&mut self, r: &StoredRecord, now: Instant) {
         // The steps are parsed only for what uses them: the step metrics and the JSON of
         // hooks and webhooks (most of the dispatcher's time otherwise).
         let steps = if self.metrics.is_some() || self.outside() {
@@ -119,8 +136,10 @@ impl Out {
         if let Some(m) = &self.metrics {
             m.observe_steps(&steps);
         }
-        // Rendered only when the line is logged (`info!` evaluates it then).
-        info!(target: TARGET, "{}", r.log_line());
+        // Rendered only when the line is written.
+        if self.lines.enabled() && self.stored_lines.admit(r.id, now, &mut *self.lines) {
+            self.lines.line(&r.log_line());
+        }
         if self.outside() {
             let mut c = r.event();
             c.steps = steps;
@@ -128,14 +147,19 @@ impl Out {
         }
     }
 
-    fn event(&self, mut e: Event) {
+    fn event(&mut self, mut e: Event, now: Instant) {
+        // State changes always get their line.
+        let mut line = self.lines.enabled();
         if let Event::CrashStored(c) = &mut e {
             c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
             if let Some(m) = &self.metrics {
                 m.observe_steps(&c.steps);
             }
+            line = line && self.stored_lines.admit(c.id, now, &mut *self.lines);
         }
-        info!(target: TARGET, "{}", log_line(&e));
+        if line {
+            self.lines.line(&log_line(&e));
+        }
         self.send(&e);
     }
 
@@ -164,22 +188,45 @@ impl Out {
     }
 }
 
-fn dispatch(rx: Receiver<(Queued, usize)>, bytes: &AtomicUsize, events: &AtomicUsize, out: Out) {
-    while let Ok((q, cost)) = rx.recv() {
+fn dispatch(
+    rx: Receiver<(Queued, usize)>,
+    bytes: &AtomicUsize,
+    events: &AtomicUsize,
+    mut out: Out,
+) {
+    loop {
+        // A pending summary is written when its second is over, more records or not.
+        let got = match out.stored_lines.due() {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let now = Instant::now();
+        let (q, cost) = match got {
+            Ok(got) => got,
+            Err(RecvTimeoutError::Timeout) => {
+                out.stored_lines.tick(now, &mut *out.lines);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Also when state events keep coming faster than the summary's deadline.
+        out.stored_lines.tick(now, &mut *out.lines);
         bytes.fetch_sub(cost, Ordering::AcqRel);
         match q {
             Queued::Event(e) => {
                 events.fetch_sub(1, Ordering::AcqRel);
-                out.event(*e);
+                out.event(*e, now);
             }
             Queued::Stored(rs) => {
                 events.fetch_sub(rs.len(), Ordering::AcqRel);
                 for r in &rs {
-                    out.stored(r);
+                    out.stored(r, now);
                 }
             }
         }
     }
+    // No suppressed count is lost at exit.
+    out.stored_lines.flush(Instant::now(), &mut *out.lines);
     for w in [out.hook, out.webhook].into_iter().flatten() {
         w.close();
     }

@@ -7,6 +7,8 @@
 //! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
 //!    `key=value`, values with spaces quoted, every control character escaped) under the
 //!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
+//!    at most `log_rate` "crash stored" lines a second, the records beyond them summed up in
+//!    one line a second and at exit (`log.rs`; state changes always get their line);
 //! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
 //!    stdin: at most `hook_concurrency` commands run at once, each killed after
 //!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or
@@ -17,6 +19,7 @@
 
 mod dispatch;
 mod line;
+mod log;
 mod outside;
 mod record;
 #[cfg(test)]
@@ -24,6 +27,7 @@ mod tests;
 
 pub use dispatch::Dispatcher;
 pub use line::log_line;
+pub use log::{LineSink, Tracing, DEFAULT_LOG_RATE};
 pub use record::StoredRecord;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -136,6 +140,9 @@ pub struct EventConfig {
     /// Events waiting for the dispatcher, and their bytes.
     pub queue: usize,
     pub queue_max_bytes: usize,
+    /// At most this many "crash stored" lines a second; the records beyond it are summed up
+    /// in one line a second. 0: every record gets its line. See [`DEFAULT_LOG_RATE`].
+    pub log_rate: u32,
 }
 
 impl Default for EventConfig {
@@ -152,6 +159,7 @@ impl Default for EventConfig {
             webhook_backoff: Duration::from_millis(500),
             queue: 65536,
             queue_max_bytes: 16 << 20,
+            log_rate: DEFAULT_LOG_RATE,
         }
     }
 }
