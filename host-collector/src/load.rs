@@ -1,27 +1,34 @@
 //! `load`: N simulated canaries, each a real [`capture::sender::Sender`], sending M records to
 //! a collector, with deterministic, seeded fault injection on both directions.
 //!
-//! Each canary is a tokio task with its own connected UDP socket. It sends its share of the
-//! records one after another (a canary ships one crash record at a time). If the process may
-//! not open one socket per canary (RLIMIT_NOFILE, after raising the soft limit to the hard
-//! limit, and the hard limit too when running as root), canaries share sockets: a dispatcher
-//! task per shared socket routes acks to canaries by boot id.
+//! Each canary ([`canary`]) has its own connected UDP socket (its own source port). It sends its
+//! share of the records one after another (a canary ships one crash record at a time, the next
+//! after the ack). If the process may not open one socket per canary (RLIMIT_NOFILE, after
+//! raising the soft limit to the hard limit, and the hard limit too when running as root),
+//! canaries share sockets and acks are routed to canaries by boot id.
+//!
+//! All canaries run on the calling thread, in one event loop ([`exec`]) that waits on every
+//! socket at once (epoll on Linux, poll elsewhere: [`poller`]): `load` shares the machine with
+//! the collector it measures, so it spends as little CPU per record as it can (no runtime
+//! threads to wake, no `recv` that finds nothing, one clock read per record).
 
+mod canary;
+mod exec;
+mod poller;
+
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::{SocketAddr, UdpSocket};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capture::record::CrashRecord;
-use capture::sender::{SendState, Sender, SenderConfig};
-use capture::wire::{self, Repr};
 use capture::Key;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+
+use canary::{canary, Env};
+use exec::{Net, Reactor, Route, Task};
+use poller::Poller;
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -117,11 +124,6 @@ impl Rng {
     }
 }
 
-#[derive(Default)]
-struct Shared {
-    acked: AtomicU64,
-}
-
 #[derive(Default, Debug)]
 struct CanaryResult {
     sent: u64,
@@ -135,37 +137,6 @@ struct CanaryResult {
     dropped_in: u64,
     retransmit_rounds: u64,
     heartbeats_sent: u64,
-}
-
-/// How a canary reaches the network.
-enum Io {
-    Own(UdpSocket),
-    Shared(Arc<UdpSocket>, mpsc::UnboundedReceiver<Vec<u8>>),
-}
-
-impl Io {
-    fn socket(&self) -> &UdpSocket {
-        match self {
-            Io::Own(s) => s,
-            Io::Shared(s, _) => s,
-        }
-    }
-
-    async fn recv(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        match self {
-            Io::Own(s) => {
-                buf.resize(2048, 0);
-                s.recv(buf).await
-            }
-            Io::Shared(_, rx) => match rx.recv().await {
-                Some(d) => {
-                    *buf = d;
-                    Ok(buf.len())
-                }
-                None => std::future::pending().await,
-            },
-        }
-    }
 }
 
 /// The per-canary identity: boot id from (seed, run nonce, index).
@@ -282,10 +253,33 @@ pub fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Runs the load. `progress` is called about ten times a second with the acked count.
-pub async fn run(
+/// Runs the load on this thread, which it keeps until every canary is done: one event loop
+/// drives all canaries ([`exec`]). `progress` is called about ten times a second with the
+/// acked count.
+pub fn run(
     cfg: LoadConfig,
     progress: Option<Box<dyn Fn(u64) + Send>>,
+) -> Result<LoadReport, LoadError> {
+    #[cfg(target_os = "linux")]
+    let poller = poller::Epoll::new()?;
+    #[cfg(not(target_os = "linux"))]
+    let poller = poller::PollSet::default();
+    run_with(cfg, progress, poller)
+}
+
+/// A non-blocking UDP socket bound to `bind` and connected to `target`.
+fn connected(bind: SocketAddr, target: SocketAddr) -> std::io::Result<Rc<UdpSocket>> {
+    let s = UdpSocket::bind(bind)?;
+    s.connect(target)?;
+    s.set_nonblocking(true)?;
+    Ok(Rc::new(s))
+}
+
+/// [`run`] with the given readiness API (the tests run both on Linux).
+fn run_with<P: Poller>(
+    cfg: LoadConfig,
+    progress: Option<Box<dyn Fn(u64) + Send>>,
+    poller: P,
 ) -> Result<LoadReport, LoadError> {
     validate(&cfg)?;
     // Keep 64 descriptors for everything else.
@@ -315,41 +309,29 @@ pub async fn run(
         .map(|i| boot_id(cfg.seed, nonce, i))
         .collect();
 
-    // Sockets, and for shared ones a dispatcher routing acks by boot id.
-    let mut ios: Vec<Option<Io>> = Vec::with_capacity(cfg.canaries as usize);
+    // Sockets: one per canary, or shared ones whose acks the loop routes by boot id.
+    let mut net = Net::new(poller);
+    let mut socks: Vec<Rc<UdpSocket>> = Vec::with_capacity(cfg.canaries as usize);
     if sockets == cfg.canaries {
-        for _ in 0..cfg.canaries {
-            let s = UdpSocket::bind(bind).await?;
-            s.connect(cfg.target).await?;
-            ios.push(Some(Io::Own(s)));
+        for i in 0..cfg.canaries as usize {
+            let s = connected(bind, cfg.target)?;
+            net.add(s.clone(), Route::Own(i))?;
+            socks.push(s);
         }
     } else {
-        let mut routes: Vec<HashMap<[u8; 16], mpsc::UnboundedSender<Vec<u8>>>> =
+        let mut shared = Vec::with_capacity(sockets as usize);
+        let mut routes: Vec<HashMap<[u8; 16], usize>> =
             (0..sockets).map(|_| HashMap::new()).collect();
-        let mut socks = Vec::with_capacity(sockets as usize);
         for _ in 0..sockets {
-            let s = UdpSocket::bind(bind).await?;
-            s.connect(cfg.target).await?;
-            socks.push(Arc::new(s));
+            shared.push(connected(bind, cfg.target)?);
         }
         for (i, id) in ids.iter().enumerate() {
-            let (tx, rx) = mpsc::unbounded_channel();
             let si = i % sockets as usize;
-            routes[si].insert(*id, tx);
-            ios.push(Some(Io::Shared(socks[si].clone(), rx)));
+            routes[si].insert(*id, i);
+            socks.push(shared[si].clone());
         }
-        for (s, r) in socks.into_iter().zip(routes) {
-            let key = cfg.key.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                while let Ok(n) = s.recv(&mut buf).await {
-                    if let Ok(Repr::Ack(a)) = wire::parse(&buf[..n], key.as_ref()) {
-                        if let Some(tx) = r.get(&a.boot_id) {
-                            let _ = tx.send(buf[..n].to_vec());
-                        }
-                    }
-                }
-            });
+        for (s, r) in shared.into_iter().zip(routes) {
+            net.add(s, Route::Shared(r))?;
         }
     }
 
@@ -359,33 +341,40 @@ pub async fn run(
         .map_err(LoadError::Encode)?
         .len();
 
-    let shared = Arc::new(Shared::default());
-    let start = Instant::now();
+    let rx = Reactor::new(cfg.canaries as usize);
+    let acked = Cell::new(0u64);
+    let start = rx.refresh();
+    let env = Env {
+        cfg: &cfg,
+        rx: &rx,
+        start,
+        end: start + cfg.deadline,
+        acked: &acked,
+    };
     let per = cfg.records / u64::from(cfg.canaries);
     let extra = cfg.records % u64::from(cfg.canaries);
-    let mut tasks = Vec::with_capacity(cfg.canaries as usize);
-    for i in 0..cfg.canaries {
-        let n = per + u64::from(u64::from(i) < extra);
-        let io = ios[i as usize].take().expect("one io per canary");
-        let cfg = cfg.clone();
-        let shared = shared.clone();
-        let id = ids[i as usize];
-        tasks.push(tokio::spawn(canary(cfg, i, id, n, io, start, shared)));
-    }
-    let ticker = progress.map(|f| {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                f(shared.acked.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let env = &env;
+    let tasks: Vec<Task<'_, Result<CanaryResult, LoadError>>> = socks
+        .into_iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(i, (s, id))| {
+            let n = per + u64::from((i as u64) < extra);
+            Box::pin(canary(env, i as u32, id, n, s)) as Task<'_, _>
         })
-    });
+        .collect();
+    let mut report = || {
+        if let Some(f) = &progress {
+            f(acked.get());
+        }
+    };
+    let tick = progress
+        .is_some()
+        .then_some((Duration::from_millis(100), &mut report as &mut dyn FnMut()));
+    let results = exec::run_all(&rx, tasks, &mut net, cfg.key.as_ref(), tick)?;
     let mut total = CanaryResult::default();
-    for t in tasks {
-        let r = t
-            .await
-            .map_err(|e| LoadError::Io(std::io::Error::other(e.to_string())))??;
+    for r in results {
+        let r = r?;
         total.sent += r.sent;
         total.acked += r.acked;
         total.acked_duplicate += r.acked_duplicate;
@@ -399,9 +388,6 @@ pub async fn run(
         total.heartbeats_sent += r.heartbeats_sent;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    if let Some(t) = ticker {
-        t.abort();
-    }
     let mut lat = total.latencies_us;
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -439,274 +425,5 @@ pub async fn run(
     })
 }
 
-async fn canary(
-    cfg: LoadConfig,
-    index: u32,
-    boot_id: [u8; 16],
-    records: u64,
-    mut io: Io,
-    start: Instant,
-    shared: Arc<Shared>,
-) -> Result<CanaryResult, LoadError> {
-    let mut rng = Rng::new(cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(index));
-    let mut res = CanaryResult {
-        latencies_us: Vec::with_capacity(records as usize),
-        ..CanaryResult::default()
-    };
-    // One deadline for the whole run (checked in `validate`).
-    let end = start + cfg.deadline;
-    let mut encbuf = vec![0u8; capture::record::MAX_ENCODED_LEN];
-    let mut out: Vec<u8> = Vec::with_capacity(4 * wire::MAX_DATAGRAM);
-    let mut out_lens: Vec<usize> = Vec::with_capacity(8);
-    let mut held: Option<Vec<u8>> = None;
-    let mut rbuf = vec![0u8; 2048];
-    let mut rec: CrashRecord = capture::testutil::sample_record(0);
-    rec.boot_id = boot_id;
-    let now_ms = || start.elapsed().as_millis() as u64;
-    if let Some(every) = cfg.heartbeat_every {
-        heartbeats(&cfg, boot_id, every, &io, &mut rng, &mut res, start, end).await;
-    }
-    // `validate` bounds a canary's share to u32::MAX.
-    let records = u32::try_from(records).unwrap_or(u32::MAX);
-    for seq in 1..=records {
-        // The simulated panic: build and encode the record.
-        let t0 = Instant::now();
-        let Some(left) = end.checked_duration_since(t0).filter(|d| !d.is_zero()) else {
-            // The run's deadline passed: this record and the rest are lost.
-            res.lost += u64::from(records - seq + 1);
-            break;
-        };
-        let left = cfg.record_deadline.map_or(left, |d| d.min(left));
-        let scfg = SenderConfig {
-            initial_rto_ms: cfg.initial_rto_ms,
-            max_rto_ms: cfg.max_rto_ms,
-            deadline_ms: left.as_millis().try_into().unwrap_or(u64::MAX).max(1),
-        };
-        rec.seq = seq;
-        rec.message.clear();
-        let _ = write!(
-            rec.message,
-            "load: simulated panic {seq} of canary {index} (loss {})",
-            cfg.loss
-        );
-        rec.uptime_us = t0.duration_since(start).as_micros() as u64;
-        let bytes = rec.encode(&mut encbuf).map_err(LoadError::Encode)?;
-        let mut sender = Sender::new(scfg, boot_id, seq, bytes, cfg.key.as_ref(), now_ms())
-            .map_err(LoadError::Encode)?;
-        if let Some((major, minor)) = cfg.schema {
-            sender = sender.with_schema(major, minor);
-        }
-        res.sent += 1;
-        loop {
-            out.clear();
-            out_lens.clear();
-            let state = sender.poll(now_ms(), &mut |d| {
-                out.extend_from_slice(d);
-                out_lens.push(d.len());
-            });
-            // Fault injection on the way out: drop, duplicate, hold back (reorder).
-            let mut off = 0;
-            for &len in &out_lens {
-                let d = &out[off..off + len];
-                off += len;
-                if rng.chance(cfg.loss) {
-                    res.dropped_out += 1;
-                    continue;
-                }
-                if held.is_none() && rng.chance(cfg.reorder) {
-                    held = Some(d.to_vec());
-                    continue;
-                }
-                send(io.socket(), d).await;
-                res.datagrams_sent += 1;
-                if rng.chance(cfg.dup) {
-                    send(io.socket(), d).await;
-                    res.datagrams_sent += 1;
-                }
-                if let Some(h) = held.take() {
-                    send(io.socket(), &h).await;
-                    res.datagrams_sent += 1;
-                }
-            }
-            let next_ms = match state {
-                SendState::Waiting { next_ms } => next_ms,
-                SendState::Acked => {
-                    res.acked += 1;
-                    if sender.ack_status() == Some(wire::AckStatus::Duplicate) {
-                        res.acked_duplicate += 1;
-                    }
-                    res.latencies_us
-                        .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    shared.acked.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                SendState::Rejected => {
-                    res.rejected += 1;
-                    break;
-                }
-                SendState::TimedOut => {
-                    res.lost += 1;
-                    break;
-                }
-            };
-            let wait = next_ms.saturating_sub(now_ms());
-            if wait == 0 {
-                continue;
-            }
-            tokio::select! {
-                r = io.recv(&mut rbuf) => {
-                    // Errors here are ICMP port-unreachable reports (no collector listening
-                    // yet): the next round retransmits.
-                    let Ok(n) = r else { continue };
-                    if rng.chance(cfg.loss) {
-                        res.dropped_in += 1;
-                    } else {
-                        sender.handle(&rbuf[..n]);
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            }
-        }
-        let st = sender.stats();
-        res.retransmit_rounds += u64::from(st.retransmit_rounds);
-    }
-    Ok(res)
-}
-
-/// Heartbeats every `every` for `cfg.heartbeat_for` (or until the run's deadline), with the
-/// run's outgoing loss applied.
-#[allow(clippy::too_many_arguments)]
-async fn heartbeats(
-    cfg: &LoadConfig,
-    boot_id: [u8; 16],
-    every: Duration,
-    io: &Io,
-    rng: &mut Rng,
-    res: &mut CanaryResult,
-    start: Instant,
-    end: Instant,
-) {
-    let stop = (Instant::now() + cfg.heartbeat_for).min(end);
-    let mut frame = [0u8; wire::MAX_DATAGRAM];
-    let mut seq = 0u32;
-    let mut next = tokio::time::Instant::now();
-    while Instant::now() < stop {
-        // Stamped with the tick it belongs to, like a canary's periodic timer: when this
-        // task runs late on a busy machine the uptimes still advance by `every`, so the
-        // collector measures the interval the canary keeps, not the scheduling jitter.
-        let uptime = next.into_std().saturating_duration_since(start);
-        let hb = Repr::Heartbeat(wire::HeartbeatRepr {
-            boot_id,
-            seq,
-            uptime_ms: uptime.as_millis() as u64,
-            arch: capture::record::Arch::X86_64,
-        });
-        if let Ok(n) = hb.emit(cfg.key.as_ref(), &mut frame) {
-            if rng.chance(cfg.loss) {
-                res.dropped_out += 1;
-            } else {
-                send(io.socket(), &frame[..n]).await;
-                res.heartbeats_sent += 1;
-            }
-        }
-        seq = seq.wrapping_add(1);
-        next += every;
-        tokio::time::sleep_until(next).await;
-    }
-}
-
-async fn send(s: &UdpSocket, d: &[u8]) {
-    // Connected socket: a refused port (collector not up yet) shows up as an error on a
-    // later call; the sender's retransmits cover it.
-    match s.try_send(d) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let _ = s.send(d).await;
-        }
-        Err(_) => {}
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rng_is_deterministic_and_roughly_calibrated() {
-        let mut a = Rng::new(42);
-        let mut b = Rng::new(42);
-        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
-        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
-        assert_eq!(xs, ys);
-        let mut r = Rng::new(7);
-        let hits = (0..100_000).filter(|_| r.chance(0.2)).count();
-        assert!((19_000..21_000).contains(&hits), "{hits}");
-        assert!(!(0..1000).any(|_| r.chance(0.0)));
-    }
-
-    #[test]
-    fn heartbeat_uptimes_advance_by_the_interval_when_the_task_runs_late() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            tx.connect(rx.local_addr().unwrap()).await.unwrap();
-            let cfg = LoadConfig {
-                target: rx.local_addr().unwrap(),
-                canaries: 1,
-                records: 0,
-                loss: 0.0,
-                dup: 0.0,
-                reorder: 0.0,
-                seed: 1,
-                key: None,
-                deadline: Duration::from_secs(10),
-                initial_rto_ms: 20,
-                max_rto_ms: 200,
-                schema: None,
-                max_sockets: None,
-                heartbeat_every: Some(Duration::from_millis(100)),
-                heartbeat_for: Duration::from_millis(450),
-                record_deadline: None,
-            };
-            let (io, mut rng, mut res) = (Io::Own(tx), Rng::new(1), CanaryResult::default());
-            let start = Instant::now();
-            let end = start + cfg.deadline;
-            // The runtime's one thread is busy from 150 to 230 ms (a loaded machine): the
-            // heartbeat due at 200 ms goes out about 30 ms late.
-            let busy = async {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                std::thread::sleep(Duration::from_millis(80));
-            };
-            let every = Duration::from_millis(100);
-            tokio::join!(
-                heartbeats(&cfg, [7; 16], every, &io, &mut rng, &mut res, start, end),
-                busy
-            );
-            let mut buf = [0u8; 2048];
-            let mut uptimes = Vec::new();
-            while let Ok(n) = rx.try_recv(&mut buf) {
-                if let Ok(Repr::Heartbeat(h)) = wire::parse(&buf[..n], None) {
-                    uptimes.push(h.uptime_ms);
-                }
-            }
-            assert!(uptimes.len() >= 4, "{uptimes:?}");
-            // The collector measures the interval from consecutive uptimes: they advance by
-            // the interval, not by when the task happened to run.
-            for w in uptimes.windows(2) {
-                assert_eq!(w[1] - w[0], 100, "{uptimes:?}");
-            }
-        });
-    }
-
-    #[test]
-    fn boot_ids_differ_per_canary() {
-        let a = boot_id(1, 99, 0);
-        let b = boot_id(1, 99, 1);
-        assert_ne!(a, b);
-        assert_eq!(a, boot_id(1, 99, 0));
-    }
-}
+mod tests;

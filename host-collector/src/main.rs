@@ -856,10 +856,7 @@ fn load(_ctx: &Ctx, a: LoadArgs) -> Result<()> {
     let progress = bar
         .clone()
         .map(|pb| Box::new(move |n: u64| pb.set_position(n)) as Box<dyn Fn(u64) + Send>);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let r = rt.block_on(run(cfg, progress))?;
+    let r = run(cfg, progress)?;
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
