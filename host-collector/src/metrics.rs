@@ -176,6 +176,13 @@ impl Metrics {
                 .observe(f64::from(s.elapsed_us) / 1e6);
         }
     }
+
+    /// The histogram of one step's times (a caller observing many records looks it up once).
+    pub fn step_histogram(&self, step: &str) -> Histogram {
+        self.steps
+            .get_or_create(&StepLabel { step: step.into() })
+            .clone()
+    }
 }
 
 /// What `/healthz` reports, kept by the writer thread.

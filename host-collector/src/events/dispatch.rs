@@ -1,7 +1,7 @@
 //! The dispatcher thread: logs each event and hands it to the hook and the webhook.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,8 @@ use tracing::warn;
 
 use super::log::{LineSink, StoredLines, Tracing};
 use super::outside::{post_webhook, run_hook, Work};
-use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord};
+use super::steps::StepMetrics;
+use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord, LINE_ROOM};
 use crate::metrics::Metrics;
 use crate::server::Counters;
 
@@ -37,7 +38,7 @@ impl Dispatcher {
         metrics: Option<Metrics>,
         lines: Box<dyn LineSink>,
     ) -> std::io::Result<(EventSink, Dispatcher)> {
-        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1) + LINE_ROOM);
         let pending = Arc::new(AtomicUsize::new(0));
         let hook = match &cfg.hook {
             Some(cmd) => Some(Work::start(
@@ -72,13 +73,13 @@ impl Dispatcher {
             )?),
             None => None,
         };
+        let (want_steps, want_events) = (metrics.is_some(), hook.is_some() || webhook.is_some());
         let out = Out {
             hook,
             webhook,
-            metrics,
+            steps: metrics.map(StepMetrics::new),
             counters: counters.clone(),
             lines,
-            stored_lines: StoredLines::new(cfg.log_rate),
         };
         let bytes = Arc::new(AtomicUsize::new(0));
         let events = Arc::new(AtomicUsize::new(0));
@@ -93,6 +94,9 @@ impl Dispatcher {
             max_bytes: cfg.queue_max_bytes.max(1),
             events,
             max_events: cfg.queue.max(1),
+            lines: StoredLines::new(cfg.log_rate),
+            want_steps,
+            want_events,
         };
         Ok((sink, Dispatcher { thread, pending }))
     }
@@ -112,11 +116,10 @@ impl Dispatcher {
 struct Out {
     hook: Option<Work>,
     webhook: Option<Work>,
-    metrics: Option<Metrics>,
+    /// The step metrics (with `--metrics`).
+    steps: Option<StepMetrics>,
     counters: Arc<Counters>,
     lines: Box<dyn LineSink>,
-    /// Which stored records get a line of their own.
-    stored_lines: StoredLines,
 }
 
 impl Out {
@@ -125,19 +128,23 @@ impl Out {
         self.hook.is_some() || self.webhook.is_some()
     }
 
-    fn stored(&mut self, r: &StoredRecord, now: Instant) {
-        // The steps are parsed only for what uses them: the step metrics and the JSON of
-        // hooks and webhooks (most of the dispatcher's time otherwise).
-        let steps = if self.metrics.is_some() || self.outside() {
-            r.steps()
+    fn stored(&mut self, r: &StoredRecord) {
+        // The steps are parsed only for what uses them: the step metrics (names borrowed from
+        // the JSON) and the JSON of hooks and webhooks.
+        let steps = if self.outside() {
+            let steps = r.steps();
+            if let Some(m) = &mut self.steps {
+                m.observe(&steps);
+            }
+            steps
         } else {
+            if let Some(m) = &mut self.steps {
+                m.observe_json(r.steps_json());
+            }
             Vec::new()
         };
-        if let Some(m) = &self.metrics {
-            m.observe_steps(&steps);
-        }
         // Rendered only when the line is written.
-        if self.lines.enabled() && self.stored_lines.admit(r.id, now, &mut *self.lines) {
+        if r.line && self.lines.enabled() {
             self.lines.line(&r.log_line());
         }
         if self.outside() {
@@ -147,17 +154,15 @@ impl Out {
         }
     }
 
-    fn event(&mut self, mut e: Event, now: Instant) {
-        // State changes always get their line.
-        let mut line = self.lines.enabled();
+    /// `line`: the event gets its log line (a stored record's may be summed up instead).
+    fn event(&mut self, mut e: Event, line: bool) {
         if let Event::CrashStored(c) = &mut e {
             c.steps = serde_json::from_str(&c.steps_json).unwrap_or_default();
-            if let Some(m) = &self.metrics {
-                m.observe_steps(&c.steps);
+            if let Some(m) = &mut self.steps {
+                m.observe(&c.steps);
             }
-            line = line && self.stored_lines.admit(c.id, now, &mut *self.lines);
         }
-        if line {
+        if line && self.lines.enabled() {
             self.lines.line(&log_line(&e));
         }
         self.send(&e);
@@ -194,39 +199,26 @@ fn dispatch(
     events: &AtomicUsize,
     mut out: Out,
 ) {
-    loop {
-        // A pending summary is written when its second is over, more records or not.
-        let got = match out.stored_lines.due() {
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        let now = Instant::now();
-        let (q, cost) = match got {
-            Ok(got) => got,
-            Err(RecvTimeoutError::Timeout) => {
-                out.stored_lines.tick(now, &mut *out.lines);
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        // Also when state events keep coming faster than the summary's deadline.
-        out.stored_lines.tick(now, &mut *out.lines);
+    while let Ok((q, cost)) = rx.recv() {
         bytes.fetch_sub(cost, Ordering::AcqRel);
         match q {
-            Queued::Event(e) => {
+            Queued::Event(e, line) => {
                 events.fetch_sub(1, Ordering::AcqRel);
-                out.event(*e, now);
+                out.event(*e, line);
             }
             Queued::Stored(rs) => {
                 events.fetch_sub(rs.len(), Ordering::AcqRel);
                 for r in &rs {
-                    out.stored(r, now);
+                    out.stored(r);
+                }
+            }
+            Queued::Line(l) => {
+                if out.lines.enabled() {
+                    out.lines.line(&l);
                 }
             }
         }
     }
-    // No suppressed count is lost at exit.
-    out.stored_lines.flush(Instant::now(), &mut *out.lines);
     for w in [out.hook, out.webhook].into_iter().flatten() {
         w.close();
     }

@@ -43,7 +43,9 @@ impl LineSink for Tracing {
 /// beyond it are counted, and when the window is over one line sums them up:
 /// `crash stored: 38512 more records in 1.0 s not logged one by one (ids 1001-39512);
 /// host-collector list shows them`. Nothing is lost: the records are stored (and go to hooks,
-/// webhooks and metrics) whether or not their line is written.
+/// webhooks and metrics) whether or not their line is written. Kept by the writer's
+/// [`super::EventSink`], so that a record without a line costs the writer and the dispatcher
+/// nothing when neither metrics nor hooks want it.
 pub(super) struct StoredLines {
     /// 0: every record gets its line.
     per_second: u32,
@@ -67,13 +69,13 @@ impl StoredLines {
         }
     }
 
-    /// Whether record `id`, stored at `now`, gets its own line; if the window before is over,
-    /// its summary is written to `out` first.
-    pub(super) fn admit(&mut self, id: i64, now: Instant, out: &mut dyn LineSink) -> bool {
+    /// Whether record `id`, stored at `now`, gets its own line; and the summary of the window
+    /// before if that is over (to be written before the record's line).
+    pub(super) fn admit(&mut self, id: i64, now: Instant) -> (bool, Option<String>) {
         if self.per_second == 0 {
-            return true;
+            return (true, None);
         }
-        self.tick(now, out);
+        let summary = self.tick(now);
         let w = self.window.get_or_insert(Window {
             start: now,
             logged: 0,
@@ -82,7 +84,7 @@ impl StoredLines {
         });
         if w.logged < self.per_second {
             w.logged += 1;
-            return true;
+            return (true, summary);
         }
         w.ids = if w.more == 0 {
             (id, id)
@@ -90,10 +92,11 @@ impl StoredLines {
             (w.ids.0.min(id), w.ids.1.max(id))
         };
         w.more += 1;
-        false
+        (false, summary)
     }
 
     /// When the summary of the records not logged one by one is due (`None`: none pending).
+    #[cfg(test)]
     pub(super) fn due(&self) -> Option<Instant> {
         self.window
             .as_ref()
@@ -101,25 +104,27 @@ impl StoredLines {
             .map(|w| w.start + WINDOW)
     }
 
-    /// Closes the window if it is over at `now`, writing its summary if it has one.
-    pub(super) fn tick(&mut self, now: Instant, out: &mut dyn LineSink) {
+    /// Closes the window if it is over at `now`; its summary if it has one.
+    pub(super) fn tick(&mut self, now: Instant) -> Option<String> {
         if self
             .window
             .as_ref()
             .is_some_and(|w| now.saturating_duration_since(w.start) >= WINDOW)
         {
-            self.flush(now, out);
+            self.flush(now)
+        } else {
+            None
         }
     }
 
-    /// Closes the window now, writing its summary if it has one (at exit).
-    pub(super) fn flush(&mut self, now: Instant, out: &mut dyn LineSink) {
-        let Some(w) = self.window.take() else { return };
+    /// Closes the window now; its summary if it has one (at exit).
+    pub(super) fn flush(&mut self, now: Instant) -> Option<String> {
+        let w = self.window.take()?;
         if w.more == 0 {
-            return;
+            return None;
         }
         let took = now.saturating_duration_since(w.start).min(WINDOW);
-        out.line(&format!(
+        Some(format!(
             "crash stored: {} more record{} in {:.1} s not logged one by one (ids {}-{}); \
              host-collector list shows them",
             w.more,
@@ -127,7 +132,7 @@ impl StoredLines {
             took.as_secs_f64(),
             w.ids.0,
             w.ids.1
-        ));
+        ))
     }
 }
 

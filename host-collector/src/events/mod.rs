@@ -22,24 +22,26 @@ mod line;
 mod log;
 mod outside;
 mod record;
+mod steps;
 #[cfg(test)]
 mod tests;
 
 pub use dispatch::Dispatcher;
 pub use line::log_line;
+use log::StoredLines;
 pub use log::{LineSink, Tracing, DEFAULT_LOG_RATE};
-pub use record::StoredRecord;
+pub use record::{StoredRecord, Wanted};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::liveness::{Change, State};
 use crate::server::Counters;
-use crate::store::StepView;
+use crate::store::{NewRecord, StepView};
 use crate::util::{format_time_us, hex};
 
 /// The tracing target of event lines.
@@ -164,12 +166,18 @@ impl Default for EventConfig {
     }
 }
 
-/// What waits for the dispatcher (boxed: the queue's slots stay small): one event, or the
-/// events of one commit's stored records (one hand-off, one wake-up per commit).
+/// What waits for the dispatcher (boxed: the queue's slots stay small): one event (and
+/// whether it gets its log line), the events of one commit's stored records (one hand-off, one
+/// wake-up per commit), or a log line (the summary of the records not logged one by one).
 enum Queued {
-    Event(Box<Event>),
+    Event(Box<Event>, bool),
     Stored(Vec<StoredRecord>),
+    Line(String),
 }
+
+/// Room in the dispatcher's channel beyond the event budget, for [`Queued::Line`]s (at most one
+/// a second).
+const LINE_ROOM: usize = 64;
 
 /// The writer's end: never blocks.
 pub struct EventSink {
@@ -181,6 +189,12 @@ pub struct EventSink {
     /// Events queued (a batch counts each of its records), at most `max_events`.
     events: Arc<AtomicUsize>,
     max_events: usize,
+    /// Which stored records get their own log line.
+    lines: StoredLines,
+    /// The dispatcher feeds the step metrics (`--metrics`) / sends every event to hooks and
+    /// webhooks: every stored record is wanted, with its steps / with all its columns.
+    want_steps: bool,
+    want_events: bool,
 }
 
 impl Event {
@@ -200,10 +214,72 @@ impl Event {
 }
 
 impl EventSink {
-    /// Queues `e` without waiting; a full queue (in events or bytes) drops it, counted.
-    pub fn send(&self, e: Event) {
+    /// Queues `e` without waiting; a full queue (in events or bytes) drops it, counted. A
+    /// stored record's line counts against the log rate (a state change's never does).
+    pub fn send(&mut self, e: Event) {
+        let line = match &e {
+            Event::CrashStored(c) => self.admit(c.id, Instant::now()),
+            Event::CanaryState(_) => true,
+        };
         let cost = e.cost();
-        self.queue(Queued::Event(Box::new(e)), cost, 1);
+        self.queue(Queued::Event(Box::new(e), line), cost, 1);
+    }
+
+    /// Adds stored record `id` (stored at `now`) to `batch`, with what the dispatcher needs of
+    /// it (nothing at all for a record without a line of its own, when neither step metrics
+    /// nor hooks want it). The summary of the records before it not logged one by one, if
+    /// their second is over, is queued first, after what `batch` holds.
+    pub fn stored(
+        &mut self,
+        id: i64,
+        r: &NewRecord,
+        drill: bool,
+        now: Instant,
+        batch: &mut Vec<StoredRecord>,
+    ) {
+        let (line, summary) = self.lines.admit(id, now);
+        if let Some(s) = summary {
+            self.send_stored(std::mem::take(batch));
+            self.send_line(s);
+        }
+        let want = Wanted {
+            line,
+            steps: self.want_steps,
+            event: self.want_events,
+        };
+        if !want.none() {
+            batch.push(StoredRecord::new(id, r, drill, want));
+        }
+    }
+
+    /// Whether stored record `id` gets its own line; queues the summary before it if due.
+    fn admit(&mut self, id: i64, now: Instant) -> bool {
+        let (line, summary) = self.lines.admit(id, now);
+        if let Some(s) = summary {
+            self.send_line(s);
+        }
+        line
+    }
+
+    /// Between commits: the summary of the records not logged one by one, once their second
+    /// is over.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(s) = self.lines.tick(now) {
+            self.send_line(s);
+        }
+    }
+
+    /// A summary line, outside the event budgets (one a second at most, the channel has
+    /// [`LINE_ROOM`] for them); should the channel be full all the same, written from here.
+    fn send_line(&self, line: String) {
+        match self.tx.try_send((Queued::Line(line), 0)) {
+            Ok(()) => {}
+            Err(TrySendError::Full((Queued::Line(l), _))) => {
+                tracing::info!(target: TARGET, "{l}");
+            }
+            // The dispatcher is gone (it only goes after the sink).
+            Err(_) => {}
+        }
     }
 
     /// Queues the events of one commit's stored records, as [`EventSink::send`] each: those
@@ -255,6 +331,15 @@ impl EventSink {
         match self.tx.try_send((e, cost)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => release(),
+        }
+    }
+}
+
+impl Drop for EventSink {
+    /// At exit: the summary still pending (no count of records not logged is lost).
+    fn drop(&mut self) {
+        if let Some(s) = self.lines.flush(Instant::now()) {
+            self.send_line(s);
         }
     }
 }

@@ -6,9 +6,10 @@ use super::CrashEvent;
 use crate::store::{Col, NewRecord, RecordKey, RowText, StepView};
 use crate::util::{format_time_us, hex};
 
-/// A stored record as the writer queues it: the few columns an event needs, copied into one
-/// buffer. The dispatcher renders the log line (and, for hooks, webhooks and step metrics, the
-/// [`CrashEvent`]) from it, so that hex, times and addresses are formatted off the writer.
+/// A stored record as the writer queues it: the few columns its uses need ([`Wanted`]),
+/// copied into one buffer. The dispatcher renders the log line (and, for hooks, webhooks and
+/// step metrics, the [`CrashEvent`]) from it, so that hex, times and addresses are formatted
+/// off the writer.
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub id: i64,
@@ -17,8 +18,35 @@ pub struct StoredRecord {
     pub line_col: (u32, u32),
     /// The record answers a scheduled drill.
     pub drill: bool,
-    /// [`StoredRecord::COLUMNS`] of the record's row text.
+    /// The record gets its own log line.
+    pub line: bool,
+    /// Of [`StoredRecord::COLUMNS`], those `Wanted` of the record's row text.
     text: RowText,
+}
+
+/// What the dispatcher does with a stored record, so what the writer copies of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Its own log line (source, arch, kind, message, file).
+    pub line: bool,
+    /// The step metrics (the steps JSON).
+    pub steps: bool,
+    /// An event for hooks and webhooks (all of the columns).
+    pub event: bool,
+}
+
+impl Wanted {
+    /// Everything: a line, the step metrics and the event.
+    pub const ALL: Wanted = Wanted {
+        line: true,
+        steps: true,
+        event: true,
+    };
+
+    /// Nothing of the record is needed: the writer queues nothing for it.
+    pub fn none(self) -> bool {
+        !(self.line || self.steps || self.event)
+    }
 }
 
 impl StoredRecord {
@@ -32,8 +60,15 @@ impl StoredRecord {
         Col::Steps,
     ];
 
-    pub fn new(id: i64, r: &NewRecord, drill: bool) -> StoredRecord {
-        let cols = Self::COLUMNS.map(|c| r.text.get(c));
+    pub fn new(id: i64, r: &NewRecord, drill: bool, want: Wanted) -> StoredRecord {
+        let cols = Self::COLUMNS.map(|c| {
+            let wanted = if c == Col::Steps {
+                want.steps || want.event
+            } else {
+                want.line || want.event
+            };
+            r.text.get(c).filter(|_| wanted)
+        });
         let len = cols.iter().flatten().map(|v| v.len()).sum();
         let mut text = RowText::with_capacity(len);
         for (c, v) in Self::COLUMNS.into_iter().zip(cols) {
@@ -47,6 +82,7 @@ impl StoredRecord {
             received_at_us: r.received_at_us,
             line_col: r.line_col,
             drill,
+            line: want.line,
             text,
         }
     }
@@ -80,6 +116,11 @@ impl StoredRecord {
             steps: Vec::new(),
             steps_json: self.text.get(Col::Steps).unwrap_or("[]").to_string(),
         }
+    }
+
+    /// The stored JSON of the panic-path steps.
+    pub(super) fn steps_json(&self) -> &str {
+        self.text.get(Col::Steps).unwrap_or("[]")
     }
 
     /// The panic-path steps (parsed from the stored JSON).

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::log::StoredLines;
 use super::*;
@@ -36,13 +36,16 @@ fn crash(message: String) -> Event {
 fn the_event_queue_is_bounded_in_bytes_and_drops_are_counted() {
     let (tx, rx) = mpsc::sync_channel(100);
     let counters = Arc::new(Counters::default());
-    let sink = EventSink {
+    let mut sink = EventSink {
         tx,
         counters: counters.clone(),
         bytes: Arc::new(AtomicUsize::new(0)),
         max_bytes: 3000,
         events: Arc::new(AtomicUsize::new(0)),
         max_events: 100,
+        lines: StoredLines::new(0),
+        want_steps: false,
+        want_events: false,
     };
     // Nothing takes from the queue: two 1 KiB events fit, the third does not.
     for _ in 0..3 {
@@ -59,9 +62,9 @@ fn the_event_queue_is_bounded_in_bytes_and_drops_are_counted() {
     assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
 }
 
-fn stored(i: i64) -> StoredRecord {
+fn new_record(i: i64) -> NewRecord {
     let rec = capture::testutil::sample_record(i as u32);
-    let r = NewRecord {
+    NewRecord {
         key: RecordKey {
             boot_id: rec.boot_id,
             seq: rec.seq,
@@ -74,8 +77,11 @@ fn stored(i: i64) -> StoredRecord {
         line_col: (1, 2),
         text: crate::convert::row_text("127.0.0.1:9".parse().unwrap(), &rec),
         raw: Vec::new(),
-    };
-    StoredRecord::new(i, &r, false)
+    }
+}
+
+fn stored(i: i64) -> StoredRecord {
+    StoredRecord::new(i, &new_record(i), false, Wanted::ALL)
 }
 
 #[test]
@@ -84,13 +90,16 @@ fn a_commits_events_go_as_one_batch_and_each_counts_against_the_budgets() {
     let counters = Arc::new(Counters::default());
     let bytes = Arc::new(AtomicUsize::new(0));
     let events = Arc::new(AtomicUsize::new(0));
-    let sink = EventSink {
+    let mut sink = EventSink {
         tx,
         counters: counters.clone(),
         bytes: bytes.clone(),
         max_bytes: 1 << 20,
         events: events.clone(),
         max_events: 5,
+        lines: StoredLines::new(0),
+        want_steps: false,
+        want_events: false,
     };
     // Seven records, room for five events: one message with the first five, two dropped.
     sink.send_stored((1..=7).map(stored).collect());
@@ -116,6 +125,9 @@ fn a_commits_events_go_as_one_batch_and_each_counts_against_the_budgets() {
         max_bytes: 2 * one + one / 2,
         events: Arc::new(AtomicUsize::new(0)),
         max_events: 100,
+        lines: StoredLines::new(0),
+        want_steps: false,
+        want_events: false,
     };
     sink.send_stored((1..=3).map(stored).collect());
     let Some((Queued::Stored(rs), _)) = rx.try_iter().next() else {
@@ -180,7 +192,7 @@ fn a_stored_record_logs_the_line_of_its_event() {
             raw: Vec::new(),
         };
         for drill in [false, true] {
-            let s = StoredRecord::new(40 + i as i64, &r, drill);
+            let s = StoredRecord::new(40 + i as i64, &r, drill, Wanted::ALL);
             let ev = s.event();
             assert_eq!(ev.message, rec.message.as_str());
             assert_eq!(ev.source, "10.0.0.7:7375");
@@ -241,129 +253,143 @@ fn summaries(lines: &[String]) -> Vec<(u64, i64, i64)> {
         .collect()
 }
 
-fn ms(t0: std::time::Instant, ms: u64) -> std::time::Instant {
+fn ms(t0: Instant, ms: u64) -> Instant {
     t0 + Duration::from_millis(ms)
 }
 
 #[test]
 fn a_burst_beyond_the_rate_gets_n_lines_and_one_summary_when_its_second_is_over() {
-    let mut out = Captured::default();
     let mut limit = StoredLines::new(100);
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     // 1,000 records in 0.9 s, ids 1001..=2000.
-    let admitted: Vec<i64> = (0..1000)
-        .filter(|&i| {
-            limit.admit(
-                1001 + i,
-                t0 + Duration::from_micros(900 * i as u64),
-                &mut out,
-            )
-        })
-        .map(|i| 1001 + i)
-        .collect();
+    let mut admitted = Vec::new();
+    for i in 0..1000 {
+        let (line, summary) = limit.admit(1001 + i, t0 + Duration::from_micros(900 * i as u64));
+        assert_eq!(summary, None);
+        if line {
+            admitted.push(1001 + i);
+        }
+    }
     assert_eq!(admitted, (1001..=1100).collect::<Vec<_>>());
-    assert!(out.lines().is_empty(), "{:?}", out.lines());
     assert_eq!(limit.due(), Some(ms(t0, 1000)));
-    limit.tick(ms(t0, 999), &mut out);
-    assert!(out.lines().is_empty(), "{:?}", out.lines());
-    limit.tick(ms(t0, 1000), &mut out);
+    assert_eq!(limit.tick(ms(t0, 999)), None);
     assert_eq!(
-        out.lines(),
-        [
+        limit.tick(ms(t0, 1000)).as_deref(),
+        Some(
             "crash stored: 900 more records in 1.0 s not logged one by one (ids 1101-2000); \
-          host-collector list shows them"
-        ]
+             host-collector list shows them"
+        )
     );
     assert_eq!(limit.due(), None);
-    // The next second starts afresh; nothing is written twice.
-    assert!(limit.admit(2001, ms(t0, 1500), &mut out));
-    limit.flush(ms(t0, 1600), &mut out);
-    assert_eq!(out.lines().len(), 1);
+    // The next second starts afresh; nothing is summed up twice.
+    assert_eq!(limit.admit(2001, ms(t0, 1500)), (true, None));
+    assert_eq!(limit.flush(ms(t0, 1600)), None);
 }
 
 #[test]
-fn a_record_after_the_second_writes_the_summary_before_its_own_line() {
-    let mut out = Captured::default();
+fn a_record_after_the_second_gets_the_summary_before_its_own_line() {
     let mut limit = StoredLines::new(100);
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let n = (1..=150)
-        .filter(|&id| limit.admit(id, ms(t0, 3 * id as u64), &mut out))
+        .filter(|&id| {
+            let (line, summary) = limit.admit(id, ms(t0, 3 * id as u64));
+            assert_eq!(summary, None);
+            line
+        })
         .count();
     assert_eq!(n, 100);
-    assert!(out.lines().is_empty());
-    assert!(limit.admit(151, ms(t0, 1200), &mut out));
-    assert_eq!(summaries(&out.lines()), [(50, 101, 150)]);
+    let (line, summary) = limit.admit(151, ms(t0, 1200));
+    assert!(line);
+    assert_eq!(summaries(&[summary.unwrap()]), [(50, 101, 150)]);
 }
 
 #[test]
 fn below_the_rate_every_record_gets_its_line_and_no_summary() {
-    let mut out = Captured::default();
     let mut limit = StoredLines::new(100);
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     // 90 a second for 3 s, then 100 at once (the rate exactly).
     for id in 0..270 {
-        assert!(
-            limit.admit(id, ms(t0, id as u64 * 1000 / 90), &mut out),
+        assert_eq!(
+            limit.admit(id, ms(t0, id as u64 * 1000 / 90)),
+            (true, None),
             "{id}"
         );
     }
     for id in 270..370 {
-        assert!(limit.admit(id, ms(t0, 5000), &mut out), "{id}");
+        assert_eq!(limit.admit(id, ms(t0, 5000)), (true, None), "{id}");
     }
     assert_eq!(limit.due(), None);
-    limit.tick(ms(t0, 9000), &mut out);
-    limit.flush(ms(t0, 9000), &mut out);
-    assert!(out.lines().is_empty(), "{:?}", out.lines());
+    assert_eq!(limit.tick(ms(t0, 9000)), None);
+    assert_eq!(limit.flush(ms(t0, 9000)), None);
 }
 
 #[test]
 fn event_log_rate_zero_logs_every_record() {
-    let mut out = Captured::default();
     let mut limit = StoredLines::new(0);
-    let t0 = std::time::Instant::now();
-    assert!((0..10_000).all(|id| limit.admit(id, t0, &mut out)));
+    let t0 = Instant::now();
+    assert!((0..10_000).all(|id| limit.admit(id, t0) == (true, None)));
     assert_eq!(limit.due(), None);
-    limit.flush(t0, &mut out);
-    assert!(out.lines().is_empty());
+    assert_eq!(limit.flush(t0), None);
 }
 
-#[test]
-fn through_the_dispatcher_a_burst_logs_n_lines_state_changes_all_and_the_summary_at_exit() {
+/// A dispatcher writing its lines to a [`Captured`].
+fn dispatcher(rate: u32, metrics: Option<Metrics>) -> (EventSink, Dispatcher, Captured) {
     let out = Captured::default();
-    let (metrics, registry) = Metrics::new();
     let cfg = EventConfig {
-        log_rate: 100,
+        log_rate: rate,
         ..EventConfig::default()
     };
     let counters = Arc::new(Counters::default());
-    let started = std::time::Instant::now();
-    let (sink, dispatcher) =
-        Dispatcher::start_with(cfg, counters, Some(metrics), Box::new(out.clone())).unwrap();
-    let records: Vec<StoredRecord> = (1..=1000).map(stored).collect();
-    let steps: usize = records.iter().map(|r| r.steps().len()).sum();
-    for batch in records.chunks(100) {
-        sink.send_stored(batch.to_vec());
+    let (sink, d) = Dispatcher::start_with(cfg, counters, metrics, Box::new(out.clone())).unwrap();
+    (sink, d, out)
+}
+
+/// As the writer does after a commit: each stored record through [`EventSink::stored`], then
+/// the batch.
+fn commit(sink: &mut EventSink, ids: std::ops::RangeInclusive<i64>, now: Instant) {
+    let mut batch = Vec::new();
+    for id in ids {
+        sink.stored(id, &new_record(id), false, now, &mut batch);
+    }
+    sink.send_stored(batch);
+}
+
+fn silent(i: u8) -> Event {
+    Event::CanaryState(StateEvent {
+        address: format!("10.0.0.{i}:7375"),
+        host: String::new(),
+        boot_id: "00".into(),
+        from: Some(State::Alive),
+        to: State::Silent,
+        at: String::new(),
+        at_us: 0,
+        reason: "no heartbeat".into(),
+        interval_ms: 1000,
+        last_seen: String::new(),
+        last_seen_us: 0,
+        record_id: None,
+    })
+}
+
+#[test]
+fn a_burst_logs_n_lines_every_state_change_and_the_summary_at_exit() {
+    let (metrics, registry) = Metrics::new();
+    let (mut sink, dispatcher, out) = dispatcher(100, Some(metrics));
+    let t0 = Instant::now();
+    // 1,000 records in ten commits within 0.9 s.
+    for c in 0..10 {
+        commit(
+            &mut sink,
+            c * 100 + 1..=c * 100 + 100,
+            ms(t0, c as u64 * 90),
+        );
     }
     // Twenty state changes after the burst: none is held back.
     for i in 0..20 {
-        sink.send(Event::CanaryState(StateEvent {
-            address: format!("10.0.0.{i}:7375"),
-            host: String::new(),
-            boot_id: "00".into(),
-            from: Some(State::Alive),
-            to: State::Silent,
-            at: String::new(),
-            at_us: 0,
-            reason: "no heartbeat".into(),
-            interval_ms: 1000,
-            last_seen: String::new(),
-            last_seen_us: 0,
-            record_id: None,
-        }));
+        sink.send(silent(i));
     }
     drop(sink);
     dispatcher.finish(Duration::ZERO);
-    let took = started.elapsed();
     let lines = out.lines();
     assert_eq!(
         lines
@@ -373,20 +399,16 @@ fn through_the_dispatcher_a_burst_logs_n_lines_state_changes_all_and_the_summary
         20
     );
     let ids = logged_ids(&lines);
-    let sums = summaries(&lines);
-    let more: u64 = sums.iter().map(|s| s.0).sum();
-    assert_eq!(ids.len() as u64 + more, 1000, "{sums:?}");
-    if took < Duration::from_millis(900) {
-        // All in one second: N lines, then the summary written at exit.
-        assert_eq!(ids, (1..=100).collect::<Vec<_>>());
-        assert_eq!(sums, [(900, 101, 1000)]);
-        assert!(
-            lines.last().unwrap().starts_with("crash stored: 900 more"),
-            "{lines:?}"
-        );
-    }
+    assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+    // The summary, written at exit, is the last line.
+    assert_eq!(summaries(&lines), [(900, 101, 1000)]);
+    assert!(
+        lines.last().unwrap().starts_with("crash stored: 900 more"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 121);
     for id in ids {
-        assert!(lines.contains(&records[id as usize - 1].log_line()), "{id}");
+        assert!(lines.contains(&stored(id).log_line()), "{id}");
     }
     // The step metrics still see every record.
     let mut text = String::new();
@@ -396,31 +418,157 @@ fn through_the_dispatcher_a_burst_logs_n_lines_state_changes_all_and_the_summary
         .filter(|l| l.starts_with("canary_collector_panic_step_seconds_count{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
         .sum();
+    let steps: usize = (1..=1000).map(|i| stored(i).steps().len()).sum();
+    assert!(steps >= 1000);
     assert_eq!(counted, steps);
 }
 
 #[test]
-fn a_pending_summary_is_written_when_its_second_is_over_without_more_records() {
-    let out = Captured::default();
-    let cfg = EventConfig {
-        log_rate: 10,
-        ..EventConfig::default()
-    };
-    let (sink, dispatcher) = Dispatcher::start_with(
-        cfg,
-        Arc::new(Counters::default()),
-        None,
-        Box::new(out.clone()),
-    )
-    .unwrap();
-    sink.send_stored((1..=30).map(stored).collect());
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while summaries(&out.lines()).is_empty() && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
+fn the_writers_tick_queues_the_summary_when_its_second_is_over() {
+    let (mut sink, dispatcher, out) = dispatcher(10, None);
+    let t0 = Instant::now();
+    commit(&mut sink, 1..=30, t0);
+    sink.tick(ms(t0, 999));
+    sink.tick(ms(t0, 1000));
+    let end = Instant::now() + Duration::from_secs(5);
+    while summaries(&out.lines()).is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(summaries(&out.lines()), [(20, 11, 30)]);
     assert_eq!(logged_ids(&out.lines()), (1..=10).collect::<Vec<_>>());
+    // The next second: lines again, and its own summary at exit.
+    commit(&mut sink, 31..=45, ms(t0, 1500));
     drop(sink);
     dispatcher.finish(Duration::ZERO);
-    assert_eq!(out.lines().len(), 11, "nothing more at exit");
+    let lines = out.lines();
+    assert_eq!(
+        logged_ids(&lines),
+        (1..=10).chain(31..=40).collect::<Vec<_>>()
+    );
+    assert_eq!(summaries(&lines), [(20, 11, 30), (5, 41, 45)]);
+    assert_eq!(lines.len(), 22);
+}
+
+#[test]
+fn a_record_without_a_line_costs_nothing_unless_metrics_or_hooks_want_it() {
+    let t0 = Instant::now();
+    for (want_steps, want_events) in [(false, false), (true, false), (false, true)] {
+        let (tx, rx) = mpsc::sync_channel(100);
+        let mut sink = EventSink {
+            tx,
+            counters: Arc::new(Counters::default()),
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max_bytes: 1 << 20,
+            events: Arc::new(AtomicUsize::new(0)),
+            max_events: 100,
+            lines: StoredLines::new(10),
+            want_steps,
+            want_events,
+        };
+        commit(&mut sink, 1..=30, t0);
+        let Some((Queued::Stored(rs), _)) = rx.try_iter().next() else {
+            panic!("a batch")
+        };
+        let what = (want_steps, want_events);
+        if want_steps || want_events {
+            assert_eq!(rs.len(), 30, "{what:?}");
+        } else {
+            assert_eq!(
+                rs.iter().map(|r| r.id).collect::<Vec<_>>(),
+                (1..=10).collect::<Vec<_>>()
+            );
+        }
+        for r in &rs {
+            assert_eq!(r.line, r.id <= 10, "{what:?}");
+            let full = stored(r.id);
+            // A line: the columns of the line; steps: the JSON; an event: everything.
+            assert_eq!(
+                r.steps_json() == full.steps_json(),
+                want_steps || want_events
+            );
+            if r.line || want_events {
+                assert_eq!(r.log_line(), full.log_line());
+            } else {
+                assert!(
+                    r.cost() < full.cost(),
+                    "{what:?}: nothing of the line copied"
+                );
+            }
+            if want_events {
+                assert_eq!(r.cost(), full.cost());
+            }
+        }
+        // A stored record's event sent whole counts against the rate too; a state change never.
+        sink.send(crash(String::new()));
+        sink.send(silent(1));
+        let flags: Vec<bool> = rx
+            .try_iter()
+            .filter_map(|(q, _)| match q {
+                Queued::Event(_, line) => Some(line),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flags, [false, true]);
+    }
+}
+
+#[test]
+fn step_metrics_from_the_json_match_observe_steps() {
+    // The step histograms' lines, sorted (the families' order is a hash map's).
+    let render = |reg: &prometheus_client::registry::Registry| {
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, reg).unwrap();
+        let mut lines: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("canary_collector_panic_step_seconds"))
+            .collect();
+        lines.sort_unstable();
+        lines.join("\n")
+    };
+    let (old, old_reg) = Metrics::new();
+    let (new, new_reg) = Metrics::new();
+    let mut from_json = super::steps::StepMetrics::new(new.clone());
+    let mut from_views = super::steps::StepMetrics::new(new);
+    let mut records: Vec<StoredRecord> = (1..=20).map(stored).collect();
+    // A step name the JSON escapes, and JSON that does not parse (no steps, as before).
+    let odd = r#"[{"step":"a \"b\"\n","outcome":"ok","elapsed_us":7}]"#;
+    for (i, json) in [odd, "not json"].into_iter().enumerate() {
+        use crate::store::{Col, RowText};
+        let mut text = RowText::default();
+        text.set(Col::Source, |s| s.push_str("127.0.0.1:9"));
+        text.set(Col::Kind, |s| s.push_str("panic"));
+        text.set(Col::Steps, |s| s.push_str(json));
+        let r = NewRecord {
+            key: RecordKey {
+                boot_id: [i as u8; 16],
+                seq: 1,
+                record_crc: 1,
+            },
+            received_at_us: 0,
+            schema_major: 1,
+            schema_minor: 1,
+            uptime_us: 0,
+            line_col: (1, 2),
+            text,
+            raw: Vec::new(),
+        };
+        records.push(StoredRecord::new(90 + i as i64, &r, false, Wanted::ALL));
+    }
+    for (i, r) in records.iter().enumerate() {
+        old.observe_steps(&r.steps());
+        // Half through each path: both feed the same histograms.
+        if i % 2 == 0 {
+            from_json.observe_json(r.steps_json());
+        } else {
+            from_views.observe(&r.steps());
+        }
+    }
+    let want = render(&old_reg);
+    // The seven steps of the sample records and the odd one.
+    let steps = want
+        .lines()
+        .filter(|l| l.starts_with("canary_collector_panic_step_seconds_count{"))
+        .count();
+    assert_eq!(steps, 8, "{want}");
+    assert_eq!(render(&new_reg), want);
 }

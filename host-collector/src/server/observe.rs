@@ -92,7 +92,7 @@ impl Observers {
             self.counts[idx(f)] -= 1;
         }
         self.counts[idx(c.to)] += 1;
-        if let Some(ev) = &self.events {
+        if let Some(ev) = &mut self.events {
             ev.send(Event::CanaryState(StateEvent::from(&c)));
         }
     }
@@ -104,6 +104,10 @@ impl Observers {
             m.set_queue_bytes(queue_bytes);
         }
         let now = Instant::now();
+        if let Some(ev) = &mut self.events {
+            // The summary of the records not logged one by one, once its second is over.
+            ev.tick(now);
+        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             let mut changes = self.tracker.tick(now_us());
@@ -167,8 +171,11 @@ impl Observers {
         }
         let mut changed = false;
         // The stored records' events go to the dispatcher together (one hand-off), each
-        // still before any state change that follows it.
+        // still before any state change that follows it; only what the dispatcher needs of
+        // each (`EventSink::stored`: nothing for a record without a line of its own when
+        // neither step metrics nor hooks want it).
         let mut events = Vec::new();
+        let now = Instant::now();
         let stored = records
             .iter()
             .zip(outcomes)
@@ -179,9 +186,9 @@ impl Observers {
             let source = t.get(Col::Source).unwrap_or("");
             let kind = t.get(Col::Kind).unwrap_or("");
             let drill = kind == "drill" && self.drills.as_ref().is_some_and(|b| b.answered(source));
-            if self.events.is_some() {
+            if let Some(ev) = &mut self.events {
                 // Hex, times and addresses are rendered by the dispatcher, off this thread.
-                events.push(StoredRecord::new(id, r, drill));
+                ev.stored(id, r, drill, now, &mut events);
             }
             let arch = arch_code(t.get(Col::Arch).unwrap_or(""));
             if let Some(c) =
