@@ -15,6 +15,7 @@
 mod canary;
 mod exec;
 mod poller;
+mod template;
 
 use std::cell::Cell;
 use std::collections::HashMap;

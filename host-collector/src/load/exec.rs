@@ -38,8 +38,13 @@ pub(super) type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub(super) struct Reactor {
     now: Cell<Instant>,
     current: Cell<usize>,
-    /// Each task's live timer (at most one), to skip stale heap entries.
+    /// Each task's live timer (at most one).
     armed: Vec<Cell<Option<Instant>>>,
+    /// Each task's earliest entry in `timers` that counts (others are stale and skipped).
+    /// A task re-arming later than that adds no entry: when the entry comes due, it is
+    /// pushed again for the armed time. A canary arms one retransmit timer per record, and
+    /// its acks come long before: this keeps that to about one heap entry per timeout.
+    queued: Vec<Cell<Option<Instant>>>,
     timers: RefCell<BinaryHeap<Reverse<(Instant, usize)>>>,
     woken: RefCell<Vec<usize>>,
     inbox: Vec<RefCell<VecDeque<Vec<u8>>>>,
@@ -52,6 +57,7 @@ impl Reactor {
             now: Cell::new(Instant::now()),
             current: Cell::new(0),
             armed: (0..tasks).map(|_| Cell::new(None)).collect(),
+            queued: (0..tasks).map(|_| Cell::new(None)).collect(),
             timers: RefCell::new(BinaryHeap::new()),
             woken: RefCell::new(Vec::new()),
             inbox: (0..tasks).map(|_| RefCell::new(VecDeque::new())).collect(),
@@ -71,12 +77,19 @@ impl Reactor {
         n
     }
 
+    /// Sets the running task's timer to `at` (replacing any other).
     fn arm(&self, at: Instant) {
         let t = self.current.get();
-        if self.armed[t].get() != Some(at) {
-            self.armed[t].set(Some(at));
+        self.armed[t].set(Some(at));
+        if self.queued[t].get().is_none_or(|q| at < q) {
+            self.queued[t].set(Some(at));
             self.timers.borrow_mut().push(Reverse((at, t)));
         }
+    }
+
+    /// Clears the running task's timer.
+    fn disarm(&self) {
+        self.armed[self.current.get()].set(None);
     }
 
     /// Queues datagram `d` for task `task` and wakes it.
@@ -108,9 +121,20 @@ impl Reactor {
                 return Some(at);
             }
             timers.pop();
-            if self.armed[t].get() == Some(at) {
-                self.armed[t].set(None);
-                self.woken.borrow_mut().push(t);
+            if self.queued[t].get() != Some(at) {
+                continue;
+            }
+            self.queued[t].set(None);
+            match self.armed[t].get() {
+                None => {}
+                Some(a) if a <= now => {
+                    self.armed[t].set(None);
+                    self.woken.borrow_mut().push(t);
+                }
+                Some(a) => {
+                    self.queued[t].set(Some(a));
+                    timers.push(Reverse((a, t)));
+                }
             }
         }
         None
@@ -150,10 +174,12 @@ impl Future for RecvOrSleep<'_> {
         let t = rx.current.get();
         if self.recv {
             if let Some(d) = rx.inbox[t].borrow_mut().pop_front() {
+                rx.disarm();
                 return Poll::Ready(Some(d));
             }
         }
         if rx.now() >= self.at {
+            rx.disarm();
             return Poll::Ready(None);
         }
         rx.arm(self.at);
@@ -354,5 +380,35 @@ mod tests {
         assert!(ticks >= 3, "{ticks}");
         // The receiver's socket was closed when it ended.
         assert!(net.socks[0].is_none());
+    }
+
+    /// A task that re-arms later than its queued timer (a canary's next record after an ack)
+    /// wakes at the later time: the early entry, when due, is queued again for it.
+    #[test]
+    fn a_timer_moved_later_wakes_at_the_later_time() {
+        let rx = Reactor::new(1);
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.send(b"early").unwrap();
+        let mut net = Net::new(PollSet::default());
+        net.add(Rc::new(a), Route::Own(0)).unwrap();
+        let t0 = rx.refresh();
+        let rxr = &rx;
+        let task: Task<'_, (Option<Vec<u8>>, Option<Vec<u8>>, Duration)> = Box::pin(async move {
+            let first = rxr.recv_or_sleep(t0 + Duration::from_millis(50)).await;
+            let second = rxr.recv_or_sleep(t0 + Duration::from_millis(120)).await;
+            (first, second, t0.elapsed())
+        });
+        let out = run_all(&rx, vec![task], &mut net, None, None).unwrap();
+        let (first, second, took) = &out[0];
+        assert_eq!(first.as_deref(), Some(&b"early"[..]));
+        assert_eq!(*second, None);
+        assert!(*took >= Duration::from_millis(120), "{took:?}");
+        assert!(*took < Duration::from_millis(900), "{took:?}");
+        // One entry was pushed for 50 ms and once more for 120 ms: none left.
+        assert!(rx.timers.borrow().is_empty());
     }
 }

@@ -176,7 +176,8 @@ mod tests {
             p.add(i, s.as_ref().unwrap()).unwrap();
         }
         let mut ready = Vec::new();
-        p.wait(&socks, Duration::from_millis(20), &mut ready).unwrap();
+        p.wait(&socks, Duration::from_millis(20), &mut ready)
+            .unwrap();
         assert!(ready.is_empty(), "{ready:?}");
         b1.send(b"one").unwrap();
         b1.send(b"two").unwrap();
@@ -191,11 +192,13 @@ mod tests {
         assert_eq!(ready, [1]);
         assert_eq!(s1.recv(&mut buf).unwrap(), 3);
         ready.clear();
-        p.wait(&socks, Duration::from_millis(20), &mut ready).unwrap();
+        p.wait(&socks, Duration::from_millis(20), &mut ready)
+            .unwrap();
         assert!(ready.is_empty(), "{ready:?}");
         b0.send(b"x").unwrap();
         p.remove(0, socks[0].as_ref().unwrap());
-        p.wait(&socks, Duration::from_millis(20), &mut ready).unwrap();
+        p.wait(&socks, Duration::from_millis(20), &mut ready)
+            .unwrap();
         assert!(ready.is_empty(), "{ready:?}");
     }
 

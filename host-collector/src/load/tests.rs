@@ -126,7 +126,12 @@ struct Seen {
 
 /// A collector that acks every chunk (stored the first time, duplicate after) and checks
 /// that each source has one record in flight.
-fn fake_collector() -> (SocketAddr, Arc<Mutex<Seen>>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn fake_collector() -> (
+    SocketAddr,
+    Arc<Mutex<Seen>>,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let addr = s.local_addr().unwrap();
@@ -199,18 +204,34 @@ fn every_record_acked_under_loss<P: Poller>(poller: P, max_sockets: Option<u32>)
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
     let seen = seen.lock().unwrap();
-    assert_eq!((r.acked, r.lost, r.rejected, r.sent), (400, 0, 0, 400), "{r:?}");
+    assert_eq!(
+        (r.acked, r.lost, r.rejected, r.sent),
+        (400, 0, 0, 400),
+        "{r:?}"
+    );
     assert!(r.acked_duplicate <= seen.repeats, "{r:?}");
     assert!(r.retransmit_rounds > 0, "{r:?}");
-    assert!(r.datagrams_dropped_out > 0 && r.datagrams_dropped_in > 0, "{r:?}");
+    assert!(
+        r.datagrams_dropped_out > 0 && r.datagrams_dropped_in > 0,
+        "{r:?}"
+    );
     assert!(seen.repeats > 0, "no retransmit reached the collector");
-    assert_eq!(seen.changed, 0, "a retransmit's bytes differ from the first send");
-    assert_eq!(seen.overlaps, 0, "a canary sent a record before the previous one's ack");
+    assert_eq!(
+        seen.changed, 0,
+        "a retransmit's bytes differ from the first send"
+    );
+    assert_eq!(
+        seen.overlaps, 0,
+        "a canary sent a record before the previous one's ack"
+    );
     assert_eq!(seen.chunks.len(), 400);
     let ports: HashSet<_> = seen.last_acked.keys().collect();
     assert_eq!(ports.len(), max_sockets.unwrap_or(20) as usize);
     assert_eq!(r.sockets, max_sockets.unwrap_or(20));
-    assert!(r.p50_ms > 0.0 && r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms, "{r:?}");
+    assert!(
+        r.p50_ms > 0.0 && r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms,
+        "{r:?}"
+    );
     let ticks = ticks.lock().unwrap();
     assert_eq!(ticks.first(), Some(&0), "{ticks:?}");
 }
@@ -246,7 +267,10 @@ fn records_not_acked_by_the_deadline_are_lost() {
     let t = Instant::now();
     let r = run(cfg, None).unwrap();
     drop(sink);
-    assert_eq!((r.acked, r.lost, r.sent), (0, 9, 3), "{r:?}");
+    assert_eq!((r.acked, r.lost), (0, 9), "{r:?}");
+    // Each canary's first record times out at the deadline's last whole millisecond; the next
+    // may still start in the millisecond left.
+    assert!((3..=9).contains(&r.sent), "{r:?}");
     assert!(r.retransmit_rounds > 0, "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
