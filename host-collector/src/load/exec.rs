@@ -382,6 +382,9 @@ mod tests {
         assert!(net.socks[0].is_none());
     }
 
+    /// Two waits' datagrams and when the second ended.
+    type Waits = (Option<Vec<u8>>, Option<Vec<u8>>, Duration);
+
     /// A task that re-arms later than its queued timer (a canary's next record after an ack)
     /// wakes at the later time: the early entry, when due, is queued again for it.
     #[test]
@@ -397,7 +400,7 @@ mod tests {
         net.add(Rc::new(a), Route::Own(0)).unwrap();
         let t0 = rx.refresh();
         let rxr = &rx;
-        let task: Task<'_, (Option<Vec<u8>>, Option<Vec<u8>>, Duration)> = Box::pin(async move {
+        let task: Task<'_, Waits> = Box::pin(async move {
             let first = rxr.recv_or_sleep(t0 + Duration::from_millis(50)).await;
             let second = rxr.recv_or_sleep(t0 + Duration::from_millis(120)).await;
             (first, second, t0.elapsed())
