@@ -202,6 +202,101 @@ fn two_collectors_given_the_same_records_at_20_percent_loss_store_each_once_and_
     assert_eq!(v["boot_id"], boot.as_str(), "{v}");
 }
 
+/// One collector commits batches on several connections at once (the next batch is written
+/// while the last commits; commits slowed by the test hook so they overlap): each record,
+/// sent by two senders at the same moment, is stored once, acked `stored` to exactly one of
+/// them and `duplicate` to the other, and every ack finds its record committed, seen from
+/// another connection at the moment the ack arrives.
+#[test]
+fn one_collector_committing_on_several_connections_stores_once_and_acks_after_commit() {
+    let Some(db) = TestDb::create("several_connections") else {
+        return;
+    };
+    let a = Server::start(
+        Path::new(&db.url),
+        "127.0.0.1:0",
+        &[],
+        &[("CANARY_COLLECTOR_TEST_COMMIT_DELAY_MS", "15")],
+    );
+    let recs = records(0xb2, 20, 15);
+    // The writer thread opens the committers' connections as it starts.
+    let t = Instant::now();
+    let conns = loop {
+        let n = db
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = \
+                 'host-collector' AND datname = current_database()",
+            )
+            .unwrap();
+        if n >= 3 || t.elapsed() > Duration::from_secs(10) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        conns >= 3,
+        "the writer and two committers: {conns} connections"
+    );
+    // Each record from two senders at the same moment, from 12 threads: (boot, seq, status,
+    // committed when acked).
+    let send = |chunk: &[([u8; 16], u32, Vec<u8>)]| {
+        let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+        let mut out = Vec::new();
+        for (boot, seq, bytes) in chunk {
+            let (x, y) = std::thread::scope(|sc| {
+                let one = || {
+                    let (st, status) =
+                        send_lossy(a.addr, *boot, *seq, bytes, 0.0, &mut Rng(1), 10_000);
+                    assert_eq!(st, SendState::Acked, "seq {seq}");
+                    status
+                };
+                let x = sc.spawn(one);
+                let y = sc.spawn(one);
+                (x.join().unwrap(), y.join().unwrap())
+            });
+            // The ack left after the commit: the row is there for anyone to read.
+            let committed = c
+                .query_one(
+                    "SELECT count(*) FROM records WHERE boot_id = $1 AND seq = $2",
+                    &[&&boot[..], &(*seq as i64)],
+                )
+                .unwrap()
+                .get::<_, i64>(0);
+            out.push((*boot, *seq, [x, y], committed));
+        }
+        out
+    };
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = recs
+            .chunks(25)
+            .map(|ch| sc.spawn(move || send(ch)))
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.len(), 300);
+    for (_, seq, statuses, committed) in &results {
+        assert_eq!(
+            *committed, 1,
+            "seq {seq}: acked {statuses:?} before its commit"
+        );
+        let mut s = statuses.to_vec();
+        s.sort_by_key(|x| format!("{x:?}"));
+        assert_eq!(
+            s,
+            [Some(AckStatus::Duplicate), Some(AckStatus::Stored)],
+            "seq {seq}: one sender told `stored`, the other `duplicate`"
+        );
+    }
+    assert_eq!(rows(&db), (300, 300), "one row per record");
+    assert_eq!(a.stop("TERM"), 0);
+    let st = json(&run(&["--db", &db.url, "stats", "--json"]));
+    assert_eq!(st["records"], 300, "{st}");
+    assert_eq!(st["records_stored"], 300, "{st}");
+    // One per record, and one per retransmit (a sender's timer can beat a slowed commit).
+    let dups = st["duplicates"].as_i64().unwrap();
+    assert_eq!(dups, st["datagrams"].as_i64().unwrap() - 300, "{st}");
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, Config, GenericClient, Statement};
@@ -205,7 +205,11 @@ pub struct PgStore {
     conn: Mutex<Conn>,
     last_ids: Vec<i64>,
     rejected_budget: u64,
-    rejected_bytes: Option<u64>,
+    /// The bytes of rejected records kept, as this collector last counted them (`None`:
+    /// not counted yet): shared with the [`PgStore::sibling`] connections, and held for
+    /// the whole commit of a batch with rejections, so this collector's connections never
+    /// keep more than the budget between them.
+    rejected_bytes: Arc<Mutex<Option<u64>>>,
     /// The crash count of each canary's liveness row as this collector last read or wrote
     /// it: a save adds only this collector's new crashes to the row.
     crash_base: Mutex<HashMap<String, u64>>,
@@ -227,7 +231,7 @@ impl PgStore {
             }),
             last_ids: Vec::new(),
             rejected_budget: u64::MAX,
-            rejected_bytes: None,
+            rejected_bytes: Arc::new(Mutex::new(None)),
             crash_base: Mutex::new(HashMap::new()),
         };
         if create {
@@ -339,6 +343,33 @@ impl PgStore {
                 Err(err)
             }
         }
+    }
+
+    /// Another connection to the same database for writing batches at the same time as
+    /// this one (`serve` commits on several): the same rejected-records budget, shared.
+    /// Its liveness bookkeeping is its own: only one connection should save liveness.
+    pub fn sibling(&self) -> Result<PgStore> {
+        // The driver blocks on a runtime of its own (see `with`).
+        let client = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|sc| sc.spawn(|| self.target.connect()).join()).unwrap_or_else(
+                |_| Err(StoreError::Postgres("the database thread panicked".into())),
+            )?
+        } else {
+            self.target.connect()?
+        };
+        Ok(PgStore {
+            target: self.target.clone(),
+            conn: Mutex::new(Conn {
+                client: Some(client),
+                stmts: Stmts::default(),
+                next_try: Instant::now(),
+                backoff: BACKOFF_MIN,
+            }),
+            last_ids: Vec::new(),
+            rejected_budget: self.rejected_budget,
+            rejected_bytes: self.rejected_bytes.clone(),
+            crash_base: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The schema version (0 when no collector has migrated this database).

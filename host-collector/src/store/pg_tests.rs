@@ -203,3 +203,70 @@ fn foreign_and_empty_databases_are_refused() {
         .expect("foreign refused");
     assert!(e.to_string().contains("another program"), "{e}");
 }
+
+/// `serve`'s committer connections (`Store::writer_siblings`) given the same records at
+/// once, from two threads: each key stored by exactly one of them, `duplicate` for the
+/// other; and rejected records sent to both at once stay within the one budget they share
+/// (the first to commit keeps what fits, the other counts them not kept).
+#[test]
+fn writer_siblings_store_each_key_once_and_share_the_rejected_budget() {
+    let Some(b) = pg_backend("writer_siblings") else {
+        return;
+    };
+    let mut s = b.open();
+    s.set_rejected_budget(100);
+    let mut siblings = s.writer_siblings(2).unwrap();
+    assert_eq!(siblings.len(), 2);
+    let recs: Vec<NewRecord> = (0..300).map(|i| real((i / 30) as u8, i, 1).0).collect();
+    let rej = |i: u32| Rejection {
+        key: RecordKey {
+            boot_id: [0xee; 16],
+            seq: i,
+            record_crc: 1,
+        },
+        source: "10.0.0.6:1".into(),
+        received_at_us: 5,
+        schema_major: 9,
+        schema_minor: 0,
+        reason: "newer major".into(),
+        raw: vec![1; 30],
+    };
+    // Six of 30 bytes each, different keys: together 180 bytes against a budget of 100.
+    let (r1, r2): (Vec<Rejection>, Vec<Rejection>) =
+        ((0..3).map(rej).collect(), (3..6).map(rej).collect());
+    let (x, y) = {
+        let (first, second) = siblings.split_at_mut(1);
+        let (p, q) = (&mut first[0], &mut second[0]);
+        let run = |st: &mut Store, rej: &[Rejection], chunk: usize| {
+            let mut out = Vec::new();
+            for (i, c) in recs.chunks(chunk).enumerate() {
+                let rj = if i == 0 { rej } else { &[][..] };
+                let o = st.commit_batch(c, rj, &[], &[]).unwrap();
+                out.extend(c.iter().map(|r| r.key).zip(o));
+            }
+            out
+        };
+        std::thread::scope(|sc| {
+            let x = sc.spawn(|| run(p, &r1, 23));
+            let y = sc.spawn(|| run(q, &r2, 41));
+            (x.join().unwrap(), y.join().unwrap())
+        })
+    };
+    let stored = |v: &[(RecordKey, InsertOutcome)]| -> std::collections::HashSet<RecordKey> {
+        v.iter()
+            .filter(|(_, o)| *o == InsertOutcome::Stored)
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let (sx, sy) = (stored(&x), stored(&y));
+    assert!(sx.is_disjoint(&sy), "a key stored by both connections");
+    assert_eq!(sx.len() + sy.len(), 300, "every key stored by one of them");
+    let st = s.stats().unwrap();
+    assert_eq!(st.records, 300);
+    assert_eq!(st.counters["records_stored"], 300);
+    assert_eq!(st.counters["duplicates"], 300);
+    let kept = s.rejections().unwrap();
+    assert_eq!(kept.len(), 3, "100 bytes hold three of 30: {kept:?}");
+    assert_eq!(st.counters["rejected"], 6);
+    assert_eq!(st.counters["rejected_not_kept"], 3);
+}
