@@ -15,6 +15,17 @@ use common::*;
 /// `records` records with `load`, waits until they are stored, stops it with SIGTERM and
 /// returns its stderr.
 fn serve_and_load(dir: &Path, global: &[&str], args: &[&str], records: u32) -> String {
+    serve_load_then(dir, global, args, records, |_| {})
+}
+
+/// [`serve_and_load`], calling `running` with serve's stderr so far before stopping it.
+fn serve_load_then(
+    dir: &Path,
+    global: &[&str],
+    args: &[&str],
+    records: u32,
+    running: impl FnOnce(&str),
+) -> String {
     let db = dir.join("c.db");
     let log = dir.join("serve.log");
     let mut child = Command::new(BIN)
@@ -55,6 +66,7 @@ fn serve_and_load(dir: &Path, global: &[&str], args: &[&str], records: u32) -> S
     ]);
     assert_eq!(o.status.code(), Some(0), "load: {}", stderr(&o));
     wait_stats(&db, |s| s["records_stored"] == records);
+    running(&std::fs::read_to_string(&log).unwrap());
     let st = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -125,4 +137,55 @@ fn event_log_rate_zero_in_the_config_file_logs_every_record() {
         ids.into_iter().collect::<BTreeSet<_>>(),
         listed(&dir.path().join("c.db"))
     );
+}
+
+#[test]
+fn past_the_event_log_rate_hooks_and_step_metrics_still_get_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("events.jsonl");
+    let cmd = format!("cat >> '{}'", hook.display());
+    let args = [
+        "--event-log-rate",
+        "5",
+        "--on-event",
+        &cmd,
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let log = serve_load_then(dir.path(), &[], &args, 40, |log| {
+        let addr = log
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("the metrics address");
+        let body = ureq::get(&format!("http://{addr}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let counts: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("canary_collector_panic_step_seconds_count{"))
+            .collect();
+        assert_eq!(counts.len(), 7, "{body}");
+        for l in counts {
+            assert!(l.ends_with(" 40"), "{l}");
+        }
+        // One JSON event per stored record (the hooks run one at a time at most 4 at once).
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&hook).unwrap_or_default();
+            let n = text.matches("\"event\":\"crash_stored\"").count();
+            if n >= 40 || Instant::now() > end {
+                assert_eq!(n, 40, "{text}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (ids, sums) = parse(&log);
+    assert!(ids.len() < 40, "{log}");
+    assert_eq!(ids.len() as i64 + sums.iter().map(|s| s.0).sum::<i64>(), 40);
+    // The canaries' state changes all got their line.
+    assert_eq!(log.matches("canary crashed ").count(), 10, "{log}");
 }
