@@ -1,12 +1,15 @@
 //! Conversion of capture's decoded records into the stored form ([`RecordFields`]).
 
 use capture::panic::{Outcome, Step};
-use capture::record::{Arch, BootMode, CrashKind, CrashRecord};
+use capture::record::{Arch, BootMode, CrashKind, CrashRecord, ImageIdKind};
 use serde_json::json;
 
 use std::fmt::Write as _;
 
 use crate::store::{Col, LocationView, RecordFields, RowText, StepView};
+
+pub mod lean;
+pub use lean::LeanView;
 
 /// Name of an arch code as carried in heartbeats and records.
 pub fn arch_code_name(code: u8) -> String {
@@ -162,12 +165,12 @@ fn push_hex_list(s: &mut String, vs: impl Iterator<Item = u64>) {
 /// Renders the stored text columns of `r` straight from the decoded record: the same JSON as
 /// [`fields`] gives (checked by a test), without building it up in `serde_json` values.
 pub fn row_text(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
-    render(&source, r, false)
+    render(&source, r)
 }
 
 /// [`row_text`] with any source text (`import-screen`'s `screen:FILE`).
 pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText {
-    render(source, r, false)
+    render(source, r)
 }
 
 /// The columns a lean store keeps (source, arch, kind, message, file, image id, names, load
@@ -176,7 +179,39 @@ pub fn row_text_from(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText
 /// registers, backtrace, log tail, ext) is rendered from raw when read, so it is not
 /// rendered here.
 pub fn row_text_lean(source: std::net::SocketAddr, r: &CrashRecord) -> RowText {
-    render(&source, r, true)
+    render_lean(source, &LeanView::of(r))
+}
+
+/// [`row_text_lean`] from a [`LeanView`] (what [`lean::decode`] reads straight from a body):
+/// the same columns, byte for byte.
+pub fn render_lean(source: std::net::SocketAddr, v: &LeanView<'_>) -> RowText {
+    let steps = v.steps();
+    let mut t = RowText::with_capacity(256 + v.message.len() + 48 * steps.len());
+    t.set(Col::Source, |s| push_socket_addr(s, source));
+    t.set(Col::Arch, |s| push_arch(s, v.arch));
+    t.set(Col::Kind, |s| s.push_str(kind_name(&v.kind)));
+    t.set(Col::Message, |s| s.push_str(v.message));
+    if let Some(l) = &v.location {
+        t.set(Col::File, |s| s.push_str(l.file));
+    }
+    t.set(Col::Steps, |s| push_steps(s, steps));
+    set_image_id(&mut t, v.image_id_kind, v.image_id);
+    set_step_columns(&mut t, v.load_base, steps);
+    // Schema 1.2's names, as crate::identity::{vm_name, host_name} give them (a test checks).
+    let vm = v.kvp_vm_name.trim();
+    if !vm.is_empty() {
+        t.set(Col::VmName, |s| s.push_str(vm));
+    }
+    let fqdn = v.kvp_host_fqdn.trim();
+    let host = if fqdn.is_empty() {
+        v.kvp_host_name.trim()
+    } else {
+        fqdn
+    };
+    if !host.is_empty() {
+        t.set(Col::HostName, |s| s.push_str(host));
+    }
+    t
 }
 
 fn kind_name(k: &CrashKind) -> &'static str {
@@ -189,69 +224,134 @@ fn kind_name(k: &CrashKind) -> &'static str {
     }
 }
 
-fn render(source: &dyn std::fmt::Display, r: &CrashRecord, lean: bool) -> RowText {
-    let mut t = if lean {
-        RowText::with_capacity(256 + r.message.len() + 48 * r.steps.len())
-    } else {
-        RowText::with_capacity(1024 + r.log_tail.len() + r.message.len())
-    };
-    t.set(Col::Source, |s| {
-        let _ = write!(s, "{source}");
-    });
-    if !lean {
-        t.set(Col::BuildId, |s| s.push_str(&r.build_id));
-    }
-    t.set(Col::Arch, |s| match r.arch {
+fn push_arch(s: &mut String, a: Arch) {
+    match a {
         Arch::X86_64 => s.push_str("x86_64"),
         Arch::Aarch64 => s.push_str("aarch64"),
         Arch::Other(o) => {
             let _ = write!(s, "other({o})");
         }
-    });
-    if !lean {
-        t.set(Col::BootMode, |s| s.push_str(&boot_mode_name(r.boot_mode)));
-        let h = &r.hypervisor;
-        t.set(Col::Hypervisor, |s| {
-            let _ = write!(
-                s,
-                "{{\"present\":{},\"privileges\":\"{:#x}\",\"vendor\":",
-                h.present, h.privileges
-            );
-            push_json_str(s, &h.vendor);
-            s.push_str(",\"version\":[");
-            for (i, v) in h.version.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                let _ = write!(s, "\"{v:#010x}\"");
-            }
-            s.push_str("]}");
-        });
-        if let Some((a, b)) = r.vmbus_version {
-            t.set(Col::VmbusVersion, |s| {
-                let _ = write!(s, "{a}.{b}");
-            });
+    }
+}
+
+/// Appends `v` in decimal, like `write!(s, "{v}")` without `core::fmt`.
+fn push_u64(s: &mut String, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut x = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (x % 10) as u8;
+        x /= 10;
+        if x == 0 {
+            break;
         }
     }
-    let (kind, detail) = match r.kind {
-        _ if lean => (kind_name(&r.kind), None),
-        CrashKind::Panic => ("panic", None),
-        CrashKind::Fault { vector, addr } => (
-            "fault",
-            Some(format!(
-                "{{\"addr\":\"{addr:#x}\",\"vector\":\"{vector:#x}\"}}"
-            )),
-        ),
-        CrashKind::SelfCheck => ("self-check", None),
-        CrashKind::Drill => ("drill", None),
-        CrashKind::Other { code, a, b } => (
-            "other",
-            Some(format!(
-                "{{\"a\":\"{a:#x}\",\"b\":\"{b:#x}\",\"code\":{code}}}"
-            )),
-        ),
+    // Only ASCII digits were written.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Appends `a` as its `Display` does (`1.2.3.4:5`, `[::1]:5`); IPv4 without `core::fmt`.
+fn push_socket_addr(s: &mut String, a: std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_u64(s, u64::from(*o));
+            }
+            s.push(':');
+            push_u64(s, u64::from(v4.port()));
+        }
+        a @ std::net::SocketAddr::V6(_) => {
+            let _ = write!(s, "{a}");
+        }
+    }
+}
+
+/// The steps JSON: `[{"step":…,"outcome":…,"elapsed_us":…},…]`.
+fn push_steps(s: &mut String, steps: &[capture::panic::StepRecord]) {
+    s.push('[');
+    for (i, st) in steps.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"step\":");
+        match st.step {
+            Step::Other(_) => push_json_str(s, &step_name(st.step)),
+            k => push_json_str(s, k.name()),
+        }
+        s.push_str(",\"outcome\":");
+        match outcome_name(st.outcome) {
+            Some(n) => push_json_str(s, n),
+            None => push_json_str(s, &st.outcome.to_string()),
+        }
+        s.push_str(",\"elapsed_us\":");
+        push_u64(s, u64::from(st.elapsed_us));
+        s.push('}');
+    }
+    s.push(']');
+}
+
+/// `outcome.to_string()` for the outcomes that have a fixed text (a test checks every code).
+fn outcome_name(o: Outcome) -> Option<&'static str> {
+    use capture::panic::SkipReason;
+    Some(match o {
+        Outcome::Pending => "pending",
+        Outcome::Done => "done",
+        Outcome::SkippedBusy => "skipped (busy)",
+        Outcome::NotPresent => "not present",
+        Outcome::TimedOut => "timed out",
+        Outcome::Skipped(SkipReason::AlreadyDone) => "skipped (AlreadyDone)",
+        Outcome::Skipped(SkipReason::Disabled) => "skipped (Disabled)",
+        Outcome::Skipped(SkipReason::VersionTooOld) => "skipped (VersionTooOld)",
+        Outcome::Skipped(SkipReason::NotNeeded) => "skipped (NotNeeded)",
+        Outcome::Skipped(SkipReason::Nested) => "skipped (Nested)",
+        _ => return None,
+    })
+}
+
+fn render(source: &dyn std::fmt::Display, r: &CrashRecord) -> RowText {
+    let mut t = RowText::with_capacity(1024 + r.log_tail.len() + r.message.len());
+    t.set(Col::Source, |s| {
+        let _ = write!(s, "{source}");
+    });
+    t.set(Col::BuildId, |s| s.push_str(&r.build_id));
+    t.set(Col::Arch, |s| push_arch(s, r.arch));
+    t.set(Col::BootMode, |s| s.push_str(&boot_mode_name(r.boot_mode)));
+    let h = &r.hypervisor;
+    t.set(Col::Hypervisor, |s| {
+        let _ = write!(
+            s,
+            "{{\"present\":{},\"privileges\":\"{:#x}\",\"vendor\":",
+            h.present, h.privileges
+        );
+        push_json_str(s, &h.vendor);
+        s.push_str(",\"version\":[");
+        for (i, v) in h.version.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "\"{v:#010x}\"");
+        }
+        s.push_str("]}");
+    });
+    if let Some((a, b)) = r.vmbus_version {
+        t.set(Col::VmbusVersion, |s| {
+            let _ = write!(s, "{a}.{b}");
+        });
+    }
+    let detail = match r.kind {
+        CrashKind::Fault { vector, addr } => Some(format!(
+            "{{\"addr\":\"{addr:#x}\",\"vector\":\"{vector:#x}\"}}"
+        )),
+        CrashKind::Other { code, a, b } => Some(format!(
+            "{{\"a\":\"{a:#x}\",\"b\":\"{b:#x}\",\"code\":{code}}}"
+        )),
+        CrashKind::Panic | CrashKind::SelfCheck | CrashKind::Drill => None,
     };
-    t.set(Col::Kind, |s| s.push_str(kind));
+    t.set(Col::Kind, |s| s.push_str(kind_name(&r.kind)));
     if let Some(d) = detail {
         t.set(Col::KindDetail, |s| s.push_str(&d));
     }
@@ -259,39 +359,40 @@ fn render(source: &dyn std::fmt::Display, r: &CrashRecord, lean: bool) -> RowTex
     if let Some(l) = &r.location {
         t.set(Col::File, |s| s.push_str(&l.file));
     }
-    if !lean {
-        let g = &r.registers;
-        t.set(Col::Registers, |s| {
-            s.push_str("{\"fp\":");
-            push_hex_quoted(s, g.fp);
-            s.push_str(",\"gpr\":");
-            push_hex_list(s, g.gpr.iter().copied());
-            s.push_str(",\"pc\":");
-            push_hex_quoted(s, g.pc);
-            s.push_str(",\"sp\":");
-            push_hex_quoted(s, g.sp);
-            s.push('}');
-        });
-        t.set(Col::Backtrace, |s| {
-            push_hex_list(s, r.backtrace.iter().copied())
-        });
-        t.set(Col::LogTail, |s| s.push_str(&r.log_tail));
-    }
-    t.set(Col::Steps, |s| {
-        s.push('[');
-        for (i, st) in r.steps.iter().enumerate() {
+    let g = &r.registers;
+    t.set(Col::Registers, |s| {
+        s.push_str("{\"fp\":");
+        push_hex_quoted(s, g.fp);
+        s.push_str(",\"gpr\":");
+        push_hex_list(s, g.gpr.iter().copied());
+        s.push_str(",\"pc\":");
+        push_hex_quoted(s, g.pc);
+        s.push_str(",\"sp\":");
+        push_hex_quoted(s, g.sp);
+        s.push('}');
+    });
+    t.set(Col::Backtrace, |s| {
+        push_hex_list(s, r.backtrace.iter().copied())
+    });
+    t.set(Col::LogTail, |s| s.push_str(&r.log_tail));
+    t.set(Col::Steps, |s| push_steps(s, &r.steps));
+    let e = &r.ext;
+    set_image_id(&mut t, e.image_id_kind, &e.image_id);
+    t.set(Col::Ext, |s| {
+        s.push_str("{\"backtrace_end\":");
+        push_json_str(s, e.backtrace_end.describe());
+        s.push_str(",\"stacks\":[");
+        for (i, st) in e.stacks.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
-            s.push_str("{\"step\":");
-            push_json_str(s, &step_name(st.step));
-            s.push_str(",\"outcome\":");
-            push_json_str(s, &st.outcome.to_string());
-            let _ = write!(s, ",\"elapsed_us\":{}}}", st.elapsed_us);
+            s.push_str("{\"name\":");
+            push_json_str(s, &st.name);
+            let _ = write!(s, ",\"size\":{},\"used\":{}}}", st.size, st.used);
         }
-        s.push(']');
+        let _ = write!(s, "],\"takeovers\":{}}}", e.takeovers);
     });
-    set_ext_columns(&mut t, r, lean);
+    set_step_columns(&mut t, e.load_base, &r.steps);
     // Schema 1.2's names (who crashed), for `list --host`.
     if let Some(v) = crate::identity::vm_name(r) {
         t.set(Col::VmName, |s| s.push_str(&v));
@@ -302,36 +403,35 @@ fn render(source: &dyn std::fmt::Display, r: &CrashRecord, lean: bool) -> RowTex
     t
 }
 
-/// The schema 1.1 columns: the image id (`KIND:ID`, as the symbol store names it), the
-/// stacks / backtrace end / takeovers JSON, the load base, and each step's time (the first
-/// record of steps 1-7 that is not pending: a pending step has no time yet).
-fn set_ext_columns(t: &mut RowText, r: &CrashRecord, lean: bool) {
-    let e = &r.ext;
-    if let Some(id) = crate::symbols::DebugId::from_record(e.image_id_kind, &e.image_id) {
-        t.set(Col::ImageId, |s| {
-            s.push_str(id.kind_name());
-            s.push(':');
-            s.push_str(&id.dir_name());
-        });
-    }
-    if !lean {
-        t.set(Col::Ext, |s| {
-            s.push_str("{\"backtrace_end\":");
-            push_json_str(s, e.backtrace_end.describe());
-            s.push_str(",\"stacks\":[");
-            for (i, st) in e.stacks.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                s.push_str("{\"name\":");
-                push_json_str(s, &st.name);
-                let _ = write!(s, ",\"size\":{},\"used\":{}}}", st.size, st.used);
+/// The image id column (schema 1.1): `KIND:ID`, as the symbol store names it.
+fn set_image_id(t: &mut RowText, kind: ImageIdKind, bytes: &[u8]) {
+    match kind {
+        // DebugId's GNU form, lower-case hex, without a String per byte.
+        ImageIdKind::GnuBuildId if !bytes.is_empty() => t.set(Col::ImageId, |s| {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            s.push_str("gnu-build-id:");
+            for b in bytes {
+                s.push(char::from(DIGITS[usize::from(b >> 4)]));
+                s.push(char::from(DIGITS[usize::from(b & 15)]));
             }
-            let _ = write!(s, "],\"takeovers\":{}}}", e.takeovers);
-        });
+        }),
+        _ => {
+            if let Some(id) = crate::symbols::DebugId::from_record(kind, bytes) {
+                t.set(Col::ImageId, |s| {
+                    s.push_str(id.kind_name());
+                    s.push(':');
+                    s.push_str(&id.dir_name());
+                });
+            }
+        }
     }
-    t.load_base = (e.load_base != 0).then_some(e.load_base);
-    for st in &r.steps {
+}
+
+/// The load base (schema 1.1) and each step's time (the first record of steps 1-7 that is
+/// not pending: a pending step has no time yet).
+fn set_step_columns(t: &mut RowText, load_base: u64, steps: &[capture::panic::StepRecord]) {
+    t.load_base = (load_base != 0).then_some(load_base);
+    for st in steps {
         let code = u8::from(st.step) as usize;
         if (1..=7).contains(&code)
             && t.step_us[code - 1].is_none()

@@ -14,9 +14,17 @@ use tracing::{debug, error, warn};
 
 use super::maint::{self, RateLimit};
 use super::{followup, Counters, Msg, Queue, ServeError};
+use crate::convert::{self, lean};
 use crate::mmsg;
 use crate::store::{HeartbeatSeen, NewRecord, RecordKey, Rejection};
 use crate::util::now_us;
+
+/// The time a recvmmsg batch arrived: wall clock (stored) and the reassembler's milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    us: i64,
+    ms: u64,
+}
 
 /// Partial records that received no chunk for this long are dropped (and counted as
 /// `expired`): far longer than a sender retransmits (capture's default deadline is 10 s).
@@ -68,7 +76,15 @@ impl Receiver {
         }
     }
 
-    pub(super) fn handle(&mut self, dgram: &[u8], peer: SocketAddr) {
+    /// The clocks for a recvmmsg batch: read once, used for all its datagrams.
+    fn clock(&self) -> Clock {
+        Clock {
+            us: now_us(),
+            ms: self.now_ms(),
+        }
+    }
+
+    pub(super) fn handle(&mut self, dgram: &[u8], peer: SocketAddr, now: Clock) {
         let c = &*self.counters;
         Counters::add(&c.datagrams, 1);
         let repr = match wire::parse(dgram, self.key.as_ref()) {
@@ -80,27 +96,24 @@ impl Receiver {
             }
         };
         match repr {
-            Repr::Chunk(chunk) => {
-                let now = self.now_ms();
-                match self.reasm.push(peer, &chunk, now) {
-                    Push::Complete(done) => {
-                        self.sync_reasm_stats();
-                        self.complete(done.id, done.schema, done.record, peer)
-                    }
-                    Push::Incomplete => self.sync_reasm_stats(),
-                    Push::Duplicate => {}
-                    Push::CrcMismatch(id) | Push::Inconsistent(id) | Push::TooLarge(id) => {
-                        debug!(%peer, seq = id.seq, "chunk not reassembled");
-                        Counters::add(&c.reassembly_errors, 1);
-                    }
+            Repr::Chunk(chunk) => match self.reasm.push(peer, &chunk, now.ms) {
+                Push::Complete(done) => {
+                    self.sync_reasm_stats();
+                    self.complete(done.id, done.schema, done.record, peer, now.us)
                 }
-            }
+                Push::Incomplete => self.sync_reasm_stats(),
+                Push::Duplicate => {}
+                Push::CrcMismatch(id) | Push::Inconsistent(id) | Push::TooLarge(id) => {
+                    debug!(%peer, seq = id.seq, "chunk not reassembled");
+                    Counters::add(&c.reassembly_errors, 1);
+                }
+            },
             Repr::Heartbeat(h) => {
                 let hb = HeartbeatSeen {
                     boot_id: h.boot_id,
                     source: peer.to_string(),
                     arch: h.arch.into(),
-                    seen_at_us: now_us(),
+                    seen_at_us: now.us,
                     uptime_ms: h.uptime_ms,
                     seq: h.seq,
                 };
@@ -116,17 +129,46 @@ impl Receiver {
         }
     }
 
-    fn complete(&mut self, id: RecordId, schema: (u16, u16), bytes: Vec<u8>, peer: SocketAddr) {
+    fn complete(
+        &mut self,
+        id: RecordId,
+        schema: (u16, u16),
+        bytes: Vec<u8>,
+        peer: SocketAddr,
+        now_us: i64,
+    ) {
         let key = RecordKey {
             boot_id: id.boot_id,
             seq: id.seq,
             record_crc: id.record_crc,
         };
         let (major, minor) = schema;
+        // The lean reader checks the body as CrashRecord::decode does without building the
+        // whole record; what it does not take (a bad body, another schema, a body naming
+        // another record) goes the full way below, which decides and says why.
+        if let Some(v) = lean::decode(major, minor, &bytes) {
+            if v.boot_id == id.boot_id && v.seq == id.seq {
+                let text = convert::render_lean(peer, &v);
+                let line_col = v.location.map_or((0, 0), |l| (l.line, l.column));
+                let uptime_us = v.uptime_us;
+                let r = NewRecord {
+                    key,
+                    received_at_us: now_us,
+                    schema_major: major,
+                    schema_minor: minor,
+                    uptime_us,
+                    line_col,
+                    text,
+                    raw: bytes,
+                };
+                self.send(Msg::Record(Box::new(r), peer));
+                return;
+            }
+        }
         let reject = |reason: String| Rejection {
             key,
             source: peer.to_string(),
-            received_at_us: now_us(),
+            received_at_us: now_us,
             schema_major: major,
             schema_minor: minor,
             reason,
@@ -149,7 +191,7 @@ impl Receiver {
             Ok(rec) => Msg::Record(
                 Box::new(NewRecord {
                     key,
-                    received_at_us: now_us(),
+                    received_at_us: now_us,
                     schema_major: major,
                     schema_minor: minor,
                     uptime_us: rec.uptime_us,
@@ -159,7 +201,7 @@ impl Receiver {
                         .map(|l| (l.line, l.column))
                         .unwrap_or((0, 0)),
                     // Lean: the store (set_lean above) keeps only these columns.
-                    text: crate::convert::row_text_lean(peer, &rec),
+                    text: convert::row_text_lean(peer, &rec),
                     raw: bytes,
                 }),
                 peer,
@@ -205,9 +247,10 @@ pub(super) fn receive_loop(
     while !stop.load(Ordering::Relaxed) {
         match batch.recv(sock) {
             Ok(n) => {
+                let now = rx.clock();
                 for i in 0..n {
                     if let Some((d, peer)) = batch.get(i) {
-                        rx.handle(d, peer);
+                        rx.handle(d, peer, now);
                     }
                 }
                 rx.flush();
@@ -233,3 +276,6 @@ pub(super) fn receive_loop(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
