@@ -10,7 +10,7 @@ use super::*;
 use crate::liveness::State;
 use crate::metrics::Metrics;
 use crate::server::Counters;
-use crate::store::{NewRecord, RecordKey};
+use crate::store::{NewRecord, RecordKey, StepView};
 
 fn crash(message: String) -> Event {
     Event::CrashStored(CrashEvent {
@@ -532,7 +532,8 @@ fn step_metrics_from_the_json_match_observe_steps() {
     let mut records: Vec<StoredRecord> = (1..=20).map(stored).collect();
     // A step name the JSON escapes, and JSON that does not parse (no steps, as before).
     let odd = r#"[{"step":"a \"b\"\n","outcome":"ok","elapsed_us":7}]"#;
-    for (i, json) in [odd, "not json"].into_iter().enumerate() {
+    let no_outcome = r#"[{"step":"x","elapsed_us":5}]"#;
+    for (i, json) in [odd, "not json", no_outcome].into_iter().enumerate() {
         use crate::store::{Col, RowText};
         let mut text = RowText::default();
         text.set(Col::Source, |s| s.push_str("127.0.0.1:9"));
@@ -571,4 +572,54 @@ fn step_metrics_from_the_json_match_observe_steps() {
         .count();
     assert_eq!(steps, 8, "{want}");
     assert_eq!(render(&new_reg), want);
+}
+
+/// What serde makes of steps JSON: (step, elapsed_us) pairs, or none if it does not parse.
+fn serde_steps(json: &str) -> Vec<(String, u32)> {
+    serde_json::from_str::<Vec<StepView>>(json)
+        .map(|v| v.into_iter().map(|s| (s.step, s.elapsed_us)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_steps_scanner_agrees_with_serde_or_leaves_it_to_serde() {
+    let full = stored(3).steps_json().to_string();
+    assert_eq!(serde_steps(&full).len(), 7);
+    let mut inputs: Vec<String> = vec![
+        full.clone(),
+        "[]".into(),
+        "[] ".into(),
+        " []".into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":0}]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":007}]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":4294967296}]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":-1}]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":1.5}]"#.into(),
+        r#"[{"step":"a \"b\"","outcome":"ok","elapsed_us":7}]"#.into(),
+        r#"[{"outcome":"ok","step":"a","elapsed_us":7}]"#.into(),
+        r#"[{"step":"a","outcome":"o\"k","elapsed_us":7}]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":7},]"#.into(),
+        r#"[{"step":"a","outcome":"ok","elapsed_us":7}]x"#.into(),
+        format!(
+            "[{}]",
+            vec![r#"{"step":"s","outcome":"ok","elapsed_us":1}"#; 20].join(",")
+        ),
+    ];
+    // Every cut of a real one (none is JSON but the whole).
+    inputs.extend((0..full.len()).map(|i| full[..i].to_string()));
+    for json in &inputs {
+        let mut out = [("", 0); 16];
+        let want = serde_steps(json);
+        match super::steps::scan(json, &mut out) {
+            Some(n) => {
+                let got: Vec<(String, u32)> = out[..n]
+                    .iter()
+                    .map(|(s, us)| (s.to_string(), *us))
+                    .collect();
+                assert_eq!(got, want, "{json}");
+            }
+            // Left to serde: fine whatever serde says, but the real JSON must not be.
+            None => assert_ne!(json, &full, "the collector's own JSON takes the fast path"),
+        }
+    }
 }
