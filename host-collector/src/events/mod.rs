@@ -2,13 +2,18 @@
 //!
 //! The writer thread hands each event (after the acks of its commit) to a bounded queue
 //! without waiting ([`EventSink::send`]; the stored records of one commit as one batch,
-//! [`EventSink::send_stored`], each counted against the bounds; a full queue drops the event
-//! and counts it as `events_dropped`). The dispatcher thread then, for each event:
+//! [`EventSink::stored`] then [`EventSink::send_stored`], each counted against the bounds; a
+//! full queue drops the event and counts it as `events_dropped`). The sink decides which
+//! stored records get a log line of their own (`log.rs`) and copies of each record only what
+//! the dispatcher will use (the line's columns, the steps for `--metrics`, everything for
+//! hooks and webhooks): a record that needs nothing is not queued at all. The dispatcher
+//! thread then, for each event:
 //! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
 //!    `key=value`, values with spaces quoted, every control character escaped) under the
 //!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
 //!    at most `log_rate` "crash stored" lines a second, the records beyond them summed up in
-//!    one line a second and at exit (`log.rs`; state changes always get their line);
+//!    one line a second and at exit (state changes always get their line); the step metrics
+//!    (`--metrics`) see every record;
 //! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
 //!    stdin: at most `hook_concurrency` commands run at once, each killed after
 //!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or

@@ -96,7 +96,7 @@ impl StoredRecord {
         self.text.get(Col::File).map(|f| format!("{f}:{l}:{c}"))
     }
 
-    /// The event sent to hooks and webhooks (`steps` still empty: see [`StoredRecord::steps`]).
+    /// The event sent to hooks and webhooks (`steps` still empty: the dispatcher fills them).
     pub fn event(&self) -> CrashEvent {
         let source = self.col(Col::Source);
         CrashEvent {
@@ -128,7 +128,7 @@ impl StoredRecord {
         serde_json::from_str(self.text.get(Col::Steps).unwrap_or("[]")).unwrap_or_default()
     }
 
-    /// The same line as [`log_line`] of [`StoredRecord::event`] (a test holds them equal),
+    /// The same line as [`super::log_line`] of [`StoredRecord::event`] (a test holds them equal),
     /// without building the event.
     pub fn log_line(&self) -> String {
         let source = self.col(Col::Source);
