@@ -45,9 +45,41 @@ impl Message {
     pub(super) fn write(&self, rec: &mut CrashRecord, seq: u32) {
         let m = &mut rec.message;
         m.clear();
-        let _ = m.write_str("load: simulated panic ");
+        let _ = m.write_str(MESSAGE_HEAD);
         let _ = write!(m, "{seq}");
         let _ = m.write_str(&self.tail);
+    }
+
+    /// Writes record `seq` with this message and `uptime_us` through `t` to `out`, without
+    /// building the message in a record. False (nothing written) if the message would not fit
+    /// a record whole: then [`Message::write`] and an encode, which cut it.
+    pub(super) fn render(&self, t: &Template, seq: u32, uptime_us: u64, out: &mut Vec<u8>) -> bool {
+        let mut digits = [0u8; 10];
+        let parts = [
+            MESSAGE_HEAD.as_bytes(),
+            decimal(seq, &mut digits),
+            self.tail.as_bytes(),
+        ];
+        if parts.iter().map(|p| p.len()).sum::<usize>() > capture::record::MESSAGE_CAP {
+            return false;
+        }
+        t.render_parts(seq, uptime_us, &parts, out);
+        true
+    }
+}
+
+const MESSAGE_HEAD: &str = "load: simulated panic ";
+
+/// `v` in decimal, as `{v}` writes it.
+fn decimal(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -125,7 +157,8 @@ pub(super) async fn canary(
         end,
         held: None,
     };
-    let mut encbuf = vec![0u8; capture::record::MAX_ENCODED_LEN];
+    // Only for records the template cannot write.
+    let mut encbuf = Vec::new();
     let mut rec = capture::testutil::sample_record(0);
     rec.boot_id = boot_id;
     let message = Message::new(index, cfg.loss);
@@ -151,15 +184,16 @@ pub(super) async fn canary(
             max_rto_ms: cfg.max_rto_ms,
             deadline_ms: left.as_millis().try_into().unwrap_or(u64::MAX).max(1),
         };
-        rec.seq = seq;
-        message.write(&mut rec, seq);
-        rec.uptime_us = t0.duration_since(start).as_micros() as u64;
+        let uptime_us = t0.duration_since(start).as_micros() as u64;
         let bytes: &[u8] = match &template {
-            Some(t) => {
-                t.render(seq, rec.uptime_us, &rec.message, &mut recbuf);
-                &recbuf
+            Some(t) if message.render(t, seq, uptime_us, &mut recbuf) => &recbuf,
+            _ => {
+                rec.seq = seq;
+                message.write(&mut rec, seq);
+                rec.uptime_us = uptime_us;
+                encbuf.resize(capture::record::MAX_ENCODED_LEN, 0);
+                rec.encode(&mut encbuf).map_err(LoadError::Encode)?
             }
-            None => rec.encode(&mut encbuf).map_err(LoadError::Encode)?,
         };
         let mut sender = Sender::new(scfg, boot_id, seq, bytes, cfg.key.as_ref(), ms(start, t0))
             .map_err(LoadError::Encode)?;

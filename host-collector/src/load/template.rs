@@ -107,14 +107,29 @@ impl Template {
 
     /// Writes the record with `seq`, `uptime_us` and `message` to `out` (cleared first).
     pub(super) fn render(&self, seq: u32, uptime_us: u64, message: &str, out: &mut Vec<u8>) {
+        self.render_parts(seq, uptime_us, &[message.as_bytes()], out);
+    }
+
+    /// [`Template::render`] with the message given as the concatenation of `message`'s
+    /// parts (which must be UTF-8 together and fit the record's message).
+    pub(super) fn render_parts(
+        &self,
+        seq: u32,
+        uptime_us: u64,
+        message: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.head);
         varint(u64::from(seq), out);
         out.extend_from_slice(&self.mid);
         varint(uptime_us, out);
         out.extend_from_slice(&self.before_message);
-        varint(message.len() as u64, out);
-        out.extend_from_slice(message.as_bytes());
+        let len: usize = message.iter().map(|p| p.len()).sum();
+        varint(len as u64, out);
+        for p in message {
+            out.extend_from_slice(p);
+        }
         out.extend_from_slice(&self.tail);
     }
 }
@@ -140,10 +155,11 @@ mod tests {
             let random: Vec<u32> = (0..20_000).map(|_| rng.next_u64() as u32).collect();
             for seq in (1..=20_000).chain(random).chain([u32::MAX]) {
                 let uptime = rng.next_u64() >> (rng.next_u64() % 64);
+                // What a canary sends: the message written straight into the template.
+                assert!(message.render(&t, seq, uptime, &mut out));
                 message.write(&mut rec, seq);
                 rec.seq = seq;
                 rec.uptime_us = uptime;
-                t.render(seq, uptime, &rec.message, &mut out);
                 let want = rec.encode(&mut buf).unwrap();
                 assert_eq!(out, *want, "seq {seq} uptime {uptime}");
             }
