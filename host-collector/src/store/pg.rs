@@ -213,6 +213,27 @@ pub struct PgStore {
     /// The crash count of each canary's liveness row as this collector last read or wrote
     /// it: a save adds only this collector's new crashes to the row.
     crash_base: Mutex<HashMap<String, u64>>,
+    /// The counter rows this store adds to (`counters.shard`, see [`next_shard`]).
+    shard: i16,
+}
+
+/// Counter rows per counter: connections add to rows of their own, spread over this many.
+const SHARDS: u32 = 64;
+
+/// The shard of a new store: the next of this process (its connections never share rows
+/// while it has fewer than [`SHARDS`]), from a start that differs between processes (other
+/// collectors likely write other rows; when two share one, they only wait for each other).
+fn next_shard() -> i16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = || {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id() ^ t) % SHARDS
+    };
+    let _ = NEXT.compare_exchange(u32::MAX, start(), Ordering::Relaxed, Ordering::Relaxed);
+    (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS) as i16
 }
 
 impl PgStore {
@@ -233,6 +254,7 @@ impl PgStore {
             rejected_budget: u64::MAX,
             rejected_bytes: Arc::new(Mutex::new(None)),
             crash_base: Mutex::new(HashMap::new()),
+            shard: next_shard(),
         };
         if create {
             s.with(schema::migrate)??;
@@ -369,6 +391,7 @@ impl PgStore {
             rejected_budget: self.rejected_budget,
             rejected_bytes: self.rejected_bytes.clone(),
             crash_base: Mutex::new(HashMap::new()),
+            shard: next_shard(),
         })
     }
 

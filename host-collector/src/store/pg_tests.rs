@@ -270,3 +270,69 @@ fn writer_siblings_store_each_key_once_and_share_the_rejected_budget() {
     assert_eq!(st.counters["rejected"], 6);
     assert_eq!(st.counters["rejected_not_kept"], 3);
 }
+
+/// A commit does not wait for another collector's transaction that holds the counters it
+/// added to (as it does from its counter update until its commit, WAL flush included):
+/// each connection adds to counter rows of its own, `stats` sums them. With one row per
+/// counter, every commit of the fleet waited for the one before it to flush.
+#[test]
+fn a_commit_does_not_wait_for_another_collectors_counters() {
+    let Some(b) = pg_backend("counters_own_rows") else {
+        return;
+    };
+    let mut other = b.open();
+    other
+        .commit_batch(&[real(1, 1, 1).0], &[], &[], &[("datagrams", 1)])
+        .unwrap();
+    // The other collector's transaction in flight: it holds every counter row there is.
+    let t = b.pg.as_ref().unwrap();
+    let mut raw = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+    let mut tx = raw.transaction().unwrap();
+    tx.batch_execute("SELECT * FROM counters FOR UPDATE")
+        .unwrap();
+    let mut s = b.open();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let r = s.commit_batch(&[real(2, 1, 1).0], &[], &[], &[("datagrams", 1)]);
+        let _ = done_tx.send(r.map(|o| o.len()));
+        s
+    });
+    let waited = done_rx.recv_timeout(std::time::Duration::from_secs(3));
+    tx.rollback().unwrap();
+    let s = h.join().unwrap();
+    assert_eq!(
+        waited
+            .expect("the commit waited for the other transaction")
+            .unwrap(),
+        1
+    );
+    let st = s.stats().unwrap();
+    assert_eq!(st.records, 2);
+    assert_eq!(st.counters["records_stored"], 2);
+    assert_eq!(st.counters["datagrams"], 2);
+}
+
+/// A database of schema version 1 (one row per counter) migrates to per-connection counter
+/// rows keeping every count; new commits add to it.
+#[test]
+fn version_1_counters_survive_the_migration_to_shards() {
+    let Some(b) = pg_backend("counters_v1") else {
+        return;
+    };
+    let t = b.pg.as_ref().unwrap();
+    t.exec(pg::PG_MIGRATIONS[0]).unwrap();
+    t.exec(
+        "CREATE TABLE canary_schema (version INTEGER NOT NULL);
+         INSERT INTO canary_schema (version) VALUES (1);
+         INSERT INTO counters (name, value) VALUES ('records_stored', 5), ('datagrams', 7);",
+    )
+    .unwrap();
+    let mut s = b.open();
+    assert_eq!(s.schema_version().unwrap(), pg::PG_SCHEMA_VERSION);
+    assert_eq!(s.stats().unwrap().counters["records_stored"], 5);
+    s.commit_batch(&[real(3, 1, 1).0], &[], &[], &[("datagrams", 1)])
+        .unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(st.counters["records_stored"], 6);
+    assert_eq!(st.counters["datagrams"], 8);
+}

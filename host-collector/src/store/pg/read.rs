@@ -147,7 +147,10 @@ impl PgStore {
         let (records, canaries, rows) = self.with(|c| {
             let records: i64 = c.query_one("SELECT count(*) FROM records", &[])?.get(0);
             let canaries: i64 = c.query_one("SELECT count(*) FROM canaries", &[])?.get(0);
-            let rows = c.query("SELECT name, value FROM counters", &[])?;
+            let rows = c.query(
+                "SELECT name, sum(value)::int8 FROM counters GROUP BY name",
+                &[],
+            )?;
             Ok((records, canaries, rows))
         })?;
         let mut counters: std::collections::BTreeMap<String, u64> =

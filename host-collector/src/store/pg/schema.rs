@@ -115,6 +115,12 @@ pub const PG_MIGRATIONS: &[&str] = &[
         raw            BYTEA  NOT NULL,
         PRIMARY KEY (boot_id, seq, record_crc)
     );",
+    // 2: each counter is the sum of rows of its own per writing connection (`shard`): a
+    // commit adds to its connection's rows only, so it never waits for another
+    // collector's transaction holding one shared row until its commit is flushed.
+    "ALTER TABLE counters ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
+    ALTER TABLE counters DROP CONSTRAINT counters_pkey;
+    ALTER TABLE counters ADD PRIMARY KEY (name, shard);",
 ];
 
 /// The schema version this build writes.

@@ -69,15 +69,16 @@ impl PgStore {
             ("heartbeats", heartbeats.len() as u64),
         ];
         let counters = sum_counters(counters.iter().chain(&own));
+        let shard = self.shard;
         let stored_ids: HashMap<RecordKey, i64> = self.with_stmts(|c, stmts| {
             if keep == 0 && heartbeats.is_empty() {
                 // One statement, committed on its own: one round trip for the batch.
-                return insert_records(c, stmts, records, &order, &counters);
+                return insert_records(c, stmts, shard, records, &order, &counters);
             }
             let mut tx = c.transaction()?;
             insert_rejections(&mut tx, stmts, &rejections[..keep])?;
             upsert_heartbeats(&mut tx, stmts, heartbeats)?;
-            let ids = insert_records(&mut tx, stmts, records, &order, &counters)?;
+            let ids = insert_records(&mut tx, stmts, shard, records, &order, &counters)?;
             tx.commit()?;
             Ok(ids)
         })?;
@@ -289,9 +290,10 @@ impl PgStore {
     }
 
     pub fn count_retention_deleted(&mut self, n: u64) -> Result<()> {
+        let shard = self.shard;
         self.with(|c| {
             let mut tx = c.transaction()?;
-            add_counters(&mut tx, [("retention_deleted", n)].iter())?;
+            add_counters(&mut tx, shard, [("retention_deleted", n)].iter())?;
             tx.commit()
         })
     }
@@ -318,7 +320,8 @@ impl PgStore {
 }
 
 /// The records insert and the counters it adds to, one statement: the records stored
-/// (`ins`) count as `records_stored`, the others of the batch (`$27`) as `duplicates`.
+/// (`ins`) count as `records_stored`, the others of the batch (`$27`) as `duplicates`;
+/// the counter rows are this connection's (`$28`, its shard).
 const INSERT_RECORDS: &str = "WITH ins AS (
     INSERT INTO records (boot_id, seq, record_crc, received_at_us, schema_major,
         schema_minor, source, arch, kind, message, file, line, col, vm_name, host_name,
@@ -337,13 +340,13 @@ const INSERT_RECORDS: &str = "WITH ins AS (
     ON CONFLICT (boot_id, seq, record_crc) DO NOTHING
     RETURNING id, boot_id, seq, record_crc
 ), cnt AS (
-    INSERT INTO counters AS c (name, value)
-    SELECT name, sum(value)::int8 FROM (
+    INSERT INTO counters AS c (name, shard, value)
+    SELECT name, $28::int2, sum(value)::int8 FROM (
         SELECT * FROM unnest($25::text[], $26::int8[]) AS u (name, value)
         UNION ALL SELECT 'records_stored', count(*) FROM ins
         UNION ALL SELECT 'duplicates', $27::int8 - count(*) FROM ins
     ) s GROUP BY name HAVING sum(value) > 0 ORDER BY name
-    ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value
+    ON CONFLICT (name, shard) DO UPDATE SET value = c.value + excluded.value
 )
 SELECT id, boot_id, seq, record_crc FROM ins";
 
@@ -353,6 +356,7 @@ SELECT id, boot_id, seq, record_crc FROM ins";
 fn insert_records(
     c: &mut impl GenericClient,
     stmts: &mut Stmts,
+    shard: i16,
     records: &[NewRecord],
     order: &[usize],
     counters: &(Vec<&str>, Vec<i64>),
@@ -415,6 +419,7 @@ fn insert_records(
         &counters.0 as &(dyn ToSql + std::marker::Sync),
         &counters.1,
         &total,
+        &shard,
     ]);
     let st = stmts.get(c, INSERT_RECORDS)?;
     let rows = c.query(&st, &params)?;
@@ -521,9 +526,10 @@ fn sum_counters<'a>(
 }
 
 /// Adds to the counters (increments: collectors sharing the database add up), in name
-/// order.
+/// order, in the rows of `shard`.
 fn add_counters<'a>(
     tx: &mut Transaction<'_>,
+    shard: i16,
     counters: impl Iterator<Item = &'a (&'a str, u64)>,
 ) -> Result<(), postgres::Error> {
     let mut sum: std::collections::BTreeMap<&str, u64> = Default::default();
@@ -538,10 +544,10 @@ fn add_counters<'a>(
     let names: Vec<&str> = sum.keys().copied().collect();
     let values: Vec<i64> = sum.values().map(|v| i64_of(*v)).collect();
     tx.execute(
-        "INSERT INTO counters AS c (name, value)
-         SELECT * FROM unnest($1::text[], $2::int8[])
-         ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",
-        &[&names, &values],
+        "INSERT INTO counters AS c (name, shard, value)
+         SELECT name, $3::int2, value FROM unnest($1::text[], $2::int8[]) AS u (name, value)
+         ON CONFLICT (name, shard) DO UPDATE SET value = c.value + excluded.value",
+        &[&names, &values, &shard],
     )?;
     Ok(())
 }
