@@ -277,14 +277,24 @@ fn push_steps(s: &mut String, steps: &[capture::panic::StepRecord]) {
         if i > 0 {
             s.push(',');
         }
+        // The fixed names are plain ASCII: no escaping to look for (the tests compare the
+        // whole text with push_json_str's).
         s.push_str("{\"step\":");
         match st.step {
             Step::Other(_) => push_json_str(s, &step_name(st.step)),
-            k => push_json_str(s, k.name()),
+            k => {
+                s.push('"');
+                s.push_str(k.name());
+                s.push('"');
+            }
         }
         s.push_str(",\"outcome\":");
         match outcome_name(st.outcome) {
-            Some(n) => push_json_str(s, n),
+            Some(n) => {
+                s.push('"');
+                s.push_str(n);
+                s.push('"');
+            }
             None => push_json_str(s, &st.outcome.to_string()),
         }
         s.push_str(",\"elapsed_us\":");

@@ -306,8 +306,22 @@ fn outcome_texts_are_their_display() {
             let o = Outcome::from((code, arg));
             if let Some(n) = crate::convert::outcome_name(o) {
                 assert_eq!(n, o.to_string(), "{o:?}");
+                // Written without escaping: there is nothing to escape.
+                let mut j = String::new();
+                push_json_str(&mut j, n);
+                assert_eq!(j, format!("\"{n}\""));
             }
         }
+    }
+}
+
+#[test]
+fn step_names_need_no_escaping() {
+    for code in 0..=255u8 {
+        let name = Step::from(code).name();
+        let mut j = String::new();
+        push_json_str(&mut j, name);
+        assert_eq!(j, format!("\"{name}\""));
     }
 }
 
