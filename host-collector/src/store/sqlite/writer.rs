@@ -127,81 +127,30 @@ impl SqliteStore {
         heartbeats: &[HeartbeatSeen],
         counters: &[(&str, u64)],
     ) -> Result<Vec<InsertOutcome>> {
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the write lock from the start, so the ids read below stay the largest
+        // (a `prune` in another process waits, instead of failing this commit later).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(records.len());
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
-                    schema_major, schema_minor, build_id, arch, boot_mode, hypervisor,
-                    vmbus_version, uptime_us, kind, kind_detail, message, file, line, col,
-                    registers, backtrace, log_tail, steps, raw, image_id, load_base, ext,
-                    step_freeze_us, step_screen_flush_us, step_vmbus_unload_us,
-                    step_arch_cleanup_us, step_ship_us, step_crash_registers_us, step_end_us,
-                    vm_name, host_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
-                    ?32, ?33, ?34, ?35, ?36)",
-            )?;
-            let mut keys_ins = tx.prepare_cached(
-                "INSERT INTO record_keys (id, boot_id, seq, record_crc) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+            // Dedupe first: the records of this batch to store, in order.
+            let mut fresh: Vec<&NewRecord> = Vec::with_capacity(records.len());
             for r in records {
-                if !known.insert(r.key) {
+                if known.insert(r.key) {
+                    new_keys.push(r.key);
+                    fresh.push(r);
+                    out.push(InsertOutcome::Stored);
+                } else {
                     out.push(InsertOutcome::Duplicate);
-                    continue;
                 }
-                new_keys.push(r.key);
-                let t = &r.text;
-                // Lean rows leave what `show` renders from `raw` NULL.
-                let full = |c: Col| if lean { None } else { t.get(c) };
-                let has_file = t.get(Col::File).is_some();
-                let n = ins.execute(params![
-                    &r.key.boot_id[..],
-                    r.key.seq,
-                    r.key.record_crc,
-                    r.received_at_us,
-                    t.req(Col::Source),
-                    r.schema_major,
-                    r.schema_minor,
-                    full(Col::BuildId),
-                    t.req(Col::Arch),
-                    full(Col::BootMode),
-                    full(Col::Hypervisor),
-                    full(Col::VmbusVersion),
-                    r.uptime_us as i64,
-                    t.req(Col::Kind),
-                    full(Col::KindDetail),
-                    t.req(Col::Message),
-                    t.get(Col::File),
-                    has_file.then_some(r.line_col.0),
-                    has_file.then_some(r.line_col.1),
-                    full(Col::Registers),
-                    full(Col::Backtrace),
-                    full(Col::LogTail),
-                    full(Col::Steps),
-                    r.raw,
-                    t.get(Col::ImageId),
-                    t.load_base.map(|b| b as i64),
-                    full(Col::Ext),
-                    t.step_us[0],
-                    t.step_us[1],
-                    t.step_us[2],
-                    t.step_us[3],
-                    t.step_us[4],
-                    t.step_us[5],
-                    t.step_us[6],
-                    t.get(Col::VmName),
-                    t.get(Col::HostName),
-                ])?;
-                debug_assert_eq!(n, 1);
-                ids.push(tx.last_insert_rowid());
-                keys_ins.execute(params![
-                    tx.last_insert_rowid(),
-                    &r.key.boot_id[..],
-                    r.key.seq,
-                    r.key.record_crc
-                ])?;
-                out.push(InsertOutcome::Stored);
+            }
+            if !fresh.is_empty() {
+                // Ids as SQLite would give them one by one (one above the largest), read in
+                // this write transaction: nothing else can insert before it commits.
+                let first_id: i64 = tx
+                    .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM records")?
+                    .query_row([], |r| r.get(0))?;
+                super::insert::insert_records(&tx, &fresh, first_id, lean)?;
+                ids.extend((0..fresh.len() as i64).map(|k| first_id + k));
             }
             if !rejections.is_empty() {
                 let mut rej = tx.prepare_cached(
