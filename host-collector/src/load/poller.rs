@@ -31,7 +31,8 @@ pub(super) trait Poller {
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: d.subsec_nanos().into(),
+        // Below 10^9: fits the platform's type (i64 on Linux, i32 on Windows).
+        tv_nsec: d.subsec_nanos() as _,
     }
 }
 
