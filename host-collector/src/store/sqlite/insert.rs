@@ -34,8 +34,9 @@ const FULL_COUNT: usize = LEAN_COUNT + 10;
 ///
 /// `OR FAIL`, not the default `ABORT`: a statement that may abort halfway through several rows
 /// makes SQLite keep a statement journal (a copy of every page it changes, spilled to a
-/// temporary file past 64 KiB; measured: +40% system time in the writer). With `FAIL` a
-/// violation still fails the statement, and the caller rolls back the whole transaction.
+/// temporary file past 64 KiB; measured on `serve`: ~50% more system time in the writer).
+/// With `FAIL` a violation still fails the statement, and the caller rolls back the whole
+/// transaction.
 /// (`records` cannot avoid the journal this way: its CHECK calls `length()`, and a function
 /// call in a statement counts as "may abort". Its rows go in one per statement.)
 fn values_sql(table: &str, columns: &str, n: usize, rows: usize) -> String {
@@ -46,7 +47,7 @@ fn values_sql(table: &str, columns: &str, n: usize, rows: usize) -> String {
     )
 }
 
-/// The one-row inserts into `records` (lean, full) and the keys' of each chunk size.
+/// The one-row inserts into `records` (lean, full) and the `record_keys` insert of each chunk size.
 struct Sqls {
     lean: String,
     full: String,
