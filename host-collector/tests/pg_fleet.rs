@@ -202,8 +202,9 @@ fn two_collectors_given_the_same_records_at_20_percent_loss_store_each_once_and_
     assert_eq!(v["boot_id"], boot.as_str(), "{v}");
 }
 
-/// One collector commits batches on several connections at once (the next batch is written
-/// while the last commits; commits slowed by the test hook so they overlap): each record,
+/// One collector commits batches on several connections at once (`CANARY_PG_COMMITTERS=2`:
+/// the next batch is written while the last commits; commits slowed by the test hook so
+/// they overlap): each record,
 /// sent by two senders at the same moment, is stored once, acked `stored` to exactly one of
 /// them and `duplicate` to the other, and every ack finds its record committed, seen from
 /// another connection at the moment the ack arrives.
@@ -216,7 +217,10 @@ fn one_collector_committing_on_several_connections_stores_once_and_acks_after_co
         Path::new(&db.url),
         "127.0.0.1:0",
         &[],
-        &[("CANARY_COLLECTOR_TEST_COMMIT_DELAY_MS", "15")],
+        &[
+            ("CANARY_COLLECTOR_TEST_COMMIT_DELAY_MS", "15"),
+            ("CANARY_PG_COMMITTERS", "2"),
+        ],
     );
     let recs = records(0xb2, 20, 15);
     // The writer thread opens the committers' connections as it starts.

@@ -2,13 +2,13 @@
 //! batch, hands the acks over, and then (never before the acks) feeds the observers: the
 //! liveness tracker, the event dispatcher and the metrics.
 //!
-//! SQLite has one writer: the writer thread commits each batch itself. With PostgreSQL the
-//! writer thread hands each batch to one of several committer threads, each with its own
-//! connection, so that the next batch is written while the last one commits (the
-//! database's unique key and `ON CONFLICT DO NOTHING` dedupe across the connections, as
-//! across collectors). A committer sends the acks of its batch right after its own commit;
-//! the observers are still fed from the writer thread alone, once per stored record, when
-//! it hears the batch is done.
+//! SQLite has one writer: the writer thread commits each batch itself, and so it does with
+//! PostgreSQL by default. With `CANARY_PG_COMMITTERS=N` (N > 0) the writer thread hands each
+//! batch to one of N committer threads, each with its own connection, so that the next
+//! batch is written while the last one commits (the database's unique key and `ON CONFLICT
+//! DO NOTHING` dedupe across the connections, as across collectors). A committer sends the
+//! acks of its batch right after its own commit; the observers are still fed from the
+//! writer thread alone, once per stored record, when it hears the batch is done.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -28,12 +28,15 @@ use crate::util::now_us;
 use std::net::SocketAddr;
 
 /// How many PostgreSQL connections commit batches at once in one `serve` (see the module
-/// comment), besides the writer thread's own (retention, liveness). Two overlap a commit
-/// with the writing of the next batch.
-pub(super) const PG_COMMITTERS: usize = 2;
+/// comment), besides the writer thread's own: none. Measured on this 2-core machine
+/// (docs/collector.md, session 12), committers helped only while other load saturated the
+/// cores; on a quieter machine one collector acked 47-55k records/s committing on the
+/// writer thread against 32-45k with two committers (smaller commits, more CPU per record
+/// in serve and the backend, a thread hand-off per batch).
+pub(super) const PG_COMMITTERS: usize = 0;
 
-/// Overrides [`PG_COMMITTERS`] (0: the writer thread commits each batch itself, as with
-/// SQLite): for measuring (`scripts/bench-collector`) and tests, not a setting.
+/// Overrides [`PG_COMMITTERS`]: for measuring (`scripts/bench-collector`) and tests, not a
+/// setting.
 const PG_COMMITTERS_ENV: &str = "CANARY_PG_COMMITTERS";
 
 #[derive(Default)]
