@@ -134,6 +134,12 @@ impl Poller for PollSet {
                 self.order.push(i);
             }
         }
+        if fds.is_empty() {
+            // Nothing to watch (every canary is waiting on a timer): `WSAPoll` refuses an
+            // empty set (WSAEINVAL), so just wait out the timeout.
+            std::thread::sleep(timeout);
+            return Ok(());
+        }
         match poll(&mut fds, Some(&timespec(timeout))) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return Ok(()),
@@ -212,5 +218,26 @@ mod tests {
     #[test]
     fn poll_reports_readable_until_read() {
         reports_readable_until_read(&mut PollSet::default());
+    }
+
+    /// With no socket watched (only timers pending) a wait is a sleep, not an error (WSAPoll
+    /// refuses an empty set with WSAEINVAL: seen under Wine in scripts/test-windows).
+    #[test]
+    fn a_wait_with_nothing_watched_sleeps_the_timeout() {
+        let mut polls: Vec<Box<dyn Poller>> = vec![Box::new(PollSet::default())];
+        #[cfg(target_os = "linux")]
+        polls.push(Box::new(Epoll::new().unwrap()));
+        for p in &mut polls {
+            let mut ready = Vec::new();
+            let t = std::time::Instant::now();
+            p.wait(&[None], Duration::from_millis(30), &mut ready)
+                .unwrap();
+            assert!(ready.is_empty());
+            assert!(
+                t.elapsed() >= Duration::from_millis(25),
+                "{:?}",
+                t.elapsed()
+            );
+        }
     }
 }
