@@ -1,9 +1,9 @@
-//! `serve`: the UDP receiver thread, the batching SQLite writer thread and the acker thread.
+//! `serve`: the UDP receiver thread and the batching writer thread.
 //!
 //! ```text
 //!  UDP ──► receiver thread ──(bounded queue)──► writer thread ──► SQLite (one txn per batch)
-//!          recvmmsg; check CRC/auth,            commit, then hand the batch's acks over
-//!          reassemble, decode                   ──► acker thread: sendmmsg
+//!          recvmmsg; check CRC/auth,            commit, then send the batch's acks
+//!          reassemble, decode                   (sendmmsg, acker.rs)
 //! ```
 //! A record is acked only after the transaction holding it has committed. Duplicates are
 //! detected by the database's unique key `(boot_id, seq, record_crc)`, so they are idempotent
@@ -14,7 +14,6 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -284,19 +283,12 @@ impl Collector {
             cfg.queue_capacity.max(1),
             cfg.queue_max_bytes.try_into().unwrap_or(usize::MAX),
         ));
-        // Acks flow from the writer (after each commit) to the acker thread, which sends them
-        // with sendmmsg: the writer thread is the busier one.
-        let (ack_tx, ack_rx) = mpsc::channel::<Vec<Ack>>();
-        let acker = {
-            let acker = Acker {
-                key: cfg.key.clone(),
-                counters: counters.clone(),
-                sock: socket.try_clone()?,
-            };
-            std::thread::Builder::new()
-                .name("collector-acker".into())
-                .spawn(move || acker.run(ack_rx))?
-        };
+        // The thread that commits a batch sends its acks right after the commit (acker.rs).
+        let ack_tx = Arc::new(Acker {
+            key: cfg.key.clone(),
+            counters: counters.clone(),
+            sock: socket.try_clone()?,
+        });
         // WAL checkpoints run on their own thread (below), not in the writer's commits.
         if let Err(e) = store.set_autocheckpoint(0) {
             warn!("cannot turn off automatic checkpoints: {e}");
@@ -386,13 +378,12 @@ impl Collector {
         let recv_result = receiver
             .join()
             .map_err(|_| ServeError::Writer("the receiver thread panicked".into()))?;
-        // The receiver is gone: the queue is closed, the writer drains it, commits, hands the
-        // acks over and exits; then the acker sends them and exits.
+        // The receiver is gone: the queue is closed, the writer drains it, commits, sends the
+        // acks and exits.
         queue.close();
         let store = writer
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?;
-        let _ = acker.join();
         if let Some(t) = drill_thread {
             let _ = t.join();
         }

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::maint::{self, RateLimit};
 use super::observe::Observers;
-use super::{Ack, Counters, Msg, Queue};
+use super::{Ack, Acker, Counters, Msg, Queue};
 use crate::store::{
     HeartbeatSeen, InsertOutcome, NewRecord, Rejection, Retention, StepView, Store, StoreError,
 };
@@ -110,7 +110,7 @@ struct Committed {
 
 /// What commits a batch: the same for the writer thread and the committer threads.
 struct Committer {
-    acks_out: mpsc::Sender<Vec<Ack>>,
+    acks_out: Arc<Acker>,
     counters: Arc<Counters>,
     /// Test hook: sleep this long before each commit of records.
     delay: Option<Duration>,
@@ -167,8 +167,7 @@ impl Committer {
         let ids = store.last_stored_ids().to_vec();
         let followup_steps = super::followup::store_all(store, &b.followups, &mut acks);
         if !acks.is_empty() {
-            // Fails only when the receiver is gone, i.e. at exit.
-            let _ = self.acks_out.send(acks);
+            self.acks_out.send(&acks);
         }
         Ok(Committed {
             took: t_commit.elapsed(),
@@ -333,7 +332,7 @@ impl After<'_> {
 pub(super) fn writer_loop(
     mut store: Store,
     queue: &Queue,
-    acks_out: mpsc::Sender<Vec<Ack>>,
+    acks_out: Arc<Acker>,
     counters: Arc<Counters>,
     wcfg: WriterCfg,
 ) -> Result<Store, StoreError> {
