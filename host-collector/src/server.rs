@@ -1,9 +1,10 @@
-//! `serve`: the UDP receiver thread and the batching writer thread.
+//! `serve`: the UDP receiver thread and the batching writer thread (and, with PostgreSQL,
+//! an acker thread).
 //!
 //! ```text
 //!  UDP ──► receiver thread ──(bounded queue)──► writer thread ──► SQLite (one txn per batch)
 //!          recvmmsg; check CRC/auth,            commit, then send the batch's acks
-//!          reassemble, decode                   (sendmmsg, acker.rs)
+//!          reassemble, decode                   (sendmmsg; PostgreSQL: via the acker thread)
 //! ```
 //! A record is acked only after the transaction holding it has committed. Duplicates are
 //! detected by the database's unique key `(boot_id, seq, record_crc)`, so they are idempotent
@@ -283,12 +284,22 @@ impl Collector {
             cfg.queue_capacity.max(1),
             cfg.queue_max_bytes.try_into().unwrap_or(usize::MAX),
         ));
-        // The thread that commits a batch sends its acks right after the commit (acker.rs).
-        let ack_tx = Arc::new(Acker {
+        // After each commit its acks go out: from the writer itself with SQLite, through an
+        // acker thread with PostgreSQL (acker.rs says why).
+        let acker = Acker {
             key: cfg.key.clone(),
             counters: counters.clone(),
             sock: socket.try_clone()?,
-        });
+        };
+        let (ack_tx, acker) = if store.is_postgres() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = std::thread::Builder::new()
+                .name("collector-acker".into())
+                .spawn(move || acker.run(rx))?;
+            (acker::AckOut::Thread(tx), Some(t))
+        } else {
+            (acker::AckOut::Inline(Arc::new(acker)), None)
+        };
         // WAL checkpoints run on their own thread (below), not in the writer's commits.
         if let Err(e) = store.set_autocheckpoint(0) {
             warn!("cannot turn off automatic checkpoints: {e}");
@@ -384,6 +395,10 @@ impl Collector {
         let store = writer
             .join()
             .map_err(|_| ServeError::Writer("panicked".into()))?;
+        // With an acker thread: it sends what the writer handed over last, then exits.
+        if let Some(a) = acker {
+            let _ = a.join();
+        }
         if let Some(t) = drill_thread {
             let _ = t.join();
         }

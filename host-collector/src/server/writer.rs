@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use capture::wire::AckStatus;
 use tracing::{debug, error, info, warn};
 
+use super::acker::AckOut;
 use super::maint::{self, RateLimit};
 use super::observe::Observers;
-use super::{Ack, Acker, Counters, Msg, Queue};
+use super::{Ack, Counters, Msg, Queue};
 use crate::store::{
     HeartbeatSeen, InsertOutcome, NewRecord, Rejection, Retention, StepView, Store, StoreError,
 };
@@ -110,7 +111,7 @@ struct Committed {
 
 /// What commits a batch: the same for the writer thread and the committer threads.
 struct Committer {
-    acks_out: Arc<Acker>,
+    acks_out: AckOut,
     counters: Arc<Counters>,
     /// Test hook: sleep this long before each commit of records.
     delay: Option<Duration>,
@@ -167,7 +168,7 @@ impl Committer {
         let ids = store.last_stored_ids().to_vec();
         let followup_steps = super::followup::store_all(store, &b.followups, &mut acks);
         if !acks.is_empty() {
-            self.acks_out.send(&acks);
+            self.acks_out.send(acks);
         }
         Ok(Committed {
             took: t_commit.elapsed(),
@@ -332,7 +333,7 @@ impl After<'_> {
 pub(super) fn writer_loop(
     mut store: Store,
     queue: &Queue,
-    acks_out: Arc<Acker>,
+    acks_out: AckOut,
     counters: Arc<Counters>,
     wcfg: WriterCfg,
 ) -> Result<Store, StoreError> {
