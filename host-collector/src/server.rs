@@ -313,7 +313,6 @@ impl Collector {
                 retention: cfg.retention,
                 retention_interval: cfg.retention_interval,
                 observers,
-                committers: writer::PG_COMMITTERS,
             };
             std::thread::Builder::new()
                 .name("collector-writer".into())

@@ -263,16 +263,6 @@ impl Store {
         }
     }
 
-    /// `n` more connections that commit batches at the same time as this store (PostgreSQL:
-    /// the database's unique key dedupes across them); none for SQLite, which has one
-    /// writer.
-    pub fn writer_siblings(&self, n: usize) -> Result<Vec<Store>> {
-        match &self.b {
-            Backend::Sqlite(_) => Ok(Vec::new()),
-            Backend::Pg(s) => (0..n).map(|_| Ok(Store::pg(s.sibling()?))).collect(),
-        }
-    }
-
     /// Whether this is the PostgreSQL backend.
     pub fn is_postgres(&self) -> bool {
         matches!(self.b, Backend::Pg(_))

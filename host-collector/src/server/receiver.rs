@@ -14,7 +14,7 @@ use tracing::{debug, error, warn};
 
 use super::maint::{self, RateLimit};
 use super::{followup, Counters, Msg, Queue, ServeError};
-use crate::convert::{self, lean};
+use crate::convert::{self, lean, LeanView};
 use crate::mmsg;
 use crate::store::{HeartbeatSeen, NewRecord, RecordKey, Rejection};
 use crate::util::now_us;
@@ -143,28 +143,17 @@ impl Receiver {
             record_crc: id.record_crc,
         };
         let (major, minor) = schema;
+        // What the row needs of the body: its text columns, location and uptime.
+        let row = |v: &LeanView<'_>| {
+            let line_col = v.location.map_or((0, 0), |l| (l.line, l.column));
+            (convert::render_lean(peer, v), line_col, v.uptime_us)
+        };
         // The lean reader checks the body as CrashRecord::decode does without building the
         // whole record; what it does not take (a bad body, another schema, a body naming
         // another record) goes the full way below, which decides and says why.
-        if let Some(v) = lean::decode(major, minor, &bytes) {
-            if v.boot_id == id.boot_id && v.seq == id.seq {
-                let text = convert::render_lean(peer, &v);
-                let line_col = v.location.map_or((0, 0), |l| (l.line, l.column));
-                let uptime_us = v.uptime_us;
-                let r = NewRecord {
-                    key,
-                    received_at_us: now_us,
-                    schema_major: major,
-                    schema_minor: minor,
-                    uptime_us,
-                    line_col,
-                    text,
-                    raw: bytes,
-                };
-                self.send(Msg::Record(Box::new(r), peer));
-                return;
-            }
-        }
+        let lean = lean::decode(major, minor, &bytes)
+            .filter(|v| v.boot_id == id.boot_id && v.seq == id.seq)
+            .map(|v| row(&v));
         let reject = |reason: String| Rejection {
             key,
             source: peer.to_string(),
@@ -174,46 +163,46 @@ impl Receiver {
             reason,
             raw: bytes.clone(),
         };
-        let msg = match CrashRecord::decode(major, minor, &bytes) {
-            Ok(rec) if rec.boot_id != id.boot_id || rec.seq != id.seq => {
-                let r = reject(format!(
-                    "record body names boot {} seq {}, its frames boot {} seq {}",
-                    crate::util::hex(&rec.boot_id),
-                    rec.seq,
-                    crate::util::hex(&id.boot_id),
-                    id.seq
-                ));
-                if let Some(n) = self.reject_warn.check() {
-                    warn!(%peer, "rejected record: {}{}", r.reason, maint::suppressed(n));
+        let (text, line_col, uptime_us) = match lean {
+            Some(r) => r,
+            None => match CrashRecord::decode(major, minor, &bytes) {
+                Ok(rec) if rec.boot_id != id.boot_id || rec.seq != id.seq => {
+                    let r = reject(format!(
+                        "record body names boot {} seq {}, its frames boot {} seq {}",
+                        crate::util::hex(&rec.boot_id),
+                        rec.seq,
+                        crate::util::hex(&id.boot_id),
+                        id.seq
+                    ));
+                    if let Some(n) = self.reject_warn.check() {
+                        warn!(%peer, "rejected record: {}{}", r.reason, maint::suppressed(n));
+                    }
+                    return self.send(Msg::Reject(Box::new(r), peer));
                 }
-                Msg::Reject(Box::new(r), peer)
-            }
-            Ok(rec) => Msg::Record(
-                Box::new(NewRecord {
-                    key,
-                    received_at_us: now_us,
-                    schema_major: major,
-                    schema_minor: minor,
-                    uptime_us: rec.uptime_us,
-                    line_col: rec
-                        .location
-                        .as_ref()
-                        .map(|l| (l.line, l.column))
-                        .unwrap_or((0, 0)),
-                    // Lean: the store (set_lean above) keeps only these columns.
-                    text: convert::row_text_lean(peer, &rec),
-                    raw: bytes,
-                }),
-                peer,
-            ),
-            Err(e) => {
-                let r = reject(e.to_string());
-                if let Some(n) = self.reject_warn.check() {
-                    warn!(%peer, seq = id.seq, "rejected record: {e}{}", maint::suppressed(n));
+                Ok(rec) => row(&LeanView::of(&rec)),
+                Err(e) => {
+                    let r = reject(e.to_string());
+                    if let Some(n) = self.reject_warn.check() {
+                        warn!(%peer, seq = id.seq, "rejected record: {e}{}", maint::suppressed(n));
+                    }
+                    return self.send(Msg::Reject(Box::new(r), peer));
                 }
-                Msg::Reject(Box::new(r), peer)
-            }
+            },
         };
+        // Lean: the store (set_lean in `Collector::bind`) keeps only these columns.
+        let msg = Msg::Record(
+            Box::new(NewRecord {
+                key,
+                received_at_us: now_us,
+                schema_major: major,
+                schema_minor: minor,
+                uptime_us,
+                line_col,
+                text,
+                raw: bytes,
+            }),
+            peer,
+        );
         self.send(msg);
     }
 

@@ -2,17 +2,15 @@
 //! batch, hands the acks over, and then (never before the acks) feeds the observers: the
 //! liveness tracker, the event dispatcher and the metrics.
 //!
-//! SQLite has one writer: the writer thread commits each batch itself, and so it does with
-//! PostgreSQL by default. With `CANARY_PG_COMMITTERS=N` (N > 0) the writer thread hands each
-//! batch to one of N committer threads, each with its own connection, so that the next
-//! batch is written while the last one commits (the database's unique key and `ON CONFLICT
-//! DO NOTHING` dedupe across the connections, as across collectors). A committer sends the
-//! acks of its batch right after its own commit; the observers are still fed from the
-//! writer thread alone, once per stored record, when it hears the batch is done.
+//! The writer thread commits each batch itself, with SQLite and with PostgreSQL. Committing
+//! PostgreSQL batches on several connections at once (so the next batch is written while the
+//! last one commits) was tried and measured: one collector acked 32-45k records/s with two
+//! committer connections against 47-55k on the writer thread on a quiet machine (smaller
+//! commits, more CPU per record in serve and the backend, a thread hand-off per batch), and it
+//! let a retransmit's `duplicate` ack overtake the original's `stored`; it is not kept
+//! (docs/collector.md, PostgreSQL).
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capture::wire::AckStatus;
@@ -27,18 +25,6 @@ use crate::store::{
 };
 use crate::util::now_us;
 use std::net::SocketAddr;
-
-/// How many PostgreSQL connections commit batches at once in one `serve` (see the module
-/// comment), besides the writer thread's own: none. Measured on this 2-core machine
-/// (docs/collector.md, session 12), committers helped only while other load saturated the
-/// cores; on a quieter machine one collector acked 47-55k records/s committing on the
-/// writer thread against 32-45k with two committers (smaller commits, more CPU per record
-/// in serve and the backend, a thread hand-off per batch).
-pub(super) const PG_COMMITTERS: usize = 0;
-
-/// Overrides [`PG_COMMITTERS`]: for measuring (`scripts/bench-collector`) and tests, not a
-/// setting.
-const PG_COMMITTERS_ENV: &str = "CANARY_PG_COMMITTERS";
 
 #[derive(Default)]
 pub(super) struct Batch {
@@ -90,12 +76,9 @@ pub(super) struct WriterCfg {
     pub(super) retention_interval: Duration,
     /// Liveness, events and metrics, fed after each commit's acks are handed over.
     pub(super) observers: Observers,
-    /// How many more connections commit batches (PostgreSQL, [`Store::writer_siblings`];
-    /// SQLite has none): without, the writer thread commits each batch itself.
-    pub(super) committers: usize,
 }
 
-/// A batch committed (or not), back to the writer thread for the observers.
+/// A batch committed (or not), for the observers.
 struct Done {
     batch: Batch,
     result: Result<Committed, StoreError>,
@@ -109,7 +92,7 @@ struct Committed {
     followup_steps: Vec<StepView>,
 }
 
-/// What commits a batch: the same for the writer thread and the committer threads.
+/// What commits a batch and sends its acks.
 struct Committer {
     acks_out: AckOut,
     counters: Arc<Counters>,
@@ -179,114 +162,6 @@ impl Committer {
     }
 }
 
-/// A batch for a committer thread, with the counters taken for it.
-struct Job {
-    batch: Batch,
-    taken: Vec<(&'static str, u64)>,
-}
-
-/// The committer threads: each takes a job, commits it on its own connection, acks it and
-/// reports it done. The writer hands out a job only to an idle one.
-struct Pool {
-    jobs: Option<mpsc::Sender<Job>>,
-    done: mpsc::Receiver<Done>,
-    threads: Vec<JoinHandle<()>>,
-    busy: usize,
-}
-
-impl Pool {
-    fn start(stores: Vec<Store>, c: &Committer) -> std::io::Result<Pool> {
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::channel::<Done>();
-        let mut threads = Vec::with_capacity(stores.len());
-        for (i, mut store) in stores.into_iter().enumerate() {
-            let (jobs, done) = (job_rx.clone(), done_tx.clone());
-            let c = Committer {
-                acks_out: c.acks_out.clone(),
-                counters: c.counters.clone(),
-                delay: c.delay,
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("collector-db{}", i + 1))
-                    .spawn(move || loop {
-                        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(Job { batch, taken }) = job else {
-                            return; // the writer is done
-                        };
-                        let result = c.commit(&mut store, &batch, &taken);
-                        if done.send(Done { batch, result }).is_err() {
-                            return;
-                        }
-                    })?,
-            );
-        }
-        Ok(Pool {
-            jobs: Some(job_tx),
-            done: done_rx,
-            threads,
-            busy: 0,
-        })
-    }
-
-    fn idle(&self) -> bool {
-        self.busy < self.threads.len()
-    }
-
-    /// Hands `batch` to an idle committer (see [`Pool::idle`]).
-    fn send(&mut self, batch: Batch, taken: Vec<(&'static str, u64)>) -> Result<(), StoreError> {
-        let sent = self
-            .jobs
-            .as_ref()
-            .map(|j| j.send(Job { batch, taken }).is_ok());
-        match sent {
-            Some(true) => {
-                self.busy += 1;
-                Ok(())
-            }
-            // Every committer thread is gone (they panicked).
-            _ => Err(StoreError::Postgres("the committer threads stopped".into())),
-        }
-    }
-
-    /// A batch done, waiting up to `timeout` (none: do not wait). An error when a committer
-    /// thread died with a batch (it panicked): its records are never acked.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<Option<Done>, StoreError> {
-        if self.busy == 0 {
-            return Ok(None);
-        }
-        let d = match timeout {
-            None => self.done.try_recv().ok(),
-            Some(t) => self.done.recv_timeout(t).ok(),
-        };
-        match d {
-            Some(d) => {
-                self.busy -= 1;
-                Ok(Some(d))
-            }
-            None if self.threads.iter().any(|t| t.is_finished()) => Err(StoreError::Postgres(
-                "a committer thread stopped (it panicked)".into(),
-            )),
-            None => Ok(None),
-        }
-    }
-
-    /// Waits for every batch handed out, then ends the threads.
-    fn finish(mut self, mut each: impl FnMut(Done)) -> Result<(), StoreError> {
-        while self.busy > 0 {
-            if let Some(d) = self.wait(Some(Duration::from_millis(200)))? {
-                each(d);
-            }
-        }
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        Ok(())
-    }
-}
-
 /// The writer thread's side of a batch done: its observers, the queue's budget, warnings.
 struct After<'a> {
     queue: &'a Queue,
@@ -343,27 +218,12 @@ pub(super) fn writer_loop(
         retention,
         retention_interval,
         mut observers,
-        committers,
     } = wcfg;
     observers.start(&store);
     let committer = Committer {
         acks_out,
         counters: counters.clone(),
         delay,
-    };
-    let committers = std::env::var(PG_COMMITTERS_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(committers);
-    let committers = store.writer_siblings(committers).unwrap_or_else(|e| {
-        warn!("committing on one connection: cannot open more: {e}");
-        Vec::new()
-    });
-    let mut pool = match committers.is_empty() {
-        true => None,
-        false => Some(Pool::start(committers, &committer).map_err(|e| {
-            StoreError::Postgres(format!("cannot start the committer threads: {e}"))
-        })?),
     };
     let mut after = After {
         queue,
@@ -392,27 +252,8 @@ pub(super) fn writer_loop(
                 }
             }
         }
-        // With committers: observe the batches done; with all of them busy, wait for one.
-        let mut take_wait = tick;
-        if let Some(p) = &mut pool {
-            while let Some(d) = p.wait(None)? {
-                after.done(d);
-            }
-            if !p.idle() {
-                if let Some(d) = p.wait(Some(tick))? {
-                    after.done(d);
-                }
-                after.observers.tick(&mut store, queue.bytes());
-                continue;
-            }
-            if p.busy > 0 {
-                // A batch in flight: look again soon, so its observers are not held back
-                // by a quiet queue.
-                take_wait = Duration::from_millis(2);
-            }
-        }
         // Group commit: take whatever is queued, up to batch_max.
-        closed = !queue.take(&mut b, batch_max, take_wait);
+        closed = !queue.take(&mut b, batch_max, tick);
         after.observers.tick(&mut store, queue.bytes());
         if b.len() == 0 && !closed && last_commit.elapsed() < tick {
             continue;
@@ -425,16 +266,8 @@ pub(super) fn writer_loop(
         last_commit = Instant::now();
         let next = after.spare.pop().unwrap_or_default();
         let batch = std::mem::replace(&mut b, next);
-        match &mut pool {
-            Some(p) => p.send(batch, taken)?,
-            None => {
-                let result = committer.commit(&mut store, &batch, &taken);
-                after.done(Done { batch, result });
-            }
-        }
-    }
-    if let Some(p) = pool {
-        p.finish(|d| after.done(d))?;
+        let result = committer.commit(&mut store, &batch, &taken);
+        after.done(Done { batch, result });
     }
     after.observers.finish(&mut store);
     Ok(store)

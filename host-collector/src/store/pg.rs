@@ -242,20 +242,7 @@ impl PgStore {
     pub fn open(url: &str, create: bool) -> Result<PgStore> {
         let target = PgTarget::parse(url)?;
         let client = target.connect()?;
-        let s = PgStore {
-            target,
-            conn: Mutex::new(Conn {
-                client: Some(client),
-                stmts: Stmts::default(),
-                next_try: Instant::now(),
-                backoff: BACKOFF_MIN,
-            }),
-            last_ids: Vec::new(),
-            rejected_budget: u64::MAX,
-            rejected_bytes: Arc::new(Mutex::new(None)),
-            crash_base: Mutex::new(HashMap::new()),
-            shard: next_shard(),
-        };
+        let s = PgStore::on(target, client, u64::MAX, Arc::new(Mutex::new(None)));
         if create {
             s.with(schema::migrate)??;
         } else {
@@ -367,20 +354,15 @@ impl PgStore {
         }
     }
 
-    /// Another connection to the same database for writing batches at the same time as
-    /// this one (`serve` commits on several): the same rejected-records budget, shared.
-    /// Its liveness bookkeeping is its own: only one connection should save liveness.
-    pub fn sibling(&self) -> Result<PgStore> {
-        // The driver blocks on a runtime of its own (see `with`).
-        let client = if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|sc| sc.spawn(|| self.target.connect()).join()).unwrap_or_else(
-                |_| Err(StoreError::Postgres("the database thread panicked".into())),
-            )?
-        } else {
-            self.target.connect()?
-        };
-        Ok(PgStore {
-            target: self.target.clone(),
+    /// A store on the connection `client` (its own counter shard, nothing prepared yet).
+    fn on(
+        target: PgTarget,
+        client: Client,
+        rejected_budget: u64,
+        rejected_bytes: Arc<Mutex<Option<u64>>>,
+    ) -> PgStore {
+        PgStore {
+            target,
             conn: Mutex::new(Conn {
                 client: Some(client),
                 stmts: Stmts::default(),
@@ -388,11 +370,11 @@ impl PgStore {
                 backoff: BACKOFF_MIN,
             }),
             last_ids: Vec::new(),
-            rejected_budget: self.rejected_budget,
-            rejected_bytes: self.rejected_bytes.clone(),
+            rejected_budget,
+            rejected_bytes,
             crash_base: Mutex::new(HashMap::new()),
             shard: next_shard(),
-        })
+        }
     }
 
     /// The schema version (0 when no collector has migrated this database).

@@ -102,6 +102,27 @@ pub enum Col {
 
 impl Col {
     const COUNT: usize = 18;
+    /// Every column, in declaration order.
+    pub const ALL: [Col; Col::COUNT] = [
+        Col::Source,
+        Col::BuildId,
+        Col::Arch,
+        Col::BootMode,
+        Col::Hypervisor,
+        Col::VmbusVersion,
+        Col::Kind,
+        Col::KindDetail,
+        Col::Message,
+        Col::File,
+        Col::Registers,
+        Col::Backtrace,
+        Col::LogTail,
+        Col::Steps,
+        Col::ImageId,
+        Col::Ext,
+        Col::VmName,
+        Col::HostName,
+    ];
 }
 
 impl RowText {

@@ -245,29 +245,8 @@ fn reference(source: SocketAddr, r: &CrashRecord) -> RowText {
     t
 }
 
-const ALL_COLS: [Col; 18] = [
-    Col::Source,
-    Col::BuildId,
-    Col::Arch,
-    Col::BootMode,
-    Col::Hypervisor,
-    Col::VmbusVersion,
-    Col::Kind,
-    Col::KindDetail,
-    Col::Message,
-    Col::File,
-    Col::Registers,
-    Col::Backtrace,
-    Col::LogTail,
-    Col::Steps,
-    Col::ImageId,
-    Col::Ext,
-    Col::VmName,
-    Col::HostName,
-];
-
 fn assert_same(a: &RowText, b: &RowText, what: &str) {
-    for c in ALL_COLS {
+    for c in Col::ALL {
         assert_eq!(a.get(c), b.get(c), "{what}: {c:?}");
     }
     assert_eq!(a.load_base, b.load_base, "{what}: load base");

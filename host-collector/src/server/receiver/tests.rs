@@ -85,29 +85,10 @@ fn full_way(id: &RecordId, body: &[u8], schema: (u16, u16)) -> NewRecord {
 }
 
 fn columns(t: &RowText) -> Vec<Option<String>> {
-    [
-        Col::Source,
-        Col::BuildId,
-        Col::Arch,
-        Col::BootMode,
-        Col::Hypervisor,
-        Col::VmbusVersion,
-        Col::Kind,
-        Col::KindDetail,
-        Col::Message,
-        Col::File,
-        Col::Registers,
-        Col::Backtrace,
-        Col::LogTail,
-        Col::Steps,
-        Col::ImageId,
-        Col::Ext,
-        Col::VmName,
-        Col::HostName,
-    ]
-    .iter()
-    .map(|&c| t.get(c).map(str::to_string))
-    .collect()
+    Col::ALL
+        .iter()
+        .map(|&c| t.get(c).map(str::to_string))
+        .collect()
 }
 
 fn assert_same_record(got: &NewRecord, want: &NewRecord) {
