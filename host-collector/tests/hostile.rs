@@ -133,12 +133,29 @@ fn serve_refuses_a_corrupt_or_foreign_database_with_a_clear_message() {
     let recs: Vec<(u32, i64, String)> = (0..200).map(|i| (i, now, "x".repeat(3000))).collect();
     let recs: Vec<(u32, i64, &str)> = recs.iter().map(|(a, b, c)| (*a, *b, c.as_str())).collect();
     db_with(&db, &recs);
-    assert!(file_len(&db) > 8 * 16384, "{}", file_len(&db));
-    // Overwrite the middle of page 4 (a b-tree page of the records table) with garbage.
+    // Overwrite the records table's root page, after its page header, with garbage (its page
+    // number and the page size read from the database: new databases have 8 KiB pages, older
+    // ones 16 KiB).
+    let (root, page): (i64, i64) = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let root = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let page = c
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap();
+        (root, page)
+    };
+    assert!(file_len(&db) > 8 * page as u64, "{}", file_len(&db));
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-        f.seek(SeekFrom::Start(3 * 16384 + 8)).unwrap();
+        f.seek(SeekFrom::Start(((root - 1) * page + 8) as u64))
+            .unwrap();
         f.write_all(&[0xa5; 4000]).unwrap();
     }
     let dbs = db.to_str().unwrap();
