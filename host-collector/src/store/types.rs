@@ -281,6 +281,20 @@ pub enum FollowupOutcome {
     NoSuchRecord,
 }
 
+impl FollowupOutcome {
+    /// What storing follow-up `raw` does where `held` is stored already (the record exists):
+    /// the one reporting more steps stays (the appliance sends one when the record is acked
+    /// and a more complete one from the end step). Both backends decide by this.
+    pub fn of(held: Option<&[u8]>, raw: &[u8]) -> FollowupOutcome {
+        use crate::followup_view::reported;
+        match held.map(reported) {
+            None => FollowupOutcome::Stored,
+            Some(b) if reported(raw) > b => FollowupOutcome::Replaced { reported_before: b },
+            Some(_) => FollowupOutcome::Duplicate,
+        }
+    }
+}
+
 /// One row of `list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordSummary {

@@ -128,14 +128,7 @@ impl PgStore {
                     &[&boot, &seq, &crc],
                 )?
                 .map(|r| r.get(0));
-            let before = held.as_deref().map(crate::followup_view::reported);
-            let outcome = match before {
-                None => FollowupOutcome::Stored,
-                Some(b) if crate::followup_view::reported(raw) > b => {
-                    FollowupOutcome::Replaced { reported_before: b }
-                }
-                Some(_) => FollowupOutcome::Duplicate,
-            };
+            let outcome = FollowupOutcome::of(held.as_deref(), raw);
             let n = match outcome {
                 FollowupOutcome::Stored => tx.execute(
                     "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)

@@ -244,14 +244,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .optional()?;
-        let before = held.as_deref().map(crate::followup_view::reported);
-        let outcome = match before {
-            None => FollowupOutcome::Stored,
-            Some(b) if crate::followup_view::reported(raw) > b => {
-                FollowupOutcome::Replaced { reported_before: b }
-            }
-            Some(_) => FollowupOutcome::Duplicate,
-        };
+        let outcome = FollowupOutcome::of(held.as_deref(), raw);
         let n = if outcome == FollowupOutcome::Duplicate {
             0
         } else {
