@@ -315,35 +315,18 @@ mod tests {
     /// freeze with its follow-up's steps, or "not reported" without one.
     #[test]
     fn exported_records_carry_their_followups_steps() {
-        use crate::store::{Filter, NewRecord, Store, Sync};
+        use crate::store::{Filter, Store, Sync};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
         let mut keys = Vec::new();
         for seq in [1u32, 2] {
             let mut r = capture::testutil::sample_record(seq);
             r.seq = seq;
-            r.steps.truncate(1);
-            let mut buf = vec![0u8; capture::record::MAX_ENCODED_LEN];
-            let raw = r.encode(&mut buf).unwrap().to_vec();
-            let key = RecordKey {
-                boot_id: r.boot_id,
-                seq: r.seq,
-                record_crc: crc32fast::hash(&raw),
-            };
-            let n = NewRecord {
-                key,
-                received_at_us: i64::from(seq),
-                schema_major: capture::record::SCHEMA_MAJOR,
-                schema_minor: capture::record::SCHEMA_MINOR,
-                uptime_us: r.uptime_us,
-                line_col: (0, 0),
-                text: crate::convert::row_text("10.0.0.3:4000".parse().unwrap(), &r),
-                raw,
-            };
+            let n = crate::store::tests::sealed(&mut r, "10.0.0.3:4000", i64::from(seq));
             store
                 .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
                 .unwrap();
-            keys.push(key);
+            keys.push(n.key);
         }
         // Record 1 has the ship step's follow-up; record 2 none.
         let steps: Vec<StepRecord> = Step::ALL[1..5]
@@ -355,17 +338,8 @@ mod tests {
             })
             .collect();
         let k = keys[0];
-        let f = FollowupRepr::new(
-            &RecordId {
-                boot_id: k.boot_id,
-                seq: k.seq,
-                record_crc: k.record_crc,
-            },
-            &steps,
-        );
-        let mut buf = [0u8; 256];
-        let n = Repr::Followup(f).emit(None, &mut buf).unwrap();
-        store.put_followup(&k, &buf[..n], 5).unwrap();
+        let frame = crate::store::tests::followup_frame(&k, &steps);
+        store.put_followup(&k, &frame, 5).unwrap();
         let mut recs = store.records(&Filter::default(), false).unwrap();
         merge_into(&store, &mut recs).unwrap();
         let of = |seq: u32| -> Vec<String> {

@@ -21,7 +21,7 @@ mod pg_tests;
 pub mod sqlite;
 mod steps;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod types;
 mod view;
 pub use lookup::{parse_ref, RefError};

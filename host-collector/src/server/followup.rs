@@ -113,10 +113,9 @@ pub(super) fn store_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewRecord, Sync};
-    use capture::followup::FollowupRepr;
-    use capture::panic::{Outcome, Step, StepRecord};
-    use capture::record::{MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
+    use crate::store::tests::{after_seal, followup_frame, sealed};
+    use crate::store::Sync;
+    use capture::panic::Outcome;
 
     /// The two follow-ups of one crash: the ship step's is acked saying 4 steps are held,
     /// the end step's 5 (so the appliance does not take a late ack of the first for the
@@ -126,53 +125,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
         let mut r = capture::testutil::sample_record(5);
-        r.steps.truncate(1);
-        let mut buf = vec![0u8; MAX_ENCODED_LEN];
-        let raw = r.encode(&mut buf).unwrap().to_vec();
-        let key = RecordKey {
-            boot_id: r.boot_id,
-            seq: r.seq,
-            record_crc: crc32fast::hash(&raw),
-        };
         let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
-        let n = NewRecord {
-            key,
-            received_at_us: 1,
-            schema_major: SCHEMA_MAJOR,
-            schema_minor: SCHEMA_MINOR,
-            uptime_us: r.uptime_us,
-            line_col: (0, 0),
-            text: crate::convert::row_text(peer, &r),
-            raw,
-        };
+        let n = sealed(&mut r, "10.0.0.5:4000", 1);
+        let key = n.key;
         store
             .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
             .unwrap();
         let pending = |done: usize| {
-            let steps: Vec<StepRecord> = Step::ALL[1..]
-                .iter()
-                .enumerate()
-                .map(|(i, &step)| StepRecord {
-                    step,
-                    outcome: if i < done {
-                        Outcome::Done
-                    } else {
-                        Outcome::Pending
-                    },
-                    elapsed_us: 3,
-                })
-                .collect();
-            let id = capture::RecordId {
-                boot_id: key.boot_id,
-                seq: key.seq,
-                record_crc: key.record_crc,
+            let steps = after_seal(|i, _| {
+                let outcome = if i < done {
+                    Outcome::Done
+                } else {
+                    Outcome::Pending
+                };
+                (outcome, 3)
+            });
+            let frame = followup_frame(&key, &steps);
+            let Ok(capture::wire::Repr::Followup(f)) = capture::wire::parse(&frame, None) else {
+                panic!("the frame parses as a follow-up");
             };
-            let f = FollowupRepr::new(&id, &steps);
-            let mut out = [0u8; 256];
-            let len = capture::wire::Repr::Followup(f)
-                .emit(None, &mut out)
-                .unwrap();
-            Pending::new(&f, &out[..len], peer)
+            Pending::new(&f, &frame, peer)
         };
         let (first, second) = (pending(4), pending(5));
         let mut acks = Vec::new();

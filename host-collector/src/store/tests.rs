@@ -52,6 +52,62 @@ pub(crate) fn sample_fields(seq: u32) -> RecordFields {
     }
 }
 
+/// `rec` sealed at the panic screen (its steps cut to the first, freeze), as `serve` stores
+/// it from `peer`, received at `at`.
+pub(crate) fn sealed(rec: &mut CrashRecord, peer: &str, at: i64) -> NewRecord {
+    rec.steps.truncate(1);
+    let mut buf = vec![0u8; MAX_ENCODED_LEN];
+    let raw = rec.encode(&mut buf).expect("encodes").to_vec();
+    NewRecord {
+        key: RecordKey {
+            boot_id: rec.boot_id,
+            seq: rec.seq,
+            record_crc: crc32fast::hash(&raw),
+        },
+        received_at_us: at,
+        schema_major: SCHEMA_MAJOR,
+        schema_minor: SCHEMA_MINOR,
+        uptime_us: rec.uptime_us,
+        line_col: (0, 0),
+        text: crate::convert::row_text(peer.parse().unwrap(), rec),
+        raw,
+    }
+}
+
+/// The steps after the seal (screen flush to end), each with the outcome and time `f` gives
+/// it (from its index after the seal and the step).
+pub(crate) fn after_seal(
+    f: impl Fn(usize, capture::panic::Step) -> (capture::panic::Outcome, u32),
+) -> Vec<capture::panic::StepRecord> {
+    capture::panic::Step::ALL[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, &step)| {
+            let (outcome, elapsed_us) = f(i, step);
+            capture::panic::StepRecord {
+                step,
+                outcome,
+                elapsed_us,
+            }
+        })
+        .collect()
+}
+
+/// The follow-up frame (no key) of record `key` carrying `steps`.
+pub(crate) fn followup_frame(key: &RecordKey, steps: &[capture::panic::StepRecord]) -> Vec<u8> {
+    let id = capture::RecordId {
+        boot_id: key.boot_id,
+        seq: key.seq,
+        record_crc: key.record_crc,
+    };
+    let f = capture::followup::FollowupRepr::new(&id, steps);
+    let mut out = [0u8; 256];
+    let len = capture::wire::Repr::Followup(f)
+        .emit(None, &mut out)
+        .unwrap();
+    out[..len].to_vec()
+}
+
 /// A real record (`capture::testutil::sample_record(seq)` on boot `boot`), as the
 /// collector would store it, and the fields `show` must give back.
 pub(crate) fn real(boot: u8, seq: u32, at: i64) -> (NewRecord, RecordFields) {
@@ -483,58 +539,25 @@ fn record_ref_parses_id_and_boot_seq() {
 /// (the steps after the seal) fills the other step columns `stats --steps` reads, once.
 #[test]
 fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
-    use capture::followup::FollowupRepr;
-    use capture::panic::{Outcome, Step, StepRecord};
+    use capture::panic::{Outcome, Step};
     for b in backends("followup_steps") {
         let mut s = b.open();
         let mut r = capture::testutil::sample_record(3);
         r.boot_id = [9; 16];
-        r.steps.truncate(1);
-        let mut buf = vec![0u8; MAX_ENCODED_LEN];
-        let raw = r.encode(&mut buf).expect("encodes").to_vec();
-        let key = RecordKey {
-            boot_id: r.boot_id,
-            seq: r.seq,
-            record_crc: crc32fast::hash(&raw),
-        };
-        let n = NewRecord {
-            key,
-            received_at_us: 1,
-            schema_major: SCHEMA_MAJOR,
-            schema_minor: SCHEMA_MINOR,
-            uptime_us: r.uptime_us,
-            line_col: (0, 0),
-            text: crate::convert::row_text("10.0.0.9:4000".parse().unwrap(), &r),
-            raw,
-        };
+        let n = sealed(&mut r, "10.0.0.9:4000", 1);
+        let key = n.key;
         s.commit_batch(std::slice::from_ref(&n), &[], &[], &[])
             .unwrap();
         let frame = |us: u32| {
-            let steps: Vec<StepRecord> = Step::ALL[1..]
-                .iter()
-                .map(|&step| StepRecord {
-                    step,
-                    outcome: if step == Step::End {
-                        Outcome::Pending
-                    } else {
-                        Outcome::Done
-                    },
-                    elapsed_us: us,
-                })
-                .collect();
-            let f = FollowupRepr::new(
-                &capture::RecordId {
-                    boot_id: key.boot_id,
-                    seq: key.seq,
-                    record_crc: key.record_crc,
-                },
-                &steps,
-            );
-            let mut out = [0u8; 256];
-            let len = capture::wire::Repr::Followup(f)
-                .emit(None, &mut out)
-                .unwrap();
-            out[..len].to_vec()
+            let steps = after_seal(|_, step| {
+                let outcome = if step == Step::End {
+                    Outcome::Pending
+                } else {
+                    Outcome::Done
+                };
+                (outcome, us)
+            });
+            followup_frame(&key, &steps)
         };
         assert_eq!(
             s.put_followup(&key, &frame(40), 2).unwrap(),
@@ -570,65 +593,24 @@ fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
 /// one that reports no more (a retransmit, or the earlier one arriving late) is a duplicate.
 #[test]
 fn a_more_complete_followup_replaces_the_earlier_one_and_fills_the_columns_it_adds() {
-    use capture::followup::FollowupRepr;
-    use capture::panic::{Outcome, Step, StepRecord};
+    use capture::panic::{Outcome, Step};
     for b in backends("followup_replace") {
         let mut s = b.open();
         let mut r = capture::testutil::sample_record(4);
         r.boot_id = [7; 16];
-        r.steps.truncate(1);
-        let mut buf = vec![0u8; MAX_ENCODED_LEN];
-        let raw = r.encode(&mut buf).expect("encodes").to_vec();
-        let key = RecordKey {
-            boot_id: r.boot_id,
-            seq: r.seq,
-            record_crc: crc32fast::hash(&raw),
-        };
-        let n = NewRecord {
-            key,
-            received_at_us: 1,
-            schema_major: SCHEMA_MAJOR,
-            schema_minor: SCHEMA_MINOR,
-            uptime_us: r.uptime_us,
-            line_col: (0, 0),
-            text: crate::convert::row_text("10.0.0.7:4000".parse().unwrap(), &r),
-            raw,
-        };
+        let n = sealed(&mut r, "10.0.0.7:4000", 1);
+        let key = n.key;
         s.commit_batch(std::slice::from_ref(&n), &[], &[], &[])
             .unwrap();
         // `done` steps after the seal reported (30 us each; crash registers 55 us), the
         // rest pending.
         let frame = |done: usize| {
-            let steps: Vec<StepRecord> = Step::ALL[1..]
-                .iter()
-                .enumerate()
-                .map(|(i, &step)| StepRecord {
-                    step,
-                    outcome: if i < done {
-                        Outcome::Done
-                    } else {
-                        Outcome::Pending
-                    },
-                    elapsed_us: match (i < done, step) {
-                        (false, _) => 0,
-                        (true, Step::CrashRegisters) => 55,
-                        (true, _) => 30,
-                    },
-                })
-                .collect();
-            let f = FollowupRepr::new(
-                &capture::RecordId {
-                    boot_id: key.boot_id,
-                    seq: key.seq,
-                    record_crc: key.record_crc,
-                },
-                &steps,
-            );
-            let mut out = [0u8; 256];
-            let len = capture::wire::Repr::Followup(f)
-                .emit(None, &mut out)
-                .unwrap();
-            out[..len].to_vec()
+            let steps = after_seal(|i, step| match (i < done, step) {
+                (false, _) => (Outcome::Pending, 0),
+                (true, Step::CrashRegisters) => (Outcome::Done, 55),
+                (true, _) => (Outcome::Done, 30),
+            });
+            followup_frame(&key, &steps)
         };
         let (after_ship, from_end) = (frame(4), frame(5));
         let timed = |s: &Store| -> Vec<(String, u32)> {
