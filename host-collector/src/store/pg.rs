@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postgres::{Client, Config, GenericClient, Statement};
@@ -206,10 +206,8 @@ pub struct PgStore {
     last_ids: Vec<i64>,
     rejected_budget: u64,
     /// The bytes of rejected records kept, as this collector last counted them (`None`:
-    /// not counted yet): shared with the [`PgStore::sibling`] connections, and held for
-    /// the whole commit of a batch with rejections, so this collector's connections never
-    /// keep more than the budget between them.
-    rejected_bytes: Arc<Mutex<Option<u64>>>,
+    /// not counted yet).
+    rejected_bytes: Option<u64>,
     /// The crash count of each canary's liveness row as this collector last read or wrote
     /// it: a save adds only this collector's new crashes to the row.
     crash_base: Mutex<HashMap<String, u64>>,
@@ -242,7 +240,20 @@ impl PgStore {
     pub fn open(url: &str, create: bool) -> Result<PgStore> {
         let target = PgTarget::parse(url)?;
         let client = target.connect()?;
-        let s = PgStore::on(target, client, u64::MAX, Arc::new(Mutex::new(None)));
+        let s = PgStore {
+            target,
+            conn: Mutex::new(Conn {
+                client: Some(client),
+                stmts: Stmts::default(),
+                next_try: Instant::now(),
+                backoff: BACKOFF_MIN,
+            }),
+            last_ids: Vec::new(),
+            rejected_budget: u64::MAX,
+            rejected_bytes: None,
+            crash_base: Mutex::new(HashMap::new()),
+            shard: next_shard(),
+        };
         if create {
             s.with(schema::migrate)??;
         } else {
@@ -351,29 +362,6 @@ impl PgStore {
                 };
                 Err(err)
             }
-        }
-    }
-
-    /// A store on the connection `client` (its own counter shard, nothing prepared yet).
-    fn on(
-        target: PgTarget,
-        client: Client,
-        rejected_budget: u64,
-        rejected_bytes: Arc<Mutex<Option<u64>>>,
-    ) -> PgStore {
-        PgStore {
-            target,
-            conn: Mutex::new(Conn {
-                client: Some(client),
-                stmts: Stmts::default(),
-                next_try: Instant::now(),
-                backoff: BACKOFF_MIN,
-            }),
-            last_ids: Vec::new(),
-            rejected_budget,
-            rejected_bytes,
-            crash_base: Mutex::new(HashMap::new()),
-            shard: next_shard(),
         }
     }
 

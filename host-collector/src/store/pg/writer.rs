@@ -24,14 +24,10 @@ impl PgStore {
         counters: &[(&str, u64)],
     ) -> Result<Vec<InsertOutcome>> {
         self.last_ids.clear();
-        // Held until the batch is committed when it has rejections to keep.
-        let shared = self.rejected_bytes.clone();
-        let mut rejected_bytes =
-            (!rejections.is_empty()).then(|| shared.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut kept_bytes = match rejected_bytes.as_deref() {
-            Some(Some(b)) => *b,
-            None => 0,
-            Some(None) => self.with(|c| {
+        let mut kept_bytes = match self.rejected_bytes {
+            Some(b) => b,
+            None if rejections.is_empty() => 0,
+            None => self.with(|c| {
                 c.query_one(
                     "SELECT coalesce(sum(length(raw)), 0)::BIGINT FROM rejections",
                     &[],
@@ -82,8 +78,8 @@ impl PgStore {
             tx.commit()?;
             Ok(ids)
         })?;
-        if let Some(held) = rejected_bytes.as_deref_mut() {
-            *held = Some(kept_bytes);
+        if !rejections.is_empty() {
+            self.rejected_bytes = Some(kept_bytes);
         }
         let mut out = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
