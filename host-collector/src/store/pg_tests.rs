@@ -307,3 +307,227 @@ fn version_1_counters_survive_the_migration_to_shards() {
     assert_eq!(st.counters["records_stored"], 6);
     assert_eq!(st.counters["datagrams"], 8);
 }
+
+/// The follow-up frame of `key` with `done` steps after the seal reported (30 us each; the
+/// crash registers 55 us), the rest pending: 4 is the one sent when the record is acked,
+/// 5 and 6 the more complete ones from the end step.
+fn followup_reporting(key: &RecordKey, done: usize) -> Vec<u8> {
+    use capture::panic::{Outcome, Step};
+    let steps = super::tests::after_seal(|i, step| match (i < done, step) {
+        (false, _) => (Outcome::Pending, 0),
+        (true, Step::CrashRegisters) => (Outcome::Done, 55),
+        (true, _) => (Outcome::Done, 30),
+    });
+    super::tests::followup_frame(key, &steps)
+}
+
+/// The step columns `stats --steps` reads, as (step, max us).
+fn step_columns(s: &Store) -> Vec<(String, u32)> {
+    s.step_stats(None)
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.step, x.max_us))
+        .collect()
+}
+
+/// Another collector storing follow-up `theirs` of `key` (over `held`, the one stored
+/// before, if any) with the statements `put_followup` runs, not committed yet, while this
+/// store is given `mine` for the same key: `put_followup` must wait for that transaction
+/// (checked: it is waiting on a lock and has not answered) and decide after its commit.
+/// Returns this store's answer.
+fn followup_race(
+    b: &super::tests::Backend,
+    key: &RecordKey,
+    held: Option<&[u8]>,
+    theirs: &[u8],
+    mine: &[u8],
+) -> FollowupOutcome {
+    let t = b.pg.as_ref().unwrap();
+    let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
+    let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+    other.batch_execute("BEGIN").unwrap();
+    let known = other
+        .query_opt(
+            "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
+             FOR KEY SHARE",
+            &[&boot, &seq, &crc],
+        )
+        .unwrap();
+    assert!(known.is_some());
+    let found: Option<Vec<u8>> = other
+        .query_opt(
+            "SELECT raw FROM followups WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
+             FOR UPDATE",
+            &[&boot, &seq, &crc],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    assert_eq!(found.as_deref(), held);
+    let n = if held.is_some() {
+        other.execute(
+            "UPDATE followups SET received_at_ms = 7, raw = $4
+             WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+            &[&boot, &seq, &crc, &theirs],
+        )
+    } else {
+        other.execute(
+            "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+             VALUES ($1, $2, $3, 7, $4) ON CONFLICT DO NOTHING",
+            &[&boot, &seq, &crc, &theirs],
+        )
+    };
+    assert_eq!(n.unwrap(), 1);
+    let st = crate::followup_view::step_times(theirs).map(|v| v.map(i64::from));
+    other
+        .execute(
+            "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, $4),
+                step_screen_flush_us = COALESCE(step_screen_flush_us, $5),
+                step_vmbus_unload_us = COALESCE(step_vmbus_unload_us, $6),
+                step_arch_cleanup_us = COALESCE(step_arch_cleanup_us, $7),
+                step_ship_us = COALESCE(step_ship_us, $8),
+                step_crash_registers_us = COALESCE(step_crash_registers_us, $9),
+                step_end_us = COALESCE(step_end_us, $10)
+             WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+            &[
+                &boot, &seq, &crc, &st[0], &st[1], &st[2], &st[3], &st[4], &st[5], &st[6],
+            ],
+        )
+        .unwrap();
+    let mut s = b.open();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (key, mine) = (*key, mine.to_vec());
+    let h = std::thread::spawn(move || {
+        let _ = done_tx.send(s.put_followup(&key, &mine, 8));
+    });
+    // Until this store's transaction waits on the other's lock.
+    let mut watch = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "put_followup never waited for the other collector's transaction: {:?}",
+            done_rx.try_recv()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        done_rx.try_recv().is_err(),
+        "put_followup answered before the other collector committed"
+    );
+    other.batch_execute("COMMIT").unwrap();
+    let out = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("put_followup answers once the other collector committed")
+        .unwrap();
+    h.join().unwrap();
+    out
+}
+
+/// A sealed record stored, for the races below; and the freeze step's time it has.
+fn sealed_record(b: &super::tests::Backend, boot: u8) -> (RecordKey, (String, u32)) {
+    let mut r = capture::testutil::sample_record(5);
+    r.boot_id = [boot; 16];
+    let n = super::tests::sealed(&mut r, "10.0.0.6:4000", 1);
+    b.open()
+        .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+        .unwrap();
+    (n.key, ("freeze".to_string(), r.steps[0].elapsed_us))
+}
+
+/// Two collectors storing the first follow-up of one record at the same instant, the one
+/// reporting more steps second (its INSERT waits for the other's uncommitted row): it
+/// replaces the other's and says so (`Replaced`, not `Duplicate`), and the step columns
+/// have both's times.
+#[test]
+fn the_richer_first_followup_stored_at_the_same_instant_replaces_the_other_collectors() {
+    let Some(b) = pg_backend("followup_race_richer") else {
+        return;
+    };
+    let (key, freeze) = sealed_record(&b, 11);
+    let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
+    let out = followup_race(&b, &key, None, &acked, &from_end);
+    assert_eq!(out, FollowupOutcome::Replaced { reported_before: 4 });
+    let s = b.open();
+    assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
+    let t = |n: &str, us: u32| (n.to_string(), us);
+    assert_eq!(
+        step_columns(&s),
+        [
+            freeze,
+            t("screen-flush", 30),
+            t("vmbus-unload", 30),
+            t("arch-cleanup", 30),
+            t("ship", 30),
+            t("crash-registers", 55)
+        ]
+    );
+}
+
+/// The mirror case: the other collector stores the richer first follow-up; the poorer one
+/// given to this store at the same instant is a `Duplicate` and the richer one stays.
+#[test]
+fn the_poorer_first_followup_stored_at_the_same_instant_is_a_duplicate() {
+    let Some(b) = pg_backend("followup_race_poorer") else {
+        return;
+    };
+    let (key, freeze) = sealed_record(&b, 12);
+    let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
+    let out = followup_race(&b, &key, None, &from_end, &acked);
+    assert_eq!(out, FollowupOutcome::Duplicate);
+    let s = b.open();
+    assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
+    let t = |n: &str, us: u32| (n.to_string(), us);
+    assert_eq!(
+        step_columns(&s),
+        [
+            freeze,
+            t("screen-flush", 30),
+            t("vmbus-unload", 30),
+            t("arch-cleanup", 30),
+            t("ship", 30),
+            t("crash-registers", 55)
+        ]
+    );
+}
+
+/// Two collectors replacing a stored follow-up at the same instant: this store decides
+/// against the other's replacement once it is committed (the same one again: `Duplicate`;
+/// a richer one: `Replaced` from the other's step count).
+#[test]
+fn followups_replacing_one_at_the_same_instant_are_decided_against_the_newest() {
+    let Some(b) = pg_backend("followup_race_replace") else {
+        return;
+    };
+    for (boot, mine, want) in [
+        (13, 5, FollowupOutcome::Duplicate),
+        (14, 6, FollowupOutcome::Replaced { reported_before: 5 }),
+    ] {
+        let (key, _) = sealed_record(&b, boot);
+        let acked = followup_reporting(&key, 4);
+        assert_eq!(
+            b.open().put_followup(&key, &acked, 1).unwrap(),
+            FollowupOutcome::Stored
+        );
+        let (theirs, mine) = (followup_reporting(&key, 5), followup_reporting(&key, mine));
+        let out = followup_race(&b, &key, Some(&acked), &theirs, &mine);
+        assert_eq!(out, want, "boot {boot}");
+        let stays = if want == FollowupOutcome::Duplicate {
+            &theirs
+        } else {
+            &mine
+        };
+        let s = b.open();
+        assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&stays[..]));
+    }
+}

@@ -101,9 +101,11 @@ impl PgStore {
         received_unix_ms: i64,
     ) -> Result<FollowupOutcome> {
         let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
-        self.with(|c| {
-            // The record's row is locked against a concurrent prune until this commits.
+        let decided = self.with(|c| {
             let mut tx = c.transaction()?;
+            // A shared lock: it keeps a concurrent prune from deleting the record's row
+            // until this commits; it does not keep out another collector storing a
+            // follow-up for the same key (that is decided below).
             let known = tx
                 .query_opt(
                     "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
@@ -112,33 +114,54 @@ impl PgStore {
                 )?
                 .is_some();
             if !known {
-                return Ok(FollowupOutcome::NoSuchRecord);
+                return Ok(Some(FollowupOutcome::NoSuchRecord));
             }
             // The one reporting more steps stays (the appliance sends one when the record is
-            // acked and a more complete one from the end step). The record's row lock above
-            // serializes collectors writing this key's follow-up.
-            let held: Option<Vec<u8>> = tx
-                .query_opt(
-                    "SELECT raw FROM followups WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
-                     FOR UPDATE",
-                    &[&boot, &seq, &crc],
-                )?
-                .map(|r| r.get(0));
-            let outcome = FollowupOutcome::of(held.as_deref(), raw);
-            let n = match outcome {
-                FollowupOutcome::Stored => tx.execute(
-                    "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    &[&boot, &seq, &crc, &received_unix_ms, &raw],
-                )?,
-                FollowupOutcome::Replaced { .. } => tx.execute(
-                    "UPDATE followups SET received_at_ms = $4, raw = $5
-                     WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
-                    &[&boot, &seq, &crc, &received_unix_ms, &raw],
-                )?,
-                _ => 0,
+            // acked and a more complete one from the end step). A held row is locked until
+            // this commits, and read as another collector's replacement left it.
+            // No row: another collector's first follow-up, not committed yet when the SELECT
+            // ran, makes the INSERT wait for it and insert nothing; then the committed row is
+            // read (a new statement sees it) and decided against: once, as nothing deletes a
+            // follow-up row.
+            let mut outcome = None;
+            for _ in 0..2 {
+                let held: Option<Vec<u8>> = tx
+                    .query_opt(
+                        "SELECT raw FROM followups
+                         WHERE boot_id = $1 AND seq = $2 AND record_crc = $3 FOR UPDATE",
+                        &[&boot, &seq, &crc],
+                    )?
+                    .map(|r| r.get(0));
+                let o = FollowupOutcome::of(held.as_deref(), raw);
+                let n = match o {
+                    FollowupOutcome::Stored => tx.execute(
+                        "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[&boot, &seq, &crc, &received_unix_ms, &raw],
+                    )?,
+                    FollowupOutcome::Replaced { .. } => tx.execute(
+                        "UPDATE followups SET received_at_ms = $4, raw = $5
+                         WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+                        &[&boot, &seq, &crc, &received_unix_ms, &raw],
+                    )?,
+                    _ => {
+                        outcome = Some(o);
+                        break;
+                    }
+                };
+                if n == 1 {
+                    outcome = Some(o);
+                    break;
+                }
+            }
+            let Some(outcome) = outcome else {
+                // The transaction, dropped here, is rolled back.
+                return Ok(None);
             };
-            if n == 1 {
+            if matches!(
+                outcome,
+                FollowupOutcome::Stored | FollowupOutcome::Replaced { .. }
+            ) {
                 // The steps after the seal: their times into the record's step columns (for
                 // `stats --steps`), where neither the record nor a replaced follow-up had one.
                 let t = crate::followup_view::step_times(raw).map(|v| v.map(i64::from));
@@ -157,12 +180,16 @@ impl PgStore {
                 )?;
             }
             tx.commit()?;
-            // Inserted by another collector since the SELECT: it holds one already.
-            Ok(if n == 1 {
-                outcome
-            } else {
-                FollowupOutcome::Duplicate
-            })
+            Ok(Some(outcome))
+        })?;
+        decided.ok_or_else(|| {
+            StoreError::Postgres(format!(
+                "follow-up of record {}:{} (crc {:08x}): its followups row was neither inserted \
+                 (another collector's row conflicted) nor found when read again; nothing stored",
+                crate::util::hex(&key.boot_id),
+                key.seq,
+                key.record_crc
+            ))
         })
     }
 
