@@ -18,6 +18,7 @@ mod read;
 pub(super) mod schema;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod writer;
 pub use schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
 
@@ -81,19 +82,26 @@ pub fn url_has_password(url: &str) -> bool {
         || url.contains("password=")
 }
 
-/// A PostgreSQL database to connect to: the parsed URL and its name without password.
+/// A PostgreSQL database to connect to: the parsed URL, its TLS settings (`sslmode`,
+/// `sslrootcert`: see [`tls`]) and its name without password.
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    tls: tls::Tls,
     name: String,
 }
 
 impl PgTarget {
+    /// Parses `url`; with TLS, reads the `sslrootcert` file now (an error names it).
     pub fn parse(url: &str) -> Result<PgTarget> {
         let name = redact(url);
-        let mut config: Config = url
+        let bad = |e: String| StoreError::BadUrl(format!("--db {name}: {e}"));
+        let (rest, params) = tls::split_url(url).map_err(bad)?;
+        let tls = tls::Tls::new(params).map_err(bad)?;
+        let mut config: Config = rest
             .parse()
-            .map_err(|e: postgres::Error| StoreError::BadUrl(format!("--db {name}: {e}")))?;
+            .map_err(|e: postgres::Error| bad(pg_text(&e)))?;
+        config.ssl_mode(tls.driver_mode());
         if config.get_password().is_none() {
             let p = PASSWORD
                 .lock()
@@ -112,7 +120,7 @@ impl PgTarget {
         }
         // A dead server or network is noticed by the writer's next commit, not hours later.
         config.keepalives_idle(Duration::from_secs(30));
-        Ok(PgTarget { config, name })
+        Ok(PgTarget { config, tls, name })
     }
 
     /// The URL without password.
@@ -121,23 +129,35 @@ impl PgTarget {
     }
 
     fn connect(&self) -> Result<Client> {
-        let r = match self.config.get_ssl_mode() {
-            postgres::config::SslMode::Disable => self.config.connect(postgres::NoTls),
-            _ => {
-                // `sslmode=prefer` (the default) uses TLS when the server offers it;
-                // `require` insists. Certificates are checked against the system's roots.
-                let tls = native_tls::TlsConnector::new().map_err(|e| StoreError::Unavailable {
-                    target: self.name.clone(),
-                    reason: format!("TLS: {e}"),
-                })?;
-                self.config
-                    .connect(postgres_native_tls::MakeTlsConnector::new(tls))
-            }
+        let r = match self.tls.connector() {
+            None => self.config.connect(postgres::NoTls),
+            Some(c) => self.config.connect(c.clone()),
         };
-        r.map_err(|e| StoreError::Unavailable {
-            target: self.name.clone(),
-            reason: pg_text(&e),
+        r.map_err(|e| {
+            let mut reason = pg_text(&e);
+            // A handshake that failed in the TLS library (not a server without TLS, said
+            // well enough by the driver): what to do about it.
+            let in_tls = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<native_tls::Error>().is_some());
+            if in_tls {
+                if let Some(a) = self.tls.advice(&reason, &self.host()) {
+                    reason.push_str("; ");
+                    reason.push_str(&a);
+                }
+            }
+            StoreError::Unavailable {
+                target: self.name.clone(),
+                reason,
+            }
         })
+    }
+
+    /// The host the certificate must name, for messages.
+    fn host(&self) -> String {
+        match self.config.get_hosts() {
+            [postgres::config::Host::Tcp(h)] => h.clone(),
+            _ => "the host connected to".to_string(),
+        }
     }
 }
 
