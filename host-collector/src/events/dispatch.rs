@@ -10,7 +10,7 @@ use tracing::warn;
 use super::log::{LineSink, StoredLines, Tracing};
 use super::outside::{post_webhook, run_hook, Work};
 use super::steps::StepMetrics;
-use super::{log_line, Event, EventConfig, EventSink, Queued, StoredRecord, LINE_ROOM};
+use super::{log_line, Event, EventConfig, EventSink, Queued, StoredPath, StoredRecord, LINE_ROOM};
 use crate::metrics::Metrics;
 use crate::server::Counters;
 
@@ -154,6 +154,20 @@ impl Out {
         }
     }
 
+    /// A stored follow-up: its line (if it gets one), its `crash_path` event to hooks and
+    /// webhooks. (Its steps' times went to the step metrics on the writer.)
+    fn path(&mut self, p: &StoredPath, line: bool) {
+        let line = line && self.lines.enabled();
+        if !line && !self.outside() {
+            return;
+        }
+        let e = Event::CrashPath(p.event());
+        if line {
+            self.lines.line(&log_line(&e));
+        }
+        self.send(&e);
+    }
+
     /// `line`: the event gets its log line (a stored record's may be summed up instead).
     fn event(&mut self, mut e: Event, line: bool) {
         if let Event::CrashStored(c) = &mut e {
@@ -211,6 +225,10 @@ fn dispatch(
                 for r in &rs {
                     out.stored(r);
                 }
+            }
+            Queued::Path(p, line) => {
+                events.fetch_sub(1, Ordering::AcqRel);
+                out.path(&p, line);
             }
             Queued::Line(l) => {
                 if out.lines.enabled() {

@@ -71,6 +71,7 @@ pub fn log_line(e: &Event) -> String {
             }
             kv(&mut o, "message", &c.message);
         }
+        Event::CrashPath(p) => super::path::path_line(&mut o, p),
         Event::CanaryState(s) => {
             let _ = write!(o, "canary {}", s.to);
             kv(&mut o, "address", &s.address);

@@ -1,4 +1,7 @@
-//! Events out of `serve`: one per stored crash record and one per canary state change.
+//! Events out of `serve`: one per stored crash record (`crash_stored`), one per follow-up
+//! frame stored (`crash_path`: the steps after the seal, whether the path reached its end
+//! step and the first step that failed; see `path.rs`) and one per canary state change
+//! (`canary_state`).
 //!
 //! The writer thread hands each event (after the acks of its commit) to a bounded queue
 //! without waiting ([`EventSink::send`]; the stored records of one commit as one batch,
@@ -11,9 +14,10 @@
 //! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
 //!    `key=value`, values with spaces quoted, every control character escaped) under the
 //!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
-//!    at most `log_rate` "crash stored" lines a second, the records beyond them summed up in
-//!    one line a second and at exit (state changes always get their line); the step metrics
-//!    (`--metrics`) see every record;
+//!    at most `log_rate` "crash stored" and "crash path" lines a second (one budget), those
+//!    beyond it summed up in one line a second (for each kind) and at exit (state changes
+//!    always get their line; `crash path id=… boot=… seq=… host=… complete=… reported=…
+//!    failed=…`); the step metrics (`--metrics`) see every record;
 //! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
 //!    stdin: at most `hook_concurrency` commands run at once, each killed after
 //!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or
@@ -26,6 +30,7 @@ mod dispatch;
 mod line;
 mod log;
 mod outside;
+mod path;
 mod record;
 mod steps;
 #[cfg(test)]
@@ -35,6 +40,7 @@ pub use dispatch::Dispatcher;
 pub use line::log_line;
 use log::StoredLines;
 pub use log::{LineSink, Tracing, DEFAULT_LOG_RATE};
+pub use path::{PathEvent, StoredPath};
 pub use record::{StoredRecord, Wanted};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,11 +118,13 @@ impl From<&Change> for StateEvent {
     }
 }
 
-/// One event: `{"event": "crash_stored", ...}` or `{"event": "canary_state", ...}`.
+/// One event: `{"event": "crash_stored", ...}`, `{"event": "crash_path", ...}` or
+/// `{"event": "canary_state", ...}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     CrashStored(CrashEvent),
+    CrashPath(PathEvent),
     CanaryState(StateEvent),
 }
 
@@ -173,10 +181,12 @@ impl Default for EventConfig {
 
 /// What waits for the dispatcher (boxed: the queue's slots stay small): one event (and
 /// whether it gets its log line), the events of one commit's stored records (one hand-off, one
-/// wake-up per commit), or a log line (the summary of the records not logged one by one).
+/// wake-up per commit), a stored follow-up (and whether it gets its log line), or a log line
+/// (the summary of the records or follow-ups not logged one by one).
 enum Queued {
     Event(Box<Event>, bool),
     Stored(Vec<StoredRecord>),
+    Path(Box<StoredPath>, bool),
     Line(String),
 }
 
@@ -213,6 +223,9 @@ impl Event {
                     + c.kind.len()
                     + c.source.len()
             }
+            Event::CrashPath(p) => {
+                p.source.len() + p.steps.iter().map(|s| 48 + s.outcome.len()).sum::<usize>()
+            }
             Event::CanaryState(s) => s.reason.len() + s.address.len(),
         }
     }
@@ -224,6 +237,11 @@ impl EventSink {
     pub fn send(&mut self, e: Event) {
         let line = match &e {
             Event::CrashStored(c) => self.admit(c.id, Instant::now()),
+            Event::CrashPath(p) => {
+                let (line, summary) = self.lines.admit_path(p.id, Instant::now());
+                summary.into_iter().for_each(|s| self.send_line(s));
+                line
+            }
             Event::CanaryState(_) => true,
         };
         let cost = e.cost();
@@ -243,9 +261,9 @@ impl EventSink {
         batch: &mut Vec<StoredRecord>,
     ) {
         let (line, summary) = self.lines.admit(id, now);
-        if let Some(s) = summary {
+        if !summary.is_empty() {
             self.send_stored(std::mem::take(batch));
-            self.send_line(s);
+            summary.into_iter().for_each(|s| self.send_line(s));
         }
         let want = Wanted {
             line,
@@ -260,16 +278,27 @@ impl EventSink {
     /// Whether stored record `id` gets its own line; queues the summary before it if due.
     fn admit(&mut self, id: i64, now: Instant) -> bool {
         let (line, summary) = self.lines.admit(id, now);
-        if let Some(s) = summary {
-            self.send_line(s);
-        }
+        summary.into_iter().for_each(|s| self.send_line(s));
         line
+    }
+
+    /// A follow-up stored at `now` (after the commit's acks): its `crash_path` event, with its
+    /// own line if the log rate admits it (the line counts against the same budget as the
+    /// "crash stored" lines) and whole if hooks or webhooks want it; nothing is queued when
+    /// neither.
+    pub fn path(&mut self, p: StoredPath, now: Instant) {
+        let (line, summary) = self.lines.admit_path(p.id, now);
+        summary.into_iter().for_each(|s| self.send_line(s));
+        if line || self.want_events {
+            let cost = p.cost();
+            self.queue(Queued::Path(Box::new(p), line), cost, 1);
+        }
     }
 
     /// Between commits: the summary of the records not logged one by one, once their second
     /// is over.
     pub fn tick(&mut self, now: Instant) {
-        if let Some(s) = self.lines.tick(now) {
+        for s in self.lines.tick(now) {
             self.send_line(s);
         }
     }
@@ -343,7 +372,7 @@ impl EventSink {
 impl Drop for EventSink {
     /// At exit: the summary still pending (no count of records not logged is lost).
     fn drop(&mut self) {
-        if let Some(s) = self.lines.flush(Instant::now()) {
+        for s in self.lines.flush(Instant::now()) {
             self.send_line(s);
         }
     }

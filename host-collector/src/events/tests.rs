@@ -265,25 +265,25 @@ fn a_burst_beyond_the_rate_gets_n_lines_and_one_summary_when_its_second_is_over(
     let mut admitted = Vec::new();
     for i in 0..1000 {
         let (line, summary) = limit.admit(1001 + i, t0 + Duration::from_micros(900 * i as u64));
-        assert_eq!(summary, None);
+        assert!(summary.is_empty());
         if line {
             admitted.push(1001 + i);
         }
     }
     assert_eq!(admitted, (1001..=1100).collect::<Vec<_>>());
     assert_eq!(limit.due(), Some(ms(t0, 1000)));
-    assert_eq!(limit.tick(ms(t0, 999)), None);
+    assert!(limit.tick(ms(t0, 999)).is_empty());
     assert_eq!(
-        limit.tick(ms(t0, 1000)).as_deref(),
-        Some(
+        limit.tick(ms(t0, 1000)),
+        [
             "crash stored: 900 more records in 1.0 s not logged one by one (ids 1101-2000); \
-             host-collector list shows them"
-        )
+          host-collector list shows them"
+        ]
     );
     assert_eq!(limit.due(), None);
     // The next second starts afresh; nothing is summed up twice.
-    assert_eq!(limit.admit(2001, ms(t0, 1500)), (true, None));
-    assert_eq!(limit.flush(ms(t0, 1600)), None);
+    assert_eq!(limit.admit(2001, ms(t0, 1500)), (true, vec![]));
+    assert!(limit.flush(ms(t0, 1600)).is_empty());
 }
 
 #[test]
@@ -293,14 +293,14 @@ fn a_record_after_the_second_gets_the_summary_before_its_own_line() {
     let n = (1..=150)
         .filter(|&id| {
             let (line, summary) = limit.admit(id, ms(t0, 3 * id as u64));
-            assert_eq!(summary, None);
+            assert!(summary.is_empty());
             line
         })
         .count();
     assert_eq!(n, 100);
     let (line, summary) = limit.admit(151, ms(t0, 1200));
     assert!(line);
-    assert_eq!(summaries(&[summary.unwrap()]), [(50, 101, 150)]);
+    assert_eq!(summaries(&summary), [(50, 101, 150)]);
 }
 
 #[test]
@@ -311,25 +311,25 @@ fn below_the_rate_every_record_gets_its_line_and_no_summary() {
     for id in 0..270 {
         assert_eq!(
             limit.admit(id, ms(t0, id as u64 * 1000 / 90)),
-            (true, None),
+            (true, vec![]),
             "{id}"
         );
     }
     for id in 270..370 {
-        assert_eq!(limit.admit(id, ms(t0, 5000)), (true, None), "{id}");
+        assert_eq!(limit.admit(id, ms(t0, 5000)), (true, vec![]), "{id}");
     }
     assert_eq!(limit.due(), None);
-    assert_eq!(limit.tick(ms(t0, 9000)), None);
-    assert_eq!(limit.flush(ms(t0, 9000)), None);
+    assert!(limit.tick(ms(t0, 9000)).is_empty());
+    assert!(limit.flush(ms(t0, 9000)).is_empty());
 }
 
 #[test]
 fn event_log_rate_zero_logs_every_record() {
     let mut limit = StoredLines::new(0);
     let t0 = Instant::now();
-    assert!((0..10_000).all(|id| limit.admit(id, t0) == (true, None)));
+    assert!((0..10_000).all(|id| limit.admit(id, t0) == (true, vec![])));
     assert_eq!(limit.due(), None);
-    assert_eq!(limit.flush(t0), None);
+    assert!(limit.flush(t0).is_empty());
 }
 
 /// A dispatcher writing its lines to a [`Captured`].
@@ -622,4 +622,233 @@ fn the_steps_scanner_agrees_with_serde_or_leaves_it_to_serde() {
             None => assert_ne!(json, &full, "the collector's own JSON takes the fast path"),
         }
     }
+}
+
+/// The stored follow-up of record `id` (boot `ab…`, seq 7) from 10.0.0.7, its steps after the
+/// seal as `f` gives them.
+fn path(
+    id: Option<i64>,
+    replaced: bool,
+    f: impl Fn(usize, capture::panic::Step) -> (capture::panic::Outcome, u32),
+) -> StoredPath {
+    let key = RecordKey {
+        boot_id: [0xab; 16],
+        seq: 7,
+        record_crc: 0xdead_beef,
+    };
+    let frame = crate::store::tests::followup_frame(&key, &crate::store::tests::after_seal(f));
+    StoredPath {
+        id,
+        source: "10.0.0.7:7375".into(),
+        received_at_us: 1_700_000_000_000_000,
+        replaced,
+        followup: crate::followup_view::parse_stored(&frame).expect("a follow-up"),
+    }
+}
+
+/// The ship step's follow-up (sent at the ack: crash registers and end pending) of a path
+/// whose VMBus unload failed with code 5.
+fn unload_failed() -> StoredPath {
+    use capture::panic::{Outcome, Step};
+    path(Some(40), false, |i, step| match step {
+        Step::CrashRegisters | Step::End => (Outcome::Pending, 0),
+        Step::VmbusUnload => (Outcome::Failed(5), 900),
+        _ => (Outcome::Done, 10 * (i as u32 + 1)),
+    })
+}
+
+/// `(step, outcome)` of an event's steps.
+fn outcomes(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let s = |k: &str| s[k].as_str().unwrap().to_string();
+            (s("step"), s("outcome"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_followup_with_a_failed_vmbus_unload_is_a_crash_path_event_naming_it() {
+    let p = unload_failed();
+    let e = Event::CrashPath(p.event());
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["event"], "crash_path", "{v}");
+    assert_eq!(v["id"], 40);
+    assert_eq!(v["boot_id"], "ab".repeat(16));
+    assert_eq!(v["seq"], 7);
+    assert_eq!(v["record_crc"], "deadbeef");
+    assert_eq!(v["host"], "10.0.0.7");
+    assert_eq!(v["source"], "10.0.0.7:7375");
+    assert_eq!(v["received_at"], "2023-11-14T22:13:20Z");
+    assert_eq!(v["replaced"], false);
+    assert_eq!(
+        v["complete"], false,
+        "crash registers and end had not run: {v}"
+    );
+    assert_eq!(v["failed_step"], "vmbus-unload", "{v}");
+    let want: Vec<(String, String)> = [
+        ("screen-flush", "done"),
+        ("vmbus-unload", "failed (0x5)"),
+        ("arch-cleanup", "done"),
+        ("ship", "done"),
+        ("crash-registers", "not reported"),
+        ("end", "not reported"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(outcomes(&v), want);
+    assert_eq!(v["steps"][1]["elapsed_us"], 900);
+    assert_eq!(v["steps"][3]["elapsed_us"], 40);
+    let line = format!(
+        "crash path id=40 boot={} seq=7 host=10.0.0.7 complete=false reported=4 \
+         failed=vmbus-unload outcome=\"failed (0x5)\"",
+        "ab".repeat(16)
+    );
+    assert_eq!(log_line(&e), line);
+    assert_eq!(p.log_line(), line);
+}
+
+#[test]
+fn the_end_steps_followup_is_complete_and_a_timeout_is_a_failure() {
+    use capture::panic::{Outcome, Step};
+    // The end step's follow-up of a clean path, its record not read back.
+    let p = path(None, true, |_, step| match step {
+        Step::End => (Outcome::Pending, 0),
+        Step::CrashRegisters => (Outcome::NotPresent, 1),
+        _ => (Outcome::Done, 5),
+    });
+    let v = serde_json::to_value(Event::CrashPath(p.event())).unwrap();
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(v["replaced"], true);
+    assert_eq!(v["failed_step"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["id"], serde_json::Value::Null);
+    let o = outcomes(&v);
+    assert_eq!(o[4].1, "not present");
+    assert_eq!(o[5], ("end".to_string(), "started".to_string()));
+    assert_eq!(
+        p.log_line(),
+        format!(
+            "crash path id=- boot={} seq=7 host=10.0.0.7 complete=true reported=5 failed=-",
+            "ab".repeat(16)
+        )
+    );
+    // Gave up at the deadline: a failure too; the first in the order the steps ran is named;
+    // a skip (a busy lock) is not one.
+    let p = path(Some(1), false, |_, step| match step {
+        Step::ScreenFlush => (Outcome::SkippedBusy, 1),
+        Step::ArchCleanup => (Outcome::TimedOut, 2),
+        Step::Ship => (Outcome::Failed(1), 3),
+        _ => (Outcome::Done, 4),
+    });
+    let ev = p.event();
+    assert_eq!(ev.failed_step.as_deref(), Some("arch-cleanup"));
+    // Every step done, end included: complete, whatever sent it.
+    let p = path(Some(1), false, |_, _| (Outcome::Done, 4));
+    assert!(p.event().complete);
+    assert!(p.log_line().ends_with(" complete=true reported=6 failed=-"));
+}
+
+#[test]
+fn crash_path_lines_share_the_log_rate_and_are_summed_up_apart() {
+    let mut limit = StoredLines::new(3);
+    let t0 = Instant::now();
+    assert!(limit.admit(1, t0).0);
+    assert!(limit.admit_path(Some(1), ms(t0, 1)).0);
+    assert!(limit.admit(2, ms(t0, 2)).0);
+    // The budget is spent: neither kind gets a line.
+    assert!(!limit.admit_path(Some(2), ms(t0, 3)).0);
+    assert!(!limit.admit(3, ms(t0, 4)).0);
+    assert!(!limit.admit_path(None, ms(t0, 5)).0);
+    assert!(!limit.admit_path(Some(9), ms(t0, 6)).0);
+    assert_eq!(limit.due(), Some(ms(t0, 1000)));
+    assert_eq!(
+        limit.tick(ms(t0, 1000)),
+        [
+            "crash stored: 1 more record in 1.0 s not logged one by one (ids 3-3); \
+             host-collector list shows them",
+            "crash path: 3 more follow-ups in 1.0 s not logged one by one (records 2-9); \
+             host-collector show ID shows their steps"
+        ]
+    );
+    // Only follow-ups without a record id: no range.
+    assert!(limit.admit(4, ms(t0, 1100)).0);
+    for t in 0..2 {
+        assert!(limit.admit_path(Some(5), ms(t0, 1100 + t)).0);
+    }
+    assert!(!limit.admit_path(None, ms(t0, 1200)).0);
+    assert_eq!(
+        limit.flush(ms(t0, 1300)),
+        [
+            "crash path: 1 more follow-up in 0.2 s not logged one by one; \
+          host-collector show ID shows their steps"
+        ]
+    );
+}
+
+#[test]
+fn a_followup_without_a_line_is_queued_only_for_hooks_and_webhooks() {
+    let t0 = Instant::now();
+    for want_events in [false, true] {
+        let (tx, rx) = mpsc::sync_channel(100);
+        let counters = Arc::new(Counters::default());
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let events = Arc::new(AtomicUsize::new(0));
+        let mut sink = EventSink {
+            tx,
+            counters: counters.clone(),
+            bytes: bytes.clone(),
+            max_bytes: 1 << 20,
+            events: events.clone(),
+            max_events: 100,
+            lines: StoredLines::new(1),
+            want_steps: true,
+            want_events,
+        };
+        sink.path(unload_failed(), t0);
+        // Past the rate: no line.
+        sink.path(unload_failed(), ms(t0, 10));
+        let got: Vec<bool> = rx
+            .try_iter()
+            .map(|(q, _)| match q {
+                Queued::Path(p, line) => {
+                    assert_eq!(p.id, Some(40));
+                    line
+                }
+                _ => panic!("a follow-up"),
+            })
+            .collect();
+        if want_events {
+            assert_eq!(got, [true, false]);
+        } else {
+            assert_eq!(got, [true]);
+        }
+        assert_eq!(events.load(Ordering::Relaxed), got.len());
+        assert_eq!(
+            bytes.load(Ordering::Relaxed),
+            got.len() * unload_failed().cost()
+        );
+        // The same budgets as the other events: full, it is dropped and counted.
+        sink.max_events = got.len();
+        sink.lines = StoredLines::new(0);
+        sink.path(unload_failed(), t0);
+        assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 1);
+        assert!(rx.try_iter().next().is_none());
+    }
+}
+
+#[test]
+fn the_dispatcher_logs_a_crash_path_line() {
+    let (mut sink, dispatcher, out) = dispatcher(0, None);
+    commit(&mut sink, 40..=40, Instant::now());
+    sink.path(unload_failed(), Instant::now());
+    drop(sink);
+    dispatcher.finish(Duration::ZERO);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("crash stored id=40 "), "{lines:?}");
+    assert_eq!(lines[1], unload_failed().log_line());
 }

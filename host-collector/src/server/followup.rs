@@ -8,6 +8,10 @@
 //! pending: a host may stop the VM at the crash registers) and the more complete one from
 //! the end step; the store keeps the one reporting more steps (`FollowupOutcome::Replaced`).
 //!
+//! After the acks, each follow-up stored or replacing a less complete one goes to the
+//! observers ([`Stored`]): its steps' times to the step metrics, and a `crash_path` event
+//! (`events::path`); a duplicate or one without its record changes nothing and sends none.
+//!
 //! Acks: `FOLLOWUP_STORED` for a follow-up stored now, replacing a less complete one, or
 //! held already (one reporting as many steps stays: a duplicate); `FOLLOWUP_NO_RECORD`
 //! when no record with the key is stored. The appliance sends a
@@ -15,7 +19,7 @@
 //! or was stored by another fleet: retransmitting will not change that.
 use std::net::SocketAddr;
 
-use capture::followup::{FOLLOWUP_NO_RECORD, FOLLOWUP_STORED};
+use capture::followup::{FollowupRepr, FOLLOWUP_NO_RECORD, FOLLOWUP_STORED};
 use capture::wire::AckStatus;
 use tracing::warn;
 
@@ -52,15 +56,30 @@ impl Pending {
     }
 }
 
+/// What the follow-ups of one batch changed, for the observers (after the acks).
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    /// The timed steps of the follow-ups stored now (for the step metrics: a record sealed at
+    /// the panic screen carries freeze only).
+    pub(crate) timed: Vec<StepView>,
+    /// Each follow-up stored or replacing a less complete one, in order (for `crash_path`).
+    pub(crate) paths: Vec<StoredFollowup>,
+}
+
+/// A follow-up stored, or replacing a less complete one.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredFollowup {
+    pub(crate) followup: FollowupRepr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) received_unix_ms: i64,
+    /// It replaced a less complete one.
+    pub(crate) replaced: bool,
+}
+
 /// Stores each follow-up and pushes its ack. A store error leaves it unacked (the appliance
-/// retransmits until its deadline). Returns the timed steps of the follow-ups stored now
-/// (for the step metrics: a record sealed at the panic screen carries freeze only).
-pub(super) fn store_all(
-    store: &mut Store,
-    pending: &[Pending],
-    acks: &mut Vec<Ack>,
-) -> Vec<StepView> {
-    let mut timed = Vec::new();
+/// retransmits until its deadline). Returns what the follow-ups stored now changed.
+pub(super) fn store_all(store: &mut Store, pending: &[Pending], acks: &mut Vec<Ack>) -> Stored {
+    let mut out = Stored::default();
     for p in pending {
         let status = match store.put_followup(&p.key, &p.raw, p.received_unix_ms) {
             // The steps it reports that the store did not have: all of them, or those past
@@ -71,7 +90,13 @@ pub(super) fn store_all(
                     _ => 0,
                 };
                 if let Some(f) = crate::followup_view::parse_stored(&p.raw) {
-                    timed.extend(
+                    out.paths.push(StoredFollowup {
+                        followup: f,
+                        peer: p.peer,
+                        received_unix_ms: p.received_unix_ms,
+                        replaced: matches!(o, FollowupOutcome::Replaced { .. }),
+                    });
+                    out.timed.extend(
                         f.steps()
                             .iter()
                             .filter(|s| s.outcome != capture::panic::Outcome::Pending)
@@ -107,7 +132,7 @@ pub(super) fn store_all(
             followup_reported: u8::try_from(held).unwrap_or(u8::MAX),
         });
     }
-    timed
+    out
 }
 
 #[cfg(test)]
@@ -160,10 +185,179 @@ mod tests {
         assert_eq!(said, [(stored, 4), (stored, 5), (stored, 4)]);
         let names = |t: &[StepView]| t.iter().map(|s| s.step.clone()).collect::<Vec<_>>();
         assert_eq!(
-            names(&t1),
+            names(&t1.timed),
             ["screen-flush", "vmbus-unload", "arch-cleanup", "ship"]
         );
-        assert_eq!(names(&t2), ["crash-registers"]);
-        assert!(t3.is_empty());
+        assert_eq!(names(&t2.timed), ["crash-registers"]);
+        assert!(t3.timed.is_empty());
+        // A crash_path event for the stored one and the one replacing it; none for the
+        // duplicate.
+        let paths = |s: &Stored| {
+            s.paths
+                .iter()
+                .map(|p| (p.followup.reported(), p.replaced))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&t1), [(4, false)]);
+        assert_eq!(paths(&t2), [(5, true)]);
+        assert!(t3.paths.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod crash_path_events {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::events::{Dispatcher, EventConfig, LineSink};
+    use crate::metrics::Health;
+    use crate::server::observe::Observers;
+    use crate::server::Counters;
+    use crate::store::tests::{after_seal, followup_frame, sealed};
+    use crate::store::Sync;
+    use capture::panic::{Outcome, Step};
+
+    /// The event lines the dispatcher wrote.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<String>>>);
+
+    impl LineSink for Lines {
+        fn line(&mut self, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    /// The follow-up of record `key` from `peer` with the steps after the seal `f` gives.
+    fn pending(
+        key: &RecordKey,
+        peer: SocketAddr,
+        f: impl Fn(usize, Step) -> (Outcome, u32),
+    ) -> Pending {
+        let frame = followup_frame(key, &after_seal(f));
+        let Ok(capture::wire::Repr::Followup(fu)) = capture::wire::parse(&frame, None) else {
+            panic!("the frame parses as a follow-up");
+        };
+        Pending::new(&fu, &frame, peer)
+    }
+
+    /// The steps of a path whose VMBus unload failed (0x5) up to `upto` (after the seal:
+    /// 4 = the ship step's follow-up, crash registers and end pending; 5 = the end step's).
+    fn unload_failed(upto: usize) -> impl Fn(usize, Step) -> (Outcome, u32) {
+        move |i, step| match step {
+            _ if i >= upto => (Outcome::Pending, 0),
+            Step::VmbusUnload => (Outcome::Failed(5), 20 + i as u32),
+            _ => (Outcome::Done, 10 + i as u32),
+        }
+    }
+
+    /// `serve`'s path for follow-ups, store to hook: one stored with a failed VMBus unload
+    /// (the ship step's, sent at the ack) is a `crash_path` event naming the failed step, not
+    /// complete; the end step's replacing it is another, complete; the first again (a
+    /// duplicate) and one without a record send none.
+    #[test]
+    fn a_stored_or_replacing_followup_sends_a_crash_path_event_and_a_duplicate_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut r = capture::testutil::sample_record(5);
+        let n = sealed(&mut r, "10.0.0.5:4000", 1);
+        let key = n.key;
+        store
+            .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        let id = store.last_stored_ids()[0];
+        let hook = dir.path().join("events.jsonl");
+        let cfg = EventConfig {
+            hook: Some(format!("cat >> '{}'", hook.display())),
+            hook_concurrency: 1,
+            log_rate: 0,
+            ..EventConfig::default()
+        };
+        let counters = Arc::new(Counters::default());
+        let lines = Lines::default();
+        let (sink, dispatcher) =
+            Dispatcher::start_with(cfg, counters.clone(), None, Box::new(lines.clone())).unwrap();
+        let mut obs = Observers::new(
+            crate::liveness::LivenessConfig::default(),
+            counters,
+            Some(sink),
+            None,
+            Arc::new(Health::default()),
+        );
+        // The follow-ups come from another port of the host (the record's source stays).
+        let peer: SocketAddr = "10.0.0.5:4001".parse().unwrap();
+        let first = pending(&key, peer, unload_failed(4));
+        let second = pending(&key, peer, unload_failed(5));
+        let mut unknown = key;
+        unknown.seq += 1;
+        let orphan = pending(&unknown, peer, unload_failed(4));
+        let mut acks = Vec::new();
+        for p in [&first, &second, &first, &orphan] {
+            let s = store_all(&mut store, std::slice::from_ref(p), &mut acks);
+            obs.followups_stored(&store, &s);
+        }
+        assert_eq!(acks.len(), 4);
+        drop(obs);
+        dispatcher.finish(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&hook).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2, "{text}");
+        let steps = |v: &serde_json::Value| -> Vec<String> {
+            v["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| format!("{}={}@{}", s["step"], s["outcome"], s["elapsed_us"]))
+                .map(|s| s.replace('"', ""))
+                .collect()
+        };
+        let (a, b) = (&events[0], &events[1]);
+        for v in [a, b] {
+            assert_eq!(v["event"], "crash_path", "{v}");
+            assert_eq!(v["id"], id, "{v}");
+            assert_eq!(v["boot_id"], crate::util::hex(&key.boot_id));
+            assert_eq!(v["seq"], key.seq);
+            assert_eq!(v["record_crc"], format!("{:08x}", key.record_crc));
+            assert_eq!(v["host"], "10.0.0.5");
+            assert_eq!(v["source"], "10.0.0.5:4000");
+            assert_eq!(v["failed_step"], "vmbus-unload", "{v}");
+        }
+        assert_eq!(a["complete"], false, "{a}");
+        assert_eq!(a["replaced"], false, "{a}");
+        assert_eq!(
+            steps(a),
+            [
+                "screen-flush=done@10",
+                "vmbus-unload=failed (0x5)@21",
+                "arch-cleanup=done@12",
+                "ship=done@13",
+                "crash-registers=not reported@0",
+                "end=not reported@0"
+            ]
+        );
+        assert_eq!(b["complete"], true, "{b}");
+        assert_eq!(b["replaced"], true, "{b}");
+        assert_eq!(steps(b)[4], "crash-registers=done@14");
+        assert_eq!(steps(b)[5], "end=started@0");
+        // Each event's INFO line, with the one field to alert on.
+        let boot = crate::util::hex(&key.boot_id);
+        assert_eq!(
+            *lines.0.lock().unwrap(),
+            [
+                format!(
+                    "crash path id={id} boot={boot} seq={} host=10.0.0.5 complete=false \
+                     reported=4 failed=vmbus-unload outcome=\"failed (0x5)\"",
+                    key.seq
+                ),
+                format!(
+                    "crash path id={id} boot={boot} seq={} host=10.0.0.5 complete=true \
+                     reported=5 failed=vmbus-unload outcome=\"failed (0x5)\"",
+                    key.seq
+                ),
+            ]
+        );
     }
 }

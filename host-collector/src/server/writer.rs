@@ -21,7 +21,7 @@ use super::maint::{self, RateLimit};
 use super::observe::Observers;
 use super::{Ack, Counters, Msg, Queue};
 use crate::store::{
-    HeartbeatSeen, InsertOutcome, NewRecord, Rejection, Retention, StepView, Store, StoreError,
+    HeartbeatSeen, InsertOutcome, NewRecord, Rejection, Retention, Store, StoreError,
 };
 use crate::util::now_us;
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ struct Committed {
     outcomes: Vec<InsertOutcome>,
     /// The ids of the records stored ([`Store::last_stored_ids`]).
     ids: Vec<i64>,
-    followup_steps: Vec<StepView>,
+    followup_steps: super::followup::Stored,
 }
 
 /// What commits a batch and sends its acks.
@@ -172,7 +172,7 @@ struct After<'a> {
 }
 
 impl After<'_> {
-    fn done(&mut self, d: Done) {
+    fn done(&mut self, store: &Store, d: Done) {
         let Done { mut batch, result } = d;
         match result {
             Ok(c) => {
@@ -184,7 +184,7 @@ impl After<'_> {
                     &c.ids,
                     &batch.heartbeats,
                 );
-                self.observers.followups_stored(&c.followup_steps);
+                self.observers.followups_stored(store, &c.followup_steps);
             }
             Err(e) => {
                 self.observers.commit_failed();
@@ -267,7 +267,7 @@ pub(super) fn writer_loop(
         let next = after.spare.pop().unwrap_or_default();
         let batch = std::mem::replace(&mut b, next);
         let result = committer.commit(&mut store, &batch, &taken);
-        after.done(Done { batch, result });
+        after.done(&store, Done { batch, result });
     }
     after.observers.finish(&mut store);
     Ok(store)
