@@ -76,10 +76,26 @@ fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_jso
 #[test]
 fn a_followup_with_a_failed_vmbus_unload_reaches_the_hook_as_a_crash_path_event() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.db");
-    let hook = dir.path().join("events.jsonl");
+    check(&dir.path().join("c.db"), dir.path());
+}
+
+/// The same against PostgreSQL (`$CANARY_TEST_PG`; skipped without it unless
+/// `CANARY_REQUIRE_PG=1`): the record's id and source are read back from there.
+#[test]
+fn on_postgresql_too() {
+    let Some(db) = host_collector::store::pg::testing::TestDb::create("crash_path_event") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    check(std::path::Path::new(&db.url), dir.path());
+}
+
+/// Runs `serve` on `db` with a hook writing to a file in `dir`, sends a record and its
+/// follow-ups, and checks the events and lines.
+fn check(db: &std::path::Path, dir: &std::path::Path) {
+    let hook = dir.join("events.jsonl");
     let cmd = format!("cat >> '{}'", hook.display());
-    let mut srv = Server::start(&db, "127.0.0.1:0", &["--on-event", &cmd], &[]);
+    let mut srv = Server::start(db, "127.0.0.1:0", &["--on-event", &cmd], &[]);
 
     // A record sealed at the panic screen (its own steps: freeze only), as the appliance
     // ships it.
@@ -112,6 +128,12 @@ fn a_followup_with_a_failed_vmbus_unload_reaches_the_hook_as_a_crash_path_event(
         stored_line.contains(&format!("boot={boot_hex}")),
         "{stored_line}"
     );
+    let record_id: i64 = stored_line
+        .split("crash stored id=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the record's id");
     for complete in ["false reported=4", "true reported=5"] {
         let l = srv
             .wait_line(|l| l.contains("crash path id="), Duration::from_secs(10))
@@ -119,7 +141,7 @@ fn a_followup_with_a_failed_vmbus_unload_reaches_the_hook_as_a_crash_path_event(
         assert!(l.contains(" INFO "), "{l}");
         assert!(
             l.ends_with(&format!(
-                "crash path id=1 boot={boot_hex} seq={} host=127.0.0.1 complete={complete} \
+                "crash path id={record_id} boot={boot_hex} seq={} host=127.0.0.1 complete={complete} \
                  failed=vmbus-unload outcome=\"failed (0x5)\"",
                 r.seq
             )),
@@ -137,7 +159,7 @@ fn a_followup_with_a_failed_vmbus_unload_reaches_the_hook_as_a_crash_path_event(
     let events = hook_events(&hook);
     let crashes = of_kind(&events, "crash_stored");
     assert_eq!(crashes.len(), 1, "{events:#?}");
-    assert_eq!(crashes[0]["id"], 1);
+    assert_eq!(crashes[0]["id"], record_id);
     let paths = of_kind(&events, "crash_path");
     assert_eq!(
         paths.len(),
