@@ -1,7 +1,7 @@
 //! Events out of `serve`: one per stored crash record (`crash_stored`), one per follow-up
-//! frame stored (`crash_path`: the steps after the seal, whether the path reached its end
-//! step and the first step that failed; see `path.rs`) and one per canary state change
-//! (`canary_state`).
+//! frame stored or replacing a less complete one (`crash_path`: the steps after the seal,
+//! whether the path reached its end step and the first step that failed; see `path.rs`) and
+//! one per canary state change (`canary_state`).
 //!
 //! The writer thread hands each event (after the acks of its commit) to a bounded queue
 //! without waiting ([`EventSink::send`]; the stored records of one commit as one batch,
@@ -9,15 +9,17 @@
 //! full queue drops the event and counts it as `events_dropped`). The sink decides which
 //! stored records get a log line of their own (`log.rs`) and copies of each record only what
 //! the dispatcher will use (the line's columns, the steps for `--metrics`, everything for
-//! hooks and webhooks): a record that needs nothing is not queued at all. The dispatcher
+//! hooks and webhooks): a record that needs nothing is not queued at all. A follow-up
+//! ([`EventSink::path`]) is its frame and its record's id and source (read back by the writer
+//! after the acks), queued when it gets a line or hooks or webhooks want it. The dispatcher
 //! thread then, for each event:
-//! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, logfmt-style
-//!    `key=value`, values with spaces quoted, every control character escaped) under the
-//!    target `host_collector::events`, which `serve` logs by default (journald reads stderr);
-//!    at most `log_rate` "crash stored" and "crash path" lines a second (one budget), those
-//!    beyond it summed up in one line a second (for each kind) and at exit (state changes
-//!    always get their line; `crash path id=… boot=… seq=… host=… complete=… reported=…
-//!    failed=…`); the step metrics (`--metrics`) see every record;
+//! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, `crash path
+//!    id=… boot=… seq=… host=… complete=… reported=… failed=…`; logfmt-style `key=value`,
+//!    values with spaces quoted, every control character escaped) under the target
+//!    `host_collector::events`, which `serve` logs by default (journald reads stderr); at most
+//!    `log_rate` "crash stored" and "crash path" lines a second (one budget), those beyond it
+//!    summed up in one line a second for each kind and at exit (state changes always get
+//!    their line); the step metrics (`--metrics`) see every record;
 //! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
 //!    stdin: at most `hook_concurrency` commands run at once, each killed after
 //!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or
