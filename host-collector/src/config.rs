@@ -33,7 +33,7 @@ pub enum ConfigError {
 pub struct FileConfig {
     /// UDP address to listen on.
     pub listen: Option<SocketAddr>,
-    /// The database: an SQLite file path, or `postgres://USER@HOST:PORT/DBNAME[?sslmode=…]`
+    /// The database: an SQLite file path, or `postgres://USER@HOST:PORT/DBNAME[?sslmode=…&sslrootcert=CA.pem]`
     /// (a fleet database several collectors share). Give PostgreSQL's password with
     /// `db_password_file` or `$PGPASSWORD`, not in the URL.
     pub db: Option<PathBuf>,

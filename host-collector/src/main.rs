@@ -74,8 +74,10 @@ Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG=host_collector=debug.
 #[command(name = "host-collector", version, about = ABOUT, long_about = LONG_ABOUT,
     after_help = EXIT_CODES, propagate_version = true)]
 struct Cli {
-    /// Database to use: an SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=require]
-    /// for a fleet database [env: CANARY_DB] [default: ./canary.db, or `db` from --config].
+    /// Database to use: an SQLite file, or postgres://USER@HOST[:PORT]/DBNAME for a fleet
+    /// database, with TLS ?sslmode=require&sslrootcert=CA.pem for a private CA (every certificate
+    /// is verified; sslmode=disable for none) [env: CANARY_DB] [default: ./canary.db, or `db`
+    /// from --config].
     #[arg(long, global = true, value_name = "PATH|URL")]
     db: Option<PathBuf>,
     /// File whose first line is the PostgreSQL password (else $PGPASSWORD); never put it in
