@@ -721,3 +721,94 @@ fn a_lean_row_reads_back_like_a_full_one() {
         assert_eq!(list[0].location, list[1].location, "{}", b.name);
     }
 }
+
+/// The rows of `followups` in `b`'s database.
+pub(crate) fn followup_rows(b: &Backend, s: &Store) -> i64 {
+    let q = "SELECT count(*) FROM followups";
+    match &b.pg {
+        Some(t) => t.query_i64(q).unwrap(),
+        None => s.connection().query_row(q, [], |r| r.get(0)).unwrap(),
+    }
+}
+
+/// A record's follow-up goes with the record, whichever way it is deleted (`prune` by time
+/// or by count, `serve`'s retention by age, count or bytes): nothing keeps it past its
+/// record's retention (issue 14). The follow-ups of the records kept stay, the counts say
+/// records, and a pruned record's follow-up sent again is not stored.
+#[test]
+fn a_pruned_records_followup_goes_with_it() {
+    use std::time::Duration;
+    let retain = |r: Retention| move |s: &mut Store| s.apply_retention(&r, 450).unwrap();
+    type Prune = Box<dyn Fn(&mut Store) -> u64>;
+    let ways: [(&str, Prune); 5] = [
+        ("prune_before", Box::new(|s| s.prune_before(300).unwrap())),
+        ("prune_keep", Box::new(|s| s.prune_keep(2).unwrap())),
+        (
+            "max_age",
+            Box::new(retain(Retention {
+                max_age: Some(Duration::from_micros(200)),
+                ..Retention::default()
+            })),
+        ),
+        (
+            "max_records",
+            Box::new(retain(Retention {
+                max_records: Some(2),
+                ..Retention::default()
+            })),
+        ),
+        (
+            "max_bytes",
+            Box::new(retain(Retention {
+                max_bytes: Some(1),
+                ..Retention::default()
+            })),
+        ),
+    ];
+    for (way, prune) in ways {
+        for b in backends(&format!("followup_prune_{way}")) {
+            let at = format!("{} {way}", b.name);
+            let mut s = b.open();
+            // Records at 0, 100, .., 400 us, each with a follow-up.
+            let recs: Vec<_> = (0..5).map(|i| real(12, i, i as i64 * 100).0).collect();
+            s.commit_batch(&recs, &[], &[], &[]).unwrap();
+            let frame = |k: &RecordKey| {
+                followup_frame(k, &after_seal(|_, _| (capture::panic::Outcome::Done, 10)))
+            };
+            for r in &recs {
+                assert_eq!(
+                    s.put_followup(&r.key, &frame(&r.key), 1).unwrap(),
+                    FollowupOutcome::Stored,
+                    "{at}"
+                );
+            }
+            assert_eq!(followup_rows(&b, &s), 5, "{at}");
+            // By time and count the three oldest go; by bytes (1 byte) every record.
+            let gone = if way == "max_bytes" { 5 } else { 3 };
+            assert_eq!(prune(&mut s), gone as u64, "{at}: records deleted");
+            assert_eq!(s.count().unwrap(), 5 - gone as u64, "{at}");
+            for (i, r) in recs.iter().enumerate() {
+                let kept = i >= gone;
+                assert_eq!(s.contains(&r.key).unwrap(), kept, "{at}: record {i}");
+                assert_eq!(
+                    s.followup(&r.key).unwrap().is_some(),
+                    kept,
+                    "{at}: follow-up of record {i}"
+                );
+            }
+            assert_eq!(
+                followup_rows(&b, &s),
+                5 - gone as i64,
+                "{at}: followups rows left"
+            );
+            // Sent again after its record was pruned: not stored.
+            assert_eq!(
+                s.put_followup(&recs[0].key, &frame(&recs[0].key), 2)
+                    .unwrap(),
+                FollowupOutcome::NoSuchRecord,
+                "{at}"
+            );
+            assert_eq!(followup_rows(&b, &s), 5 - gone as i64, "{at}");
+        }
+    }
+}

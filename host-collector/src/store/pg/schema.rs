@@ -121,6 +121,24 @@ pub const PG_MIGRATIONS: &[&str] = &[
     "ALTER TABLE counters ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
     ALTER TABLE counters DROP CONSTRAINT counters_pkey;
     ALTER TABLE counters ADD PRIMARY KEY (name, shard);",
+    // 3: a record's follow-up is deleted with it (`prune`, retention), by the delete
+    // trigger, in the deleting statement's transaction; the follow-ups of records deleted
+    // before (kept until now) are deleted. The lock waits for deletes in flight and keeps
+    // new ones out until this commits, so none leaves a follow-up behind in between.
+    // A follow-up is stored only while its record's row is locked (`put_followup`, FOR KEY
+    // SHARE): a delete of that row waits for its commit, and the trigger's statement, run
+    // after the rows are deleted, sees it (READ COMMITTED: a new snapshot per statement).
+    "LOCK TABLE records IN SHARE MODE;
+    CREATE OR REPLACE FUNCTION canary_records_pruned() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO pruned_keys (boot_id, seq, record_crc)
+            SELECT boot_id, seq, record_crc FROM gone ON CONFLICT DO NOTHING;
+        DELETE FROM followups f USING gone g
+            WHERE f.boot_id = g.boot_id AND f.seq = g.seq AND f.record_crc = g.record_crc;
+        RETURN NULL;
+    END $$;
+    DELETE FROM followups f WHERE NOT EXISTS (SELECT 1 FROM records r
+        WHERE r.boot_id = f.boot_id AND r.seq = f.seq AND r.record_crc = f.record_crc);",
 ];
 
 /// The schema version this build writes.
@@ -191,4 +209,174 @@ fn migrate_locked(c: &mut Client) -> Result<Result<(), super::StoreError>, postg
         tx.commit()?;
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::tests::pg_backend;
+    use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
+    use super::super::super::{FollowupOutcome, RecordKey, Store};
+    use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// A version-2 database holding follow-ups of deleted records (nothing deleted them
+    /// then): migration 3 deletes those and keeps the others, and from then on a record's
+    /// follow-up goes with it.
+    #[test]
+    fn migration_3_deletes_the_followups_of_deleted_records() {
+        let Some(b) = pg_backend("followups_v2") else {
+            return;
+        };
+        let t = b.pg.as_ref().unwrap();
+        t.exec(PG_MIGRATIONS[0]).unwrap();
+        t.exec(
+            "CREATE TABLE canary_schema (version INTEGER NOT NULL);
+             INSERT INTO canary_schema (version) VALUES (2);",
+        )
+        .unwrap();
+        t.exec(PG_MIGRATIONS[1]).unwrap();
+        // Records (1, 1) and (1, 2) with follow-ups, and one for (2, 1), never stored;
+        // then `prune` as version 2 did it: the record goes, its follow-up stays.
+        t.exec(
+            "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
+                schema_major, schema_minor, arch, kind, message, raw)
+             VALUES (decode(repeat('01', 16), 'hex'), 1, 7, 1, '10.1.1.1:5', 1, 0, 'x86_64',
+                    'panic', 'm', '\\x00'),
+                (decode(repeat('01', 16), 'hex'), 2, 7, 2, '10.1.1.1:5', 1, 0, 'x86_64',
+                    'panic', 'm', '\\x00');
+             INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+             VALUES (decode(repeat('01', 16), 'hex'), 1, 7, 1, '\\x01'),
+                (decode(repeat('01', 16), 'hex'), 2, 7, 1, '\\x02'),
+                (decode(repeat('02', 16), 'hex'), 1, 7, 1, '\\x01');
+             DELETE FROM records WHERE seq = 2;",
+        )
+        .unwrap();
+        let key = |boot: u8, seq: u32| RecordKey {
+            boot_id: [boot; 16],
+            seq,
+            record_crc: 7,
+        };
+        let mut s = b.open();
+        assert_eq!(s.schema_version().unwrap(), PG_SCHEMA_VERSION);
+        assert_eq!(s.followup(&key(1, 1)).unwrap().as_deref(), Some(&[1u8][..]));
+        assert_eq!(
+            s.followup(&key(1, 2)).unwrap(),
+            None,
+            "its record was pruned"
+        );
+        assert_eq!(s.followup(&key(2, 1)).unwrap(), None, "no such record");
+        let rows = || t.query_i64("SELECT count(*) FROM followups").unwrap();
+        assert_eq!(rows(), 1);
+        // The tombstone of the pruned record stays: replayed, it is a duplicate.
+        assert_eq!(t.query_i64("SELECT count(*) FROM pruned_keys").unwrap(), 1);
+        assert_eq!(s.prune_keep(0).unwrap(), 1);
+        assert_eq!(s.followup(&key(1, 1)).unwrap(), None);
+        assert_eq!(rows(), 0);
+    }
+
+    /// A record stored in `b` and a follow-up frame for it.
+    fn stored_record(b: &Backend) -> (RecordKey, Vec<u8>) {
+        let (n, _) = real(13, 1, 1);
+        b.open()
+            .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        let steps = after_seal(|_, _| (capture::panic::Outcome::Done, 10));
+        (n.key, followup_frame(&n.key, &steps))
+    }
+
+    /// Runs `f` on a store of `b` in a thread, waits until that thread's statement waits on
+    /// a lock `other` holds (checked: it has not answered), commits `other`, and returns
+    /// `f`'s answer.
+    fn blocked_until_commit<T: Send + 'static>(
+        b: &Backend,
+        mut other: postgres::Client,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let t = b.pg.as_ref().unwrap();
+        let mut s = b.open();
+        let (done_tx, done_rx) = mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let _ = done_tx.send(f(&mut s));
+        });
+        let mut watch = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+        let t0 = Instant::now();
+        loop {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "never waited");
+            assert!(done_rx.try_recv().is_err(), "answered without waiting");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(done_rx.try_recv().is_err(), "answered before the commit");
+        other.batch_execute("COMMIT").unwrap();
+        let out = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("answers once the other transaction committed");
+        h.join().unwrap();
+        out
+    }
+
+    /// Another collector storing a follow-up (its record's row locked FOR KEY SHARE, the
+    /// row inserted, not committed) while this one prunes the record: the prune waits for
+    /// it, then deletes the record and that follow-up.
+    #[test]
+    fn a_prune_waits_for_a_followup_being_stored_and_deletes_it() {
+        let Some(b) = pg_backend("followup_then_prune") else {
+            return;
+        };
+        let (key, frame) = stored_record(&b);
+        let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
+        let t = b.pg.as_ref().unwrap();
+        let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+        other.batch_execute("BEGIN").unwrap();
+        let known = other
+            .query_opt(
+                "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
+                 FOR KEY SHARE",
+                &[&boot, &seq, &crc],
+            )
+            .unwrap();
+        assert!(known.is_some());
+        other
+            .execute(
+                "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+                 VALUES ($1, $2, $3, 7, $4)",
+                &[&boot, &seq, &crc, &frame],
+            )
+            .unwrap();
+        let pruned = blocked_until_commit(&b, other, |s| s.prune_keep(0).unwrap());
+        assert_eq!(pruned, 1, "records deleted");
+        let s = b.open();
+        assert_eq!(s.followup(&key).unwrap(), None);
+        assert_eq!(followup_rows(&b, &s), 0);
+    }
+
+    /// A follow-up arriving while another collector's prune of its record is not committed
+    /// yet: it waits for the prune, then finds no record and stores nothing.
+    #[test]
+    fn a_followup_arriving_during_its_records_prune_is_not_stored() {
+        let Some(b) = pg_backend("prune_then_followup") else {
+            return;
+        };
+        let (key, frame) = stored_record(&b);
+        let t = b.pg.as_ref().unwrap();
+        let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+        other.batch_execute("BEGIN; DELETE FROM records;").unwrap();
+        let out =
+            blocked_until_commit(&b, other, move |s| s.put_followup(&key, &frame, 8).unwrap());
+        assert_eq!(out, FollowupOutcome::NoSuchRecord);
+        let s = b.open();
+        assert_eq!(s.followup(&key).unwrap(), None);
+        assert_eq!(followup_rows(&b, &s), 0);
+    }
 }

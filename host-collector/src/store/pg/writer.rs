@@ -104,8 +104,9 @@ impl PgStore {
         let decided = self.with(|c| {
             let mut tx = c.transaction()?;
             // A shared lock: it keeps a concurrent prune from deleting the record's row
-            // until this commits; it does not keep out another collector storing a
-            // follow-up for the same key (that is decided below).
+            // until this commits (its delete trigger then deletes the follow-up stored
+            // here, schema 3); a record pruned first is not found here. It does not keep
+            // out another collector storing a follow-up for the same key (decided below).
             let known = tx
                 .query_opt(
                     "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
@@ -121,8 +122,8 @@ impl PgStore {
             // this commits, and read as another collector's replacement left it.
             // No row: another collector's first follow-up, not committed yet when the SELECT
             // ran, makes the INSERT wait for it and insert nothing; then the committed row is
-            // read (a new statement sees it) and decided against: once, as nothing deletes a
-            // follow-up row.
+            // read (a new statement sees it) and decided against: once, as a follow-up row
+            // is deleted only with its record (`prune`, schema 3), whose row is locked here.
             let mut outcome = None;
             for _ in 0..2 {
                 let held: Option<Vec<u8>> = tx

@@ -204,6 +204,33 @@ pub const MIGRATIONS: &[&str] = &[
             VALUES (old.boot_id, old.seq, old.record_crc);
         DELETE FROM record_keys WHERE id = old.id;
     END;",
+    // 9: a record's follow-up is deleted with it (`prune`, retention), by the delete trigger
+    //    (a lookup by `followups`' primary key); the follow-ups of records deleted before
+    //    (kept until now) are deleted. A pruned record's tombstone makes it a duplicate,
+    //    and a follow-up without a record is not stored (`NoSuchRecord`): none is needed.
+    //    `record_keys` has no index on the key: a temporary copy keyed by it makes the
+    //    orphans' search one lookup per follow-up (without it, a scan of `record_keys` per
+    //    follow-up; with it 0.5 s for 300,000 follow-ups of which 150,000 orphans, measured
+    //    with Python's `sqlite3`, SQLite 3.40).
+    "DROP TRIGGER records_keys_delete;
+    CREATE TRIGGER records_keys_delete AFTER DELETE ON records BEGIN
+        INSERT INTO pruned_keys (boot_id, seq, record_crc)
+            VALUES (old.boot_id, old.seq, old.record_crc);
+        DELETE FROM record_keys WHERE id = old.id;
+        DELETE FROM followups
+            WHERE boot_id = old.boot_id AND seq = old.seq AND record_crc = old.record_crc;
+    END;
+    CREATE TEMP TABLE live_keys_v9 (
+        boot_id    BLOB,
+        seq        INTEGER,
+        record_crc INTEGER,
+        PRIMARY KEY (boot_id, seq, record_crc)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO live_keys_v9 SELECT boot_id, seq, record_crc FROM record_keys;
+    DELETE FROM followups WHERE NOT EXISTS (SELECT 1 FROM live_keys_v9 k
+        WHERE k.boot_id = followups.boot_id AND k.seq = followups.seq
+          AND k.record_crc = followups.record_crc);
+    DROP TABLE live_keys_v9;",
 ];
 
 /// The schema version this build writes.
@@ -240,5 +267,82 @@ impl SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{RecordKey, Store, Sync};
+    use super::MIGRATIONS;
+
+    fn key(boot: u8, seq: u32) -> RecordKey {
+        RecordKey {
+            boot_id: [boot; 16],
+            seq,
+            record_crc: 7,
+        }
+    }
+
+    /// A version-8 database holding follow-ups of deleted records (nothing deleted them
+    /// then): migration 9 deletes those and keeps the others, and from then on a record's
+    /// follow-up goes with it.
+    #[test]
+    fn migration_9_deletes_the_followups_of_deleted_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8.db");
+        let (kept, pruned, never) = (key(1, 1), key(1, 2), key(2, 1));
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..8] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 8).unwrap();
+            for (id, k) in [(1, &kept), (2, &pruned)] {
+                c.execute(
+                    "INSERT INTO records (id, boot_id, seq, record_crc, received_at_us, source,
+                        schema_major, schema_minor, arch, uptime_us, kind, message, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?1, '10.1.1.1:5', 1, 0, 'x86_64', 4, 'panic', 'm',
+                        x'00')",
+                    rusqlite::params![id, &k.boot_id[..], k.seq, k.record_crc],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO record_keys (id, boot_id, seq, record_crc)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![id, &k.boot_id[..], k.seq, k.record_crc],
+                )
+                .unwrap();
+            }
+            for k in [&kept, &pruned, &never] {
+                c.execute(
+                    "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+                     VALUES (?1, ?2, ?3, 1, ?4)",
+                    rusqlite::params![&k.boot_id[..], k.seq, k.record_crc, &[k.seq as u8][..]],
+                )
+                .unwrap();
+            }
+            // `prune` as version 8 did it: the record and its key go, the follow-up stays.
+            c.execute("DELETE FROM records WHERE id = 2", []).unwrap();
+        }
+        let mut s = Store::open(&path, Sync::Normal).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        assert_eq!(s.followup(&kept).unwrap().as_deref(), Some(&[1u8][..]));
+        assert_eq!(s.followup(&pruned).unwrap(), None, "its record was pruned");
+        assert_eq!(s.followup(&never).unwrap(), None, "no such record");
+        let rows = |s: &Store| -> i64 {
+            s.connection()
+                .query_row("SELECT count(*) FROM followups", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(rows(&s), 1);
+        // The tombstone of the pruned record stays: replayed, it is a duplicate.
+        let n: i64 = s
+            .connection()
+            .query_row("SELECT count(*) FROM pruned_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(s.prune_keep(0).unwrap(), 1);
+        assert_eq!(s.followup(&kept).unwrap(), None);
+        assert_eq!(rows(&s), 0);
     }
 }
