@@ -162,3 +162,83 @@ fn a_new_database_has_8_kib_pages_and_an_old_16_kib_one_keeps_working() {
     assert_eq!(shown.fields, real(2, 45, 0).1);
     s.check_integrity(&path, true).expect("sound");
 }
+
+/// SQLite virtual-machine steps (in thousands, rounded up) that `f` takes on `s`'s connection.
+fn vm_kilosteps(s: &mut SqliteStore, f: impl FnOnce(&mut SqliteStore)) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = n.clone();
+    s.connection().progress_handler(
+        1000,
+        Some(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            false
+        }),
+    );
+    f(s);
+    s.connection().progress_handler(1000, None::<fn() -> bool>);
+    n.load(Ordering::Relaxed)
+}
+
+/// A follow-up comes within seconds of its record, and `record_keys` has no index on the key:
+/// deciding whether its record is stored reads from the newest key back, not every key (the
+/// writer does this on its own thread, between batches); a key never stored is answered from
+/// the dedupe set. 5,000 records: a full scan of `record_keys` is ~30 thousand VM steps.
+#[test]
+fn a_followup_finds_its_recent_record_without_reading_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = open(&dir.path().join("db"));
+    let batch: Vec<NewRecord> = (1..=5000).map(|seq| real(1, seq, seq as i64).0).collect();
+    for b in batch.chunks(500) {
+        s.commit_batch(b, &[], &[], &[]).expect("commit");
+    }
+    let newest = batch.last().expect("records").key;
+    let full_scan = vm_kilosteps(&mut s, |s| {
+        let n: i64 = s
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM record_keys WHERE seq >= 0 AND record_crc >= 0",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 5000);
+    });
+    assert!(
+        full_scan >= 25,
+        "a full scan takes {full_scan} thousand steps"
+    );
+    let steps = vm_kilosteps(&mut s, |s| {
+        let frame = super::super::tests::followup_frame(&newest, &[]);
+        assert_eq!(
+            s.put_followup(&newest, &frame, 1).expect("put_followup"),
+            FollowupOutcome::Stored
+        );
+    });
+    assert!(
+        steps * 10 < full_scan,
+        "the newest record's follow-up took {steps} thousand VM steps (a full scan {full_scan})"
+    );
+    // The `crash_path` event reads the record back by boot id and seq (`show BOOT:SEQ`).
+    let steps = vm_kilosteps(&mut s, |s| {
+        let r = RecordRef::BootSeq(newest.boot_id, newest.seq);
+        assert!(s.get(&r, false).expect("get").is_some());
+    });
+    assert!(
+        steps * 10 < full_scan,
+        "reading the newest record by boot id and seq took {steps} thousand VM steps"
+    );
+    let mut never = newest;
+    never.seq = 999_999;
+    let steps = vm_kilosteps(&mut s, |s| {
+        assert_eq!(
+            s.put_followup(&never, b"x", 2).expect("put_followup"),
+            FollowupOutcome::NoSuchRecord
+        );
+    });
+    assert_eq!(
+        steps, 0,
+        "a key never stored is answered without the database"
+    );
+}
