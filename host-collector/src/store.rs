@@ -466,9 +466,8 @@ impl Store {
 
     /// Applies the retention limits (oldest first): records received longer than `max_age`
     /// ago, records beyond the newest `max_records`, and the oldest records while the stored
-    /// data exceeds `max_bytes` (at most 32 rounds, each deleting about the excess at the
-    /// current bytes per record). Returns how many were deleted (also counted as
-    /// `retention_deleted`). One policy for both backends, on their primitives.
+    /// data exceeds `max_bytes` (see [`shrink_to`]). Returns how many were deleted (also
+    /// counted as `retention_deleted`). One policy for both backends, on their primitives.
     pub fn apply_retention(&mut self, r: &Retention, now_us: i64) -> Result<u64> {
         let mut deleted = 0;
         if let Some(age) = r.max_age {
@@ -483,20 +482,7 @@ impl Store {
             deleted += self.prune_keep(n)?;
         }
         if let Some(max) = r.max_bytes {
-            for _ in 0..32 {
-                let used = self.used_bytes()?;
-                let n = self.count()?;
-                if used <= max || n == 0 {
-                    break;
-                }
-                let per = (used / n).max(1);
-                let k = (used - max).div_ceil(per).clamp(1, n);
-                let gone = each_mut!(self, s => s.delete_oldest(k))?;
-                deleted += gone;
-                if gone == 0 {
-                    break;
-                }
-            }
+            deleted += shrink_to(self, max)?;
         }
         if deleted > 0 {
             each_mut!(self, s => s.count_retention_deleted(deleted))?;
@@ -504,7 +490,9 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Bytes the stored data takes (SQLite: pages in use; PostgreSQL: the tables' size).
+    /// Bytes the stored data takes, as `max_bytes` counts them (SQLite: the database's
+    /// pages in use; PostgreSQL: the records' raw bytes and text columns plus 144 bytes
+    /// each, a running total kept by triggers).
     pub fn used_bytes(&self) -> Result<u64> {
         each!(self, s => s.used_bytes())
     }
@@ -525,6 +513,52 @@ impl Store {
         let rows = each!(self, s => s.step_rows())?;
         Ok(steps::aggregate(rows, host))
     }
+}
+
+/// What retention by size needs of a store (a trait so that its policy is tested on its own).
+trait Shrink {
+    fn used_bytes(&self) -> Result<u64>;
+    fn count(&self) -> Result<u64>;
+    fn delete_oldest(&mut self, k: u64) -> Result<u64>;
+}
+
+impl Shrink for Store {
+    fn used_bytes(&self) -> Result<u64> {
+        Store::used_bytes(self)
+    }
+    fn count(&self) -> Result<u64> {
+        Store::count(self)
+    }
+    fn delete_oldest(&mut self, k: u64) -> Result<u64> {
+        each_mut!(self, s => s.delete_oldest(k))
+    }
+}
+
+/// Deletes the oldest records while `used_bytes` exceeds `max`, in at most 32 rounds, each
+/// deleting the excess at the current bytes per record (`used / count`, rounded up to
+/// whole records). A round must be seen to free bytes: when `used_bytes` did not go down
+/// (a measure that a delete does not move, or that moves less than a page), it stops
+/// rather than deleting again for the same excess; the next retention run goes on from
+/// what is measured then. Returns how many records were deleted.
+fn shrink_to(s: &mut impl Shrink, max: u64) -> Result<u64> {
+    let mut deleted = 0;
+    let mut used = s.used_bytes()?;
+    for _ in 0..32 {
+        let n = s.count()?;
+        if used <= max || n == 0 {
+            break;
+        }
+        let per = (used / n).max(1);
+        let k = (used - max).div_ceil(per).clamp(1, n);
+        let gone = s.delete_oldest(k)?;
+        deleted += gone;
+        let now = s.used_bytes()?;
+        if gone == 0 || now >= used {
+            break;
+        }
+        used = now;
+    }
+    Ok(deleted)
 }
 
 /// The name a store error should give the database: its path, or the URL without a password.

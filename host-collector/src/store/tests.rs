@@ -4,6 +4,8 @@
 use super::*;
 use capture::record::{CrashRecord, MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
 
+mod retention;
+
 /// A record with the sample fields of `seq` and raw bytes that do not decode (the SQLite
 /// backend renders from its columns; for both backends use [`real`]).
 pub(crate) fn sample(seq: u32, at: i64) -> NewRecord {

@@ -139,6 +139,77 @@ pub const PG_MIGRATIONS: &[&str] = &[
     END $$;
     DELETE FROM followups f WHERE NOT EXISTS (SELECT 1 FROM records r
         WHERE r.boot_id = f.boot_id AND r.seq = f.seq AND r.record_crc = f.record_crc);",
+    // 4: the bytes the records hold, kept as a running total for retention by size
+    // (`max_bytes`): the table's size on disk does not shrink when rows are deleted, so
+    // it cannot say how much a delete freed. A record counts as its raw bytes and text
+    // columns (their lengths uncompressed: the same when it is stored and when it is
+    // deleted, however PostgreSQL compressed them) plus 144 bytes for the row header, the
+    // boot id and the numbers (set or not). Triggers keep the total for every insert,
+    // update and delete, whoever runs it (also collectors of an older version while a
+    // fleet is upgraded), in the row of the connection's backend (`slot`, its pid modulo
+    // 64: connections rarely wait on each other's row); the total is the sum of the rows.
+    // The lock keeps writers out while the total of the rows already stored is counted.
+    "LOCK TABLE records IN SHARE MODE;
+    CREATE TABLE record_bytes (
+        slot  SMALLINT PRIMARY KEY,
+        bytes BIGINT   NOT NULL
+    );
+    CREATE FUNCTION canary_record_bytes(raw BYTEA, source TEXT, arch TEXT, kind TEXT,
+        message TEXT, file TEXT, vm_name TEXT, host_name TEXT, image_id TEXT)
+        RETURNS BIGINT LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT 144 + octet_length(raw) + octet_length(source) + octet_length(arch)
+            + octet_length(kind) + octet_length(message) + coalesce(octet_length(file), 0)
+            + coalesce(octet_length(vm_name), 0) + coalesce(octet_length(host_name), 0)
+            + coalesce(octet_length(image_id), 0)
+    $$;
+    CREATE FUNCTION canary_record_bytes_add(delta NUMERIC) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF delta <> 0 THEN
+            INSERT INTO record_bytes AS b (slot, bytes)
+                VALUES (pg_backend_pid() % 64, delta::BIGINT)
+                ON CONFLICT (slot) DO UPDATE SET bytes = b.bytes + excluded.bytes;
+        END IF;
+    END $$;
+    CREATE FUNCTION canary_records_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add((SELECT sum(canary_record_bytes(raw, source, arch,
+            kind, message, file, vm_name, host_name, image_id)) FROM added));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER records_stored AFTER INSERT ON records
+        REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+        EXECUTE FUNCTION canary_records_stored();
+    CREATE FUNCTION canary_records_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add((SELECT sum(canary_record_bytes(raw, source, arch,
+            kind, message, file, vm_name, host_name, image_id)) FROM after_rows)
+            - (SELECT sum(canary_record_bytes(raw, source, arch, kind, message, file,
+            vm_name, host_name, image_id)) FROM before_rows));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER records_changed AFTER UPDATE ON records
+        REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION canary_records_changed();
+    CREATE OR REPLACE FUNCTION canary_records_pruned() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO pruned_keys (boot_id, seq, record_crc)
+            SELECT boot_id, seq, record_crc FROM gone ON CONFLICT DO NOTHING;
+        DELETE FROM followups f USING gone g
+            WHERE f.boot_id = g.boot_id AND f.seq = g.seq AND f.record_crc = g.record_crc;
+        PERFORM canary_record_bytes_add(-(SELECT sum(canary_record_bytes(raw, source, arch,
+            kind, message, file, vm_name, host_name, image_id)) FROM gone));
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION canary_records_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM record_bytes;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER records_truncated AFTER TRUNCATE ON records
+        FOR EACH STATEMENT EXECUTE FUNCTION canary_records_truncated();
+    INSERT INTO record_bytes (slot, bytes)
+        SELECT -1, coalesce(sum(canary_record_bytes(raw, source, arch, kind, message, file,
+            vm_name, host_name, image_id)), 0) FROM records;",
 ];
 
 /// The schema version this build writes.
@@ -215,7 +286,7 @@ fn migrate_locked(c: &mut Client) -> Result<Result<(), super::StoreError>, postg
 mod tests {
     use super::super::super::tests::pg_backend;
     use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
-    use super::super::super::{FollowupOutcome, RecordKey, Store};
+    use super::super::super::{FollowupOutcome, RecordKey, Retention, Store};
     use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -273,6 +344,86 @@ mod tests {
         assert_eq!(s.prune_keep(0).unwrap(), 1);
         assert_eq!(s.followup(&key(1, 1)).unwrap(), None);
         assert_eq!(rows(), 0);
+    }
+
+    /// The bytes of the records stored, counted in full: what `record_bytes` adds up to.
+    fn recount(t: &super::super::testing::TestDb) -> i64 {
+        t.query_i64(
+            "SELECT coalesce(sum(canary_record_bytes(raw, source, arch, kind, message, file,
+                vm_name, host_name, image_id)), 0)::BIGINT FROM records",
+        )
+        .unwrap()
+    }
+
+    /// A version-3 database holding records: migration 4 counts their bytes (144 each plus
+    /// raw and text), and from then on the running total is what a full count says after
+    /// every way records are stored, changed or deleted: a batch with a duplicate, a
+    /// follow-up's step times, another connection's update and delete, `prune`, retention
+    /// by size, TRUNCATE.
+    #[test]
+    fn migration_4_counts_the_bytes_and_the_triggers_keep_the_total() {
+        let Some(b) = pg_backend("record_bytes_v3") else {
+            return;
+        };
+        let t = b.pg.as_ref().unwrap();
+        t.exec(PG_MIGRATIONS[0]).unwrap();
+        t.exec(
+            "CREATE TABLE canary_schema (version INTEGER NOT NULL);
+             INSERT INTO canary_schema (version) VALUES (3);",
+        )
+        .unwrap();
+        t.exec(PG_MIGRATIONS[1]).unwrap();
+        t.exec(PG_MIGRATIONS[2]).unwrap();
+        t.exec(
+            "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
+                schema_major, schema_minor, arch, kind, message, vm_name, raw)
+             VALUES (decode(repeat('01', 16), 'hex'), 1, 7, 1, '10.1.1.1:5', 1, 0, 'x86_64',
+                    'panic', 'm', NULL, '\\x00'),
+                (decode(repeat('01', 16), 'hex'), 2, 7, 2, '10.1.1.1:5', 1, 0, 'x86_64',
+                    'panic', 'm', 'vm-a', '\\x0001');",
+        )
+        .unwrap();
+        let mut s = b.open();
+        assert_eq!(s.schema_version().unwrap(), PG_SCHEMA_VERSION);
+        // 144 + raw 1 + source 10 + arch 6 + kind 5 + message 1; the second: raw 2, vm 4.
+        assert_eq!(s.used_bytes().unwrap(), 167 + 172);
+        let same = |s: &Store, what: &str| {
+            assert_eq!(s.used_bytes().unwrap() as i64, recount(t), "after {what}");
+        };
+        let recs: Vec<_> = (0..6).map(|i| real(14, i, 10 + i as i64).0).collect();
+        let mut batch = recs.clone();
+        batch.push(recs[0].clone());
+        s.commit_batch(&batch, &[], &[], &[]).unwrap();
+        same(&s, "a batch");
+        assert!(s.used_bytes().unwrap() > 339 + 6 * recs[0].raw.len() as u64);
+        let steps = after_seal(|_, _| (capture::panic::Outcome::Done, 10));
+        let frame = followup_frame(&recs[1].key, &steps);
+        assert_eq!(
+            s.put_followup(&recs[1].key, &frame, 1).unwrap(),
+            FollowupOutcome::Stored
+        );
+        same(&s, "a follow-up");
+        t.exec("UPDATE records SET message = message || ' and more' WHERE seq = 2")
+            .unwrap();
+        same(&s, "an update");
+        t.exec("DELETE FROM records WHERE seq = 1 AND record_crc = 7")
+            .unwrap();
+        same(&s, "another connection's delete");
+        assert_eq!(s.prune_keep(5).unwrap(), 2);
+        same(&s, "prune");
+        let half = s.used_bytes().unwrap() / 2;
+        let r = Retention {
+            max_bytes: Some(half),
+            ..Default::default()
+        };
+        assert!(s.apply_retention(&r, 0).unwrap() > 0);
+        same(&s, "retention");
+        assert!(s.used_bytes().unwrap() <= half);
+        t.exec("TRUNCATE records").unwrap();
+        assert_eq!(s.used_bytes().unwrap(), 0, "after TRUNCATE");
+        s.commit_batch(&[real(15, 1, 99).0], &[], &[], &[]).unwrap();
+        same(&s, "a batch after TRUNCATE");
+        assert!(s.used_bytes().unwrap() > 0);
     }
 
     /// A record stored in `b` and a follow-up frame for it.
