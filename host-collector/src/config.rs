@@ -71,7 +71,8 @@ pub struct FileConfig {
     pub max_age: Option<String>,
     /// Retention: keep at most the newest N records.
     pub max_records: Option<u64>,
-    /// Retention: delete the oldest records while the pages in use exceed this many bytes.
+    /// Retention: delete the oldest records while the stored data exceeds this many bytes
+    /// (SQLite: pages in use; PostgreSQL: the records' data).
     pub max_bytes: Option<u64>,
     /// How often `serve` applies the retention limits (default "1min").
     pub retention_interval: Option<String>,

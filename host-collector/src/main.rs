@@ -188,8 +188,9 @@ struct ServeArgs {
     /// Retention: keep at most the newest N records.
     #[arg(long, value_name = "N")]
     max_records: Option<u64>,
-    /// Retention: delete the oldest records while the database's pages in use exceed this
-    /// many bytes.
+    /// Retention: delete the oldest records while the stored data exceeds this many bytes
+    /// (SQLite: the database's pages in use; PostgreSQL: the records' data, see
+    /// docs/collector.md).
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<u64>,
     /// Check the database with `PRAGMA integrity_check` (thorough, slow on big databases)
