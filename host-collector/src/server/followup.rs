@@ -204,7 +204,8 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+/// Unix only: the hook is `sh -c`.
+#[cfg(all(test, unix))]
 mod crash_path_events {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
