@@ -210,6 +210,25 @@ pub const PG_MIGRATIONS: &[&str] = &[
     INSERT INTO record_bytes (slot, bytes)
         SELECT -1, coalesce(sum(canary_record_bytes(raw, source, arch, kind, message, file,
             vm_name, host_name, image_id)), 0) FROM records;",
+    // 5: a record pruned by another collector while this one's insert of its key waited for
+    //    that delete is not stored again. The insert's tombstone check reads the snapshot
+    //    its statement began with, which lacks the tombstone committed meanwhile; this
+    //    trigger's query takes a new one (READ COMMITTED, a function's statements each
+    //    their own) and fails the statement (`serialization_failure`: nothing of the batch
+    //    kept) when a row it added has a tombstone. The writer tries the batch again, and
+    //    the insert's own check then answers the key `duplicate`. Each added row costs one
+    //    look-up of `pruned_keys`' primary key.
+    "CREATE OR REPLACE FUNCTION canary_records_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add((SELECT sum(canary_record_bytes(raw, source, arch,
+            kind, message, file, vm_name, host_name, image_id)) FROM added));
+        IF EXISTS (SELECT 1 FROM added a JOIN pruned_keys p ON p.boot_id = a.boot_id
+                AND p.seq = a.seq AND p.record_crc = a.record_crc) THEN
+            RAISE EXCEPTION 'canary: a record being stored was pruned by another collector meanwhile'
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+        RETURN NULL;
+    END $$;",
 ];
 
 /// The schema version this build writes.

@@ -4,12 +4,20 @@
 
 use std::collections::HashMap;
 
+use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{GenericClient, Transaction};
 
 use super::super::*;
 use super::{PgStore, Stmts};
 use crate::liveness::Canary;
+
+/// How often a batch is tried when the insert trigger finds one of its records pruned by
+/// another collector meanwhile (each retry sees the new tombstones: a second try is enough
+/// unless prunes keep racing the same keys).
+const PRUNED_RACE_TRIES: u32 = 4;
+/// What the insert trigger raises then (schema 5).
+const SERIALIZATION: SqlState = SqlState::T_R_SERIALIZATION_FAILURE;
 
 fn i64_of(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
@@ -67,17 +75,29 @@ impl PgStore {
         let counters = sum_counters(counters.iter().chain(&own));
         let shard = self.shard;
         let stored_ids: HashMap<RecordKey, i64> = self.with_stmts(|c, stmts| {
-            if keep == 0 && heartbeats.is_empty() && records.is_empty() {
-                // Counters only: one statement, committed on its own.
-                return insert_records(c, stmts, shard, records, &order, &counters);
+            // A record another collector pruned while this insert waited for that delete is
+            // refused by the insert trigger (schema 5: `serialization_failure`, nothing of the
+            // batch kept); tried again, the insert's own tombstone check sees it: duplicate.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let r = (|| {
+                    if keep == 0 && heartbeats.is_empty() {
+                        // One statement, committed on its own: one round trip for the batch.
+                        return insert_records(c, stmts, shard, records, &order, &counters);
+                    }
+                    let mut tx = c.transaction()?;
+                    insert_rejections(&mut tx, stmts, &rejections[..keep])?;
+                    upsert_heartbeats(&mut tx, stmts, heartbeats)?;
+                    let ids = insert_records(&mut tx, stmts, shard, records, &order, &counters)?;
+                    tx.commit()?;
+                    Ok(ids)
+                })();
+                match r {
+                    Err(e) if tries < PRUNED_RACE_TRIES && e.code() == Some(&SERIALIZATION) => {}
+                    r => return r,
+                }
             }
-            let mut tx = c.transaction()?;
-            insert_rejections(&mut tx, stmts, &rejections[..keep])?;
-            upsert_heartbeats(&mut tx, stmts, heartbeats)?;
-            let mut ids = insert_records(&mut tx, stmts, shard, records, &order, &counters)?;
-            unstore_pruned(&mut tx, stmts, shard, &mut ids)?;
-            tx.commit()?;
-            Ok(ids)
         })?;
         if !rejections.is_empty() {
             self.rejected_bytes = Some(kept_bytes);
@@ -454,71 +474,6 @@ fn insert_records(
         out.insert(key, r.get(0));
     }
     Ok(out)
-}
-
-/// Run after `INSERT_RECORDS` in its transaction: of the keys it stored (`$1`-`$3`, ids
-/// `$4`), the ones pruned after all. The insert's tombstone check reads the snapshot its
-/// statement started with. Another collector's prune of a key (its delete of the key's
-/// row and its tombstone) that commits while the insert runs is not in that snapshot, and
-/// the insert, which waited for that delete of the conflicting row, then stores the key
-/// again. This later statement's snapshot holds the tombstone (READ COMMITTED: a snapshot
-/// per statement). It reads only `pruned_keys`, by its primary key.
-const PRUNED_AFTER_ALL: &str = "SELECT u.id
-    FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[])
-        AS u (boot_id, seq, record_crc, id)
-    WHERE EXISTS (SELECT 1 FROM pruned_keys p WHERE p.boot_id = u.boot_id
-        AND p.seq = u.seq AND p.record_crc = u.record_crc)";
-
-/// The rows [`PRUNED_AFTER_ALL`] found (`$1`, ids) deleted again and counted as
-/// duplicates, not stored (`$2`: the shard). The delete trigger keeps the tombstone (`ON
-/// CONFLICT DO NOTHING`) and takes the rows' bytes off `record_bytes`; the rows have no
-/// follow-up (nobody else sees them before the commit). Run only when there are some: the
-/// trigger runs for every DELETE statement, also one that deletes nothing.
-const UNSTORE: &str = "WITH gone AS (
-    DELETE FROM records WHERE id = ANY($1::int8[]) RETURNING id
-), cnt AS (
-    INSERT INTO counters AS c (name, shard, value)
-    SELECT v.name, $2::int2, v.value FROM (SELECT count(*) AS n FROM gone) g,
-        LATERAL (VALUES ('duplicates', g.n), ('records_stored', -g.n)) AS v (name, value)
-    WHERE g.n > 0
-    ORDER BY v.name
-    ON CONFLICT (name, shard) DO UPDATE SET value = c.value + excluded.value
-)
-SELECT id FROM gone";
-
-/// Removes from `ids` (the keys `insert_records` stored in this transaction) the ones
-/// pruned by another collector while it ran, deleting their rows again: see
-/// [`PRUNED_AFTER_ALL`].
-fn unstore_pruned(
-    tx: &mut Transaction<'_>,
-    stmts: &mut Stmts,
-    shard: i16,
-    ids: &mut HashMap<RecordKey, i64>,
-) -> Result<(), postgres::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let boot: Vec<&[u8]> = ids.keys().map(|k| &k.boot_id[..]).collect();
-    let seq: Vec<i64> = ids.keys().map(|k| k.seq as i64).collect();
-    let crc: Vec<i64> = ids.keys().map(|k| k.record_crc as i64).collect();
-    let id: Vec<i64> = ids.values().copied().collect();
-    let st = stmts.get(tx, PRUNED_AFTER_ALL)?;
-    let pruned: Vec<i64> = tx
-        .query(&st, &[&boot, &seq, &crc, &id])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if pruned.is_empty() {
-        return Ok(());
-    }
-    let st = stmts.get(tx, UNSTORE)?;
-    let gone: std::collections::HashSet<i64> = tx
-        .query(&st, &[&pruned, &shard])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    ids.retain(|_, id| !gone.contains(id));
-    Ok(())
 }
 
 fn insert_rejections(
