@@ -5,33 +5,14 @@
 //! one), naming the step that failed; the log has a `crash path` line after the record's.
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use capture::chunk::RecordId;
 use capture::followup::{FollowupRepr, FOLLOWUP_STORED};
 use capture::panic::{Outcome, Step, StepRecord};
 use capture::sender::SendState;
-use capture::wire::{self, AckStatus, Repr};
+use capture::wire::{AckStatus, Repr};
 use common::*;
-
-/// Sends a datagram until an ack comes back; returns its status.
-fn send_for_ack(to: SocketAddr, frame: &[u8]) -> AckStatus {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 2048];
-    while Instant::now() < end {
-        sock.send_to(frame, to).unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            if let Ok(Repr::Ack(a)) = wire::parse(&buf[..n], None) {
-                return a.status;
-            }
-        }
-    }
-    panic!("no ack within 10 s");
-}
 
 /// The follow-up frame of record `id` with the steps after the seal: VMBus unload failed
 /// (code 5), the rest done up to `upto` (4: the ship step's, sent at the ack; 5: the end

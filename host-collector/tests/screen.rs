@@ -7,9 +7,8 @@
 //! (`CANARY_UPDATE_REFERENCE=1`).
 mod common;
 
-use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capture::followup::{FOLLOWUP_NO_RECORD, FOLLOWUP_STORED};
 use capture::sender::SendState;
@@ -20,24 +19,6 @@ fn docs(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../docs")
         .join(name)
-}
-
-/// Sends a datagram until an ack for `boot_id`/`seq` comes back; returns its status.
-fn send_for_ack(to: std::net::SocketAddr, frame: &[u8]) -> AckStatus {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 2048];
-    while Instant::now() < end {
-        sock.send_to(frame, to).unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            if let Ok(Repr::Ack(a)) = wire::parse(&buf[..n], None) {
-                return a.status;
-            }
-        }
-    }
-    panic!("no ack within 10 s");
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -445,60 +445,45 @@ fn sealed_record(b: &super::tests::Backend, boot: u8) -> (RecordKey, (String, u3
     (n.key, ("freeze".to_string(), r.steps[0].elapsed_us))
 }
 
-/// Two collectors storing the first follow-up of one record at the same instant, the one
-/// reporting more steps second (its INSERT waits for the other's uncommitted row): it
-/// replaces the other's and says so (`Replaced`, not `Duplicate`), and the step columns
-/// have both's times.
+/// Two collectors storing the first follow-up of one record at the same instant (this
+/// store's INSERT waits for the other's uncommitted row): the one reporting more steps stays
+/// whichever came second. Brought second, it replaces the other's and says so (`Replaced`,
+/// not `Duplicate`); the poorer one brought second is a `Duplicate`. Either way the step
+/// columns have both's times.
 #[test]
-fn the_richer_first_followup_stored_at_the_same_instant_replaces_the_other_collectors() {
-    let Some(b) = pg_backend("followup_race_richer") else {
-        return;
-    };
-    let (key, freeze) = sealed_record(&b, 11);
-    let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
-    let out = followup_race(&b, &key, None, &acked, &from_end);
-    assert_eq!(out, FollowupOutcome::Replaced { reported_before: 4 });
-    let s = b.open();
-    assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
-    let t = |n: &str, us: u32| (n.to_string(), us);
-    assert_eq!(
-        step_columns(&s),
-        [
-            freeze,
-            t("screen-flush", 30),
-            t("vmbus-unload", 30),
-            t("arch-cleanup", 30),
-            t("ship", 30),
-            t("crash-registers", 55)
-        ]
-    );
-}
-
-/// The mirror case: the other collector stores the richer first follow-up; the poorer one
-/// given to this store at the same instant is a `Duplicate` and the richer one stays.
-#[test]
-fn the_poorer_first_followup_stored_at_the_same_instant_is_a_duplicate() {
-    let Some(b) = pg_backend("followup_race_poorer") else {
-        return;
-    };
-    let (key, freeze) = sealed_record(&b, 12);
-    let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
-    let out = followup_race(&b, &key, None, &from_end, &acked);
-    assert_eq!(out, FollowupOutcome::Duplicate);
-    let s = b.open();
-    assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
-    let t = |n: &str, us: u32| (n.to_string(), us);
-    assert_eq!(
-        step_columns(&s),
-        [
-            freeze,
-            t("screen-flush", 30),
-            t("vmbus-unload", 30),
-            t("arch-cleanup", 30),
-            t("ship", 30),
-            t("crash-registers", 55)
-        ]
-    );
+fn the_richer_first_followup_stored_at_the_same_instant_stays() {
+    for (boot, richer_second, want) in [
+        (11, true, FollowupOutcome::Replaced { reported_before: 4 }),
+        (12, false, FollowupOutcome::Duplicate),
+    ] {
+        let Some(b) = pg_backend(&format!("followup_race_first_{boot}")) else {
+            return;
+        };
+        let (key, freeze) = sealed_record(&b, boot);
+        let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
+        let (theirs, mine) = if richer_second {
+            (&acked, &from_end)
+        } else {
+            (&from_end, &acked)
+        };
+        let out = followup_race(&b, &key, None, theirs, mine);
+        assert_eq!(out, want, "richer second: {richer_second}");
+        let s = b.open();
+        assert_eq!(s.followup(&key).unwrap().as_deref(), Some(&from_end[..]));
+        let t = |n: &str, us: u32| (n.to_string(), us);
+        assert_eq!(
+            step_columns(&s),
+            [
+                freeze,
+                t("screen-flush", 30),
+                t("vmbus-unload", 30),
+                t("arch-cleanup", 30),
+                t("ship", 30),
+                t("crash-registers", 55)
+            ],
+            "richer second: {richer_second}"
+        );
+    }
 }
 
 /// Two collectors replacing a stored follow-up at the same instant: this store decides

@@ -349,3 +349,22 @@ pub fn serve_exits(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends one frame (any kind) from a fresh socket until an ack comes back (every 200 ms, for
+/// up to 10 s); returns the ack's status.
+pub fn send_for_ack(to: SocketAddr, frame: &[u8]) -> AckStatus {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        sock.send_to(frame, to).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            if let Ok(capture::wire::Repr::Ack(a)) = capture::wire::parse(&buf[..n], None) {
+                return a.status;
+            }
+        }
+    }
+    panic!("no ack within 10 s");
+}

@@ -310,6 +310,18 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
+    /// The schema of an older build: migrations 1 to `version`, and the version recorded.
+    fn at_version(t: &super::super::testing::TestDb, version: usize) {
+        for m in &PG_MIGRATIONS[..version] {
+            t.exec(m).unwrap();
+        }
+        t.exec(&format!(
+            "CREATE TABLE canary_schema (version INTEGER NOT NULL);
+             INSERT INTO canary_schema (version) VALUES ({version});"
+        ))
+        .unwrap();
+    }
+
     /// A version-2 database holding follow-ups of deleted records (nothing deleted them
     /// then): migration 3 deletes those and keeps the others, and from then on a record's
     /// follow-up goes with it.
@@ -319,13 +331,7 @@ mod tests {
             return;
         };
         let t = b.pg.as_ref().unwrap();
-        t.exec(PG_MIGRATIONS[0]).unwrap();
-        t.exec(
-            "CREATE TABLE canary_schema (version INTEGER NOT NULL);
-             INSERT INTO canary_schema (version) VALUES (2);",
-        )
-        .unwrap();
-        t.exec(PG_MIGRATIONS[1]).unwrap();
+        at_version(t, 2);
         // Records (1, 1) and (1, 2) with follow-ups, and one for (2, 1), never stored;
         // then `prune` as version 2 did it: the record goes, its follow-up stays.
         t.exec(
@@ -385,14 +391,7 @@ mod tests {
             return;
         };
         let t = b.pg.as_ref().unwrap();
-        t.exec(PG_MIGRATIONS[0]).unwrap();
-        t.exec(
-            "CREATE TABLE canary_schema (version INTEGER NOT NULL);
-             INSERT INTO canary_schema (version) VALUES (3);",
-        )
-        .unwrap();
-        t.exec(PG_MIGRATIONS[1]).unwrap();
-        t.exec(PG_MIGRATIONS[2]).unwrap();
+        at_version(t, 3);
         t.exec(
             "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
                 schema_major, schema_minor, arch, kind, message, vm_name, raw)
