@@ -393,13 +393,24 @@ fn followup_race(
             ],
         )
         .unwrap();
+    let (key, mine) = (*key, mine.to_vec());
+    blocked_until_commit(b, other, move |s| s.put_followup(&key, &mine, 8)).unwrap()
+}
+
+/// Runs `f` on a store of `b` in a thread, waits until that thread's statement waits on
+/// a lock `other` holds (checked: it has not answered), commits `other`, and returns
+/// `f`'s answer.
+pub(crate) fn blocked_until_commit<T: Send + 'static>(
+    b: &super::tests::Backend,
+    mut other: postgres::Client,
+    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> T {
+    let t = b.pg.as_ref().unwrap();
     let mut s = b.open();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let (key, mine) = (*key, mine.to_vec());
     let h = std::thread::spawn(move || {
-        let _ = done_tx.send(s.put_followup(&key, &mine, 8));
+        let _ = done_tx.send(f(&mut s));
     });
-    // Until this store's transaction waits on the other's lock.
     let mut watch = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
     let t0 = std::time::Instant::now();
     loop {
@@ -415,21 +426,17 @@ fn followup_race(
             break;
         }
         assert!(
-            t0.elapsed().as_secs() < 10,
-            "put_followup never waited for the other collector's transaction: {:?}",
-            done_rx.try_recv()
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "never waited"
         );
+        assert!(done_rx.try_recv().is_err(), "answered without waiting");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert!(
-        done_rx.try_recv().is_err(),
-        "put_followup answered before the other collector committed"
-    );
+    assert!(done_rx.try_recv().is_err(), "answered before the commit");
     other.batch_execute("COMMIT").unwrap();
     let out = done_rx
         .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("put_followup answers once the other collector committed")
-        .unwrap();
+        .expect("answers once the other transaction committed");
     h.join().unwrap();
     out
 }

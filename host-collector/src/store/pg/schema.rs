@@ -307,8 +307,7 @@ mod tests {
     use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
     use super::super::super::{FollowupOutcome, InsertOutcome, RecordKey, Retention, Store};
     use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use crate::store::pg_tests::blocked_until_commit;
 
     /// The schema of an older build: migrations 1 to `version`, and the version recorded.
     fn at_version(t: &super::super::testing::TestDb, version: usize) {
@@ -504,47 +503,6 @@ mod tests {
             .unwrap();
         let steps = after_seal(|_, _| (capture::panic::Outcome::Done, 10));
         (n.key, followup_frame(&n.key, &steps))
-    }
-
-    /// Runs `f` on a store of `b` in a thread, waits until that thread's statement waits on
-    /// a lock `other` holds (checked: it has not answered), commits `other`, and returns
-    /// `f`'s answer.
-    fn blocked_until_commit<T: Send + 'static>(
-        b: &Backend,
-        mut other: postgres::Client,
-        f: impl FnOnce(&mut Store) -> T + Send + 'static,
-    ) -> T {
-        let t = b.pg.as_ref().unwrap();
-        let mut s = b.open();
-        let (done_tx, done_rx) = mpsc::channel();
-        let h = std::thread::spawn(move || {
-            let _ = done_tx.send(f(&mut s));
-        });
-        let mut watch = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
-        let t0 = Instant::now();
-        loop {
-            let waiting: i64 = watch
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "never waited");
-            assert!(done_rx.try_recv().is_err(), "answered without waiting");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(done_rx.try_recv().is_err(), "answered before the commit");
-        other.batch_execute("COMMIT").unwrap();
-        let out = done_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("answers once the other transaction committed");
-        h.join().unwrap();
-        out
     }
 
     /// Another collector storing a follow-up (its record's row locked FOR KEY SHARE, the
