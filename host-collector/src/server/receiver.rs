@@ -30,6 +30,22 @@ pub(super) struct Clock {
 /// `expired`): far longer than a sender retransmits (capture's default deadline is 10 s).
 pub const REASSEMBLY_IDLE_MS: u64 = 30_000;
 
+/// After a `recvmmsg` that brought fewer than [`COALESCE_BELOW`] datagrams, the receiver
+/// sleeps this long before it receives again, so the next call finds a batch instead of one
+/// datagram, and a sender's datagram lands in the socket's queue instead of waking a
+/// blocked thread (a wake-up each, on the sender's CPU time). Linux only: elsewhere a
+/// receive returns one datagram (`mmsg/portable.rs`). Measured with `load` (100 canaries,
+/// 200,000 records, alternating): 150 µs gave 64,003 / 72,964 / 62,729 records/s against
+/// 53,255 / 60,842 / 64,659 without, receiver 2.5-3.0 against 3.6-4.6 µs of CPU per record,
+/// `load` 6.0-7.0 against 6.7-7.8, p50 1.06-1.22 against 1.21-1.46 ms. A datagram waits at
+/// most this long longer when traffic is light; the socket's buffer holds far more than
+/// arrives meanwhile.
+#[cfg(target_os = "linux")]
+const COALESCE: Duration = Duration::from_micros(150);
+/// Batches at least this large are followed by the next receive at once.
+#[cfg(target_os = "linux")]
+const COALESCE_BELOW: usize = 8;
+
 pub(super) struct Receiver {
     pub(super) reasm: Reassembler<SocketAddr>,
     pub(super) started: Instant,
@@ -243,6 +259,10 @@ pub(super) fn receive_loop(
                     }
                 }
                 rx.flush();
+                #[cfg(target_os = "linux")]
+                if n < COALESCE_BELOW {
+                    std::thread::sleep(COALESCE);
+                }
             }
             Err(e)
                 if matches!(
