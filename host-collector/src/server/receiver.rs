@@ -34,12 +34,12 @@ pub const REASSEMBLY_IDLE_MS: u64 = 30_000;
 /// sleeps this long before it receives again, so the next call finds a batch instead of one
 /// datagram, and a sender's datagram lands in the socket's queue instead of waking a
 /// blocked thread (a wake-up each, on the sender's CPU time). Linux only: elsewhere a
-/// receive returns one datagram (`mmsg/portable.rs`). Measured with `load` (100 canaries,
-/// 200,000 records, alternating): 150 µs gave 64,003 / 72,964 / 62,729 records/s against
-/// 53,255 / 60,842 / 64,659 without, receiver 2.5-3.0 against 3.6-4.6 µs of CPU per record,
-/// `load` 6.0-7.0 against 6.7-7.8, p50 1.06-1.22 against 1.21-1.46 ms. A datagram waits at
-/// most this long longer when traffic is light; the socket's buffer holds far more than
-/// arrives meanwhile.
+/// receive returns one datagram (`mmsg/portable.rs`). `scripts/bench-collector`, serve
+/// without and with it alternating (`AB=`, 200,000 records): 100 canaries 84,098 / 92,045 /
+/// 79,003 / 86,892 against 87,317 / 88,215 / 89,217 / 89,860 records/s, 1,000 canaries
+/// 77,890 / 82,295 against 92,680 / 93,321; CPU per record (one run each): receiver 2.6 →
+/// 1.9 µs, `load` 5.9 → 5.0. A datagram waits at most this long longer when traffic is
+/// light; the socket's buffer holds far more than arrives meanwhile.
 #[cfg(target_os = "linux")]
 const COALESCE: Duration = Duration::from_micros(150);
 /// Batches at least this large are followed by the next receive at once.
