@@ -32,21 +32,35 @@ fn crash(message: String) -> Event {
     })
 }
 
+/// A sink sending on `tx`, its queue counters fresh (`sink.bytes`, `sink.events`), at most
+/// `log_rate` "crash stored" lines a second.
+fn new_sink(
+    tx: mpsc::SyncSender<(Queued, usize)>,
+    counters: &Arc<Counters>,
+    max_bytes: usize,
+    max_events: usize,
+    log_rate: u32,
+    want_steps: bool,
+    want_events: bool,
+) -> EventSink {
+    EventSink {
+        tx,
+        counters: counters.clone(),
+        bytes: Arc::new(AtomicUsize::new(0)),
+        max_bytes,
+        events: Arc::new(AtomicUsize::new(0)),
+        max_events,
+        lines: StoredLines::new(log_rate),
+        want_steps,
+        want_events,
+    }
+}
+
 #[test]
 fn the_event_queue_is_bounded_in_bytes_and_drops_are_counted() {
     let (tx, rx) = mpsc::sync_channel(100);
     let counters = Arc::new(Counters::default());
-    let mut sink = EventSink {
-        tx,
-        counters: counters.clone(),
-        bytes: Arc::new(AtomicUsize::new(0)),
-        max_bytes: 3000,
-        events: Arc::new(AtomicUsize::new(0)),
-        max_events: 100,
-        lines: StoredLines::new(0),
-        want_steps: false,
-        want_events: false,
-    };
+    let mut sink = new_sink(tx, &counters, 3000, 100, 0, false, false);
     // Nothing takes from the queue: two 1 KiB events fit, the third does not.
     for _ in 0..3 {
         sink.send(crash("x".repeat(1024)));
@@ -88,19 +102,7 @@ fn stored(i: i64) -> StoredRecord {
 fn a_commits_events_go_as_one_batch_and_each_counts_against_the_budgets() {
     let (tx, rx) = mpsc::sync_channel(100);
     let counters = Arc::new(Counters::default());
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let events = Arc::new(AtomicUsize::new(0));
-    let mut sink = EventSink {
-        tx,
-        counters: counters.clone(),
-        bytes: bytes.clone(),
-        max_bytes: 1 << 20,
-        events: events.clone(),
-        max_events: 5,
-        lines: StoredLines::new(0),
-        want_steps: false,
-        want_events: false,
-    };
+    let mut sink = new_sink(tx, &counters, 1 << 20, 5, 0, false, false);
     // Seven records, room for five events: one message with the first five, two dropped.
     sink.send_stored((1..=7).map(stored).collect());
     let got: Vec<_> = rx.try_iter().collect();
@@ -110,25 +112,15 @@ fn a_commits_events_go_as_one_batch_and_each_counts_against_the_budgets() {
     };
     assert_eq!(rs.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 2);
-    assert_eq!(events.load(Ordering::Relaxed), 5);
-    assert_eq!(bytes.load(Ordering::Relaxed), got[0].1);
+    assert_eq!(sink.events.load(Ordering::Relaxed), 5);
+    assert_eq!(sink.bytes.load(Ordering::Relaxed), got[0].1);
     // Full: a state event is dropped too.
     sink.send(crash(String::new()));
     assert_eq!(counters.events_dropped.load(Ordering::Relaxed), 3);
     // And the byte budget bounds a batch the same way.
     let one = stored(1).cost();
     let (tx, rx) = mpsc::sync_channel(100);
-    let sink = EventSink {
-        tx,
-        counters: counters.clone(),
-        bytes: Arc::new(AtomicUsize::new(0)),
-        max_bytes: 2 * one + one / 2,
-        events: Arc::new(AtomicUsize::new(0)),
-        max_events: 100,
-        lines: StoredLines::new(0),
-        want_steps: false,
-        want_events: false,
-    };
+    let sink = new_sink(tx, &counters, 2 * one + one / 2, 100, 0, false, false);
     sink.send_stored((1..=3).map(stored).collect());
     let Some((Queued::Stored(rs), _)) = rx.try_iter().next() else {
         panic!("a batch")
@@ -454,17 +446,8 @@ fn a_record_without_a_line_costs_nothing_unless_metrics_or_hooks_want_it() {
     let t0 = Instant::now();
     for (want_steps, want_events) in [(false, false), (true, false), (false, true)] {
         let (tx, rx) = mpsc::sync_channel(100);
-        let mut sink = EventSink {
-            tx,
-            counters: Arc::new(Counters::default()),
-            bytes: Arc::new(AtomicUsize::new(0)),
-            max_bytes: 1 << 20,
-            events: Arc::new(AtomicUsize::new(0)),
-            max_events: 100,
-            lines: StoredLines::new(10),
-            want_steps,
-            want_events,
-        };
+        let counters = Arc::new(Counters::default());
+        let mut sink = new_sink(tx, &counters, 1 << 20, 100, 10, want_steps, want_events);
         commit(&mut sink, 1..=30, t0);
         let Some((Queued::Stored(rs), _)) = rx.try_iter().next() else {
             panic!("a batch")
@@ -795,19 +778,7 @@ fn a_followup_without_a_line_is_queued_only_for_hooks_and_webhooks() {
     for want_events in [false, true] {
         let (tx, rx) = mpsc::sync_channel(100);
         let counters = Arc::new(Counters::default());
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let events = Arc::new(AtomicUsize::new(0));
-        let mut sink = EventSink {
-            tx,
-            counters: counters.clone(),
-            bytes: bytes.clone(),
-            max_bytes: 1 << 20,
-            events: events.clone(),
-            max_events: 100,
-            lines: StoredLines::new(1),
-            want_steps: true,
-            want_events,
-        };
+        let mut sink = new_sink(tx, &counters, 1 << 20, 100, 1, true, want_events);
         sink.path(unload_failed(), t0);
         // Past the rate: no line.
         sink.path(unload_failed(), ms(t0, 10));
@@ -826,9 +797,9 @@ fn a_followup_without_a_line_is_queued_only_for_hooks_and_webhooks() {
         } else {
             assert_eq!(got, [true]);
         }
-        assert_eq!(events.load(Ordering::Relaxed), got.len());
+        assert_eq!(sink.events.load(Ordering::Relaxed), got.len());
         assert_eq!(
-            bytes.load(Ordering::Relaxed),
+            sink.bytes.load(Ordering::Relaxed),
             got.len() * unload_failed().cost()
         );
         // The same budgets as the other events: full, it is dropped and counted.
