@@ -21,6 +21,11 @@ pub mod testing;
 mod tls;
 mod writer;
 pub use schema::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
+/// `put_followup`'s statements, which the race tests run as another collector.
+#[cfg(test)]
+pub(super) use writer::{
+    FOLLOWUP_HELD, FOLLOWUP_INSERT, FOLLOWUP_RECORD, FOLLOWUP_REPLACE, FOLLOWUP_STEP_TIMES,
+};
 
 /// The URL when `path` names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub fn pg_url(path: &Path) -> Option<&str> {

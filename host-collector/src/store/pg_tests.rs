@@ -1,5 +1,8 @@
 //! What only PostgreSQL promises: several collectors (stores) on one database.
 
+use super::pg::{
+    FOLLOWUP_HELD, FOLLOWUP_INSERT, FOLLOWUP_RECORD, FOLLOWUP_REPLACE, FOLLOWUP_STEP_TIMES,
+};
 use super::tests::{pg_backend, real};
 use super::*;
 
@@ -347,47 +350,25 @@ fn followup_race(
     let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
     other.batch_execute("BEGIN").unwrap();
     let known = other
-        .query_opt(
-            "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
-             FOR KEY SHARE",
-            &[&boot, &seq, &crc],
-        )
+        .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])
         .unwrap();
     assert!(known.is_some());
     let found: Option<Vec<u8>> = other
-        .query_opt(
-            "SELECT raw FROM followups WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
-             FOR UPDATE",
-            &[&boot, &seq, &crc],
-        )
+        .query_opt(FOLLOWUP_HELD, &[&boot, &seq, &crc])
         .unwrap()
         .map(|r| r.get(0));
     assert_eq!(found.as_deref(), held);
-    let n = if held.is_some() {
-        other.execute(
-            "UPDATE followups SET received_at_ms = 7, raw = $4
-             WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
-            &[&boot, &seq, &crc, &theirs],
-        )
+    let write = if held.is_some() {
+        FOLLOWUP_REPLACE
     } else {
-        other.execute(
-            "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-             VALUES ($1, $2, $3, 7, $4) ON CONFLICT DO NOTHING",
-            &[&boot, &seq, &crc, &theirs],
-        )
+        FOLLOWUP_INSERT
     };
+    let n = other.execute(write, &[&boot, &seq, &crc, &7i64, &theirs]);
     assert_eq!(n.unwrap(), 1);
     let st = crate::followup_view::step_times(theirs).map(|v| v.map(i64::from));
     other
         .execute(
-            "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, $4),
-                step_screen_flush_us = COALESCE(step_screen_flush_us, $5),
-                step_vmbus_unload_us = COALESCE(step_vmbus_unload_us, $6),
-                step_arch_cleanup_us = COALESCE(step_arch_cleanup_us, $7),
-                step_ship_us = COALESCE(step_ship_us, $8),
-                step_crash_registers_us = COALESCE(step_crash_registers_us, $9),
-                step_end_us = COALESCE(step_end_us, $10)
-             WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+            FOLLOWUP_STEP_TIMES,
             &[
                 &boot, &seq, &crc, &st[0], &st[1], &st[2], &st[3], &st[4], &st[5], &st[6],
             ],

@@ -306,6 +306,7 @@ mod tests {
     use super::super::super::tests::pg_backend;
     use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
     use super::super::super::{FollowupOutcome, InsertOutcome, RecordKey, Retention, Store};
+    use super::super::writer::{FOLLOWUP_INSERT, FOLLOWUP_RECORD};
     use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
     use crate::store::pg_tests::blocked_until_commit;
 
@@ -519,20 +520,13 @@ mod tests {
         let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
         other.batch_execute("BEGIN").unwrap();
         let known = other
-            .query_opt(
-                "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
-                 FOR KEY SHARE",
-                &[&boot, &seq, &crc],
-            )
+            .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])
             .unwrap();
         assert!(known.is_some());
-        other
-            .execute(
-                "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-                 VALUES ($1, $2, $3, 7, $4)",
-                &[&boot, &seq, &crc, &frame],
-            )
+        let n = other
+            .execute(FOLLOWUP_INSERT, &[&boot, &seq, &crc, &7i64, &frame])
             .unwrap();
+        assert_eq!(n, 1);
         let pruned = blocked_until_commit(&b, other, |s| s.prune_keep(0).unwrap());
         assert_eq!(pruned, 1, "records deleted");
         let s = b.open();

@@ -19,6 +19,34 @@ const PRUNED_RACE_TRIES: u32 = 4;
 /// What the insert trigger raises then (schema 5).
 const SERIALIZATION: SqlState = SqlState::T_R_SERIALIZATION_FAILURE;
 
+/// `put_followup`'s statements, each over the record's key (`$1` boot id, `$2` seq, `$3`
+/// CRC); the race tests run them as the other collector. The record's row, locked shared
+/// (a concurrent prune waits for the commit).
+pub(in crate::store) const FOLLOWUP_RECORD: &str = "SELECT 1 FROM records
+    WHERE boot_id = $1 AND seq = $2 AND record_crc = $3 FOR KEY SHARE";
+/// The follow-up held, locked.
+pub(in crate::store) const FOLLOWUP_HELD: &str = "SELECT raw FROM followups
+    WHERE boot_id = $1 AND seq = $2 AND record_crc = $3 FOR UPDATE";
+/// The first follow-up (`$4` received at, ms; `$5` the frame).
+pub(in crate::store) const FOLLOWUP_INSERT: &str = "INSERT INTO followups
+    (boot_id, seq, record_crc, received_at_ms, raw)
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+/// A more complete one replacing it (`$4`, `$5` as above).
+pub(in crate::store) const FOLLOWUP_REPLACE: &str =
+    "UPDATE followups SET received_at_ms = $4, raw = $5
+    WHERE boot_id = $1 AND seq = $2 AND record_crc = $3";
+/// The step times after the seal (`$4`..`$10`, freeze to end) into the record's step
+/// columns, where it had none.
+pub(in crate::store) const FOLLOWUP_STEP_TIMES: &str = "UPDATE records
+    SET step_freeze_us = COALESCE(step_freeze_us, $4),
+        step_screen_flush_us = COALESCE(step_screen_flush_us, $5),
+        step_vmbus_unload_us = COALESCE(step_vmbus_unload_us, $6),
+        step_arch_cleanup_us = COALESCE(step_arch_cleanup_us, $7),
+        step_ship_us = COALESCE(step_ship_us, $8),
+        step_crash_registers_us = COALESCE(step_crash_registers_us, $9),
+        step_end_us = COALESCE(step_end_us, $10)
+    WHERE boot_id = $1 AND seq = $2 AND record_crc = $3";
+
 fn i64_of(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
@@ -129,11 +157,7 @@ impl PgStore {
             // here, schema 3); a record pruned first is not found here. It does not keep
             // out another collector storing a follow-up for the same key (decided below).
             let known = tx
-                .query_opt(
-                    "SELECT 1 FROM records WHERE boot_id = $1 AND seq = $2 AND record_crc = $3
-                     FOR KEY SHARE",
-                    &[&boot, &seq, &crc],
-                )?
+                .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])?
                 .is_some();
             if !known {
                 return Ok(Some(FollowupOutcome::NoSuchRecord));
@@ -148,22 +172,16 @@ impl PgStore {
             let mut outcome = None;
             for _ in 0..2 {
                 let held: Option<Vec<u8>> = tx
-                    .query_opt(
-                        "SELECT raw FROM followups
-                         WHERE boot_id = $1 AND seq = $2 AND record_crc = $3 FOR UPDATE",
-                        &[&boot, &seq, &crc],
-                    )?
+                    .query_opt(FOLLOWUP_HELD, &[&boot, &seq, &crc])?
                     .map(|r| r.get(0));
                 let o = FollowupOutcome::of(held.as_deref(), raw);
                 let n = match o {
                     FollowupOutcome::Stored => tx.execute(
-                        "INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        FOLLOWUP_INSERT,
                         &[&boot, &seq, &crc, &received_unix_ms, &raw],
                     )?,
                     FollowupOutcome::Replaced { .. } => tx.execute(
-                        "UPDATE followups SET received_at_ms = $4, raw = $5
-                         WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+                        FOLLOWUP_REPLACE,
                         &[&boot, &seq, &crc, &received_unix_ms, &raw],
                     )?,
                     _ => {
@@ -188,14 +206,7 @@ impl PgStore {
                 // `stats --steps`), where neither the record nor a replaced follow-up had one.
                 let t = crate::followup_view::step_times(raw).map(|v| v.map(i64::from));
                 tx.execute(
-                    "UPDATE records SET step_freeze_us = COALESCE(step_freeze_us, $4),
-                        step_screen_flush_us = COALESCE(step_screen_flush_us, $5),
-                        step_vmbus_unload_us = COALESCE(step_vmbus_unload_us, $6),
-                        step_arch_cleanup_us = COALESCE(step_arch_cleanup_us, $7),
-                        step_ship_us = COALESCE(step_ship_us, $8),
-                        step_crash_registers_us = COALESCE(step_crash_registers_us, $9),
-                        step_end_us = COALESCE(step_end_us, $10)
-                     WHERE boot_id = $1 AND seq = $2 AND record_crc = $3",
+                    FOLLOWUP_STEP_TIMES,
                     &[
                         &boot, &seq, &crc, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6],
                     ],
