@@ -333,6 +333,23 @@ fn step_columns(s: &Store) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Another collector's connection, in a transaction that holds record `key`'s row as
+/// `put_followup` does (shared: a prune waits for its commit).
+pub(crate) fn other_with_record_locked(
+    b: &super::tests::Backend,
+    key: &RecordKey,
+) -> postgres::Client {
+    let t = b.pg.as_ref().unwrap();
+    let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
+    other.batch_execute("BEGIN").unwrap();
+    let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
+    let known = other
+        .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])
+        .unwrap();
+    assert!(known.is_some(), "the record is stored");
+    other
+}
+
 /// Another collector storing follow-up `theirs` of `key` (over `held`, the one stored
 /// before, if any) with the statements `put_followup` runs, not committed yet, while this
 /// store is given `mine` for the same key: `put_followup` must wait for that transaction
@@ -345,14 +362,8 @@ fn followup_race(
     theirs: &[u8],
     mine: &[u8],
 ) -> FollowupOutcome {
-    let t = b.pg.as_ref().unwrap();
     let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
-    let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
-    other.batch_execute("BEGIN").unwrap();
-    let known = other
-        .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])
-        .unwrap();
-    assert!(known.is_some());
+    let mut other = other_with_record_locked(b, key);
     let found: Option<Vec<u8>> = other
         .query_opt(FOLLOWUP_HELD, &[&boot, &seq, &crc])
         .unwrap()

@@ -306,9 +306,9 @@ mod tests {
     use super::super::super::tests::pg_backend;
     use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
     use super::super::super::{FollowupOutcome, InsertOutcome, RecordKey, Retention, Store};
-    use super::super::writer::{FOLLOWUP_INSERT, FOLLOWUP_RECORD};
+    use super::super::writer::FOLLOWUP_INSERT;
     use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
-    use crate::store::pg_tests::blocked_until_commit;
+    use crate::store::pg_tests::{blocked_until_commit, other_with_record_locked};
 
     /// The schema of an older build: migrations 1 to `version`, and the version recorded.
     fn at_version(t: &super::super::testing::TestDb, version: usize) {
@@ -516,13 +516,7 @@ mod tests {
         };
         let (key, frame) = stored_record(&b);
         let (boot, seq, crc) = (&key.boot_id[..], key.seq as i64, key.record_crc as i64);
-        let t = b.pg.as_ref().unwrap();
-        let mut other = postgres::Client::connect(&t.url, postgres::NoTls).unwrap();
-        other.batch_execute("BEGIN").unwrap();
-        let known = other
-            .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])
-            .unwrap();
-        assert!(known.is_some());
+        let mut other = other_with_record_locked(&b, &key);
         let n = other
             .execute(FOLLOWUP_INSERT, &[&boot, &seq, &crc, &7i64, &frame])
             .unwrap();
