@@ -361,9 +361,11 @@ impl Store {
     }
 
     /// Stores the follow-up frame of the record `key` (the outcomes of the panic steps that
-    /// ran after the record was acked), committed before this returns: `Stored`, `Duplicate`
-    /// (one is already stored for the key; the first stays) or `NoSuchRecord` (nothing
-    /// stored: no record with this key).
+    /// ran after the record was acked), committed before this returns: `Stored` or `Replaced`
+    /// (it reports more steps than the one held) with the record it was attached to (its id
+    /// and source, read in the statement that finds the record's row), `Duplicate` (one
+    /// reporting as many steps is already stored for the key; it stays) or `NoSuchRecord`
+    /// (nothing stored: no record with this key).
     pub fn put_followup(
         &mut self,
         key: &RecordKey,

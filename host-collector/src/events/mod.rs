@@ -10,8 +10,8 @@
 //! stored records get a log line of their own (`log.rs`) and copies of each record only what
 //! the dispatcher will use (the line's columns, the steps for `--metrics`, everything for
 //! hooks and webhooks): a record that needs nothing is not queued at all. A follow-up
-//! ([`EventSink::path`]) is its frame and its record's id and source (read back by the writer
-//! after the acks), queued when it gets a line or hooks or webhooks want it. The dispatcher
+//! ([`EventSink::path`]) is its frame and its record's id and source (as `Store::put_followup`
+//! reported them), queued when it gets a line or hooks or webhooks want it. The dispatcher
 //! thread then, for each event:
 //! 1. logs one INFO line (`crash stored id=… boot=… host=… kind=… message=…`, `crash path
 //!    id=… boot=… seq=… host=… complete=… reported=… failed=…`; logfmt-style `key=value`,

@@ -27,14 +27,14 @@ use crate::util::{format_time_us, hex};
 /// A stored follow-up, as sent out (`{"event": "crash_path", ...}`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PathEvent {
-    /// The record's id (`null` if the record could not be read back: a database error).
+    /// The record's id (`serve` has it from `Store::put_followup`; `null` if unknown).
     pub id: Option<i64>,
     pub boot_id: String,
     pub seq: u32,
     pub record_crc: String,
     /// The record's sending host (its IP address), as in `crash_stored`.
     pub host: String,
-    /// The record's source address (the follow-up's when the record could not be read back).
+    /// The record's source address.
     pub source: String,
     /// When the follow-up arrived.
     pub received_at: String,
@@ -50,14 +50,14 @@ pub struct PathEvent {
     pub steps: Vec<StepView>,
 }
 
-/// A follow-up as the writer queues it: the frame (a copy, 140 bytes) and what the writer
-/// looked up of its record; the dispatcher renders the event and the line from it (hex,
+/// A follow-up as the writer queues it: the frame (a copy, 140 bytes) and what the store
+/// reported of its record when attaching it; the dispatcher renders the event and the line from it (hex,
 /// times, step names), off the writer.
 #[derive(Debug, Clone)]
 pub struct StoredPath {
-    /// The record's id (`None`: it could not be read back).
+    /// The record's id (`None`: unknown).
     pub id: Option<i64>,
-    /// The record's source address (the follow-up's when the record could not be read back).
+    /// The record's source address.
     pub source: String,
     /// When the follow-up arrived.
     pub received_at_us: i64,
@@ -135,7 +135,7 @@ impl StoredPath {
     }
 }
 
-/// `id=N`, or `id=-` when the record could not be read back.
+/// `id=N`, or `id=-` when the record's id is unknown.
 fn id_kv(o: &mut String, id: Option<i64>) {
     match id {
         Some(id) => kv_num(o, "id", id),

@@ -10,7 +10,8 @@
 //!
 //! After the acks, each follow-up stored or replacing a less complete one goes to the
 //! observers ([`Stored`]): its steps' times to the step metrics, and a `crash_path` event
-//! (`events::path`); a duplicate or one without its record changes nothing and sends none.
+//! (`events::path`) with the id and source of the record `put_followup` attached it to; a
+//! duplicate or one without its record changes nothing and sends none.
 //!
 //! Acks: `FOLLOWUP_STORED` for a follow-up stored now, replacing a less complete one, or
 //! held already (one reporting as many steps stays: a duplicate); `FOLLOWUP_NO_RECORD`
@@ -24,7 +25,7 @@ use capture::wire::AckStatus;
 use tracing::warn;
 
 use super::Ack;
-use crate::store::{FollowupOutcome, RecordKey, StepView, Store};
+use crate::store::{FollowedRecord, FollowupOutcome, RecordKey, StepView, Store};
 
 /// A follow-up on its way to the writer.
 pub(super) struct Pending {
@@ -70,10 +71,40 @@ pub(crate) struct Stored {
 #[derive(Debug, Clone)]
 pub(crate) struct StoredFollowup {
     pub(crate) followup: FollowupRepr,
-    pub(crate) peer: SocketAddr,
+    /// The record it was attached to (its id and source), as the store found it.
+    pub(crate) record: FollowedRecord,
     pub(crate) received_unix_ms: i64,
     /// It replaced a less complete one.
     pub(crate) replaced: bool,
+}
+
+impl Stored {
+    /// Follow-up `p`, attached to `record`, replacing one that reported `replaced` steps
+    /// (`None`: the first stored).
+    fn push(&mut self, p: &Pending, record: FollowedRecord, replaced: Option<usize>) {
+        let Some(f) = crate::followup_view::parse_stored(&p.raw) else {
+            return;
+        };
+        self.paths.push(StoredFollowup {
+            followup: f,
+            record,
+            received_unix_ms: p.received_unix_ms,
+            replaced: replaced.is_some(),
+        });
+        // The steps it reports that the store did not have: all of them, or those past the
+        // replaced one's (the steps run in order, so it reported a prefix of them).
+        self.timed.extend(
+            f.steps()
+                .iter()
+                .filter(|s| s.outcome != capture::panic::Outcome::Pending)
+                .skip(replaced.unwrap_or(0))
+                .map(|s| StepView {
+                    step: s.step.name().to_string(),
+                    outcome: s.outcome.to_string(),
+                    elapsed_us: s.elapsed_us,
+                }),
+        );
+    }
 }
 
 /// Stores each follow-up and pushes its ack. A store error leaves it unacked (the appliance
@@ -82,32 +113,15 @@ pub(super) fn store_all(store: &mut Store, pending: &[Pending], acks: &mut Vec<A
     let mut out = Stored::default();
     for p in pending {
         let status = match store.put_followup(&p.key, &p.raw, p.received_unix_ms) {
-            // The steps it reports that the store did not have: all of them, or those past
-            // the replaced one's (the steps run in order, so it reported a prefix of them).
-            Ok(o @ (FollowupOutcome::Stored | FollowupOutcome::Replaced { .. })) => {
-                let known = match o {
-                    FollowupOutcome::Replaced { reported_before } => reported_before,
-                    _ => 0,
-                };
-                if let Some(f) = crate::followup_view::parse_stored(&p.raw) {
-                    out.paths.push(StoredFollowup {
-                        followup: f,
-                        peer: p.peer,
-                        received_unix_ms: p.received_unix_ms,
-                        replaced: matches!(o, FollowupOutcome::Replaced { .. }),
-                    });
-                    out.timed.extend(
-                        f.steps()
-                            .iter()
-                            .filter(|s| s.outcome != capture::panic::Outcome::Pending)
-                            .skip(known)
-                            .map(|s| StepView {
-                                step: s.step.name().to_string(),
-                                outcome: s.outcome.to_string(),
-                                elapsed_us: s.elapsed_us,
-                            }),
-                    );
-                }
+            Ok(FollowupOutcome::Stored { record }) => {
+                out.push(p, record, None);
+                FOLLOWUP_STORED
+            }
+            Ok(FollowupOutcome::Replaced {
+                record,
+                reported_before,
+            }) => {
+                out.push(p, record, Some(reported_before));
                 FOLLOWUP_STORED
             }
             // It holds one reporting as much: acked as the follow-up status (the appliance
@@ -252,22 +266,15 @@ mod crash_path_events {
         }
     }
 
-    /// `serve`'s path for follow-ups, store to hook: one stored with a failed VMBus unload
-    /// (the ship step's, sent at the ack) is a `crash_path` event naming the failed step, not
-    /// complete; the end step's replacing it is another, complete; the first again (a
-    /// duplicate) and one without a record send none.
-    #[test]
-    fn a_stored_or_replacing_followup_sends_a_crash_path_event_and_a_duplicate_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
-        let mut r = capture::testutil::sample_record(5);
-        let n = sealed(&mut r, "10.0.0.5:4000", 1);
-        let key = n.key;
-        store
-            .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
-            .unwrap();
-        let id = store.last_stored_ids()[0];
-        let hook = dir.path().join("events.jsonl");
+    /// `serve`'s path for follow-ups, store to hook: each of `pending` stored in turn
+    /// (`store_all`, then the observers, as the writer does after a commit), and what came
+    /// out: the `crash_path` events the hook got, the dispatcher's INFO lines and the acks.
+    fn path_events(
+        dir: &std::path::Path,
+        store: &mut Store,
+        pending: &[&Pending],
+    ) -> (Vec<serde_json::Value>, Vec<String>, Vec<Ack>) {
+        let hook = dir.join("events.jsonl");
         let cfg = EventConfig {
             hook: Some(format!("cat >> '{}'", hook.display())),
             hook_concurrency: 1,
@@ -285,6 +292,37 @@ mod crash_path_events {
             None,
             Arc::new(Health::default()),
         );
+        let mut acks = Vec::new();
+        for p in pending {
+            let s = store_all(store, std::slice::from_ref(*p), &mut acks);
+            obs.followups_stored(store, &s);
+        }
+        drop(obs);
+        dispatcher.finish(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&hook).unwrap_or_default();
+        let events = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let lines = lines.0.lock().unwrap().clone();
+        (events, lines, acks)
+    }
+
+    /// One follow-up stored with a failed VMBus unload (the ship step's, sent at the ack) is
+    /// a `crash_path` event naming the failed step, not complete; the end step's replacing it
+    /// is another, complete; the first again (a duplicate) and one without a record send
+    /// none.
+    #[test]
+    fn a_stored_or_replacing_followup_sends_a_crash_path_event_and_a_duplicate_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut r = capture::testutil::sample_record(5);
+        let n = sealed(&mut r, "10.0.0.5:4000", 1);
+        let key = n.key;
+        store
+            .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+            .unwrap();
+        let id = store.last_stored_ids()[0];
         // The follow-ups come from another port of the host (the record's source stays).
         let peer: SocketAddr = "10.0.0.5:4001".parse().unwrap();
         let first = pending(&key, peer, unload_failed(4));
@@ -292,20 +330,10 @@ mod crash_path_events {
         let mut unknown = key;
         unknown.seq += 1;
         let orphan = pending(&unknown, peer, unload_failed(4));
-        let mut acks = Vec::new();
-        for p in [&first, &second, &first, &orphan] {
-            let s = store_all(&mut store, std::slice::from_ref(p), &mut acks);
-            obs.followups_stored(&store, &s);
-        }
+        let (events, lines, acks) =
+            path_events(dir.path(), &mut store, &[&first, &second, &first, &orphan]);
         assert_eq!(acks.len(), 4);
-        drop(obs);
-        dispatcher.finish(Duration::from_secs(10));
-        let text = std::fs::read_to_string(&hook).unwrap();
-        let events: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(events.len(), 2, "{text}");
+        assert_eq!(events.len(), 2, "{events:?}");
         let steps = |v: &serde_json::Value| -> Vec<String> {
             v["steps"]
                 .as_array()
@@ -346,7 +374,7 @@ mod crash_path_events {
         // Each event's INFO line, with the one field to alert on.
         let boot = crate::util::hex(&key.boot_id);
         assert_eq!(
-            *lines.0.lock().unwrap(),
+            lines,
             [
                 format!(
                     "crash path id={id} boot={boot} seq={} host=10.0.0.5 complete=false \
@@ -360,5 +388,56 @@ mod crash_path_events {
                 ),
             ]
         );
+    }
+
+    /// Two records of one boot id and seq that differ in their CRC (the older from one port
+    /// of the host, the newer from another): the follow-up of each is a `crash_path` event
+    /// naming that record (its id and source, as its `crash_stored` did), not the newest of
+    /// its boot id and seq, and not the follow-up's sender.
+    #[test]
+    fn a_crash_path_event_names_the_record_whose_crc_the_followup_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let mut stored = Vec::new();
+        for (uptime, source) in [(0, "10.0.0.5:4000"), (1, "10.0.0.5:4002")] {
+            let mut r = capture::testutil::sample_record(5);
+            r.uptime_us += uptime;
+            let n = sealed(&mut r, source, 1);
+            store
+                .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+                .unwrap();
+            stored.push((n.key, store.last_stored_ids()[0], source));
+        }
+        let (older, newer) = (stored[0], stored[1]);
+        assert_eq!(
+            (older.0.boot_id, older.0.seq),
+            (newer.0.boot_id, newer.0.seq)
+        );
+        assert_ne!(older.0.record_crc, newer.0.record_crc);
+        let peer: SocketAddr = "10.0.0.5:4001".parse().unwrap();
+        let of_older = pending(&older.0, peer, unload_failed(4));
+        let of_newer = pending(&newer.0, peer, unload_failed(4));
+        let (events, _, _) = path_events(dir.path(), &mut store, &[&of_older, &of_newer]);
+        let got: Vec<_> = events
+            .iter()
+            .map(|v| {
+                (
+                    v["record_crc"].as_str().unwrap().to_string(),
+                    v["id"].clone(),
+                    v["source"].clone(),
+                )
+            })
+            .collect();
+        let want: Vec<_> = [older, newer]
+            .iter()
+            .map(|(k, id, source)| {
+                (
+                    format!("{:08x}", k.record_crc),
+                    serde_json::json!(id),
+                    serde_json::json!(source),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 }

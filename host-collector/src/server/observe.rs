@@ -11,7 +11,7 @@ use super::maint::{suppressed, RateLimit};
 use crate::events::{Event, EventSink, StateEvent, StoredPath, StoredRecord};
 use crate::liveness::{Change, LivenessConfig, State, Tracker};
 use crate::metrics::{Health, Metrics};
-use crate::store::{Col, HeartbeatSeen, InsertOutcome, NewRecord, RecordRef, Store};
+use crate::store::{Col, HeartbeatSeen, InsertOutcome, NewRecord, Store};
 use crate::util::now_us;
 
 use super::drills::DrillBook;
@@ -30,8 +30,6 @@ pub(crate) struct Observers {
     next_tick: Instant,
     next_save: Instant,
     save_warn: RateLimit,
-    /// A follow-up's record could not be read back for its event.
-    path_warn: RateLimit,
     counts: [i64; 5],
     /// With scheduled drills: what the drill scheduler shares with the writer.
     drills: Option<Arc<DrillBook>>,
@@ -55,7 +53,6 @@ impl Observers {
             next_tick: Instant::now(),
             next_save: Instant::now() + SAVE,
             save_warn: RateLimit::new(Duration::from_secs(60)),
-            path_warn: RateLimit::new(Duration::from_secs(60)),
             counts: [0; 5],
             drills: None,
             next_live: Instant::now(),
@@ -149,55 +146,27 @@ impl Observers {
 
     /// After a commit and its acks: the step times of the follow-ups attached in it, into the
     /// step metrics (their records, sealed at the panic screen, carry freeze only), and a
-    /// `crash_path` event for each (its record's id and source read back here, after the
-    /// acks: a follow-up or two per crash, never on the records' path).
-    pub(crate) fn followups_stored(&mut self, store: &Store, f: &super::followup::Stored) {
+    /// `crash_path` event for each (its record's id and source as `Store::put_followup`
+    /// found them: nothing is read here). `_store` is not read; `server::writer` passes it.
+    pub(crate) fn followups_stored(&mut self, _store: &Store, f: &super::followup::Stored) {
         if let (Some(m), false) = (&self.metrics, f.timed.is_empty()) {
             m.observe_steps(&f.timed);
         }
-        if self.events.is_none() || f.paths.is_empty() {
+        let Some(ev) = &mut self.events else {
             return;
-        }
+        };
         let now = Instant::now();
         for p in &f.paths {
-            let path = self.stored_path(store, p);
-            if let Some(ev) = &mut self.events {
-                ev.path(path, now);
-            }
-        }
-    }
-
-    /// What the `crash_path` event of follow-up `p` needs of its record: its id and source
-    /// (the newest record of its boot id and seq, if its CRC is the follow-up's; else, or on a
-    /// read error, no id and the follow-up's sender).
-    fn stored_path(&mut self, store: &Store, p: &super::followup::StoredFollowup) -> StoredPath {
-        let f = &p.followup;
-        let found = match store.get(&RecordRef::BootSeq(f.boot_id, f.seq), false) {
-            Ok(Some(v)) if v.record_crc == format!("{:08x}", f.record_crc) => {
-                Some((v.id, v.source))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                if let Some(n) = self.path_warn.check() {
-                    warn!(
-                        "cannot read back the record of a follow-up (its crash_path event \
-                         has no id): {e}{}",
-                        suppressed(n)
-                    );
-                }
-                None
-            }
-        };
-        let (id, source) = match found {
-            Some((id, source)) => (Some(id), source),
-            None => (None, p.peer.to_string()),
-        };
-        StoredPath {
-            id,
-            source,
-            received_at_us: p.received_unix_ms.saturating_mul(1000),
-            replaced: p.replaced,
-            followup: *f,
+            ev.path(
+                StoredPath {
+                    id: Some(p.record.id),
+                    source: p.record.source.clone(),
+                    received_at_us: p.received_unix_ms.saturating_mul(1000),
+                    replaced: p.replaced,
+                    followup: p.followup,
+                },
+                now,
+            );
         }
     }
 

@@ -433,15 +433,31 @@ pub(crate) fn blocked_until_commit<T: Send + 'static>(
     out
 }
 
-/// A sealed record stored, for the races below; and the freeze step's time it has.
-fn sealed_record(b: &super::tests::Backend, boot: u8) -> (RecordKey, (String, u32)) {
+/// A sealed record stored, for the races below: its key, what `put_followup` reports of it,
+/// and the freeze step's time it has.
+fn sealed_record(
+    b: &super::tests::Backend,
+    boot: u8,
+) -> (RecordKey, FollowedRecord, (String, u32)) {
     let mut r = capture::testutil::sample_record(5);
     r.boot_id = [boot; 16];
     let n = super::tests::sealed(&mut r, "10.0.0.6:4000", 1);
-    b.open()
-        .commit_batch(std::slice::from_ref(&n), &[], &[], &[])
+    let mut s = b.open();
+    s.commit_batch(std::slice::from_ref(&n), &[], &[], &[])
         .unwrap();
-    (n.key, ("freeze".to_string(), r.steps[0].elapsed_us))
+    let record = super::tests::followed(&n, s.last_stored_ids()[0]);
+    (n.key, record, ("freeze".to_string(), r.steps[0].elapsed_us))
+}
+
+/// `Replaced` (of a follow-up reporting `before` steps) with `record`, or `Duplicate`.
+fn replaced_or_duplicate(record: FollowedRecord, before: Option<usize>) -> FollowupOutcome {
+    match before {
+        Some(reported_before) => FollowupOutcome::Replaced {
+            record,
+            reported_before,
+        },
+        None => FollowupOutcome::Duplicate,
+    }
 }
 
 /// Two collectors storing the first follow-up of one record at the same instant (this
@@ -451,14 +467,12 @@ fn sealed_record(b: &super::tests::Backend, boot: u8) -> (RecordKey, (String, u3
 /// columns have both's times.
 #[test]
 fn the_richer_first_followup_stored_at_the_same_instant_stays() {
-    for (boot, richer_second, want) in [
-        (11, true, FollowupOutcome::Replaced { reported_before: 4 }),
-        (12, false, FollowupOutcome::Duplicate),
-    ] {
+    for (boot, richer_second, before) in [(11, true, Some(4)), (12, false, None)] {
         let Some(b) = pg_backend(&format!("followup_race_first_{boot}")) else {
             return;
         };
-        let (key, freeze) = sealed_record(&b, boot);
+        let (key, record, freeze) = sealed_record(&b, boot);
+        let want = replaced_or_duplicate(record, before);
         let (acked, from_end) = (followup_reporting(&key, 4), followup_reporting(&key, 5));
         let (theirs, mine) = if richer_second {
             (&acked, &from_end)
@@ -493,15 +507,13 @@ fn followups_replacing_one_at_the_same_instant_are_decided_against_the_newest() 
     let Some(b) = pg_backend("followup_race_replace") else {
         return;
     };
-    for (boot, mine, want) in [
-        (13, 5, FollowupOutcome::Duplicate),
-        (14, 6, FollowupOutcome::Replaced { reported_before: 5 }),
-    ] {
-        let (key, _) = sealed_record(&b, boot);
+    for (boot, mine, before) in [(13, 5, None), (14, 6, Some(5))] {
+        let (key, record, _) = sealed_record(&b, boot);
+        let want = replaced_or_duplicate(record.clone(), before);
         let acked = followup_reporting(&key, 4);
         assert_eq!(
             b.open().put_followup(&key, &acked, 1).unwrap(),
-            FollowupOutcome::Stored
+            FollowupOutcome::Stored { record }
         );
         let (theirs, mine) = (followup_reporting(&key, 5), followup_reporting(&key, mine));
         let out = followup_race(&b, &key, Some(&acked), &theirs, &mine);

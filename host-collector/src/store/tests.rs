@@ -4,6 +4,7 @@
 use super::*;
 use capture::record::{CrashRecord, MAX_ENCODED_LEN, SCHEMA_MAJOR, SCHEMA_MINOR};
 
+mod followed;
 mod retention;
 
 /// A record with the sample fields of `seq` and raw bytes that do not decode (the SQLite
@@ -135,6 +136,15 @@ pub(crate) fn real(boot: u8, seq: u32, at: i64) -> (NewRecord, RecordFields) {
     let f =
         crate::convert::fields(&CrashRecord::decode(SCHEMA_MAJOR, SCHEMA_MINOR, &n.raw).unwrap());
     (n, f)
+}
+
+/// What `put_followup` reports of record `n`, stored with id `id`: the record a follow-up
+/// was attached to.
+pub(crate) fn followed(n: &NewRecord, id: i64) -> FollowedRecord {
+    FollowedRecord {
+        id,
+        source: n.text.get(Col::Source).expect("a source").to_string(),
+    }
 }
 
 /// One backend to run a contract test on; keeps its database until dropped.
@@ -353,9 +363,10 @@ fn followups_attach_to_a_stored_record_once() {
         assert_eq!(s.followup(&a.key).unwrap(), None);
         s.commit_batch(std::slice::from_ref(&a), &[], &[], &[])
             .unwrap();
+        let record = followed(&a, s.last_stored_ids()[0]);
         assert_eq!(
             s.put_followup(&a.key, b"steps 1", 2).unwrap(),
-            FollowupOutcome::Stored,
+            FollowupOutcome::Stored { record },
             "{}",
             b.name
         );
@@ -561,9 +572,10 @@ fn a_followup_fills_the_step_columns_the_sealed_record_lacks() {
             });
             followup_frame(&key, &steps)
         };
+        let record = followed(&n, s.last_stored_ids()[0]);
         assert_eq!(
             s.put_followup(&key, &frame(40), 2).unwrap(),
-            FollowupOutcome::Stored
+            FollowupOutcome::Stored { record }
         );
         // A second one (a retransmit with other times) changes nothing.
         assert_eq!(
@@ -624,9 +636,12 @@ fn a_more_complete_followup_replaces_the_earlier_one_and_fills_the_columns_it_ad
         };
         let freeze = ("freeze".to_string(), r.steps[0].elapsed_us);
         let t = |n: &str, us: u32| (n.to_string(), us);
+        let record = followed(&n, s.last_stored_ids()[0]);
         assert_eq!(
             s.put_followup(&key, &after_ship, 2).unwrap(),
-            FollowupOutcome::Stored,
+            FollowupOutcome::Stored {
+                record: record.clone()
+            },
             "{}",
             b.name
         );
@@ -652,7 +667,10 @@ fn a_more_complete_followup_replaces_the_earlier_one_and_fills_the_columns_it_ad
         // The end step's: it replaces it and adds the crash registers' time.
         assert_eq!(
             s.put_followup(&key, &from_end, 4).unwrap(),
-            FollowupOutcome::Replaced { reported_before: 4 },
+            FollowupOutcome::Replaced {
+                record,
+                reported_before: 4
+            },
             "{}",
             b.name
         );
@@ -774,13 +792,16 @@ fn a_pruned_records_followup_goes_with_it() {
             // Records at 0, 100, .., 400 us, each with a follow-up.
             let recs: Vec<_> = (0..5).map(|i| real(12, i, i as i64 * 100).0).collect();
             s.commit_batch(&recs, &[], &[], &[]).unwrap();
+            let ids = s.last_stored_ids().to_vec();
             let frame = |k: &RecordKey| {
                 followup_frame(k, &after_seal(|_, _| (capture::panic::Outcome::Done, 10)))
             };
-            for r in &recs {
+            for (r, &id) in recs.iter().zip(&ids) {
                 assert_eq!(
                     s.put_followup(&r.key, &frame(&r.key), 1).unwrap(),
-                    FollowupOutcome::Stored,
+                    FollowupOutcome::Stored {
+                        record: followed(r, id)
+                    },
                     "{at}"
                 );
             }

@@ -260,16 +260,27 @@ pub enum InsertOutcome {
     Duplicate,
 }
 
+/// The record a follow-up was attached to, as [`Store::put_followup`] found it (in the
+/// statement that finds the record's row: no read of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedRecord {
+    /// The record's id (`records.id`).
+    pub id: i64,
+    /// The address the record came from (`records.source`).
+    pub source: String,
+}
+
 /// What [`Store::put_followup`] did with a follow-up frame (the outcomes of the panic steps
 /// that ran after the record was acked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowupOutcome {
-    /// Stored, in the transaction that returned: ack it.
-    Stored,
-    /// Stored in place of the one stored earlier, which reported fewer steps
-    /// (`reported_before`: its steps not pending): the appliance sends one when the record is
-    /// acked and the more complete one from the end step. Ack it.
+    /// Stored, in the transaction that returned, with its `record`: ack it.
+    Stored { record: FollowedRecord },
+    /// Stored in place of the one stored earlier with its `record`, which reported fewer
+    /// steps (`reported_before`: its steps not pending): the appliance sends one when the
+    /// record is acked and the more complete one from the end step. Ack it.
     Replaced {
+        record: FollowedRecord,
         /// Steps the replaced follow-up reported.
         reported_before: usize,
     },
@@ -282,15 +293,31 @@ pub enum FollowupOutcome {
 }
 
 impl FollowupOutcome {
-    /// What storing follow-up `raw` does where `held` is stored already (the record exists):
-    /// the one reporting more steps stays (the appliance sends one when the record is acked
-    /// and a more complete one from the end step). Both backends decide by this.
-    pub fn of(held: Option<&[u8]>, raw: &[u8]) -> FollowupOutcome {
+    /// What storing follow-up `raw` for `record` does where `held` is stored already: the
+    /// one reporting more steps stays (the appliance sends one when the record is acked and
+    /// a more complete one from the end step). Both backends decide by this.
+    pub fn of(record: &FollowedRecord, held: Option<&[u8]>, raw: &[u8]) -> FollowupOutcome {
         use crate::followup_view::reported;
         match held.map(reported) {
-            None => FollowupOutcome::Stored,
-            Some(b) if reported(raw) > b => FollowupOutcome::Replaced { reported_before: b },
+            None => FollowupOutcome::Stored {
+                record: record.clone(),
+            },
+            Some(b) if reported(raw) > b => FollowupOutcome::Replaced {
+                record: record.clone(),
+                reported_before: b,
+            },
             Some(_) => FollowupOutcome::Duplicate,
+        }
+    }
+
+    /// The record the follow-up was stored with (`Stored`, `Replaced`); `None` when nothing
+    /// was stored.
+    pub fn stored_with(&self) -> Option<&FollowedRecord> {
+        match self {
+            FollowupOutcome::Stored { record } | FollowupOutcome::Replaced { record, .. } => {
+                Some(record)
+            }
+            FollowupOutcome::Duplicate | FollowupOutcome::NoSuchRecord => None,
         }
     }
 }

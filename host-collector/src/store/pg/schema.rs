@@ -304,7 +304,9 @@ fn migrate_locked(c: &mut Client) -> Result<Result<(), super::StoreError>, postg
 #[cfg(test)]
 mod tests {
     use super::super::super::tests::pg_backend;
-    use super::super::super::tests::{after_seal, followup_frame, followup_rows, real, Backend};
+    use super::super::super::tests::{
+        after_seal, followed, followup_frame, followup_rows, real, Backend,
+    };
     use super::super::super::{FollowupOutcome, InsertOutcome, RecordKey, Retention, Store};
     use super::super::writer::FOLLOWUP_INSERT;
     use super::{PG_MIGRATIONS, PG_SCHEMA_VERSION};
@@ -412,13 +414,14 @@ mod tests {
         let mut batch = recs.clone();
         batch.push(recs[0].clone());
         s.commit_batch(&batch, &[], &[], &[]).unwrap();
+        let record = followed(&recs[1], s.last_stored_ids()[1]);
         same(&s, "a batch");
         assert!(s.used_bytes().unwrap() > 339 + 6 * recs[0].raw.len() as u64);
         let steps = after_seal(|_, _| (capture::panic::Outcome::Done, 10));
         let frame = followup_frame(&recs[1].key, &steps);
         assert_eq!(
             s.put_followup(&recs[1].key, &frame, 1).unwrap(),
-            FollowupOutcome::Stored
+            FollowupOutcome::Stored { record }
         );
         same(&s, "a follow-up");
         t.exec("UPDATE records SET message = message || ' and more' WHERE seq = 2")

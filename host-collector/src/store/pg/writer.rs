@@ -21,8 +21,8 @@ const SERIALIZATION: SqlState = SqlState::T_R_SERIALIZATION_FAILURE;
 
 /// `put_followup`'s statements, each over the record's key (`$1` boot id, `$2` seq, `$3`
 /// CRC); the race tests run them as the other collector. The record's row, locked shared
-/// (a concurrent prune waits for the commit).
-pub(in crate::store) const FOLLOWUP_RECORD: &str = "SELECT 1 FROM records
+/// (a concurrent prune waits for the commit): its id and source (for the `crash_path` event).
+pub(in crate::store) const FOLLOWUP_RECORD: &str = "SELECT id, source FROM records
     WHERE boot_id = $1 AND seq = $2 AND record_crc = $3 FOR KEY SHARE";
 /// The follow-up held, locked.
 pub(in crate::store) const FOLLOWUP_HELD: &str = "SELECT raw FROM followups
@@ -156,12 +156,13 @@ impl PgStore {
             // until this commits (its delete trigger then deletes the follow-up stored
             // here, schema 3); a record pruned first is not found here. It does not keep
             // out another collector storing a follow-up for the same key (decided below).
-            let known = tx
-                .query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])?
-                .is_some();
-            if !known {
+            let Some(row) = tx.query_opt(FOLLOWUP_RECORD, &[&boot, &seq, &crc])? else {
                 return Ok(Some(FollowupOutcome::NoSuchRecord));
-            }
+            };
+            let record = FollowedRecord {
+                id: row.try_get(0)?,
+                source: row.try_get(1)?,
+            };
             // The one reporting more steps stays (the appliance sends one when the record is
             // acked and a more complete one from the end step). A held row is locked until
             // this commits, and read as another collector's replacement left it.
@@ -174,9 +175,9 @@ impl PgStore {
                 let held: Option<Vec<u8>> = tx
                     .query_opt(FOLLOWUP_HELD, &[&boot, &seq, &crc])?
                     .map(|r| r.get(0));
-                let o = FollowupOutcome::of(held.as_deref(), raw);
+                let o = FollowupOutcome::of(&record, held.as_deref(), raw);
                 let n = match o {
-                    FollowupOutcome::Stored => tx.execute(
+                    FollowupOutcome::Stored { .. } => tx.execute(
                         FOLLOWUP_INSERT,
                         &[&boot, &seq, &crc, &received_unix_ms, &raw],
                     )?,
@@ -198,10 +199,7 @@ impl PgStore {
                 // The transaction, dropped here, is rolled back.
                 return Ok(None);
             };
-            if matches!(
-                outcome,
-                FollowupOutcome::Stored | FollowupOutcome::Replaced { .. }
-            ) {
+            if outcome.stored_with().is_some() {
                 // The steps after the seal: their times into the record's step columns (for
                 // `stats --steps`), where neither the record nor a replaced follow-up had one.
                 let t = crate::followup_view::step_times(raw).map(|v| v.map(i64::from));

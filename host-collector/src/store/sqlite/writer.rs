@@ -232,16 +232,23 @@ impl SqliteStore {
         // `record_keys` has no index on the key (one would cost every insert a random B-tree
         // write): scanned from the newest row, where a follow-up's record is (its follow-ups
         // come within seconds of it), this stops at once instead of reading every key (12 ms
-        // at 200,000 records against 0.06).
-        let id: Option<i64> = tx
+        // at 200,000 records against 0.06). The record's row, found by its id, gives its
+        // source (for the `crash_path` event).
+        let record = tx
             .query_row(
-                "SELECT id FROM record_keys WHERE boot_id = ?1 AND seq = ?2 AND record_crc = ?3
-                 ORDER BY id DESC LIMIT 1",
+                "SELECT k.id, r.source FROM record_keys k JOIN records r ON r.id = k.id
+                 WHERE k.boot_id = ?1 AND k.seq = ?2 AND k.record_crc = ?3
+                 ORDER BY k.id DESC LIMIT 1",
                 params![&key.boot_id[..], key.seq, key.record_crc],
-                |r| r.get(0),
+                |r| {
+                    Ok(FollowedRecord {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                    })
+                },
             )
             .optional()?;
-        let Some(id) = id else {
+        let Some(record) = record else {
             return Ok(FollowupOutcome::NoSuchRecord);
         };
         // The one reporting more steps stays (the appliance sends one when the record is
@@ -253,7 +260,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .optional()?;
-        let outcome = FollowupOutcome::of(held.as_deref(), raw);
+        let outcome = FollowupOutcome::of(&record, held.as_deref(), raw);
         let n = if outcome == FollowupOutcome::Duplicate {
             0
         } else {
@@ -282,7 +289,7 @@ impl SqliteStore {
                     step_crash_registers_us = COALESCE(step_crash_registers_us, ?7),
                     step_end_us = COALESCE(step_end_us, ?8)
                  WHERE id = ?1",
-                params![id, t[0], t[1], t[2], t[3], t[4], t[5], t[6]],
+                params![record.id, t[0], t[1], t[2], t[3], t[4], t[5], t[6]],
             )?;
         }
         tx.commit()?;

@@ -1,7 +1,7 @@
 //! The SQLite writer's own tests (the store contract is in `store/tests.rs`): the ids and
 //! keys its chunked inserts give, lean and full rows, and page sizes of old and new files.
 
-use super::super::tests::real;
+use super::super::tests::{followed, real};
 use super::super::*;
 use super::{SqliteStore, PAGE_SIZE};
 
@@ -194,6 +194,8 @@ fn a_followup_finds_its_recent_record_without_reading_every_key() {
         s.commit_batch(b, &[], &[], &[]).expect("commit");
     }
     let newest = batch.last().expect("records").key;
+    let id = *s.last_stored_ids().last().expect("stored");
+    let record = followed(batch.last().expect("records"), id);
     let full_scan = vm_kilosteps(&mut s, |s| {
         let n: i64 = s
             .connection()
@@ -213,14 +215,14 @@ fn a_followup_finds_its_recent_record_without_reading_every_key() {
         let frame = super::super::tests::followup_frame(&newest, &[]);
         assert_eq!(
             s.put_followup(&newest, &frame, 1).expect("put_followup"),
-            FollowupOutcome::Stored
+            FollowupOutcome::Stored { record }
         );
     });
     assert!(
         steps * 10 < full_scan,
         "the newest record's follow-up took {steps} thousand VM steps (a full scan {full_scan})"
     );
-    // The `crash_path` event reads the record back by boot id and seq (`show BOOT:SEQ`).
+    // `show BOOT:SEQ` reads the newest record of a boot id and seq the same way.
     let steps = vm_kilosteps(&mut s, |s| {
         let r = RecordRef::BootSeq(newest.boot_id, newest.seq);
         assert!(s.get(&r, false).expect("get").is_some());
