@@ -698,7 +698,7 @@ fn a_followup_with_a_failed_vmbus_unload_is_a_crash_path_event_naming_it() {
 #[test]
 fn the_end_steps_followup_is_complete_and_a_timeout_is_a_failure() {
     use capture::panic::{Outcome, Step};
-    // The end step's follow-up of a clean path, its record not read back.
+    // The end step's follow-up of a clean path, with no record id.
     let p = path(None, true, |_, step| match step {
         Step::End => (Outcome::Pending, 0),
         Step::CrashRegisters => (Outcome::NotPresent, 1),

@@ -295,7 +295,7 @@ mod crash_path_events {
         let mut acks = Vec::new();
         for p in pending {
             let s = store_all(store, std::slice::from_ref(*p), &mut acks);
-            obs.followups_stored(store, &s);
+            obs.followups_stored(&s);
         }
         drop(obs);
         dispatcher.finish(Duration::from_secs(10));

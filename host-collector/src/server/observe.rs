@@ -147,8 +147,8 @@ impl Observers {
     /// After a commit and its acks: the step times of the follow-ups attached in it, into the
     /// step metrics (their records, sealed at the panic screen, carry freeze only), and a
     /// `crash_path` event for each (its record's id and source as `Store::put_followup`
-    /// found them: nothing is read here). `_store` is not read; `server::writer` passes it.
-    pub(crate) fn followups_stored(&mut self, _store: &Store, f: &super::followup::Stored) {
+    /// found them: nothing is read here).
+    pub(crate) fn followups_stored(&mut self, f: &super::followup::Stored) {
         if let (Some(m), false) = (&self.metrics, f.timed.is_empty()) {
             m.observe_steps(&f.timed);
         }

@@ -172,7 +172,7 @@ struct After<'a> {
 }
 
 impl After<'_> {
-    fn done(&mut self, store: &Store, d: Done) {
+    fn done(&mut self, d: Done) {
         let Done { mut batch, result } = d;
         match result {
             Ok(c) => {
@@ -184,7 +184,7 @@ impl After<'_> {
                     &c.ids,
                     &batch.heartbeats,
                 );
-                self.observers.followups_stored(store, &c.followup_steps);
+                self.observers.followups_stored(&c.followup_steps);
             }
             Err(e) => {
                 self.observers.commit_failed();
@@ -267,7 +267,7 @@ pub(super) fn writer_loop(
         let next = after.spare.pop().unwrap_or_default();
         let batch = std::mem::replace(&mut b, next);
         let result = committer.commit(&mut store, &batch, &taken);
-        after.done(&store, Done { batch, result });
+        after.done(Done { batch, result });
     }
     after.observers.finish(&mut store);
     Ok(store)
