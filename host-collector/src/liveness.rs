@@ -328,6 +328,14 @@ impl Tracker {
         change
     }
 
+    /// Marks `address` for the next save (no allocation when it is marked already: the writer
+    /// calls this for every record stored).
+    fn mark_dirty(&mut self, address: &str) {
+        if !self.dirty.contains(address) {
+            self.dirty.insert(address.to_string());
+        }
+    }
+
     /// A crash record from `address` was stored: the canary crashed (once per boot).
     pub fn record_stored(
         &mut self,
@@ -342,7 +350,7 @@ impl Tracker {
         if !self.canaries.contains_key(address) && !self.room() {
             return None;
         }
-        self.dirty.insert(address.to_string());
+        self.mark_dirty(address);
         let Some(c) = self.canaries.get_mut(address) else {
             let c = Canary {
                 address: address.to_string(),
