@@ -77,37 +77,75 @@ impl Work {
     }
 }
 
+/// The system shell running `cmd` as typed at its prompt: `sh -c CMD` (Unix).
+#[cfg(not(windows))]
+fn shell_command(cmd: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd);
+    c
+}
+
+/// The system shell running `cmd` as typed at its prompt: `%ComSpec%` (else `cmd.exe`)
+/// `/S /C "CMD"` (Windows).
+#[cfg(windows)]
+fn shell_command(cmd: &str) -> Command {
+    use std::os::windows::process::CommandExt as _;
+    let shell = std::env::var_os("ComSpec")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cmd.exe".into());
+    let mut c = Command::new(shell);
+    // cmd parses its command line itself, not by the rules std quotes an argument for (it
+    // would escape the command's quotes with backslashes), so the command goes unquoted by
+    // std. With /S, cmd takes off only the first and the last quote: those put around the
+    // command here, so that one starting with a quoted program keeps its own quotes.
+    c.raw_arg(format!("/S /C \"{cmd}\""));
+    c
+}
+
 pub(super) fn run_hook(cmd: &str, json: &str, timeout: Duration, counters: &Counters) {
-    use wait_timeout::ChildExt;
     Counters::add(&counters.hook_runs, 1);
-    let fail = |why: String| {
+    if let Err(why) = run(shell_command(cmd), json, timeout) {
         Counters::add(&counters.hook_failures, 1);
         warn!("--on-event command: {why}");
-    };
-    let mut child = match Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
+    }
+}
+
+/// Runs `c` with `json` and a newline on its stdin and its stdout discarded; an error unless
+/// it exits with 0 within `timeout` (then it is killed).
+fn run(mut c: Command, json: &str, timeout: Duration) -> Result<(), String> {
+    use wait_timeout::ChildExt;
+    let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot start sh: {e}")),
-    };
+        .map_err(|e| format!("cannot start {}: {e}", c.get_program().to_string_lossy()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its input is not a failure.
-        let _ = stdin.write_all(json.as_bytes());
-        let _ = stdin.write_all(b"\n");
+        // Written by a thread of its own: a command that does not read an event larger than
+        // the pipe holds (4 KiB on Windows) is still killed at the timeout. The thread ends
+        // when the command and whatever it started have exited. A command that does not
+        // read its input is not a failure.
+        let input = format!("{json}\n");
+        let feed = move || {
+            let _ = stdin.write_all(input.as_bytes());
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("hook-stdin".into())
+            .spawn(feed)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot start a thread for its stdin: {e}"));
+        }
     }
     match child.wait_timeout(timeout) {
-        Ok(Some(st)) if st.success() => {}
-        Ok(Some(st)) => fail(format!("exited with {st}")),
+        Ok(Some(st)) if st.success() => Ok(()),
+        Ok(Some(st)) => Err(format!("exited with {st}")),
         Ok(None) => {
             let _ = child.kill();
             let _ = child.wait();
-            fail(format!("killed after {timeout:?}"));
+            Err(format!("killed after {timeout:?}"))
         }
-        Err(e) => fail(format!("wait: {e}")),
+        Err(e) => Err(format!("wait: {e}")),
     }
 }
 
@@ -139,5 +177,95 @@ pub(super) fn post_webhook(
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A hook, as an operator would type it at the system shell's prompt, writing its stdin
+    /// to `path`: `cat` on Unix; on Windows `find "}"` (every event line has one: Wine 8's
+    /// `find` has no `/V ""`, its `findstr` prints nothing and it has no `more`). The
+    /// program is quoted too, as a path with spaces would be: `cmd /C` without `/S` drops
+    /// the first and the last quote of such a command.
+    fn stdin_to(path: &Path) -> String {
+        if cfg!(windows) {
+            format!("\"find\" \"}}\" > \"{}\"", path.display())
+        } else {
+            format!("'cat' > '{}'", path.display())
+        }
+    }
+
+    /// A hook that does not read its stdin and runs for 10 s.
+    fn sleeps() -> &'static str {
+        if cfg!(windows) {
+            "ping -n 10 127.0.0.1 > NUL"
+        } else {
+            "sleep 10"
+        }
+    }
+
+    fn counts(c: &Counters) -> (u64, u64) {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        (n(&c.hook_runs), n(&c.hook_failures))
+    }
+
+    /// The event is one JSON line on the hook's stdin, through the system shell (`sh -c`,
+    /// `cmd /C`), characters the shell would take as its own included.
+    #[test]
+    fn a_hook_gets_the_event_as_one_json_line_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("with space");
+        std::fs::create_dir(&sub).unwrap();
+        let out = sub.join("event.json");
+        let json = r#"{"event":"crash_stored","message":"a & b | c ^ % ! <x> 'q' \"d\""}"#;
+        let c = Counters::default();
+        run_hook(&stdin_to(&out), json, Duration::from_secs(60), &c);
+        assert_eq!(counts(&c), (1, 0));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.ends_with('\n'), "{text:?}");
+        assert_eq!(text.lines().collect::<Vec<_>>(), [json]);
+    }
+
+    /// A zero exit is a run; a non-zero one a failure too.
+    #[test]
+    fn a_hook_exiting_non_zero_is_a_failure() {
+        let c = Counters::default();
+        run_hook("exit 0", "{}", Duration::from_secs(60), &c);
+        assert_eq!(counts(&c), (1, 0));
+        run_hook("exit 3", "{}", Duration::from_secs(60), &c);
+        assert_eq!(counts(&c), (2, 1));
+    }
+
+    /// A shell that cannot start is a failure naming it.
+    #[test]
+    fn a_shell_that_cannot_start_is_named() {
+        let why = run(
+            Command::new("no-such-shell-7f3a"),
+            "{}",
+            Duration::from_secs(60),
+        );
+        let why = why.unwrap_err();
+        assert!(
+            why.starts_with("cannot start no-such-shell-7f3a: "),
+            "{why}"
+        );
+    }
+
+    /// A hook that does not read a large event and does not exit is killed at the timeout
+    /// all the same: its stdin (a pipe buffer: 4 KiB on Windows, 64 KiB on Linux) does not
+    /// hold the worker.
+    #[test]
+    fn a_hook_not_reading_a_large_event_is_killed_at_the_timeout() {
+        let json = format!("{{\"message\":\"{}\"}}", "x".repeat(1 << 20));
+        let c = Counters::default();
+        let t = Instant::now();
+        run_hook(sleeps(), &json, Duration::from_millis(500), &c);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(counts(&c), (1, 1));
     }
 }
