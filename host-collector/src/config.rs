@@ -80,7 +80,8 @@ pub struct FileConfig {
     pub integrity_check: Option<bool>,
     /// A canary is silent after this many heartbeat intervals without one.
     pub silence: Option<u32>,
-    /// Command run per event (`sh -c`), the event as JSON on stdin.
+    /// Command run per event by the system shell (`sh -c` on Unix, `cmd /C` on Windows), the
+    /// event as JSON on stdin.
     pub on_event: Option<String>,
     /// `http://` URL each event is POSTed to.
     pub webhook: Option<String>,

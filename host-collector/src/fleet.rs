@@ -22,8 +22,9 @@ pub(crate) struct FleetArgs {
     /// measured from its heartbeats) [default: 3].
     #[arg(long, value_name = "N")]
     silence: Option<u32>,
-    /// Run `sh -c CMD` for each event (a stored record, a canary's state change) with the
-    /// event as one JSON object on stdin; at most 4 at once, each killed after 10 s.
+    /// Run CMD through the system shell (`sh -c` on Unix, `cmd /C` on Windows) for each event
+    /// (a stored record, a canary's state change) with the event as one JSON object on stdin;
+    /// at most 4 at once, each killed after 10 s.
     #[arg(long, value_name = "CMD")]
     on_event: Option<String>,
     /// POST each event as JSON to this http:// URL (retried with backoff; a full queue of

@@ -20,10 +20,11 @@
 //!    `log_rate` "crash stored" and "crash path" lines a second (one budget), those beyond it
 //!    summed up in one line a second for each kind and at exit (state changes always get
 //!    their line); the step metrics (`--metrics`) see every record;
-//! 2. with `--on-event CMD`, queues it for `sh -c CMD` with the event as one JSON object on
-//!    stdin: at most `hook_concurrency` commands run at once, each killed after
-//!    `hook_timeout`; a full queue drops (`hook_dropped`), a failure, non-zero exit or
-//!    timeout counts `hook_failures`;
+//! 2. with `--on-event CMD`, queues it for CMD run by the system shell (`sh -c` on Unix,
+//!    `cmd /C` on Windows) with the event as one JSON object on stdin: at most
+//!    `hook_concurrency` commands run at once, each killed after `hook_timeout`; a full
+//!    queue drops (`hook_dropped`), a failure, non-zero exit or timeout counts
+//!    `hook_failures`;
 //! 3. with `--webhook URL`, queues the same JSON for an HTTP POST (`Content-Type:
 //!    application/json`), retried with exponential backoff; a full queue drops
 //!    (`webhook_dropped`), a POST that failed every attempt counts `webhook_failures`.
@@ -141,7 +142,8 @@ pub fn host_of(addr: &str) -> String {
 /// Where events go besides the log.
 #[derive(Debug, Clone)]
 pub struct EventConfig {
-    /// `sh -c CMD` per event, the event as JSON on stdin.
+    /// CMD run per event by the system shell (`sh -c` on Unix, `cmd /C` on Windows), the
+    /// event as JSON on stdin.
     pub hook: Option<String>,
     pub hook_concurrency: usize,
     pub hook_timeout: Duration,
