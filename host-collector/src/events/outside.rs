@@ -77,12 +77,36 @@ impl Work {
     }
 }
 
-/// The system shell running `cmd` as typed at its prompt: `sh -c CMD` (Unix).
-#[cfg(not(windows))]
+/// The system shell running `cmd` as typed at its prompt: `sh -c CMD` (Unix), in a process
+/// group of its own, so that [`kill_all`] reaches whatever the command starts.
+#[cfg(unix)]
 fn shell_command(cmd: &str) -> Command {
+    use std::os::unix::process::CommandExt as _;
     let mut c = Command::new("sh");
-    c.arg("-c").arg(cmd);
+    c.arg("-c").arg(cmd).process_group(0);
     c
+}
+
+/// Kills a hook that outlived its timeout and everything in its process group (Unix), then
+/// reaps it.
+#[cfg(unix)]
+fn kill_all(child: &mut std::process::Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    // The group's id is the shell's pid (`process_group(0)`); the shell is not reaped yet,
+    // so the id cannot have been reused.
+    if let Some(pid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process_group(pid, Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills a hook that outlived its timeout, then reaps it. Windows: `cmd` only; a program it
+/// started may outlive it.
+#[cfg(not(unix))]
+fn kill_all(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The system shell running `cmd` as typed at its prompt: `%ComSpec%` (else `cmd.exe`)
@@ -141,8 +165,7 @@ fn run(mut c: Command, json: &str, timeout: Duration) -> Result<(), String> {
         Ok(Some(st)) if st.success() => Ok(()),
         Ok(Some(st)) => Err(format!("exited with {st}")),
         Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_all(&mut child);
             Err(format!("killed after {timeout:?}"))
         }
         Err(e) => Err(format!("wait: {e}")),
@@ -267,5 +290,36 @@ mod tests {
         run_hook(sleeps(), &json, Duration::from_millis(500), &c);
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert_eq!(counts(&c), (1, 1));
+    }
+
+    /// A hook killed at its timeout takes what it started with it (Unix: its process group),
+    /// so a hook that hangs does not leave a process behind per event.
+    #[cfg(unix)]
+    #[test]
+    fn a_hook_killed_at_the_timeout_takes_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let cmd = format!("sleep 30 & echo $! > '{}'; wait", pidfile.display());
+        let c = Counters::default();
+        run_hook(&cmd, "{}", Duration::from_millis(300), &c);
+        assert_eq!(counts(&c), (1, 1));
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // Gone, or a zombie left for whoever reaps orphans here; not still sleeping.
+        let t = Instant::now();
+        let state = loop {
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim().chars().next()))
+                .flatten();
+            if matches!(state, None | Some('Z')) || t.elapsed() > Duration::from_secs(3) {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            matches!(state, None | Some('Z')),
+            "the hook's child is {state:?}"
+        );
     }
 }
