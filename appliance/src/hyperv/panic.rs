@@ -153,7 +153,7 @@ impl<'s, 'a, C: PanicClock, M: DmaMemory, I: InterruptControl> HvPanic<'s, 'a, C
         }
         let _ = write!(
             text,
-            "\n\nshipping the crash record, then reporting to the hypervisor"
+            "\n\ndrawn before shipping; the collector's record shows how the panic path ended"
         );
         let mut wrapped: heapless::String<900> = heapless::String::new();
         panic_screen::wrap(
