@@ -76,8 +76,9 @@ Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG=host_collector=debug.
 struct Cli {
     /// Database to use: an SQLite file, or postgres://USER@HOST[:PORT]/DBNAME for a fleet
     /// database, with TLS ?sslmode=require&sslrootcert=CA.pem for a private CA (every certificate
-    /// is verified; sslmode=disable for none) [env: CANARY_DB] [default: ./canary.db, or `db`
-    /// from --config].
+    /// is verified; sslmode=disable for none), &sslcert=CERT.pem&sslkey=KEY.pem to log in by
+    /// client certificate (PKCS#8 key, mode 600) [env: CANARY_DB] [default: ./canary.db, or
+    /// `db` from --config].
     #[arg(long, global = true, value_name = "PATH|URL")]
     db: Option<PathBuf>,
     /// File whose first line is the PostgreSQL password (else $PGPASSWORD); never put it in

@@ -1,17 +1,22 @@
-//! TLS to PostgreSQL (`sslmode`, `sslrootcert`) against the throwaway server of
-//! `scripts/pg-cluster`: it serves TLS with a certificate for DNS:localhost and IP:127.0.0.1
-//! signed by a throwaway CA (`$CANARY_TEST_PG_CA`), and admits the role `canary_tls` only
-//! over TLS. Skipped without `$CANARY_TEST_PG` / `$CANARY_TEST_PG_CA` unless
-//! `CANARY_REQUIRE_PG=1` (see `store::pg::testing`).
+//! TLS to PostgreSQL (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) against the throwaway
+//! server of `scripts/pg-cluster`: it serves TLS with a certificate for DNS:localhost and
+//! IP:127.0.0.1 signed by a throwaway CA (`$CANARY_TEST_PG_CA`), admits the role
+//! `canary_tls` only over TLS, and the role `canary_cert` only over TLS with a client
+//! certificate for CN=canary_cert signed by that CA (`$CANARY_TEST_PG_CLIENT_CERT`,
+//! `$CANARY_TEST_PG_CLIENT_KEY`). Skipped without those variables and `$CANARY_TEST_PG`
+//! unless `CANARY_REQUIRE_PG=1` (see `store::pg::testing`).
 //!
 //! Each test would fail if TLS were not used (the server reports the session unencrypted in
 //! `pg_stat_ssl`, or refuses `canary_tls`) or not verified (a certificate the collector
-//! should refuse would open the store).
+//! should refuse would open the store), or if the client certificate were not shown (the
+//! server refuses `canary_cert`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
+use capture::sender::SendState;
+use capture::wire::AckStatus;
 use common::*;
 use host_collector::store::pg::testing::{server_url, TestDb};
 use host_collector::store::{
@@ -32,19 +37,7 @@ impl Tls {
     /// its CA is not given.
     fn new(test: &str) -> Option<Tls> {
         let admin = server_url(test)?;
-        let ca = match std::env::var("CANARY_TEST_PG_CA") {
-            Ok(p) if !p.is_empty() => PathBuf::from(p),
-            _ => {
-                if std::env::var("CANARY_REQUIRE_PG").as_deref() == Ok("1") {
-                    panic!(
-                        "{test}: CANARY_REQUIRE_PG=1 but CANARY_TEST_PG_CA is not set: start \
-                         the server with scripts/pg-cluster start (it makes the CA)"
-                    );
-                }
-                eprintln!("{test}: skipped (CANARY_TEST_PG_CA not set)");
-                return None;
-            }
-        };
+        let ca = env_path(test, "CANARY_TEST_PG_CA")?;
         let db = TestDb::create(test)?;
         // postgres://USER@HOST:PORT/DB?…
         let rest = db.url.split_once("://").unwrap().1;
@@ -93,6 +86,93 @@ impl Tls {
         );
         ssl
     }
+}
+
+/// The path in `$var`; `None` to skip (said on stderr), a panic when `CANARY_REQUIRE_PG=1`.
+fn env_path(test: &str, var: &str) -> Option<PathBuf> {
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            if std::env::var("CANARY_REQUIRE_PG").as_deref() == Ok("1") {
+                panic!(
+                    "{test}: CANARY_REQUIRE_PG=1 but {var} is not set: start the server with \
+                     scripts/pg-cluster start (it makes the CA and the client certificate)"
+                );
+            }
+            eprintln!("{test}: skipped ({var} not set)");
+            None
+        }
+    }
+}
+
+/// The test server with canary_cert's client certificate and key.
+struct CertTls {
+    tls: Tls,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl CertTls {
+    fn new(test: &str) -> Option<CertTls> {
+        let cert = env_path(test, "CANARY_TEST_PG_CLIENT_CERT")?;
+        let key = env_path(test, "CANARY_TEST_PG_CLIENT_KEY")?;
+        let tls = Tls::new(test)?;
+        Some(CertTls { tls, cert, key })
+    }
+
+    /// The URL as canary_cert, verifying the server, with the client key `key` and `extra`
+    /// parameters.
+    fn url_with_key(&self, key: &Path, extra: &str) -> String {
+        self.tls.url(
+            "canary_cert",
+            "localhost",
+            &format!(
+                "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}{extra}",
+                self.tls.ca(),
+                self.cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    fn url(&self, extra: &str) -> String {
+        self.url_with_key(&self.key, extra)
+    }
+}
+
+/// A copy of `key` in `dir` with `mode`.
+#[cfg(unix)]
+fn key_copy(key: &Path, dir: &Path, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(format!("client-{mode:o}.key"));
+    std::fs::copy(key, &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// Runs `openssl ARGS`, which must succeed.
+fn openssl<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        o.status.success(),
+        "openssl {}: {}",
+        args[0].as_ref().to_string_lossy(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Mode 0600 for the key file `p` (Unix; nothing elsewhere).
+fn owner_only(p: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = p;
 }
 
 /// Opens the store at `url` (creating the schema).
@@ -232,31 +312,36 @@ fn a_certificate_from_an_untrusted_ca_is_refused() {
 
 /// A CA certificate (PEM) in `dir` that signed nothing the server has.
 fn other_ca(dir: &Path) -> PathBuf {
-    let pem = dir.join("other-ca.pem");
-    let o = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-new",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other CA",
-        ])
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .arg("-keyout")
-        .arg(dir.join("other-ca.key"))
-        .arg("-out")
-        .arg(&pem)
-        .output()
-        .expect("run openssl");
-    assert!(
-        o.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&o.stderr)
+    self_signed(dir, "other-ca", "other CA").0
+}
+
+/// A self-signed certificate for CN=`cn` and its PKCS#8 key (mode 0600): `dir/NAME.pem`
+/// and `dir/NAME.key`.
+fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let (pem, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
     );
-    pem
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        pem.to_str().unwrap(),
+    ]);
+    owner_only(&key);
+    (pem, key)
 }
 
 #[test]
@@ -397,4 +482,194 @@ fn the_cli_reads_over_tls_and_refuses_an_untrusted_certificate() {
     assert!(e.contains("add sslrootcert=PATH"), "{e}");
     // Said once, not again by a cause chain.
     assert_eq!(e.matches("add sslrootcert").count(), 1, "{e}");
+}
+
+#[test]
+fn a_client_certificate_logs_in_where_the_server_requires_one() {
+    let Some(c) = CertTls::new("pg_tls_cert") else {
+        return;
+    };
+    let t = &c.tls;
+    let a = app("cert");
+    let url = c.url(&format!("&application_name={a}"));
+    let mut s = open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(
+        write_and_read(&mut s, 1, "by certificate"),
+        ["by certificate"]
+    );
+    assert!(
+        t.session_encrypted(&a),
+        "{url}: the session is not encrypted"
+    );
+    // The server saw the certificate and logged the session in as its role.
+    let mut admin = postgres::Client::connect(&t.admin, postgres::NoTls).unwrap();
+    let row = admin
+        .query_one(
+            "SELECT coalesce(s.client_dn, ''), a.usename::text FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&a],
+        )
+        .unwrap();
+    let (dn, user): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(
+        (dn.as_str(), user.as_str()),
+        ("/CN=canary_cert", "canary_cert")
+    );
+    drop(s);
+
+    // The controls: the server refuses canary_cert without the certificate, and plain.
+    let e = refused(&t.url(
+        "canary_cert",
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", t.ca()),
+    ));
+    assert!(
+        e.contains("connection requires a valid client certificate"),
+        "{e}"
+    );
+    let e = refused(&t.url("canary_cert", "127.0.0.1", "sslmode=disable"));
+    assert!(e.contains("no encryption"), "{e}");
+
+    // The CLI: stats and list read, and serve stores an acked record, as canary_cert.
+    let o = run(&["--db", &url, "list"]);
+    assert!(o.status.success(), "list: {}", stderr(&o));
+    assert!(stdout(&o).contains("by certificate"), "{}", stdout(&o));
+    let srv = Server::start(Path::new(&url), "127.0.0.1:0", &[], &[]);
+    let bytes = sample_bytes([9; 16], 1);
+    let (st, status) = send_record_status(srv.addr, [9; 16], 1, &bytes, None, None);
+    assert_eq!((st, status), (SendState::Acked, Some(AckStatus::Stored)));
+    assert_eq!(srv.stop("TERM"), 0);
+    let o = run(&["--db", &url, "stats", "--json"]);
+    assert!(o.status.success(), "stats: {}", stderr(&o));
+    assert_eq!(json(&o)["records"], 2, "{}", stdout(&o));
+}
+
+#[test]
+fn sslcert_without_sslkey_or_tls_is_refused_before_connecting() {
+    let Some(c) = CertTls::new("pg_tls_cert_params") else {
+        return;
+    };
+    let t = &c.tls;
+    let cert = c.cert.display().to_string();
+    let only_cert = t.url(
+        "canary_cert",
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}&sslcert={cert}", t.ca()),
+    );
+    let e = refused(&only_cert);
+    assert!(e.contains("sslcert without sslkey: give both"), "{e}");
+    let o = run(&["--db", &only_cert, "list"]);
+    // A configuration error (exit 3), as any other bad parameter of the URL.
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("sslcert without sslkey").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    let e = refused(&t.url(
+        "canary_cert",
+        "localhost",
+        &format!("sslkey={}", c.key.display()),
+    ));
+    assert!(e.contains("sslkey without sslcert: give both"), "{e}");
+    let e = refused(&t.url(
+        "canary_cert",
+        "127.0.0.1",
+        &format!("sslmode=disable&sslcert={cert}&sslkey={}", c.key.display()),
+    ));
+    assert!(e.contains("sslcert and sslkey need TLS"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_file_others_may_read_is_refused() {
+    let Some(c) = CertTls::new("pg_tls_cert_mode") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o640, 0o644] {
+        let key = key_copy(&c.key, dir.path(), mode);
+        let e = refused(&c.url_with_key(&key, ""));
+        assert!(
+            e.contains(&format!(
+                "sslkey {}: group or others have access to it (mode {mode:04o})",
+                key.display()
+            )) && e.contains(&format!("chmod 600 {}", key.display())),
+            "{e}"
+        );
+    }
+    // The same key with mode 0600 logs in: it was the mode.
+    let key = key_copy(&c.key, dir.path(), 0o600);
+    open(&c.url_with_key(&key, "")).unwrap_or_else(|e| panic!("mode 0600: {e}"));
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused() {
+    let Some(c) = CertTls::new("pg_tls_cert_wrong_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, alg) in [("other-ec", "ec"), ("other-rsa", "rsa")] {
+        let key = dir.path().join(format!("{name}.key"));
+        let mut args = vec!["genpkey", "-algorithm", alg];
+        if alg == "ec" {
+            args.extend(["-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+        }
+        args.extend(["-out", key.to_str().unwrap()]);
+        openssl(&args);
+        owner_only(&key);
+        let e = refused(&c.url_with_key(&key, ""));
+        assert!(
+            e.contains(&format!(
+                "sslkey {} does not belong to the certificate in sslcert {}",
+                key.display(),
+                c.cert.display()
+            )),
+            "{name}: {e}"
+        );
+    }
+    // A SEC1 key (the certificate's own, as `openssl ec` writes it): how to convert it.
+    let sec1 = dir.path().join("client-sec1.key");
+    openssl(&[
+        "ec".as_ref(),
+        "-in".as_ref(),
+        c.key.as_os_str(),
+        "-out".as_ref(),
+        sec1.as_os_str(),
+    ]);
+    owner_only(&sec1);
+    let e = refused(&c.url_with_key(&sec1, ""));
+    assert!(
+        e.contains(&format!("sslkey {}: a SEC1 EC key", sec1.display()))
+            && e.contains(&format!(
+                "openssl pkcs8 -topk8 -nocrypt -in {} -out {}",
+                sec1.display(),
+                dir.path().join("client-sec1.pk8").display()
+            )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_client_certificate_the_server_did_not_sign_is_refused_by_the_server() {
+    let Some(c) = CertTls::new("pg_tls_cert_other_ca") else {
+        return;
+    };
+    // Self-signed for CN=canary_cert: the right name, not signed by the server's CA.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "self", "canary_cert");
+    let other = CertTls {
+        tls: c.tls,
+        cert,
+        key,
+    };
+    // The server ends the connection with TLS alert 48 (after the handshake, in TLS 1.3),
+    // which the client reads, or finds the connection reset first.
+    let e = refused(&other.url(""));
+    assert!(
+        e.contains("error communicating with the server")
+            && (e.contains("alert unknown ca") || e.contains("reset")),
+        "{e}"
+    );
 }
