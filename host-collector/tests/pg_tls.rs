@@ -542,6 +542,13 @@ fn a_client_certificate_logs_in_where_the_server_requires_one() {
     let o = run(&["--db", &url, "stats", "--json"]);
     assert!(o.status.success(), "stats: {}", stderr(&o));
     assert_eq!(json(&o)["records"], 2, "{}", stdout(&o));
+    // The same URL as the config file's `db`.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("collector.toml");
+    std::fs::write(&cfg, format!("db = \"{url}\"\n")).unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "stats", "--json"]);
+    assert!(o.status.success(), "stats --config: {}", stderr(&o));
+    assert_eq!(json(&o)["records"], 2, "{}", stdout(&o));
 }
 
 #[test]
