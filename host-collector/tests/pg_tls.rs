@@ -114,9 +114,9 @@ struct CertTls {
 
 impl CertTls {
     fn new(test: &str) -> Option<CertTls> {
+        let tls = Tls::new(test)?;
         let cert = env_path(test, "CANARY_TEST_PG_CLIENT_CERT")?;
         let key = env_path(test, "CANARY_TEST_PG_CLIENT_KEY")?;
-        let tls = Tls::new(test)?;
         Some(CertTls { tls, cert, key })
     }
 

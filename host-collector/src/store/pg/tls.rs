@@ -329,8 +329,9 @@ fn read_identity(c: &ClientCert) -> Result<native_tls::Identity, String> {
     let key_pem =
         std::fs::read(&c.key).map_err(|e| format!("sslkey {key_shown}: cannot read: {e}"))?;
     let key = pkcs8_block(&key_pem, &c.key).map_err(|e| format!("sslkey {key_shown}: {e}"))?;
-    let id = native_tls::Identity::from_pkcs8(&cert_pem, key)
-        .map_err(|e| format!("sslkey {key_shown}: not a valid PKCS#8 private key: {e}"))?;
+    let id = native_tls::Identity::from_pkcs8(&cert_pem, key).map_err(|e| {
+        format!("sslkey {key_shown}: the TLS library cannot load it as a PKCS#8 private key: {e}")
+    })?;
     key_matches(&cert_pem, key).map_err(|e| {
         format!(
             "sslkey {key_shown} does not belong to the certificate in sslcert {cert_shown}: {e}"
@@ -689,7 +690,9 @@ bc+hTE9SgE6gAxT3pQDJE54+youAgoggObMEJJWQDkdQGS7DIEJHoJ8w
         std::fs::write(&c.key, CLIENT_KEY.replace("MIGHAgEA", "MIGHAg!A")).unwrap();
         let e = Tls::new(with_client(&c)).err().unwrap();
         assert!(
-            e.contains(&format!("sslkey {key}: not a valid PKCS#8 private key")),
+            e.contains(&format!(
+                "sslkey {key}: the TLS library cannot load it as a PKCS#8 private key"
+            )),
             "{e}"
         );
     }
