@@ -88,6 +88,8 @@ fn prune_refuses_to_delete_every_record_without_all_and_says_what_it_deletes() {
 }
 
 // Item 2: one writer per database file, whatever name reaches it.
+// Unix: symlinks as std::os::unix makes them.
+#[cfg(unix)]
 #[test]
 fn one_serve_per_database_file_through_symlinks_hard_links_and_relative_paths() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,6 +218,7 @@ fn reading_commands_never_turn_an_empty_file_into_a_database() {
 }
 
 /// Runs the binary as user `nobody` (who may read but not write the database).
+#[cfg(unix)]
 fn run_as_nobody(db: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new("setpriv")
         .args([
@@ -231,6 +234,8 @@ fn run_as_nobody(db: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+// Unix: Unix permissions and setpriv.
+#[cfg(unix)]
 #[test]
 fn reading_commands_work_with_read_only_access() {
     let dir = tempfile::tempdir().unwrap();
