@@ -679,4 +679,10 @@ fn a_client_certificate_the_server_did_not_sign_is_refused_by_the_server() {
             && (e.contains("alert unknown ca") || e.contains("reset")),
         "{e}"
     );
+    // What to do about it, with the files named.
+    assert!(
+        e.contains("the server may have refused the client certificate")
+            && e.contains(&other.cert.display().to_string()),
+        "{e}"
+    );
 }

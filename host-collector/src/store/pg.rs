@@ -144,11 +144,14 @@ impl PgTarget {
             // well enough by the driver): what to do about it.
             let in_tls = std::error::Error::source(&e)
                 .is_some_and(|s| s.downcast_ref::<native_tls::Error>().is_some());
-            if in_tls {
-                if let Some(a) = self.tls.advice(&reason, &self.host()) {
-                    reason.push_str("; ");
-                    reason.push_str(&a);
-                }
+            let advice = if in_tls {
+                self.tls.advice(&reason, &self.host())
+            } else {
+                self.tls.client_refused_advice(&reason)
+            };
+            if let Some(a) = advice {
+                reason.push_str("; ");
+                reason.push_str(&a);
             }
             StoreError::Unavailable {
                 target: self.name.clone(),

@@ -295,6 +295,25 @@ impl Tls {
             None
         }
     }
+
+    /// What to do when a connection that showed a client certificate ended right after the
+    /// handshake (`text`: the driver's "error communicating with the server"): in TLS 1.3
+    /// the server's refusal of the certificate comes after the handshake, as an alert or a
+    /// reset connection. `None` without a client certificate or for other errors.
+    pub fn client_refused_advice(&self, text: &str) -> Option<String> {
+        let c = self.params.client.as_ref()?;
+        let t = text.to_ascii_lowercase();
+        let after_handshake = t.contains("error communicating with the server")
+            && (t.contains("alert") || t.contains("reset") || t.contains("broken pipe"));
+        after_handshake.then(|| {
+            format!(
+                "the server may have refused the client certificate in sslcert {}: it must be \
+                 signed by a CA in the server's ssl_ca_file and issued to the user (CN) the \
+                 URL names, for a pg_hba line of method cert for that user",
+                c.cert.display()
+            )
+        })
+    }
 }
 
 /// The certificates of a PEM file; the error names the file.
@@ -822,5 +841,32 @@ bc+hTE9SgE6gAxT3pQDJE54+youAgoggObMEJJWQDkdQGS7DIEJHoJ8w
             "{a}"
         );
         assert_eq!(sys.advice("connection reset by peer", "db1"), None);
+    }
+
+    #[test]
+    fn a_connection_ended_after_the_handshake_names_the_client_certificate() {
+        let reset = "error communicating with the server: Connection reset by peer (os error 104)";
+        let alert = "error communicating with the server: … tlsv1 alert unknown ca …";
+        // Without a client certificate: nothing to say.
+        let plain = Tls::new(params(SslMode::Require, Roots::System)).unwrap();
+        assert_eq!(plain.client_refused_advice(reset), None);
+        // With one (mode disable only so that no file is read here; the URL refuses it).
+        let mut p = params(SslMode::Disable, Roots::System);
+        p.client = Some(ClientCert {
+            cert: PathBuf::from("/etc/canary/client.pem"),
+            key: PathBuf::from("/etc/canary/client.key"),
+        });
+        let with = Tls::new(p).unwrap();
+        for text in [reset, alert] {
+            let a = with.client_refused_advice(text).unwrap();
+            assert!(
+                a.contains("refused the client certificate in sslcert /etc/canary/client.pem"),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            with.client_refused_advice("password authentication failed for user \"x\""),
+            None
+        );
     }
 }
