@@ -229,6 +229,49 @@ pub const PG_MIGRATIONS: &[&str] = &[
         END IF;
         RETURN NULL;
     END $$;",
+    // 6: follow-ups count in the running total too (retention by size sees them, as
+    //    SQLite's page count does): 72 bytes (row header, key, time) and the frame each,
+    //    kept by the same per-backend rows. A follow-up goes with its record (schema 3), so
+    //    a record's delete takes its follow-up's bytes as well; TRUNCATE of `records`
+    //    deletes the follow-ups first. The lock keeps writers out while those already
+    //    stored are counted.
+    "LOCK TABLE followups IN SHARE MODE;
+    CREATE FUNCTION canary_followup_bytes(raw BYTEA) RETURNS BIGINT
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 72 + octet_length(raw) $$;
+    CREATE FUNCTION canary_followups_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add((SELECT sum(canary_followup_bytes(raw)) FROM added));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER followups_stored AFTER INSERT ON followups
+        REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+        EXECUTE FUNCTION canary_followups_stored();
+    CREATE FUNCTION canary_followups_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add(
+            (SELECT sum(canary_followup_bytes(raw)) FROM after_rows)
+            - (SELECT sum(canary_followup_bytes(raw)) FROM before_rows));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER followups_changed AFTER UPDATE ON followups
+        REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION canary_followups_changed();
+    CREATE FUNCTION canary_followups_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM canary_record_bytes_add(-(SELECT sum(canary_followup_bytes(raw)) FROM gone));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER followups_deleted AFTER DELETE ON followups
+        REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+        EXECUTE FUNCTION canary_followups_deleted();
+    CREATE OR REPLACE FUNCTION canary_records_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM followups;
+        DELETE FROM record_bytes;
+        RETURN NULL;
+    END $$;
+    SELECT canary_record_bytes_add(coalesce(
+        (SELECT sum(canary_followup_bytes(raw)) FROM followups), 0));",
 ];
 
 /// The schema version this build writes.
@@ -373,11 +416,13 @@ mod tests {
         assert_eq!(rows(), 0);
     }
 
-    /// The bytes of the records stored, counted in full: what `record_bytes` adds up to.
+    /// The bytes of the records and follow-ups stored, counted in full: what `record_bytes`
+    /// adds up to (a follow-up: 72 bytes and its raw frame).
     fn recount(t: &super::super::testing::TestDb) -> i64 {
         t.query_i64(
-            "SELECT coalesce(sum(canary_record_bytes(raw, source, arch, kind, message, file,
-                vm_name, host_name, image_id)), 0)::BIGINT FROM records",
+            "SELECT (SELECT coalesce(sum(canary_record_bytes(raw, source, arch, kind, message,
+                file, vm_name, host_name, image_id)), 0) FROM records)::BIGINT
+                + (SELECT coalesce(sum(72 + octet_length(raw)), 0) FROM followups)::BIGINT",
         )
         .unwrap()
     }
@@ -445,6 +490,63 @@ mod tests {
         s.commit_batch(&[real(15, 1, 99).0], &[], &[], &[]).unwrap();
         same(&s, "a batch after TRUNCATE");
         assert!(s.used_bytes().unwrap() > 0);
+    }
+
+    /// A version-5 database holding records and follow-ups: migration 6 adds the
+    /// follow-ups' bytes to the total, and from then on a follow-up stored, replaced by a
+    /// more complete one, deleted with its record or by TRUNCATE keeps it what a full
+    /// count says.
+    #[test]
+    fn migration_6_counts_the_followups_bytes_too() {
+        let Some(b) = pg_backend("record_bytes_v5") else {
+            return;
+        };
+        let t = b.pg.as_ref().unwrap();
+        at_version(t, 5);
+        t.exec(
+            "INSERT INTO records (boot_id, seq, record_crc, received_at_us, source,
+                schema_major, schema_minor, arch, kind, message, raw)
+             VALUES (decode(repeat('02', 16), 'hex'), 1, 7, 1, '10.1.1.1:5', 1, 0, 'x86_64',
+                    'panic', 'm', '\\x00');
+             INSERT INTO followups (boot_id, seq, record_crc, received_at_ms, raw)
+             VALUES (decode(repeat('02', 16), 'hex'), 1, 7, 1, '\\x000102');",
+        )
+        .unwrap();
+        let mut s = b.open();
+        assert_eq!(s.schema_version().unwrap(), PG_SCHEMA_VERSION);
+        // The record as migration 4 counts it (167), and the follow-up: 72 + 3.
+        assert_eq!(s.used_bytes().unwrap(), 167 + 75);
+        let same = |s: &Store, what: &str| {
+            assert_eq!(s.used_bytes().unwrap() as i64, recount(t), "after {what}");
+        };
+        let recs: Vec<_> = (0..3).map(|i| real(17, i, 10 + i as i64).0).collect();
+        s.commit_batch(&recs, &[], &[], &[]).unwrap();
+        let before = s.used_bytes().unwrap();
+        // Sealed at the screen flush (the rest pending), then the complete one from the end.
+        let first = after_seal(|i, _| match i {
+            0 => (capture::panic::Outcome::Done, 10),
+            _ => (capture::panic::Outcome::Pending, 0),
+        });
+        let full = after_seal(|_, _| (capture::panic::Outcome::Done, 10));
+        let frame = followup_frame(&recs[1].key, &first);
+        assert!(s
+            .put_followup(&recs[1].key, &frame, 1)
+            .unwrap()
+            .stored_with()
+            .is_some());
+        same(&s, "a follow-up");
+        assert_eq!(s.used_bytes().unwrap(), before + 72 + frame.len() as u64);
+        let frame = followup_frame(&recs[1].key, &full);
+        assert!(matches!(
+            s.put_followup(&recs[1].key, &frame, 2).unwrap(),
+            FollowupOutcome::Replaced { .. }
+        ));
+        same(&s, "a more complete follow-up in its place");
+        assert_eq!(s.prune_keep(2).unwrap(), 2);
+        same(&s, "prune (a record with its follow-up)");
+        t.exec("TRUNCATE records").unwrap();
+        assert_eq!(s.used_bytes().unwrap(), 0, "after TRUNCATE");
+        assert_eq!(t.query_i64("SELECT count(*) FROM followups").unwrap(), 0);
     }
 
     /// Two collectors storing batches (some keys sent to both) while a third applies
