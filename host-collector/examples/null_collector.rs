@@ -128,4 +128,3 @@ fn store(c: &mut rusqlite::Connection, rows: &[([u8; 16], u32, Vec<u8>)]) -> rus
     }
     tx.commit()
 }
-
