@@ -25,7 +25,6 @@
 //!        [--sqlite PATH] (prints "listening on ADDR" on stderr, runs until killed).
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use capture::wire::{self, AckRepr, AckStatus, Repr};
 use host_collector::mmsg::{self, RecvBatch};
@@ -62,6 +61,9 @@ fn main() -> std::io::Result<()> {
     }
     let mut conn = db.as_deref().map(open).transpose().map_err(bad)?;
     let sock = mmsg::bind_udp(addr, 8 << 20)?;
+    // Blocking until told otherwise: switched only when it changes (a syscall each time).
+    sock.set_nonblocking(false)?;
+    let mut nonblocking = false;
     eprintln!("listening on {}", sock.local_addr()?);
     let mut batch = RecvBatch::new();
     let mut acks: Vec<([u8; 64], usize, SocketAddr)> = Vec::with_capacity(MAX_COMMIT);
@@ -70,7 +72,10 @@ fn main() -> std::io::Result<()> {
         acks.clear();
         rows.clear();
         // Blocks for the first datagrams, then drains what is queued (when storing).
-        sock.set_nonblocking(false)?;
+        if nonblocking {
+            sock.set_nonblocking(false)?;
+            nonblocking = false;
+        }
         loop {
             let n = match batch.recv(&sock) {
                 Ok(n) => n,
@@ -100,7 +105,10 @@ fn main() -> std::io::Result<()> {
             if conn.is_none() || n == 0 || acks.len() + mmsg::BATCH > MAX_COMMIT {
                 break;
             }
-            sock.set_nonblocking(true)?;
+            if !nonblocking {
+                sock.set_nonblocking(true)?;
+                nonblocking = true;
+            }
         }
         if let Some(c) = conn.as_mut() {
             if !rows.is_empty() {
@@ -114,9 +122,7 @@ fn main() -> std::io::Result<()> {
 
 /// Inserts `rows` in one transaction: the acks go out after it returns.
 fn store(c: &mut rusqlite::Connection, rows: &[([u8; 16], u32, Vec<u8>)]) -> rusqlite::Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
+    let now = host_collector::util::now_us();
     let tx = c.transaction()?;
     {
         let mut st = tx.prepare_cached(
