@@ -318,31 +318,29 @@ impl Tls {
 
 /// The certificates of a PEM file; the error names the file.
 fn read_roots(path: &Path) -> Result<Vec<native_tls::Certificate>, String> {
+    Ok(read_certs("sslrootcert", path)?.1)
+}
+
+/// The PEM file `path` given as URL parameter `param`, and the certificates in it (at least
+/// one); the error names the parameter and the file.
+fn read_certs(param: &str, path: &Path) -> Result<(Vec<u8>, Vec<native_tls::Certificate>), String> {
     let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {shown}: cannot read: {e}"))?;
+    let pem = std::fs::read(path).map_err(|e| format!("{param} {shown}: cannot read: {e}"))?;
     let certs = native_tls::Certificate::stack_from_pem(&pem)
-        .map_err(|e| format!("sslrootcert {shown}: not a PEM certificate file: {e}"))?;
+        .map_err(|e| format!("{param} {shown}: not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
         return Err(format!(
-            "sslrootcert {shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+            "{param} {shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
         ));
     }
-    Ok(certs)
+    Ok((pem, certs))
 }
 
 /// The identity of `c`: its certificate chain and private key, read and checked; the error
 /// names the file and what is wrong with it.
 fn read_identity(c: &ClientCert) -> Result<native_tls::Identity, String> {
     let cert_shown = c.cert.display();
-    let cert_pem =
-        std::fs::read(&c.cert).map_err(|e| format!("sslcert {cert_shown}: cannot read: {e}"))?;
-    let certs = native_tls::Certificate::stack_from_pem(&cert_pem)
-        .map_err(|e| format!("sslcert {cert_shown}: not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "sslcert {cert_shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
-        ));
-    }
+    let (cert_pem, _) = read_certs("sslcert", &c.cert)?;
     key_file_is_private(&c.key)?;
     let key_shown = c.key.display();
     let key_pem =
