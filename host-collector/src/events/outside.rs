@@ -87,6 +87,23 @@ fn shell_command(cmd: &str) -> Command {
     c
 }
 
+/// The system shell running `cmd` as typed at its prompt: `%ComSpec%` (else `cmd.exe`)
+/// `/S /C "CMD"` (Windows).
+#[cfg(windows)]
+fn shell_command(cmd: &str) -> Command {
+    use std::os::windows::process::CommandExt as _;
+    let shell = std::env::var_os("ComSpec")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cmd.exe".into());
+    let mut c = Command::new(shell);
+    // cmd parses its command line itself, not by the rules std quotes an argument for (it
+    // would escape the command's quotes with backslashes), so the command goes unquoted by
+    // std. With /S, cmd takes off only the first and the last quote: those put around the
+    // command here, so that one starting with a quoted program keeps its own quotes.
+    c.raw_arg(format!("/S /C \"{cmd}\""));
+    c
+}
+
 /// Kills a hook that outlived its timeout and everything in its process group (Unix), then
 /// reaps it.
 #[cfg(unix)]
@@ -107,23 +124,6 @@ fn kill_all(child: &mut std::process::Child) {
 fn kill_all(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// The system shell running `cmd` as typed at its prompt: `%ComSpec%` (else `cmd.exe`)
-/// `/S /C "CMD"` (Windows).
-#[cfg(windows)]
-fn shell_command(cmd: &str) -> Command {
-    use std::os::windows::process::CommandExt as _;
-    let shell = std::env::var_os("ComSpec")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "cmd.exe".into());
-    let mut c = Command::new(shell);
-    // cmd parses its command line itself, not by the rules std quotes an argument for (it
-    // would escape the command's quotes with backslashes), so the command goes unquoted by
-    // std. With /S, cmd takes off only the first and the last quote: those put around the
-    // command here, so that one starting with a quoted program keeps its own quotes.
-    c.raw_arg(format!("/S /C \"{cmd}\""));
-    c
 }
 
 pub(super) fn run_hook(cmd: &str, json: &str, timeout: Duration, counters: &Counters) {
@@ -156,8 +156,7 @@ fn run(mut c: Command, json: &str, timeout: Duration) -> Result<(), String> {
             .name("hook-stdin".into())
             .spawn(feed)
         {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_all(&mut child);
             return Err(format!("cannot start a thread for its stdin: {e}"));
         }
     }
